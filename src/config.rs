@@ -1,0 +1,175 @@
+//! Typed settings of the receiver, built from the CLI ([`crate::cli::ServeArgs`]).
+//!
+//! Secrets (database URL, GitHub token) are `SecretString`: `Debug` redacts them.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::store::PoolSettings;
+
+/// `NAME=SOURCE` from `--scanner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannerSpec {
+    /// Route segment: `POST /secret-scanning/{name}`.
+    pub name: String,
+    /// http(s) URL or file path of the key JSON.
+    pub source: String,
+}
+
+impl FromStr for ScannerSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, source) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=SOURCE, got {s:?}"))?;
+        let name = name.trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "scanner name {name:?} must be non-empty and use only a-z, 0-9, '-' and '_'"
+            ));
+        }
+        if source.trim().is_empty() {
+            return Err(format!("scanner {name:?} has an empty key source"));
+        }
+        Ok(ScannerSpec {
+            name: name.to_owned(),
+            source: source.trim().to_owned(),
+        })
+    }
+}
+
+/// Parses a byte size: `1048576`, `512KiB`, `8MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional unit like 8MiB")
+    })?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let total = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    if total == 0 {
+        return Err("size must be greater than 0".into());
+    }
+    Ok(total)
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub database_url: SecretString,
+    pub pool: PoolSettings,
+    pub scanners: Vec<ScannerSpec>,
+    pub keys_ttl: Duration,
+    pub keys_refetch_interval: Duration,
+    pub keys_timeout: Duration,
+    pub github_token: Option<SecretString>,
+    pub max_body: usize,
+    pub retry_after: Duration,
+}
+
+impl Settings {
+    /// Defaults for tests and embedding: loopback port 0, given database and scanners.
+    pub fn new(database_url: &str, scanners: Vec<ScannerSpec>) -> Self {
+        Settings {
+            listen: "127.0.0.1:0".into(),
+            database_url: SecretString::from(database_url.to_owned()),
+            pool: PoolSettings::default(),
+            scanners,
+            keys_ttl: Duration::from_secs(3600),
+            keys_refetch_interval: Duration::from_secs(60),
+            keys_timeout: Duration::from_secs(5),
+            github_token: None,
+            max_body: 8 << 20,
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl From<crate::cli::ServeArgs> for Settings {
+    fn from(a: crate::cli::ServeArgs) -> Self {
+        Settings {
+            listen: a.listen,
+            database_url: a.db.database_url,
+            pool: PoolSettings {
+                max_connections: a.db.db_max_connections,
+                acquire_timeout: a.db.db_timeout,
+            },
+            scanners: a.scanners,
+            keys_ttl: a.keys_ttl,
+            keys_refetch_interval: a.keys_refetch_interval,
+            keys_timeout: a.keys_timeout,
+            github_token: a.github_token,
+            max_body: a.max_body,
+            retry_after: a.retry_after,
+        }
+    }
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2 m"), Ok(2 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("8XB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn scanner_specs() {
+        let s: ScannerSpec = "github=https://example.test/keys".parse().unwrap();
+        assert_eq!(s.name, "github");
+        assert_eq!(s.source, "https://example.test/keys");
+        let f: ScannerSpec = "team-a=/etc/keys.json".parse().unwrap();
+        assert_eq!(f.source, "/etc/keys.json");
+        assert!("nosource".parse::<ScannerSpec>().is_err());
+        assert!("Bad Name=x".parse::<ScannerSpec>().is_err());
+        assert!("x=".parse::<ScannerSpec>().is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert!(!redact_url("postgres://u:secret@h/db").contains("secret"));
+    }
+}

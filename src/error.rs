@@ -1,0 +1,118 @@
+//! [`ApiError`]: every answer other than 200, with its status code and JSON body.
+//!
+//! Internal causes (database errors, key fetch failures) are logged with their chain
+//! and never sent to the client. No variant carries request body text, so no error
+//! body or log line can echo a token.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::alert::ParseError;
+use crate::signature::SignatureError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unknown scanner {0:?}")]
+    UnknownScanner(String),
+    #[error("no route for this path")]
+    NotFound,
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("header {0} is not valid ASCII")]
+    MalformedHeader(&'static str),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("unknown key identifier")]
+    UnknownKey,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("scanner keys are unavailable; try again later")]
+    KeysUnavailable { retry_after: Duration },
+    #[error("database is unavailable; nothing was recorded, try again later")]
+    DatabaseUnavailable {
+        #[source]
+        source: StoreError,
+        retry_after: Duration,
+    },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownScanner(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MissingHeader(_)
+            | ApiError::MalformedHeader(_)
+            | ApiError::Signature(_)
+            | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyRead | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
+            ApiError::KeysUnavailable { .. } | ApiError::DatabaseUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::KeysUnavailable { retry_after }
+            | ApiError::DatabaseUnavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable code for the error body and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::UnknownScanner(_) => "unknown_scanner",
+            ApiError::NotFound => "not_found",
+            ApiError::MissingHeader(_) | ApiError::MalformedHeader(_) => "bad_signature_header",
+            ApiError::Signature(SignatureError::Mismatch) => "bad_signature",
+            ApiError::Signature(_) => "bad_signature_header",
+            ApiError::UnknownKey => "unknown_key",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyRead => "body_read_error",
+            ApiError::Parse(_) => "bad_body",
+            ApiError::KeysUnavailable { .. } => "keys_unavailable",
+            ApiError::DatabaseUnavailable { .. } => "database_unavailable",
+        }
+    }
+}
+
+/// Writes an error chain on one line: `outer: cause: root cause`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    s
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::DatabaseUnavailable { source, .. } = &self {
+            tracing::error!(error = %error_chain(source), "database unavailable, answering 503");
+        }
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs().max(1);
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&secs.to_string()).expect("digits are a valid header"),
+            );
+        }
+        resp
+    }
+}

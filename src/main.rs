@@ -1,0 +1,114 @@
+//! The `revoker` binary: parse the CLI, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use secrecy::ExposeSecret;
+
+use revoker::cli::{read_token_arg, Cli, Command, DbArgs, TokenCommand};
+use revoker::config::{redact_url, Settings};
+use revoker::startup::{shutdown_signal, Application};
+use revoker::store::{self, NewToken, PoolSettings, RevocationStore};
+use revoker::token::Token;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Token(TokenCommand::Check { token }) = &cli.command {
+        return check(token);
+    }
+    revoker::telemetry::init("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let app = Application::build(Settings::from(args)).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Migrate(db) => {
+            open(&db).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Mint(args)) => {
+            let owner = args.owner.trim();
+            if owner.is_empty() || owner.len() > 200 || owner.chars().any(char::is_control) {
+                anyhow::bail!("--owner must be 1 to 200 printable characters");
+            }
+            let ttl = chrono::Duration::from_std(args.ttl).context("--ttl is too large")?;
+            if ttl <= chrono::Duration::zero() {
+                anyhow::bail!("--ttl must be greater than 0");
+            }
+            let store = open(&args.db).await?;
+            let token = Token::generate();
+            let now = chrono::Utc::now();
+            let expires_at = now.checked_add_signed(ttl).context("--ttl is too large")?;
+            store
+                .insert_token(&NewToken {
+                    hash: token.hash(),
+                    owner: owner.to_owned(),
+                    created_at: now,
+                    expires_at,
+                })
+                .await
+                .context("cannot store the token")?;
+            tracing::info!(token = %token.hash().prefix(), owner, %expires_at, "minted token");
+            println!("{}", token.expose_secret());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Check { .. }) => unreachable!("handled before the runtime"),
+    }
+}
+
+async fn open(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
+    let url = db.database_url.expose_secret();
+    let settings = PoolSettings {
+        max_connections: db.db_max_connections,
+        acquire_timeout: db.db_timeout,
+    };
+    let store = store::connect(url, &settings)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    store.migrate().await.context("cannot migrate database")?;
+    Ok(store)
+}
+
+fn check(arg: &str) -> ExitCode {
+    let raw = match read_token_arg(arg) {
+        Ok(raw) => raw,
+        Err(e) => {
+            eprintln!("error: cannot read the token from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Token::parse(&raw) {
+        Ok(t) => {
+            println!(
+                "ok: well-formed cio_tp_ token (sha256 {})",
+                t.hash().to_hex()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

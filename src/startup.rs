@@ -1,0 +1,168 @@
+//! Building and running the receiver: [`Application::build`] connects the store,
+//! migrates, prepares one key cache per scanner and binds the listener (port 0 works),
+//! so a caller knows the port before the server runs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::MatchedPath;
+use axum::http::Request;
+use axum::routing::post;
+use axum::Router;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{redact_url, Settings};
+use crate::signature::keys::{KeyCache, KeySource};
+use crate::store::{self, RevocationStore};
+use crate::webhook;
+
+/// Shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn RevocationStore>,
+    /// Scanner name → its key cache.
+    pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
+    pub max_body: usize,
+    pub retry_after: Duration,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Builds the scanners' key caches from the settings.
+pub fn key_caches(settings: &Settings) -> anyhow::Result<HashMap<String, Arc<KeyCache>>> {
+    let mut scanners = HashMap::new();
+    for spec in &settings.scanners {
+        // The GitHub token goes to GitHub's endpoint only, never to another scanner's source.
+        let bearer = (spec.name == "github")
+            .then(|| settings.github_token.clone())
+            .flatten();
+        let source = KeySource::new(&spec.source, settings.keys_timeout, bearer)
+            .map_err(anyhow::Error::msg)?;
+        let cache = KeyCache::new(
+            &spec.name,
+            source,
+            settings.keys_ttl,
+            settings.keys_refetch_interval,
+        );
+        if scanners
+            .insert(spec.name.clone(), Arc::new(cache))
+            .is_some()
+        {
+            anyhow::bail!("scanner {:?} is configured twice", spec.name);
+        }
+    }
+    Ok(scanners)
+}
+
+impl Application {
+    /// Connects and migrates the database named in the settings, then binds.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let url = settings.database_url.expose_secret();
+        let store = store::connect(url, &settings.pool)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+        store.migrate().await.context("cannot migrate database")?;
+        Self::build_with_store(settings, store).await
+    }
+
+    /// Binds with an already opened (and migrated) store.
+    pub async fn build_with_store(
+        settings: Settings,
+        store: Arc<dyn RevocationStore>,
+    ) -> anyhow::Result<Self> {
+        let scanners = key_caches(&settings)?;
+        // Warm the key caches without delaying start-up; a delivery that arrives first
+        // waits for the same fetch (single-flight).
+        for cache in scanners.values() {
+            let cache = Arc::clone(cache);
+            tokio::spawn(async move {
+                let _ = cache.load().await;
+            });
+        }
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Application {
+            listener,
+            state: AppState {
+                store,
+                scanners: Arc::new(scanners),
+                max_body: settings.max_body,
+                retry_after: settings.retry_after,
+            },
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The public router: the webhook route and a JSON 404 for everything else.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/secret-scanning/{scanner}", post(webhook::receive))
+        .fallback(webhook::not_found)
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::info_span!("http", method = %req.method(), route)
+            }),
+        )
+        .with_state(state)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received, finishing in-flight deliveries");
+}

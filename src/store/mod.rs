@@ -1,0 +1,300 @@
+//! Storage: the [`RevocationStore`] trait and its two backends, SQLite and PostgreSQL.
+//!
+//! All SQL of the project lives below this module. Each backend owns its migrations
+//! (`migrations/sqlite`, `migrations/postgres`, embedded with `sqlx::migrate!`).
+//!
+//! Invariants:
+//! - No raw token is ever stored: tokens are keyed by the SHA-256 of the whole string.
+//! - [`RevocationStore::record_report`] is all-or-nothing: the report row, the revocation
+//!   of every candidate (one statement) and the item rows commit in one transaction, or
+//!   nothing is written and the caller answers 503 so the scanner retries.
+//! - A token is flipped to revoked at most once; `revoked_at` never changes afterwards.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::token::TokenHash;
+
+pub mod postgres;
+pub mod sqlite;
+
+/// What happened to one reported item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Ours, was live, now revoked by this report.
+    Revoked,
+    /// Ours, already revoked earlier; `revoked_at` is unchanged.
+    AlreadyRevoked,
+    /// Ours, had expired but was not revoked; revoked now anyway.
+    Expired,
+    /// Well-formed (check digits right) but not a token we issued.
+    Unknown,
+    /// Not a `cio_tp_` token at all; never reaches the database.
+    NotOurs,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Revoked,
+        Outcome::AlreadyRevoked,
+        Outcome::Expired,
+        Outcome::Unknown,
+        Outcome::NotOurs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Revoked => "revoked",
+            Outcome::AlreadyRevoked => "already_revoked",
+            Outcome::Expired => "expired",
+            Outcome::Unknown => "unknown",
+            Outcome::NotOurs => "not_ours",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// The label the scanner gets: was this a real token of ours?
+    pub fn is_true_positive(self) -> bool {
+        matches!(
+            self,
+            Outcome::Revoked | Outcome::AlreadyRevoked | Outcome::Expired
+        )
+    }
+}
+
+/// Per-outcome item counts of one report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutcomeCounts {
+    pub revoked: u32,
+    pub already_revoked: u32,
+    pub expired: u32,
+    pub unknown: u32,
+    pub not_ours: u32,
+}
+
+impl OutcomeCounts {
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Revoked => self.revoked += 1,
+            Outcome::AlreadyRevoked => self.already_revoked += 1,
+            Outcome::Expired => self.expired += 1,
+            Outcome::Unknown => self.unknown += 1,
+            Outcome::NotOurs => self.not_ours += 1,
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.revoked + self.already_revoked + self.expired + self.unknown + self.not_ours
+    }
+}
+
+/// A freshly minted token, as stored.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub hash: TokenHash,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A stored token, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub hash: TokenHash,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Id of the report that revoked it.
+    pub revoked_by: Option<i64>,
+}
+
+/// One candidate item of a delivery (a well-formed `cio_tp_` token).
+#[derive(Debug, Clone)]
+pub struct CandidateItem {
+    /// Index of the item in the delivery, so rows can be matched to the input.
+    pub position: u32,
+    pub hash: TokenHash,
+    pub token_type: String,
+    pub source: String,
+    pub url: String,
+}
+
+/// An accepted delivery that has at least one candidate, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub scanner: String,
+    pub key_id: String,
+    pub received_at: DateTime<Utc>,
+    pub body_sha256: [u8; 32],
+    /// Number of items in the delivery, candidates or not.
+    pub item_count: u32,
+    /// Number of items that were not candidates (answered without the database).
+    pub not_ours: u32,
+    pub candidates: Vec<CandidateItem>,
+}
+
+/// The result of recording a report.
+#[derive(Debug, Clone)]
+pub struct RecordedReport {
+    pub report_id: i64,
+    /// One outcome per entry of `NewReport::candidates`, same order.
+    pub outcomes: Vec<Outcome>,
+    pub counts: OutcomeCounts,
+}
+
+/// A stored report row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    pub id: i64,
+    pub scanner: String,
+    pub key_id: String,
+    pub received_at: DateTime<Utc>,
+    pub body_sha256: Vec<u8>,
+    pub item_count: u32,
+    pub counts: OutcomeCounts,
+}
+
+/// A stored report item row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportItemRecord {
+    pub position: u32,
+    pub token_hash: TokenHash,
+    pub token_type: String,
+    pub source: String,
+    pub url: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the statement failed; the caller should
+    /// answer 503 so the scanner retries.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL scheme {0:?} (use sqlite:// or postgres://)")]
+    UnsupportedScheme(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// Connection settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the database counts as down.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The storage contract. Both backends pass the same test suite (`tests/contract.rs`).
+#[async_trait]
+pub trait RevocationStore: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Applies the embedded migrations of this backend.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Cheap round trip: is the database reachable?
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError>;
+
+    /// Records a delivery and revokes every candidate, atomically (see module docs).
+    async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError>;
+
+    async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
+
+    async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError>;
+
+    async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError>;
+
+    async fn count_reports(&self) -> Result<i64, StoreError>;
+
+    /// Number of statements this store has sent to the database since it was opened.
+    fn statements(&self) -> u64;
+}
+
+/// Opens the store named by the URL scheme: `sqlite:` or `postgres:`/`postgresql:`.
+/// Does not migrate; call [`RevocationStore::migrate`].
+pub async fn connect(
+    url: &str,
+    settings: &PoolSettings,
+) -> Result<Arc<dyn RevocationStore>, StoreError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::connect(url, settings).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(
+            postgres::PostgresStore::connect(url, settings).await?,
+        )),
+        other => Err(StoreError::UnsupportedScheme(other.to_owned())),
+    }
+}
+
+/// Counts statements sent to the database (the benchmark's flood check reads it).
+#[derive(Debug, Default)]
+pub(crate) struct StatementCounter(AtomicU64);
+
+impl StatementCounter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Distinct hashes of the candidates, in first-seen order.
+pub(crate) fn distinct_hashes(candidates: &[CandidateItem]) -> Vec<TokenHash> {
+    let mut seen = std::collections::HashSet::with_capacity(candidates.len());
+    candidates
+        .iter()
+        .filter(|c| seen.insert(c.hash))
+        .map(|c| c.hash)
+        .collect()
+}
+
+/// Maps per-hash outcomes back onto the candidates, in order, and counts them.
+pub(crate) fn outcomes_for(
+    report: &NewReport,
+    by_hash: &std::collections::HashMap<TokenHash, Outcome>,
+) -> Result<(Vec<Outcome>, OutcomeCounts), StoreError> {
+    let mut counts = OutcomeCounts {
+        not_ours: report.not_ours,
+        ..OutcomeCounts::default()
+    };
+    let mut outcomes = Vec::with_capacity(report.candidates.len());
+    for c in &report.candidates {
+        let o = *by_hash.get(&c.hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("no outcome for candidate {}", c.hash.prefix()))
+        })?;
+        counts.add(o);
+        outcomes.push(o);
+    }
+    Ok((outcomes, counts))
+}

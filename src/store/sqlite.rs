@@ -1,0 +1,328 @@
+//! SQLite backend: the embedded default (`sqlite://revoker.db`).
+//!
+//! The file is created if missing and opened in WAL mode with `synchronous=FULL`, so a
+//! revocation that was answered 200 survives a power cut. Timestamps are stored as Unix
+//! epoch milliseconds. Variable-length inputs (hash lists, item rows) are bound as one
+//! JSON text and expanded with `json_each`, so one statement serves any batch size.
+//!
+//! SQLite has one writer at a time; `record_report` starts with a write, so it takes the
+//! write lock first and its reads inside the transaction are consistent.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    statements: StatementCounter,
+}
+
+fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+fn hash_from(bytes: &[u8]) -> Result<TokenHash, StoreError> {
+    TokenHash::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("hash is not 32 bytes".into()))
+}
+
+/// A JSON array of lower-case hex hashes, for `json_each` + `unhex`.
+fn hex_array(hashes: &[TokenHash]) -> String {
+    let mut s = String::with_capacity(hashes.len() * 67 + 2);
+    s.push('[');
+    for (i, h) in hashes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        s.push_str(&h.to_hex());
+        s.push('"');
+    }
+    s.push(']');
+    s
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(settings.acquire_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            statements: StatementCounter::default(),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl RevocationStore for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.statements.add(1);
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.statements.add(1);
+        sqlx::query(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(token.hash.as_bytes().as_slice())
+        .bind(&token.owner)
+        .bind(to_millis(token.created_at))
+        .bind(to_millis(token.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError> {
+        let now = to_millis(report.received_at);
+        let distinct = distinct_hashes(&report.candidates);
+
+        self.statements.add(1);
+        let mut tx = self.pool.begin().await?;
+
+        self.statements.add(1);
+        let report_id: i64 = sqlx::query_scalar(
+            "INSERT INTO reports (scanner, key_id, received_at, body_sha256, item_count, not_ours)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )
+        .bind(&report.scanner)
+        .bind(&report.key_id)
+        .bind(now)
+        .bind(report.body_sha256.as_slice())
+        .bind(report.item_count)
+        .bind(report.not_ours)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        // The one revoking statement: every live candidate flips, in one UPDATE.
+        self.statements.add(1);
+        let flipped = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
+             WHERE revoked_at IS NULL
+               AND hash IN (SELECT unhex(value) FROM json_each(?3))
+             RETURNING hash, expires_at <= ?1 AS was_expired",
+        )
+        .bind(now)
+        .bind(report_id)
+        .bind(hex_array(&distinct))
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+        for row in &flipped {
+            let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
+            let was_expired: bool = row.try_get(1)?;
+            let o = if was_expired {
+                Outcome::Expired
+            } else {
+                Outcome::Revoked
+            };
+            by_hash.insert(hash, o);
+        }
+
+        // Whatever did not flip is either ours and already revoked, or not ours at all.
+        let rest: Vec<TokenHash> = distinct
+            .iter()
+            .filter(|h| !by_hash.contains_key(*h))
+            .copied()
+            .collect();
+        if !rest.is_empty() {
+            self.statements.add(1);
+            let existing = sqlx::query(
+                "SELECT hash FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))",
+            )
+            .bind(hex_array(&rest))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &existing {
+                by_hash.insert(
+                    hash_from(row.try_get::<&[u8], _>(0)?)?,
+                    Outcome::AlreadyRevoked,
+                );
+            }
+            for h in rest {
+                by_hash.entry(h).or_insert(Outcome::Unknown);
+            }
+        }
+
+        let (outcomes, counts) = outcomes_for(report, &by_hash)?;
+
+        // All item rows in one statement, as one JSON array of [pos, hash, type, source, url, outcome].
+        let items: Vec<serde_json::Value> = report
+            .candidates
+            .iter()
+            .zip(&outcomes)
+            .map(|(c, o)| {
+                serde_json::json!([
+                    c.position,
+                    c.hash.to_hex(),
+                    c.token_type,
+                    c.source,
+                    c.url,
+                    o.as_str()
+                ])
+            })
+            .collect();
+        self.statements.add(1);
+        sqlx::query(
+            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
+             SELECT ?1, json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')),
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                    json_extract(value, '$[4]'), json_extract(value, '$[5]')
+             FROM json_each(?2)",
+        )
+        .bind(report_id)
+        .bind(serde_json::Value::Array(items).to_string())
+        .execute(&mut *tx)
+        .await?;
+
+        self.statements.add(1);
+        sqlx::query(
+            "UPDATE reports SET revoked = ?2, already_revoked = ?3, expired = ?4, unknown = ?5
+             WHERE id = ?1",
+        )
+        .bind(report_id)
+        .bind(counts.revoked)
+        .bind(counts.already_revoked)
+        .bind(counts.expired)
+        .bind(counts.unknown)
+        .execute(&mut *tx)
+        .await?;
+
+        self.statements.add(1);
+        tx.commit().await?;
+
+        Ok(RecordedReport {
+            report_id,
+            outcomes,
+            counts,
+        })
+    }
+
+    async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.statements.add(1);
+        let row = sqlx::query(
+            "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = ?1",
+        )
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(TokenRecord {
+                hash: *hash,
+                owner: r.try_get(0)?,
+                created_at: from_millis(r.try_get(1)?)?,
+                expires_at: from_millis(r.try_get(2)?)?,
+                revoked_at: r
+                    .try_get::<Option<i64>, _>(3)?
+                    .map(from_millis)
+                    .transpose()?,
+                revoked_by: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError> {
+        self.statements.add(1);
+        let row = sqlx::query(
+            "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
+                    revoked, already_revoked, expired, unknown, not_ours
+             FROM reports WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ReportRecord {
+                id: r.try_get(0)?,
+                scanner: r.try_get(1)?,
+                key_id: r.try_get(2)?,
+                received_at: from_millis(r.try_get(3)?)?,
+                body_sha256: r.try_get(4)?,
+                item_count: r.try_get(5)?,
+                counts: OutcomeCounts {
+                    revoked: r.try_get(6)?,
+                    already_revoked: r.try_get(7)?,
+                    expired: r.try_get(8)?,
+                    unknown: r.try_get(9)?,
+                    not_ours: r.try_get(10)?,
+                },
+            })
+        })
+        .transpose()
+    }
+
+    async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError> {
+        self.statements.add(1);
+        let rows = sqlx::query(
+            "SELECT position, token_hash, token_type, source, url, outcome
+             FROM report_items WHERE report_id = ?1 ORDER BY position",
+        )
+        .bind(report_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.try_get(5)?;
+                Ok(ReportItemRecord {
+                    position: r.try_get(0)?,
+                    token_hash: hash_from(r.try_get::<&[u8], _>(1)?)?,
+                    token_type: r.try_get(2)?,
+                    source: r.try_get(3)?,
+                    url: r.try_get(4)?,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_reports(&self) -> Result<i64, StoreError> {
+        self.statements.add(1);
+        Ok(sqlx::query_scalar("SELECT count(*) FROM reports")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements.get()
+    }
+}

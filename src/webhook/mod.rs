@@ -1,0 +1,151 @@
+//! The alert endpoint: `POST /secret-scanning/{scanner}`.
+//!
+//! Order of work, cheapest refusal first: scanner known (404) → signature headers
+//! present and well-formed (401) → body within the limit, read without buffering more
+//! than the limit (413) → key for the key id (401 unknown, 503 unavailable) → signature
+//! over the exact raw bytes (401) → JSON shape (400) → classify offline → one store
+//! call (503 if the database fails; nothing written) → 200 with per-item feedback.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use http_body_util::{BodyExt, Limited};
+use sha2::{Digest, Sha256};
+
+use crate::alert::{self, Feedback};
+use crate::error::ApiError;
+use crate::signature::keys::KeyError;
+use crate::signature::{self, KEY_ID_HEADER, SIGNATURE_HEADER};
+use crate::startup::AppState;
+use crate::store::OutcomeCounts;
+
+fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ApiError> {
+    headers
+        .get(name)
+        .ok_or(ApiError::MissingHeader(name))?
+        .to_str()
+        .map_err(|_| ApiError::MalformedHeader(name))
+}
+
+/// Reads at most `limit` bytes; refuses early when Content-Length already says more.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(ApiError::BodyRead),
+    }
+}
+
+#[tracing::instrument(name = "delivery", skip_all, fields(scanner = %scanner, key_id = tracing::field::Empty))]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(scanner): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Feedback>>, ApiError> {
+    let started = Instant::now();
+    let result = handle(&state, &scanner, &headers, body, started).await;
+    if let Err(e) = &result {
+        tracing::warn!(
+            status = e.status().as_u16(),
+            error = e.code(),
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            "delivery refused: {e}"
+        );
+    }
+    result.map(Json)
+}
+
+async fn handle(
+    state: &AppState,
+    scanner: &str,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<Vec<Feedback>, ApiError> {
+    let cache = state
+        .scanners
+        .get(scanner)
+        .ok_or_else(|| ApiError::UnknownScanner(scanner.to_owned()))?;
+    let key_id = header(headers, KEY_ID_HEADER)?;
+    tracing::Span::current().record("key_id", key_id);
+    let signature = signature::decode_signature(header(headers, SIGNATURE_HEADER)?)?;
+    let body = read_body(headers, body, state.max_body).await?;
+
+    let key = cache.key(key_id).await.map_err(|e| match e {
+        KeyError::Unknown => ApiError::UnknownKey,
+        KeyError::Unavailable => ApiError::KeysUnavailable {
+            retry_after: state.retry_after,
+        },
+    })?;
+    signature::verify(&key.key, &body, &signature)?;
+    if !key.is_current {
+        tracing::info!("delivery signed with a key that is not marked current");
+    }
+
+    let received_at = chrono::Utc::now();
+    let items = alert::parse(&body)?;
+    let classified = alert::classify(&items);
+    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+
+    let (report_id, outcomes, counts) =
+        match classified.into_report(scanner, key_id, received_at, body_sha256) {
+            None => {
+                let counts = OutcomeCounts {
+                    not_ours: classified.not_ours,
+                    ..OutcomeCounts::default()
+                };
+                (None, classified.outcomes(&[]), counts)
+            }
+            Some(report) => {
+                let recorded = state.store.record_report(&report).await.map_err(|source| {
+                    ApiError::DatabaseUnavailable {
+                        source,
+                        retry_after: state.retry_after,
+                    }
+                })?;
+                for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
+                    tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
+                }
+                (
+                    Some(recorded.report_id),
+                    classified.outcomes(&recorded.outcomes),
+                    recorded.counts,
+                )
+            }
+        };
+
+    tracing::info!(
+        report_id,
+        items = items.len(),
+        revoked = counts.revoked,
+        already_revoked = counts.already_revoked,
+        expired = counts.expired,
+        unknown = counts.unknown,
+        not_ours = counts.not_ours,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        "delivery processed"
+    );
+    Ok(alert::feedback(&items, &classified.hashes, &outcomes))
+}
+
+/// JSON 404 for every path that is not a route.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
