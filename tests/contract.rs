@@ -1,0 +1,670 @@
+//! The receiver's contract, run against both stores: every test here runs once on
+//! SQLite (`sqlite::name`) and once on PostgreSQL (`postgres::name`).
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Duration as Ttl;
+use sqlx::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+use revoker::config::ScannerSpec;
+use revoker::store::Outcome;
+use revoker::token::{Token, TokenHash};
+
+async fn run<F, Fut>(kind: Kind, test: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let db = Arc::new(db);
+    test(Arc::clone(&db)).await;
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.cleanup().await;
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Kind::Sqlite, super::$name).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Kind::Postgres, super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    revokes_minted_token_and_labels_every_item,
+    second_identical_delivery_revokes_nothing_twice,
+    expired_token_is_revoked_as_true_positive,
+    same_token_twice_in_one_batch_is_revoked_once,
+    non_candidates_never_reach_the_database,
+    empty_array_is_answered_with_empty_feedback,
+    forged_deliveries_get_401_and_record_nothing,
+    missing_or_malformed_signature_headers_get_401,
+    signed_but_malformed_body_gets_400_and_records_nothing,
+    unknown_scanner_and_paths_get_json_404,
+    oversized_bodies_get_413_without_being_read,
+    key_source_down_without_cached_keys_gets_503,
+    database_unavailable_gets_503_then_retry_gets_full_answer,
+    openssl_signed_fixture_is_accepted_from_a_key_file,
+    two_instances_racing_revoke_each_token_exactly_once,
+    no_raw_token_is_stored,
+);
+
+async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    (app, keys)
+}
+
+async fn revokes_minted_token_and_labels_every_item(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let live = app.mint("alice/my-crate", Ttl::minutes(30)).await;
+    let unknown = Token::generate();
+    let body = alert_body(&[
+        "junk",
+        live.expose_secret(),
+        unknown.expose_secret(),
+        "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000",
+    ]);
+    let answer = app.deliver(&Signer::test(), body).await;
+    assert_eq!(
+        answer.labels(),
+        [
+            "false_positive",
+            "true_positive",
+            "false_positive",
+            "false_positive"
+        ]
+    );
+    let entries = answer.json.as_array().unwrap();
+    assert_eq!(entries[1]["token_hash"], live.hash().to_hex());
+    assert_eq!(entries[0]["token_hash"], TokenHash::of("junk").to_hex());
+    assert_eq!(entries[1]["token_type"], "cio_tp");
+    assert!(entries.iter().all(|e| e.get("token_raw").is_none()));
+
+    let stored = app.store.token(&live.hash()).await.unwrap().unwrap();
+    let report_id = stored.revoked_by.expect("revoked by the report");
+    assert!(stored.revoked_at.is_some());
+    assert_eq!(stored.owner, "alice/my-crate");
+
+    let report = app.store.report(report_id).await.unwrap().unwrap();
+    assert_eq!(report.scanner, "github");
+    assert_eq!(report.key_id, KEY_ID);
+    assert_eq!(report.item_count, 4);
+    assert_eq!(report.counts.revoked, 1);
+    assert_eq!(report.counts.unknown, 1);
+    assert_eq!(report.counts.not_ours, 2);
+
+    let items = app.store.report_items(report_id).await.unwrap();
+    assert_eq!(items.len(), 2, "only candidates are stored as items");
+    assert_eq!(items[0].position, 1);
+    assert_eq!(items[0].outcome, Outcome::Revoked);
+    assert_eq!(items[0].token_hash, live.hash());
+    assert_eq!(
+        items[0].url,
+        "https://github.com/example/repo/blob/main/file1.txt"
+    );
+    assert_eq!(items[0].source, "content");
+    assert_eq!(items[1].position, 2);
+    assert_eq!(items[1].outcome, Outcome::Unknown);
+    app.stop().await;
+}
+
+async fn second_identical_delivery_revokes_nothing_twice(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let t = app.mint("bob/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&[t.expose_secret(), "junk"]);
+    let signer = Signer::test();
+    let first = app.deliver(&signer, body.clone()).await;
+    let after_first = app.store.token(&t.hash()).await.unwrap().unwrap();
+    let second = app.deliver(&signer, body).await;
+    assert_eq!(first.labels(), second.labels());
+    assert_eq!(first.json, second.json);
+    let after_second = app.store.token(&t.hash()).await.unwrap().unwrap();
+    assert_eq!(after_first.revoked_at, after_second.revoked_at);
+    assert_eq!(after_first.revoked_by, after_second.revoked_by);
+    assert_eq!(
+        app.store.count_reports().await.unwrap(),
+        2,
+        "both deliveries recorded"
+    );
+    let second_report = app
+        .store
+        .report(after_first.revoked_by.unwrap() + 1)
+        .await
+        .unwrap()
+        .expect("second report row");
+    assert_eq!(second_report.counts.revoked, 0);
+    assert_eq!(second_report.counts.already_revoked, 1);
+    app.stop().await;
+}
+
+async fn expired_token_is_revoked_as_true_positive(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let expired = app.mint("carol/pkg", Ttl::minutes(-5)).await;
+    let answer = app
+        .deliver(&Signer::test(), alert_body(&[expired.expose_secret()]))
+        .await;
+    assert_eq!(answer.labels(), ["true_positive"]);
+    let stored = app.store.token(&expired.hash()).await.unwrap().unwrap();
+    assert!(
+        stored.revoked_at.is_some(),
+        "expired tokens are revoked too"
+    );
+    let report = app
+        .store
+        .report(stored.revoked_by.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.counts.expired, 1);
+    assert_eq!(report.counts.revoked, 0);
+    app.stop().await;
+}
+
+async fn same_token_twice_in_one_batch_is_revoked_once(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let t = app.mint("dave/pkg", Ttl::minutes(30)).await;
+    let answer = app
+        .deliver(
+            &Signer::test(),
+            alert_body(&[t.expose_secret(), t.expose_secret()]),
+        )
+        .await;
+    assert_eq!(answer.labels(), ["true_positive", "true_positive"]);
+    let stored = app.store.token(&t.hash()).await.unwrap().unwrap();
+    let items = app
+        .store
+        .report_items(stored.revoked_by.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "both items recorded");
+    assert!(items.iter().all(|i| i.token_hash == t.hash()));
+    assert_eq!(app.store.count_reports().await.unwrap(), 1);
+    app.stop().await;
+}
+
+async fn non_candidates_never_reach_the_database(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let mut junk: Vec<String> = (0..500).map(|i| format!("junk-{i}")).collect();
+    // Right prefix, length and alphabet, wrong check digits.
+    for _ in 0..500 {
+        let t = Token::generate();
+        let mut s = t.expose_secret().to_owned();
+        let last = s.pop().unwrap();
+        s.push(if last == 'A' { 'B' } else { 'A' });
+        junk.push(s);
+    }
+    let refs: Vec<&str> = junk.iter().map(String::as_str).collect();
+    let before = app.store.statements();
+    let answer = app.deliver(&Signer::test(), alert_body(&refs)).await;
+    assert_eq!(answer.labels().len(), 1000);
+    assert!(answer.labels().iter().all(|l| l == "false_positive"));
+    assert_eq!(
+        app.store.statements(),
+        before,
+        "no statement for non-candidates"
+    );
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    app.stop().await;
+}
+
+async fn empty_array_is_answered_with_empty_feedback(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let answer = app.deliver(&Signer::test(), b"[]".to_vec()).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json, serde_json::json!([]));
+    app.stop().await;
+}
+
+async fn forged_deliveries_get_401_and_record_nothing(db: Arc<TestDb>) {
+    let (app, keys) = app_for(&db).await;
+    let t = app.mint("erin/pkg", Ttl::minutes(30)).await;
+    let signer = Signer::test();
+    let mut body = alert_body(&[t.expose_secret()]);
+    body.push(b'\n');
+    let sig = signer.sign(&body);
+
+    // One byte changed (inside the URL, so the JSON stays valid).
+    let mut changed = body.clone();
+    let pos = changed.windows(4).position(|w| w == b"file").unwrap();
+    changed[pos] = b'F';
+    let a = app.post("github", Some(KEY_ID), Some(&sig), changed).await;
+    assert_eq!((a.status, a.error_code()), (401, "bad_signature"));
+
+    // Trailing newline removed.
+    let trimmed = body[..body.len() - 1].to_vec();
+    let a = app.post("github", Some(KEY_ID), Some(&sig), trimmed).await;
+    assert_eq!((a.status, a.error_code()), (401, "bad_signature"));
+
+    // Signed by another key, claiming the trusted key id.
+    let other = Signer::from_fixture("keys/other-key.pem", KEY_ID);
+    let a = app.deliver(&other, body.clone()).await;
+    assert_eq!((a.status, a.error_code()), (401, "bad_signature"));
+
+    // Unknown key id: one refetch, still unknown.
+    let fetches = keys.fetches();
+    let a = app
+        .post("github", Some("no-such-key"), Some(&sig), body.clone())
+        .await;
+    assert_eq!((a.status, a.error_code()), (401, "unknown_key"));
+    assert!(keys.fetches() <= fetches + 1);
+
+    // The untouched delivery still works afterwards: nothing was recorded before it.
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    assert!(app
+        .store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    let a = app.post("github", Some(KEY_ID), Some(&sig), body).await;
+    assert_eq!(a.labels(), ["true_positive"]);
+    app.stop().await;
+}
+
+async fn missing_or_malformed_signature_headers_get_401(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let body = alert_body(&["junk"]);
+    let sig = Signer::test().sign(&body);
+    for (key_id, signature) in [
+        (None, Some(sig.as_str())),
+        (Some(KEY_ID), None),
+        (None, None),
+        (Some(KEY_ID), Some("%%%not-base64%%%")),
+        (Some(KEY_ID), Some("aGVsbG8gd29ybGQ=")), // base64, but not DER
+    ] {
+        let a = app.post("github", key_id, signature, body.clone()).await;
+        assert_eq!(a.status, 401, "{key_id:?} {signature:?}: {}", a.text);
+        assert_eq!(a.error_code(), "bad_signature_header");
+        assert!(a.json["message"].as_str().unwrap().len() > 10);
+    }
+    // Header names match case-insensitively (HTTP/1.1 lower-cases nothing for us).
+    let resp = app
+        .client
+        .post(format!("{}/secret-scanning/github", app.base))
+        .header("GITHUB-PUBLIC-KEY-IDENTIFIER", KEY_ID)
+        .header("github-public-key-signature", &sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
+
+async fn signed_but_malformed_body_gets_400_and_records_nothing(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let t = app.mint("frank/pkg", Ttl::minutes(30)).await;
+    let signer = Signer::test();
+    for body in [
+        format!(r#"{{"token":"{}"}}"#, t.expose_secret()),
+        format!(r#"["{}"]"#, t.expose_secret()),
+        format!(r#"[{{"token":"{}","type":5}}]"#, t.expose_secret()),
+        format!(r#"[{{"tokens":"{}"}}]"#, t.expose_secret()),
+        format!(r#"[{{"token":"{}""#, t.expose_secret()),
+        String::new(),
+    ] {
+        let a = app.deliver(&signer, body.clone().into_bytes()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert_eq!(a.error_code(), "bad_body");
+        assert!(
+            !a.text.contains(t.expose_secret()),
+            "error echoes the token"
+        );
+    }
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    assert!(app
+        .store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    app.stop().await;
+}
+
+async fn unknown_scanner_and_paths_get_json_404(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let body = alert_body(&["junk"]);
+    let sig = Signer::test().sign(&body);
+    let a = app.post("gitlab", Some(KEY_ID), Some(&sig), body).await;
+    assert_eq!((a.status, a.error_code()), (404, "unknown_scanner"));
+    let resp = app
+        .client
+        .get(format!("{}/nope", app.base))
+        .send()
+        .await
+        .unwrap();
+    let a = Answer::from(resp).await;
+    assert_eq!((a.status, a.error_code()), (404, "not_found"));
+    app.stop().await;
+}
+
+async fn oversized_bodies_get_413_without_being_read(db: Arc<TestDb>) {
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            max_body: 64 * 1024,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let signer = Signer::test();
+    // Declared too large: refused from the Content-Length alone.
+    let big = vec![b' '; 64 * 1024 + 1];
+    let a = app.deliver(&signer, big).await;
+    assert_eq!((a.status, a.error_code()), (413, "payload_too_large"));
+
+    // Chunked, no Content-Length: refused once the limit is crossed, even though the
+    // client announces far more (it never sends it all).
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /secret-scanning/github HTTP/1.1\r\nHost: {addr}\r\n\
+         Github-Public-Key-Identifier: {KEY_ID}\r\nGithub-Public-Key-Signature: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        signer.sign(b"[]")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 16 * 1024];
+    let started = Instant::now();
+    let mut sent = 0usize;
+    // Keep sending until the server answers or 1 MiB is out: it must answer first.
+    let mut buf = vec![0u8; 4096];
+    let answer = loop {
+        let write = async {
+            stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            stream.write_all(&chunk).await?;
+            stream.write_all(b"\r\n").await
+        };
+        if write.await.is_err() {
+            break String::new();
+        }
+        sent += chunk.len();
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await
+        {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        assert!(sent <= 1 << 20, "server read 1 MiB without refusing");
+    };
+    assert!(answer.starts_with("HTTP/1.1 413"), "got {answer:?}");
+    assert!(sent < 1 << 20);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    app.stop().await;
+}
+
+async fn key_source_down_without_cached_keys_gets_503(db: Arc<TestDb>) {
+    let keys = KeyServer::start(KeyMode::Status(502)).await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let t = app.mint("gina/pkg", Ttl::minutes(30)).await;
+    let a = app
+        .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+        .await;
+    assert_eq!((a.status, a.error_code()), (503, "keys_unavailable"));
+    assert_eq!(a.retry_after.as_deref(), Some("7"));
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    assert!(app
+        .store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    app.stop().await;
+}
+
+async fn database_unavailable_gets_503_then_retry_gets_full_answer(db: Arc<TestDb>) {
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            db_timeout: Duration::from_millis(700),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let t = app.mint("hank/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&["junk", t.expose_secret()]);
+    let signer = Signer::test();
+
+    let outage = Outage::start(&db).await;
+    let a = app.deliver(&signer, body.clone()).await;
+    assert_eq!((a.status, a.error_code()), (503, "database_unavailable"));
+    assert_eq!(a.retry_after.as_deref(), Some("7"));
+    assert!(
+        !a.text.contains("sqlx") && !a.text.contains("pool"),
+        "internal cause leaked: {}",
+        a.text
+    );
+    outage.end(&db).await;
+
+    // Nothing of the refused delivery was written.
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    assert!(app
+        .store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+
+    // The scanner's retry gets the complete answer.
+    let a = app.deliver(&signer, body).await;
+    assert_eq!(a.labels(), ["false_positive", "true_positive"]);
+    assert!(app
+        .store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    app.stop().await;
+}
+
+/// Makes the database unusable for the app: SQLite held under an exclusive lock,
+/// PostgreSQL refusing connections with the app's connections terminated.
+enum Outage {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres,
+}
+
+impl Outage {
+    async fn start(db: &TestDb) -> Outage {
+        match db {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Outage::Sqlite(conn)
+            }
+            TestDb::Postgres {
+                admin_url, name, ..
+            } => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                )
+                .bind(name)
+                .execute(&mut admin)
+                .await
+                .unwrap();
+                Outage::Postgres
+            }
+        }
+    }
+
+    async fn end(self, db: &TestDb) {
+        match (self, db) {
+            (Outage::Sqlite(mut conn), _) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+            (
+                Outage::Postgres,
+                TestDb::Postgres {
+                    admin_url, name, ..
+                },
+            ) => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+async fn openssl_signed_fixture_is_accepted_from_a_key_file(db: Arc<TestDb>) {
+    let keys = KeyServer::start(KeyMode::Status(500)).await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            extra_scanners: vec![ScannerSpec {
+                name: "local".into(),
+                source: fixture("keys/test-keys.json").display().to_string(),
+            }],
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let body = std::fs::read(fixture("deliveries/sample.json")).unwrap();
+    assert_eq!(
+        body.last(),
+        Some(&b'\n'),
+        "fixture keeps its trailing newline"
+    );
+    let sig = fixture_string("deliveries/sample.json.sig");
+    let a = app
+        .post("local", Some(KEY_ID), Some(sig.trim()), body.clone())
+        .await;
+    assert_eq!(
+        a.labels(),
+        ["false_positive", "false_positive", "false_positive"]
+    );
+    assert_eq!(a.json[0]["token_type"], "cio_tp");
+    // The well-formed one reached the database and was recorded as unknown.
+    let report = app.store.report(1).await.unwrap().unwrap();
+    assert_eq!(report.scanner, "local");
+    assert_eq!(report.counts.unknown, 1);
+    assert_eq!(report.counts.not_ours, 2);
+    // Without its trailing newline the OpenSSL signature no longer matches.
+    let a = app
+        .post(
+            "local",
+            Some(KEY_ID),
+            Some(sig.trim()),
+            body[..body.len() - 1].to_vec(),
+        )
+        .await;
+    assert_eq!(a.status, 401);
+    app.stop().await;
+}
+
+async fn two_instances_racing_revoke_each_token_exactly_once(db: Arc<TestDb>) {
+    let keys = KeyServer::with_test_keys().await;
+    let a = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let b = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let signer = Signer::test();
+    for round in 0..5 {
+        let mut tokens = Vec::new();
+        for _ in 0..40 {
+            tokens.push(a.mint(&format!("race/{round}"), Ttl::minutes(30)).await);
+        }
+        // Both deliveries carry every token, in opposite orders.
+        let fwd: Vec<&str> = tokens.iter().map(|t| t.expose_secret()).collect();
+        let rev: Vec<&str> = fwd.iter().rev().copied().collect();
+        let (ra, rb) = tokio::join!(
+            a.deliver(&signer, alert_body(&fwd)),
+            b.deliver(&signer, alert_body(&rev))
+        );
+        assert!(ra.labels().iter().all(|l| l == "true_positive"));
+        assert!(rb.labels().iter().all(|l| l == "true_positive"));
+        for t in &tokens {
+            let stored = a.store.token(&t.hash()).await.unwrap().unwrap();
+            let winner = stored.revoked_by.unwrap();
+            let mut revoked = 0;
+            let mut already = 0;
+            for report in (winner - 6)..=(winner + 6) {
+                for item in a.store.report_items(report).await.unwrap() {
+                    if item.token_hash == t.hash() {
+                        match item.outcome {
+                            Outcome::Revoked => {
+                                assert_eq!(report, winner);
+                                revoked += 1
+                            }
+                            Outcome::AlreadyRevoked => already += 1,
+                            other => panic!("unexpected outcome {other:?}"),
+                        }
+                    }
+                }
+            }
+            assert_eq!((revoked, already), (1, 1), "round {round}");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn no_raw_token_is_stored(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let minted = app.mint("ivy/pkg", Ttl::minutes(30)).await;
+    let unknown = Token::generate();
+    let a = app
+        .deliver(
+            &Signer::test(),
+            alert_body(&[minted.expose_secret(), unknown.expose_secret()]),
+        )
+        .await;
+    assert_eq!(a.labels(), ["true_positive", "false_positive"]);
+    let dump = db.dump().await;
+    assert!(dump.contains("ivy/pkg"), "dump covers the tables");
+    for t in [&minted, &unknown] {
+        let raw = t.expose_secret();
+        assert!(!dump.contains(raw));
+        assert!(!dump.contains(&raw[7..37]), "random part stored");
+    }
+    assert!(!a.text.contains(minted.expose_secret()));
+    app.stop().await;
+}
