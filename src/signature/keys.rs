@@ -204,8 +204,10 @@ struct CacheState {
     keys: Arc<HashMap<String, ScannerKey>>,
     /// When the keys held were fetched.
     fetched_at: Option<Instant>,
-    /// When the last fetch started, and whether it succeeded.
-    last_attempt: Option<(Instant, bool)>,
+    /// When the last fetch started (refetches are rate-limited from this).
+    last_started: Option<Instant>,
+    /// How the last finished fetch ended; `None` until one has finished.
+    last_ok: Option<bool>,
 }
 
 /// A snapshot of the cache for health checks and metrics.
@@ -257,7 +259,7 @@ impl KeyCache {
         CacheStatus {
             keys: st.keys.len(),
             age: st.fetched_at.map(|t| t.elapsed()),
-            last_fetch_ok: st.last_attempt.map(|(_, ok)| ok),
+            last_fetch_ok: st.last_ok,
         }
     }
 
@@ -290,8 +292,8 @@ impl KeyCache {
             return Ok(key);
         }
         let st = self.state.read().expect("key cache lock poisoned");
-        match st.last_attempt {
-            Some((_, true)) if !st.keys.is_empty() => Err(KeyError::Unknown),
+        match st.last_ok {
+            Some(true) if !st.keys.is_empty() => Err(KeyError::Unknown),
             _ => Err(KeyError::Unavailable),
         }
     }
@@ -304,8 +306,8 @@ impl KeyCache {
 
     fn may_fetch(&self) -> bool {
         let st = self.state.read().expect("key cache lock poisoned");
-        st.last_attempt
-            .is_none_or(|(at, _)| at.elapsed() >= self.refetch_interval)
+        st.last_started
+            .is_none_or(|at| at.elapsed() >= self.refetch_interval)
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
@@ -330,7 +332,7 @@ impl KeyCache {
         self.state
             .write()
             .expect("key cache lock poisoned")
-            .last_attempt = Some((started, false));
+            .last_started = Some(started);
         match self.source.fetch().await {
             Ok(keys) => {
                 let n = keys.len();
@@ -349,16 +351,15 @@ impl KeyCache {
                 let mut st = self.state.write().expect("key cache lock poisoned");
                 st.keys = Arc::new(keys);
                 st.fetched_at = Some(Instant::now());
-                st.last_attempt = Some((started, true));
+                st.last_ok = Some(true);
                 Ok(n)
             }
             Err(e) => {
-                let held = self
-                    .state
-                    .read()
-                    .expect("key cache lock poisoned")
-                    .keys
-                    .len();
+                let held = {
+                    let mut st = self.state.write().expect("key cache lock poisoned");
+                    st.last_ok = Some(false);
+                    st.keys.len()
+                };
                 tracing::warn!(
                     scanner = %self.scanner,
                     source = %self.source.describe(),

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -345,6 +345,7 @@ pub fn alert_body(tokens: &[&str]) -> Vec<u8> {
 // ---------------------------------------------------------------- the app
 
 pub struct TestOptions {
+    pub keys_ttl: Duration,
     pub keys_refetch_interval: Duration,
     pub keys_timeout: Duration,
     pub max_body: usize,
@@ -357,6 +358,7 @@ pub struct TestOptions {
 impl Default for TestOptions {
     fn default() -> Self {
         TestOptions {
+            keys_ttl: Duration::from_secs(3600),
             keys_refetch_interval: Duration::from_secs(60),
             keys_timeout: Duration::from_secs(5),
             max_body: 8 << 20,
@@ -369,6 +371,7 @@ impl Default for TestOptions {
 
 pub struct TestApp {
     pub base: String,
+    pub state: revoker::startup::AppState,
     pub client: reqwest::Client,
     pub store: Arc<dyn RevocationStore>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -384,6 +387,7 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     }];
     scanners.extend(opts.extra_scanners);
     let mut settings = Settings::new(db_url, scanners);
+    settings.keys_ttl = opts.keys_ttl;
     settings.keys_refetch_interval = opts.keys_refetch_interval;
     settings.keys_timeout = opts.keys_timeout;
     settings.max_body = opts.max_body;
@@ -394,12 +398,14 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let store = Arc::clone(&app.state().store);
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     TestApp {
         base,
+        state,
         client: reqwest::Client::new(),
         store,
         shutdown: Some(tx),
@@ -460,6 +466,16 @@ impl TestApp {
             .await
             .unwrap();
         t
+    }
+
+    /// Waits until the start-up key fetch of `scanner` has finished (either way).
+    pub async fn keys_attempted(&self, scanner: &str) {
+        let cache = &self.state.scanners[scanner];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.status().last_fetch_ok.is_none() {
+            assert!(Instant::now() < deadline, "key fetch never finished");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn stop(mut self) {
