@@ -1,0 +1,279 @@
+//! The `revoker` binary, black-box: the README's newcomer flow (mint, serve, deliver)
+//! and a scan of everything the process logged for raw tokens.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use revoker::token::Token;
+
+fn revoker() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_revoker"));
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG_FORMAT")
+        .env_remove("GITHUB_TOKEN");
+    cmd
+}
+
+#[test]
+fn token_check_accepts_valid_and_explains_invalid() {
+    let ok = revoker()
+        .args([
+            "token",
+            "check",
+            "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1yLcDB",
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok:"));
+
+    let bad = revoker()
+        .args([
+            "token",
+            "check",
+            "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("wrong check digits"), "{err}");
+    assert!(err.contains("1yLcDB"), "says which digits are right: {err}");
+
+    let short = revoker()
+        .args(["token", "check", "cio_tp_abc"])
+        .output()
+        .unwrap();
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("wrong length"));
+
+    // From stdin, so the token stays out of argv.
+    let mut child = revoker()
+        .args(["token", "check", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let t = Token::generate();
+    writeln!(child.stdin.take().unwrap(), "{}", t.expose_secret()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&t.hash().to_hex()));
+}
+
+#[test]
+fn help_explains_every_flag_and_its_env_var() {
+    let out = revoker().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "REVOKER_LISTEN",
+        "DATABASE_URL",
+        "REVOKER_SCANNERS",
+        "REVOKER_KEYS_TTL",
+        "REVOKER_KEYS_REFETCH_INTERVAL",
+        "REVOKER_KEYS_TIMEOUT",
+        "GITHUB_TOKEN",
+        "REVOKER_MAX_BODY",
+        "REVOKER_RETRY_AFTER",
+        "REVOKER_DB_MAX_CONNECTIONS",
+        "REVOKER_DB_TIMEOUT",
+        "sqlite://revoker.db",
+    ] {
+        assert!(help.contains(needle), "serve --help lacks {needle}");
+    }
+    let out = revoker()
+        .args(["token", "mint", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--ttl"));
+}
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    let out = revoker()
+        .args(["serve", "--max-body", "lots"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid size"));
+    let out = revoker()
+        .args(["serve", "--scanner", "no-equals-sign"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=SOURCE"));
+    let out = revoker()
+        .args(["migrate", "--database-url", "mysql://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database URL"));
+}
+
+/// The serve process with its stderr collected line by line.
+struct Server {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+    base: String,
+}
+
+impl Server {
+    fn start(db_url: &str, json_logs: bool) -> Server {
+        let mut cmd = revoker();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db_url,
+            "--scanner",
+            &format!("github={}", fixture("keys/test-keys.json").display()),
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if json_logs {
+            cmd.env("RUST_LOG_FORMAT", "json");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let listening = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server logged its address");
+        let addr = listening
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .find_map(|w| {
+                w.strip_prefix("addr=")
+                    .or(Some(w))
+                    .filter(|w| w.starts_with("127.0.0.1:"))
+            })
+            .expect("address in the listening line")
+            .trim_end_matches(['"', ',', '}'])
+            .to_owned();
+        Server {
+            child,
+            lines,
+            reader,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit, return everything logged.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        self.reader.join().unwrap(); // the pipe closed: everything is read
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+fn mint(db_url: &str, owner: &str) -> String {
+    let out = revoker()
+        .args([
+            "token",
+            "mint",
+            "--owner",
+            owner,
+            "--ttl",
+            "30m",
+            "--database-url",
+            db_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "stdout is only the token");
+    let token = stdout.trim().to_owned();
+    Token::parse(&token).expect("minted token is well-formed");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&token));
+    token
+}
+
+async fn newcomer_flow(json_logs: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("revoker.db").display());
+    let minted = mint(&db_url, "alice/my-crate");
+    let unknown = Token::generate();
+    let server = Server::start(&db_url, json_logs);
+    let client = reqwest::Client::new();
+    let signer = Signer::test();
+    let body = alert_body(&[&minted, "junk", unknown.expose_secret()]);
+    let send = |body: Vec<u8>, sig: String| {
+        client
+            .post(format!("{}/secret-scanning/github", server.base))
+            .header("Github-Public-Key-Identifier", KEY_ID)
+            .header("Github-Public-Key-Signature", sig)
+            .body(body)
+            .send()
+    };
+    let first = Answer::from(send(body.clone(), signer.sign(&body)).await.unwrap()).await;
+    assert_eq!(
+        first.labels(),
+        ["true_positive", "false_positive", "false_positive"]
+    );
+    let second = Answer::from(send(body.clone(), signer.sign(&body)).await.unwrap()).await;
+    assert_eq!(second.json, first.json);
+    let forged = Signer::from_fixture("keys/other-key.pem", KEY_ID);
+    let a = Answer::from(send(body.clone(), forged.sign(&body)).await.unwrap()).await;
+    assert_eq!(a.status, 401);
+    // A body that is not an array, signed, naming a token in the wrong place.
+    let bad = format!(r#"{{"token":"{minted}"}}"#).into_bytes();
+    let a = Answer::from(send(bad.clone(), signer.sign(&bad)).await.unwrap()).await;
+    assert_eq!(a.status, 400);
+
+    let logs = server.stop();
+    let hash = Token::parse(&minted).unwrap().hash();
+    assert!(logs.contains("delivery processed"), "{logs}");
+    assert!(
+        logs.contains(&hash.prefix()),
+        "hash prefix is logged at debug"
+    );
+    for raw in [minted.as_str(), unknown.expose_secret()] {
+        assert!(!logs.contains(raw), "raw token in the logs");
+        assert!(!logs.contains(&raw[7..37]), "random part in the logs");
+    }
+    if json_logs {
+        for line in logs.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_flow_with_the_binary_logs_no_raw_token() {
+    newcomer_flow(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_hold_no_raw_token() {
+    newcomer_flow(true).await;
+}
