@@ -20,6 +20,8 @@ pub enum ApiError {
     UnknownScanner(String),
     #[error("no route for this path")]
     NotFound,
+    #[error("method not allowed (alerts are POSTed)")]
+    MethodNotAllowed,
     #[error("missing header {0}")]
     MissingHeader(&'static str),
     #[error("header {0} is not valid ASCII")]
@@ -48,6 +50,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::UnknownScanner(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingHeader(_)
             | ApiError::MalformedHeader(_)
             | ApiError::Signature(_)
@@ -73,6 +76,7 @@ impl ApiError {
         match self {
             ApiError::UnknownScanner(_) => "unknown_scanner",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::MissingHeader(_) | ApiError::MalformedHeader(_) => "bad_signature_header",
             ApiError::Signature(SignatureError::Mismatch) => "bad_signature",
             ApiError::Signature(_) => "bad_signature_header",

@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/secret-scanning/{scanner}", post(webhook::receive))
         .fallback(webhook::not_found)
+        .method_not_allowed_fallback(webhook::method_not_allowed)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let route = req

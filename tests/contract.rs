@@ -62,7 +62,7 @@ contract!(
     forged_deliveries_get_401_and_record_nothing,
     missing_or_malformed_signature_headers_get_401,
     signed_but_malformed_body_gets_400_and_records_nothing,
-    unknown_scanner_and_paths_get_json_404,
+    unknown_scanner_paths_and_methods_get_json_errors,
     oversized_bodies_get_413_without_being_read,
     key_source_down_without_cached_keys_gets_503,
     database_unavailable_gets_503_then_retry_gets_full_answer,
@@ -348,7 +348,7 @@ async fn signed_but_malformed_body_gets_400_and_records_nothing(db: Arc<TestDb>)
     app.stop().await;
 }
 
-async fn unknown_scanner_and_paths_get_json_404(db: Arc<TestDb>) {
+async fn unknown_scanner_paths_and_methods_get_json_errors(db: Arc<TestDb>) {
     let (app, _keys) = app_for(&db).await;
     let body = alert_body(&["junk"]);
     let sig = Signer::test().sign(&body);
@@ -362,6 +362,14 @@ async fn unknown_scanner_and_paths_get_json_404(db: Arc<TestDb>) {
         .unwrap();
     let a = Answer::from(resp).await;
     assert_eq!((a.status, a.error_code()), (404, "not_found"));
+    let resp = app
+        .client
+        .get(format!("{}/secret-scanning/github", app.base))
+        .send()
+        .await
+        .unwrap();
+    let a = Answer::from(resp).await;
+    assert_eq!((a.status, a.error_code()), (405, "method_not_allowed"));
     app.stop().await;
 }
 

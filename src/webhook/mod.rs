@@ -149,3 +149,8 @@ async fn handle(
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
+
+/// JSON 405 for a known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
