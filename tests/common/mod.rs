@@ -468,6 +468,12 @@ impl TestApp {
         t
     }
 
+    /// Whether the store has this token revoked.
+    pub async fn is_revoked(&self, t: &Token) -> bool {
+        let stored = self.store.token(&t.hash()).await.unwrap();
+        stored.expect("token was minted").revoked_at.is_some()
+    }
+
     /// Waits until the start-up key fetch of `scanner` has finished (either way).
     pub async fn keys_attempted(&self, scanner: &str) {
         let cache = &self.state.scanners[scanner];
