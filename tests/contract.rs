@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
 use revoker::config::ScannerSpec;
-use revoker::store::Outcome;
+use revoker::store::{
+    DayTotals, NewToken, Outcome, RecentItem, RecentReport, RevocationAges, ScannerTotals,
+    SourceTotals, Stats, Totals,
+};
 use revoker::token::{Token, TokenHash};
 
 async fn run<F, Fut>(kind: Kind, test: F)
@@ -69,6 +73,10 @@ contract!(
     openssl_signed_fixture_is_accepted_from_a_key_file,
     two_instances_racing_revoke_each_token_exactly_once,
     no_raw_token_is_stored,
+    preview_reports_without_writing,
+    stats_match_a_known_sequence_of_deliveries,
+    stats_cap_recent_reports_items_and_sources,
+    stats_on_an_empty_database,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -639,5 +647,474 @@ async fn no_raw_token_is_stored(db: Arc<TestDb>) {
         assert!(!dump.contains(&raw[7..37]), "random part stored");
     }
     assert!(!a.text.contains(minted.expose_secret()));
+    app.stop().await;
+}
+
+/// Signs and POSTs a hand-built delivery to `scanner`: items of (token, source, url).
+async fn deliver_items(app: &TestApp, scanner: &str, items: &[(&str, &str, &str)]) -> Answer {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(token, source, url)| {
+            serde_json::json!({ "token": token, "type": "cio_tp", "url": url, "source": source })
+        })
+        .collect();
+    let body = serde_json::to_vec(&items).unwrap();
+    let sig = Signer::test().sign(&body);
+    app.post(scanner, Some(KEY_ID), Some(&sig), body).await
+}
+
+/// Inserts a token created `age` before `now`, expiring `ttl` after `now`.
+async fn insert_aged(
+    app: &TestApp,
+    now: chrono::DateTime<chrono::Utc>,
+    age: Ttl,
+    ttl: Ttl,
+) -> Token {
+    let t = Token::generate();
+    app.store
+        .insert_token(&NewToken {
+            hash: t.hash(),
+            owner: "stats/pkg".into(),
+            created_at: now - age,
+            expires_at: now + ttl,
+        })
+        .await
+        .unwrap();
+    t
+}
+
+fn recent_item(t: &Token, outcome: Outcome, source: &str, url: &str) -> RecentItem {
+    RecentItem {
+        token_hash_prefix: t.hash().prefix(),
+        outcome,
+        source: source.into(),
+        url: url.into(),
+    }
+}
+
+fn totals(
+    reports: i64,
+    items: i64,
+    [revoked, already_revoked, expired, unknown, not_ours]: [i64; 5],
+) -> Totals {
+    Totals {
+        reports,
+        items,
+        revoked,
+        already_revoked,
+        expired,
+        unknown,
+        not_ours,
+    }
+}
+
+async fn preview_reports_without_writing(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let live = app.mint("preview/live", Ttl::minutes(30)).await;
+    let expired = app.mint("preview/expired", Ttl::minutes(-5)).await;
+    let revoked = app.mint("preview/revoked", Ttl::minutes(30)).await;
+    let unknown = Token::generate();
+    let a = app
+        .deliver(&Signer::test(), alert_body(&[revoked.expose_secret()]))
+        .await;
+    assert_eq!(a.labels(), ["true_positive"]);
+
+    let minted = [&live, &expired, &revoked];
+    let mut before = Vec::new();
+    for t in minted {
+        before.push(app.store.token(&t.hash()).await.unwrap().unwrap());
+    }
+    let reports_before = app.store.count_reports().await.unwrap();
+    assert_eq!(reports_before, 1);
+
+    let statements = app.store.statements();
+    let preview = app
+        .store
+        .preview(
+            &[
+                live.hash(),
+                expired.hash(),
+                revoked.hash(),
+                unknown.hash(),
+                live.hash(), // a repeated hash gets one entry
+            ],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.store.statements(),
+        statements + 1,
+        "preview is one statement"
+    );
+    let expected: HashMap<TokenHash, Outcome> = [
+        (live.hash(), Outcome::Revoked),
+        (expired.hash(), Outcome::Expired),
+        (revoked.hash(), Outcome::AlreadyRevoked),
+        (unknown.hash(), Outcome::Unknown),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(preview, expected);
+
+    // Nothing was written.
+    assert_eq!(app.store.count_reports().await.unwrap(), reports_before);
+    for (t, was) in minted.into_iter().zip(&before) {
+        let now = app.store.token(&t.hash()).await.unwrap().unwrap();
+        assert_eq!(&now, was, "preview changed a token");
+    }
+    assert!(app.store.token(&unknown.hash()).await.unwrap().is_none());
+
+    // Empty input: empty answer, no statement.
+    let statements = app.store.statements();
+    let empty = app.store.preview(&[], chrono::Utc::now()).await.unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(app.store.statements(), statements);
+    app.stop().await;
+}
+
+async fn stats_match_a_known_sequence_of_deliveries(db: Arc<TestDb>) {
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            extra_scanners: vec![ScannerSpec {
+                name: "local".into(),
+                source: fixture("keys/test-keys.json").display().to_string(),
+            }],
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let started = chrono::Utc::now();
+    let hour = Ttl::hours(1);
+    let t1 = insert_aged(&app, started, Ttl::seconds(100), hour).await;
+    let t2 = insert_aged(&app, started, Ttl::seconds(200), hour).await;
+    let t3 = insert_aged(&app, started, Ttl::seconds(300), hour).await;
+    let t4 = insert_aged(&app, started, Ttl::seconds(400), hour).await;
+    let t5 = insert_aged(&app, started, Ttl::seconds(500), hour).await;
+    let te = insert_aged(&app, started, Ttl::seconds(1000), Ttl::seconds(-10)).await;
+    // Minted, never reported: not part of the ages.
+    let _idle = insert_aged(&app, started, Ttl::seconds(50), hour).await;
+    let u1 = Token::generate();
+    let u2 = Token::generate();
+
+    // 1. github, source "content": revoked 2, unknown 1, not_ours 1.
+    let a = app
+        .deliver(
+            &Signer::test(),
+            alert_body(&[
+                t1.expose_secret(),
+                "junk",
+                u1.expose_secret(),
+                t2.expose_secret(),
+            ]),
+        )
+        .await;
+    assert_eq!(
+        a.labels(),
+        [
+            "true_positive",
+            "false_positive",
+            "false_positive",
+            "true_positive"
+        ]
+    );
+    // 2. github, sources "commit" and "npm": revoked 1, already 1, expired 1, unknown 1,
+    //    not_ours 1.
+    let commit_url = "https://github.com/example/repo/commit/0123abcd";
+    let npm_url = "https://www.npmjs.com/package/leaky/v/1.0.0";
+    let a = deliver_items(
+        &app,
+        "github",
+        &[
+            (t3.expose_secret(), "commit", commit_url),
+            (t1.expose_secret(), "commit", commit_url),
+            (te.expose_secret(), "npm", npm_url),
+            (u2.expose_secret(), "npm", npm_url),
+            ("junk2", "npm", npm_url),
+        ],
+    )
+    .await;
+    assert_eq!(a.labels().len(), 5);
+    // 3. scanner "local", source "content": revoked 2, unknown 1.
+    let body = alert_body(&[t4.expose_secret(), u1.expose_secret(), t5.expose_secret()]);
+    let sig = Signer::test().sign(&body);
+    let a = app.post("local", Some(KEY_ID), Some(&sig), body).await;
+    assert_eq!(a.labels().len(), 3);
+
+    let r1 = app.store.token(&t1.hash()).await.unwrap().unwrap();
+    let r3 = app.store.token(&t3.hash()).await.unwrap().unwrap();
+    let r4 = app.store.token(&t4.hash()).await.unwrap().unwrap();
+    let ids = [
+        r1.revoked_by.unwrap(),
+        r3.revoked_by.unwrap(),
+        r4.revoked_by.unwrap(),
+    ];
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+    let mut reports = Vec::new();
+    for id in ids {
+        reports.push(app.store.report(id).await.unwrap().unwrap());
+    }
+
+    let since = started - Ttl::minutes(1);
+    let stats = app.store.stats(since).await.unwrap();
+
+    assert_eq!(stats.totals, totals(3, 12, [5, 1, 1, 3, 2]));
+    assert_eq!(
+        stats.by_scanner,
+        [
+            ScannerTotals {
+                scanner: "github".into(),
+                totals: totals(2, 9, [3, 1, 1, 2, 2]),
+            },
+            ScannerTotals {
+                scanner: "local".into(),
+                totals: totals(1, 3, [2, 0, 0, 1, 0]),
+            },
+        ]
+    );
+    // content 6 first; commit and npm tie on 2 and go by name.
+    assert_eq!(
+        stats.by_source,
+        [
+            SourceTotals {
+                source: "content".into(),
+                items: 6,
+                revoked: 4,
+                already_revoked: 0,
+                expired: 0,
+                unknown: 2,
+            },
+            SourceTotals {
+                source: "commit".into(),
+                items: 2,
+                revoked: 1,
+                already_revoked: 1,
+                expired: 0,
+                unknown: 0,
+            },
+            SourceTotals {
+                source: "npm".into(),
+                items: 2,
+                revoked: 0,
+                already_revoked: 0,
+                expired: 1,
+                unknown: 1,
+            },
+        ]
+    );
+
+    // Daily: one entry per UTC day of the stored received_at (today, unless the test ran
+    // across midnight).
+    let per_report = [
+        totals(1, 4, [2, 0, 0, 1, 1]),
+        totals(1, 5, [1, 1, 1, 1, 1]),
+        totals(1, 3, [2, 0, 0, 1, 0]),
+    ];
+    let mut expected_daily: Vec<DayTotals> = Vec::new();
+    for (r, t) in reports.iter().zip(&per_report) {
+        let day = r.received_at.date_naive();
+        match expected_daily.last_mut() {
+            Some(d) if d.day == day => {
+                d.totals.reports += t.reports;
+                d.totals.items += t.items;
+                d.totals.revoked += t.revoked;
+                d.totals.already_revoked += t.already_revoked;
+                d.totals.expired += t.expired;
+                d.totals.unknown += t.unknown;
+                d.totals.not_ours += t.not_ours;
+            }
+            _ => expected_daily.push(DayTotals {
+                day,
+                totals: t.clone(),
+            }),
+        }
+    }
+    assert_eq!(stats.daily, expected_daily);
+    if expected_daily.len() == 1 {
+        assert_eq!(stats.daily[0].day, chrono::Utc::now().date_naive());
+        assert_eq!(stats.daily[0].totals, stats.totals);
+    }
+    // `since` is inclusive: from the second report's exact received_at on, only reports
+    // 2 and 3 count.
+    let later = app.store.stats(reports[1].received_at).await.unwrap();
+    let days: i64 = later.daily.iter().map(|d| d.totals.reports).sum();
+    let items: i64 = later.daily.iter().map(|d| d.totals.items).sum();
+    assert_eq!((days, items), (2, 8));
+    assert_eq!(later.totals, stats.totals, "totals are all-time");
+    // After every report: no day.
+    let none = app
+        .store
+        .stats(reports[2].received_at + Ttl::seconds(1))
+        .await
+        .unwrap();
+    assert!(none.daily.is_empty());
+
+    // Ages of the six tokens revoked by a report (t1, t2, t3, te, t4, t5), from the
+    // stored timestamps at millisecond precision; nearest rank: median = 3rd of 6,
+    // p95 = 6th of 6.
+    let mut ages = Vec::new();
+    for t in [&t1, &t2, &t3, &te, &t4, &t5] {
+        let r = app.store.token(&t.hash()).await.unwrap().unwrap();
+        assert!(r.revoked_by.is_some());
+        let ms = r.revoked_at.unwrap().timestamp_millis() - r.created_at.timestamp_millis();
+        ages.push(ms as f64 / 1000.0);
+    }
+    ages.sort_by(f64::total_cmp);
+    assert_eq!(
+        stats.revocation_ages,
+        RevocationAges {
+            count: 6,
+            median_seconds: Some(ages[2]),
+            p95_seconds: Some(ages[5]),
+        }
+    );
+    let elapsed = (chrono::Utc::now() - started).num_milliseconds() as f64 / 1000.0 + 1.0;
+    let median = stats.revocation_ages.median_seconds.unwrap();
+    let p95 = stats.revocation_ages.p95_seconds.unwrap();
+    assert!(
+        (300.0..300.0 + elapsed).contains(&median),
+        "median {median}"
+    );
+    assert!((1000.0..1000.0 + elapsed).contains(&p95), "p95 {p95}");
+
+    // Recent: newest first, with every item in position order.
+    let file = |i: usize| format!("https://github.com/example/repo/blob/main/file{i}.txt");
+    let expected_items = [
+        vec![
+            recent_item(&t1, Outcome::Revoked, "content", &file(0)),
+            recent_item(&u1, Outcome::Unknown, "content", &file(2)),
+            recent_item(&t2, Outcome::Revoked, "content", &file(3)),
+        ],
+        vec![
+            recent_item(&t3, Outcome::Revoked, "commit", commit_url),
+            recent_item(&t1, Outcome::AlreadyRevoked, "commit", commit_url),
+            recent_item(&te, Outcome::Expired, "npm", npm_url),
+            recent_item(&u2, Outcome::Unknown, "npm", npm_url),
+        ],
+        vec![
+            recent_item(&t4, Outcome::Revoked, "content", &file(0)),
+            recent_item(&u1, Outcome::Unknown, "content", &file(1)),
+            recent_item(&t5, Outcome::Revoked, "content", &file(2)),
+        ],
+    ];
+    let expected_recent: Vec<RecentReport> = reports
+        .iter()
+        .zip(expected_items)
+        .rev()
+        .map(|(r, items)| RecentReport {
+            id: r.id,
+            received_at: r.received_at,
+            scanner: r.scanner.clone(),
+            key_id: r.key_id.clone(),
+            item_count: r.item_count,
+            counts: r.counts,
+            items,
+        })
+        .collect();
+    assert_eq!(stats.recent, expected_recent);
+    assert_eq!(
+        stats.recent.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[2], ids[1], ids[0]]
+    );
+    assert_eq!(stats.recent[0].scanner, "local");
+    assert_eq!(stats.recent[1].counts.expired, 1);
+    assert_eq!(stats.recent[2].item_count, 4);
+    app.stop().await;
+}
+
+async fn stats_cap_recent_reports_items_and_sources(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    // 20 small reports (one unknown token, source "content"), then one with 25 items of
+    // 25 distinct sources.
+    for _ in 0..20 {
+        let t = Token::generate();
+        let a = app
+            .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+            .await;
+        assert_eq!(a.labels().len(), 1);
+    }
+    let big: Vec<(Token, String, String)> = (0..25)
+        .map(|i| {
+            (
+                Token::generate(),
+                format!("s{:02}", 24 - i),
+                format!("https://example.com/{i}"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = big
+        .iter()
+        .map(|(t, s, u)| (t.expose_secret(), s.as_str(), u.as_str()))
+        .collect();
+    let a = deliver_items(&app, "github", &refs).await;
+    assert_eq!(a.labels().len(), 25);
+
+    let stats = app
+        .store
+        .stats(chrono::Utc::now() - Ttl::days(1))
+        .await
+        .unwrap();
+    assert_eq!(stats.totals.reports, 21);
+    assert_eq!(stats.totals.items, 45);
+    assert_eq!(stats.totals.unknown, 45);
+
+    // Top 20 sources: content (20 items), then the first 19 names of the 1-item tie.
+    assert_eq!(stats.by_source.len(), 20);
+    assert_eq!(stats.by_source[0].source, "content");
+    assert_eq!(stats.by_source[0].items, 20);
+    let names: Vec<String> = stats.by_source[1..]
+        .iter()
+        .map(|s| s.source.clone())
+        .collect();
+    let expected: Vec<String> = (0..19).map(|i| format!("s{i:02}")).collect();
+    assert_eq!(names, expected);
+    assert!(stats.by_source[1..]
+        .iter()
+        .all(|s| (s.items, s.unknown) == (1, 1)));
+
+    // Last 20 reports: ids 21 down to 2; the newest shows its first 20 items only.
+    let ids: Vec<i64> = stats.recent.iter().map(|r| r.id).collect();
+    assert_eq!(ids, (2..=21).rev().collect::<Vec<i64>>());
+    let newest = &stats.recent[0];
+    assert_eq!(newest.item_count, 25);
+    assert_eq!(newest.counts.unknown, 25);
+    let shown: Vec<RecentItem> = big[..20]
+        .iter()
+        .map(|(t, s, u)| recent_item(t, Outcome::Unknown, s, u))
+        .collect();
+    assert_eq!(newest.items, shown);
+    assert!(stats.recent[1..].iter().all(|r| r.items.len() == 1));
+    app.stop().await;
+}
+
+async fn stats_on_an_empty_database(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let stats = app
+        .store
+        .stats(chrono::Utc::now() - Ttl::days(30))
+        .await
+        .unwrap();
+    assert_eq!(stats.totals, totals(0, 0, [0; 5]));
+    assert!(stats.by_scanner.is_empty());
+    assert!(stats.by_source.is_empty());
+    assert!(stats.daily.is_empty());
+    assert_eq!(
+        stats.revocation_ages,
+        RevocationAges {
+            count: 0,
+            median_seconds: None,
+            p95_seconds: None,
+        }
+    );
+    assert!(stats.recent.is_empty());
+    assert_eq!(stats, Stats::default());
+
+    // A minted but never reported token is not an age either.
+    app.mint("idle/pkg", Ttl::minutes(30)).await;
+    let stats = app.store.stats(chrono::Utc::now()).await.unwrap();
+    assert_eq!(stats, Stats::default());
     app.stop().await;
 }

@@ -91,6 +91,16 @@ impl OutcomeCounts {
         }
     }
 
+    pub fn get(&self, outcome: Outcome) -> u32 {
+        match outcome {
+            Outcome::Revoked => self.revoked,
+            Outcome::AlreadyRevoked => self.already_revoked,
+            Outcome::Expired => self.expired,
+            Outcome::Unknown => self.unknown,
+            Outcome::NotOurs => self.not_ours,
+        }
+    }
+
     pub fn total(&self) -> u32 {
         self.revoked + self.already_revoked + self.expired + self.unknown + self.not_ours
     }
@@ -236,6 +246,18 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     async fn count_reports(&self) -> Result<i64, StoreError>;
 
+    /// What `record_report` would answer for these hashes at `now`, without writing:
+    /// live → `Revoked` (would be revoked), revoked → `AlreadyRevoked`, expired and not
+    /// revoked → `Expired`, absent → `Unknown`. One read statement. For `--dry-run`.
+    async fn preview(
+        &self,
+        hashes: &[TokenHash],
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<TokenHash, Outcome>, StoreError>;
+
+    /// Aggregates for `/api/stats`; `daily` covers reports received at or after `since`.
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
+
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;
 }
@@ -297,4 +319,89 @@ pub(crate) fn outcomes_for(
         outcomes.push(o);
     }
     Ok((outcomes, counts))
+}
+
+/// Item and report totals (all-time or per group).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub reports: i64,
+    pub items: i64,
+    pub revoked: i64,
+    pub already_revoked: i64,
+    pub expired: i64,
+    pub unknown: i64,
+    pub not_ours: i64,
+}
+
+/// Totals of one scanner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScannerTotals {
+    pub scanner: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Candidate items by their `source` field (`content`, `commit`, `npm`, …).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceTotals {
+    pub source: String,
+    pub items: i64,
+    pub revoked: i64,
+    pub already_revoked: i64,
+    pub expired: i64,
+    pub unknown: i64,
+}
+
+/// Totals of reports received on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DayTotals {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: chrono::NaiveDate,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Token age at revocation (`revoked_at - created_at`) over tokens revoked by a report.
+/// Percentiles are nearest-rank (the smallest age with at least p of the ages ≤ it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RevocationAges {
+    pub count: i64,
+    pub median_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+}
+
+/// One item of a recent report, safe to show: hash prefix, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentItem {
+    pub token_hash_prefix: String,
+    pub outcome: Outcome,
+    pub source: String,
+    pub url: String,
+}
+
+/// A recent report with (up to 20 of) its items.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentReport {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+    pub scanner: String,
+    pub key_id: String,
+    pub item_count: u32,
+    pub counts: OutcomeCounts,
+    pub items: Vec<RecentItem>,
+}
+
+/// Everything `/api/stats` reads from the database.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub totals: Totals,
+    /// Ordered by scanner name.
+    pub by_scanner: Vec<ScannerTotals>,
+    /// Top 20 by items, then source name.
+    pub by_source: Vec<SourceTotals>,
+    /// Days since `since` that have reports, ascending (the caller fills gaps with zeros).
+    pub daily: Vec<DayTotals>,
+    pub revocation_ages: RevocationAges,
+    /// Last 20 reports, newest first.
+    pub recent: Vec<RecentReport>,
 }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
@@ -58,6 +59,119 @@ SELECT i.hash,
 FROM input i
 LEFT JOIN flipped f ON f.hash = i.hash
 LEFT JOIN tokens t ON t.hash = i.hash";
+
+/// `preview`'s classification of a stored token (absent tokens are `Unknown`).
+fn preview_outcome(revoked: bool, expired: bool) -> Outcome {
+    if revoked {
+        Outcome::AlreadyRevoked
+    } else if expired {
+        Outcome::Expired
+    } else {
+        Outcome::Revoked
+    }
+}
+
+fn millis_to_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// An `integer` count column as `u32`; a negative value is corrupt data.
+fn count_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<u32, StoreError> {
+    let v: i32 = r.try_get(i)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
+}
+
+/// Seven `bigint` columns from `i`: reports, items and the five outcome sums.
+fn totals_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<Totals, StoreError> {
+    Ok(Totals {
+        reports: r.try_get(i)?,
+        items: r.try_get(i + 1)?,
+        revoked: r.try_get(i + 2)?,
+        already_revoked: r.try_get(i + 3)?,
+        expired: r.try_get(i + 4)?,
+        unknown: r.try_get(i + 5)?,
+        not_ours: r.try_get(i + 6)?,
+    })
+}
+
+fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals {
+    parts.fold(Totals::default(), |mut t, p| {
+        t.reports += p.reports;
+        t.items += p.items;
+        t.revoked += p.revoked;
+        t.already_revoked += p.already_revoked;
+        t.expired += p.expired;
+        t.unknown += p.unknown;
+        t.not_ours += p.not_ours;
+        t
+    })
+}
+
+// Names are ordered with COLLATE "C" (byte order), like SQLite's BINARY collation, so both
+// backends list them identically whatever the database's locale.
+
+const STATS_BY_SCANNER_SQL: &str = r#"
+SELECT scanner, count(*), sum(item_count), sum(revoked), sum(already_revoked),
+       sum(expired), sum(unknown), sum(not_ours)
+FROM reports
+GROUP BY scanner
+ORDER BY scanner COLLATE "C""#;
+
+const STATS_BY_SOURCE_SQL: &str = r#"
+SELECT source, count(*) AS items,
+       count(*) FILTER (WHERE outcome = 'revoked'),
+       count(*) FILTER (WHERE outcome = 'already_revoked'),
+       count(*) FILTER (WHERE outcome = 'expired'),
+       count(*) FILTER (WHERE outcome = 'unknown')
+FROM report_items
+GROUP BY source
+ORDER BY items DESC, source COLLATE "C"
+LIMIT 20"#;
+
+const STATS_DAILY_SQL: &str = "
+SELECT (received_at AT TIME ZONE 'UTC')::date AS day, count(*), sum(item_count),
+       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours)
+FROM reports
+WHERE received_at >= $1
+GROUP BY day
+ORDER BY day";
+
+/// Ages in whole milliseconds, each timestamp floored to the millisecond first, exactly as
+/// the SQLite backend stores them, so both backends give identical ages for the same
+/// instants. `percentile_disc` is the nearest-rank percentile (rank ceil(p·n)); NULL when
+/// there are no rows.
+const STATS_AGES_SQL: &str = "
+WITH ages AS (
+    SELECT (floor(extract(epoch FROM revoked_at) * 1000)
+            - floor(extract(epoch FROM created_at) * 1000))::int8 AS ms
+    FROM tokens
+    WHERE revoked_by IS NOT NULL AND revoked_at IS NOT NULL
+)
+SELECT count(*),
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY ms),
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY ms)
+FROM ages";
+
+/// The last 20 reports, each with its first 20 items by position (NULL item columns for a
+/// report without items).
+const STATS_RECENT_SQL: &str = "
+WITH r AS (
+    SELECT id, received_at, scanner, key_id, item_count,
+           revoked, already_revoked, expired, unknown, not_ours
+    FROM reports ORDER BY id DESC LIMIT 20
+)
+SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
+       r.revoked, r.already_revoked, r.expired, r.unknown, r.not_ours,
+       i.token_hash, i.outcome, i.source, i.url
+FROM r
+LEFT JOIN LATERAL (
+    SELECT id, position, token_hash, outcome, source, url
+    FROM report_items
+    WHERE report_id = r.id
+    ORDER BY position, id
+    LIMIT 20
+) i ON true
+ORDER BY r.id DESC, i.position, i.id";
 
 impl PostgresStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
@@ -298,6 +412,162 @@ impl RevocationStore for PostgresStore {
         Ok(sqlx::query_scalar("SELECT count(*) FROM reports")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    async fn preview(
+        &self,
+        hashes: &[TokenHash],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
+        let distinct: Vec<TokenHash> = {
+            let mut seen = std::collections::HashSet::with_capacity(hashes.len());
+            hashes
+                .iter()
+                .filter(|h| seen.insert(**h))
+                .copied()
+                .collect()
+        };
+        if distinct.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let bytes: Vec<&[u8]> = distinct.iter().map(|h| h.as_bytes().as_slice()).collect();
+        self.statements.add(1);
+        let rows = sqlx::query(
+            "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= $2 AS expired
+             FROM tokens WHERE hash = ANY($1::bytea[])",
+        )
+        .bind(&bytes)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+        for row in &rows {
+            let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
+            let revoked: bool = row.try_get(1)?;
+            let expired: bool = row.try_get(2)?;
+            by_hash.insert(hash, preview_outcome(revoked, expired));
+        }
+        for h in distinct {
+            by_hash.entry(h).or_insert(Outcome::Unknown);
+        }
+        Ok(by_hash)
+    }
+
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+        // One read-only snapshot for every section (READ COMMITTED would take a new
+        // snapshot per statement).
+        self.statements.add(1);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_BY_SCANNER_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        let by_scanner = rows
+            .iter()
+            .map(|r| {
+                Ok(ScannerTotals {
+                    scanner: r.try_get(0)?,
+                    totals: totals_at(r, 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The all-time totals are the sum of the per-scanner rows (same snapshot, and
+        // they always add up).
+        let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
+        let by_source = rows
+            .iter()
+            .map(|r| {
+                Ok(SourceTotals {
+                    source: r.try_get(0)?,
+                    items: r.try_get(1)?,
+                    revoked: r.try_get(2)?,
+                    already_revoked: r.try_get(3)?,
+                    expired: r.try_get(4)?,
+                    unknown: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_DAILY_SQL)
+            .bind(since)
+            .fetch_all(&mut *tx)
+            .await?;
+        let daily = rows
+            .iter()
+            .map(|r| {
+                Ok(DayTotals {
+                    day: r.try_get(0)?,
+                    totals: totals_at(r, 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        self.statements.add(1);
+        let row = sqlx::query(STATS_AGES_SQL).fetch_one(&mut *tx).await?;
+        let revocation_ages = RevocationAges {
+            count: row.try_get(0)?,
+            median_seconds: row.try_get::<Option<i64>, _>(1)?.map(millis_to_seconds),
+            p95_seconds: row.try_get::<Option<i64>, _>(2)?.map(millis_to_seconds),
+        };
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_RECENT_SQL).fetch_all(&mut *tx).await?;
+        let mut recent: Vec<RecentReport> = Vec::new();
+        for r in &rows {
+            let id: i64 = r.try_get(0)?;
+            if recent.last().map(|l| l.id) != Some(id) {
+                recent.push(RecentReport {
+                    id,
+                    received_at: r.try_get(1)?,
+                    scanner: r.try_get(2)?,
+                    key_id: r.try_get(3)?,
+                    item_count: count_at(r, 4)?,
+                    counts: OutcomeCounts {
+                        revoked: count_at(r, 5)?,
+                        already_revoked: count_at(r, 6)?,
+                        expired: count_at(r, 7)?,
+                        unknown: count_at(r, 8)?,
+                        not_ours: count_at(r, 9)?,
+                    },
+                    items: Vec::new(),
+                });
+            }
+            // No item columns: a report without items (LEFT JOIN).
+            let Some(hash) = r.try_get::<Option<&[u8]>, _>(10)? else {
+                continue;
+            };
+            let outcome: String = r.try_get(11)?;
+            let item = RecentItem {
+                token_hash_prefix: hash_from(hash)?.prefix(),
+                outcome: Outcome::parse(&outcome)
+                    .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                source: r.try_get(12)?,
+                url: r.try_get(13)?,
+            };
+            if let Some(last) = recent.last_mut() {
+                last.items.push(item);
+            }
+        }
+
+        self.statements.add(1);
+        tx.commit().await?;
+
+        Ok(Stats {
+            totals,
+            by_scanner,
+            by_source,
+            daily,
+            revocation_ages,
+            recent,
+        })
     }
 
     fn statements(&self) -> u64 {

@@ -53,6 +53,106 @@ fn hex_array(hashes: &[TokenHash]) -> String {
     s
 }
 
+/// `preview`'s classification of a stored token (absent tokens are `Unknown`).
+fn preview_outcome(revoked: bool, expired: bool) -> Outcome {
+    if revoked {
+        Outcome::AlreadyRevoked
+    } else if expired {
+        Outcome::Expired
+    } else {
+        Outcome::Revoked
+    }
+}
+
+fn millis_to_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Seven integer columns from `i`: reports, items and the five outcome sums.
+fn totals_at(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Totals, StoreError> {
+    Ok(Totals {
+        reports: r.try_get(i)?,
+        items: r.try_get(i + 1)?,
+        revoked: r.try_get(i + 2)?,
+        already_revoked: r.try_get(i + 3)?,
+        expired: r.try_get(i + 4)?,
+        unknown: r.try_get(i + 5)?,
+        not_ours: r.try_get(i + 6)?,
+    })
+}
+
+fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals {
+    parts.fold(Totals::default(), |mut t, p| {
+        t.reports += p.reports;
+        t.items += p.items;
+        t.revoked += p.revoked;
+        t.already_revoked += p.already_revoked;
+        t.expired += p.expired;
+        t.unknown += p.unknown;
+        t.not_ours += p.not_ours;
+        t
+    })
+}
+
+const STATS_BY_SCANNER_SQL: &str = "
+SELECT scanner, count(*), sum(item_count), sum(revoked), sum(already_revoked),
+       sum(expired), sum(unknown), sum(not_ours)
+FROM reports
+GROUP BY scanner
+ORDER BY scanner";
+
+const STATS_BY_SOURCE_SQL: &str = "
+SELECT source, count(*) AS items,
+       count(*) FILTER (WHERE outcome = 'revoked'),
+       count(*) FILTER (WHERE outcome = 'already_revoked'),
+       count(*) FILTER (WHERE outcome = 'expired'),
+       count(*) FILTER (WHERE outcome = 'unknown')
+FROM report_items
+GROUP BY source
+ORDER BY items DESC, source
+LIMIT 20";
+
+/// `/ 1000.0` rather than integer division so that times before 1970 fall on the right day.
+const STATS_DAILY_SQL: &str = "
+SELECT date(received_at / 1000.0, 'unixepoch') AS day, count(*), sum(item_count),
+       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours)
+FROM reports
+WHERE received_at >= ?1
+GROUP BY day
+ORDER BY day";
+
+/// Nearest-rank percentiles in milliseconds: the age at 1-based rank ceil(p·n), in exact
+/// integer arithmetic: ceil(n/2) = (n+1)/2 and ceil(19n/20) = (19n+19)/20. This is what
+/// PostgreSQL's `percentile_disc` answers. No row (NULL) when n = 0.
+const STATS_AGES_SQL: &str = "
+WITH ages AS (
+    SELECT revoked_at - created_at AS ms FROM tokens
+    WHERE revoked_by IS NOT NULL AND revoked_at IS NOT NULL
+), ranked AS (
+    SELECT ms, row_number() OVER (ORDER BY ms) AS rn, count(*) OVER () AS n FROM ages
+)
+SELECT (SELECT count(*) FROM ages),
+       (SELECT ms FROM ranked WHERE rn = (n + 1) / 2),
+       (SELECT ms FROM ranked WHERE rn = (19 * n + 19) / 20)";
+
+/// The last 20 reports, each with its first 20 items by position (NULL item columns for a
+/// report without items).
+const STATS_RECENT_SQL: &str = "
+WITH r AS (
+    SELECT id, received_at, scanner, key_id, item_count,
+           revoked, already_revoked, expired, unknown, not_ours
+    FROM reports ORDER BY id DESC LIMIT 20
+), i AS (
+    SELECT report_id, token_hash, outcome, source, url,
+           row_number() OVER (PARTITION BY report_id ORDER BY position, id) AS rn
+    FROM report_items WHERE report_id IN (SELECT id FROM r)
+)
+SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
+       r.revoked, r.already_revoked, r.expired, r.unknown, r.not_ours,
+       i.token_hash, i.outcome, i.source, i.url
+FROM r LEFT JOIN i ON i.report_id = r.id AND i.rn <= 20
+ORDER BY r.id DESC, i.rn";
+
 impl SqliteStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -320,6 +420,160 @@ impl RevocationStore for SqliteStore {
         Ok(sqlx::query_scalar("SELECT count(*) FROM reports")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    async fn preview(
+        &self,
+        hashes: &[TokenHash],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
+        let distinct: Vec<TokenHash> = {
+            let mut seen = std::collections::HashSet::with_capacity(hashes.len());
+            hashes
+                .iter()
+                .filter(|h| seen.insert(**h))
+                .copied()
+                .collect()
+        };
+        if distinct.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.statements.add(1);
+        let rows = sqlx::query(
+            "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
+             FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(hex_array(&distinct))
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+        for row in &rows {
+            let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
+            let revoked: bool = row.try_get(1)?;
+            let expired: bool = row.try_get(2)?;
+            by_hash.insert(hash, preview_outcome(revoked, expired));
+        }
+        for h in distinct {
+            by_hash.entry(h).or_insert(Outcome::Unknown);
+        }
+        Ok(by_hash)
+    }
+
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+        // One deferred read transaction: every section sees the same snapshot (WAL
+        // readers do not block the writer).
+        self.statements.add(1);
+        let mut tx = self.pool.begin().await?;
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_BY_SCANNER_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        let by_scanner = rows
+            .iter()
+            .map(|r| {
+                Ok(ScannerTotals {
+                    scanner: r.try_get(0)?,
+                    totals: totals_at(r, 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The all-time totals are the sum of the per-scanner rows (same snapshot, and
+        // they always add up).
+        let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
+        let by_source = rows
+            .iter()
+            .map(|r| {
+                Ok(SourceTotals {
+                    source: r.try_get(0)?,
+                    items: r.try_get(1)?,
+                    revoked: r.try_get(2)?,
+                    already_revoked: r.try_get(3)?,
+                    expired: r.try_get(4)?,
+                    unknown: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_DAILY_SQL)
+            .bind(to_millis(since))
+            .fetch_all(&mut *tx)
+            .await?;
+        let daily = rows
+            .iter()
+            .map(|r| {
+                let day: String = r.try_get(0)?;
+                Ok(DayTotals {
+                    day: chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+                        .map_err(|_| StoreError::Corrupt(format!("day {day:?}")))?,
+                    totals: totals_at(r, 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        self.statements.add(1);
+        let row = sqlx::query(STATS_AGES_SQL).fetch_one(&mut *tx).await?;
+        let revocation_ages = RevocationAges {
+            count: row.try_get(0)?,
+            median_seconds: row.try_get::<Option<i64>, _>(1)?.map(millis_to_seconds),
+            p95_seconds: row.try_get::<Option<i64>, _>(2)?.map(millis_to_seconds),
+        };
+
+        self.statements.add(1);
+        let rows = sqlx::query(STATS_RECENT_SQL).fetch_all(&mut *tx).await?;
+        let mut recent: Vec<RecentReport> = Vec::new();
+        for r in &rows {
+            let id: i64 = r.try_get(0)?;
+            if recent.last().map(|l| l.id) != Some(id) {
+                recent.push(RecentReport {
+                    id,
+                    received_at: from_millis(r.try_get(1)?)?,
+                    scanner: r.try_get(2)?,
+                    key_id: r.try_get(3)?,
+                    item_count: r.try_get(4)?,
+                    counts: OutcomeCounts {
+                        revoked: r.try_get(5)?,
+                        already_revoked: r.try_get(6)?,
+                        expired: r.try_get(7)?,
+                        unknown: r.try_get(8)?,
+                        not_ours: r.try_get(9)?,
+                    },
+                    items: Vec::new(),
+                });
+            }
+            // No item columns: a report without items (LEFT JOIN).
+            let Some(hash) = r.try_get::<Option<&[u8]>, _>(10)? else {
+                continue;
+            };
+            let outcome: String = r.try_get(11)?;
+            let item = RecentItem {
+                token_hash_prefix: hash_from(hash)?.prefix(),
+                outcome: Outcome::parse(&outcome)
+                    .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                source: r.try_get(12)?,
+                url: r.try_get(13)?,
+            };
+            if let Some(last) = recent.last_mut() {
+                last.items.push(item);
+            }
+        }
+
+        self.statements.add(1);
+        tx.commit().await?;
+
+        Ok(Stats {
+            totals,
+            by_scanner,
+            by_source,
+            daily,
+            revocation_ages,
+            recent,
+        })
     }
 
     fn statements(&self) -> u64 {
