@@ -1,5 +1,6 @@
 //! Command-line interface (clap). Every flag also reads an environment variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,70 @@ pub enum Command {
     /// Mint or check cio_tp_ tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Revoke every token of ours found in leak reports (gitleaks, trufflehog, GitHub
+    /// alert JSON, or any text), with a per-token answer. Safe to run more than once.
+    Replay(ReplayArgs),
+    /// Manage scanner signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new P-256 private key (PKCS#8 PEM, mode 0600) and print the key-JSON
+    /// entry to add to the scanner's key file on the receiver.
+    Generate {
+        /// Where to write the private key (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Key identifier to publish (default: derived from the public key).
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("remote").args(["url"]).requires_all(["key", "key_id"])))]
+pub struct ReplayArgs {
+    /// Leak reports to read.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Report format: github, gitleaks, trufflehog or text (default: detected per file).
+    #[arg(long)]
+    pub format: Option<crate::replay::formats::Format>,
+
+    /// Classify and look up without revoking or recording anything. With --url, only
+    /// classifies offline and sends nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print JSON lines ({"row": …} per occurrence, then {"summary": …}) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Who is replaying (recorded as the report's key id in local mode).
+    #[arg(long, env = "REVOKER_ACTOR")]
+    pub actor: Option<String>,
+
+    /// Occurrences per database statement / POSTed delivery.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: usize,
+
+    /// Remote mode: a receiver's alert URL, e.g. https://host/secret-scanning/team.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Remote mode: the team's private key (PKCS#8 PEM, from `revoker keys generate`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+
+    /// Remote mode: the key identifier the receiver knows the key by.
+    #[arg(long)]
+    pub key_id: Option<String>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +186,15 @@ pub struct ServeArgs {
     /// Retry-After sent with 503 answers.
     #[arg(long, env = "REVOKER_RETRY_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
+
+    /// Address of the admin listener: /metrics, /api/stats, /dashboard, /healthz,
+    /// /readyz. Keep it private; a non-loopback address requires --admin-token.
+    #[arg(long, env = "REVOKER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+
+    /// Bearer token required by /metrics and /api/stats on the admin listener.
+    #[arg(long, env = "REVOKER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
 
     #[command(flatten)]
     pub db: DbArgs,

@@ -85,6 +85,9 @@ pub struct Settings {
     pub github_token: Option<SecretString>,
     pub max_body: usize,
     pub retry_after: Duration,
+    /// Admin listener: /metrics, /api/stats, /dashboard, health.
+    pub admin_listen: String,
+    pub admin_token: Option<SecretString>,
 }
 
 impl Settings {
@@ -101,6 +104,8 @@ impl Settings {
             github_token: None,
             max_body: 8 << 20,
             retry_after: Duration::from_secs(30),
+            admin_listen: "127.0.0.1:0".into(),
+            admin_token: None,
         }
     }
 }
@@ -121,6 +126,8 @@ impl From<crate::cli::ServeArgs> for Settings {
             github_token: a.github_token,
             max_body: a.max_body,
             retry_after: a.retry_after,
+            admin_listen: a.admin_listen,
+            admin_token: a.admin_token,
         }
     }
 }

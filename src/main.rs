@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use secrecy::ExposeSecret;
 
-use revoker::cli::{read_token_arg, Cli, Command, DbArgs, TokenCommand};
+use revoker::cli::{read_token_arg, Cli, Command, DbArgs, KeysCommand, ReplayArgs, TokenCommand};
 use revoker::config::{redact_url, Settings};
+use revoker::replay::{self, Target};
 use revoker::startup::{shutdown_signal, Application};
 use revoker::store::{self, NewToken, PoolSettings, RevocationStore};
 use revoker::token::Token;
@@ -74,6 +75,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::Check { .. }) => unreachable!("handled before the runtime"),
+        Command::Replay(args) => replay(args).await,
+        Command::Keys(KeysCommand::Generate { out, key_id }) => generate_key(&out, key_id),
     }
 }
 
@@ -88,6 +91,59 @@ async fn open(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>
         .with_context(|| format!("cannot open database {}", redact_url(url)))?;
     store.migrate().await.context("cannot migrate database")?;
     Ok(store)
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let target = match &args.url {
+        Some(url) => {
+            let key_path = args.key.as_ref().context("--url needs --key")?;
+            Target::Remote {
+                url: url.clone(),
+                key: replay::load_signing_key(key_path)?,
+                key_id: args.key_id.clone().context("--url needs --key-id")?,
+                client: reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(60))
+                    .build()?,
+            }
+        }
+        None => {
+            let actor = match (&args.actor, args.dry_run) {
+                (Some(a), _) if !a.trim().is_empty() => a.trim().to_owned(),
+                (_, true) => "dry-run".to_owned(),
+                _ => anyhow::bail!(
+                    "say who is replaying: --actor NAME (or REVOKER_ACTOR); it is recorded with the report"
+                ),
+            };
+            Target::Local {
+                store: open(&args.db).await?,
+                actor,
+            }
+        }
+    };
+    let opts = replay::Options {
+        files: args.files,
+        format: args.format,
+        dry_run: args.dry_run,
+        json: args.json,
+        batch_size: args.batch_size,
+        progress: true,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    replay::run(&target, &opts, &mut out).await?;
+    use std::io::Write;
+    out.flush()?;
+    Ok(())
+}
+
+fn generate_key(out: &std::path::Path, key_id: Option<String>) -> anyhow::Result<()> {
+    let entry = revoker::signature::keys::generate_key_file(out, key_id.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&entry)?);
+    eprintln!(
+        "wrote {} (keep it secret); add the entry above to the scanner's key file on the receiver",
+        out.display()
+    );
+    Ok(())
 }
 
 fn check(arg: &str) -> ExitCode {

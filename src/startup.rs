@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::{redact_url, Settings};
 use crate::signature::keys::{KeyCache, KeySource};
+use crate::stats::{self, metrics::Metrics};
 use crate::store::{self, RevocationStore};
 use crate::webhook;
 
@@ -29,15 +30,22 @@ pub struct AppState {
     pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
     pub max_body: usize,
     pub retry_after: Duration,
+    pub metrics: Metrics,
+    /// SHA-256 of `--admin-token`, if set.
+    pub admin_token_digest: Option<[u8; 32]>,
 }
 
 pub struct Application {
     listener: TcpListener,
+    admin_listener: TcpListener,
     state: AppState,
 }
 
 /// Builds the scanners' key caches from the settings.
-pub fn key_caches(settings: &Settings) -> anyhow::Result<HashMap<String, Arc<KeyCache>>> {
+pub fn key_caches(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<HashMap<String, Arc<KeyCache>>> {
     let mut scanners = HashMap::new();
     for spec in &settings.scanners {
         // The GitHub token goes to GitHub's endpoint only, never to another scanner's source.
@@ -51,6 +59,7 @@ pub fn key_caches(settings: &Settings) -> anyhow::Result<HashMap<String, Arc<Key
             source,
             settings.keys_ttl,
             settings.keys_refetch_interval,
+            metrics.clone(),
         );
         if scanners
             .insert(spec.name.clone(), Arc::new(cache))
@@ -78,7 +87,8 @@ impl Application {
         settings: Settings,
         store: Arc<dyn RevocationStore>,
     ) -> anyhow::Result<Self> {
-        let scanners = key_caches(&settings)?;
+        let metrics = Metrics::new();
+        let scanners = key_caches(&settings, &metrics)?;
         // Warm the key caches without delaying start-up; a delivery that arrives first
         // waits for the same fetch (single-flight).
         for cache in scanners.values() {
@@ -90,13 +100,30 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let admin_listener = TcpListener::bind(&settings.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
+        let admin_ip = admin_listener.local_addr()?.ip();
+        if !admin_ip.is_loopback() && settings.admin_token.is_none() {
+            anyhow::bail!(
+                "--admin-listen {} is not a loopback address: set --admin-token (REVOKER_ADMIN_TOKEN) \
+                 so metrics and stats are not open to the network",
+                settings.admin_listen
+            );
+        }
         Ok(Application {
             listener,
+            admin_listener,
             state: AppState {
                 store,
                 scanners: Arc::new(scanners),
                 max_body: settings.max_body,
                 retry_after: settings.retry_after,
+                metrics,
+                admin_token_digest: settings
+                    .admin_token
+                    .as_ref()
+                    .map(|t| stats::token_digest(t.expose_secret())),
             },
         })
     }
@@ -109,20 +136,40 @@ impl Application {
         self.listener.local_addr()
     }
 
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves both listeners until `shutdown` resolves, then lets in-flight requests
+    /// finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, "listening");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
+        let admin = self.admin_listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tracing::info!(%addr, %admin, "listening");
+        let public = axum::serve(self.listener, router(self.state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin = axum::serve(self.admin_listener, stats::admin_router(self.state))
+            .with_graceful_shutdown(stopped(stop_rx));
+        let (public, admin) = tokio::join!(public, admin);
+        public.and(admin)
     }
 }
 
@@ -130,6 +177,7 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/secret-scanning/{scanner}", post(webhook::receive))
+        .merge(stats::health_router())
         .fallback(webhook::not_found)
         .method_not_allowed_fallback(webhook::method_not_allowed)
         .layer(

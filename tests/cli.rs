@@ -133,6 +133,8 @@ impl Server {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--database-url",
             db_url,
             "--scanner",

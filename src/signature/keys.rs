@@ -24,6 +24,8 @@ use p256::pkcs8::DecodePublicKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::stats::metrics::Metrics;
+
 /// A key document larger than this is refused (GitHub's is about 1 KiB).
 const MAX_KEY_DOCUMENT: usize = 1024 * 1024;
 
@@ -100,6 +102,54 @@ pub fn parse_key_document(bytes: &[u8]) -> Result<HashMap<String, ScannerKey>, F
         return Err(FetchError::NoUsableKeys);
     }
     Ok(keys)
+}
+
+/// Writes a new P-256 private key to `path` (PKCS#8 PEM, mode 0600, never overwriting)
+/// and returns the key-JSON entry for its public key.
+pub fn generate_key_file(
+    path: &std::path::Path,
+    key_id: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    use p256::ecdsa::SigningKey;
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    let key = SigningKey::random(&mut rand::rngs::OsRng);
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the private key: {e}"))?;
+    let public = key.verifying_key();
+    let public_pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    let public_der = public
+        .to_public_key_der()
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    let key_id = match key_id {
+        Some(id) => id.to_owned(),
+        None => format!(
+            "team-{}",
+            &hex::encode(Sha256::digest(public_der.as_bytes()))[..16]
+        ),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create {} ({e}); an existing key is never overwritten",
+            path.display()
+        )
+    })?;
+    file.write_all(private.as_bytes())?;
+    file.sync_all()?;
+    Ok(serde_json::json!({
+        "key_identifier": key_id,
+        "key": public_pem,
+        "is_current": true,
+    }))
 }
 
 /// Where a scanner's keys come from.
@@ -227,6 +277,7 @@ pub struct KeyCache {
     state: RwLock<CacheState>,
     /// Held while a fetch runs: makes refetches single-flight.
     fetch_lock: Arc<tokio::sync::Mutex<()>>,
+    metrics: Metrics,
 }
 
 impl KeyCache {
@@ -235,6 +286,7 @@ impl KeyCache {
         source: KeySource,
         ttl: Duration,
         refetch_interval: Duration,
+        metrics: Metrics,
     ) -> Self {
         KeyCache {
             scanner: scanner.to_owned(),
@@ -243,6 +295,7 @@ impl KeyCache {
             refetch_interval,
             state: RwLock::new(CacheState::default()),
             fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
+            metrics,
         }
     }
 
@@ -267,6 +320,14 @@ impl KeyCache {
     pub async fn load(&self) -> Result<usize, FetchError> {
         let _guard = self.fetch_lock.lock().await;
         self.fetch_and_store().await
+    }
+
+    /// Fetches if the refetch interval allows it (readiness checks use this).
+    pub async fn try_load(&self) {
+        let _guard = self.fetch_lock.lock().await;
+        if self.may_fetch() {
+            let _ = self.fetch_and_store().await;
+        }
     }
 
     /// The key with this id, fetching or refetching as the module rules allow.
@@ -333,7 +394,9 @@ impl KeyCache {
             .write()
             .expect("key cache lock poisoned")
             .last_started = Some(started);
-        match self.source.fetch().await {
+        let result = self.source.fetch().await;
+        self.metrics.key_fetch(&self.scanner, result.is_ok());
+        match result {
             Ok(keys) => {
                 let n = keys.len();
                 let current: Vec<&str> = keys

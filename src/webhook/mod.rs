@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::signature::keys::KeyError;
 use crate::signature::{self, KEY_ID_HEADER, SIGNATURE_HEADER};
 use crate::startup::AppState;
-use crate::store::OutcomeCounts;
+use crate::store::{Outcome, OutcomeCounts};
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ApiError> {
     headers
@@ -61,15 +61,35 @@ pub async fn receive(
 ) -> Result<Json<Vec<Feedback>>, ApiError> {
     let started = Instant::now();
     let result = handle(&state, &scanner, &headers, body, started).await;
-    if let Err(e) = &result {
-        tracing::warn!(
-            status = e.status().as_u16(),
-            error = e.code(),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-            "delivery refused: {e}"
-        );
-    }
-    result.map(Json)
+    // Only configured names become metric labels; anything else is one bucket.
+    let label = if state.scanners.contains_key(&scanner) {
+        scanner.as_str()
+    } else {
+        "_unknown"
+    };
+    let status = match &result {
+        Ok((_, counts)) => {
+            for outcome in Outcome::ALL {
+                state
+                    .metrics
+                    .item(label, outcome, u64::from(counts.get(outcome)));
+            }
+            200
+        }
+        Err(e) => {
+            tracing::warn!(
+                status = e.status().as_u16(),
+                error = e.code(),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "delivery refused: {e}"
+            );
+            e.status().as_u16()
+        }
+    };
+    state
+        .metrics
+        .delivery(label, status, started.elapsed().as_secs_f64());
+    result.map(|(feedback, _)| Json(feedback))
 }
 
 async fn handle(
@@ -78,7 +98,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-) -> Result<Vec<Feedback>, ApiError> {
+) -> Result<(Vec<Feedback>, OutcomeCounts), ApiError> {
     let cache = state
         .scanners
         .get(scanner)
@@ -114,11 +134,14 @@ async fn handle(
                 (None, classified.outcomes(&[]), counts)
             }
             Some(report) => {
-                let recorded = state.store.record_report(&report).await.map_err(|source| {
-                    ApiError::DatabaseUnavailable {
-                        source,
-                        retry_after: state.retry_after,
-                    }
+                let db_started = Instant::now();
+                let recorded = state.store.record_report(&report).await;
+                state
+                    .metrics
+                    .db("record_report", db_started.elapsed().as_secs_f64());
+                let recorded = recorded.map_err(|source| ApiError::DatabaseUnavailable {
+                    source,
+                    retry_after: state.retry_after,
                 })?;
                 for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
                     tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
@@ -142,7 +165,10 @@ async fn handle(
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
         "delivery processed"
     );
-    Ok(alert::feedback(&items, &classified.hashes, &outcomes))
+    Ok((
+        alert::feedback(&items, &classified.hashes, &outcomes),
+        counts,
+    ))
 }
 
 /// JSON 404 for every path that is not a route.

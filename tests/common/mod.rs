@@ -351,6 +351,7 @@ pub struct TestOptions {
     pub max_body: usize,
     pub db_timeout: Duration,
     pub github_token: Option<String>,
+    pub admin_token: Option<String>,
     /// Extra scanners besides `github` (which points at the key server).
     pub extra_scanners: Vec<ScannerSpec>,
 }
@@ -364,6 +365,7 @@ impl Default for TestOptions {
             max_body: 8 << 20,
             db_timeout: Duration::from_secs(5),
             github_token: None,
+            admin_token: None,
             extra_scanners: vec![],
         }
     }
@@ -371,6 +373,8 @@ impl Default for TestOptions {
 
 pub struct TestApp {
     pub base: String,
+    /// The admin listener (metrics, stats, dashboard).
+    pub admin: String,
     pub state: revoker::startup::AppState,
     pub client: reqwest::Client,
     pub store: Arc<dyn RevocationStore>,
@@ -395,8 +399,10 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     settings.pool.max_connections = 5;
     settings.retry_after = Duration::from_secs(7);
     settings.github_token = opts.github_token.map(secrecy::SecretString::from);
+    settings.admin_token = opts.admin_token.map(secrecy::SecretString::from);
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let admin = format!("http://127.0.0.1:{}", app.admin_port());
     let store = Arc::clone(&app.state().store);
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -405,6 +411,7 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     }));
     TestApp {
         base,
+        admin,
         state,
         client: reqwest::Client::new(),
         store,
@@ -466,6 +473,15 @@ impl TestApp {
             .await
             .unwrap();
         t
+    }
+
+    /// GET on the admin listener, with an optional bearer token.
+    pub async fn admin_get(&self, path: &str, bearer: Option<&str>) -> Answer {
+        let mut req = self.client.get(format!("{}{path}", self.admin));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Answer::from(req.send().await.unwrap()).await
     }
 
     /// Whether the store has this token revoked.

@@ -1,0 +1,210 @@
+//! Prometheus metrics of one receiver instance.
+//!
+//! Instance counters live here (an instance registry, not a process-global recorder, so
+//! two receivers in one process keep separate numbers). Figures that describe the
+//! database as a whole (totals, ages) are not metrics here: `/api/stats` reads them
+//! from the database at request time.
+//!
+//! Label values are bounded: `scanner` is a configured scanner name or `_unknown`,
+//! `status` an HTTP status code, `outcome` one of five names. Nothing derived from a
+//! request body becomes a label.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::store::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub scanner: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ItemLabels {
+    pub scanner: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScannerLabels {
+    pub scanner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyFetchLabels {
+    pub scanner: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The metrics of one receiver. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    items: Family<ItemLabels, Counter>,
+    revocations: Counter,
+    request_duration: Family<ScannerLabels, Histogram, fn() -> Histogram>,
+    key_fetches: Family<KeyFetchLabels, Counter>,
+    key_cache_age: Family<ScannerLabels, Gauge<f64, AtomicU64>>,
+    key_cache_keys: Family<ScannerLabels, Gauge>,
+    db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("revoker");
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Alert deliveries answered, by scanner and HTTP status code",
+            deliveries.clone(),
+        );
+        let items = Family::<ItemLabels, Counter>::default();
+        registry.register(
+            "items",
+            "Reported items by scanner and outcome",
+            items.clone(),
+        );
+        let revocations = Counter::default();
+        registry.register(
+            "revocations",
+            "Tokens revoked (revoked + expired outcomes)",
+            revocations.clone(),
+        );
+        let request_duration =
+            Family::<ScannerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "delivery_duration_seconds",
+            "Time to answer a delivery, from headers to response",
+            request_duration.clone(),
+        );
+        let key_fetches = Family::<KeyFetchLabels, Counter>::default();
+        registry.register(
+            "key_fetches",
+            "Scanner key fetches by result (ok, error)",
+            key_fetches.clone(),
+        );
+        let key_cache_age = Family::<ScannerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "key_cache_age_seconds",
+            "Age of the scanner keys held (-1 when none were ever fetched)",
+            key_cache_age.clone(),
+        );
+        let key_cache_keys = Family::<ScannerLabels, Gauge>::default();
+        registry.register(
+            "key_cache_keys",
+            "Number of scanner keys held",
+            key_cache_keys.clone(),
+        );
+        let db_duration =
+            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "db_statement_duration_seconds",
+            "Duration of database work per operation (record_report is one transaction)",
+            db_duration.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            deliveries,
+            items,
+            revocations,
+            request_duration,
+            key_fetches,
+            key_cache_age,
+            key_cache_keys,
+            db_duration,
+        }
+    }
+
+    pub fn delivery(&self, scanner: &str, status: u16, seconds: f64) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                scanner: scanner.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&ScannerLabels {
+                scanner: scanner.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn item(&self, scanner: &str, outcome: Outcome, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.items
+            .get_or_create(&ItemLabels {
+                scanner: scanner.to_owned(),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc_by(n);
+        if matches!(outcome, Outcome::Revoked | Outcome::Expired) {
+            self.revocations.inc_by(n);
+        }
+    }
+
+    pub fn key_fetch(&self, scanner: &str, ok: bool) {
+        self.key_fetches
+            .get_or_create(&KeyFetchLabels {
+                scanner: scanner.to_owned(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn key_cache(&self, scanner: &str, keys: usize, age_seconds: Option<f64>) {
+        let labels = ScannerLabels {
+            scanner: scanner.to_owned(),
+        };
+        self.key_cache_keys.get_or_create(&labels).set(keys as i64);
+        self.key_cache_age
+            .get_or_create(&labels)
+            .set(age_seconds.unwrap_or(-1.0));
+    }
+
+    pub fn db(&self, operation: &str, seconds: f64) {
+        self.db_duration
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

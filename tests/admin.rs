@@ -1,0 +1,258 @@
+//! The admin listener: exact metrics after a known sequence, the stats API over HTTP,
+//! bearer auth, health and readiness, and the loopback guard.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Duration as Ttl;
+use common::*;
+use revoker::config::{ScannerSpec, Settings};
+use revoker::startup::Application;
+
+async fn sqlite() -> TestDb {
+    TestDb::new(Kind::Sqlite).await.unwrap()
+}
+
+/// The value of one sample line `name{labels} value` in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_happened() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    app.keys_attempted("github").await;
+    let live = app.mint("alice/a", Ttl::minutes(30)).await;
+    let expired = app.mint("alice/b", Ttl::minutes(-1)).await;
+    let signer = Signer::test();
+
+    let body = alert_body(&[
+        live.expose_secret(),
+        expired.expose_secret(),
+        "junk",
+        "junk2",
+    ]);
+    assert_eq!(app.deliver(&signer, body.clone()).await.status, 200);
+    assert_eq!(app.deliver(&signer, body.clone()).await.status, 200); // all already revoked now
+    let forged = Signer::from_fixture("keys/other-key.pem", KEY_ID);
+    assert_eq!(app.deliver(&forged, body.clone()).await.status, 401);
+    let sig = signer.sign(&body);
+    let a = app
+        .post("random-name", Some(KEY_ID), Some(&sig), body)
+        .await;
+    assert_eq!(a.status, 404);
+
+    let m = app.admin_get("/metrics", None).await;
+    assert_eq!(m.status, 200);
+    let page = &m.text;
+    let expect = [
+        (
+            r#"revoker_deliveries_total{scanner="github",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"revoker_deliveries_total{scanner="github",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"revoker_deliveries_total{scanner="_unknown",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"revoker_items_total{scanner="github",outcome="revoked"}"#,
+            1.0,
+        ),
+        (
+            r#"revoker_items_total{scanner="github",outcome="expired"}"#,
+            1.0,
+        ),
+        (
+            r#"revoker_items_total{scanner="github",outcome="already_revoked"}"#,
+            2.0,
+        ),
+        (
+            r#"revoker_items_total{scanner="github",outcome="not_ours"}"#,
+            4.0,
+        ),
+        ("revoker_revocations_total", 2.0),
+        (
+            r#"revoker_key_fetches_total{scanner="github",result="ok"}"#,
+            1.0,
+        ),
+        (r#"revoker_key_cache_keys{scanner="github"}"#, 1.0),
+        (
+            r#"revoker_delivery_duration_seconds_count{scanner="github"}"#,
+            3.0,
+        ),
+        (
+            r#"revoker_db_statement_duration_seconds_count{operation="record_report"}"#,
+            2.0,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(page, series), Some(value), "{series} in\n{page}");
+    }
+    assert!(sample(
+        page,
+        r#"revoker_items_total{scanner="github",outcome="unknown"}"#
+    )
+    .is_none());
+    let age = sample(page, r#"revoker_key_cache_age_seconds{scanner="github"}"#).unwrap();
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert!(
+        !page.contains("random-name"),
+        "unconfigured names never become labels"
+    );
+    assert!(!page.contains(live.expose_secret()));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_api_serves_thirty_days_and_recent_reports() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let live = app.mint("alice/a", Ttl::minutes(30)).await;
+    let body = alert_body(&[live.expose_secret(), "junk"]);
+    assert_eq!(app.deliver(&Signer::test(), body).await.status, 200);
+
+    let s = app.admin_get("/api/stats", None).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let j = &s.json;
+    assert_eq!(j["totals"]["reports"], 1);
+    assert_eq!(j["totals"]["revoked"], 1);
+    assert_eq!(j["totals"]["not_ours"], 1);
+    let daily = j["daily"].as_array().unwrap();
+    assert_eq!(daily.len(), 30);
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert_eq!(daily[29]["day"], today);
+    assert_eq!(daily[29]["revoked"], 1);
+    assert_eq!(daily[0]["reports"], 0);
+    let recent = j["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(
+        recent[0]["items"][0]["token_hash_prefix"],
+        live.hash().prefix()
+    );
+    assert!(!s.text.contains(live.expose_secret()));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_metrics_and_stats_but_not_the_page() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            admin_token: Some("s3cret-admin".into()),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    for path in ["/metrics", "/api/stats"] {
+        let a = app.admin_get(path, None).await;
+        assert_eq!((a.status, a.error_code()), (401, "unauthorized"), "{path}");
+        let a = app.admin_get(path, Some("s3cret-admiN")).await;
+        assert_eq!(a.status, 401, "{path} with a wrong token");
+        let a = app.admin_get(path, Some("s3cret-admin")).await;
+        assert_eq!(a.status, 200, "{path} with the token: {}", a.text);
+    }
+    let page = app.admin_get("/dashboard", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("<html") || page.text.contains("<!doctype"));
+    assert!(!page.text.contains("s3cret-admin"));
+    assert_eq!(app.admin_get("/healthz", None).await.status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_listener_serves_health_but_never_metrics() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    for path in ["/metrics", "/api/stats", "/dashboard"] {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path} on the public listener");
+    }
+    let resp = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ready = Answer::from(
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json["status"], "ready");
+    assert_eq!(ready.json["database"], "ok");
+    assert_eq!(ready.json["scanners"]["github"]["keys"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_without_keys_and_recovers() {
+    let db = sqlite().await;
+    let keys = KeyServer::start(KeyMode::Status(503)).await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            keys_refetch_interval: Duration::ZERO,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let r = app.admin_get("/readyz", None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json["status"], "not_ready");
+    assert_eq!(r.json["database"], "ok");
+    assert_eq!(r.json["scanners"]["github"]["keys"], 0);
+    assert_eq!(
+        app.admin_get("/healthz", None).await.status,
+        200,
+        "alive anyway"
+    );
+    keys.set_mode(KeyMode::Serve(fixture_string("keys/test-keys.json")));
+    let r = app.admin_get("/readyz", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_admin_listener_requires_a_token() {
+    let db = sqlite().await;
+    let mut settings = Settings::new(
+        db.url(),
+        vec![ScannerSpec {
+            name: "github".into(),
+            source: fixture("keys/test-keys.json").display().to_string(),
+        }],
+    );
+    settings.admin_listen = "0.0.0.0:0".into();
+    let err = Application::build(settings.clone())
+        .await
+        .err()
+        .expect("refused to start");
+    assert!(err.to_string().contains("--admin-token"), "{err:#}");
+    settings.admin_token = Some(secrecy::SecretString::from("t0ken".to_owned()));
+    assert!(Application::build(settings).await.is_ok());
+}

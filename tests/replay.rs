@@ -1,0 +1,421 @@
+//! `revoker replay`: every format from realistic fixtures, local and remote, dry-run,
+//! idempotent reruns, JSON lines, and a 1,000,000-line report with bounded memory.
+//! Fixture tokens are listed in `fixtures/reports/README.md`.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Duration as Ttl, Utc};
+use common::*;
+use revoker::config::ScannerSpec;
+use revoker::replay::{self, formats::Format, Options, Summary, Target};
+use revoker::store::{NewToken, Outcome, RevocationStore};
+use revoker::token::{Token, TokenHash};
+
+const A: &str = "cio_tp_ACAyMYNZERnTTS1iqvGWBaE8Nt8Ebu052fSx";
+const B: &str = "cio_tp_lXgcmdQXsufD3qUOXbNKdAwgXN8can1OoeWU";
+const C: &str = "cio_tp_gzqdfPXHzUfToQmeSRY4KCBCZSwhHN3JuWiw";
+const D: &str = "cio_tp_UzdWnDTOCvFft4g9hLRxgLPPrU2Q2u0VTqp6";
+const E: &str = "cio_tp_JjEvY1YIYnsep3zgvn2VOaIUCH3De43QC7H5";
+const F: &str = "cio_tp_0GhNi68shQanwvDbxHn0vr39EirQPp0U6m2n";
+const H: &str = "cio_tp_xy2X5r57IONveWxzHdypVCsUbBAwzK0P2RTI";
+const I: &str = "cio_tp_KWbNbgECMszLtziYYiiX4cSqjLtyS83Z17Wl";
+
+/// Stores a fixture token as if it had been minted (`ttl` may be negative).
+async fn as_minted(store: &Arc<dyn RevocationStore>, raw: &str, ttl: Ttl) {
+    let now = Utc::now();
+    store
+        .insert_token(&NewToken {
+            hash: Token::parse(raw).unwrap().hash(),
+            owner: "fixture".into(),
+            created_at: now - Ttl::minutes(10),
+            expires_at: now + ttl,
+        })
+        .await
+        .unwrap();
+}
+
+fn opts(files: &[&str], dry_run: bool, json: bool) -> Options {
+    Options {
+        files: files
+            .iter()
+            .map(|f| fixture(&format!("reports/{f}")))
+            .collect(),
+        format: None,
+        dry_run,
+        json,
+        batch_size: 10_000,
+        progress: false,
+    }
+}
+
+async fn replay_to_string(target: &Target, o: &Options) -> (Summary, String) {
+    let mut out = Vec::new();
+    let summary = replay::run(target, o, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    (summary, text)
+}
+
+/// The outcome column of the row for this token's hash, in order of appearance.
+fn outcomes_of(output: &str, raw: &str) -> Vec<String> {
+    let prefix = TokenHash::of(raw).prefix();
+    output
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect()
+}
+
+async fn local_store() -> (TestDb, Arc<dyn RevocationStore>) {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    (db, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitleaks_report_revokes_ours_and_a_second_run_revokes_nothing() {
+    let (_db, store) = local_store().await;
+    as_minted(&store, A, Ttl::minutes(30)).await;
+    as_minted(&store, B, Ttl::minutes(30)).await;
+    as_minted(&store, C, Ttl::minutes(-1)).await; // expired, never revoked
+    let target = Target::Local {
+        store: Arc::clone(&store),
+        actor: "alice@security".into(),
+    };
+
+    let (s, out) = replay_to_string(&target, &opts(&["gitleaks.json"], false, false)).await;
+    assert_eq!(s.occurrences, 5, "{out}");
+    assert_eq!(
+        outcomes_of(&out, A),
+        ["revoked", "revoked"],
+        "same batch: both answered"
+    );
+    assert_eq!(outcomes_of(&out, B), ["revoked"]);
+    assert_eq!(outcomes_of(&out, C), ["expired"]);
+    assert_eq!(s.counts.not_ours, 1);
+    assert_eq!((s.true_positive, s.false_positive), (4, 1));
+    assert!(
+        out.contains(".github/workflows/publish.yml:31 @ 9f1c2a7b3d4e"),
+        "{out}"
+    );
+    assert!(out.contains("revoked now: 3"), "{out}");
+    for raw in [A, B, C] {
+        assert!(!out.contains(raw), "raw token in the output");
+    }
+    let report = store.report(s.report_ids[0]).await.unwrap().unwrap();
+    assert_eq!(report.scanner, "replay");
+    assert_eq!(report.key_id, "alice@security");
+    let b = store
+        .token(&Token::parse(B).unwrap().hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.revoked_by, Some(s.report_ids[0]));
+
+    let (again, out2) = replay_to_string(&target, &opts(&["gitleaks.json"], false, false)).await;
+    assert_eq!(again.counts.revoked + again.counts.expired, 0);
+    assert_eq!(again.counts.already_revoked, 4);
+    assert!(out2.contains("nothing new"), "{out2}");
+    let b2 = store
+        .token(&Token::parse(B).unwrap().hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.revoked_at, b2.revoked_at, "revoked_at unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_is_detected_and_classified() {
+    let (_db, store) = local_store().await;
+    for raw in [D, E, F, H] {
+        as_minted(&store, raw, Ttl::minutes(30)).await;
+    }
+    let target = Target::Local {
+        store: Arc::clone(&store),
+        actor: "bob".into(),
+    };
+    let (s, out) = replay_to_string(
+        &target,
+        &opts(
+            &["trufflehog.jsonl", "incident.txt", "github.json"],
+            false,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(s.files, 3);
+    assert_eq!(
+        outcomes_of(&out, C),
+        ["unknown"],
+        "well-formed, never minted here"
+    );
+    assert_eq!(outcomes_of(&out, D), ["revoked", "revoked"]);
+    assert_eq!(outcomes_of(&out, E), ["revoked", "revoked"]);
+    assert_eq!(outcomes_of(&out, F), ["revoked"]);
+    assert_eq!(outcomes_of(&out, H), ["revoked"]);
+    assert_eq!(outcomes_of(&out, I), ["unknown", "unknown"]);
+    assert!(
+        out.contains("incident.txt:12"),
+        "text rows say file:line\n{out}"
+    );
+    assert!(s.skipped_lines >= 1, "trufflehog log noise is counted");
+    // github.json: W3 and the junk string; incident.txt: W2.
+    assert_eq!(s.counts.not_ours, 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_looks_up_without_writing() {
+    let (_db, store) = local_store().await;
+    as_minted(&store, A, Ttl::minutes(30)).await;
+    let target = Target::Local {
+        store: Arc::clone(&store),
+        actor: "carol".into(),
+    };
+    let (s, out) = replay_to_string(&target, &opts(&["gitleaks.json"], true, false)).await;
+    assert_eq!(outcomes_of(&out, A), ["would_revoke", "would_revoke"]);
+    assert_eq!(outcomes_of(&out, B), ["unknown"]);
+    assert!(out.contains("dry run: nothing written"));
+    assert!(s.report_ids.is_empty());
+    assert_eq!(store.count_reports().await.unwrap(), 0);
+    let a = store
+        .token(&Token::parse(A).unwrap().hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.revoked_at.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_give_one_row_per_occurrence_then_a_summary() {
+    let (_db, store) = local_store().await;
+    as_minted(&store, H, Ttl::minutes(30)).await;
+    let target = Target::Local {
+        store,
+        actor: "dan".into(),
+    };
+    let mut o = opts(&["github.json"], false, true);
+    o.format = Some(Format::Github);
+    let (_, out) = replay_to_string(&target, &o).await;
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "5 rows + summary");
+    assert_eq!(lines[0]["row"]["outcome"], "revoked");
+    assert_eq!(lines[0]["row"]["label"], "true_positive");
+    assert_eq!(
+        lines[0]["row"]["token_hash_prefix"],
+        TokenHash::of(H).prefix()
+    );
+    assert_eq!(lines[1]["row"]["outcome"], "not_ours");
+    assert_eq!(lines[5]["summary"]["occurrences"], 5);
+    assert_eq!(lines[5]["summary"]["counts"]["revoked"], 1);
+    assert!(!out.contains(H));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_replay_signs_like_github_for_a_team_scanner() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("team.pem");
+    let entry = revoker::signature::keys::generate_key_file(&pem, Some("team-1")).unwrap();
+    assert_eq!(entry["key_identifier"], "team-1");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pem).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "private key readable by others");
+    }
+    assert!(
+        revoker::signature::keys::generate_key_file(&pem, None).is_err(),
+        "never overwrites"
+    );
+    let key_file = dir.path().join("team-keys.json");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({ "public_keys": [entry] }).to_string(),
+    )
+    .unwrap();
+
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            extra_scanners: vec![ScannerSpec {
+                name: "team".into(),
+                source: key_file.display().to_string(),
+            }],
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    for raw in [E, F] {
+        as_minted(&app.store, raw, Ttl::minutes(30)).await;
+    }
+    let target = Target::Remote {
+        url: format!("{}/secret-scanning/team", app.base),
+        key: replay::load_signing_key(&pem).unwrap(),
+        key_id: "team-1".into(),
+        client: reqwest::Client::new(),
+    };
+
+    // Dry run: nothing is sent.
+    let (_, out) = replay_to_string(&target, &opts(&["incident.txt"], true, false)).await;
+    assert_eq!(outcomes_of(&out, E), ["not_sent", "not_sent"]);
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+
+    let (s, out) = replay_to_string(&target, &opts(&["incident.txt"], false, false)).await;
+    assert_eq!(s.true_positive, 3, "{out}");
+    assert_eq!(s.false_positive, 1, "{out}");
+    let e = app
+        .store
+        .token(&Token::parse(E).unwrap().hash())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = app
+        .store
+        .report(e.revoked_by.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.scanner, "team");
+    assert_eq!(report.key_id, "team-1");
+
+    // A key the receiver does not trust is refused with a clear error.
+    let other_pem = dir.path().join("other.pem");
+    revoker::signature::keys::generate_key_file(&other_pem, Some("team-1")).unwrap();
+    let forged = Target::Remote {
+        url: format!("{}/secret-scanning/team", app.base),
+        key: replay::load_signing_key(&other_pem).unwrap(),
+        key_id: "team-1".into(),
+        client: reqwest::Client::new(),
+    };
+    let err = replay::run(
+        &forged,
+        &opts(&["incident.txt"], false, false),
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("401"), "{err:#}");
+    app.stop().await;
+}
+
+/// Peak resident memory of a running child, read from /proc until it exits.
+fn peak_rss_kib(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            return (exit, peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_million_line_report_streams_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("big.log");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&report).unwrap());
+    let mut tokens = 0;
+    for i in 0..1_000_000u32 {
+        if i % 100 == 0 {
+            let t = Token::generate();
+            writeln!(
+                w,
+                "{i:08} worker leaked {} into the build log, oops",
+                t.expose_secret()
+            )
+            .unwrap();
+            tokens += 1;
+        } else {
+            writeln!(w, "{i:08} INFO compiling crate number {i} of many, nothing to see here at all, just a long line of build noise").unwrap();
+        }
+    }
+    w.flush().unwrap();
+    drop(w);
+    let size_mib = std::fs::metadata(&report).unwrap().len() / (1 << 20);
+    assert!(size_mib >= 80, "report is {size_mib} MiB");
+
+    let db = dir.path().join("r.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+        .args(["replay", "--json", "--actor", "bench"])
+        .arg(&report)
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Drain stdout on a thread so the child never blocks on a full pipe.
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut last = String::new();
+        let mut rows = 0u64;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line.starts_with("{\"row\"") {
+                rows += 1;
+            }
+            last = line;
+        }
+        (rows, last)
+    });
+    let (status, peak_kib) = peak_rss_kib(&mut child);
+    let (rows, last) = reader.join().unwrap();
+    assert!(status.success());
+    assert_eq!(rows, tokens);
+    let summary: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(summary["summary"]["counts"]["unknown"], tokens);
+    eprintln!(
+        "replay of a {size_mib} MiB, 1,000,000-line report: peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib < 64 * 1024,
+        "peak RSS {} MiB for a {size_mib} MiB report",
+        peak_kib / 1024
+    );
+    let _ = Outcome::Unknown;
+}
+
+#[test]
+fn replay_cli_needs_an_actor_and_explains_remote_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+        .args(["replay", "x.json", "--database-url", "sqlite::memory:"])
+        .env_remove("REVOKER_ACTOR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--actor"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+        .args([
+            "replay",
+            "x.json",
+            "--url",
+            "http://127.0.0.1:1/secret-scanning/t",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--key"), "{err}");
+    let _: PathBuf = fixture("reports");
+}
