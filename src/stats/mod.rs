@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::error_chain;
 use crate::startup::AppState;
-use crate::store::{DayTotals, RecentReport, RevocationAges, ScannerTotals, SourceTotals, Totals};
+use crate::store::{DayTotals, Stats, Totals};
 
 /// Days in the `/api/stats` daily series (today included).
 pub const DAYS: i64 = 30;
@@ -103,13 +103,9 @@ async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> R
 #[derive(Debug, Serialize)]
 pub struct StatsDocument {
     pub generated_at: DateTime<Utc>,
-    pub totals: Totals,
-    pub by_scanner: Vec<ScannerTotals>,
-    pub by_source: Vec<SourceTotals>,
-    /// Exactly [`DAYS`] entries, oldest first, one per UTC day, zeros included.
-    pub daily: Vec<DayTotals>,
-    pub revocation_ages: RevocationAges,
-    pub recent: Vec<RecentReport>,
+    /// With `daily` holding exactly [`DAYS`] entries, oldest first, zeros included.
+    #[serde(flatten)]
+    pub stats: Stats,
 }
 
 /// The first day of the series ending today (UTC).
@@ -145,14 +141,12 @@ async fn stats_handler(State(state): State<AppState>, headers: HeaderMap) -> Res
         .expect("midnight exists")
         .and_utc();
     match state.store.stats(since).await {
-        Ok(stats) => Json(StatsDocument {
+        Ok(mut stats) => Json(StatsDocument {
             generated_at: now,
-            totals: stats.totals,
-            by_scanner: stats.by_scanner,
-            by_source: stats.by_source,
-            daily: fill_days(start, stats.daily),
-            revocation_ages: stats.revocation_ages,
-            recent: stats.recent,
+            stats: {
+                stats.daily = fill_days(start, std::mem::take(&mut stats.daily));
+                stats
+            },
         })
         .into_response(),
         Err(e) => {

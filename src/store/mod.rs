@@ -20,7 +20,10 @@ use chrono::{DateTime, Utc};
 use crate::token::TokenHash;
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+
+use rows::*;
 
 /// What happened to one reported item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -60,51 +60,10 @@ FROM input i
 LEFT JOIN flipped f ON f.hash = i.hash
 LEFT JOIN tokens t ON t.hash = i.hash";
 
-/// `preview`'s classification of a stored token (absent tokens are `Unknown`).
-fn preview_outcome(revoked: bool, expired: bool) -> Outcome {
-    if revoked {
-        Outcome::AlreadyRevoked
-    } else if expired {
-        Outcome::Expired
-    } else {
-        Outcome::Revoked
-    }
-}
-
-fn millis_to_seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
-
 /// An `integer` count column as `u32`; a negative value is corrupt data.
 fn count_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<u32, StoreError> {
     let v: i32 = r.try_get(i)?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
-}
-
-/// Seven `bigint` columns from `i`: reports, items and the five outcome sums.
-fn totals_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<Totals, StoreError> {
-    Ok(Totals {
-        reports: r.try_get(i)?,
-        items: r.try_get(i + 1)?,
-        revoked: r.try_get(i + 2)?,
-        already_revoked: r.try_get(i + 3)?,
-        expired: r.try_get(i + 4)?,
-        unknown: r.try_get(i + 5)?,
-        not_ours: r.try_get(i + 6)?,
-    })
-}
-
-fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals {
-    parts.fold(Totals::default(), |mut t, p| {
-        t.reports += p.reports;
-        t.items += p.items;
-        t.revoked += p.revoked;
-        t.already_revoked += p.already_revoked;
-        t.expired += p.expired;
-        t.unknown += p.unknown;
-        t.not_ours += p.not_ours;
-        t
-    })
 }
 
 // Names are ordered with COLLATE "C" (byte order), like SQLite's BINARY collation, so both
@@ -468,13 +427,8 @@ impl RevocationStore for PostgresStore {
             .await?;
         let by_scanner = rows
             .iter()
-            .map(|r| {
-                Ok(ScannerTotals {
-                    scanner: r.try_get(0)?,
-                    totals: totals_at(r, 1)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(scanner_totals)
+            .collect::<Result<Vec<_>, _>>()?;
         // The all-time totals are the sum of the per-scanner rows (same snapshot, and
         // they always add up).
         let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
@@ -483,17 +437,8 @@ impl RevocationStore for PostgresStore {
         let rows = sqlx::query(STATS_BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
         let by_source = rows
             .iter()
-            .map(|r| {
-                Ok(SourceTotals {
-                    source: r.try_get(0)?,
-                    items: r.try_get(1)?,
-                    revoked: r.try_get(2)?,
-                    already_revoked: r.try_get(3)?,
-                    expired: r.try_get(4)?,
-                    unknown: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(source_totals)
+            .collect::<Result<Vec<_>, _>>()?;
 
         self.statements.add(1);
         let rows = sqlx::query(STATS_DAILY_SQL)

@@ -53,47 +53,6 @@ fn hex_array(hashes: &[TokenHash]) -> String {
     s
 }
 
-/// `preview`'s classification of a stored token (absent tokens are `Unknown`).
-fn preview_outcome(revoked: bool, expired: bool) -> Outcome {
-    if revoked {
-        Outcome::AlreadyRevoked
-    } else if expired {
-        Outcome::Expired
-    } else {
-        Outcome::Revoked
-    }
-}
-
-fn millis_to_seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
-
-/// Seven integer columns from `i`: reports, items and the five outcome sums.
-fn totals_at(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Totals, StoreError> {
-    Ok(Totals {
-        reports: r.try_get(i)?,
-        items: r.try_get(i + 1)?,
-        revoked: r.try_get(i + 2)?,
-        already_revoked: r.try_get(i + 3)?,
-        expired: r.try_get(i + 4)?,
-        unknown: r.try_get(i + 5)?,
-        not_ours: r.try_get(i + 6)?,
-    })
-}
-
-fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals {
-    parts.fold(Totals::default(), |mut t, p| {
-        t.reports += p.reports;
-        t.items += p.items;
-        t.revoked += p.revoked;
-        t.already_revoked += p.already_revoked;
-        t.expired += p.expired;
-        t.unknown += p.unknown;
-        t.not_ours += p.not_ours;
-        t
-    })
-}
-
 const STATS_BY_SCANNER_SQL: &str = "
 SELECT scanner, count(*), sum(item_count), sum(revoked), sum(already_revoked),
        sum(expired), sum(unknown), sum(not_ours)
@@ -472,13 +431,8 @@ impl RevocationStore for SqliteStore {
             .await?;
         let by_scanner = rows
             .iter()
-            .map(|r| {
-                Ok(ScannerTotals {
-                    scanner: r.try_get(0)?,
-                    totals: totals_at(r, 1)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(scanner_totals)
+            .collect::<Result<Vec<_>, _>>()?;
         // The all-time totals are the sum of the per-scanner rows (same snapshot, and
         // they always add up).
         let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
@@ -487,17 +441,8 @@ impl RevocationStore for SqliteStore {
         let rows = sqlx::query(STATS_BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
         let by_source = rows
             .iter()
-            .map(|r| {
-                Ok(SourceTotals {
-                    source: r.try_get(0)?,
-                    items: r.try_get(1)?,
-                    revoked: r.try_get(2)?,
-                    already_revoked: r.try_get(3)?,
-                    expired: r.try_get(4)?,
-                    unknown: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(source_totals)
+            .collect::<Result<Vec<_>, _>>()?;
 
         self.statements.add(1);
         let rows = sqlx::query(STATS_DAILY_SQL)
