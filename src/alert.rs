@@ -64,6 +64,16 @@ pub struct Classified {
     pub not_ours: u32,
 }
 
+/// An open string from the body, made storable everywhere: NUL becomes U+FFFD
+/// (PostgreSQL `text` cannot hold `\0`, and a delivery must never fail on it).
+fn storable(s: Option<&str>) -> String {
+    match s {
+        Some(s) if s.contains('\0') => s.replace('\0', "\u{FFFD}"),
+        Some(s) => s.to_owned(),
+        None => String::new(),
+    }
+}
+
 /// Decides offline which items are candidates: prefix, length, alphabet, check digits.
 pub fn classify(items: &[AlertItem<'_>]) -> Classified {
     let mut hashes = Vec::with_capacity(items.len());
@@ -78,9 +88,9 @@ pub fn classify(items: &[AlertItem<'_>]) -> Classified {
             candidates.push(CandidateItem {
                 position: position as u32,
                 hash,
-                token_type: item.token_type.as_deref().unwrap_or_default().to_owned(),
-                source: item.source.as_deref().unwrap_or_default().to_owned(),
-                url: item.url.as_deref().unwrap_or_default().to_owned(),
+                token_type: storable(item.token_type.as_deref()),
+                source: storable(item.source.as_deref()),
+                url: storable(item.url.as_deref()),
             });
         } else {
             candidate_index.push(None);

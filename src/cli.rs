@@ -187,6 +187,18 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_RETRY_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
 
+    /// Deadline for a whole delivery (below GitHub's 30 s wait); past it: 503, nothing written.
+    #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Deadline for receiving a request body; a client that trickles gets 408.
+    #[arg(long, env = "REVOKER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// After SIGTERM/SIGINT, how long in-flight requests may finish before exit.
+    #[arg(long, env = "REVOKER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Address of the admin listener: /metrics, /api/stats, /dashboard, /healthz,
     /// /readyz. Keep it private; a non-loopback address requires --admin-token.
     #[arg(long, env = "REVOKER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]

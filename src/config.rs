@@ -85,6 +85,10 @@ pub struct Settings {
     pub github_token: Option<SecretString>,
     pub max_body: usize,
     pub retry_after: Duration,
+    pub request_timeout: Duration,
+    pub body_timeout: Duration,
+    /// After SIGTERM, how long in-flight requests may take before the process exits.
+    pub shutdown_timeout: Duration,
     /// Admin listener: /metrics, /api/stats, /dashboard, health.
     pub admin_listen: String,
     pub admin_token: Option<SecretString>,
@@ -104,6 +108,9 @@ impl Settings {
             github_token: None,
             max_body: 8 << 20,
             retry_after: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(25),
+            body_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
         }
@@ -118,6 +125,7 @@ impl From<crate::cli::ServeArgs> for Settings {
             pool: PoolSettings {
                 max_connections: a.db.db_max_connections,
                 acquire_timeout: a.db.db_timeout,
+                create_if_missing: true,
             },
             scanners: a.scanners,
             keys_ttl: a.keys_ttl,
@@ -126,6 +134,9 @@ impl From<crate::cli::ServeArgs> for Settings {
             github_token: a.github_token,
             max_body: a.max_body,
             retry_after: a.retry_after,
+            request_timeout: a.request_timeout,
+            body_timeout: a.body_timeout,
+            shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,
             admin_token: a.admin_token,
         }

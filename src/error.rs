@@ -34,6 +34,10 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body was not received in time")]
+    BodyTimeout,
+    #[error("the delivery could not be processed in time; nothing was recorded, try again later")]
+    Timeout { retry_after: Duration },
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("scanner keys are unavailable; try again later")]
@@ -57,6 +61,8 @@ impl ApiError {
             | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::KeysUnavailable { .. } | ApiError::DatabaseUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -66,6 +72,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::KeysUnavailable { retry_after }
+            | ApiError::Timeout { retry_after }
             | ApiError::DatabaseUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -83,6 +90,8 @@ impl ApiError {
             ApiError::UnknownKey => "unknown_key",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyRead => "body_read_error",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::Timeout { .. } => "timeout",
             ApiError::Parse(_) => "bad_body",
             ApiError::KeysUnavailable { .. } => "keys_unavailable",
             ApiError::DatabaseUnavailable { .. } => "database_unavailable",

@@ -80,11 +80,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Opens an existing revoker database without creating or migrating anything: a
+/// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
+async fn open_existing(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
+    let url = db.database_url.expose_secret();
+    let settings = PoolSettings {
+        max_connections: db.db_max_connections,
+        acquire_timeout: db.db_timeout,
+        create_if_missing: false,
+    };
+    let store = store::connect(url, &settings).await.with_context(|| {
+        format!(
+            "cannot open database {} (replay never creates one)",
+            redact_url(url)
+        )
+    })?;
+    store.count_reports().await.map_err(|_| {
+        anyhow::anyhow!(
+            "{} has no revoker tables: check --database-url (replay never creates or migrates a database)",
+            redact_url(url)
+        )
+    })?;
+    Ok(store)
+}
+
 async fn open(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
     let url = db.database_url.expose_secret();
     let settings = PoolSettings {
         max_connections: db.db_max_connections,
         acquire_timeout: db.db_timeout,
+        create_if_missing: true,
     };
     let store = store::connect(url, &settings)
         .await
@@ -96,6 +121,7 @@ async fn open(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let target = match &args.url {
         Some(url) => {
+            replay::check_remote_url(url)?;
             let key_path = args.key.as_ref().context("--url needs --key")?;
             Target::Remote {
                 url: url.clone(),
@@ -115,7 +141,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 ),
             };
             Target::Local {
-                store: open(&args.db).await?,
+                store: open_existing(&args.db).await?,
                 actor,
             }
         }

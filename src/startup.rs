@@ -30,6 +30,10 @@ pub struct AppState {
     pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
     pub max_body: usize,
     pub retry_after: Duration,
+    /// Whole-delivery deadline: past it the scanner gets 503 and nothing is written.
+    pub request_timeout: Duration,
+    /// Deadline for receiving the body.
+    pub body_timeout: Duration,
     pub metrics: Metrics,
     /// SHA-256 of `--admin-token`, if set.
     pub admin_token_digest: Option<[u8; 32]>,
@@ -39,6 +43,7 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: TcpListener,
     state: AppState,
+    shutdown_timeout: Duration,
 }
 
 /// Builds the scanners' key caches from the settings.
@@ -103,6 +108,13 @@ impl Application {
         let admin_listener = TcpListener::bind(&settings.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
+        if settings
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().is_empty())
+        {
+            anyhow::bail!("--admin-token is empty; give it a value or leave it unset");
+        }
         let admin_ip = admin_listener.local_addr()?.ip();
         if !admin_ip.is_loopback() && settings.admin_token.is_none() {
             anyhow::bail!(
@@ -114,16 +126,19 @@ impl Application {
         Ok(Application {
             listener,
             admin_listener,
+            shutdown_timeout: settings.shutdown_timeout,
             state: AppState {
                 store,
                 scanners: Arc::new(scanners),
                 max_body: settings.max_body,
                 retry_after: settings.retry_after,
+                request_timeout: settings.request_timeout,
+                body_timeout: settings.body_timeout,
                 metrics,
                 admin_token_digest: settings
                     .admin_token
                     .as_ref()
-                    .map(|t| stats::token_digest(t.expose_secret())),
+                    .map(|t| stats::token_digest(t.expose_secret().trim())),
             },
         })
     }
@@ -160,6 +175,12 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        let grace = self.shutdown_timeout;
+        let mut deadline_rx = stop_rx.clone();
+        let deadline = async move {
+            let _ = deadline_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -168,8 +189,17 @@ impl Application {
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin = axum::serve(self.admin_listener, stats::admin_router(self.state))
             .with_graceful_shutdown(stopped(stop_rx));
-        let (public, admin) = tokio::join!(public, admin);
-        public.and(admin)
+        let both = async { tokio::join!(public, admin) };
+        tokio::select! {
+            (public, admin) = both => public.and(admin),
+            _ = deadline => {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "in-flight requests did not finish within the shutdown timeout; exiting"
+                );
+                Ok(())
+            }
+        }
     }
 }
 

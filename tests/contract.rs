@@ -57,6 +57,9 @@ macro_rules! contract {
 }
 
 contract!(
+    bulk_insert_is_all_or_nothing,
+    nul_characters_in_open_strings_never_block_revocation,
+    a_delivery_past_its_deadline_gets_503_and_writes_nothing,
     revokes_minted_token_and_labels_every_item,
     second_identical_delivery_revokes_nothing_twice,
     expired_token_is_revoked_as_true_positive,
@@ -271,13 +274,19 @@ async fn forged_deliveries_get_401_and_record_nothing(db: Arc<TestDb>) {
     let a = app.deliver(&other, body.clone()).await;
     assert_eq!((a.status, a.error_code()), (401, "bad_signature"));
 
-    // Unknown key id: one refetch, still unknown.
+    // Unknown key id while a refetch is rate-limited (the start-up fetch was just now):
+    // "retry later", never a final 401 that could drop a freshly rotated key's alert.
+    app.keys_attempted("github").await;
     let fetches = keys.fetches();
     let a = app
         .post("github", Some("no-such-key"), Some(&sig), body.clone())
         .await;
-    assert_eq!((a.status, a.error_code()), (401, "unknown_key"));
-    assert!(keys.fetches() <= fetches + 1);
+    assert_eq!((a.status, a.error_code()), (503, "keys_unavailable"));
+    assert_eq!(
+        keys.fetches(),
+        fetches,
+        "no fetch inside the refetch interval"
+    );
 
     // The untouched delivery still works afterwards: nothing was recorded before it.
     assert_eq!(app.store.count_reports().await.unwrap(), 0);
@@ -1116,5 +1125,92 @@ async fn stats_on_an_empty_database(db: Arc<TestDb>) {
     app.mint("idle/pkg", Ttl::minutes(30)).await;
     let stats = app.store.stats(chrono::Utc::now()).await.unwrap();
     assert_eq!(stats, Stats::default());
+    app.stop().await;
+}
+
+async fn bulk_insert_is_all_or_nothing(db: Arc<TestDb>) {
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let new = |t: &Token| revoker::store::NewToken {
+        hash: t.hash(),
+        owner: "bulk/owner".into(),
+        created_at: now,
+        expires_at: now + Ttl::minutes(30),
+    };
+    let tokens: Vec<Token> = (0..3).map(|_| Token::generate()).collect();
+    let rows: Vec<_> = tokens.iter().map(new).collect();
+    let before = store.statements();
+    store.insert_tokens(&rows).await.unwrap();
+    assert_eq!(store.statements(), before + 1, "one statement");
+    for t in &tokens {
+        let stored = store.token(&t.hash()).await.unwrap().expect("inserted");
+        assert_eq!(stored.owner, "bulk/owner");
+        assert!(stored.revoked_at.is_none());
+    }
+    // A batch containing an existing hash fails whole: the fresh token is not inserted.
+    let fresh = Token::generate();
+    let err = store.insert_tokens(&[new(&fresh), new(&tokens[1])]).await;
+    assert!(err.is_err());
+    assert!(store.token(&fresh.hash()).await.unwrap().is_none());
+    store.insert_tokens(&[]).await.unwrap();
+}
+
+async fn nul_characters_in_open_strings_never_block_revocation(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let t = app.mint("nul/pkg", Ttl::minutes(30)).await;
+    let body = serde_json::to_vec(&serde_json::json!([{
+        "token": t.expose_secret(), "type": "cio\u{0}tp",
+        "url": "https://x/a\u{0}b", "source": "con\u{0}tent"
+    }]))
+    .unwrap();
+    let a = app.deliver(&Signer::test(), body).await;
+    assert_eq!(a.labels(), ["true_positive"], "{}", a.text);
+    assert_eq!(
+        a.json[0]["token_type"], "cio\u{0}tp",
+        "feedback echoes the type as sent"
+    );
+    let stored = app.store.token(&t.hash()).await.unwrap().unwrap();
+    let items = app
+        .store
+        .report_items(stored.revoked_by.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(items[0].url, "https://x/a\u{FFFD}b");
+    assert_eq!(items[0].source, "con\u{FFFD}tent");
+    app.stop().await;
+}
+
+async fn a_delivery_past_its_deadline_gets_503_and_writes_nothing(db: Arc<TestDb>) {
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            request_timeout: Duration::from_millis(600),
+            db_timeout: Duration::from_secs(5),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let t = app.mint("slow/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&[t.expose_secret()]);
+    let outage = Outage::start(&db).await;
+    let started = Instant::now();
+    let a = app.deliver(&Signer::test(), body.clone()).await;
+    let took = started.elapsed();
+    outage.end(&db).await;
+    assert_eq!(a.status, 503, "{}", a.text);
+    assert!(
+        matches!(a.error_code(), "timeout" | "database_unavailable"),
+        "{}",
+        a.text
+    );
+    assert!(a.retry_after.is_some());
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert!(!app.is_revoked(&t).await);
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    let a = app.deliver(&Signer::test(), body).await;
+    assert_eq!(a.labels(), ["true_positive"]);
     app.stop().await;
 }

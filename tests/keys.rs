@@ -65,7 +65,8 @@ async fn unknown_key_id_storm_fetches_at_most_once_per_interval() {
     });
     let started = Instant::now();
     let statuses = futures::future::join_all(storm).await;
-    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // Inside the refetch interval nothing can prove the ids unknown: "retry later".
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     assert!(
         keys.fetches() <= before + 1,
         "{} fetches",
@@ -187,5 +188,72 @@ async fn github_token_goes_to_the_github_key_endpoint_only() {
     let sig = Signer::test().sign(&body);
     let a = app.post("partner", Some(KEY_ID), Some(&sig), body).await;
     assert_eq!(a.status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_after_a_fresh_refetch_is_401() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            keys_refetch_interval: Duration::ZERO,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    app.keys_attempted("github").await;
+    let before = keys.fetches();
+    let body = b"[]".to_vec();
+    let sig = Signer::test().sign(&body);
+    let a = app
+        .post("github", Some("no-such-key"), Some(&sig), body)
+        .await;
+    assert_eq!((a.status, a.error_code()), (401, "unknown_key"));
+    assert_eq!(
+        keys.fetches(),
+        before + 1,
+        "refetched before saying unknown"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_hidden_by_the_rate_limit_gets_503_then_succeeds() {
+    let db = sqlite().await;
+    let keys = KeyServer::with_test_keys().await;
+    let interval = Duration::from_millis(400);
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            keys_refetch_interval: interval,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    app.keys_attempted("github").await;
+    // The new key appears right after the start-up fetch used up the interval.
+    keys.set_mode(KeyMode::Serve(fixture_string("keys/rotated-keys.json")));
+    let rotated = Signer::from_fixture("keys/other-key.pem", ROTATED_KEY_ID);
+    let a = app.deliver(&rotated, b"[]".to_vec()).await;
+    assert_eq!(
+        (a.status, a.error_code()),
+        (503, "keys_unavailable"),
+        "never a final 401"
+    );
+    // The scanner's retry after the interval is accepted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = app.deliver(&rotated, b"[]".to_vec()).await;
+        if a.status == 200 {
+            break;
+        }
+        assert_eq!(a.status, 503, "{}", a.text);
+        assert!(Instant::now() < deadline, "rotation never picked up");
+        tokio::time::sleep(interval / 4).await;
+    }
     app.stop().await;
 }

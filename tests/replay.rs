@@ -103,7 +103,8 @@ async fn gitleaks_report_revokes_ours_and_a_second_run_revokes_nothing() {
         out.contains(".github/workflows/publish.yml:31 @ 9f1c2a7b3d4e"),
         "{out}"
     );
-    assert!(out.contains("revoked now: 3"), "{out}");
+    assert!(out.contains("tokens revoked now: 3"), "{out}");
+    assert_eq!(s.tokens_revoked, 3, "A counts once though listed twice");
     for raw in [A, B, C] {
         assert!(!out.contains(raw), "raw token in the output");
     }
@@ -354,6 +355,13 @@ fn a_million_line_report_streams_with_bounded_memory() {
     assert!(size_mib >= 80, "report is {size_mib} MiB");
 
     let db = dir.path().join("r.db");
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+        .arg("migrate")
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(migrated.status.success());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
         .args(["replay", "--json", "--actor", "bench"])
         .arg(&report)
@@ -394,6 +402,48 @@ fn a_million_line_report_streams_with_bounded_memory() {
         peak_kib / 1024
     );
     let _ = Outcome::Unknown;
+}
+
+#[test]
+fn replay_never_creates_or_migrates_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.db");
+    for dry in [true, false] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"));
+        cmd.args(["replay", "--actor", "eve"])
+            .arg(fixture("reports/incident.txt"))
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", typo.display()));
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "dry={dry}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("never creates"), "{err}");
+        assert!(!typo.exists(), "replay created {}", typo.display());
+    }
+    // An existing SQLite file without revoker tables is refused too.
+    std::fs::write(&typo, b"").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+        .args(["replay", "--dry-run"])
+        .arg(fixture("reports/incident.txt"))
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", typo.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no revoker tables"));
+}
+
+#[test]
+fn remote_replay_refuses_cleartext_to_other_hosts() {
+    assert!(replay::check_remote_url("https://revoker.example/secret-scanning/team").is_ok());
+    assert!(replay::check_remote_url("http://127.0.0.1:8080/secret-scanning/team").is_ok());
+    assert!(replay::check_remote_url("http://localhost:8080/secret-scanning/team").is_ok());
+    let err = replay::check_remote_url("http://revoker.example/secret-scanning/team").unwrap_err();
+    assert!(err.to_string().contains("https"));
+    assert!(replay::check_remote_url("ftp://x/y").is_err());
 }
 
 #[test]

@@ -70,7 +70,10 @@ pub struct Row<'a> {
     pub token_hash_prefix: String,
     /// `None` for remote replays, where only the label comes back.
     pub outcome: Option<Outcome>,
-    pub label: Label,
+    /// `None` for a well-formed token a remote dry run did not send.
+    pub label: Option<Label>,
+    /// Dry runs: `revoked` means "would be revoked".
+    pub dry_run: bool,
     pub file: &'a str,
     pub url: &'a str,
     pub source: &'a str,
@@ -86,6 +89,10 @@ pub struct Summary {
     pub counts: OutcomeCounts,
     pub true_positive: u64,
     pub false_positive: u64,
+    /// Remote dry run: well-formed tokens that were not sent.
+    pub not_sent: u64,
+    /// Distinct tokens flipped to revoked by this run (local, not dry-run).
+    pub tokens_revoked: u64,
     pub skipped_lines: u64,
     /// Report ids recorded (local, not dry-run).
     pub report_ids: Vec<i64>,
@@ -108,6 +115,23 @@ pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
 pub fn sign_body(key: &SigningKey, body: &[u8]) -> String {
     let sig: Signature = key.sign(body);
     base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+}
+
+/// Refuses to send raw tokens over cleartext HTTP to anything but this machine.
+pub fn check_remote_url(url: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bail!("--url must use https (http would send raw tokens in cleartext); plain http is allowed only to localhost"),
+        other => bail!("--url must be an https URL, not {other}:"),
+    }
 }
 
 /// Replays every file, printing rows and the summary to `out`.
@@ -228,8 +252,8 @@ async fn process_batch(
     let classified = alert::classify(&items);
     summary.batches += 1;
 
-    // (outcome if known, label) per item.
-    let results: Vec<(Option<Outcome>, Label)> = match target {
+    // (outcome if known, label if known) per item.
+    let results: Vec<(Option<Outcome>, Option<Label>)> = match target {
         Target::Local { store, actor } => {
             let now = chrono::Utc::now();
             let candidate_outcomes: Vec<Outcome> = if classified.candidates.is_empty() {
@@ -255,21 +279,22 @@ async fn process_batch(
                     .await
                     .context("cannot record the replayed report in the database")?;
                 summary.report_ids.push(recorded.report_id);
+                summary.tokens_revoked += u64::from(recorded.tokens_revoked);
                 recorded.outcomes
             };
             classified
                 .outcomes(&candidate_outcomes)
                 .into_iter()
-                .map(|o| (Some(o), o.into()))
+                .map(|o| (Some(o), Some(o.into())))
                 .collect()
         }
+        // Not sent: a candidate's fate is only known to the receiver.
         Target::Remote { .. } if opts.dry_run => classified
-            .outcomes(&vec![Outcome::Unknown; classified.candidates.len()])
-            .into_iter()
-            .map(|o| match o {
-                Outcome::NotOurs => (Some(Outcome::NotOurs), Label::FalsePositive),
-                // Not sent: a candidate's fate is only known to the receiver.
-                _ => (None, Label::FalsePositive),
+            .candidate_index
+            .iter()
+            .map(|idx| match idx {
+                None => (Some(Outcome::NotOurs), Some(Label::FalsePositive)),
+                Some(_) => (None, None),
             })
             .collect(),
         Target::Remote {
@@ -283,7 +308,7 @@ async fn process_batch(
                 .candidate_index
                 .iter()
                 .zip(labels)
-                .map(|(idx, label)| (idx.is_none().then_some(Outcome::NotOurs), label))
+                .map(|(idx, label)| (idx.is_none().then_some(Outcome::NotOurs), Some(label)))
                 .collect()
         }
     };
@@ -294,13 +319,15 @@ async fn process_batch(
             summary.counts.add(o);
         }
         match label {
-            Label::TruePositive => summary.true_positive += 1,
-            Label::FalsePositive => summary.false_positive += 1,
+            Some(Label::TruePositive) => summary.true_positive += 1,
+            Some(Label::FalsePositive) => summary.false_positive += 1,
+            None => summary.not_sent += 1,
         }
         let row = Row {
             token_hash_prefix: hash.prefix(),
             outcome,
             label,
+            dry_run: opts.dry_run,
             file,
             url: &found.url,
             source: &found.source,
@@ -316,8 +343,9 @@ async fn process_batch(
                 (None, false) => "-",
             };
             let label = match label {
-                Label::TruePositive => "true_positive",
-                Label::FalsePositive => "false_positive",
+                Some(Label::TruePositive) => "true_positive",
+                Some(Label::FalsePositive) => "false_positive",
+                None => "-",
             };
             let place = if row.url.is_empty() { file } else { row.url };
             writeln!(
@@ -370,11 +398,17 @@ async fn post_batch(
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {
+        // Only the receiver's own JSON message: a raw body could echo the request.
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|j| j["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| text.chars().take(200).collect());
-        bail!("the receiver answered HTTP {status}: {message}");
+            .and_then(|j| j["message"].as_str().map(|m| m.chars().take(300).collect()))
+            .unwrap_or_else(|| format!("a non-JSON body of {} bytes", text.len()));
+        let hint = if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            " (lower --batch-size)"
+        } else {
+            ""
+        };
+        bail!("the receiver answered HTTP {status}: {message}{hint}");
     }
     let feedback: Vec<alert::Feedback> =
         serde_json::from_str(&text).context("the receiver's answer is not a feedback array")?;
@@ -415,35 +449,41 @@ fn write_summary(
     writeln!(out)?;
     writeln!(
         out,
-        "{} occurrence(s) in {} file(s): {} true positive, {} false positive{}",
+        "{} occurrence(s) in {} file(s): {} true positive, {} false positive{}{}",
         summary.occurrences,
         summary.files,
         summary.true_positive,
         summary.false_positive,
+        if summary.not_sent > 0 {
+            format!(", {} well-formed not sent", summary.not_sent)
+        } else {
+            String::new()
+        },
         if summary.dry_run {
-            " (dry run: nothing written)"
+            " (dry run: nothing written or sent)"
         } else {
             ""
         }
     )?;
-    if !remote || summary.dry_run {
-        let revoke_word = if summary.dry_run {
-            "would revoke"
+    if !remote {
+        if summary.dry_run {
+            writeln!(
+                out,
+                "  occurrences: would revoke {}  expired (would revoke): {}  already revoked: {}  unknown: {}  not ours: {}",
+                c.revoked, c.expired, c.already_revoked, c.unknown, c.not_ours
+            )?;
         } else {
-            "revoked now"
-        };
-        writeln!(
-            out,
-            "  {revoke_word}: {}  expired (revoked{}): {}  already revoked: {}  unknown: {}  not ours: {}",
-            c.revoked,
-            if summary.dry_run { " if run" } else { " too" },
-            c.expired,
-            c.already_revoked,
-            c.unknown,
-            c.not_ours
-        )?;
+            writeln!(out, "  tokens revoked now: {}", summary.tokens_revoked)?;
+            writeln!(
+                out,
+                "  occurrences: revoked {}  expired (revoked too) {}  already revoked {}  unknown {}  not ours {}",
+                c.revoked, c.expired, c.already_revoked, c.unknown, c.not_ours
+            )?;
+        }
+    } else if !summary.dry_run {
+        writeln!(out, "  not ours (decided offline): {}", c.not_ours)?;
     }
-    if !summary.dry_run && !remote && c.revoked + c.expired == 0 && summary.true_positive > 0 {
+    if !summary.dry_run && !remote && summary.tokens_revoked == 0 && summary.true_positive > 0 {
         writeln!(
             out,
             "  nothing new: every token of ours in these reports was already revoked"

@@ -10,9 +10,10 @@
 //!   waiters share its result) and start at most once per `refetch_interval`, so a flood
 //!   of random key ids cannot turn into a flood of fetches.
 //! - A failed fetch never discards keys already held.
-//! - Lookups answer [`KeyError::Unknown`] (the source answered and does not list the id)
-//!   or [`KeyError::Unavailable`] (the source could not be read and no held key matches):
-//!   the first means "forged or foreign", the second "try again later".
+//! - Lookups answer [`KeyError::Unknown`] only when keys fetched after the delivery
+//!   arrived do not list the id ("forged or foreign", final). When no such fetch could
+//!   run (rate limit) or it failed, the answer is [`KeyError::Unavailable`] ("try again
+//!   later"): a genuine alert signed with a freshly rotated key is never refused for good.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -258,6 +259,8 @@ struct CacheState {
     last_started: Option<Instant>,
     /// How the last finished fetch ended; `None` until one has finished.
     last_ok: Option<bool>,
+    /// When the last successful fetch started.
+    last_ok_started: Option<Instant>,
 }
 
 /// A snapshot of the cache for health checks and metrics.
@@ -332,6 +335,7 @@ impl KeyCache {
 
     /// The key with this id, fetching or refetching as the module rules allow.
     pub async fn key(self: &Arc<Self>, key_id: &str) -> Result<ScannerKey, KeyError> {
+        let arrived = Instant::now();
         let (held, fresh) = self.lookup(key_id);
         if let Some(key) = held {
             if !fresh {
@@ -352,9 +356,12 @@ impl KeyCache {
         if let (Some(key), _) = self.lookup(key_id) {
             return Ok(key);
         }
+        // "Unknown" (401, final) only if keys fetched after this delivery arrived do not
+        // list the id. If no such fetch could run (rate limit) or it failed, the key may
+        // be a fresh rotation we cannot see yet: "unavailable" (503, the scanner retries).
         let st = self.state.read().expect("key cache lock poisoned");
-        match st.last_ok {
-            Some(true) if !st.keys.is_empty() => Err(KeyError::Unknown),
+        match st.last_ok_started {
+            Some(started) if started >= arrived && !st.keys.is_empty() => Err(KeyError::Unknown),
             _ => Err(KeyError::Unavailable),
         }
     }
@@ -415,6 +422,7 @@ impl KeyCache {
                 st.keys = Arc::new(keys);
                 st.fetched_at = Some(Instant::now());
                 st.last_ok = Some(true);
+                st.last_ok_started = Some(started);
                 Ok(n)
             }
             Err(e) => {

@@ -92,7 +92,7 @@ impl Metrics {
         let revocations = Counter::default();
         registry.register(
             "revocations",
-            "Tokens revoked (revoked + expired outcomes)",
+            "Distinct tokens revoked (a token listed twice in a delivery counts once)",
             revocations.clone(),
         );
         let request_duration =
@@ -168,9 +168,11 @@ impl Metrics {
                 outcome: outcome.as_str().to_owned(),
             })
             .inc_by(n);
-        if matches!(outcome, Outcome::Revoked | Outcome::Expired) {
-            self.revocations.inc_by(n);
-        }
+    }
+
+    /// Tokens flipped to revoked by one delivery (distinct).
+    pub fn revoked(&self, tokens: u32) {
+        self.revocations.inc_by(u64::from(tokens));
     }
 
     pub fn key_fetch(&self, scanner: &str, ok: bool) {

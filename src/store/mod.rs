@@ -159,6 +159,9 @@ pub struct NewReport {
 #[derive(Debug, Clone)]
 pub struct RecordedReport {
     pub report_id: i64,
+    /// Distinct tokens this report flipped to revoked (`revoked` + `expired` outcomes,
+    /// each token once however often it was listed).
+    pub tokens_revoked: u32,
     /// One outcome per entry of `NewReport::candidates`, same order.
     pub outcomes: Vec<Outcome>,
     pub counts: OutcomeCounts,
@@ -207,6 +210,9 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a request waits for a connection before the database counts as down.
     pub acquire_timeout: Duration,
+    /// SQLite: create the file if it does not exist (off for tools that must find an
+    /// existing database, such as replay).
+    pub create_if_missing: bool,
 }
 
 impl Default for PoolSettings {
@@ -214,6 +220,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            create_if_missing: true,
         }
     }
 }
@@ -237,6 +244,9 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError>;
+
+    /// Inserts many tokens in one statement (seeding, imports). All or nothing.
+    async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError>;
 
     /// Records a delivery and revokes every candidate, atomically (see module docs).
     async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError>;

@@ -232,8 +232,13 @@ impl PostgresStore {
 
         self.statements.add(1);
         tx.commit().await?;
+        let tokens_revoked = by_hash
+            .values()
+            .filter(|o| matches!(o, Outcome::Revoked | Outcome::Expired))
+            .count() as u32;
         Ok(RecordedReport {
             report_id,
+            tokens_revoked,
             outcomes,
             counts,
         })
@@ -268,6 +273,31 @@ impl RevocationStore for PostgresStore {
         .bind(&token.owner)
         .bind(token.created_at)
         .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<&[u8]> = tokens
+            .iter()
+            .map(|t| t.hash.as_bytes().as_slice())
+            .collect();
+        let owners: Vec<&str> = tokens.iter().map(|t| t.owner.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.created_at).collect();
+        let expires: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.expires_at).collect();
+        self.statements.add(1);
+        sqlx::query(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::timestamptz[], $4::timestamptz[])",
+        )
+        .bind(&hashes)
+        .bind(&owners)
+        .bind(&created)
+        .bind(&expires)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -115,7 +115,7 @@ ORDER BY r.id DESC, i.rn";
 impl SqliteStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(settings.create_if_missing)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
@@ -164,6 +164,34 @@ impl RevocationStore for SqliteStore {
         .bind(&token.owner)
         .bind(to_millis(token.created_at))
         .bind(to_millis(token.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!([
+                    t.hash.to_hex(),
+                    t.owner,
+                    to_millis(t.created_at),
+                    to_millis(t.expires_at)
+                ])
+            })
+            .collect();
+        self.statements.add(1);
+        sqlx::query(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at)
+             SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'),
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]')
+             FROM json_each(?1)",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -290,6 +318,7 @@ impl RevocationStore for SqliteStore {
 
         Ok(RecordedReport {
             report_id,
+            tokens_revoked: flipped.len() as u32,
             outcomes,
             counts,
         })

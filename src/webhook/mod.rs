@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
@@ -30,12 +31,8 @@ fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Api
         .map_err(|_| ApiError::MalformedHeader(name))
 }
 
-/// Reads at most `limit` bytes; refuses early when Content-Length already says more.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
+/// Refuses from the Content-Length alone when it already says more than `limit`.
+fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -43,24 +40,49 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    Ok(())
+}
+
+/// Reads at most `limit` bytes within `timeout` (a client that trickles gets 408).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })
         }
-        Err(_) => Err(ApiError::BodyRead),
+        Ok(Err(_)) => Err(ApiError::BodyRead),
     }
 }
 
-#[tracing::instrument(name = "delivery", skip_all, fields(scanner = %scanner, key_id = tracing::field::Empty))]
+#[tracing::instrument(name = "delivery", skip_all, fields(scanner = tracing::field::Empty, key_id = tracing::field::Empty))]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(scanner): Path<String>,
+    scanner: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Vec<Feedback>>, ApiError> {
     let started = Instant::now();
-    let result = handle(&state, &scanner, &headers, body, started).await;
+    // A segment that is not valid UTF-8 names no scanner: JSON 404 like any other.
+    let scanner = scanner.map(|Path(s)| s).unwrap_or_default();
+    let shown: String = scanner.chars().take(64).collect();
+    tracing::Span::current().record("scanner", shown.as_str());
+    let result = match tokio::time::timeout(
+        state.request_timeout,
+        handle(&state, &scanner, &headers, body, started),
+    )
+    .await
+    {
+        Ok(result) => result,
+        // Dropping the work rolls back any open transaction: nothing is written.
+        Err(_) => Err(ApiError::Timeout {
+            retry_after: state.retry_after,
+        }),
+    };
     // Only configured names become metric labels; anything else is one bucket.
     let label = if state.scanners.contains_key(&scanner) {
         scanner.as_str()
@@ -102,18 +124,21 @@ async fn handle(
     let cache = state
         .scanners
         .get(scanner)
-        .ok_or_else(|| ApiError::UnknownScanner(scanner.to_owned()))?;
+        .ok_or_else(|| ApiError::UnknownScanner(scanner.chars().take(64).collect()))?;
     let key_id = header(headers, KEY_ID_HEADER)?;
+    let key_id = &key_id[..key_id.len().min(256)]; // bounded in logs and the database
     tracing::Span::current().record("key_id", key_id);
     let signature = signature::decode_signature(header(headers, SIGNATURE_HEADER)?)?;
-    let body = read_body(headers, body, state.max_body).await?;
+    check_declared_length(headers, state.max_body)?;
 
+    // The key first: a delivery under an unknown key is refused before its body is read.
     let key = cache.key(key_id).await.map_err(|e| match e {
         KeyError::Unknown => ApiError::UnknownKey,
         KeyError::Unavailable => ApiError::KeysUnavailable {
             retry_after: state.retry_after,
         },
     })?;
+    let body = read_body(body, state.max_body, state.body_timeout).await?;
     signature::verify(&key.key, &body, &signature)?;
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
@@ -143,6 +168,7 @@ async fn handle(
                     source,
                     retry_after: state.retry_after,
                 })?;
+                state.metrics.revoked(recorded.tokens_revoked);
                 for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
                     tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
                 }

@@ -352,6 +352,8 @@ pub struct TestOptions {
     pub db_timeout: Duration,
     pub github_token: Option<String>,
     pub admin_token: Option<String>,
+    pub body_timeout: Duration,
+    pub request_timeout: Duration,
     /// Extra scanners besides `github` (which points at the key server).
     pub extra_scanners: Vec<ScannerSpec>,
 }
@@ -366,6 +368,8 @@ impl Default for TestOptions {
             db_timeout: Duration::from_secs(5),
             github_token: None,
             admin_token: None,
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(25),
             extra_scanners: vec![],
         }
     }
@@ -400,6 +404,8 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     settings.retry_after = Duration::from_secs(7);
     settings.github_token = opts.github_token.map(secrecy::SecretString::from);
     settings.admin_token = opts.admin_token.map(secrecy::SecretString::from);
+    settings.body_timeout = opts.body_timeout;
+    settings.request_timeout = opts.request_timeout;
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let admin = format!("http://127.0.0.1:{}", app.admin_port());
