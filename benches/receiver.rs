@@ -1,0 +1,601 @@
+//! End-to-end benchmark of the receiver.
+//!
+//! ```text
+//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N]
+//! ```
+//!
+//! Starts the real server in-process on the chosen backend, seeds N stored tokens
+//! (default 1,000,000; `--quick` 100,000), and drives it over loopback HTTP with
+//! correctly signed deliveries. In the same process and on the same database it runs a
+//! per-token baseline: what public receivers do today (look each token up, then update
+//! it, one statement after another on one connection). Prints a table and writes it as
+//! JSON to `target/bench/receiver-<backend>.json`.
+//!
+//! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
+//!
+//! Exits non-zero if the junk flood caused any database statement (the CI smoke check);
+//! timings are printed and compared with the targets, never asserted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chrono::Utc;
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::{EncodePublicKey, LineEnding};
+use sqlx::Connection;
+
+use revoker::alert;
+use revoker::config::{ScannerSpec, Settings};
+use revoker::signature;
+use revoker::startup::Application;
+use revoker::store::{NewToken, RevocationStore};
+use revoker::token::{Token, TokenHash};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Args {
+    backend: Backend,
+    quick: bool,
+    tokens: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        backend: Backend::Sqlite,
+        quick: false,
+        tokens: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => {
+                args.backend = match it.next().as_deref() {
+                    Some("sqlite") => Backend::Sqlite,
+                    Some("postgres") => Backend::Postgres,
+                    other => panic!("--backend sqlite|postgres, got {other:?}"),
+                }
+            }
+            "--quick" => args.quick = true,
+            "--tokens" => args.tokens = it.next().and_then(|n| n.parse().ok()).expect("--tokens N"),
+            "--bench" => {} // added by `cargo bench`
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    if args.tokens == 0 {
+        args.tokens = if args.quick { 100_000 } else { 1_000_000 };
+    }
+    args
+}
+
+/// Peak and current resident memory of this process, in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+struct Bench {
+    backend: Backend,
+    base: String,
+    client: reqwest::Client,
+    key: SigningKey,
+    db_url: String,
+    /// Fresh, stored, unrevoked tokens, handed out once each.
+    pool: Vec<Token>,
+    next: AtomicUsize,
+}
+
+impl Bench {
+    fn take(&self, n: usize) -> &[Token] {
+        let start = self.next.fetch_add(n, Ordering::Relaxed);
+        assert!(start + n <= self.pool.len(), "token pool exhausted");
+        &self.pool[start..start + n]
+    }
+
+    fn body(tokens: &[&str]) -> Vec<u8> {
+        let items: Vec<serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_json::json!({
+                    "token": t, "type": "cio_tp", "source": "content",
+                    "url": format!("https://github.com/bench/repo/blob/main/f{i}.txt"),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&items).unwrap()
+    }
+
+    fn sign(&self, body: &[u8]) -> String {
+        let sig: Signature = self.key.sign(body);
+        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+    }
+
+    /// POSTs a signed delivery; returns (status, latency).
+    async fn deliver(&self, body: Vec<u8>) -> (u16, Duration) {
+        let sig = self.sign(&body);
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(format!("{}/secret-scanning/github", self.base))
+            .header("Github-Public-Key-Identifier", "bench-key")
+            .header("Github-Public-Key-Signature", sig)
+            .body(body)
+            .send()
+            .await;
+        match resp {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                (status, started.elapsed())
+            }
+            Err(_) => (0, started.elapsed()),
+        }
+    }
+
+    /// The per-token approach: SELECT, then UPDATE, per token, one connection,
+    /// autocommit (as public receivers do today). Returns the batch's wall time.
+    async fn baseline(&self, tokens: &[Token]) -> Duration {
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                let started = Instant::now();
+                for t in tokens {
+                    let hash = t.hash();
+                    let row: Option<(Option<chrono::DateTime<Utc>>,)> =
+                        sqlx::query_as("SELECT revoked_at FROM tokens WHERE hash = $1")
+                            .bind(hash.as_bytes().as_slice())
+                            .fetch_optional(&mut conn)
+                            .await
+                            .unwrap();
+                    if let Some((None,)) = row {
+                        sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE hash = $1")
+                            .bind(hash.as_bytes().as_slice())
+                            .bind(Utc::now())
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+                started.elapsed()
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let started = Instant::now();
+                for t in tokens {
+                    let hash = t.hash();
+                    let row: Option<(Option<i64>,)> =
+                        sqlx::query_as("SELECT revoked_at FROM tokens WHERE hash = ?1")
+                            .bind(hash.as_bytes().as_slice())
+                            .fetch_optional(&mut conn)
+                            .await
+                            .unwrap();
+                    if let Some((None,)) = row {
+                        sqlx::query("UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1")
+                            .bind(hash.as_bytes().as_slice())
+                            .bind(Utc::now().timestamp_millis())
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+                started.elapsed()
+            }
+        }
+    }
+}
+
+/// Stores `n` tokens in chunks; returns the raw tokens only when `keep` is set.
+async fn seed(store: &Arc<dyn RevocationStore>, n: usize, keep: bool) -> Vec<Token> {
+    let now = Utc::now();
+    let mut kept = Vec::with_capacity(if keep { n } else { 0 });
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(10_000);
+        let mut rows = Vec::with_capacity(chunk);
+        for _ in 0..chunk {
+            let t = Token::generate();
+            rows.push(NewToken {
+                hash: t.hash(),
+                owner: "bench/owner".into(),
+                created_at: now,
+                expires_at: now + chrono::Duration::hours(12),
+            });
+            if keep {
+                kept.push(t);
+            }
+        }
+        store.insert_tokens(&rows).await.expect("seed tokens");
+        done += chunk;
+    }
+    kept
+}
+
+struct Row {
+    name: String,
+    value: String,
+    target: String,
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = runtime.block_on(run(args));
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+async fn run(args: Args) -> bool {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Database.
+    let (db_url, admin) = match args.backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
+        Backend::Postgres => {
+            let admin = std::env::var("REVOKER_BENCH_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let name = format!("revoker_bench_{}", std::process::id());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL reachable");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path(&name);
+            (url.to_string(), Some((admin, name)))
+        }
+    };
+
+    // A scanner key of our own, served from a key file.
+    let key = SigningKey::random(&mut rand::rngs::OsRng);
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let key_file = dir.path().join("keys.json");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({"public_keys": [{"key_identifier": "bench-key", "key": pem, "is_current": true}]})
+            .to_string(),
+    )
+    .unwrap();
+
+    let mut settings = Settings::new(
+        &db_url,
+        vec![ScannerSpec {
+            name: "github".into(),
+            source: key_file.display().to_string(),
+        }],
+    );
+    settings.max_body = 64 << 20;
+    settings.pool.max_connections = 16;
+    let app = Application::build(settings).await.expect("server starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let store = Arc::clone(&app.state().store);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // Seed: filler tokens, plus pools of raw tokens for the measurements.
+    let sizes = [1usize, 100, 1_000, 10_000];
+    let iterations: [usize; 4] = if args.quick {
+        [20, 10, 10, 3]
+    } else {
+        [100, 30, 20, 5]
+    };
+    let batch_tokens: usize = sizes.iter().zip(iterations).map(|(s, i)| s * i).sum();
+    let throughput_secs = if args.quick { 3 } else { 10 };
+    let throughput_tokens = if args.quick { 10_000 } else { 40_000 };
+    let pool_size = 2 * batch_tokens + throughput_tokens;
+    let filler = args.tokens.saturating_sub(pool_size);
+    let seed_started = Instant::now();
+    seed(&store, filler, false).await;
+    let pool = seed(&store, pool_size, true).await;
+    if args.backend == Backend::Postgres {
+        let mut conn = sqlx::PgConnection::connect(&db_url).await.unwrap();
+        sqlx::query("VACUUM ANALYZE tokens")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let seed_secs = seed_started.elapsed().as_secs_f64();
+    println!(
+        "seeded {} tokens on {:?} in {seed_secs:.1}s",
+        args.tokens, args.backend
+    );
+
+    let bench = Arc::new(Bench {
+        backend: args.backend,
+        base,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+        key,
+        db_url: db_url.clone(),
+        pool,
+        next: AtomicUsize::new(0),
+    });
+    let mut rows: Vec<Row> = Vec::new();
+    let mut json = serde_json::Map::new();
+    let mut all_ok = true;
+
+    // 1. Batch revocation vs. the per-token baseline.
+    let mut batch_json = Vec::new();
+    for (size, iters) in sizes.iter().zip(iterations) {
+        let mut revoker_ms = Vec::new();
+        let mut baseline_ms = Vec::new();
+        for _ in 0..iters {
+            let tokens: Vec<&str> = bench
+                .take(*size)
+                .iter()
+                .map(|t| t.expose_secret())
+                .collect();
+            let (status, took) = bench.deliver(Bench::body(&tokens)).await;
+            assert_eq!(status, 200, "batch delivery failed");
+            revoker_ms.push(ms(took));
+            let base_tokens = bench.take(*size);
+            baseline_ms.push(ms(bench.baseline(base_tokens).await));
+        }
+        revoker_ms.sort_by(f64::total_cmp);
+        baseline_ms.sort_by(f64::total_cmp);
+        let (p50, p95) = (percentile(&revoker_ms, 0.5), percentile(&revoker_ms, 0.95));
+        let (b50, b95) = (
+            percentile(&baseline_ms, 0.5),
+            percentile(&baseline_ms, 0.95),
+        );
+        let ratio = b50 / p50;
+        let target = match (size, args.backend) {
+            (1000, Backend::Postgres) => "p50 <= 40 ms, >= 15x",
+            (1000, Backend::Sqlite) => "p50 <= 60 ms, >= 5x",
+            _ => "",
+        };
+        rows.push(Row {
+            name: format!("batch {size:>5} tokens"),
+            value: format!(
+                "p50 {p50:8.2} ms  p95 {p95:8.2} ms | baseline p50 {b50:9.2} ms  p95 {b95:9.2} ms | {ratio:6.1}x"
+            ),
+            target: target.into(),
+        });
+        batch_json.push(serde_json::json!({
+            "tokens": size, "iterations": iters,
+            "p50_ms": p50, "p95_ms": p95,
+            "baseline_p50_ms": b50, "baseline_p95_ms": b95,
+            "ratio_baseline_over_revoker": ratio,
+        }));
+    }
+    json.insert("batch".into(), batch_json.into());
+
+    // 2. Flood of 100,000 non-candidates.
+    let mut junk: Vec<String> = Vec::with_capacity(100_000);
+    for i in 0..50_000 {
+        junk.push(format!("random-string-{i}-{:x}", rand::random::<u64>()));
+    }
+    for _ in 0..50_000 {
+        let t = Token::generate();
+        let mut s = t.expose_secret().to_owned();
+        let last = s.pop().unwrap();
+        s.push(if last == '0' { '1' } else { '0' });
+        junk.push(s);
+    }
+    let refs: Vec<&str> = junk.iter().map(String::as_str).collect();
+    let statements_before = store.statements();
+    let (status, flood) = bench.deliver(Bench::body(&refs)).await;
+    let flood_statements = store.statements() - statements_before;
+    assert_eq!(status, 200, "flood delivery failed");
+    if flood_statements != 0 {
+        all_ok = false;
+    }
+    rows.push(Row {
+        name: "flood 100,000 non-candidates".into(),
+        value: format!(
+            "{:8.2} ms, {flood_statements} database statements",
+            ms(flood)
+        ),
+        target: "<= 150 ms, 0 statements".into(),
+    });
+    json.insert(
+        "flood".into(),
+        serde_json::json!({"items": 100_000, "ms": ms(flood), "statements": flood_statements}),
+    );
+    drop(junk);
+
+    // 3. Throughput: 1-token deliveries at concurrency 32.
+    let concurrency = 32;
+    let deadline = Instant::now() + Duration::from_secs(throughput_secs);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    let tp_started = Instant::now();
+    for _ in 0..concurrency {
+        let bench = Arc::clone(&bench);
+        let errors = Arc::clone(&errors);
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let idx = bench.next.fetch_add(1, Ordering::Relaxed);
+                // Past the pool, reuse tokens: still a valid delivery (already_revoked).
+                let t = &bench.pool[idx % bench.pool.len()];
+                let (status, took) = bench.deliver(Bench::body(&[t.expose_secret()])).await;
+                if status != 200 {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(ms(took));
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let elapsed = tp_started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let rps = lat.len() as f64 / elapsed;
+    let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let errors = errors.load(Ordering::Relaxed);
+    rows.push(Row {
+        name: format!("throughput 1-token, c={concurrency}, {throughput_secs}s"),
+        value: format!("{rps:8.0} req/s  p50 {t50:6.2} ms  p99 {t99:6.2} ms  errors {errors}"),
+        target: match args.backend {
+            Backend::Postgres => ">= 1000 req/s, p99 <= 50 ms, 0 errors".into(),
+            Backend::Sqlite => "(report)".into(),
+        },
+    });
+    json.insert(
+        "throughput".into(),
+        serde_json::json!({"concurrency": concurrency, "seconds": elapsed, "requests": lat.len(),
+            "rps": rps, "p50_ms": t50, "p99_ms": t99, "errors": errors}),
+    );
+
+    // 4. Component costs.
+    let sample: Vec<Token> = (0..10_000).map(|_| Token::generate()).collect();
+    let sample_refs: Vec<&str> = sample.iter().map(|t| t.expose_secret()).collect();
+    let body = Bench::body(&sample_refs);
+    let small = Bench::body(&sample_refs[..1]);
+    let sig = signature::decode_signature(&bench.sign(&small)).unwrap();
+    let vk = *bench.key.verifying_key();
+    let n = 2_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        signature::verify(&vk, &small, &sig).unwrap();
+    }
+    let verify_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    let items = alert::parse(&body).unwrap();
+    let parse_ns = t.elapsed().as_secs_f64() * 1e9 / items.len() as f64;
+    let t = Instant::now();
+    let mut valid = 0;
+    for item in &items {
+        valid += usize::from(revoker::token::validate(&item.token).is_ok());
+    }
+    let classify_ns = t.elapsed().as_secs_f64() * 1e9 / items.len() as f64;
+    assert_eq!(valid, items.len());
+    let t = Instant::now();
+    let mut x = 0u8;
+    for item in &items {
+        x ^= TokenHash::of(&item.token).0[0];
+    }
+    let sha_ns = t.elapsed().as_secs_f64() * 1e9 / items.len() as f64;
+    std::hint::black_box(x);
+    rows.push(Row {
+        name: "component costs".into(),
+        value: format!(
+            "verify {verify_us:.1} us | JSON parse {parse_ns:.0} ns/item | check digits {classify_ns:.0} ns/item | SHA-256 {sha_ns:.0} ns/item"
+        ),
+        target: String::new(),
+    });
+    json.insert(
+        "components".into(),
+        serde_json::json!({"signature_verify_us": verify_us, "json_parse_ns_per_item": parse_ns,
+            "check_digits_ns_per_item": classify_ns, "sha256_ns_per_item": sha_ns}),
+    );
+
+    let (peak, now_rss) = rss_mib();
+    rows.push(Row {
+        name: "memory".into(),
+        value: format!("peak RSS {peak:.0} MiB (now {now_rss:.0} MiB)"),
+        target: "<= 150 MB".into(),
+    });
+    json.insert(
+        "memory".into(),
+        serde_json::json!({"peak_rss_mib": peak, "rss_mib": now_rss}),
+    );
+
+    // Report.
+    println!();
+    println!(
+        "revoker receiver benchmark — backend {:?}, {} stored tokens{}, {} cores",
+        args.backend,
+        args.tokens,
+        if args.quick { " (quick)" } else { "" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    for r in &rows {
+        println!(
+            "{:<34} {}   {}",
+            r.name,
+            r.value,
+            if r.target.is_empty() {
+                String::new()
+            } else {
+                format!("[target {}]", r.target)
+            }
+        );
+    }
+    json.insert(
+        "meta".into(),
+        serde_json::json!({"backend": format!("{:?}", args.backend).to_lowercase(), "stored_tokens": args.tokens,
+            "quick": args.quick, "seed_seconds": seed_secs, "total_seconds": started.elapsed().as_secs_f64()}),
+    );
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!(
+        "receiver-{}.json",
+        format!("{:?}", args.backend).to_lowercase()
+    ));
+    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("\nwritten to {}", out.display());
+    if flood_statements != 0 {
+        eprintln!(
+            "FAIL: the flood of non-candidates caused {flood_statements} database statements"
+        );
+    }
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    drop(bench);
+    drop(store);
+    if let Some((admin, name)) = admin {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+    all_ok
+}
