@@ -113,7 +113,7 @@ impl Classified {
         scanner: &str,
         key_id: &str,
         received_at: DateTime<Utc>,
-        body_sha256: [u8; 32],
+        body_sha256: impl FnOnce() -> [u8; 32],
     ) -> Option<NewReport> {
         if self.candidates.is_empty() {
             return None;
@@ -122,7 +122,7 @@ impl Classified {
             scanner: scanner.to_owned(),
             key_id: key_id.to_owned(),
             received_at,
-            body_sha256,
+            body_sha256: body_sha256(),
             item_count: self.hashes.len() as u32,
             not_ours: self.not_ours,
             candidates: self.candidates.clone(),
@@ -256,6 +256,8 @@ mod tests {
     fn no_candidates_means_no_report() {
         let items = parse(br#"[{"token":"junk"}]"#).unwrap();
         let c = classify(&items);
-        assert!(c.into_report("github", "k", Utc::now(), [0; 32]).is_none());
+        assert!(c
+            .into_report("github", "k", Utc::now(), || [0; 32])
+            .is_none());
     }
 }

@@ -270,9 +270,8 @@ async fn process_batch(
                     .map(|c| map.get(&c.hash).copied().unwrap_or(Outcome::Unknown))
                     .collect()
             } else {
-                let body_sha256 = batch_digest(batch);
                 let report = classified
-                    .into_report(REPLAY_SCANNER, actor, now, body_sha256)
+                    .into_report(REPLAY_SCANNER, actor, now, || batch_digest(batch))
                     .expect("there are candidates");
                 let recorded = store
                     .record_report(&report)

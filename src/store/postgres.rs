@@ -1,15 +1,16 @@
 //! PostgreSQL backend, for several receiver instances on one database.
 //!
-//! The revocation is one data-modifying CTE: it flips every live candidate with a single
-//! `UPDATE … FROM unnest($1::bytea[])` and classifies every candidate in the same
-//! statement. All sub-statements share one snapshot, so the `tokens` read in the outer
+//! A whole delivery is ONE statement (data-modifying CTEs, atomic without an explicit
+//! transaction, one round trip): it takes the report id from the sequence, flips every
+//! live candidate with a single `UPDATE … FROM unnest($2::bytea[])`, classifies every
+//! candidate, and inserts the report (with its counts) and the item rows. All sub-statements share one snapshot, so the `tokens` read in the outer
 //! `SELECT` sees the rows as they were before this statement: a row that exists but was
 //! not flipped was already revoked. When two deliveries race on one token, the second
 //! `UPDATE` waits for the first to commit, re-checks `revoked_at IS NULL`, skips the row,
 //! and reports `already_revoked`: exactly one flips it.
 //!
 //! Overlapping batches can lock rows in different orders and deadlock; PostgreSQL then
-//! aborts one transaction, and `record_report` retries it from the start (the transaction
+//! aborts one statement, and `record_report` retries it from the start (the statement
 //! rolled back, so nothing of the failed attempt remains).
 
 use std::collections::HashMap;
@@ -42,23 +43,48 @@ fn is_retryable(err: &sqlx::Error) -> bool {
     }
 }
 
-const REVOKE_SQL: &str = "
-WITH input AS (
-    SELECT DISTINCT h AS hash FROM unnest($1::bytea[]) AS u(h)
+/// One delivery in one statement. All sub-statements share one snapshot: the `tokens`
+/// read in `outcome` sees rows as they were before `flipped` ran, so a row that exists
+/// but was not flipped was already revoked. Foreign keys are checked at the end of the
+/// statement, when the report row exists.
+const RECORD_SQL: &str = "
+WITH rid AS (
+    SELECT nextval(pg_get_serial_sequence('reports', 'id')) AS id
+), item AS (
+    SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::text[])
+        AS u(position, hash, token_type, source, url)
+), input AS (
+    SELECT DISTINCT hash FROM item
 ), flipped AS (
-    UPDATE tokens t SET revoked_at = $2, revoked_by = $3
+    UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM input i
     WHERE t.hash = i.hash AND t.revoked_at IS NULL
-    RETURNING t.hash, t.expires_at <= $2 AS was_expired
+    RETURNING t.hash, t.expires_at <= $6 AS was_expired
+), outcome AS (
+    SELECT i.hash,
+           CASE WHEN f.hash IS NOT NULL THEN CASE WHEN f.was_expired THEN 'expired' ELSE 'revoked' END
+                WHEN t.hash IS NOT NULL THEN 'already_revoked'
+                ELSE 'unknown'
+           END AS outcome
+    FROM input i
+    LEFT JOIN flipped f ON f.hash = i.hash
+    LEFT JOIN tokens t ON t.hash = i.hash
+), report AS (
+    INSERT INTO reports (id, scanner, key_id, received_at, body_sha256, item_count, not_ours,
+                         revoked, already_revoked, expired, unknown)
+    SELECT (SELECT id FROM rid), $7, $8, $6, $9, $10, $11,
+           count(*) FILTER (WHERE o.outcome = 'revoked'),
+           count(*) FILTER (WHERE o.outcome = 'already_revoked'),
+           count(*) FILTER (WHERE o.outcome = 'expired'),
+           count(*) FILTER (WHERE o.outcome = 'unknown')
+    FROM item JOIN outcome o USING (hash)
+), items AS (
+    INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
+    SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
+           item.url, o.outcome
+    FROM item JOIN outcome o USING (hash)
 )
-SELECT i.hash,
-       CASE WHEN f.hash IS NOT NULL THEN CASE WHEN f.was_expired THEN 'expired' ELSE 'revoked' END
-            WHEN t.hash IS NOT NULL THEN 'already_revoked'
-            ELSE 'unknown'
-       END AS outcome
-FROM input i
-LEFT JOIN flipped f ON f.hash = i.hash
-LEFT JOIN tokens t ON t.hash = i.hash";
+SELECT (SELECT id FROM rid), hash, outcome FROM outcome";
 
 /// An `integer` count column as `u32`; a negative value is corrupt data.
 fn count_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<u32, StoreError> {
@@ -150,88 +176,53 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The whole delivery in ONE statement (atomic on its own, one round trip): the
+    /// report id comes from the sequence first, so the revoking UPDATE can reference it
+    /// and the report row can be inserted with its final counts.
     async fn try_record(&self, report: &NewReport) -> Result<RecordedReport, sqlx::Error> {
-        let hashes: Vec<Vec<u8>> = report
-            .candidates
-            .iter()
-            .map(|c| c.hash.as_bytes().to_vec())
-            .collect();
-
+        let n = report.candidates.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut hashes: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut urls = Vec::with_capacity(n);
+        for c in &report.candidates {
+            positions.push(c.position as i32);
+            hashes.push(c.hash.as_bytes().as_slice());
+            types.push(c.token_type.as_str());
+            sources.push(c.source.as_str());
+            urls.push(c.url.as_str());
+        }
         self.statements.add(1);
-        let mut tx = self.pool.begin().await?;
-
-        self.statements.add(1);
-        let report_id: i64 = sqlx::query_scalar(
-            "INSERT INTO reports (scanner, key_id, received_at, body_sha256, item_count, not_ours)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(&report.scanner)
-        .bind(&report.key_id)
-        .bind(report.received_at)
-        .bind(report.body_sha256.as_slice())
-        .bind(report.item_count as i32)
-        .bind(report.not_ours as i32)
-        .fetch_one(&mut *tx)
-        .await?;
-
-        self.statements.add(1);
-        let rows = sqlx::query(REVOKE_SQL)
+        let rows = sqlx::query(RECORD_SQL)
+            .bind(&positions)
             .bind(&hashes)
+            .bind(&types)
+            .bind(&sources)
+            .bind(&urls)
             .bind(report.received_at)
-            .bind(report_id)
-            .fetch_all(&mut *tx)
+            .bind(&report.scanner)
+            .bind(&report.key_id)
+            .bind(report.body_sha256.as_slice())
+            .bind(report.item_count as i32)
+            .bind(report.not_ours as i32)
+            .fetch_all(&self.pool)
             .await?;
+        let mut report_id = None;
         let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let hash = TokenHash::from_slice(row.try_get::<&[u8], _>(0)?)
+            report_id = Some(row.try_get::<i64, _>(0)?);
+            let hash = TokenHash::from_slice(row.try_get::<&[u8], _>(1)?)
                 .ok_or_else(|| sqlx::Error::Decode("hash is not 32 bytes".into()))?;
-            let outcome: &str = row.try_get(1)?;
+            let outcome: &str = row.try_get(2)?;
             let outcome = Outcome::parse(outcome)
                 .ok_or_else(|| sqlx::Error::Decode(format!("outcome {outcome:?}").into()))?;
             by_hash.insert(hash, outcome);
         }
+        let report_id =
+            report_id.ok_or_else(|| sqlx::Error::Decode("no outcome rows returned".into()))?;
         let (outcomes, counts) = outcomes_for(report, &by_hash)
             .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
-
-        // Item rows and report counts in one statement.
-        let n = report.candidates.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut urls = Vec::with_capacity(n);
-        let mut labels = Vec::with_capacity(n);
-        for (c, o) in report.candidates.iter().zip(&outcomes) {
-            positions.push(c.position as i32);
-            types.push(c.token_type.as_str());
-            sources.push(c.source.as_str());
-            urls.push(c.url.as_str());
-            labels.push(o.as_str());
-        }
-        self.statements.add(1);
-        sqlx::query(
-            "WITH items AS (
-                 INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
-                 SELECT $1, * FROM unnest($2::int4[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[])
-             )
-             UPDATE reports SET revoked = $8, already_revoked = $9, expired = $10, unknown = $11
-             WHERE id = $1",
-        )
-        .bind(report_id)
-        .bind(&positions)
-        .bind(&hashes)
-        .bind(&types)
-        .bind(&sources)
-        .bind(&urls)
-        .bind(&labels)
-        .bind(counts.revoked as i32)
-        .bind(counts.already_revoked as i32)
-        .bind(counts.expired as i32)
-        .bind(counts.unknown as i32)
-        .execute(&mut *tx)
-        .await?;
-
-        self.statements.add(1);
-        tx.commit().await?;
         let tokens_revoked = by_hash
             .values()
             .filter(|o| matches!(o, Outcome::Revoked | Outcome::Expired))

@@ -147,10 +147,11 @@ async fn handle(
     let received_at = chrono::Utc::now();
     let items = alert::parse(&body)?;
     let classified = alert::classify(&items);
-    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
 
     let (report_id, outcomes, counts) =
-        match classified.into_report(scanner, key_id, received_at, body_sha256) {
+        match classified.into_report(scanner, key_id, received_at, || {
+            Sha256::digest(&body).into()
+        }) {
             None => {
                 let counts = OutcomeCounts {
                     not_ours: classified.not_ours,
