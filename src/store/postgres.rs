@@ -61,14 +61,14 @@ WITH rid AS (
     WHERE t.hash = i.hash AND t.revoked_at IS NULL
     RETURNING t.hash, t.expires_at <= $6 AS was_expired
 ), outcome AS (
+    -- The existence probe runs only for rows that did not flip (CASE is lazy).
     SELECT i.hash,
            CASE WHEN f.hash IS NOT NULL THEN CASE WHEN f.was_expired THEN 'expired' ELSE 'revoked' END
-                WHEN t.hash IS NOT NULL THEN 'already_revoked'
+                WHEN EXISTS (SELECT 1 FROM tokens t WHERE t.hash = i.hash) THEN 'already_revoked'
                 ELSE 'unknown'
            END AS outcome
     FROM input i
     LEFT JOIN flipped f ON f.hash = i.hash
-    LEFT JOIN tokens t ON t.hash = i.hash
 ), report AS (
     INSERT INTO reports (id, scanner, key_id, received_at, body_sha256, item_count, not_ours,
                          revoked, already_revoked, expired, unknown)
@@ -150,13 +150,13 @@ SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
        i.token_hash, i.outcome, i.source, i.url
 FROM r
 LEFT JOIN LATERAL (
-    SELECT id, position, token_hash, outcome, source, url
+    SELECT position, token_hash, outcome, source, url
     FROM report_items
     WHERE report_id = r.id
-    ORDER BY position, id
+    ORDER BY position
     LIMIT 20
 ) i ON true
-ORDER BY r.id DESC, i.position, i.id";
+ORDER BY r.id DESC, i.position";
 
 impl PostgresStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {

@@ -103,7 +103,7 @@ WITH r AS (
     FROM reports ORDER BY id DESC LIMIT 20
 ), i AS (
     SELECT report_id, token_hash, outcome, source, url,
-           row_number() OVER (PARTITION BY report_id ORDER BY position, id) AS rn
+           row_number() OVER (PARTITION BY report_id ORDER BY position) AS rn
     FROM report_items WHERE report_id IN (SELECT id FROM r)
 )
 SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
