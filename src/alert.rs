@@ -159,7 +159,7 @@ impl From<Outcome> for Label {
     }
 }
 
-/// One entry of the 200 response body.
+/// One entry of the 200 response body, as a client reads it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Feedback {
     pub token_hash: String,
@@ -167,22 +167,52 @@ pub struct Feedback {
     pub label: Label,
 }
 
-/// One feedback entry per item, input order.
-pub fn feedback(
+/// A hash serialised as 64 lower-case hex characters, formatted on the stack.
+struct Hex<'a>(&'a TokenHash);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0.as_bytes(), &mut buf).expect("64 bytes fit 32 in hex");
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+    }
+}
+
+/// A feedback entry borrowing from the request: no allocation per item.
+#[derive(Serialize)]
+struct FeedbackRef<'a> {
+    token_hash: Hex<'a>,
+    token_type: &'a str,
+    label: Label,
+}
+
+/// The 200 response body: one feedback entry per item, input order, serialised
+/// straight from the parsed request (a 100,000-item flood allocates no entry).
+pub fn feedback_json(
     items: &[AlertItem<'_>],
     hashes: &[TokenHash],
     outcomes: &[Outcome],
-) -> Vec<Feedback> {
-    items
-        .iter()
-        .zip(hashes)
-        .zip(outcomes)
-        .map(|((item, hash), outcome)| Feedback {
-            token_hash: hash.to_hex(),
-            token_type: item.token_type.as_deref().unwrap_or_default().to_owned(),
-            label: (*outcome).into(),
-        })
-        .collect()
+) -> Vec<u8> {
+    struct Entries<'a, 'b>(&'a [AlertItem<'b>], &'a [TokenHash], &'a [Outcome]);
+    impl Serialize for Entries<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(
+                self.0
+                    .iter()
+                    .zip(self.1)
+                    .zip(self.2)
+                    .map(|((item, hash), outcome)| FeedbackRef {
+                        token_hash: Hex(hash),
+                        token_type: item.token_type.as_deref().unwrap_or_default(),
+                        label: (*outcome).into(),
+                    }),
+            )
+        }
+    }
+    let mut out = Vec::with_capacity(items.len() * 120 + 2);
+    serde_json::to_writer(&mut out, &Entries(items, hashes, outcomes))
+        .expect("serialising to memory cannot fail");
+    out
 }
 
 #[cfg(test)]
@@ -245,7 +275,9 @@ mod tests {
             outcomes,
             vec![Outcome::NotOurs, Outcome::Revoked, Outcome::NotOurs]
         );
-        let fb = feedback(&items, &c.hashes, &outcomes);
+        let fb: Vec<Feedback> =
+            serde_json::from_slice(&feedback_json(&items, &c.hashes, &outcomes)).unwrap();
+        assert_eq!(fb.len(), 3);
         assert_eq!(fb[1].label, Label::TruePositive);
         assert_eq!(fb[1].token_type, "t");
         assert_eq!(fb[0].label, Label::FalsePositive);

@@ -12,11 +12,11 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
-use axum::Json;
+use axum::response::IntoResponse;
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
 
-use crate::alert::{self, Feedback};
+use crate::alert;
 use crate::error::ApiError;
 use crate::signature::keys::KeyError;
 use crate::signature::{self, KEY_ID_HEADER, SIGNATURE_HEADER};
@@ -65,7 +65,7 @@ pub async fn receive(
     scanner: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Vec<Feedback>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
     // A segment that is not valid UTF-8 names no scanner: JSON 404 like any other.
     let scanner = scanner.map(|Path(s)| s).unwrap_or_default();
@@ -111,7 +111,13 @@ pub async fn receive(
     state
         .metrics
         .delivery(label, status, started.elapsed().as_secs_f64());
-    result.map(|(feedback, _)| Json(feedback))
+    result.map(|(feedback, _)| {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            axum::body::Bytes::from(feedback),
+        )
+            .into_response()
+    })
 }
 
 async fn handle(
@@ -120,7 +126,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-) -> Result<(Vec<Feedback>, OutcomeCounts), ApiError> {
+) -> Result<(Vec<u8>, OutcomeCounts), ApiError> {
     let cache = state
         .scanners
         .get(scanner)
@@ -193,7 +199,7 @@ async fn handle(
         "delivery processed"
     );
     Ok((
-        alert::feedback(&items, &classified.hashes, &outcomes),
+        alert::feedback_json(&items, &classified.hashes, &outcomes),
         counts,
     ))
 }
