@@ -55,7 +55,7 @@ async fn unknown_key_id_storm_fetches_at_most_once_per_interval() {
     let before = keys.fetches();
     let body = b"[]".to_vec();
     let sig = Signer::test().sign(&body);
-    let storm = (0..300).map(|i| {
+    let storm = (0..1000).map(|i| {
         let (app, body, sig) = (&app, body.clone(), sig.clone());
         async move {
             app.post("github", Some(&format!("random-{i}")), Some(&sig), body)
