@@ -304,14 +304,10 @@ impl StatementCounter {
     }
 }
 
-/// Distinct hashes of the candidates, in first-seen order.
-pub(crate) fn distinct_hashes(candidates: &[CandidateItem]) -> Vec<TokenHash> {
-    let mut seen = std::collections::HashSet::with_capacity(candidates.len());
-    candidates
-        .iter()
-        .filter(|c| seen.insert(c.hash))
-        .map(|c| c.hash)
-        .collect()
+/// Distinct hashes, in first-seen order.
+pub(crate) fn distinct_hashes(hashes: impl IntoIterator<Item = TokenHash>) -> Vec<TokenHash> {
+    let mut seen = std::collections::HashSet::new();
+    hashes.into_iter().filter(|h| seen.insert(*h)).collect()
 }
 
 /// Maps per-hash outcomes back onto the candidates, in order, and counts them.

@@ -31,10 +31,6 @@ pub struct PostgresStore {
     statements: StatementCounter,
 }
 
-fn hash_from(bytes: &[u8]) -> Result<TokenHash, StoreError> {
-    TokenHash::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("hash is not 32 bytes".into()))
-}
-
 /// Deadlock (40P01) or serialization failure (40001): safe to retry the transaction.
 fn is_retryable(err: &sqlx::Error) -> bool {
     match err {
@@ -339,9 +335,6 @@ impl RevocationStore for PostgresStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let count = |r: &sqlx::postgres::PgRow, i: usize| -> Result<u32, StoreError> {
-            Ok(r.try_get::<i32, _>(i)? as u32)
-        };
         row.map(|r| {
             Ok(ReportRecord {
                 id: r.try_get(0)?,
@@ -349,13 +342,13 @@ impl RevocationStore for PostgresStore {
                 key_id: r.try_get(2)?,
                 received_at: r.try_get(3)?,
                 body_sha256: r.try_get(4)?,
-                item_count: count(&r, 5)?,
+                item_count: count_at(&r, 5)?,
                 counts: OutcomeCounts {
-                    revoked: count(&r, 6)?,
-                    already_revoked: count(&r, 7)?,
-                    expired: count(&r, 8)?,
-                    unknown: count(&r, 9)?,
-                    not_ours: count(&r, 10)?,
+                    revoked: count_at(&r, 6)?,
+                    already_revoked: count_at(&r, 7)?,
+                    expired: count_at(&r, 8)?,
+                    unknown: count_at(&r, 9)?,
+                    not_ours: count_at(&r, 10)?,
                 },
             })
         })
@@ -380,8 +373,7 @@ impl RevocationStore for PostgresStore {
                     token_type: r.try_get(2)?,
                     source: r.try_get(3)?,
                     url: r.try_get(4)?,
-                    outcome: Outcome::parse(&outcome)
-                        .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                    outcome: parse_outcome(&outcome)?,
                 })
             })
             .collect()
@@ -399,14 +391,7 @@ impl RevocationStore for PostgresStore {
         hashes: &[TokenHash],
         now: DateTime<Utc>,
     ) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
-        let distinct: Vec<TokenHash> = {
-            let mut seen = std::collections::HashSet::with_capacity(hashes.len());
-            hashes
-                .iter()
-                .filter(|h| seen.insert(**h))
-                .copied()
-                .collect()
-        };
+        let distinct = distinct_hashes(hashes.iter().copied());
         if distinct.is_empty() {
             return Ok(HashMap::new());
         }
@@ -420,17 +405,7 @@ impl RevocationStore for PostgresStore {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
-        for row in &rows {
-            let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
-            let revoked: bool = row.try_get(1)?;
-            let expired: bool = row.try_get(2)?;
-            by_hash.insert(hash, preview_outcome(revoked, expired));
-        }
-        for h in distinct {
-            by_hash.entry(h).or_insert(Outcome::Unknown);
-        }
-        Ok(by_hash)
+        preview_map(&rows, distinct)
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
@@ -488,10 +463,9 @@ impl RevocationStore for PostgresStore {
         let rows = sqlx::query(STATS_RECENT_SQL).fetch_all(&mut *tx).await?;
         let mut recent: Vec<RecentReport> = Vec::new();
         for r in &rows {
-            let id: i64 = r.try_get(0)?;
-            if recent.last().map(|l| l.id) != Some(id) {
-                recent.push(RecentReport {
-                    id,
+            push_recent_row(&mut recent, r, |r| {
+                Ok(RecentReport {
+                    id: r.try_get(0)?,
                     received_at: r.try_get(1)?,
                     scanner: r.try_get(2)?,
                     key_id: r.try_get(3)?,
@@ -504,23 +478,8 @@ impl RevocationStore for PostgresStore {
                         not_ours: count_at(r, 9)?,
                     },
                     items: Vec::new(),
-                });
-            }
-            // No item columns: a report without items (LEFT JOIN).
-            let Some(hash) = r.try_get::<Option<&[u8]>, _>(10)? else {
-                continue;
-            };
-            let outcome: String = r.try_get(11)?;
-            let item = RecentItem {
-                token_hash_prefix: hash_from(hash)?.prefix(),
-                outcome: Outcome::parse(&outcome)
-                    .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
-                source: r.try_get(12)?,
-                url: r.try_get(13)?,
-            };
-            if let Some(last) = recent.last_mut() {
-                last.items.push(item);
-            }
+                })
+            })?;
         }
 
         self.statements.add(1);

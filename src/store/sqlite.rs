@@ -33,10 +33,6 @@ fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
 }
 
-fn hash_from(bytes: &[u8]) -> Result<TokenHash, StoreError> {
-    TokenHash::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("hash is not 32 bytes".into()))
-}
-
 /// A JSON array of lower-case hex hashes, for `json_each` + `unhex`.
 fn hex_array(hashes: &[TokenHash]) -> String {
     let mut s = String::with_capacity(hashes.len() * 67 + 2);
@@ -199,7 +195,7 @@ impl RevocationStore for SqliteStore {
 
     async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError> {
         let now = to_millis(report.received_at);
-        let distinct = distinct_hashes(&report.candidates);
+        let distinct = distinct_hashes(report.candidates.iter().map(|c| c.hash));
 
         self.statements.add(1);
         let mut tx = self.pool.begin().await?;
@@ -396,8 +392,7 @@ impl RevocationStore for SqliteStore {
                     token_type: r.try_get(2)?,
                     source: r.try_get(3)?,
                     url: r.try_get(4)?,
-                    outcome: Outcome::parse(&outcome)
-                        .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                    outcome: parse_outcome(&outcome)?,
                 })
             })
             .collect()
@@ -415,14 +410,7 @@ impl RevocationStore for SqliteStore {
         hashes: &[TokenHash],
         now: DateTime<Utc>,
     ) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
-        let distinct: Vec<TokenHash> = {
-            let mut seen = std::collections::HashSet::with_capacity(hashes.len());
-            hashes
-                .iter()
-                .filter(|h| seen.insert(**h))
-                .copied()
-                .collect()
-        };
+        let distinct = distinct_hashes(hashes.iter().copied());
         if distinct.is_empty() {
             return Ok(HashMap::new());
         }
@@ -435,17 +423,7 @@ impl RevocationStore for SqliteStore {
         .bind(to_millis(now))
         .fetch_all(&self.pool)
         .await?;
-        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
-        for row in &rows {
-            let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
-            let revoked: bool = row.try_get(1)?;
-            let expired: bool = row.try_get(2)?;
-            by_hash.insert(hash, preview_outcome(revoked, expired));
-        }
-        for h in distinct {
-            by_hash.entry(h).or_insert(Outcome::Unknown);
-        }
-        Ok(by_hash)
+        preview_map(&rows, distinct)
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
@@ -502,10 +480,9 @@ impl RevocationStore for SqliteStore {
         let rows = sqlx::query(STATS_RECENT_SQL).fetch_all(&mut *tx).await?;
         let mut recent: Vec<RecentReport> = Vec::new();
         for r in &rows {
-            let id: i64 = r.try_get(0)?;
-            if recent.last().map(|l| l.id) != Some(id) {
-                recent.push(RecentReport {
-                    id,
+            push_recent_row(&mut recent, r, |r| {
+                Ok(RecentReport {
+                    id: r.try_get(0)?,
                     received_at: from_millis(r.try_get(1)?)?,
                     scanner: r.try_get(2)?,
                     key_id: r.try_get(3)?,
@@ -518,23 +495,8 @@ impl RevocationStore for SqliteStore {
                         not_ours: r.try_get(9)?,
                     },
                     items: Vec::new(),
-                });
-            }
-            // No item columns: a report without items (LEFT JOIN).
-            let Some(hash) = r.try_get::<Option<&[u8]>, _>(10)? else {
-                continue;
-            };
-            let outcome: String = r.try_get(11)?;
-            let item = RecentItem {
-                token_hash_prefix: hash_from(hash)?.prefix(),
-                outcome: Outcome::parse(&outcome)
-                    .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
-                source: r.try_get(12)?,
-                url: r.try_get(13)?,
-            };
-            if let Some(last) = recent.last_mut() {
-                last.items.push(item);
-            }
+                })
+            })?;
         }
 
         self.statements.add(1);
