@@ -21,10 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use chrono::Utc;
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::SigningKey;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use sqlx::Connection;
 
@@ -149,8 +147,7 @@ impl Bench {
     }
 
     fn sign(&self, body: &[u8]) -> String {
-        let sig: Signature = self.key.sign(body);
-        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+        revoker::replay::sign_body(&self.key, body)
     }
 
     /// Signs and POSTs a delivery; returns (status, latency). Signing is not timed.

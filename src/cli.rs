@@ -212,6 +212,18 @@ pub struct ServeArgs {
     pub db: DbArgs,
 }
 
+impl DbArgs {
+    /// Pool settings from these flags; `create_if_missing` is off for tools that must
+    /// find an existing database.
+    pub fn pool_settings(&self, create_if_missing: bool) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_timeout,
+            create_if_missing,
+        }
+    }
+}
+
 /// Where `token check -` reads from.
 pub fn read_token_arg(arg: &str) -> std::io::Result<String> {
     if arg == "-" {

@@ -121,12 +121,8 @@ impl From<crate::cli::ServeArgs> for Settings {
     fn from(a: crate::cli::ServeArgs) -> Self {
         Settings {
             listen: a.listen,
+            pool: a.db.pool_settings(true),
             database_url: a.db.database_url,
-            pool: PoolSettings {
-                max_connections: a.db.db_max_connections,
-                acquire_timeout: a.db.db_timeout,
-                create_if_missing: true,
-            },
             scanners: a.scanners,
             keys_ttl: a.keys_ttl,
             keys_refetch_interval: a.keys_refetch_interval,

@@ -10,7 +10,7 @@ use revoker::cli::{read_token_arg, Cli, Command, DbArgs, KeysCommand, ReplayArgs
 use revoker::config::{redact_url, Settings};
 use revoker::replay::{self, Target};
 use revoker::startup::{shutdown_signal, Application};
-use revoker::store::{self, NewToken, PoolSettings, RevocationStore};
+use revoker::store::{self, NewToken, RevocationStore};
 use revoker::token::Token;
 
 fn main() -> ExitCode {
@@ -84,11 +84,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
 async fn open_existing(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
     let url = db.database_url.expose_secret();
-    let settings = PoolSettings {
-        max_connections: db.db_max_connections,
-        acquire_timeout: db.db_timeout,
-        create_if_missing: false,
-    };
+    let settings = db.pool_settings(false);
     let store = store::connect(url, &settings).await.with_context(|| {
         format!(
             "cannot open database {} (replay never creates one)",
@@ -106,11 +102,7 @@ async fn open_existing(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn Revocat
 
 async fn open(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
     let url = db.database_url.expose_secret();
-    let settings = PoolSettings {
-        max_connections: db.db_max_connections,
-        acquire_timeout: db.db_timeout,
-        create_if_missing: true,
-    };
+    let settings = db.pool_settings(true);
     let store = store::connect(url, &settings)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(url)))?;

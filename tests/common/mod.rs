@@ -18,10 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use base64::Engine;
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::DecodePrivateKey;
+use p256::ecdsa::SigningKey;
 use sqlx::Connection;
 
 use revoker::config::{ScannerSpec, Settings};
@@ -307,7 +304,7 @@ pub struct Signer {
 
 impl Signer {
     pub fn from_fixture(pem: &str, key_id: &str) -> Signer {
-        let key = SigningKey::from_pkcs8_pem(&fixture_string(pem)).expect("PKCS#8 P-256 key");
+        let key = revoker::replay::load_signing_key(&fixture(pem)).expect("PKCS#8 P-256 key");
         Signer {
             key,
             key_id: key_id.into(),
@@ -320,8 +317,7 @@ impl Signer {
     }
 
     pub fn sign(&self, body: &[u8]) -> String {
-        let sig: Signature = self.key.sign(body);
-        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+        revoker::replay::sign_body(&self.key, body)
     }
 }
 
