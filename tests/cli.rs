@@ -246,6 +246,30 @@ async fn newcomer_flow(json_logs: bool) {
     let forged = Signer::from_fixture("keys/other-key.pem", KEY_ID);
     let a = Answer::from(send(body.clone(), forged.sign(&body)).await.unwrap()).await;
     assert_eq!(a.status, 401);
+    // A client that puts tokens where no token belongs: the path and the key id header.
+    let resp = client
+        .post(format!("{}/secret-scanning/{minted}", server.base))
+        .header("Github-Public-Key-Identifier", unknown.expose_secret())
+        .header("Github-Public-Key-Signature", signer.sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let a = Answer::from(resp).await;
+    assert_eq!(a.status, 404);
+    assert!(
+        !a.text.contains(&minted),
+        "error body echoes the path token"
+    );
+    let resp = client
+        .post(format!("{}/secret-scanning/github", server.base))
+        .header("Github-Public-Key-Identifier", unknown.expose_secret())
+        .header("Github-Public-Key-Signature", signer.sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
     // A body that is not an array, signed, naming a token in the wrong place.
     let bad = format!(r#"{{"token":"{minted}"}}"#).into_bytes();
     let a = Answer::from(send(bad.clone(), signer.sign(&bad)).await.unwrap()).await;

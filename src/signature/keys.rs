@@ -350,7 +350,7 @@ impl KeyCache {
             return Ok(key); // fetched by the task we waited for
         }
         if self.may_fetch() {
-            tracing::info!(scanner = %self.scanner, key_id, "unknown key id, refetching keys");
+            tracing::info!(scanner = %self.scanner, key_id = %crate::token::redact(key_id), "unknown key id, refetching keys");
             let _ = self.fetch_and_store().await;
         }
         if let (Some(key), _) = self.lookup(key_id) {

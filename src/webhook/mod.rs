@@ -22,6 +22,7 @@ use crate::signature::keys::KeyError;
 use crate::signature::{self, KEY_ID_HEADER, SIGNATURE_HEADER};
 use crate::startup::AppState;
 use crate::store::{Outcome, OutcomeCounts};
+use crate::token;
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ApiError> {
     headers
@@ -69,7 +70,8 @@ pub async fn receive(
     let started = Instant::now();
     // A segment that is not valid UTF-8 names no scanner: JSON 404 like any other.
     let scanner = scanner.map(|Path(s)| s).unwrap_or_default();
-    let shown: String = scanner.chars().take(64).collect();
+    // The path segment is the client's: bounded, and any token in it redacted.
+    let shown: String = token::redact(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
     let result = match tokio::time::timeout(
         state.request_timeout,
@@ -127,13 +129,12 @@ async fn handle(
     body: Body,
     started: Instant,
 ) -> Result<(Vec<u8>, OutcomeCounts), ApiError> {
-    let cache = state
-        .scanners
-        .get(scanner)
-        .ok_or_else(|| ApiError::UnknownScanner(scanner.chars().take(64).collect()))?;
+    let cache = state.scanners.get(scanner).ok_or_else(|| {
+        ApiError::UnknownScanner(token::redact(scanner).chars().take(64).collect())
+    })?;
     let key_id = header(headers, KEY_ID_HEADER)?;
     let key_id = &key_id[..key_id.len().min(256)]; // bounded in logs and the database
-    tracing::Span::current().record("key_id", key_id);
+    tracing::Span::current().record("key_id", token::redact(key_id).as_ref());
     let signature = signature::decode_signature(header(headers, SIGNATURE_HEADER)?)?;
     check_declared_length(headers, state.max_body)?;
 
