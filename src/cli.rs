@@ -191,6 +191,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Deliveries processed at once; one more gets 503 `overloaded` with Retry-After
+    /// at once instead of queueing. Bounds memory to about this many × --max-body.
+    #[arg(long, env = "REVOKER_MAX_CONCURRENT_DELIVERIES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_deliveries: u32,
+
     /// Deadline for receiving a request body; a client that trickles gets 408.
     #[arg(long, env = "REVOKER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,

@@ -87,6 +87,8 @@ pub struct Settings {
     pub retry_after: Duration,
     pub request_timeout: Duration,
     pub body_timeout: Duration,
+    /// Deliveries processed at once; beyond it: 503 `overloaded`.
+    pub max_concurrent_deliveries: usize,
     /// After SIGTERM, how long in-flight requests may take before the process exits.
     pub shutdown_timeout: Duration,
     /// Admin listener: /metrics, /api/stats, /dashboard, health.
@@ -110,6 +112,7 @@ impl Settings {
             retry_after: Duration::from_secs(30),
             request_timeout: Duration::from_secs(25),
             body_timeout: Duration::from_secs(10),
+            max_concurrent_deliveries: 128,
             shutdown_timeout: Duration::from_secs(30),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
@@ -132,6 +135,7 @@ impl From<crate::cli::ServeArgs> for Settings {
             retry_after: a.retry_after,
             request_timeout: a.request_timeout,
             body_timeout: a.body_timeout,
+            max_concurrent_deliveries: a.max_concurrent_deliveries as usize,
             shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,
             admin_token: a.admin_token,

@@ -38,6 +38,8 @@ pub enum ApiError {
     BodyTimeout,
     #[error("the delivery could not be processed in time; nothing was recorded, try again later")]
     Timeout { retry_after: Duration },
+    #[error("too many deliveries in progress; nothing was recorded, try again later")]
+    Overloaded { retry_after: Duration },
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("scanner keys are unavailable; try again later")]
@@ -62,7 +64,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::KeysUnavailable { .. } | ApiError::DatabaseUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -73,6 +77,7 @@ impl ApiError {
         match self {
             ApiError::KeysUnavailable { retry_after }
             | ApiError::Timeout { retry_after }
+            | ApiError::Overloaded { retry_after }
             | ApiError::DatabaseUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -92,6 +97,7 @@ impl ApiError {
             ApiError::BodyRead => "body_read_error",
             ApiError::BodyTimeout => "body_timeout",
             ApiError::Timeout { .. } => "timeout",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Parse(_) => "bad_body",
             ApiError::KeysUnavailable { .. } => "keys_unavailable",
             ApiError::DatabaseUnavailable { .. } => "database_unavailable",

@@ -34,6 +34,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Deadline for receiving the body.
     pub body_timeout: Duration,
+    /// One permit per delivery being processed (`--max-concurrent-deliveries`).
+    pub deliveries: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     /// SHA-256 of `--admin-token`, if set.
     pub admin_token_digest: Option<[u8; 32]>,
@@ -134,6 +136,9 @@ impl Application {
                 retry_after: settings.retry_after,
                 request_timeout: settings.request_timeout,
                 body_timeout: settings.body_timeout,
+                deliveries: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_concurrent_deliveries.max(1),
+                )),
                 metrics,
                 admin_token_digest: settings
                     .admin_token

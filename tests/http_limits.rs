@@ -152,3 +152,76 @@ fn shutdown_is_capped_even_with_a_request_held_open() {
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_beyond_the_concurrency_limit_get_503_at_once() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(
+        db.url(),
+        &keys,
+        TestOptions {
+            max_concurrent_deliveries: 2,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    app.keys_attempted("github").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Two deliveries whose bodies never complete hold both permits.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /secret-scanning/github HTTP/1.1\r\nHost: {addr}\r\n\
+             Github-Public-Key-Identifier: {KEY_ID}\r\nGithub-Public-Key-Signature: {}\r\n\
+             Content-Length: 1000\r\n\r\n[",
+            Signer::test().sign(b"[]")
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    let t = app.mint("busy/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&[t.expose_secret()]);
+    // Let both reach the handler and start waiting for their bodies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The third is refused without waiting and without writing anything.
+    let started = Instant::now();
+    let a = app.deliver(&Signer::test(), body.clone()).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 503, "{}", a.text);
+    assert_eq!(a.error_code(), "overloaded", "{}", a.text);
+    assert_eq!(a.retry_after.as_deref(), Some("7"));
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+    assert!(!app.is_revoked(&t).await);
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    let m = app.admin_get("/metrics", None).await.text;
+    assert!(
+        m.contains(r#"revoker_deliveries_total{scanner="github",status="503"} 1"#),
+        "{m}"
+    );
+    // Health checks are not deliveries and still answer.
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Once the held connections go away, the retry gets the full answer.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = app.deliver(&Signer::test(), body.clone()).await;
+        if a.status == 200 {
+            assert_eq!(a.labels(), ["true_positive"]);
+            break;
+        }
+        assert_eq!(a.error_code(), "overloaded");
+        assert!(Instant::now() < deadline, "permits never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.is_revoked(&t).await);
+    app.stop().await;
+}

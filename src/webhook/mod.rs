@@ -5,7 +5,10 @@
 //! than the limit (413) → key for the key id (401 unknown, 503 unavailable) → signature
 //! over the exact raw bytes (401) → JSON shape (400) → classify offline → one store
 //! call (503 if the database fails; nothing written) → 200 with per-item feedback.
+//! At most `--max-concurrent-deliveries` run at once; one more gets 503 `overloaded`
+//! before any of that work.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -73,17 +76,25 @@ pub async fn receive(
     // The path segment is the client's: bounded, and any token in it redacted.
     let shown: String = token::redact(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
-    let result = match tokio::time::timeout(
-        state.request_timeout,
-        handle(&state, &scanner, &headers, body, started),
-    )
-    .await
-    {
-        Ok(result) => result,
-        // Dropping the work rolls back any open transaction: nothing is written.
-        Err(_) => Err(ApiError::Timeout {
+    // Held until the answer is built; when none is free, refuse at once (no queue to
+    // grow without bound, and the scanner retries on 503).
+    let permit = Arc::clone(&state.deliveries).try_acquire_owned();
+    let result = match permit {
+        Err(_) => Err(ApiError::Overloaded {
             retry_after: state.retry_after,
         }),
+        Ok(_permit) => match tokio::time::timeout(
+            state.request_timeout,
+            handle(&state, &scanner, &headers, body, started),
+        )
+        .await
+        {
+            Ok(result) => result,
+            // Dropping the work rolls back any open transaction: nothing is written.
+            Err(_) => Err(ApiError::Timeout {
+                retry_after: state.retry_after,
+            }),
+        },
     };
     // Only configured names become metric labels; anything else is one bucket.
     let label = if state.scanners.contains_key(&scanner) {

@@ -350,6 +350,7 @@ pub struct TestOptions {
     pub admin_token: Option<String>,
     pub body_timeout: Duration,
     pub request_timeout: Duration,
+    pub max_concurrent_deliveries: usize,
     /// Extra scanners besides `github` (which points at the key server).
     pub extra_scanners: Vec<ScannerSpec>,
 }
@@ -366,6 +367,7 @@ impl Default for TestOptions {
             admin_token: None,
             body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(25),
+            max_concurrent_deliveries: 128,
             extra_scanners: vec![],
         }
     }
@@ -402,6 +404,7 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     settings.admin_token = opts.admin_token.map(secrecy::SecretString::from);
     settings.body_timeout = opts.body_timeout;
     settings.request_timeout = opts.request_timeout;
+    settings.max_concurrent_deliveries = opts.max_concurrent_deliveries;
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let admin = format!("http://127.0.0.1:{}", app.admin_port());
