@@ -86,6 +86,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot open database {}", redact_url(url)))?;
         store.migrate().await.context("cannot migrate database")?;
+        // A database that cannot take writes would answer every delivery 503: say so now.
+        store
+            .ping()
+            .await
+            .with_context(|| format!("database {} is not usable", redact_url(url)))?;
         Self::build_with_store(settings, store).await
     }
 

@@ -3,21 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use common::*;
 use revoker::token::Token;
 
 fn revoker() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_revoker"));
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_LOG_FORMAT")
-        .env_remove("GITHUB_TOKEN");
-    cmd
+    revoker_command()
 }
 
 #[test]
@@ -118,80 +110,6 @@ fn bad_flags_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database URL"));
 }
 
-/// The serve process with its stderr collected line by line.
-struct Server {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
-    base: String,
-}
-
-impl Server {
-    fn start(db_url: &str, json_logs: bool) -> Server {
-        let mut cmd = revoker();
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            db_url,
-            "--scanner",
-            &format!("github={}", fixture("keys/test-keys.json").display()),
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if json_logs {
-            cmd.env("RUST_LOG_FORMAT", "json");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = Arc::clone(&lines);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let listening = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server logged its address");
-        let addr = listening
-            .split(|c: char| c.is_whitespace() || c == '"')
-            .find_map(|w| {
-                w.strip_prefix("addr=")
-                    .or(Some(w))
-                    .filter(|w| w.starts_with("127.0.0.1:"))
-            })
-            .expect("address in the listening line")
-            .trim_end_matches(['"', ',', '}'])
-            .to_owned();
-        Server {
-            child,
-            lines,
-            reader,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    /// SIGTERM, wait for a clean exit, return everything logged.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "serve exited with {status}");
-        self.reader.join().unwrap(); // the pipe closed: everything is read
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
 fn mint(db_url: &str, owner: &str) -> String {
     let out = revoker()
         .args([
@@ -224,7 +142,7 @@ async fn newcomer_flow(json_logs: bool) {
     let db_url = format!("sqlite://{}", dir.path().join("revoker.db").display());
     let minted = mint(&db_url, "alice/my-crate");
     let unknown = Token::generate();
-    let server = Server::start(&db_url, json_logs);
+    let server = ServeProcess::start(&db_url, &[], json_logs);
     let client = reqwest::Client::new();
     let signer = Signer::test();
     let body = alert_body(&[&minted, "junk", unknown.expose_secret()]);

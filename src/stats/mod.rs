@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::error_chain;
 use crate::startup::AppState;
-use crate::store::{DayTotals, Stats, Totals};
+use crate::store::{DayTotals, Stats, StoreError, Totals};
 
 /// Days in the `/api/stats` daily series (today included).
 pub const DAYS: i64 = 30;
@@ -186,6 +186,10 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let database = match state.store.ping().await {
         Ok(()) => "ok".to_owned(),
+        Err(StoreError::ReadOnly) => {
+            tracing::warn!("readiness: database is read-only");
+            "read_only".to_owned()
+        }
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "readiness: database unreachable");
             "unreachable".to_owned()

@@ -202,6 +202,10 @@ pub enum StoreError {
     UnsupportedScheme(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The database answers but refuses writes (a read-only SQLite file or URL, a
+    /// PostgreSQL standby or `default_transaction_read_only`).
+    #[error("database is read-only; revocations cannot be recorded")]
+    ReadOnly,
 }
 
 /// Connection settings shared by both backends.
@@ -240,7 +244,8 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Cheap round trip: is the database reachable?
+    /// Cheap round trip: is the database reachable and does it take writes?
+    /// [`StoreError::ReadOnly`] when it answers but would refuse a revocation.
     async fn ping(&self) -> Result<(), StoreError>;
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError>;

@@ -247,7 +247,14 @@ impl RevocationStore for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.statements.add(1);
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let read_only: bool = sqlx::query_scalar(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if read_only {
+            return Err(StoreError::ReadOnly);
+        }
         Ok(())
     }
 

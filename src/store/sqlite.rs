@@ -147,8 +147,22 @@ impl RevocationStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.statements.add(1);
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // A write that changes nothing: SQLite refuses it on a read-only file or
+        // connection (SQLITE_READONLY, primary code 8) before looking at any row.
+        match sqlx::query("DELETE FROM reports WHERE 0")
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e))
+                if e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| c & 0xff == 8) =>
+            {
+                Err(StoreError::ReadOnly)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {

@@ -152,18 +152,25 @@ impl TestDb {
         }
     }
 
-    /// Every value stored in the database, as text, for secret scanning.
+    /// Every value stored in every table, as text, for secret scanning.
     pub async fn dump(&self) -> String {
+        let mut out = String::new();
         match self {
             TestDb::Sqlite { url, .. } => {
                 let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-                let mut out = String::new();
-                for table in ["tokens", "reports", "report_items"] {
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                for (table,) in tables {
                     let cols: Vec<(String,)> =
                         sqlx::query_as(&format!("SELECT name FROM pragma_table_info('{table}')"))
                             .fetch_all(&mut conn)
                             .await
                             .unwrap();
+                    // quote(): text as text, blobs as X'hex'.
                     let expr = cols
                         .iter()
                         .map(|(c,)| format!("quote({c})"))
@@ -179,12 +186,16 @@ impl TestDb {
                         out.push('\n');
                     }
                 }
-                out
             }
             TestDb::Postgres { url, .. } => {
                 let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                let mut out = String::new();
-                for table in ["tokens", "reports", "report_items"] {
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                for (table,) in tables {
                     let rows: Vec<(String,)> =
                         sqlx::query_as(&format!("SELECT t::text FROM {table} t"))
                             .fetch_all(&mut conn)
@@ -195,9 +206,59 @@ impl TestDb {
                         out.push('\n');
                     }
                 }
-                out
             }
         }
+        out
+    }
+
+    /// Rows that break the revocation invariants; empty when the database is
+    /// consistent. Every report's counts match its items; every revoked token was
+    /// revoked by exactly one report, which lists it as `revoked`; nothing is half
+    /// revoked.
+    pub async fn inconsistencies(&self) -> Vec<String> {
+        const CHECKS: [(&str, &str); 4] = [
+            (
+                "reports whose counts disagree with their items",
+                "SELECT count(*) FROM reports r WHERE
+                   r.item_count - r.not_ours <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id)
+                   OR r.revoked <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'revoked')
+                   OR r.already_revoked <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'already_revoked')
+                   OR r.expired <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'expired')
+                   OR r.unknown <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'unknown')",
+            ),
+            (
+                "revoked tokens that their revoking report does not list as revoked",
+                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM report_items i
+                    WHERE i.report_id = t.revoked_by AND i.token_hash = t.hash AND i.outcome = 'revoked')",
+            ),
+            (
+                "items marked revoked by a report other than the token's revoking report",
+                "SELECT count(*) FROM report_items i JOIN tokens t ON t.hash = i.token_hash
+                 WHERE i.outcome = 'revoked' AND (t.revoked_by IS NULL OR t.revoked_by <> i.report_id)",
+            ),
+            (
+                "tokens with revoked_at and revoked_by disagreeing",
+                "SELECT count(*) FROM tokens WHERE (revoked_at IS NULL) <> (revoked_by IS NULL)",
+            ),
+        ];
+        let mut found = Vec::new();
+        for (what, sql) in CHECKS {
+            let n: i64 = match self {
+                TestDb::Sqlite { url, .. } => {
+                    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+                }
+                TestDb::Postgres { url, .. } => {
+                    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+                }
+            };
+            if n != 0 {
+                found.push(format!("{n} {what}"));
+            }
+        }
+        found
     }
 }
 
@@ -557,4 +618,189 @@ pub async fn open_store(url: &str) -> Arc<dyn RevocationStore> {
     store::connect(url, &store::PoolSettings::default())
         .await
         .unwrap()
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// `revoker` as a child process, with the variables a developer's shell may hold
+/// removed.
+pub fn revoker_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"));
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG_FORMAT")
+        .env_remove("GITHUB_TOKEN");
+    cmd
+}
+
+/// A `revoker serve` process on loopback port 0 (public and admin), scanner `github`
+/// reading the test keys from their fixture file, logging at debug; its stderr is
+/// collected line by line.
+pub struct ServeProcess {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    pub base: String,
+    pub admin: String,
+}
+
+impl ServeProcess {
+    pub fn start(db_url: &str, extra_args: &[&str], json_logs: bool) -> ServeProcess {
+        use std::io::BufRead;
+        let mut cmd = revoker_command();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db_url,
+            "--scanner",
+            &format!("github={}", fixture("keys/test-keys.json").display()),
+        ])
+        .args(extra_args)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        if json_logs {
+            cmd.env("RUST_LOG_FORMAT", "json");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let Ok(listening) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("serve did not start:\n{}", lines.lock().unwrap().join("\n"));
+        };
+        // Plain: `... addr=127.0.0.1:P admin=127.0.0.1:Q`; JSON: `"addr":"127.0.0.1:P"`.
+        let addrs: Vec<String> = listening
+            .split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '}' | '=' | ':'))
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "127.0.0.1" && w[1].parse::<u16>().is_ok())
+            .map(|w| format!("127.0.0.1:{}", w[1]))
+            .collect();
+        assert_eq!(addrs.len(), 2, "addresses in {listening}");
+        ServeProcess {
+            child,
+            lines,
+            reader: Some(reader),
+            base: format!("http://{}", addrs[0]),
+            admin: format!("http://{}", addrs[1]),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (current RSS, peak RSS) in KiB, from /proc.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, wait for a clean exit, return everything logged.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.wait_for_exit()
+    }
+
+    /// Waits for the process to exit (asserting it exited 0) and returns its logs.
+    pub fn wait_for_exit(&mut self) -> String {
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "serve exited with {status}:\n{}",
+            self.logs()
+        );
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap(); // the pipe closed: everything is read
+        }
+        self.logs()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        // A failed test must not leave a server behind.
+        if self.reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Mints `n` tokens owned by `owner` in one statement; they expire after `ttl`.
+pub async fn mint_many(
+    store: &dyn RevocationStore,
+    owner: &str,
+    n: usize,
+    ttl: chrono::Duration,
+) -> Vec<Token> {
+    let now = chrono::Utc::now();
+    let tokens: Vec<Token> = (0..n).map(|_| Token::generate()).collect();
+    let rows: Vec<NewToken> = tokens
+        .iter()
+        .map(|t| NewToken {
+            hash: t.hash(),
+            owner: owner.into(),
+            created_at: now,
+            expires_at: now + ttl,
+        })
+        .collect();
+    store.insert_tokens(&rows).await.unwrap();
+    tokens
+}
+
+/// Signs `body` with the test key and POSTs it to `{base}/secret-scanning/github`.
+/// `Err` when no HTTP answer came back (connection refused or reset).
+pub async fn send_delivery(
+    client: &reqwest::Client,
+    base: &str,
+    body: Vec<u8>,
+) -> Result<Answer, reqwest::Error> {
+    let signer = Signer::test();
+    let sig = signer.sign(&body);
+    let resp = client
+        .post(format!("{base}/secret-scanning/github"))
+        .header("Github-Public-Key-Identifier", &signer.key_id)
+        .header("Github-Public-Key-Signature", sig)
+        .body(body)
+        .send()
+        .await?;
+    Ok(Answer::from(resp).await)
 }

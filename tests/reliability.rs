@@ -1,0 +1,520 @@
+//! Faults and scale-out with real processes and real databases: several receivers on
+//! one database, database connections killed mid-delivery, a database that turns
+//! read-only, SIGTERM with deliveries in flight, oversized bodies against a process
+//! whose memory is read from /proc, and (ignored by default, run by `.ci/run`) a 60 s
+//! soak.
+//!
+//! After each fault the database is checked with [`TestDb::inconsistencies`]: report
+//! counts match their items, every revoked token was revoked by exactly one report.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Duration as Ttl;
+use common::*;
+use rand::seq::SliceRandom;
+use revoker::token::Token;
+use sqlx::Connection;
+
+// ------------------------------------------------------------ several receivers
+
+/// Three `revoker serve` processes started together on one fresh database (so they
+/// also race to migrate it), 50 concurrent deliveries spread over them. The 100 live
+/// tokens are each named by several deliveries; every delivery also names a token we
+/// never issued and a string that is no token.
+async fn three_processes_revoke_each_token_exactly_once(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let url = db.url().to_owned();
+    let procs: Vec<ServeProcess> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| ServeProcess::start(&url, &[], false)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let store = open_store(db.url()).await;
+    let live = mint_many(store.as_ref(), "scale/pkg", 100, Ttl::hours(1)).await;
+
+    let mut rng = rand::thread_rng();
+    let deliveries: Vec<Vec<String>> = (0..50)
+        .map(|i| {
+            // Tokens 2i and 2i+1 make sure every token is named at least once; 18 more
+            // at random overlap with other deliveries. No token twice in one delivery.
+            let mut picked: Vec<&Token> = vec![&live[2 * i], &live[2 * i + 1]];
+            let others: Vec<&Token> = live
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j / 2 != i)
+                .map(|(_, t)| t)
+                .collect();
+            picked.extend(others.choose_multiple(&mut rng, 18));
+            let mut raw: Vec<String> = picked
+                .iter()
+                .map(|t| t.expose_secret().to_owned())
+                .collect();
+            raw.push(Token::generate().expose_secret().to_owned());
+            raw.push(format!("not-a-token-{i}"));
+            raw.shuffle(&mut rng);
+            raw
+        })
+        .collect();
+    let live_raw: std::collections::HashSet<String> =
+        live.iter().map(|t| t.expose_secret().to_owned()).collect();
+
+    let client = reqwest::Client::new();
+    let answers = futures::future::join_all(deliveries.iter().enumerate().map(|(i, raw)| {
+        let refs: Vec<&str> = raw.iter().map(String::as_str).collect();
+        send_delivery(&client, &procs[i % 3].base, alert_body(&refs))
+    }))
+    .await;
+
+    for (raw, answer) in deliveries.iter().zip(&answers) {
+        let a = answer.as_ref().expect("every delivery is answered");
+        assert_eq!(a.status, 200, "{}", a.text);
+        let expected: Vec<&str> = raw
+            .iter()
+            .map(|t| {
+                if live_raw.contains(t) {
+                    "true_positive"
+                } else {
+                    "false_positive"
+                }
+            })
+            .collect();
+        assert_eq!(a.labels(), expected, "every item answered, in order");
+    }
+    // Every live token revoked, by exactly one report.
+    for t in &live {
+        let stored = store.token(&t.hash()).await.unwrap().unwrap();
+        assert!(stored.revoked_at.is_some());
+    }
+    assert_eq!(store.count_reports().await.unwrap(), 50);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    // Across all reports, 100 items say `revoked` (one per token) and the other
+    // mentions of live tokens say `already_revoked`.
+    let stats = store
+        .stats(chrono::Utc::now() - Ttl::days(1))
+        .await
+        .unwrap();
+    assert_eq!(stats.totals.revoked, 100);
+    assert_eq!(stats.totals.already_revoked, 50 * 20 - 100);
+    assert_eq!(stats.totals.unknown, 50);
+
+    let mut logs = String::new();
+    for p in procs {
+        logs.push_str(&p.stop());
+    }
+    assert!(
+        !logs.contains("deadlock") && !logs.contains("could not serialize"),
+        "a retryable conflict surfaced: {logs}"
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_one_postgres_revoke_each_token_exactly_once() {
+    three_processes_revoke_each_token_exactly_once(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_one_sqlite_file_revoke_each_token_exactly_once() {
+    three_processes_revoke_each_token_exactly_once(Kind::Sqlite).await;
+}
+
+// ------------------------------------------------------------ database faults
+
+/// While 30 deliveries run, every connection of the receiver's that is running a
+/// statement is terminated, again and again. Each delivery gets either its complete answer or 503
+/// with Retry-After; the database stays consistent; once the killing stops, the
+/// scanner's retries all get complete answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_delivery() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let TestDb::Postgres {
+        admin_url, name, ..
+    } = &db
+    else {
+        unreachable!()
+    };
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    app.keys_attempted("github").await;
+    let live = mint_many(app.store.as_ref(), "killed/pkg", 600, Ttl::hours(1)).await;
+    // 30 deliveries of 40 tokens: 20 of their own, 20 shared with the next one.
+    let bodies: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            let raw: Vec<&str> = (0..40)
+                .map(|k| live[(i * 20 + k) % live.len()].expose_secret())
+                .collect();
+            alert_body(&raw)
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, killed) = (Arc::clone(&stop), Arc::clone(&killed));
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        tokio::spawn(async move {
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid() AND state = 'active') k",
+                )
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+                killed.fetch_add(n as usize, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let signer = Signer::test();
+    let answers =
+        futures::future::join_all(bodies.iter().map(|b| app.deliver(&signer, b.clone()))).await;
+    stop.store(true, Ordering::Relaxed);
+    killer.await.unwrap();
+    assert!(
+        killed.load(Ordering::Relaxed) > 0,
+        "the fault never happened"
+    );
+
+    let mut refused = 0;
+    for a in &answers {
+        match a.status {
+            200 => assert_eq!(a.labels(), vec!["true_positive"; 40]),
+            503 => {
+                refused += 1;
+                assert_eq!(a.error_code(), "database_unavailable", "{}", a.text);
+                assert_eq!(a.retry_after.as_deref(), Some("7"));
+            }
+            s => panic!("unexpected {s}: {}", a.text),
+        }
+    }
+    eprintln!(
+        "killed {} backends; {refused} of 30 deliveries got 503",
+        killed.load(Ordering::Relaxed)
+    );
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "half-written: {problems:?}");
+    // A refused delivery left no report behind.
+    assert_eq!(
+        app.store.count_reports().await.unwrap(),
+        (30 - refused) as i64
+    );
+
+    // The scanner retries what was refused; every answer is complete now.
+    for (b, a) in bodies.iter().zip(&answers) {
+        if a.status == 503 {
+            let retry = app.deliver(&Signer::test(), b.clone()).await;
+            assert_eq!(retry.status, 200, "{}", retry.text);
+            assert_eq!(retry.labels(), vec!["true_positive"; 40]);
+        }
+    }
+    for t in &live {
+        assert!(app.is_revoked(t).await);
+    }
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    app.stop().await;
+    db.cleanup().await;
+}
+
+/// A PostgreSQL database switched to read-only under a running receiver: deliveries
+/// get 503, `/readyz` says `read_only`, nothing is written; switched back, the retry
+/// gets the full answer. A receiver started on a read-only database refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_turning_read_only_gets_503_and_not_ready() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let TestDb::Postgres {
+        admin_url, name, ..
+    } = &db
+    else {
+        unreachable!()
+    };
+    let keys = KeyServer::with_test_keys().await;
+    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    app.keys_attempted("github").await;
+    let t = app.mint("ro/pkg", Ttl::hours(1)).await;
+    let body = alert_body(&[t.expose_secret()]);
+
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let set_read_only = |on: bool| {
+        [
+            format!("ALTER DATABASE {name} SET default_transaction_read_only = {on}"),
+            // Sessions read the setting when they start.
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ),
+        ]
+    };
+    for sql in set_read_only(true) {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    let a = app.deliver(&Signer::test(), body.clone()).await;
+    assert_eq!(
+        (a.status, a.error_code()),
+        (503, "database_unavailable"),
+        "{}",
+        a.text
+    );
+    assert_eq!(a.retry_after.as_deref(), Some("7"));
+    let ready = app.admin_get("/readyz", None).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json["database"], "read_only", "{}", ready.text);
+
+    // A new receiver on the read-only database says why it cannot serve.
+    let out = revoker_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", db.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("read-only"), "{stderr}");
+
+    for sql in set_read_only(false) {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    assert!(!app.is_revoked(&t).await);
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    let a = app.deliver(&Signer::test(), body).await;
+    assert_eq!(a.labels(), ["true_positive"], "{}", a.text);
+    assert!(app.is_revoked(&t).await);
+    let ready = app.admin_get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    app.stop().await;
+    db.cleanup().await;
+}
+
+/// SQLite opened read-only (`?mode=ro`): `serve` refuses to start and says why, and a
+/// mint says it cannot store the token. (A file turning read-only under a running
+/// process cannot be staged here: the tests run as root, which ignores file modes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_sqlite_is_refused_with_a_clear_error() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    open_store(db.url()).await.migrate().await.unwrap();
+    let ro = format!("{}?mode=ro", db.url());
+    let out = revoker_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &ro])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("read-only"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = revoker_command()
+        .args(["token", "mint", "--owner", "x", "--database-url", &ro])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "no token printed that was not stored"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readonly database"));
+}
+
+// ------------------------------------------------------------ shutdown
+
+/// SIGTERM while 20 deliveries are in flight: each one gets its complete answer, or
+/// 503, or was never accepted; the process exits 0; every report written belongs to
+/// a delivery that got 200; a second process serves the retries completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_deliveries_in_flight_loses_nothing() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(db.url(), &["--shutdown-timeout", "20s"], false);
+    let store = open_store(db.url()).await;
+    let live = mint_many(store.as_ref(), "term/pkg", 20 * 300, Ttl::hours(1)).await;
+    let bodies: Vec<Vec<u8>> = live
+        .chunks(300)
+        .map(|c| alert_body(&c.iter().map(Token::expose_secret).collect::<Vec<_>>()))
+        .collect();
+    let client = reqwest::Client::new();
+    let first_answer = Arc::new(tokio::sync::Notify::new());
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|b| {
+            let (client, base, body) = (client.clone(), server.base.clone(), b.clone());
+            let first = Arc::clone(&first_answer);
+            tokio::spawn(async move {
+                let answer = send_delivery(&client, &base, body).await;
+                first.notify_one();
+                answer
+            })
+        })
+        .collect();
+    first_answer.notified().await;
+    let signalled = Instant::now();
+    server.terminate();
+    let mut server = server;
+    let logs = tokio::task::spawn_blocking(move || server.wait_for_exit())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(logs.contains("shutdown signal received"), "{logs}");
+
+    let mut ok = 0;
+    let mut to_retry = Vec::new();
+    for (task, body) in tasks.into_iter().zip(&bodies) {
+        match task.await.unwrap() {
+            Ok(a) if a.status == 200 => {
+                assert_eq!(a.labels(), vec!["true_positive"; 300]);
+                ok += 1;
+            }
+            Ok(a) => {
+                assert_eq!(a.status, 503, "{}", a.text);
+                to_retry.push(body.clone());
+            }
+            Err(_) => to_retry.push(body.clone()), // never accepted: nothing to lose
+        }
+    }
+    eprintln!(
+        "exited {took:?} after SIGTERM; {ok} answered 200, {} to retry",
+        to_retry.len()
+    );
+    assert!(ok >= 1);
+    assert_eq!(store.count_reports().await.unwrap(), ok as i64);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+
+    let server = ServeProcess::start(db.url(), &[], false);
+    for body in to_retry {
+        let a = send_delivery(&client, &server.base, body).await.unwrap();
+        assert_eq!(a.labels(), vec!["true_positive"; 300]);
+    }
+    for t in &live {
+        let stored = store.token(&t.hash()).await.unwrap().unwrap();
+        assert!(stored.revoked_at.is_some());
+    }
+    assert_eq!(store.count_reports().await.unwrap(), 20);
+    assert!(db.inconsistencies().await.is_empty());
+    server.stop();
+}
+
+// ------------------------------------------------------------ memory
+
+/// 40 bodies far over `--max-body` (1 MiB): half declare 256 MiB in Content-Length,
+/// half stream chunked without a length. All get 413, and the process's peak RSS
+/// hardly moves: nothing is buffered beyond the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_and_leave_memory_flat() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(db.url(), &["--max-body", "1MiB"], false);
+    let client = reqwest::Client::new();
+    // Warm up: keys loaded, a real delivery processed.
+    let a = send_delivery(&client, &server.base, alert_body(&["junk"]))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let (rss_before, peak_before) = server.memory_kib();
+
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let chunk = vec![b'['; 64 * 1024];
+    let mut sent_total = 0usize;
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for i in 0..40 {
+        let chunked = i % 2 == 1;
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let length = if chunked {
+            "Transfer-Encoding: chunked".to_owned()
+        } else {
+            format!("Content-Length: {}", 256u64 << 20)
+        };
+        let head = format!(
+            "POST /secret-scanning/github HTTP/1.1\r\nHost: {addr}\r\n\
+             Github-Public-Key-Identifier: {KEY_ID}\r\nGithub-Public-Key-Signature: {}\r\n\
+             {length}\r\n\r\n",
+            Signer::test().sign(b"[]")
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        // Keep sending (up to 32 MiB) until the server has answered and closed.
+        let writer = {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let mut sent = 0usize;
+                while sent < 32 << 20 {
+                    let r = if chunked {
+                        let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                        framed.extend_from_slice(&chunk);
+                        framed.extend_from_slice(b"\r\n");
+                        wr.write_all(&framed).await
+                    } else {
+                        wr.write_all(&chunk).await
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                sent
+            })
+        };
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut answer))
+            .await
+            .expect("answered")
+            .unwrap();
+        let status = String::from_utf8_lossy(&answer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *statuses.entry(status).or_default() += 1;
+        drop(rd);
+        sent_total += tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer stops once the server closes or 32 MiB are sent")
+            .unwrap();
+    }
+    let (rss_after, peak_after) = server.memory_kib();
+    eprintln!(
+        "40 oversized bodies, ≥{} MiB offered: RSS {} → {} KiB, peak {} → {} KiB",
+        sent_total >> 20,
+        rss_before,
+        rss_after,
+        peak_before,
+        peak_after
+    );
+    assert_eq!(
+        statuses.get("HTTP/1.1 413 Payload Too Large"),
+        Some(&40),
+        "{statuses:?}"
+    );
+    // 40 bodies of 256 MiB would be 10 GiB; the limit is 1 MiB. Allow allocator noise.
+    assert!(
+        peak_after - peak_before < 24 * 1024,
+        "peak RSS grew by {} KiB",
+        peak_after - peak_before
+    );
+    let logs = server.stop();
+    assert!(logs.contains("payload_too_large"), "{logs}");
+}
