@@ -64,13 +64,16 @@ pub struct Classified {
     pub not_ours: u32,
 }
 
-/// An open string from the body, made storable everywhere: NUL becomes U+FFFD
+/// An open string from the body (url, source, type), made storable everywhere: any
+/// `cio_tp_…` in it is redacted (a leak's URL or a sloppy scanner can carry the token
+/// itself, and no raw token may reach the database), and NUL becomes U+FFFD
 /// (PostgreSQL `text` cannot hold `\0`, and a delivery must never fail on it).
 fn storable(s: Option<&str>) -> String {
-    match s {
-        Some(s) if s.contains('\0') => s.replace('\0', "\u{FFFD}"),
-        Some(s) => s.to_owned(),
-        None => String::new(),
+    let s = token::redact(s.unwrap_or_default());
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.into_owned()
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Duration as Ttl;
-use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
@@ -483,66 +482,6 @@ async fn database_unavailable_gets_503_then_retry_gets_full_answer(db: Arc<TestD
     assert_eq!(a.labels(), ["false_positive", "true_positive"]);
     assert!(app.is_revoked(&t).await);
     app.stop().await;
-}
-
-/// Makes the database unusable for the app: SQLite held under an exclusive lock,
-/// PostgreSQL refusing connections with the app's connections terminated.
-enum Outage {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres,
-}
-
-impl Outage {
-    async fn start(db: &TestDb) -> Outage {
-        match db {
-            TestDb::Sqlite { url, .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-                sqlx::query("BEGIN EXCLUSIVE")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                Outage::Sqlite(conn)
-            }
-            TestDb::Postgres {
-                admin_url, name, ..
-            } => {
-                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
-                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                )
-                .bind(name)
-                .execute(&mut admin)
-                .await
-                .unwrap();
-                Outage::Postgres
-            }
-        }
-    }
-
-    async fn end(self, db: &TestDb) {
-        match (self, db) {
-            (Outage::Sqlite(mut conn), _) => {
-                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
-            }
-            (
-                Outage::Postgres,
-                TestDb::Postgres {
-                    admin_url, name, ..
-                },
-            ) => {
-                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
-                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-            }
-            _ => unreachable!(),
-        }
-    }
 }
 
 async fn openssl_signed_fixture_is_accepted_from_a_key_file(db: Arc<TestDb>) {

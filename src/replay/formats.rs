@@ -267,7 +267,15 @@ struct Emitter<'s> {
 }
 
 impl Emitter<'_> {
-    fn emit(&mut self, found: Found) -> Result<(), FormatError> {
+    /// Hands one occurrence on with every `cio_tp_…` in its free-text fields redacted:
+    /// a file name, link or rule name may itself carry a token, and those fields reach
+    /// the output, the database and (remote mode) another receiver.
+    fn emit(&mut self, mut found: Found) -> Result<(), FormatError> {
+        for field in [&mut found.token_type, &mut found.url, &mut found.source] {
+            if let std::borrow::Cow::Owned(redacted) = crate::token::redact(field) {
+                *field = redacted;
+            }
+        }
         (self.sink)(found).map_err(FormatError::Sink)?;
         self.stats.found += 1;
         Ok(())

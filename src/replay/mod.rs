@@ -175,7 +175,8 @@ async fn replay_file(
         Some(f) => f,
         None => formats::detect(reader.fill_buf()?),
     };
-    let origin = path.display().to_string();
+    // Shown in logs and output and stored as part of locations: no raw token in it.
+    let origin = crate::token::redact(&path.display().to_string()).into_owned();
     tracing::info!(file = %origin, format = format.as_str(), "replaying report");
 
     let progress =

@@ -213,8 +213,8 @@ impl TestDb {
 
     /// Rows that break the revocation invariants; empty when the database is
     /// consistent. Every report's counts match its items; every revoked token was
-    /// revoked by exactly one report, which lists it as `revoked`; nothing is half
-    /// revoked.
+    /// revoked by exactly one report, which lists it as `revoked` (or `expired`: an
+    /// expired token that is reported is revoked too); nothing is half revoked.
     pub async fn inconsistencies(&self) -> Vec<String> {
         const CHECKS: [(&str, &str); 4] = [
             (
@@ -227,15 +227,16 @@ impl TestDb {
                    OR r.unknown <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'unknown')",
             ),
             (
-                "revoked tokens that their revoking report does not list as revoked",
+                "revoked tokens that their revoking report does not list as revoked (or expired)",
                 "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND NOT EXISTS
-                   (SELECT 1 FROM report_items i
-                    WHERE i.report_id = t.revoked_by AND i.token_hash = t.hash AND i.outcome = 'revoked')",
+                   (SELECT 1 FROM report_items i WHERE i.report_id = t.revoked_by
+                    AND i.token_hash = t.hash AND i.outcome IN ('revoked', 'expired'))",
             ),
             (
                 "items marked revoked by a report other than the token's revoking report",
                 "SELECT count(*) FROM report_items i JOIN tokens t ON t.hash = i.token_hash
-                 WHERE i.outcome = 'revoked' AND (t.revoked_by IS NULL OR t.revoked_by <> i.report_id)",
+                 WHERE i.outcome IN ('revoked', 'expired')
+                   AND (t.revoked_by IS NULL OR t.revoked_by <> i.report_id)",
             ),
             (
                 "tokens with revoked_at and revoked_by disagreeing",
@@ -803,4 +804,64 @@ pub async fn send_delivery(
         .send()
         .await?;
     Ok(Answer::from(resp).await)
+}
+
+/// Makes the database unusable for the app: SQLite held under an exclusive lock,
+/// PostgreSQL refusing connections with the app's connections terminated.
+pub enum Outage {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres,
+}
+
+impl Outage {
+    pub async fn start(db: &TestDb) -> Outage {
+        match db {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Outage::Sqlite(conn)
+            }
+            TestDb::Postgres {
+                admin_url, name, ..
+            } => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                )
+                .bind(name)
+                .execute(&mut admin)
+                .await
+                .unwrap();
+                Outage::Postgres
+            }
+        }
+    }
+
+    pub async fn end(self, db: &TestDb) {
+        match (self, db) {
+            (Outage::Sqlite(mut conn), _) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+            (
+                Outage::Postgres,
+                TestDb::Postgres {
+                    admin_url, name, ..
+                },
+            ) => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+    }
 }
