@@ -111,7 +111,7 @@ async fn three_processes_revoke_each_token_exactly_once(kind: Kind) {
         logs.push_str(&p.stop());
     }
     assert!(
-        !logs.contains("deadlock") && !logs.contains("could not serialize"),
+        !logs.contains("deadlock detected") && !logs.contains("could not serialize access"),
         "a retryable conflict surfaced: {logs}"
     );
     db.cleanup().await;

@@ -9,9 +9,11 @@
 //! `UPDATE` waits for the first to commit, re-checks `revoked_at IS NULL`, skips the row,
 //! and reports `already_revoked`: exactly one flips it.
 //!
-//! Overlapping batches can lock rows in different orders and deadlock; PostgreSQL then
-//! aborts one statement, and `record_report` retries it from the start (the statement
-//! rolled back, so nothing of the failed attempt remains).
+//! Rows are locked in hash order (`SELECT … ORDER BY hash FOR UPDATE` before the
+//! `UPDATE`), so overlapping deliveries queue for shared tokens instead of deadlocking.
+//! Should PostgreSQL still abort a statement (deadlock or serialization failure),
+//! `record_report` retries it from the start (the statement rolled back, so nothing of
+//! the failed attempt remains).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -51,10 +53,17 @@ WITH rid AS (
         AS u(position, hash, token_type, source, url)
 ), input AS (
     SELECT DISTINCT hash FROM item
+), locked AS (
+    -- Row locks in hash order: deliveries naming the same tokens queue for them
+    -- instead of locking them in plan order and deadlocking.
+    SELECT t.hash FROM tokens t JOIN input i ON t.hash = i.hash
+    WHERE t.revoked_at IS NULL
+    ORDER BY t.hash
+    FOR UPDATE OF t
 ), flipped AS (
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
-    FROM input i
-    WHERE t.hash = i.hash AND t.revoked_at IS NULL
+    FROM locked l
+    WHERE t.hash = l.hash AND t.revoked_at IS NULL
     RETURNING t.hash, t.expires_at <= $6 AS was_expired
 ), outcome AS (
     -- The existence probe runs only for rows that did not flip (CASE is lazy).

@@ -18,6 +18,14 @@ use sqlx::{Row, SqlitePool};
 
 use super::*;
 
+/// SQLite's primary result code of a database error (extended codes carry it in the
+/// low byte): 5 = SQLITE_BUSY, 8 = SQLITE_READONLY.
+fn primary_code(e: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
     statements: StatementCounter,
@@ -116,11 +124,26 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(settings.acquire_timeout);
-        let pool = SqlitePoolOptions::new()
+        let pool_options = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(settings.acquire_timeout);
+        // Switching a fresh file to WAL needs it to itself for a moment; a process
+        // starting alongside another one can find it busy (SQLITE_BUSY) without the
+        // busy handler being asked. Such a start waits and tries again.
+        let mut attempt = 0u32;
+        let pool = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(e)) if attempt < 10 && primary_code(&*e) == Some(5) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        50 + u64::from(attempt) * 25,
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(SqliteStore {
             pool,
             statements: StatementCounter::default(),
@@ -139,10 +162,29 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await?;
-        Ok(())
+        // sqlx takes no lock for SQLite migrations, so processes starting together on
+        // a fresh file race, and the loser fails on a table the winner has just
+        // created. Each migration commits together with its row in _sqlx_migrations,
+        // so the loser's next attempt sees it applied and goes on from there.
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let mut attempt = 0u32;
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(
+                    sqlx::migrate::MigrateError::Execute(e)
+                    | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+                ) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "migration raced another process; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        50 + u64::from(attempt) * 25,
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -154,11 +196,7 @@ impl RevocationStore for SqliteStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e))
-                if e.code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| c & 0xff == 8) =>
-            {
+            Err(sqlx::Error::Database(e)) if primary_code(&*e) == Some(8) => {
                 Err(StoreError::ReadOnly)
             }
             Err(e) => Err(e.into()),
