@@ -14,8 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use common::*;
 use revoker::config::ScannerSpec;
 use revoker::store::{
-    DayTotals, NewToken, Outcome, RecentItem, RecentReport, RevocationAges, ScannerTotals,
-    SourceTotals, Stats, Totals,
+    AttemptResult, CandidateItem, DayTotals, NewReport, NewToken, Notification, NotificationCounts,
+    NotificationStatus, Outcome, RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges,
+    RevocationStore, ScannerTotals, SourceTotals, Stats, Totals,
 };
 use revoker::token::{Token, TokenHash};
 
@@ -79,6 +80,11 @@ contract!(
     stats_match_a_known_sequence_of_deliveries,
     stats_cap_recent_reports_items_and_sources,
     stats_on_an_empty_database,
+    a_delivery_queues_one_notification_per_token_it_flips,
+    claims_lease_due_notifications_and_count_attempts,
+    finished_and_requeued_notifications_change_what_claims_see,
+    concurrent_claimers_on_two_stores_never_share_a_notification,
+    a_failed_record_report_queues_no_notification,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -1152,4 +1158,671 @@ async fn a_delivery_past_its_deadline_gets_503_and_writes_nothing(db: Arc<TestDb
     let a = app.deliver(&Signer::test(), body).await;
     assert_eq!(a.labels(), ["true_positive"]);
     app.stop().await;
+}
+
+// ---------------------------------------------------------------- owner notifications
+
+/// Now, at the millisecond: what both backends store exactly.
+fn now_ms() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap()
+}
+
+/// A migrated store of its own on the test database.
+async fn notification_store(db: &TestDb) -> Arc<dyn RevocationStore> {
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Records a delivery of `tokens` (item i at position i, url `https://example.com/i`)
+/// received at `at`, straight through the store.
+async fn record_at(
+    store: &dyn RevocationStore,
+    tokens: &[&Token],
+    at: chrono::DateTime<chrono::Utc>,
+) -> RecordedReport {
+    let candidates = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| CandidateItem {
+            position: i as u32,
+            hash: t.hash(),
+            token_type: "cio_tp".into(),
+            source: "content".into(),
+            url: format!("https://example.com/{i}"),
+        })
+        .collect::<Vec<_>>();
+    store
+        .record_report(&NewReport {
+            scanner: "github".into(),
+            key_id: KEY_ID.into(),
+            received_at: at,
+            body_sha256: [7; 32],
+            item_count: candidates.len() as u32,
+            not_ours: 0,
+            candidates,
+        })
+        .await
+        .unwrap()
+}
+
+fn ids(ns: &[Notification]) -> Vec<i64> {
+    ns.iter().map(|n| n.id).collect()
+}
+
+async fn all_notifications(store: &dyn RevocationStore) -> Vec<Notification> {
+    store.list_notifications(None, 10_000).await.unwrap()
+}
+
+async fn notification_of(store: &dyn RevocationStore, t: &Token) -> Option<Notification> {
+    all_notifications(store)
+        .await
+        .into_iter()
+        .find(|n| n.token_hash == t.hash())
+}
+
+fn counts(pending: i64, delivered: i64, failed: i64) -> NotificationCounts {
+    NotificationCounts {
+        pending,
+        delivered,
+        failed,
+    }
+}
+
+async fn a_delivery_queues_one_notification_per_token_it_flips(db: Arc<TestDb>) {
+    let (app, _keys) = app_for(&db).await;
+    let live1 = app.mint("alice/one", Ttl::minutes(30)).await;
+    let live2 = app.mint("bob/two", Ttl::minutes(30)).await;
+    let expired = app.mint("carol/old", Ttl::minutes(-5)).await;
+    let earlier = app.mint("dave/earlier", Ttl::minutes(30)).await;
+    let unknown = Token::generate();
+    let idle = app.mint("erin/idle", Ttl::minutes(30)).await;
+
+    // An earlier delivery revokes (and queues) `earlier`.
+    let a = app
+        .deliver(&Signer::test(), alert_body(&[earlier.expose_secret()]))
+        .await;
+    assert_eq!(a.labels(), ["true_positive"]);
+    let first = all_notifications(app.store.as_ref()).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].owner, "dave/earlier");
+
+    // live1 is named twice: first as a commit, last on npm. The commit is where it
+    // was found first.
+    let items = [
+        ("junk", "content", "https://example.com/junk"),
+        (
+            live1.expose_secret(),
+            "commit",
+            "https://github.com/o/r/commit/1",
+        ),
+        (
+            expired.expose_secret(),
+            "npm",
+            "https://www.npmjs.com/package/old",
+        ),
+        (
+            unknown.expose_secret(),
+            "content",
+            "https://example.com/unknown",
+        ),
+        (
+            earlier.expose_secret(),
+            "content",
+            "https://example.com/earlier",
+        ),
+        (live2.expose_secret(), "gist", "https://gist.github.com/o/2"),
+        (
+            live1.expose_secret(),
+            "npm",
+            "https://www.npmjs.com/package/one",
+        ),
+    ];
+    let a = deliver_items(&app, "github", &items).await;
+    assert_eq!(
+        a.labels(),
+        [
+            "false_positive",
+            "true_positive",
+            "true_positive",
+            "false_positive",
+            "true_positive",
+            "true_positive",
+            "true_positive"
+        ]
+    );
+    let report_id = app
+        .store
+        .token(&live1.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_by
+        .unwrap();
+    let report = app.store.report(report_id).await.unwrap().unwrap();
+
+    let all = all_notifications(app.store.as_ref()).await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    let listed = ids(&all);
+    let mut newest_first = listed.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(listed, newest_first, "listed newest first");
+    assert_eq!(
+        *listed.last().unwrap(),
+        first[0].id,
+        "the earlier one is oldest"
+    );
+
+    let queued: Vec<&Notification> = all.iter().filter(|n| n.report_id == report_id).collect();
+    assert_eq!(queued.len(), 3, "live1, live2 and expired: {queued:?}");
+    let expect = [
+        (
+            &live1,
+            "alice/one",
+            "https://github.com/o/r/commit/1",
+            "commit",
+            false,
+        ),
+        (
+            &live2,
+            "bob/two",
+            "https://gist.github.com/o/2",
+            "gist",
+            false,
+        ),
+        (
+            &expired,
+            "carol/old",
+            "https://www.npmjs.com/package/old",
+            "npm",
+            true,
+        ),
+    ];
+    for (t, owner, url, source, was_expired) in expect {
+        let n = queued
+            .iter()
+            .find(|n| n.token_hash == t.hash())
+            .unwrap_or_else(|| panic!("no notification for {owner}"));
+        let stored = app.store.token(&t.hash()).await.unwrap().unwrap();
+        assert_eq!(n.owner, owner);
+        assert_eq!(n.scanner, "github");
+        assert_eq!(
+            (n.url.as_str(), n.source.as_str()),
+            (url, source),
+            "{owner}"
+        );
+        assert_eq!(n.revoked_at, report.received_at);
+        assert_eq!(Some(n.revoked_at), stored.revoked_at);
+        assert_eq!(n.expired, was_expired, "{owner}");
+        assert_eq!(n.status, NotificationStatus::Pending);
+        assert_eq!(n.attempts, 0);
+        assert_eq!(n.next_attempt_at, report.received_at);
+        assert_eq!((&n.last_error, &n.delivered_at), (&None, &None));
+    }
+    for t in [&unknown, &idle] {
+        assert!(notification_of(app.store.as_ref(), t).await.is_none());
+    }
+    assert_eq!(
+        app.store.notification_counts().await.unwrap(),
+        counts(4, 0, 0)
+    );
+
+    // The same delivery again flips nothing and queues nothing.
+    let again = deliver_items(&app, "github", &items).await;
+    assert_eq!(again.labels(), a.labels());
+    assert_eq!(all_notifications(app.store.as_ref()).await, all);
+    assert_eq!(
+        app.store.notification_counts().await.unwrap(),
+        counts(4, 0, 0)
+    );
+    assert_eq!(app.store.count_reports().await.unwrap(), 3);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    app.stop().await;
+
+    // The consistency check sees a notification that disagrees with its token, and a
+    // revoked token without one.
+    let id = queued[0].id;
+    assert_eq!(
+        db.execute(&format!(
+            "UPDATE notifications SET owner = 'mallory' WHERE id = {id}"
+        ))
+        .await,
+        1
+    );
+    let problems = db.inconsistencies().await;
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("1 notifications disagreeing"),
+        "{problems:?}"
+    );
+    db.execute(&format!("DELETE FROM notifications WHERE id = {id}"))
+        .await;
+    let problems = db.inconsistencies().await;
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("1 revoked tokens without"),
+        "{problems:?}"
+    );
+}
+
+async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "claim/pkg", 5, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    let lease = Duration::from_secs(30);
+    let secs = |s: i64| t0 + Ttl::seconds(s);
+    record_at(store.as_ref(), &refs[..3], t0).await;
+    record_at(store.as_ref(), &refs[3..], secs(600)).await;
+    let all = all_notifications(store.as_ref()).await;
+    let mut due_first: Vec<i64> = all
+        .iter()
+        .filter(|n| n.next_attempt_at == t0)
+        .map(|n| n.id)
+        .collect();
+    due_first.sort_unstable();
+    assert_eq!(due_first.len(), 3);
+
+    // Nothing is due before the first delivery's time; a zero limit claims nothing.
+    assert!(store
+        .claim_notifications(t0 - Ttl::milliseconds(1), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_notifications(t0, lease, 0)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The limit is respected, oldest due first, by id among equals.
+    let statements = store.statements();
+    let a = store.claim_notifications(t0, lease, 2).await.unwrap();
+    assert_eq!(
+        store.statements(),
+        statements + 1,
+        "a claim is one statement"
+    );
+    assert_eq!(ids(&a), due_first[..2]);
+    assert!(a
+        .iter()
+        .all(|n| n.attempts == 1 && n.status == NotificationStatus::Pending));
+    let b = store.claim_notifications(t0, lease, 10).await.unwrap();
+    assert_eq!(
+        ids(&b),
+        due_first[2..],
+        "the rest of the due ones, not the later ones"
+    );
+    assert_eq!(b[0].attempts, 1);
+
+    // Leased: nobody gets them until the lease has run out (exactly at its end).
+    assert!(store
+        .claim_notifications(t0, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_notifications(secs(30) - Ttl::milliseconds(1), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let c = store
+        .claim_notifications(secs(30), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&c), due_first, "taken over after the lease");
+    assert!(c.iter().all(|n| n.attempts == 2), "{c:?}");
+    assert!(c.iter().all(|n| n.next_attempt_at == t0));
+
+    // At the second delivery's time: all five, oldest due first.
+    let d = store
+        .claim_notifications(secs(600), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 5);
+    assert_eq!(ids(&d[..3]), due_first);
+    assert!(d[..3].iter().all(|n| n.attempts == 3));
+    assert!(d[3..]
+        .iter()
+        .all(|n| n.attempts == 1 && n.next_attempt_at == secs(600)));
+    assert!(d[3].id < d[4].id);
+    // Claiming counts attempts only: the rows stay pending.
+    assert_eq!(store.notification_counts().await.unwrap(), counts(5, 0, 0));
+    let listed = all_notifications(store.as_ref()).await;
+    let attempts: HashMap<i64, u32> = listed.iter().map(|n| (n.id, n.attempts)).collect();
+    for n in &d {
+        assert_eq!(attempts[&n.id], n.attempts);
+    }
+}
+
+async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "finish/pkg", 4, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    let min = |m: i64| t0 + Ttl::minutes(m);
+    let lease = Duration::from_secs(30);
+    record_at(store.as_ref(), &refs, t0).await;
+    let claimed = store.claim_notifications(t0, lease, 10).await.unwrap();
+    let [n0, n1, n2, n3] = ids(&claimed)[..] else {
+        panic!("four claimed: {claimed:?}")
+    };
+    let get = |id: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            all_notifications(store.as_ref())
+                .await
+                .into_iter()
+                .find(|n| n.id == id)
+                .unwrap()
+        }
+    };
+
+    let statements = store.statements();
+    store
+        .finish_notification(
+            n0,
+            &AttemptResult::Delivered {
+                at: t0 + Ttl::seconds(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.statements(), statements + 1);
+    store
+        .finish_notification(
+            n1,
+            &AttemptResult::Retry {
+                error: "HTTP 502 from the webhook".into(),
+                next_attempt_at: min(5),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .finish_notification(
+            n2,
+            &AttemptResult::Failed {
+                error: "HTTP 410 gone".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // n3 stays leased, as if its worker were still sending it.
+    assert_eq!(store.notification_counts().await.unwrap(), counts(2, 1, 1));
+
+    let delivered = store
+        .list_notifications(Some(NotificationStatus::Delivered), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&delivered), [n0]);
+    assert_eq!(delivered[0].delivered_at, Some(t0 + Ttl::seconds(1)));
+    assert_eq!(
+        (delivered[0].attempts, &delivered[0].last_error),
+        (1, &None)
+    );
+    let failed = store
+        .list_notifications(Some(NotificationStatus::Failed), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&failed), [n2]);
+    assert_eq!(failed[0].last_error.as_deref(), Some("HTTP 410 gone"));
+    assert_eq!(failed[0].delivered_at, None);
+    let pending = store
+        .list_notifications(Some(NotificationStatus::Pending), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&pending), [n3, n1], "newest first");
+    assert_eq!(pending[1].next_attempt_at, min(5));
+    assert_eq!(
+        pending[1].last_error.as_deref(),
+        Some("HTTP 502 from the webhook")
+    );
+    assert_eq!(pending[1].attempts, 1);
+    assert_eq!(
+        ids(&store.list_notifications(None, 2).await.unwrap()),
+        [n3, n2],
+        "limit, newest first"
+    );
+
+    // After n3's lease: only n3 (n1 waits until its retry time; delivered and failed
+    // are never claimed). Then it is delivered.
+    let c = store.claim_notifications(min(1), lease, 10).await.unwrap();
+    assert_eq!(ids(&c), [n3]);
+    assert_eq!(c[0].attempts, 2);
+    store
+        .finish_notification(n3, &AttemptResult::Delivered { at: min(1) })
+        .await
+        .unwrap();
+    // At the retry time: n1, its previous error still on record until this attempt ends.
+    let c = store.claim_notifications(min(5), lease, 10).await.unwrap();
+    assert_eq!(ids(&c), [n1]);
+    assert_eq!(
+        (c[0].attempts, c[0].last_error.as_deref()),
+        (2, Some("HTTP 502 from the webhook"))
+    );
+    store
+        .finish_notification(
+            n1,
+            &AttemptResult::Failed {
+                error: "gave up".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.notification_counts().await.unwrap(), counts(0, 2, 2));
+    assert!(store
+        .claim_notifications(min(60), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A late result for a delivered notification (a worker whose lease ran out) does
+    // not undo the delivery.
+    let before = get(n0).await;
+    store
+        .finish_notification(
+            n0,
+            &AttemptResult::Retry {
+                error: "late".into(),
+                next_attempt_at: min(6),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .finish_notification(
+            n0,
+            &AttemptResult::Failed {
+                error: "late".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(get(n0).await, before);
+
+    // Re-queue one: delivered ones stay as they are, unknown ids are reported.
+    assert_eq!(
+        store.requeue_notification(n0, min(6)).await.unwrap(),
+        Requeue::AlreadyDelivered
+    );
+    assert_eq!(get(n0).await, before);
+    assert_eq!(
+        store
+            .requeue_notification(n0 + n1 + n2 + n3 + 1000, min(6))
+            .await
+            .unwrap(),
+        Requeue::NotFound
+    );
+    assert_eq!(
+        store.requeue_notification(n2, min(6)).await.unwrap(),
+        Requeue::Requeued
+    );
+    let r = get(n2).await;
+    assert_eq!(r.status, NotificationStatus::Pending);
+    assert_eq!(
+        (r.attempts, r.next_attempt_at, r.last_error),
+        (0, min(6), None)
+    );
+    assert_eq!(store.notification_counts().await.unwrap(), counts(1, 2, 1));
+
+    // Re-queue every failed one: just n1 now.
+    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 1);
+    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 0);
+    assert_eq!(store.notification_counts().await.unwrap(), counts(2, 2, 0));
+    let r = get(n1).await;
+    assert_eq!(
+        (r.status, r.attempts, r.next_attempt_at),
+        (NotificationStatus::Pending, 0, min(7))
+    );
+    assert_eq!(r.last_error, None);
+
+    // Each is due at its re-queue time, with a fresh attempt count.
+    let long = Duration::from_secs(3600);
+    let c = store.claim_notifications(min(6), long, 10).await.unwrap();
+    assert_eq!(ids(&c), [n2]);
+    assert_eq!(c[0].attempts, 1);
+    let c = store.claim_notifications(min(7), long, 10).await.unwrap();
+    assert_eq!(ids(&c), [n1], "n2 is leased");
+    // Re-queueing a leased pending one ends its lease: due again at once.
+    assert_eq!(
+        store.requeue_notification(n1, min(8)).await.unwrap(),
+        Requeue::Requeued
+    );
+    let c = store.claim_notifications(min(8), long, 10).await.unwrap();
+    assert_eq!(ids(&c), [n1]);
+    assert_eq!(c[0].attempts, 1);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+async fn concurrent_claimers_on_two_stores_never_share_a_notification(db: Arc<TestDb>) {
+    let first = notification_store(&db).await;
+    let second = open_store(db.url()).await;
+    let tokens = mint_many(first.as_ref(), "race/pkg", 200, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    for (i, chunk) in refs.chunks(50).enumerate() {
+        record_at(first.as_ref(), chunk, t0 + Ttl::milliseconds(i as i64)).await;
+    }
+    let queued: Vec<i64> = ids(&all_notifications(first.as_ref()).await);
+    assert_eq!(queued.len(), 200);
+
+    // Four claimers, two per store, each taking small batches until nothing is left.
+    let now = t0 + Ttl::seconds(1);
+    let claimer = |store: Arc<dyn RevocationStore>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .claim_notifications(now, Duration::from_secs(3600), 3)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                assert!(batch.len() <= 3);
+                got.extend(batch.iter().map(|n| n.id));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let handles = [
+        claimer(Arc::clone(&first)),
+        claimer(Arc::clone(&second)),
+        claimer(Arc::clone(&first)),
+        claimer(Arc::clone(&second)),
+    ];
+    let mut per_claimer = Vec::new();
+    for h in handles {
+        per_claimer.push(h.await.unwrap());
+    }
+    let mut claimed: Vec<i64> = per_claimer.iter().flatten().copied().collect();
+    let total = claimed.len();
+    claimed.sort_unstable();
+    claimed.dedup();
+    assert_eq!(total, claimed.len(), "a notification was claimed twice");
+    let mut expected = queued.clone();
+    expected.sort_unstable();
+    assert_eq!(claimed, expected, "every notification claimed");
+    let sizes: Vec<usize> = per_claimer.iter().map(Vec::len).collect();
+    assert!(
+        sizes.iter().filter(|&&n| n > 0).count() >= 2,
+        "no contention: {sizes:?}"
+    );
+    // One attempt each, as stored.
+    let stored = all_notifications(second.as_ref()).await;
+    assert!(
+        stored.iter().all(|n| n.attempts == 1),
+        "attempts counted twice"
+    );
+}
+
+async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "fail/pkg", 2, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let report = |candidates: Vec<CandidateItem>| NewReport {
+        scanner: "github".into(),
+        key_id: KEY_ID.into(),
+        received_at: now_ms(),
+        body_sha256: [9; 32],
+        item_count: candidates.len() as u32,
+        not_ours: 0,
+        candidates,
+    };
+    let item = |t: &Token, position: u32| CandidateItem {
+        position,
+        hash: t.hash(),
+        token_type: "cio_tp".into(),
+        source: "content".into(),
+        url: format!("https://example.com/{position}"),
+    };
+    let nothing_written = || async {
+        assert_eq!(store.count_reports().await.unwrap(), 0);
+        assert_eq!(store.notification_counts().await.unwrap(), counts(0, 0, 0));
+        assert!(all_notifications(store.as_ref()).await.is_empty());
+        for t in &tokens {
+            let stored = store.token(&t.hash()).await.unwrap().unwrap();
+            assert_eq!(stored.revoked_at, None);
+        }
+    };
+
+    // The database is down.
+    let short = revoker::store::connect(
+        db.url(),
+        &revoker::store::PoolSettings {
+            acquire_timeout: Duration::from_millis(700),
+            ..revoker::store::PoolSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let outage = Outage::start(&db).await;
+    let failed = short
+        .record_report(&report(vec![item(&tokens[0], 0), item(&tokens[1], 1)]))
+        .await;
+    outage.end(&db).await;
+    assert!(failed.is_err());
+    nothing_written().await;
+
+    // The statement fails after the tokens were flipped (two items at one position
+    // break the item key): the revocation and the notifications go together.
+    let failed = store
+        .record_report(&report(vec![
+            item(&tokens[0], 0),
+            item(&tokens[1], 1),
+            item(&tokens[0], 1),
+        ]))
+        .await;
+    assert!(failed.is_err(), "duplicate item position accepted");
+    nothing_written().await;
+
+    // The retry succeeds and queues both.
+    let recorded = record_at(store.as_ref(), &refs, now_ms()).await;
+    assert_eq!(recorded.tokens_revoked, 2);
+    let all = all_notifications(store.as_ref()).await;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|n| n.report_id == recorded.report_id));
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
 }

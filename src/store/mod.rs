@@ -9,6 +9,10 @@
 //!   of every candidate (one statement) and the item rows commit in one transaction, or
 //!   nothing is written and the caller answers 503 so the scanner retries.
 //! - A token is flipped to revoked at most once; `revoked_at` never changes afterwards.
+//! - The delivery that flips a token also queues exactly one owner notification for it
+//!   (the outbox, table `notifications`, unique per token), in the same transaction.
+//!   Notifications are claimed with a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so
+//!   several workers never send the same one at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -190,6 +194,98 @@ pub struct ReportItemRecord {
     pub outcome: Outcome,
 }
 
+/// Where an owner notification stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    /// Waiting for its first or next attempt (`next_attempt_at`).
+    Pending,
+    /// The owner webhook answered 2xx.
+    Delivered,
+    /// Gave up after the attempt limit; `revoker notify retry` re-queues it.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub const ALL: [NotificationStatus; 3] = [
+        NotificationStatus::Pending,
+        NotificationStatus::Delivered,
+        NotificationStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "pending",
+            NotificationStatus::Delivered => "delivered",
+            NotificationStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// One owner notification (a row of the outbox): which token of whose was revoked,
+/// where it was found, and how sending it is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Also the idempotency key the webhook receives.
+    pub id: i64,
+    pub token_hash: TokenHash,
+    /// The report (delivery) that revoked the token.
+    pub report_id: i64,
+    pub owner: String,
+    pub scanner: String,
+    /// Where it was found: url and source of the first item of the delivery naming it.
+    pub url: String,
+    pub source: String,
+    /// When it was revoked (the delivery's `received_at`).
+    pub revoked_at: DateTime<Utc>,
+    /// The token had already expired when it was reported (revoked anyway).
+    pub expired: bool,
+    pub status: NotificationStatus,
+    /// Attempts started so far (each claim counts one).
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// What became of one attempt to send a claimed notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Delivered {
+        at: DateTime<Utc>,
+    },
+    /// Not delivered; try again at `next_attempt_at`.
+    Retry {
+        error: String,
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// Not delivered and out of attempts: marked failed.
+    Failed {
+        error: String,
+    },
+}
+
+/// Notifications per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NotificationCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// What `requeue_notification` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    Requeued,
+    NotFound,
+    /// Delivered notifications are not sent again.
+    AlreadyDelivered,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or the statement failed; the caller should
@@ -275,6 +371,42 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     /// Aggregates for `/api/stats`; `daily` covers reports received at or after `since`.
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
+
+    /// Claims up to `limit` pending notifications that are due (`next_attempt_at <=
+    /// now`) and not leased, oldest due first: leases each until `now + lease` and
+    /// counts an attempt (`attempts + 1`), in one statement. On PostgreSQL the rows are
+    /// picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never get the same
+    /// row; the lease keeps other workers off it while it is being sent, and lets
+    /// another worker take it over if this one dies.
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Records the result of an attempt on a claimed notification and ends its lease.
+    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError>;
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
+
+    /// Newest first (by id), optionally only one status.
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Makes a pending or failed notification due at `now` with its attempt count and
+    /// error cleared.
+    async fn requeue_notification(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError>;
+
+    /// Re-queues every failed notification; returns how many.
+    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;

@@ -3,11 +3,13 @@
 //! A whole delivery is ONE statement (data-modifying CTEs, atomic without an explicit
 //! transaction, one round trip): it takes the report id from the sequence, flips every
 //! live candidate with a single `UPDATE … FROM unnest($2::bytea[])`, classifies every
-//! candidate, and inserts the report (with its counts) and the item rows. All sub-statements share one snapshot, so the `tokens` read in the outer
-//! `SELECT` sees the rows as they were before this statement: a row that exists but was
-//! not flipped was already revoked. When two deliveries race on one token, the second
-//! `UPDATE` waits for the first to commit, re-checks `revoked_at IS NULL`, skips the row,
-//! and reports `already_revoked`: exactly one flips it.
+//! candidate, and inserts the report (with its counts), the item rows and one owner
+//! notification per flipped token (the outbox). All sub-statements share one snapshot,
+//! so the `tokens` read in the outer `SELECT` sees the rows as they were before this
+//! statement: a row that exists but was not flipped was already revoked. When two
+//! deliveries race on one token, the second `UPDATE` waits for the first to commit,
+//! re-checks `revoked_at IS NULL`, skips the row, and reports `already_revoked`: exactly
+//! one flips it (and queues its one notification).
 //!
 //! The `UPDATE` joins the candidates sorted by hash, so with the index lookups the
 //! planner picks for a large table (and the same physical scan order for a small one)
@@ -63,7 +65,7 @@ WITH rid AS (
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM (SELECT hash FROM input ORDER BY hash) l
     WHERE t.hash = l.hash AND t.revoked_at IS NULL
-    RETURNING t.hash, t.expires_at <= $6 AS was_expired
+    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner
 ), outcome AS (
     -- The existence probe runs only for rows that did not flip (CASE is lazy).
     SELECT i.hash,
@@ -87,8 +89,47 @@ WITH rid AS (
     SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
            item.url, o.outcome
     FROM item JOIN outcome o USING (hash)
+), first_item AS (
+    -- Where the delivery first names each token (lowest position): what its owner is told.
+    SELECT DISTINCT ON (hash) hash, url, source FROM item ORDER BY hash, position
+), notified AS (
+    -- One owner notification per flipped token (the outbox), in this same statement: it
+    -- exists exactly when the revocation committed. The unique token_hash is a belt: a
+    -- token flips once.
+    INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                               revoked_at, expired, next_attempt_at)
+    SELECT f.hash, (SELECT id FROM rid), f.owner, $7, fi.url, fi.source, $6, f.was_expired, $6
+    FROM flipped f JOIN first_item fi USING (hash)
+    ON CONFLICT (token_hash) DO NOTHING
 )
 SELECT (SELECT id FROM rid), hash, outcome FROM outcome";
+
+/// A notification row, in the order `notification_from` decodes (`attempts` widened to
+/// the 64-bit integer it decodes).
+const NOTIFICATION_COLUMNS: &str = "id, token_hash, report_id, owner, scanner, url, source, \
+    revoked_at, expired, status, attempts::int8, next_attempt_at, last_error, delivered_at";
+
+/// Leases the due, unleased pending rows, oldest due first, in one statement. `SKIP
+/// LOCKED` passes over rows another claimer has locked and not yet committed; a row it
+/// has committed is re-checked against the new version (READ COMMITTED re-evaluates the
+/// `WHERE` of a locked row), whose lease now excludes it. So no row is claimed twice.
+fn claim_sql() -> String {
+    format!(
+        "UPDATE notifications SET locked_until = $2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM notifications
+             WHERE status = 'pending' AND next_attempt_at <= $1
+               AND (locked_until IS NULL OR locked_until <= $1)
+             ORDER BY next_attempt_at, id
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)
+         RETURNING {NOTIFICATION_COLUMNS}"
+    )
+}
+
+fn notification(r: &sqlx::postgres::PgRow) -> Result<Notification, StoreError> {
+    notification_from(r, Ok::<DateTime<Utc>, StoreError>)
+}
 
 /// An `integer` count column as `u32`; a negative value is corrupt data.
 fn count_at(r: &sqlx::postgres::PgRow, i: usize) -> Result<u32, StoreError> {
@@ -508,6 +549,148 @@ impl RevocationStore for PostgresStore {
             revocation_ages,
             recent,
         })
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.statements.add(1);
+        let rows = sqlx::query(&claim_sql())
+            .bind(now)
+            .bind(lease_end(now, lease))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(notification)
+            .collect::<Result<Vec<_>, _>>()?;
+        sort_claimed(&mut claimed);
+        Ok(claimed)
+    }
+
+    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError> {
+        // A delivered notification never goes back: a worker whose lease ran out and
+        // was overtaken cannot undo the other's success. A success always counts.
+        let query = match result {
+            AttemptResult::Delivered { at } => sqlx::query(
+                "UPDATE notifications
+                 SET status = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL
+                 WHERE id = $1 AND status <> 'delivered'",
+            )
+            .bind(id)
+            .bind(*at),
+            AttemptResult::Retry {
+                error,
+                next_attempt_at,
+            } => sqlx::query(
+                "UPDATE notifications
+                 SET next_attempt_at = $2, last_error = $3, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(*next_attempt_at)
+            .bind(error.as_str()),
+            AttemptResult::Failed { error } => sqlx::query(
+                "UPDATE notifications
+                 SET status = 'failed', last_error = $2, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(error.as_str()),
+        };
+        self.statements.add(1);
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.statements.add(1);
+        let rows = sqlx::query("SELECT status, count(*) FROM notifications GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        notification_counts_from(&rows)
+    }
+
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.statements.add(1);
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+                     WHERE status = $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(status.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(notification).collect()
+    }
+
+    async fn requeue_notification(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError> {
+        // One statement: the row as it was (NULL status: no row) and whether it changed.
+        self.statements.add(1);
+        let row = sqlx::query(
+            "WITH before AS (
+                 SELECT status FROM notifications WHERE id = $1
+             ), requeued AS (
+                 UPDATE notifications
+                 SET status = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL,
+                     locked_until = NULL
+                 WHERE id = $1 AND status <> 'delivered'
+                 RETURNING id
+             )
+             SELECT (SELECT status FROM before), EXISTS (SELECT 1 FROM requeued)",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let status: Option<String> = row.try_get(0)?;
+        let requeued: bool = row.try_get(1)?;
+        Ok(match (status, requeued) {
+            (_, true) => Requeue::Requeued,
+            (None, false) => Requeue::NotFound,
+            (Some(_), false) => Requeue::AlreadyDelivered,
+        })
+    }
+
+    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.statements.add(1);
+        let done = sqlx::query(
+            "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL,
+                 locked_until = NULL
+             WHERE status = 'failed'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     fn statements(&self) -> u64 {

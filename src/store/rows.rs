@@ -5,7 +5,12 @@ use std::collections::HashMap;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{Outcome, RecentItem, RecentReport, ScannerTotals, SourceTotals, StoreError, Totals};
+use chrono::{DateTime, Utc};
+
+use super::{
+    Notification, NotificationCounts, NotificationStatus, Outcome, RecentItem, RecentReport,
+    ScannerTotals, SourceTotals, StoreError, Totals,
+};
 use crate::token::TokenHash;
 
 /// A stored 32-byte hash.
@@ -154,4 +159,83 @@ pub(super) fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals 
         t.not_ours += p.not_ours;
         t
     })
+}
+
+/// A stored notification status.
+pub(super) fn parse_status(s: &str) -> Result<NotificationStatus, StoreError> {
+    NotificationStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("status {s:?}")))
+}
+
+/// The end of a lease that starts at `now`; a lease too long to represent ends at the
+/// latest instant there is.
+pub(super) fn lease_end(now: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Decodes a notification row with the columns in this order: `id, token_hash,
+/// report_id, owner, scanner, url, source, revoked_at, expired, status, attempts,
+/// next_attempt_at, last_error, delivered_at` (`attempts` as a 64-bit integer).
+/// Timestamps are stored as `T` and converted by `time` (the backends differ).
+pub(super) fn notification_from<R, T>(
+    r: &R,
+    time: impl Fn(T) -> Result<DateTime<Utc>, StoreError>,
+) -> Result<Notification, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> bool: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> &'a str: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> &'a [u8]: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> T: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<T>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let attempts: i64 = r.try_get(10)?;
+    Ok(Notification {
+        id: r.try_get(0)?,
+        token_hash: hash_from(r.try_get::<&[u8], _>(1)?)?,
+        report_id: r.try_get(2)?,
+        owner: r.try_get(3)?,
+        scanner: r.try_get(4)?,
+        url: r.try_get(5)?,
+        source: r.try_get(6)?,
+        revoked_at: time(r.try_get(7)?)?,
+        expired: r.try_get(8)?,
+        status: parse_status(r.try_get(9)?)?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
+        next_attempt_at: time(r.try_get(11)?)?,
+        last_error: r.try_get(12)?,
+        delivered_at: r.try_get::<Option<T>, _>(13)?.map(&time).transpose()?,
+    })
+}
+
+/// Oldest due first, as claimed: `RETURNING` promises no order.
+pub(super) fn sort_claimed(claimed: &mut [Notification]) {
+    claimed.sort_by_key(|n| (n.next_attempt_at, n.id));
+}
+
+/// `notification_counts` from `status, count` rows.
+pub(super) fn notification_counts_from<R>(rows: &[R]) -> Result<NotificationCounts, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> &'a str: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let mut counts = NotificationCounts::default();
+    for r in rows {
+        let n: i64 = r.try_get(1)?;
+        match parse_status(r.try_get(0)?)? {
+            NotificationStatus::Pending => counts.pending = n,
+            NotificationStatus::Delivered => counts.delivered = n,
+            NotificationStatus::Failed => counts.failed = n,
+        }
+    }
+    Ok(counts)
 }

@@ -116,6 +116,29 @@ SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
 FROM r LEFT JOIN i ON i.report_id = r.id AND i.rn <= 20
 ORDER BY r.id DESC, i.rn";
 
+/// A notification row, in the order `notification_from` decodes.
+const NOTIFICATION_COLUMNS: &str = "id, token_hash, report_id, owner, scanner, url, source, \
+    revoked_at, expired, status, attempts, next_attempt_at, last_error, delivered_at";
+
+/// Leases the due, unleased pending rows, oldest due first. One statement: SQLite runs
+/// one writer at a time, so two claimers never pick the same row.
+fn claim_sql() -> String {
+    format!(
+        "UPDATE notifications SET locked_until = ?2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM notifications
+             WHERE status = 'pending' AND next_attempt_at <= ?1
+               AND (locked_until IS NULL OR locked_until <= ?1)
+             ORDER BY next_attempt_at, id
+             LIMIT ?3)
+         RETURNING {NOTIFICATION_COLUMNS}"
+    )
+}
+
+fn notification(r: &sqlx::sqlite::SqliteRow) -> Result<Notification, StoreError> {
+    notification_from(r, from_millis)
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -272,7 +295,7 @@ impl RevocationStore for SqliteStore {
             "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
              WHERE revoked_at IS NULL
                AND hash IN (SELECT unhex(value) FROM json_each(?3))
-             RETURNING hash, expires_at <= ?1 AS was_expired",
+             RETURNING hash, expires_at <= ?1 AS was_expired, owner",
         )
         .bind(now)
         .bind(report_id)
@@ -280,16 +303,64 @@ impl RevocationStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
 
+        // The first item (lowest position) naming each hash: where its owner is told the
+        // token was found.
+        let mut first: HashMap<TokenHash, &CandidateItem> = HashMap::with_capacity(distinct.len());
+        for c in &report.candidates {
+            first
+                .entry(c.hash)
+                .and_modify(|f| {
+                    if c.position < f.position {
+                        *f = c;
+                    }
+                })
+                .or_insert(c);
+        }
+
         let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+        // One owner notification per flipped token: [hash, owner, url, source, expired].
+        let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
         for row in &flipped {
             let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
             let was_expired: bool = row.try_get(1)?;
+            let owner: &str = row.try_get(2)?;
             let o = if was_expired {
                 Outcome::Expired
             } else {
                 Outcome::Revoked
             };
             by_hash.insert(hash, o);
+            let item = first.get(&hash).ok_or_else(|| {
+                StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
+            })?;
+            notifications.push(serde_json::json!([
+                hash.to_hex(),
+                owner,
+                item.url,
+                item.source,
+                was_expired
+            ]));
+        }
+
+        // The outbox rows of the flipped tokens, in one statement, committed with the
+        // revocation or not at all. The unique token_hash is a belt: a token flips once.
+        if !notifications.is_empty() {
+            self.statements.add(1);
+            sqlx::query(
+                "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                                            revoked_at, expired, next_attempt_at)
+                 SELECT unhex(json_extract(value, '$[0]')), ?1, json_extract(value, '$[1]'), ?2,
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?3,
+                        json_extract(value, '$[4]'), ?3
+                 FROM json_each(?4) WHERE true
+                 ON CONFLICT (token_hash) DO NOTHING",
+            )
+            .bind(report_id)
+            .bind(&report.scanner)
+            .bind(now)
+            .bind(serde_json::Value::Array(notifications).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
 
         // Whatever did not flip is either ours and already revoked, or not ours at all.
@@ -562,6 +633,148 @@ impl RevocationStore for SqliteStore {
             revocation_ages,
             recent,
         })
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.statements.add(1);
+        let rows = sqlx::query(&claim_sql())
+            .bind(to_millis(now))
+            .bind(to_millis(lease_end(now, lease)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(notification)
+            .collect::<Result<Vec<_>, _>>()?;
+        sort_claimed(&mut claimed);
+        Ok(claimed)
+    }
+
+    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError> {
+        // A delivered notification never goes back: a worker whose lease ran out and
+        // was overtaken cannot undo the other's success. A success always counts.
+        let query = match result {
+            AttemptResult::Delivered { at } => sqlx::query(
+                "UPDATE notifications
+                 SET status = 'delivered', delivered_at = ?2, locked_until = NULL, last_error = NULL
+                 WHERE id = ?1 AND status <> 'delivered'",
+            )
+            .bind(id)
+            .bind(to_millis(*at)),
+            AttemptResult::Retry {
+                error,
+                next_attempt_at,
+            } => sqlx::query(
+                "UPDATE notifications
+                 SET next_attempt_at = ?2, last_error = ?3, locked_until = NULL
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(to_millis(*next_attempt_at))
+            .bind(error.as_str()),
+            AttemptResult::Failed { error } => sqlx::query(
+                "UPDATE notifications
+                 SET status = 'failed', last_error = ?2, locked_until = NULL
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(error.as_str()),
+        };
+        self.statements.add(1);
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.statements.add(1);
+        let rows = sqlx::query("SELECT status, count(*) FROM notifications GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        notification_counts_from(&rows)
+    }
+
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.statements.add(1);
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+                     WHERE status = ?1 ORDER BY id DESC LIMIT ?2"
+                ))
+                .bind(status.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY id DESC LIMIT ?1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(notification).collect()
+    }
+
+    async fn requeue_notification(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError> {
+        self.statements.add(1);
+        let requeued = sqlx::query(
+            "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+                 locked_until = NULL
+             WHERE id = ?1 AND status <> 'delivered'",
+        )
+        .bind(id)
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if requeued > 0 {
+            return Ok(Requeue::Requeued);
+        }
+        // Nothing changed: absent, or delivered (which stays delivered).
+        self.statements.add(1);
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM notifications WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match exists {
+            Some(_) => Requeue::AlreadyDelivered,
+            None => Requeue::NotFound,
+        })
+    }
+
+    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.statements.add(1);
+        let done = sqlx::query(
+            "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = ?1, last_error = NULL,
+                 locked_until = NULL
+             WHERE status = 'failed'",
+        )
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     fn statements(&self) -> u64 {

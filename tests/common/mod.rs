@@ -211,12 +211,36 @@ impl TestDb {
         out
     }
 
+    /// Runs one statement on a connection of its own (to damage data on purpose).
+    pub async fn execute(&self, sql: &str) -> u64 {
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        }
+    }
+
     /// Rows that break the revocation invariants; empty when the database is
     /// consistent. Every report's counts match its items; every revoked token was
     /// revoked by exactly one report, which lists it as `revoked` (or `expired`: an
-    /// expired token that is reported is revoked too); nothing is half revoked.
+    /// expired token that is reported is revoked too); nothing is half revoked. Every
+    /// revoked token has exactly one owner notification, queued by its revoking report
+    /// and agreeing with the token; no other token has one.
     pub async fn inconsistencies(&self) -> Vec<String> {
-        const CHECKS: [(&str, &str); 4] = [
+        const CHECKS: [(&str, &str); 7] = [
             (
                 "reports whose counts disagree with their items",
                 "SELECT count(*) FROM reports r WHERE
@@ -241,6 +265,23 @@ impl TestDb {
             (
                 "tokens with revoked_at and revoked_by disagreeing",
                 "SELECT count(*) FROM tokens WHERE (revoked_at IS NULL) <> (revoked_by IS NULL)",
+            ),
+            (
+                "revoked tokens without exactly one notification from their revoking report",
+                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND
+                   (SELECT count(*) FROM notifications n
+                    WHERE n.token_hash = t.hash AND n.report_id = t.revoked_by) <> 1",
+            ),
+            (
+                "notifications for tokens that are not revoked (or not ours)",
+                "SELECT count(*) FROM notifications n WHERE NOT EXISTS
+                   (SELECT 1 FROM tokens t WHERE t.hash = n.token_hash AND t.revoked_at IS NOT NULL)",
+            ),
+            (
+                "notifications disagreeing with their token (report, owner, time, expired)",
+                "SELECT count(*) FROM notifications n JOIN tokens t ON t.hash = n.token_hash
+                 WHERE n.report_id <> t.revoked_by OR n.owner <> t.owner
+                   OR n.revoked_at <> t.revoked_at OR n.expired <> (t.expires_at <= t.revoked_at)",
             ),
         ];
         let mut found = Vec::new();

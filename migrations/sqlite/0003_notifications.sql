@@ -1,0 +1,29 @@
+-- Owner notifications: the outbox. The delivery that flips a token to revoked queues
+-- one row for it in the same transaction (one notification per token, ever); a worker
+-- claims due rows with a lease, POSTs them to the owner webhook and records the result.
+-- Timestamps are Unix epoch milliseconds (UTC). No raw token: only its SHA-256.
+
+CREATE TABLE notifications (
+    -- AUTOINCREMENT: an id is never reused, since it is also the webhook's idempotency key.
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash      BLOB    NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    report_id       INTEGER NOT NULL REFERENCES reports (id),   -- the report that revoked it
+    owner           TEXT    NOT NULL,               -- tokens.owner
+    scanner         TEXT    NOT NULL,
+    url             TEXT    NOT NULL,               -- first item of the delivery naming it
+    source          TEXT    NOT NULL,
+    revoked_at      INTEGER NOT NULL,
+    expired         INTEGER NOT NULL CHECK (expired IN (0, 1)),   -- had expired when reported
+    status          TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,     -- attempts started (each claim counts one)
+    next_attempt_at INTEGER NOT NULL,
+    locked_until    INTEGER,                        -- the lease of the worker sending it
+    last_error      TEXT,
+    delivered_at    INTEGER
+);
+
+-- The claim query: pending rows, oldest due first (id breaks ties). Delivered rows, the
+-- bulk of the table over time, are not in it.
+CREATE INDEX notifications_due ON notifications (next_attempt_at, id) WHERE status = 'pending';
+-- Failed rows: listed, counted and re-queued by `revoker notify`; few, so cheap to keep.
+CREATE INDEX notifications_failed ON notifications (id) WHERE status = 'failed';
