@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the receiver (applies pending migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DbArgs),
     /// Mint or check cio_tp_ tokens.
@@ -37,6 +37,112 @@ pub enum Command {
     /// Manage scanner signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Owner notifications (the outbox): send due ones now, list, re-queue.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send every due notification once (what the worker in `serve` does), print what
+    /// happened and exit. Exit 1 if any notification is still pending or failed.
+    Run {
+        #[command(flatten)]
+        notify: NotifyArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List notifications, newest first.
+    List {
+        /// Only this status: pending, delivered or failed.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        status: Option<String>,
+        /// Shorthand for --status failed.
+        #[arg(long, conflicts_with = "status")]
+        failed: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Re-queue a notification (pending or failed) to be sent now with a fresh attempt
+    /// count, or every failed one with --failed.
+    #[command(group(clap::ArgGroup::new("which").args(["id", "failed"]).required(true)))]
+    Retry {
+        /// The notification id (see `revoker notify list`).
+        id: Option<i64>,
+        /// Every failed notification.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Where and how owner notifications are sent.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Owner-notification webhook: each revoked token's owner is told once, by a
+    /// signed JSON POST here (https, or http to localhost). Unset: notifications are
+    /// queued in the database but not sent.
+    #[arg(long, env = "REVOKER_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
+
+    /// Secret for the HMAC-SHA256 signature of every notification
+    /// (header Revoker-Signature: sha256=<hex>). Required with --notify-webhook.
+    #[arg(long, env = "REVOKER_NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<SecretString>,
+
+    /// Timeout of one notification request.
+    #[arg(long, env = "REVOKER_NOTIFY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub notify_timeout: Duration,
+
+    /// Attempts before a notification is marked failed.
+    #[arg(long, env = "REVOKER_NOTIFY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub notify_max_attempts: u32,
+
+    /// Delay before the second attempt; doubles per attempt (with jitter) up to
+    /// --notify-backoff-max.
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub notify_backoff: Duration,
+
+    /// Longest delay between two attempts.
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = "6h", value_parser = humantime::parse_duration)]
+    pub notify_backoff_max: Duration,
+
+    /// How often `serve` looks for due notifications (it also looks right after a
+    /// delivery revoked something).
+    #[arg(long, env = "REVOKER_NOTIFY_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub notify_poll_interval: Duration,
+}
+
+impl NotifyArgs {
+    /// `None` when no webhook is configured; an error when only half is.
+    pub fn settings(&self) -> anyhow::Result<Option<crate::notify::NotifySettings>> {
+        use secrecy::ExposeSecret;
+        let (webhook, secret) = match (&self.notify_webhook, &self.notify_secret) {
+            (None, None) => return Ok(None),
+            (Some(w), Some(s)) => (w, s),
+            (Some(_), None) => anyhow::bail!(
+                "--notify-webhook needs --notify-secret (REVOKER_NOTIFY_SECRET): notifications are always signed"
+            ),
+            (None, Some(_)) => {
+                anyhow::bail!("--notify-secret is set but --notify-webhook is not")
+            }
+        };
+        let mut settings = crate::notify::NotifySettings::new(webhook, secret.expose_secret());
+        settings.timeout = self.notify_timeout;
+        settings.max_attempts = self.notify_max_attempts;
+        settings.backoff_base = self.notify_backoff;
+        settings.backoff_max = self.notify_backoff_max;
+        settings.poll_interval = self.notify_poll_interval;
+        settings.validate()?;
+        Ok(Some(settings))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +318,9 @@ pub struct ServeArgs {
     /// Bearer token required by /metrics and /api/stats on the admin listener.
     #[arg(long, env = "REVOKER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<SecretString>,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     #[command(flatten)]
     pub db: DbArgs,

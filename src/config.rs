@@ -94,6 +94,8 @@ pub struct Settings {
     /// Admin listener: /metrics, /api/stats, /dashboard, health.
     pub admin_listen: String,
     pub admin_token: Option<SecretString>,
+    /// Owner notifications: where and how to send them (`None`: queued, not sent).
+    pub notify: Option<crate::notify::NotifySettings>,
 }
 
 impl Settings {
@@ -116,13 +118,17 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(30),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
+            notify: None,
         }
     }
 }
 
-impl From<crate::cli::ServeArgs> for Settings {
-    fn from(a: crate::cli::ServeArgs) -> Self {
-        Settings {
+impl TryFrom<crate::cli::ServeArgs> for Settings {
+    type Error = anyhow::Error;
+
+    fn try_from(a: crate::cli::ServeArgs) -> anyhow::Result<Self> {
+        Ok(Settings {
+            notify: a.notify.settings()?,
             listen: a.listen,
             pool: a.db.pool_settings(true),
             database_url: a.db.database_url,
@@ -139,7 +145,7 @@ impl From<crate::cli::ServeArgs> for Settings {
             shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,
             admin_token: a.admin_token,
-        }
+        })
     }
 }
 

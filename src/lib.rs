@@ -5,6 +5,7 @@ pub mod alert; // alert body: parse, classify offline, feedback
 pub mod cli; // clap commands and flags
 pub mod config; // typed settings
 pub mod error; // ApiError: every non-200 answer
+pub mod notify; // owner notifications: the outbox's delivery worker
 pub mod replay; // leak-report import for security teams
 pub mod signature; // ECDSA verification and the scanner key cache
 pub mod startup; // Application: build, bind, run

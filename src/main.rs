@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use secrecy::ExposeSecret;
 
-use revoker::cli::{read_token_arg, Cli, Command, DbArgs, KeysCommand, ReplayArgs, TokenCommand};
+use revoker::cli::{
+    read_token_arg, Cli, Command, DbArgs, KeysCommand, NotifyCommand, ReplayArgs, TokenCommand,
+};
 use revoker::config::{redact_url, Settings};
 use revoker::replay::{self, Target};
 use revoker::startup::{shutdown_signal, Application};
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let app = Application::build(Settings::from(args)).await?;
+            let app = Application::build(Settings::try_from(*args)?).await?;
             app.run_until_stopped(shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
@@ -77,23 +79,142 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Check { .. }) => unreachable!("handled before the runtime"),
         Command::Replay(args) => replay(args).await,
         Command::Keys(KeysCommand::Generate { out, key_id }) => generate_key(&out, key_id),
+        Command::Notify(command) => notify(command).await,
     }
 }
 
 /// Opens an existing revoker database without creating or migrating anything: a
 /// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
+/// `revoker notify …`.
+async fn notify(command: NotifyCommand) -> anyhow::Result<()> {
+    use revoker::store::{NotificationStatus, Requeue};
+    match command {
+        NotifyCommand::Run { notify, db } => {
+            let settings = notify.settings()?.context(
+                "--notify-webhook (REVOKER_NOTIFY_WEBHOOK) is required: where to send notifications",
+            )?;
+            let store = open_existing(&db).await?;
+            let notifier = revoker::notify::Notifier::new(store.clone(), settings, None)?;
+            let summary = notifier
+                .run_once()
+                .await
+                .context("cannot send notifications")?;
+            let counts = store.notification_counts().await?;
+            println!(
+                "delivered {}, to retry later {}, failed now {}; in the database: {} pending, {} failed, {} delivered",
+                summary.delivered,
+                summary.retrying,
+                summary.failed,
+                counts.pending,
+                counts.failed,
+                counts.delivered
+            );
+            if counts.pending > 0 || counts.failed > 0 {
+                anyhow::bail!(
+                    "{} notification(s) pending and {} failed; see `revoker notify list`",
+                    counts.pending,
+                    counts.failed
+                );
+            }
+            Ok(())
+        }
+        NotifyCommand::List {
+            status,
+            failed,
+            limit,
+            json,
+            db,
+        } => {
+            let status = if failed {
+                Some(NotificationStatus::Failed)
+            } else {
+                status.as_deref().and_then(NotificationStatus::parse)
+            };
+            let store = open_existing(&db).await?;
+            let rows = store.list_notifications(status, limit).await?;
+            let mut out = std::io::stdout().lock();
+            use std::io::Write;
+            if !json {
+                writeln!(
+                    out,
+                    "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  last error / where found",
+                    "id", "status", "attempts", "token hash", "owner", "revoked at"
+                )?;
+            }
+            for n in &rows {
+                if json {
+                    serde_json::to_writer(
+                        &mut out,
+                        &serde_json::json!({
+                            "id": n.id,
+                            "status": n.status,
+                            "attempts": n.attempts,
+                            "token_hash_prefix": n.token_hash.prefix(),
+                            "owner": n.owner,
+                            "scanner": n.scanner,
+                            "url": n.url,
+                            "source": n.source,
+                            "revoked_at": n.revoked_at,
+                            "expired": n.expired,
+                            "next_attempt_at": n.next_attempt_at,
+                            "last_error": n.last_error,
+                            "delivered_at": n.delivered_at,
+                            "report_id": n.report_id,
+                        }),
+                    )?;
+                    writeln!(out)?;
+                } else {
+                    let detail = n.last_error.clone().unwrap_or_else(|| n.url.clone());
+                    writeln!(
+                        out,
+                        "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  {}",
+                        n.id,
+                        n.status.as_str(),
+                        n.attempts,
+                        n.token_hash.prefix(),
+                        n.owner.chars().take(24).collect::<String>(),
+                        n.revoked_at.format("%Y-%m-%d %H:%M:%S"),
+                        detail
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        NotifyCommand::Retry { id, failed, db } => {
+            let store = open_existing(&db).await?;
+            let now = chrono::Utc::now();
+            if failed {
+                let n = store.requeue_failed(now).await?;
+                println!("re-queued {n} failed notification(s)");
+                return Ok(());
+            }
+            let id = id.expect("clap requires an id or --failed");
+            match store.requeue_notification(id, now).await? {
+                Requeue::Requeued => {
+                    println!("re-queued notification {id}");
+                    Ok(())
+                }
+                Requeue::NotFound => anyhow::bail!("no notification {id}"),
+                Requeue::AlreadyDelivered => {
+                    anyhow::bail!("notification {id} was already delivered; it is not sent again")
+                }
+            }
+        }
+    }
+}
+
 async fn open_existing(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
     let url = db.database_url.expose_secret();
     let settings = db.pool_settings(false);
     let store = store::connect(url, &settings).await.with_context(|| {
         format!(
-            "cannot open database {} (replay never creates one)",
+            "cannot open database {} (this command never creates one)",
             redact_url(url)
         )
     })?;
     store.count_reports().await.map_err(|_| {
         anyhow::anyhow!(
-            "{} has no revoker tables: check --database-url (replay never creates or migrates a database)",
+            "{} has no revoker tables: check --database-url (this command never creates or migrates a database)",
             redact_url(url)
         )
     })?;

@@ -39,6 +39,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// SHA-256 of `--admin-token`, if set.
     pub admin_token_digest: Option<[u8; 32]>,
+    /// The owner-notification worker, when `--notify-webhook` is set; woken after a
+    /// delivery revokes something.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 pub struct Application {
@@ -101,6 +104,14 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let scanners = key_caches(&settings, &metrics)?;
+        let notifier = match &settings.notify {
+            Some(n) => Some(crate::notify::Notifier::new(
+                Arc::clone(&store),
+                n.clone(),
+                Some(metrics.clone()),
+            )?),
+            None => None,
+        };
         // Warm the key caches without delaying start-up; a delivery that arrives first
         // waits for the same fetch (single-flight).
         for cache in scanners.values() {
@@ -149,6 +160,7 @@ impl Application {
                     .admin_token
                     .as_ref()
                     .map(|t| stats::token_digest(t.expose_secret().trim())),
+                notifier,
             },
         })
     }
@@ -194,6 +206,14 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        match self.state.notifier.clone() {
+            Some(notifier) => {
+                tokio::spawn(notifier.run(stop_rx.clone()));
+            }
+            None => tracing::info!(
+                "owner notifications are queued in the database but not sent: no --notify-webhook"
+            ),
+        }
         tracing::info!(%addr, %admin, "listening");
         let public = axum::serve(self.listener, router(self.state.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -45,6 +45,16 @@ pub struct KeyFetchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
 }
@@ -66,6 +76,8 @@ pub struct Metrics {
     key_cache_age: Family<ScannerLabels, Gauge<f64, AtomicU64>>,
     key_cache_keys: Family<ScannerLabels, Gauge>,
     db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    notification_attempts: Family<ResultLabels, Counter>,
+    notifications: Family<StatusLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -131,8 +143,24 @@ impl Metrics {
             "Duration of database work per operation (record_report is one transaction)",
             db_duration.clone(),
         );
+        let notification_attempts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "notification_attempts",
+            "Owner-notification webhook attempts by this instance, by result \
+             (delivered, retry, failed = out of attempts)",
+            notification_attempts.clone(),
+        );
+        let notifications = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "notifications",
+            "Owner notifications in the database by status (pending, failed), \
+             as of this instance's last delivery-worker pass",
+            notifications.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            notification_attempts,
+            notifications,
             deliveries,
             items,
             revocations,
@@ -141,6 +169,26 @@ impl Metrics {
             key_cache_age,
             key_cache_keys,
             db_duration,
+        }
+    }
+
+    /// One owner-notification attempt: `delivered`, `retry` or `failed`.
+    pub fn notification_attempt(&self, result: &str) {
+        self.notification_attempts
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Pending and failed notifications, as the worker last counted them.
+    pub fn notifications_outstanding(&self, pending: i64, failed: i64) {
+        for (status, n) in [("pending", pending), ("failed", failed)] {
+            self.notifications
+                .get_or_create(&StatusLabels {
+                    status: status.to_owned(),
+                })
+                .set(n);
         }
     }
 

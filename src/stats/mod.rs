@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::error_chain;
 use crate::startup::AppState;
-use crate::store::{DayTotals, Stats, StoreError, Totals};
+use crate::store::{DayTotals, NotificationCounts, Stats, StoreError, Totals};
 
 /// Days in the `/api/stats` daily series (today included).
 pub const DAYS: i64 = 30;
@@ -103,6 +103,8 @@ async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> R
 #[derive(Debug, Serialize)]
 pub struct StatsDocument {
     pub generated_at: DateTime<Utc>,
+    /// Owner notifications by status (`failed` ones wait for `revoker notify retry`).
+    pub notifications: NotificationCounts,
     /// With `daily` holding exactly [`DAYS`] entries, oldest first, zeros included.
     #[serde(flatten)]
     pub stats: Stats,
@@ -140,9 +142,15 @@ async fn stats_handler(State(state): State<AppState>, headers: HeaderMap) -> Res
         .and_hms_opt(0, 0, 0)
         .expect("midnight exists")
         .and_utc();
-    match state.store.stats(since).await {
-        Ok(mut stats) => Json(StatsDocument {
+    let read = async {
+        let stats = state.store.stats(since).await?;
+        let notifications = state.store.notification_counts().await?;
+        Ok::<_, StoreError>((stats, notifications))
+    };
+    match read.await {
+        Ok((mut stats, notifications)) => Json(StatsDocument {
             generated_at: now,
+            notifications,
             stats: {
                 stats.daily = fill_days(start, std::mem::take(&mut stats.daily));
                 stats

@@ -188,6 +188,11 @@ async fn handle(
                     retry_after: state.retry_after,
                 })?;
                 state.metrics.revoked(recorded.tokens_revoked);
+                if recorded.tokens_revoked > 0 {
+                    if let Some(notifier) = &state.notifier {
+                        notifier.wake();
+                    }
+                }
                 for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
                     tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
                 }

@@ -456,6 +456,8 @@ pub struct TestOptions {
     pub max_concurrent_deliveries: usize,
     /// Extra scanners besides `github` (which points at the key server).
     pub extra_scanners: Vec<ScannerSpec>,
+    /// Owner notifications; `None` leaves the outbox worker off.
+    pub notify: Option<revoker::notify::NotifySettings>,
 }
 
 impl Default for TestOptions {
@@ -472,6 +474,7 @@ impl Default for TestOptions {
             request_timeout: Duration::from_secs(25),
             max_concurrent_deliveries: 128,
             extra_scanners: vec![],
+            notify: None,
         }
     }
 }
@@ -508,6 +511,7 @@ pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> Tes
     settings.body_timeout = opts.body_timeout;
     settings.request_timeout = opts.request_timeout;
     settings.max_concurrent_deliveries = opts.max_concurrent_deliveries;
+    settings.notify = opts.notify;
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let admin = format!("http://127.0.0.1:{}", app.admin_port());

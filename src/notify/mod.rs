@@ -1,0 +1,415 @@
+//! Owner notifications: tell each token's owner, once, that their token leaked and was
+//! revoked.
+//!
+//! The delivery that revokes a token queues a notification in the same transaction
+//! (the outbox, see [`crate::store`]); nothing is sent inline, so a slow or broken
+//! owner webhook never slows or fails a scanner's delivery, and a crash loses nothing.
+//! A [`Notifier`] (inside `serve`, or `revoker notify run` once) claims due
+//! notifications with a lease, POSTs each to `--notify-webhook` and records the result:
+//!
+//! - Body: [`Payload`] as JSON, the same bytes on every attempt. No raw token: the
+//!   token is named by the first 12 hex digits of its SHA-256.
+//! - `Revoker-Signature: sha256=<hex HMAC-SHA256(--notify-secret, body)>`.
+//! - `Idempotency-Key: <notification id>`: delivery is at-least-once (a worker that
+//!   dies after the receiver accepted but before recording it sends again after the
+//!   lease), so receivers deduplicate on this key.
+//! - A 2xx answer is delivered; anything else (other status, timeout, connection
+//!   error) is retried after an exponential backoff with jitter; after
+//!   `--notify-max-attempts` the notification is marked failed, visible in
+//!   `/api/stats`, `/metrics` and `revoker notify list`, until `revoker notify retry`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::stats::metrics::Metrics;
+use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
+
+/// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
+/// Header carrying the notification id; the same on every attempt.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// Header carrying the attempt number (1 for the first); informational, not signed.
+pub const ATTEMPT_HEADER: &str = "Revoker-Attempt";
+
+/// How notifications are sent.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub webhook: String,
+    pub secret: SecretString,
+    /// Per request.
+    pub timeout: Duration,
+    /// Attempts before a notification is marked failed.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How often the worker in `serve` looks for due notifications when not woken.
+    pub poll_interval: Duration,
+    /// Notifications claimed (and sent concurrently) per round.
+    pub batch: u32,
+}
+
+impl NotifySettings {
+    /// Defaults with the given webhook and secret.
+    pub fn new(webhook: &str, secret: &str) -> Self {
+        NotifySettings {
+            webhook: webhook.to_owned(),
+            secret: SecretString::from(secret.to_owned()),
+            timeout: Duration::from_secs(10),
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(6 * 3600),
+            poll_interval: Duration::from_secs(5),
+            batch: 32,
+        }
+    }
+
+    /// How long a claim keeps other workers off: a whole round of concurrent sends
+    /// takes at most one timeout, so two timeouts and a margin.
+    pub fn lease(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(30)
+    }
+
+    /// Checks what `serve` and `notify run` would otherwise only find out on the
+    /// first send.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_webhook_url(&self.webhook)?;
+        if self.secret.expose_secret().trim().is_empty() {
+            bail!("--notify-secret is empty; owner notifications must be signed");
+        }
+        if self.max_attempts == 0 {
+            bail!("--notify-max-attempts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// https, or plain http to a loopback address only (a notification names the owner
+/// and where their token leaked).
+pub fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+    let parsed =
+        url::Url::parse(url).with_context(|| "--notify-webhook is not a URL".to_string())?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bail!("--notify-webhook must use https; plain http is allowed only to localhost"),
+        other => bail!("--notify-webhook must be an https URL, not {other}:"),
+    }
+}
+
+/// The JSON body of a notification. Field order is fixed, so the body (and its
+/// signature) is the same on every attempt.
+#[derive(Debug, Serialize)]
+pub struct Payload<'a> {
+    /// Always `token.revoked`.
+    pub event: &'static str,
+    /// The notification id (also the `Idempotency-Key` header).
+    pub id: i64,
+    pub owner: &'a str,
+    pub token: TokenRef,
+    pub revoked_at: DateTime<Utc>,
+    /// The token had already expired when it was reported (revoked anyway).
+    pub expired: bool,
+    pub found: Found<'a>,
+    /// The report (delivery) that revoked it.
+    pub report_id: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenRef {
+    /// Always `cio_tp`.
+    #[serde(rename = "type")]
+    pub token_type: &'static str,
+    /// First 12 hex digits of the SHA-256 of the token.
+    pub hash_prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Found<'a> {
+    /// The scanner that reported it (`github`, …, or `replay`).
+    pub scanner: &'a str,
+    /// Where: the scanner's link to the leak (tokens in it are redacted).
+    pub url: &'a str,
+    pub source: &'a str,
+}
+
+/// The exact body sent for `n`.
+pub fn payload_body(n: &Notification) -> Vec<u8> {
+    let payload = Payload {
+        event: "token.revoked",
+        id: n.id,
+        owner: &n.owner,
+        token: TokenRef {
+            token_type: "cio_tp",
+            hash_prefix: n.token_hash.prefix(),
+        },
+        revoked_at: n.revoked_at,
+        expired: n.expired,
+        found: Found {
+            scanner: &n.scanner,
+            url: &n.url,
+            source: &n.source,
+        },
+        report_id: n.report_id,
+    };
+    serde_json::to_vec(&payload).expect("a payload serialises")
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over `body` with `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Delay before the attempt after attempt number `attempts` (1-based): the base
+/// doubled per earlier attempt, capped, then a uniformly random part of its upper half
+/// taken off (jitter), so owners' receivers are not hit by synchronised retries.
+pub fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << doublings).min(max);
+    let jitter: f64 = rand::thread_rng().gen_range(0.0..=0.5);
+    full.mul_f64(1.0 - jitter)
+}
+
+/// What one [`Notifier::run_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub delivered: u32,
+    /// Not delivered this time; due again later.
+    pub retrying: u32,
+    /// Out of attempts: marked failed.
+    pub failed: u32,
+}
+
+/// Claims and sends due notifications.
+#[derive(Clone)]
+pub struct Notifier {
+    store: Arc<dyn RevocationStore>,
+    client: reqwest::Client,
+    settings: Arc<NotifySettings>,
+    metrics: Option<Metrics>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<dyn RevocationStore>,
+        settings: NotifySettings,
+        metrics: Option<Metrics>,
+    ) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            // A redirect could carry the notification somewhere else; refuse it (it
+            // counts as a failed attempt).
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("revoker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the notification HTTP client")?;
+        Ok(Notifier {
+            store,
+            client,
+            settings: Arc::new(settings),
+            metrics,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Makes the worker look for due notifications now (after a delivery revoked
+    /// something) instead of at its next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sends everything that is due now, round after round, until nothing due is
+    /// left; a notification that fails is due again only after its backoff.
+    pub async fn run_once(&self) -> Result<RunSummary, StoreError> {
+        let mut summary = RunSummary::default();
+        loop {
+            let claimed = self
+                .store
+                .claim_notifications(Utc::now(), self.settings.lease(), self.settings.batch)
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            let mut sends = tokio::task::JoinSet::new();
+            for n in claimed {
+                let this = self.clone();
+                sends.spawn(async move {
+                    let result = this.attempt(&n).await;
+                    (n, result)
+                });
+            }
+            while let Some(joined) = sends.join_next().await {
+                let (n, result) = joined.expect("a send task does not panic");
+                let label = match &result {
+                    AttemptResult::Delivered { .. } => {
+                        summary.delivered += 1;
+                        "delivered"
+                    }
+                    AttemptResult::Retry { error, .. } => {
+                        summary.retrying += 1;
+                        tracing::warn!(
+                            notification = n.id,
+                            attempt = n.attempts,
+                            error = %error,
+                            "owner notification not delivered; will retry"
+                        );
+                        "retry"
+                    }
+                    AttemptResult::Failed { error } => {
+                        summary.failed += 1;
+                        tracing::error!(
+                            notification = n.id,
+                            attempts = n.attempts,
+                            error = %error,
+                            "owner notification failed for good; `revoker notify retry` re-queues it"
+                        );
+                        "failed"
+                    }
+                };
+                if let Some(m) = &self.metrics {
+                    m.notification_attempt(label);
+                }
+                self.store.finish_notification(n.id, &result).await?;
+            }
+        }
+        if let Some(m) = &self.metrics {
+            let counts = self.store.notification_counts().await?;
+            m.notifications_outstanding(counts.pending, counts.failed);
+        }
+        Ok(summary)
+    }
+
+    /// One POST of a claimed notification and what it means for the row.
+    async fn attempt(&self, n: &Notification) -> AttemptResult {
+        let body = payload_body(n);
+        let signature = sign(self.settings.secret.expose_secret().as_bytes(), &body);
+        let sent = self
+            .client
+            .post(&self.settings.webhook)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .header(IDEMPOTENCY_HEADER, n.id.to_string())
+            .header(ATTEMPT_HEADER, n.attempts.to_string())
+            .body(body)
+            .send()
+            .await;
+        let error = match sent {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::info!(
+                    notification = n.id,
+                    token = %n.token_hash.prefix(),
+                    attempt = n.attempts,
+                    "owner notified"
+                );
+                return AttemptResult::Delivered { at: Utc::now() };
+            }
+            Ok(resp) => format!("webhook answered HTTP {}", resp.status().as_u16()),
+            // Without the URL: it is the operator's and may carry credentials.
+            Err(e) if e.is_timeout() => {
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.settings.timeout)
+                )
+            }
+            Err(e) => format!(
+                "request failed: {}",
+                crate::error::error_chain(&e.without_url())
+            ),
+        };
+        let error: String = error.chars().take(300).collect();
+        if n.attempts >= self.settings.max_attempts {
+            AttemptResult::Failed { error }
+        } else {
+            let delay = backoff(
+                n.attempts,
+                self.settings.backoff_base,
+                self.settings.backoff_max,
+            );
+            AttemptResult::Retry {
+                error,
+                next_attempt_at: Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            }
+        }
+    }
+
+    /// The worker inside `serve`: a pass now, then whenever woken or every poll
+    /// interval, until `stop` turns true. A database error is logged and retried at
+    /// the next poll.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tracing::info!(
+            webhook = %crate::config::redact_url(&self.settings.webhook),
+            "owner notifications: delivery worker started"
+        );
+        loop {
+            if let Err(e) = self.run_once().await {
+                tracing::warn!(error = %crate::error::error_chain(&e), "owner notifications: pass failed; retrying later");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        tracing::info!("owner notifications: delivery worker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_hmac_vector() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_capped() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(300);
+        for _ in 0..200 {
+            let first = backoff(1, base, max);
+            assert!(first >= base / 2 && first <= base, "{first:?}");
+            let third = backoff(3, base, max);
+            assert!(third >= base * 2 && third <= base * 4, "{third:?}");
+            let late = backoff(40, base, max);
+            assert!(late >= max / 2 && late <= max, "{late:?}");
+        }
+        // Jitter: not always the same delay.
+        let delays: std::collections::HashSet<_> = (0..50).map(|_| backoff(2, base, max)).collect();
+        assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn webhook_must_be_https_unless_loopback() {
+        assert!(check_webhook_url("https://hooks.example.com/revoked").is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:8080/x").is_ok());
+        assert!(check_webhook_url("http://localhost/x").is_ok());
+        assert!(check_webhook_url("http://hooks.example.com/x").is_err());
+        assert!(check_webhook_url("ftp://hooks.example.com/x").is_err());
+        assert!(check_webhook_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,507 @@
+//! Owner notifications end to end: the real receiver revokes tokens, its worker POSTs
+//! each notification to a real HTTP server on loopback (the owner's webhook), which
+//! checks the HMAC signature and records what it got.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use chrono::Duration as Ttl;
+use common::*;
+use hmac::{Hmac, Mac};
+use revoker::notify::NotifySettings;
+use revoker::store::NotificationStatus;
+use revoker::token::Token;
+use sha2::Sha256;
+
+const SECRET: &str = "owner-webhook-secret";
+
+/// One request the owner's webhook received.
+#[derive(Clone, Debug)]
+struct Received {
+    idempotency_key: String,
+    attempt: String,
+    body: Vec<u8>,
+    signature_ok: bool,
+}
+
+#[derive(Clone, Default)]
+struct Hook {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Answer 503 to this many requests before answering 200.
+    fail_first: Arc<AtomicUsize>,
+    /// Answer 500 to everything.
+    always_fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The owner's webhook: a real axum server on loopback.
+struct Webhook {
+    hook: Hook,
+    url: String,
+}
+
+impl Webhook {
+    async fn start() -> Webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, Hook::default())
+    }
+
+    /// Serves on `port` (for "down, then up").
+    async fn start_on(port: u16, hook: Hook) -> Webhook {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        Self::serve(listener, hook)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, hook: Hook) -> Webhook {
+        let port = listener.local_addr().unwrap().port();
+        async fn receive(
+            State(hook): State<Hook>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> StatusCode {
+            let header = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            // What an owner's receiver does: HMAC over the raw body, constant-time compare.
+            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let signature = header("revoker-signature");
+            let signature_ok = signature
+                .strip_prefix("sha256=")
+                .and_then(|h| hex::decode(h).ok())
+                .is_some_and(|sig| mac.verify_slice(&sig).is_ok());
+            hook.received.lock().unwrap().push(Received {
+                idempotency_key: header("idempotency-key"),
+                attempt: header("revoker-attempt"),
+                body: body.to_vec(),
+                signature_ok,
+            });
+            if hook.always_fail.load(Ordering::SeqCst) {
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            let left = hook.fail_first.load(Ordering::SeqCst);
+            if left > 0 {
+                hook.fail_first.store(left - 1, Ordering::SeqCst);
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new()
+            .route("/owner-hook", post(receive))
+            .with_state(hook.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Webhook {
+            hook,
+            url: format!("http://127.0.0.1:{port}/owner-hook"),
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.hook.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests have arrived (or panics after 15 s).
+    async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook got {} of {n} requests",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Fast settings for tests: short backoff and poll, few attempts.
+fn fast(url: &str, max_attempts: u32) -> NotifySettings {
+    let mut s = NotifySettings::new(url, SECRET);
+    s.timeout = Duration::from_secs(2);
+    s.max_attempts = max_attempts;
+    s.backoff_base = Duration::from_millis(40);
+    s.backoff_max = Duration::from_millis(200);
+    s.poll_interval = Duration::from_millis(50);
+    s
+}
+
+async fn app_with_hook(db: &TestDb, keys: &KeyServer, settings: NotifySettings) -> TestApp {
+    let app = spawn_app(
+        db.url(),
+        keys,
+        TestOptions {
+            notify: Some(settings),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    app.keys_attempted("github").await;
+    app
+}
+
+async fn wait_until_delivered(app: &TestApp, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts = app.store.notification_counts().await.unwrap();
+        if counts.delivered >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {counts:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn json(r: &Received) -> serde_json::Value {
+    serde_json::from_slice(&r.body).expect("the body is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_revoked_token_is_notified_once_signed_and_without_the_token() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    let hook = Webhook::start().await;
+    let app = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let a = app.mint("alice/crate-a", Ttl::hours(1)).await;
+    let b = app.mint("bob/crate-b", Ttl::hours(1)).await;
+    let unknown = Token::generate();
+
+    // a twice in one delivery, b once, an unknown token; then the same delivery again.
+    let body = serde_json::to_vec(&serde_json::json!([
+        {"token": a.expose_secret(), "type": "cio_tp", "url": "https://github.com/o/r/blob/main/ci.yml", "source": "content"},
+        {"token": a.expose_secret(), "type": "cio_tp", "url": "https://github.com/o/r/issues/7", "source": "issue"},
+        {"token": b.expose_secret(), "type": "cio_tp", "url": "https://github.com/o/r/blob/main/.env", "source": "content"},
+        {"token": unknown.expose_secret(), "type": "cio_tp", "url": "https://github.com/o/r/blob/main/x", "source": "content"},
+    ]))
+    .unwrap();
+    let first = app.deliver(&Signer::test(), body.clone()).await;
+    assert_eq!(
+        first.labels(),
+        [
+            "true_positive",
+            "true_positive",
+            "true_positive",
+            "false_positive"
+        ]
+    );
+    let again = app.deliver(&Signer::test(), body).await;
+    assert_eq!(again.status, 200);
+
+    let got = hook.wait_for(2).await;
+    wait_until_delivered(&app, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more arrives
+    let got_later = hook.received();
+    assert_eq!(got_later.len(), 2, "{got_later:?}");
+
+    let by_owner: HashMap<String, &Received> = got
+        .iter()
+        .map(|r| (json(r)["owner"].as_str().unwrap().to_owned(), r))
+        .collect();
+    let ra = by_owner["alice/crate-a"];
+    let pa = json(ra);
+    assert!(ra.signature_ok, "HMAC-SHA256 over the body verifies");
+    assert_eq!(ra.attempt, "1");
+    assert_eq!(pa["event"], "token.revoked");
+    assert_eq!(pa["id"].to_string(), ra.idempotency_key);
+    assert_eq!(pa["token"]["type"], "cio_tp");
+    assert_eq!(pa["token"]["hash_prefix"], a.hash().prefix());
+    assert_eq!(pa["found"]["scanner"], "github");
+    // Where it was first named in the delivery.
+    assert_eq!(
+        pa["found"]["url"],
+        "https://github.com/o/r/blob/main/ci.yml"
+    );
+    assert_eq!(pa["found"]["source"], "content");
+    assert_eq!(pa["expired"], false);
+    assert_eq!(pa["report_id"], 1);
+    assert!(by_owner["bob/crate-b"].signature_ok);
+    assert_ne!(by_owner["bob/crate-b"].idempotency_key, ra.idempotency_key);
+    for r in &got {
+        let text = String::from_utf8_lossy(&r.body);
+        for t in [&a, &b, &unknown] {
+            assert!(!text.contains(t.expose_secret()), "raw token in {text}");
+            assert!(!text.contains(&t.expose_secret()[7..37]));
+        }
+    }
+
+    let stats = app.admin_get("/api/stats", None).await;
+    assert_eq!(
+        stats.json["notifications"]["delivered"], 2,
+        "{}",
+        stats.text
+    );
+    assert_eq!(stats.json["notifications"]["pending"], 0);
+    let m = app.admin_get("/metrics", None).await.text;
+    assert!(
+        m.contains(r#"revoker_notification_attempts_total{result="delivered"} 2"#),
+        "{m}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_is_down_then_up_gets_the_notification_after_retries() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    // A port nothing listens on yet: connection refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/owner-hook");
+    let app = app_with_hook(&db, &keys, fast(&url, 20)).await;
+    let t = app.mint("carol/pkg", Ttl::hours(1)).await;
+    let a = app
+        .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+        .await;
+    assert_eq!(a.labels(), ["true_positive"]);
+
+    // Attempts fail while nothing listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = &app.store.list_notifications(None, 10).await.unwrap()[0];
+        if n.attempts >= 2 {
+            assert_eq!(n.status, NotificationStatus::Pending);
+            let error = n.last_error.clone().unwrap();
+            assert!(error.contains("request failed"), "{error}");
+            assert!(
+                !error.contains(&url),
+                "the webhook URL is kept out: {error}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retries: {n:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Up, but answering 503 twice first.
+    let hook = Hook::default();
+    hook.fail_first.store(2, Ordering::SeqCst);
+    let webhook = Webhook::start_on(port, hook).await;
+    let got = webhook.wait_for(3).await;
+    wait_until_delivered(&app, 1).await;
+    assert_eq!(got.len(), 3, "two 503s, then delivered: {got:?}");
+    // Every attempt is the same notification: same key, same bytes, valid signature.
+    assert!(got
+        .iter()
+        .all(|r| r.idempotency_key == got[0].idempotency_key));
+    assert!(got.iter().all(|r| r.body == got[0].body && r.signature_ok));
+    let attempts: Vec<u32> = got.iter().map(|r| r.attempt.parse().unwrap()).collect();
+    assert!(
+        attempts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{attempts:?}"
+    );
+    let n = &app.store.list_notifications(None, 10).await.unwrap()[0];
+    assert_eq!(n.status, NotificationStatus::Delivered);
+    assert!(n.delivered_at.is_some());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_webhook_marks_the_notification_failed_until_retried() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    let hook = Webhook::start().await;
+    hook.hook.always_fail.store(true, Ordering::SeqCst);
+    let app = app_with_hook(&db, &keys, fast(&hook.url, 3)).await;
+    let t = app.mint("dave/pkg", Ttl::hours(1)).await;
+    app.deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+        .await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = app.store.notification_counts().await.unwrap();
+        if counts.failed == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failed: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received().len(), 3, "exactly the attempt limit");
+    let n = &app
+        .store
+        .list_notifications(Some(NotificationStatus::Failed), 10)
+        .await
+        .unwrap()[0];
+    assert_eq!(n.attempts, 3);
+    assert_eq!(n.last_error.as_deref(), Some("webhook answered HTTP 500"));
+    let stats = app.admin_get("/api/stats", None).await;
+    assert_eq!(stats.json["notifications"]["failed"], 1, "{}", stats.text);
+    let m = app.admin_get("/metrics", None).await.text;
+    assert!(
+        m.contains(r#"revoker_notification_attempts_total{result="retry"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"revoker_notification_attempts_total{result="failed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"revoker_notifications{status="failed"} 1"#),
+        "{m}"
+    );
+    app.stop().await;
+
+    // The operator's view and tools, through the binary.
+    let list = revoker_command()
+        .args(["notify", "list", "--failed", "--database-url", db.url()])
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("failed") && text.contains("webhook answered HTTP 500"),
+        "{text}"
+    );
+    assert!(text.contains(&t.hash().prefix()), "{text}");
+    assert!(!text.contains(t.expose_secret()));
+
+    // Still failing: `notify run` has nothing due, and says one is failed (exit 1).
+    let run = |extra: &[&str]| {
+        revoker_command()
+            .args(["notify", "run", "--database-url", db.url()])
+            .args(["--notify-webhook", &hook.url, "--notify-secret", SECRET])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 failed"));
+
+    hook.hook.always_fail.store(false, Ordering::SeqCst);
+    let retry = revoker_command()
+        .args(["notify", "retry", "--failed", "--database-url", db.url()])
+        .output()
+        .unwrap();
+    assert!(retry.status.success());
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("re-queued 1"));
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 1"));
+    let got = hook.received();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3].attempt, "1", "re-queued with a fresh attempt count");
+    assert_eq!(got[3].idempotency_key, got[0].idempotency_key);
+    // A delivered notification is not sent again.
+    let id = got[0].idempotency_key.clone();
+    let again = revoker_command()
+        .args(["notify", "retry", &id, "--database-url", db.url()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already delivered"));
+}
+
+/// Two receivers on one database, both running the worker against one webhook: 40
+/// tokens, each reported through both instances twice, give 40 notifications, each
+/// received exactly once.
+async fn two_instances_notify_each_token_once(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let keys = KeyServer::with_test_keys().await;
+    let hook = Webhook::start().await;
+    let one = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let two = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let tokens = mint_many(one.store.as_ref(), "shared/pkg", 40, Ttl::hours(1)).await;
+    let raw: Vec<&str> = tokens.iter().map(Token::expose_secret).collect();
+    let signer = Signer::test();
+    let mut sends = Vec::new();
+    for chunk in raw.chunks(10) {
+        for app in [&one, &two, &one, &two] {
+            sends.push(app.deliver(&signer, alert_body(chunk)));
+        }
+    }
+    for a in futures::future::join_all(sends).await {
+        assert_eq!(a.labels(), vec!["true_positive"; 10]);
+    }
+    wait_until_delivered(&one, 40).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = hook.received();
+    let mut keys_seen: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        *keys_seen.entry(r.idempotency_key.clone()).or_default() += 1;
+    }
+    assert_eq!(keys_seen.len(), 40);
+    assert!(keys_seen.values().all(|&n| n == 1), "{keys_seen:?}");
+    let prefixes: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| json(r)["token"]["hash_prefix"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: std::collections::HashSet<String> =
+        tokens.iter().map(|t| t.hash().prefix()).collect();
+    assert_eq!(prefixes, expected);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    one.stop().await;
+    two.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_notify_each_token_once() {
+    two_instances_notify_each_token_once(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_sqlite_notify_each_token_once() {
+    two_instances_notify_each_token_once(Kind::Sqlite).await;
+}
+
+#[test]
+fn serve_refuses_half_or_unsafe_notification_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let serve = |extra: &[&str]| {
+        let out = revoker_command()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", &db])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(serve(&["--notify-webhook", "https://hooks.example.com/x"]).contains("--notify-secret"));
+    assert!(serve(&["--notify-secret", "s"]).contains("--notify-webhook is not"));
+    assert!(serve(&[
+        "--notify-webhook",
+        "http://hooks.example.com/x",
+        "--notify-secret",
+        "s"
+    ])
+    .contains("https"));
+}
