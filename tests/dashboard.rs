@@ -136,6 +136,17 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         let shown = text_of(&dom, id).unwrap_or_else(|| panic!("no #{id} on the page"));
         assert_eq!(shown, totals[field].to_string(), "#{id}");
     }
+    // Owner notifications (no webhook here: all still pending).
+    let notifications = &stats.json["notifications"];
+    for (id, field) in [
+        ("notify-delivered", "delivered"),
+        ("notify-pending", "pending"),
+        ("notify-failed", "failed"),
+    ] {
+        let shown = text_of(&dom, id).unwrap_or_else(|| panic!("no #{id} on the page"));
+        assert_eq!(shown, notifications[field].to_string(), "#{id}");
+    }
+    assert_eq!(notifications["pending"], 6, "5 revoked + 1 expired");
     let tp = totals["revoked"].as_i64().unwrap()
         + totals["already_revoked"].as_i64().unwrap()
         + totals["expired"].as_i64().unwrap();
