@@ -10,7 +10,7 @@
 //!   nothing is written and the caller answers 503 so the scanner retries.
 //! - A token is flipped to revoked at most once; `revoked_at` never changes afterwards.
 //! - The delivery that flips a token also queues exactly one owner notification for it
-//!   (the outbox, table `notifications`, unique per token), in the same transaction.
+//!   (the outbox, table `notifications`, one per token: a token flips once), in the same transaction.
 //!   Notifications are claimed with a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so
 //!   several workers never send the same one at once.
 

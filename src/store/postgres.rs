@@ -94,13 +94,11 @@ WITH rid AS (
     SELECT DISTINCT ON (hash) hash, url, source FROM item ORDER BY hash, position
 ), notified AS (
     -- One owner notification per flipped token (the outbox), in this same statement: it
-    -- exists exactly when the revocation committed. The unique token_hash is a belt: a
-    -- token flips once.
+    -- exists exactly when the revocation committed, and a token flips once.
     INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
                                revoked_at, expired, next_attempt_at)
     SELECT f.hash, (SELECT id FROM rid), f.owner, $7, fi.url, fi.source, $6, f.was_expired, $6
     FROM flipped f JOIN first_item fi USING (hash)
-    ON CONFLICT (token_hash) DO NOTHING
 )
 SELECT (SELECT id FROM rid), hash, outcome FROM outcome";
 

@@ -343,7 +343,7 @@ impl RevocationStore for SqliteStore {
         }
 
         // The outbox rows of the flipped tokens, in one statement, committed with the
-        // revocation or not at all. The unique token_hash is a belt: a token flips once.
+        // revocation or not at all. A token flips once, so it is notified once.
         if !notifications.is_empty() {
             self.statements.add(1);
             sqlx::query(
@@ -352,8 +352,7 @@ impl RevocationStore for SqliteStore {
                  SELECT unhex(json_extract(value, '$[0]')), ?1, json_extract(value, '$[1]'), ?2,
                         json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?3,
                         json_extract(value, '$[4]'), ?3
-                 FROM json_each(?4) WHERE true
-                 ON CONFLICT (token_hash) DO NOTHING",
+                 FROM json_each(?4)",
             )
             .bind(report_id)
             .bind(&report.scanner)
