@@ -70,7 +70,8 @@ pub enum NotifyCommand {
         db: DbArgs,
     },
     /// Re-queue a notification (pending or failed) to be sent now with a fresh attempt
-    /// count, or every failed one with --failed.
+    /// count, or every failed one with --failed. One a worker is sending right now is
+    /// refused until its lease ends.
     #[command(group(clap::ArgGroup::new("which").args(["id", "failed"]).required(true)))]
     Retry {
         /// The notification id (see `revoker notify list`).
@@ -110,7 +111,7 @@ pub struct NotifyArgs {
     #[arg(long, env = "REVOKER_NOTIFY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub notify_backoff: Duration,
 
-    /// Longest delay between two attempts.
+    /// Longest delay between two attempts (at most 30d).
     #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = "6h", value_parser = humantime::parse_duration)]
     pub notify_backoff_max: Duration,
 

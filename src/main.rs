@@ -83,8 +83,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Opens an existing revoker database without creating or migrating anything: a
-/// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
 /// `revoker notify …`.
 async fn notify(command: NotifyCommand) -> anyhow::Result<()> {
     use revoker::store::{NotificationStatus, Requeue};
@@ -198,11 +196,18 @@ async fn notify(command: NotifyCommand) -> anyhow::Result<()> {
                 Requeue::AlreadyDelivered => {
                     anyhow::bail!("notification {id} was already delivered; it is not sent again")
                 }
+                Requeue::InFlight(until) => anyhow::bail!(
+                    "notification {id} is being sent right now (its worker holds it until {}); \
+                     retry after that if it has not been delivered",
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
             }
         }
     }
 }
 
+/// Opens an existing revoker database without creating or migrating anything: a
+/// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
 async fn open_existing(db: &DbArgs) -> anyhow::Result<std::sync::Arc<dyn RevocationStore>> {
     let url = db.database_url.expose_secret();
     let settings = db.pool_settings(false);

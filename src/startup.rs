@@ -206,22 +206,33 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        match self.state.notifier.clone() {
-            Some(notifier) => {
-                tokio::spawn(notifier.run(stop_rx.clone()));
+        let worker = match self.state.notifier.clone() {
+            Some(notifier) => Some(tokio::spawn(notifier.run(stop_rx.clone()))),
+            None => {
+                tracing::info!(
+                    "owner notifications are queued in the database but not sent: no --notify-webhook"
+                );
+                None
             }
-            None => tracing::info!(
-                "owner notifications are queued in the database but not sent: no --notify-webhook"
-            ),
-        }
+        };
         tracing::info!(%addr, %admin, "listening");
         let public = axum::serve(self.listener, router(self.state.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin = axum::serve(self.admin_listener, stats::admin_router(self.state))
             .with_graceful_shutdown(stopped(stop_rx));
-        let both = async { tokio::join!(public, admin) };
+        // The notification worker records the round it is sending before it stops;
+        // all of it within the same grace.
+        let all = async {
+            let (public, admin) = tokio::join!(public, admin);
+            if let Some(worker) = worker {
+                if let Err(e) = worker.await {
+                    tracing::error!(error = %e, "owner notifications: delivery worker panicked");
+                }
+            }
+            (public, admin)
+        };
         tokio::select! {
-            (public, admin) = both => public.and(admin),
+            (public, admin) = all => public.and(admin),
             _ = deadline => {
                 tracing::warn!(
                     grace_seconds = grace.as_secs(),

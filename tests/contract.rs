@@ -1506,6 +1506,8 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let [n0, n1, n2, n3] = ids(&claimed)[..] else {
         panic!("four claimed: {claimed:?}")
     };
+    // A claim as its worker holds it: what finish_notification is given.
+    let held = |id: i64| claimed.iter().find(|n| n.id == id).cloned().unwrap();
     let get = |id: i64| {
         let store = Arc::clone(&store);
         async move {
@@ -1520,7 +1522,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let statements = store.statements();
     store
         .finish_notification(
-            n0,
+            &held(n0),
             &AttemptResult::Delivered {
                 at: t0 + Ttl::seconds(1),
             },
@@ -1530,7 +1532,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     assert_eq!(store.statements(), statements + 1);
     store
         .finish_notification(
-            n1,
+            &held(n1),
             &AttemptResult::Retry {
                 error: "HTTP 502 from the webhook".into(),
                 next_attempt_at: min(5),
@@ -1540,7 +1542,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
         .unwrap();
     store
         .finish_notification(
-            n2,
+            &held(n2),
             &AttemptResult::Failed {
                 error: "HTTP 410 gone".into(),
             },
@@ -1590,7 +1592,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     assert_eq!(ids(&c), [n3]);
     assert_eq!(c[0].attempts, 2);
     store
-        .finish_notification(n3, &AttemptResult::Delivered { at: min(1) })
+        .finish_notification(&c[0], &AttemptResult::Delivered { at: min(1) })
         .await
         .unwrap();
     // At the retry time: n1, its previous error still on record until this attempt ends.
@@ -1602,7 +1604,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     );
     store
         .finish_notification(
-            n1,
+            &c[0],
             &AttemptResult::Failed {
                 error: "gave up".into(),
             },
@@ -1621,7 +1623,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let before = get(n0).await;
     store
         .finish_notification(
-            n0,
+            &held(n0),
             &AttemptResult::Retry {
                 error: "late".into(),
                 next_attempt_at: min(6),
@@ -1631,7 +1633,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
         .unwrap();
     store
         .finish_notification(
-            n0,
+            &held(n0),
             &AttemptResult::Failed {
                 error: "late".into(),
             },
@@ -1681,16 +1683,78 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let c = store.claim_notifications(min(6), long, 10).await.unwrap();
     assert_eq!(ids(&c), [n2]);
     assert_eq!(c[0].attempts, 1);
+    let first_claim_of_n2 = c[0].clone();
     let c = store.claim_notifications(min(7), long, 10).await.unwrap();
     assert_eq!(ids(&c), [n1], "n2 is leased");
-    // Re-queueing a leased pending one ends its lease: due again at once.
+    // A leased one is being sent: re-queueing it now could send it twice at once.
+    let lease_of_n1 = c[0].locked_until.expect("a claim holds a lease");
+    assert_eq!(lease_of_n1, min(67));
+    let before = get(n1).await;
     assert_eq!(
         store.requeue_notification(n1, min(8)).await.unwrap(),
+        Requeue::InFlight(lease_of_n1)
+    );
+    assert_eq!(get(n1).await, before, "an in-flight one is left alone");
+    assert!(store
+        .claim_notifications(min(8), long, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // n2's worker stalls past its lease; another claim takes n2 over. The stalled
+    // worker's late Retry or Failed changes nothing; the new holder's result counts.
+    let c = store.claim_notifications(min(66), long, 10).await.unwrap();
+    assert_eq!(ids(&c), [n2]);
+    assert_eq!(c[0].attempts, 2);
+    let second_claim_of_n2 = c[0].clone();
+    let held_by_second = get(n2).await;
+    for late in [
+        AttemptResult::Failed {
+            error: "stalled worker gave up".into(),
+        },
+        AttemptResult::Retry {
+            error: "stalled worker".into(),
+            next_attempt_at: min(70),
+        },
+    ] {
+        store
+            .finish_notification(&first_claim_of_n2, &late)
+            .await
+            .unwrap();
+        assert_eq!(get(n2).await, held_by_second, "{late:?} from a lost claim");
+    }
+    store
+        .finish_notification(
+            &second_claim_of_n2,
+            &AttemptResult::Retry {
+                error: "HTTP 503".into(),
+                next_attempt_at: min(80),
+            },
+        )
+        .await
+        .unwrap();
+    let r = get(n2).await;
+    assert_eq!(
+        (
+            r.status,
+            r.next_attempt_at,
+            r.locked_until,
+            r.last_error.as_deref()
+        ),
+        (NotificationStatus::Pending, min(80), None, Some("HTTP 503"))
+    );
+    // Not held any more: re-queueing works again, and the n1 lease has run out too.
+    assert_eq!(
+        store.requeue_notification(n2, min(68)).await.unwrap(),
         Requeue::Requeued
     );
-    let c = store.claim_notifications(min(8), long, 10).await.unwrap();
-    assert_eq!(ids(&c), [n1]);
-    assert_eq!(c[0].attempts, 1);
+    assert_eq!(
+        store.requeue_notification(n1, min(68)).await.unwrap(),
+        Requeue::Requeued
+    );
+    let c = store.claim_notifications(min(68), long, 10).await.unwrap();
+    assert_eq!(ids(&c), [n1, n2]);
+    assert!(c.iter().all(|n| n.attempts == 1));
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
 }

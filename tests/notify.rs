@@ -39,6 +39,8 @@ struct Hook {
     fail_first: Arc<AtomicUsize>,
     /// Answer 500 to everything.
     always_fail: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds to wait before answering (after recording the request).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The owner's webhook: a real axum server on loopback.
@@ -89,6 +91,10 @@ impl Webhook {
                 body: body.to_vec(),
                 signature_ok,
             });
+            let delay = hook.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             if hook.always_fail.load(Ordering::SeqCst) {
                 return StatusCode::INTERNAL_SERVER_ERROR;
             }
@@ -417,6 +423,44 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already delivered"));
+}
+
+/// Shutdown while a notification is on the wire: the worker finishes the send and
+/// records it before the application returns, instead of leaving the row leased (and
+/// sent again after the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_send_in_flight_and_records_it() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let keys = KeyServer::with_test_keys().await;
+    let hook = Webhook::start().await;
+    hook.hook.delay_ms.store(1500, Ordering::SeqCst);
+    let app = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let store = Arc::clone(&app.store);
+    let token = app.mint("carol/crate-c", Ttl::hours(1)).await;
+    let answer = app
+        .deliver(&Signer::test(), alert_body(&[token.expose_secret()]))
+        .await;
+    assert_eq!(answer.labels(), ["true_positive"]);
+    hook.wait_for(1).await; // on the wire: the webhook answers in 1.5 s
+
+    let stopping = Instant::now();
+    app.stop().await;
+    let waited = stopping.elapsed();
+    let rows = store.list_notifications(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].status, rows[0].attempts, rows[0].locked_until),
+        (NotificationStatus::Delivered, 1, None),
+        "recorded before the application returned"
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "stopped after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(10), "stopped after {waited:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received().len(), 1, "and not sent again");
+    db.cleanup().await;
 }
 
 /// Two receivers on one database, both running the worker against one webhook: 40

@@ -39,6 +39,9 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Header carrying the attempt number (1 for the first); informational, not signed.
 pub const ATTEMPT_HEADER: &str = "Revoker-Attempt";
 
+/// The longest `--notify-backoff-max` accepted.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How notifications are sent.
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
@@ -88,6 +91,12 @@ impl NotifySettings {
         if self.max_attempts == 0 {
             bail!("--notify-max-attempts must be at least 1");
         }
+        if self.timeout.is_zero() {
+            bail!("--notify-timeout must be greater than 0");
+        }
+        if self.backoff_max > MAX_BACKOFF {
+            bail!("--notify-backoff-max must be at most 30 days");
+        }
         Ok(())
     }
 }
@@ -108,6 +117,15 @@ pub fn check_webhook_url(url: &str) -> anyhow::Result<()> {
         "http" if loopback => Ok(()),
         "http" => bail!("--notify-webhook must use https; plain http is allowed only to localhost"),
         other => bail!("--notify-webhook must be an https URL, not {other}:"),
+    }
+}
+
+/// `scheme://host[:port]` of the webhook, for logs: paths and queries of webhook URLs
+/// often carry a secret (chat and incident tools put one there).
+pub fn webhook_origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -239,8 +257,19 @@ impl Notifier {
     /// Sends everything that is due now, round after round, until nothing due is
     /// left; a notification that fails is due again only after its backoff.
     pub async fn run_once(&self) -> Result<RunSummary, StoreError> {
+        self.rounds(None).await
+    }
+
+    /// [`Self::run_once`], stopping between rounds once `stop` turns true.
+    async fn rounds(
+        &self,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<RunSummary, StoreError> {
         let mut summary = RunSummary::default();
         loop {
+            if stop.is_some_and(|s| *s.borrow()) {
+                break;
+            }
             let claimed = self
                 .store
                 .claim_notifications(Utc::now(), self.settings.lease(), self.settings.batch)
@@ -256,6 +285,9 @@ impl Notifier {
                     (n, result)
                 });
             }
+            // Every result of the round is recorded even if recording one fails: a send
+            // the webhook accepted should not be sent again for a database hiccup.
+            let mut first_error = None;
             while let Some(joined) = sends.join_next().await {
                 let (n, result) = joined.expect("a send task does not panic");
                 let label = match &result {
@@ -287,7 +319,12 @@ impl Notifier {
                 if let Some(m) = &self.metrics {
                     m.notification_attempt(label);
                 }
-                self.store.finish_notification(n.id, &result).await?;
+                if let Err(e) = self.store.finish_notification(&n, &result).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
         if let Some(m) = &self.metrics {
@@ -343,24 +380,30 @@ impl Notifier {
                 self.settings.backoff_base,
                 self.settings.backoff_max,
             );
+            // `validate` caps the backoff at 30 days, so this cannot overflow; if it
+            // did, the latest representable time beats a panic in the worker.
+            let next_attempt_at = chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
             AttemptResult::Retry {
                 error,
-                next_attempt_at: Utc::now()
-                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                next_attempt_at,
             }
         }
     }
 
     /// The worker inside `serve`: a pass now, then whenever woken or every poll
-    /// interval, until `stop` turns true. A database error is logged and retried at
-    /// the next poll.
+    /// interval, until `stop` turns true; a pass in progress finishes its round of
+    /// sends (each at most `--notify-timeout`) and records them first. A database
+    /// error is logged and retried at the next poll.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(
-            webhook = %crate::config::redact_url(&self.settings.webhook),
+            webhook = %webhook_origin(&self.settings.webhook),
             "owner notifications: delivery worker started"
         );
         loop {
-            if let Err(e) = self.run_once().await {
+            if let Err(e) = self.rounds(Some(&stop)).await {
                 tracing::warn!(error = %crate::error::error_chain(&e), "owner notifications: pass failed; retrying later");
             }
             tokio::select! {
@@ -411,5 +454,32 @@ mod tests {
         assert!(check_webhook_url("http://hooks.example.com/x").is_err());
         assert!(check_webhook_url("ftp://hooks.example.com/x").is_err());
         assert!(check_webhook_url("not a url").is_err());
+    }
+
+    #[test]
+    fn logs_name_only_the_webhook_origin() {
+        assert_eq!(
+            webhook_origin("https://user:pw@hooks.example.com:8443/T000/B000/XXXXsecret?token=s3"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(
+            webhook_origin("http://127.0.0.1:9/x/secret"),
+            "http://127.0.0.1:9"
+        );
+    }
+
+    #[test]
+    fn settings_refuse_a_zero_timeout_or_an_endless_backoff() {
+        let ok = NotifySettings::new("https://hooks.example.com/x", "s");
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.timeout = Duration::ZERO;
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.backoff_max = MAX_BACKOFF + Duration::from_secs(1);
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.secret = SecretString::from(" ".to_owned());
+        assert!(bad.validate().is_err());
     }
 }

@@ -250,6 +250,10 @@ pub struct Notification {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// End of the lease of the worker sending it, as the database stored it; `None`
+    /// when nobody holds it. A claim's own value identifies that claim to
+    /// [`RevocationStore::finish_notification`].
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// What became of one attempt to send a claimed notification.
@@ -284,6 +288,9 @@ pub enum Requeue {
     NotFound,
     /// Delivered notifications are not sent again.
     AlreadyDelivered,
+    /// A worker holds it (is sending it) until the given time; re-queuing now could
+    /// have a second worker send it at the same time.
+    InFlight(DateTime<Utc>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,8 +392,16 @@ pub trait RevocationStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
 
-    /// Records the result of an attempt on a claimed notification and ends its lease.
-    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError>;
+    /// Records the result of an attempt on `claimed` (as `claim_notifications` returned
+    /// it) and ends its lease. `Delivered` always counts (a success is never undone).
+    /// `Retry` and `Failed` apply only while the row is still held by that same claim:
+    /// a worker whose lease ran out, and whose row another worker took over or an
+    /// operator re-queued, changes nothing.
+    async fn finish_notification(
+        &self,
+        claimed: &Notification,
+        result: &AttemptResult,
+    ) -> Result<(), StoreError>;
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
 
@@ -398,7 +413,7 @@ pub trait RevocationStore: Send + Sync + 'static {
     ) -> Result<Vec<Notification>, StoreError>;
 
     /// Makes a pending or failed notification due at `now` with its attempt count and
-    /// error cleared.
+    /// error cleared; not one a worker is sending right now (lease past `now`).
     async fn requeue_notification(
         &self,
         id: i64,

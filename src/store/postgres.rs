@@ -105,7 +105,8 @@ SELECT (SELECT id FROM rid), hash, outcome FROM outcome";
 /// A notification row, in the order `notification_from` decodes (`attempts` widened to
 /// the 64-bit integer it decodes).
 const NOTIFICATION_COLUMNS: &str = "id, token_hash, report_id, owner, scanner, url, source, \
-    revoked_at, expired, status, attempts::int8, next_attempt_at, last_error, delivered_at";
+    revoked_at, expired, status, attempts::int8, next_attempt_at, last_error, delivered_at, \
+    locked_until";
 
 /// Leases the due, unleased pending rows, oldest due first, in one statement. `SKIP
 /// LOCKED` passes over rows another claimer has locked and not yet committed; a row it
@@ -573,9 +574,15 @@ impl RevocationStore for PostgresStore {
         Ok(claimed)
     }
 
-    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError> {
+    async fn finish_notification(
+        &self,
+        claimed: &Notification,
+        result: &AttemptResult,
+    ) -> Result<(), StoreError> {
         // A delivered notification never goes back: a worker whose lease ran out and
         // was overtaken cannot undo the other's success. A success always counts.
+        // Anything else needs the row still held by this claim (its exact lease end).
+        let id = claimed.id;
         let query = match result {
             AttemptResult::Delivered { at } => sqlx::query(
                 "UPDATE notifications
@@ -590,18 +597,20 @@ impl RevocationStore for PostgresStore {
             } => sqlx::query(
                 "UPDATE notifications
                  SET next_attempt_at = $2, last_error = $3, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending'",
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $4",
             )
             .bind(id)
             .bind(*next_attempt_at)
-            .bind(error.as_str()),
+            .bind(error.as_str())
+            .bind(claimed.locked_until),
             AttemptResult::Failed { error } => sqlx::query(
                 "UPDATE notifications
                  SET status = 'failed', last_error = $2, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending'",
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $3",
             )
             .bind(id)
-            .bind(error.as_str()),
+            .bind(error.as_str())
+            .bind(claimed.locked_until),
         };
         self.statements.add(1);
         query.execute(&self.pool).await?;
@@ -654,15 +663,17 @@ impl RevocationStore for PostgresStore {
         self.statements.add(1);
         let row = sqlx::query(
             "WITH before AS (
-                 SELECT status FROM notifications WHERE id = $1
+                 SELECT status, locked_until FROM notifications WHERE id = $1
              ), requeued AS (
                  UPDATE notifications
                  SET status = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL,
                      locked_until = NULL
                  WHERE id = $1 AND status <> 'delivered'
+                   AND (locked_until IS NULL OR locked_until <= $2)
                  RETURNING id
              )
-             SELECT (SELECT status FROM before), EXISTS (SELECT 1 FROM requeued)",
+             SELECT (SELECT status FROM before), EXISTS (SELECT 1 FROM requeued),
+                    (SELECT locked_until FROM before)",
         )
         .bind(id)
         .bind(now)
@@ -670,10 +681,12 @@ impl RevocationStore for PostgresStore {
         .await?;
         let status: Option<String> = row.try_get(0)?;
         let requeued: bool = row.try_get(1)?;
-        Ok(match (status, requeued) {
+        let locked_until: Option<DateTime<Utc>> = row.try_get(2)?;
+        Ok(match (status.as_deref(), requeued) {
             (_, true) => Requeue::Requeued,
             (None, false) => Requeue::NotFound,
-            (Some(_), false) => Requeue::AlreadyDelivered,
+            (Some("delivered"), false) => Requeue::AlreadyDelivered,
+            (Some(_), false) => Requeue::InFlight(locked_until.unwrap_or(now)),
         })
     }
 

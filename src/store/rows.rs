@@ -212,6 +212,7 @@ where
         next_attempt_at: time(r.try_get(11)?)?,
         last_error: r.try_get(12)?,
         delivered_at: r.try_get::<Option<T>, _>(13)?.map(&time).transpose()?,
+        locked_until: r.try_get::<Option<T>, _>(14)?.map(&time).transpose()?,
     })
 }
 

@@ -118,7 +118,8 @@ ORDER BY r.id DESC, i.rn";
 
 /// A notification row, in the order `notification_from` decodes.
 const NOTIFICATION_COLUMNS: &str = "id, token_hash, report_id, owner, scanner, url, source, \
-    revoked_at, expired, status, attempts, next_attempt_at, last_error, delivered_at";
+    revoked_at, expired, status, attempts, next_attempt_at, last_error, delivered_at, \
+    locked_until";
 
 /// Leases the due, unleased pending rows, oldest due first. One statement: SQLite runs
 /// one writer at a time, so two claimers never pick the same row.
@@ -658,9 +659,15 @@ impl RevocationStore for SqliteStore {
         Ok(claimed)
     }
 
-    async fn finish_notification(&self, id: i64, result: &AttemptResult) -> Result<(), StoreError> {
+    async fn finish_notification(
+        &self,
+        claimed: &Notification,
+        result: &AttemptResult,
+    ) -> Result<(), StoreError> {
         // A delivered notification never goes back: a worker whose lease ran out and
         // was overtaken cannot undo the other's success. A success always counts.
+        // Anything else needs the row still held by this claim (its exact lease end).
+        let id = claimed.id;
         let query = match result {
             AttemptResult::Delivered { at } => sqlx::query(
                 "UPDATE notifications
@@ -675,18 +682,20 @@ impl RevocationStore for SqliteStore {
             } => sqlx::query(
                 "UPDATE notifications
                  SET next_attempt_at = ?2, last_error = ?3, locked_until = NULL
-                 WHERE id = ?1 AND status = 'pending'",
+                 WHERE id = ?1 AND status = 'pending' AND locked_until = ?4",
             )
             .bind(id)
             .bind(to_millis(*next_attempt_at))
-            .bind(error.as_str()),
+            .bind(error.as_str())
+            .bind(claimed.locked_until.map(to_millis)),
             AttemptResult::Failed { error } => sqlx::query(
                 "UPDATE notifications
                  SET status = 'failed', last_error = ?2, locked_until = NULL
-                 WHERE id = ?1 AND status = 'pending'",
+                 WHERE id = ?1 AND status = 'pending' AND locked_until = ?3",
             )
             .bind(id)
-            .bind(error.as_str()),
+            .bind(error.as_str())
+            .bind(claimed.locked_until.map(to_millis)),
         };
         self.statements.add(1);
         query.execute(&self.pool).await?;
@@ -740,7 +749,8 @@ impl RevocationStore for SqliteStore {
             "UPDATE notifications
              SET status = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
                  locked_until = NULL
-             WHERE id = ?1 AND status <> 'delivered'",
+             WHERE id = ?1 AND status <> 'delivered'
+               AND (locked_until IS NULL OR locked_until <= ?2)",
         )
         .bind(id)
         .bind(to_millis(now))
@@ -750,15 +760,20 @@ impl RevocationStore for SqliteStore {
         if requeued > 0 {
             return Ok(Requeue::Requeued);
         }
-        // Nothing changed: absent, or delivered (which stays delivered).
+        // Nothing changed: absent, delivered (which stays delivered), or being sent.
         self.statements.add(1);
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM notifications WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match exists {
-            Some(_) => Requeue::AlreadyDelivered,
+        let found: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, locked_until FROM notifications WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match found {
             None => Requeue::NotFound,
+            Some((status, _)) if status == "delivered" => Requeue::AlreadyDelivered,
+            Some((_, locked_until)) => Requeue::InFlight(match locked_until {
+                Some(ms) => from_millis(ms)?,
+                None => now,
+            }),
         })
     }
 
