@@ -149,6 +149,17 @@ impl TryFrom<crate::cli::ServeArgs> for Settings {
     }
 }
 
+/// Whether `url` names this machine (`localhost` or a loopback address): the only
+/// place plain http may carry something secret.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// The URL with any password replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

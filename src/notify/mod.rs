@@ -106,15 +106,9 @@ impl NotifySettings {
 pub fn check_webhook_url(url: &str) -> anyhow::Result<()> {
     let parsed =
         url::Url::parse(url).with_context(|| "--notify-webhook is not a URL".to_string())?;
-    let loopback = match parsed.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match parsed.scheme() {
         "https" => Ok(()),
-        "http" if loopback => Ok(()),
+        "http" if crate::config::is_loopback_url(&parsed) => Ok(()),
         "http" => bail!("--notify-webhook must use https; plain http is allowed only to localhost"),
         other => bail!("--notify-webhook must be an https URL, not {other}:"),
     }

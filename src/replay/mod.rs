@@ -120,15 +120,9 @@ pub fn sign_body(key: &SigningKey, body: &[u8]) -> String {
 /// Refuses to send raw tokens over cleartext HTTP to anything but this machine.
 pub fn check_remote_url(url: &str) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
-    let loopback = match parsed.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match parsed.scheme() {
         "https" => Ok(()),
-        "http" if loopback => Ok(()),
+        "http" if crate::config::is_loopback_url(&parsed) => Ok(()),
         "http" => bail!("--url must use https (http would send raw tokens in cleartext); plain http is allowed only to localhost"),
         other => bail!("--url must be an https URL, not {other}:"),
     }
