@@ -322,8 +322,8 @@ impl Notifier {
             }
         }
         if let Some(m) = &self.metrics {
-            let counts = self.store.notification_counts().await?;
-            m.notifications_outstanding(counts.pending, counts.failed);
+            let (pending, failed) = self.store.outstanding_notifications().await?;
+            m.notifications_outstanding(pending, failed);
         }
         Ok(summary)
     }

@@ -405,6 +405,11 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
 
+    /// `(pending, failed)`: what the worker reports after every pass. Counted from the
+    /// partial indexes, so its cost does not grow with the delivered rows, which
+    /// [`Self::notification_counts`] has to count too.
+    async fn outstanding_notifications(&self) -> Result<(i64, i64), StoreError>;
+
     /// Newest first (by id), optionally only one status.
     async fn list_notifications(
         &self,

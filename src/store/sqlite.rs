@@ -710,32 +710,30 @@ impl RevocationStore for SqliteStore {
         notification_counts_from(&rows)
     }
 
+    async fn outstanding_notifications(&self) -> Result<(i64, i64), StoreError> {
+        self.statements.add(1);
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM notifications WHERE status = 'pending'),
+                    (SELECT count(*) FROM notifications WHERE status = 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn list_notifications(
         &self,
         status: Option<NotificationStatus>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         self.statements.add(1);
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(&format!(
-                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications
-                     WHERE status = ?1 ORDER BY id DESC LIMIT ?2"
-                ))
-                .bind(status.as_str())
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY id DESC LIMIT ?1"
-                ))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"
+        ))
+        .bind(status.map(NotificationStatus::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(notification).collect()
     }
 
