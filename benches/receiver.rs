@@ -26,12 +26,13 @@ use p256::ecdsa::SigningKey;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use sqlx::Connection;
 
-use revoker::alert;
-use revoker::config::{ScannerSpec, Settings};
+use revoker::config::Settings;
+use revoker::domain::alert;
+use revoker::domain::token::{Token, TokenHash};
 use revoker::signature;
+use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
 use revoker::store::{NewToken, RevocationStore};
-use revoker::token::{Token, TokenHash};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
@@ -570,7 +571,7 @@ async fn run(args: Args) -> bool {
     let t = Instant::now();
     let mut valid = 0;
     for item in &items {
-        valid += usize::from(revoker::token::validate(&item.token).is_ok());
+        valid += usize::from(revoker::domain::token::validate(&item.token).is_ok());
     }
     let classify_ns = t.elapsed().as_secs_f64() * 1e9 / items.len() as f64;
     assert_eq!(valid, items.len());

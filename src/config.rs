@@ -1,48 +1,18 @@
-//! Typed settings of the receiver, built from the CLI ([`crate::cli::ServeArgs`]).
+//! Typed settings of the receiver ([`Settings`]): what `serve` runs with, whoever built
+//! them (the binary's `serve` command from flags and environment, or a test). This
+//! module knows no CLI type; the command line's parsers of sizes live here so every
+//! entry point reads `8MiB` the same way.
 //!
-//! Secrets (database URL, GitHub token) are `SecretString`: `Debug` redacts them.
+//! Secrets (database URL, GitHub token, admin token) are `SecretString`: `Debug`
+//! redacts them.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::notify::NotifySettings;
+use crate::signature::{CacheTiming, ScannerSpec};
 use crate::store::PoolSettings;
-
-/// `NAME=SOURCE` from `--scanner`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScannerSpec {
-    /// Route segment: `POST /secret-scanning/{name}`.
-    pub name: String,
-    /// http(s) URL or file path of the key JSON.
-    pub source: String,
-}
-
-impl FromStr for ScannerSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, source) = s
-            .split_once('=')
-            .ok_or_else(|| format!("expected NAME=SOURCE, got {s:?}"))?;
-        let name = name.trim();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "scanner name {name:?} must be non-empty and use only a-z, 0-9, '-' and '_'"
-            ));
-        }
-        if source.trim().is_empty() {
-            return Err(format!("scanner {name:?} has an empty key source"));
-        }
-        Ok(ScannerSpec {
-            name: name.to_owned(),
-            source: source.trim().to_owned(),
-        })
-    }
-}
 
 /// Parses a byte size: `1048576`, `512KiB`, `8MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -95,7 +65,7 @@ pub struct Settings {
     pub admin_listen: String,
     pub admin_token: Option<SecretString>,
     /// Owner notifications: where and how to send them (`None`: queued, not sent).
-    pub notify: Option<crate::notify::NotifySettings>,
+    pub notify: Option<NotifySettings>,
 }
 
 impl Settings {
@@ -121,54 +91,14 @@ impl Settings {
             notify: None,
         }
     }
-}
 
-impl TryFrom<crate::cli::ServeArgs> for Settings {
-    type Error = anyhow::Error;
-
-    fn try_from(a: crate::cli::ServeArgs) -> anyhow::Result<Self> {
-        Ok(Settings {
-            notify: a.notify.settings()?,
-            listen: a.listen,
-            pool: a.db.pool_settings(true),
-            database_url: a.db.database_url,
-            scanners: a.scanners,
-            keys_ttl: a.keys_ttl,
-            keys_refetch_interval: a.keys_refetch_interval,
-            keys_timeout: a.keys_timeout,
-            github_token: a.github_token,
-            max_body: a.max_body,
-            retry_after: a.retry_after,
-            request_timeout: a.request_timeout,
-            body_timeout: a.body_timeout,
-            max_concurrent_deliveries: a.max_concurrent_deliveries as usize,
-            shutdown_timeout: a.shutdown_timeout,
-            admin_listen: a.admin_listen,
-            admin_token: a.admin_token,
-        })
-    }
-}
-
-/// Whether `url` names this machine (`localhost` or a loopback address): the only
-/// place plain http may carry something secret.
-pub fn is_loopback_url(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// The URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    /// The key caches' timing.
+    pub fn key_timing(&self) -> CacheTiming {
+        CacheTiming {
+            ttl: self.keys_ttl,
+            refetch_interval: self.keys_refetch_interval,
+            fetch_timeout: self.keys_timeout,
         }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable URL>".into(),
     }
 }
 
@@ -185,26 +115,5 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("8XB").is_err());
         assert!(parse_size("MiB").is_err());
-    }
-
-    #[test]
-    fn scanner_specs() {
-        let s: ScannerSpec = "github=https://example.test/keys".parse().unwrap();
-        assert_eq!(s.name, "github");
-        assert_eq!(s.source, "https://example.test/keys");
-        let f: ScannerSpec = "team-a=/etc/keys.json".parse().unwrap();
-        assert_eq!(f.source, "/etc/keys.json");
-        assert!("nosource".parse::<ScannerSpec>().is_err());
-        assert!("Bad Name=x".parse::<ScannerSpec>().is_err());
-        assert!("x=".parse::<ScannerSpec>().is_err());
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert!(!redact_url("postgres://u:secret@h/db").contains("secret"));
     }
 }

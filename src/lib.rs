@@ -1,16 +1,33 @@
 //! revoker: receives signed secret-scanning alerts, revokes leaked `cio_tp_` tokens in
 //! one database statement, and answers each report token by token.
+//!
+//! # The dependency rule
+//! Modules form layers; a module uses only modules of lower layers, never one of its
+//! own layer or above, so no two modules reach each other, directly or through a chain.
+//! `tests/architecture.rs` reads every `crate::` path in `src/` and fails on a
+//! back-edge.
+//!
+//! | layer | modules | what they own |
+//! |---|---|---|
+//! | 0 | [`domain`], [`support`], [`telemetry`] | tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup |
+//! | 1 | [`metrics`] | the Prometheus registry of one instance |
+//! | 2 | [`signature`], [`store`] | ECDSA verification and scanner keys; all SQL |
+//! | 3 | [`notify`], [`replay`] | the owner-notification worker; leak-report import |
+//! | 4 | [`http`] | state, routers, `ApiError`, webhook, admin, health |
+//! | 5 | [`config`] | typed settings of `serve` |
+//! | 6 | [`startup`] | `Application`: build, bind, run until stopped |
+//!
+//! The binary (`src/main.rs`, `src/cmd/`) sits above all of them and is the only place
+//! that knows clap.
 
-pub mod alert; // alert body: parse, classify offline, feedback
-pub mod cli; // clap commands and flags
-pub mod config; // typed settings
-pub mod error; // ApiError: every non-200 answer
-pub mod notify; // owner notifications: the outbox's delivery worker
-pub mod replay; // leak-report import for security teams
-pub mod signature; // ECDSA verification and the scanner key cache
-pub mod startup; // Application: build, bind, run
-pub mod stats; // admin listener: metrics, stats API, dashboard, health
-pub mod store; // RevocationStore trait, SQLite and PostgreSQL backends
-pub mod telemetry; // tracing setup
-pub mod token; // the cio_tp_ token: generate, validate, hash
-pub mod webhook; // POST /secret-scanning/{scanner}
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod replay;
+pub mod signature;
+pub mod startup;
+pub mod store;
+pub mod support;
+pub mod telemetry;

@@ -1,84 +1,30 @@
 //! Building and running the receiver: [`Application::build`] connects the store,
-//! migrates, prepares one key cache per scanner and binds the listener (port 0 works),
-//! so a caller knows the port before the server runs.
+//! migrates, prepares one key cache per scanner and binds both listeners (port 0
+//! works), so a caller knows the ports before the server runs;
+//! [`Application::run_until_stopped`] serves until a shutdown future resolves, then
+//! lets in-flight work finish within `--shutdown-timeout`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::MatchedPath;
-use axum::http::Request;
-use axum::routing::post;
-use axum::Router;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
-use crate::config::{redact_url, Settings};
-use crate::signature::keys::{KeyCache, KeySource};
-use crate::stats::{self, metrics::Metrics};
+use crate::config::Settings;
+use crate::domain::redact::redact_url;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::signature;
 use crate::store::{self, RevocationStore};
-use crate::webhook;
-
-/// Shared by every request. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<dyn RevocationStore>,
-    /// Scanner name → its key cache.
-    pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
-    pub max_body: usize,
-    pub retry_after: Duration,
-    /// Whole-delivery deadline: past it the scanner gets 503 and nothing is written.
-    pub request_timeout: Duration,
-    /// Deadline for receiving the body.
-    pub body_timeout: Duration,
-    /// One permit per delivery being processed (`--max-concurrent-deliveries`).
-    pub deliveries: Arc<tokio::sync::Semaphore>,
-    pub metrics: Metrics,
-    /// SHA-256 of `--admin-token`, if set.
-    pub admin_token_digest: Option<[u8; 32]>,
-    /// The owner-notification worker, when `--notify-webhook` is set; woken after a
-    /// delivery revokes something.
-    pub notifier: Option<crate::notify::Notifier>,
-}
 
 pub struct Application {
     listener: TcpListener,
     admin_listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
-}
-
-/// Builds the scanners' key caches from the settings.
-pub fn key_caches(
-    settings: &Settings,
-    metrics: &Metrics,
-) -> anyhow::Result<HashMap<String, Arc<KeyCache>>> {
-    let mut scanners = HashMap::new();
-    for spec in &settings.scanners {
-        // The GitHub token goes to GitHub's endpoint only, never to another scanner's source.
-        let bearer = (spec.name == "github")
-            .then(|| settings.github_token.clone())
-            .flatten();
-        let source = KeySource::new(&spec.source, settings.keys_timeout, bearer)
-            .map_err(anyhow::Error::msg)?;
-        let cache = KeyCache::new(
-            &spec.name,
-            source,
-            settings.keys_ttl,
-            settings.keys_refetch_interval,
-            metrics.clone(),
-        );
-        if scanners
-            .insert(spec.name.clone(), Arc::new(cache))
-            .is_some()
-        {
-            anyhow::bail!("scanner {:?} is configured twice", spec.name);
-        }
-    }
-    Ok(scanners)
 }
 
 impl Application {
@@ -103,9 +49,14 @@ impl Application {
         store: Arc<dyn RevocationStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let scanners = key_caches(&settings, &metrics)?;
+        let scanners = signature::caches_for(
+            &settings.scanners,
+            settings.key_timing(),
+            settings.github_token.as_ref(),
+            &metrics,
+        )?;
         let notifier = match &settings.notify {
-            Some(n) => Some(crate::notify::Notifier::new(
+            Some(n) => Some(Notifier::new(
                 Arc::clone(&store),
                 n.clone(),
                 Some(metrics.clone()),
@@ -159,7 +110,7 @@ impl Application {
                 admin_token_digest: settings
                     .admin_token
                     .as_ref()
-                    .map(|t| stats::token_digest(t.expose_secret().trim())),
+                    .map(|t| http::admin::token_digest(t.expose_secret().trim())),
                 notifier,
             },
         })
@@ -216,9 +167,9 @@ impl Application {
             }
         };
         tracing::info!(%addr, %admin, "listening");
-        let public = axum::serve(self.listener, router(self.state.clone()))
+        let public = axum::serve(self.listener, http::public_router(self.state.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let admin = axum::serve(self.admin_listener, stats::admin_router(self.state))
+        let admin = axum::serve(self.admin_listener, http::admin_router(self.state))
             .with_graceful_shutdown(stopped(stop_rx));
         // The notification worker records the round it is sending before it stops;
         // all of it within the same grace.
@@ -242,26 +193,6 @@ impl Application {
             }
         }
     }
-}
-
-/// The public router: the webhook route and a JSON 404 for everything else.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/secret-scanning/{scanner}", post(webhook::receive))
-        .merge(stats::health_router())
-        .fallback(webhook::not_found)
-        .method_not_allowed_fallback(webhook::method_not_allowed)
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                tracing::info_span!("http", method = %req.method(), route)
-            }),
-        )
-        .with_state(state)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::Duration as Ttl;
 use common::*;
-use revoker::config::{ScannerSpec, Settings};
+use revoker::config::Settings;
+use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
 
 async fn sqlite() -> TestDb {

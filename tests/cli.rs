@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
-use revoker::token::Token;
+use revoker::domain::token::Token;
 
 fn revoker() -> Command {
     revoker_command()

@@ -12,13 +12,15 @@ use chrono::Duration as Ttl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
-use revoker::config::ScannerSpec;
+use revoker::domain::alert::{CandidateItem, NewReport};
+use revoker::domain::token::{Token, TokenHash};
+use revoker::domain::Outcome;
+use revoker::signature::ScannerSpec;
 use revoker::store::{
-    AttemptResult, CandidateItem, DayTotals, NewReport, NewToken, Notification, NotificationCounts,
-    NotificationStatus, Outcome, RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges,
-    RevocationStore, ScannerTotals, SourceTotals, Stats, Totals,
+    AttemptResult, DayTotals, NewToken, Notification, NotificationCounts, NotificationStatus,
+    RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges, RevocationStore,
+    ScannerTotals, SourceTotals, Stats, Totals,
 };
-use revoker::token::{Token, TokenHash};
 
 async fn run<F, Fut>(kind: Kind, test: F)
 where

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Duration as Ttl;
 use common::*;
-use revoker::config::ScannerSpec;
+use revoker::signature::ScannerSpec;
 
 /// `github` reads the loopback key server; `partner` reads `fixtures/keys/partner-keys.json`,
 /// which reuses the id `revoker-test-key-1` for a different key and lists `partner-key-1`.

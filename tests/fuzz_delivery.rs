@@ -6,9 +6,9 @@
 
 use proptest::prelude::*;
 
-use revoker::alert::{self, Feedback};
+use revoker::domain::alert::{self, Feedback};
+use revoker::domain::token::Token;
 use revoker::signature;
-use revoker::token::Token;
 
 /// Runs the whole offline path; returns the number of items if the body parsed.
 fn deliver(body: &[u8]) -> Option<usize> {
@@ -20,7 +20,7 @@ fn deliver(body: &[u8]) -> Option<usize> {
         items.len()
     );
     let outcomes = classified.outcomes(&vec![
-        revoker::store::Outcome::Unknown;
+        revoker::domain::Outcome::Unknown;
         classified.candidates.len()
     ]);
     let json = alert::feedback_json(&items, &classified.hashes, &outcomes);

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use revoker::config::ScannerSpec;
+use revoker::signature::ScannerSpec;
 
 async fn sqlite() -> TestDb {
     TestDb::new(Kind::Sqlite).await.unwrap()

@@ -16,9 +16,9 @@ use axum::Router;
 use chrono::Duration as Ttl;
 use common::*;
 use hmac::{Hmac, Mac};
+use revoker::domain::token::Token;
 use revoker::notify::NotifySettings;
 use revoker::store::NotificationStatus;
-use revoker::token::Token;
 use sha2::Sha256;
 
 const SECRET: &str = "owner-webhook-secret";

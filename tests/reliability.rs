@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Duration as Ttl;
 use common::*;
 use rand::seq::SliceRandom;
-use revoker::token::Token;
+use revoker::domain::token::Token;
 use sqlx::Connection;
 
 // ------------------------------------------------------------ several receivers

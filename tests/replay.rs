@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use chrono::{Duration as Ttl, Utc};
 use common::*;
-use revoker::config::ScannerSpec;
+use revoker::domain::token::{Token, TokenHash};
+use revoker::domain::Outcome;
 use revoker::replay::{self, formats::Format, Options, Summary, Target};
-use revoker::store::{NewToken, Outcome, RevocationStore};
-use revoker::token::{Token, TokenHash};
+use revoker::signature::ScannerSpec;
+use revoker::store::{NewToken, RevocationStore};
 
 const A: &str = "cio_tp_ACAyMYNZERnTTS1iqvGWBaE8Nt8Ebu052fSx";
 const B: &str = "cio_tp_lXgcmdQXsufD3qUOXbNKdAwgXN8can1OoeWU";
@@ -223,7 +224,7 @@ async fn json_lines_give_one_row_per_occurrence_then_a_summary() {
 async fn remote_replay_signs_like_github_for_a_team_scanner() {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("team.pem");
-    let entry = revoker::signature::keys::generate_key_file(&pem, Some("team-1")).unwrap();
+    let entry = revoker::signature::generate_key_file(&pem, Some("team-1")).unwrap();
     assert_eq!(entry["key_identifier"], "team-1");
     #[cfg(unix)]
     {
@@ -232,7 +233,7 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
         assert_eq!(mode & 0o777, 0o600, "private key readable by others");
     }
     assert!(
-        revoker::signature::keys::generate_key_file(&pem, None).is_err(),
+        revoker::signature::generate_key_file(&pem, None).is_err(),
         "never overwrites"
     );
     let key_file = dir.path().join("team-keys.json");
@@ -291,7 +292,7 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
 
     // A key the receiver does not trust is refused with a clear error.
     let other_pem = dir.path().join("other.pem");
-    revoker::signature::keys::generate_key_file(&other_pem, Some("team-1")).unwrap();
+    revoker::signature::generate_key_file(&other_pem, Some("team-1")).unwrap();
     let forged = Target::Remote {
         url: format!("{}/secret-scanning/team", app.base),
         key: replay::load_signing_key(&other_pem).unwrap(),

@@ -14,7 +14,7 @@ use std::process::Stdio;
 
 use chrono::Duration as Ttl;
 use common::*;
-use revoker::token::Token;
+use revoker::domain::token::Token;
 
 /// Everything observable that is not a 200 delivery answer.
 #[derive(Default)]

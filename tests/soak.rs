@@ -18,7 +18,7 @@ use chrono::Duration as Ttl;
 use common::*;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use revoker::token::Token;
+use revoker::domain::token::Token;
 
 const CONCURRENCY: usize = 64;
 

@@ -29,8 +29,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::stats::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
+use crate::support::{error_chain, http_client, require_https};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
@@ -104,14 +105,7 @@ impl NotifySettings {
 /// https, or plain http to a loopback address only (a notification names the owner
 /// and where their token leaked).
 pub fn check_webhook_url(url: &str) -> anyhow::Result<()> {
-    let parsed =
-        url::Url::parse(url).with_context(|| "--notify-webhook is not a URL".to_string())?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if crate::config::is_loopback_url(&parsed) => Ok(()),
-        "http" => bail!("--notify-webhook must use https; plain http is allowed only to localhost"),
-        other => bail!("--notify-webhook must be an https URL, not {other}:"),
-    }
+    require_https(url, "--notify-webhook", "--notify-webhook", "")
 }
 
 /// `scheme://host[:port]` of the webhook, for logs: paths and queries of webhook URLs
@@ -225,13 +219,9 @@ impl Notifier {
         metrics: Option<Metrics>,
     ) -> anyhow::Result<Self> {
         settings.validate()?;
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            // A redirect could carry the notification somewhere else; refuse it (it
-            // counts as a failed attempt).
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("revoker/", env!("CARGO_PKG_VERSION")))
-            .build()
+        // A redirect could carry the notification somewhere else; it is not followed
+        // (it counts as a failed attempt).
+        let client = http_client(settings.timeout, false)
             .context("cannot build the notification HTTP client")?;
         Ok(Notifier {
             store,
@@ -360,10 +350,7 @@ impl Notifier {
                     humantime::format_duration(self.settings.timeout)
                 )
             }
-            Err(e) => format!(
-                "request failed: {}",
-                crate::error::error_chain(&e.without_url())
-            ),
+            Err(e) => format!("request failed: {}", error_chain(&e.without_url())),
         };
         let error: String = error.chars().take(300).collect();
         if n.attempts >= self.settings.max_attempts {
@@ -398,7 +385,7 @@ impl Notifier {
         );
         loop {
             if let Err(e) = self.rounds(Some(&stop)).await {
-                tracing::warn!(error = %crate::error::error_chain(&e), "owner notifications: pass failed; retrying later");
+                tracing::warn!(error = %error_chain(&e), "owner notifications: pass failed; retrying later");
             }
             tokio::select! {
                 _ = self.wake.notified() => {}

@@ -32,7 +32,8 @@ use regex::bytes::Regex;
 use serde::de::{self, Deserialize, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::token::{TokenHash, PREFIX, TOKEN_LEN};
+use crate::domain::redact::redact_tokens;
+use crate::domain::token::{TokenHash, PREFIX, TOKEN_LEN};
 
 /// Size of one read when scanning free text.
 pub const TEXT_CHUNK: usize = 64 * 1024;
@@ -272,7 +273,7 @@ impl Emitter<'_> {
     /// the output, the database and (remote mode) another receiver.
     fn emit(&mut self, mut found: Found) -> Result<(), FormatError> {
         for field in [&mut found.token_type, &mut found.url, &mut found.source] {
-            if let std::borrow::Cow::Owned(redacted) = crate::token::redact(field) {
+            if let std::borrow::Cow::Owned(redacted) = redact_tokens(field) {
                 *field = redacted;
             }
         }
@@ -937,12 +938,12 @@ mod tests {
     #[test]
     fn fixture_tokens_have_the_documented_validity() {
         for t in [A, B, C, D, E, F, G, H, I, KNOWN] {
-            assert!(crate::token::validate(t).is_ok(), "should be valid");
+            assert!(crate::domain::token::validate(t).is_ok(), "should be valid");
         }
         for t in [W1, W2, W3] {
             assert!(matches!(
-                crate::token::validate(t),
-                Err(crate::token::TokenError::InvalidChecksum { .. })
+                crate::domain::token::validate(t),
+                Err(crate::domain::token::TokenError::InvalidChecksum { .. })
             ));
         }
     }

@@ -29,9 +29,11 @@ use p256::ecdsa::{Signature, SigningKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::alert::{self, AlertItem, Label};
+use crate::domain::alert::{self, AlertItem};
+use crate::domain::redact::redact_tokens;
+use crate::domain::{Label, Outcome, OutcomeCounts};
 use crate::signature::{KEY_ID_HEADER, SIGNATURE_HEADER};
-use crate::store::{Outcome, OutcomeCounts, RevocationStore};
+use crate::store::RevocationStore;
 use formats::{Format, Found};
 
 /// Scanner name of reports recorded by a local replay.
@@ -119,13 +121,12 @@ pub fn sign_body(key: &SigningKey, body: &[u8]) -> String {
 
 /// Refuses to send raw tokens over cleartext HTTP to anything but this machine.
 pub fn check_remote_url(url: &str) -> anyhow::Result<()> {
-    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if crate::config::is_loopback_url(&parsed) => Ok(()),
-        "http" => bail!("--url must use https (http would send raw tokens in cleartext); plain http is allowed only to localhost"),
-        other => bail!("--url must be an https URL, not {other}:"),
-    }
+    crate::support::require_https(
+        url,
+        "--url",
+        &format!("--url {url:?}"),
+        "http would send raw tokens in cleartext",
+    )
 }
 
 /// Replays every file, printing rows and the summary to `out`.
@@ -170,7 +171,7 @@ async fn replay_file(
         None => formats::detect(reader.fill_buf()?),
     };
     // Shown in logs and output and stored as part of locations: no raw token in it.
-    let origin = crate::token::redact(&path.display().to_string()).into_owned();
+    let origin = redact_tokens(&path.display().to_string()).into_owned();
     tracing::info!(file = %origin, format = format.as_str(), "replaying report");
 
     let progress =

@@ -4,10 +4,15 @@
 //! base64 (standard alphabet) of an ASN.1 DER ECDSA P-256/SHA-256 signature over the
 //! **exact raw body bytes**. Nothing here parses or re-serialises the body.
 //!
-//! [`keys`] owns the per-scanner key cache (fetch, TTL, single-flight refetch on an
-//! unknown key id, stale keys kept when the source fails).
+//! [`source`] says where a scanner's keys come from and reads them; [`cache`] owns the
+//! per-scanner key cache (fetch, TTL, single-flight refetch on an unknown key id, stale
+//! keys kept when the source fails).
 
-pub mod keys;
+pub mod cache;
+pub mod source;
+
+pub use cache::{caches_for, CacheTiming, KeyCache, KeyError};
+pub use source::{generate_key_file, KeySource, ScannerKey, ScannerSpec};
 
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;

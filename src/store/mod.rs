@@ -21,97 +21,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::token::TokenHash;
+use crate::domain::alert::{CandidateItem, NewReport};
+use crate::domain::TokenHash;
+use crate::domain::{Outcome, OutcomeCounts};
 
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 use rows::*;
-
-/// What happened to one reported item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Ours, was live, now revoked by this report.
-    Revoked,
-    /// Ours, already revoked earlier; `revoked_at` is unchanged.
-    AlreadyRevoked,
-    /// Ours, had expired but was not revoked; revoked now anyway.
-    Expired,
-    /// Well-formed (check digits right) but not a token we issued.
-    Unknown,
-    /// Not a `cio_tp_` token at all; never reaches the database.
-    NotOurs,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Revoked,
-        Outcome::AlreadyRevoked,
-        Outcome::Expired,
-        Outcome::Unknown,
-        Outcome::NotOurs,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Revoked => "revoked",
-            Outcome::AlreadyRevoked => "already_revoked",
-            Outcome::Expired => "expired",
-            Outcome::Unknown => "unknown",
-            Outcome::NotOurs => "not_ours",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    /// The label the scanner gets: was this a real token of ours?
-    pub fn is_true_positive(self) -> bool {
-        matches!(
-            self,
-            Outcome::Revoked | Outcome::AlreadyRevoked | Outcome::Expired
-        )
-    }
-}
-
-/// Per-outcome item counts of one report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OutcomeCounts {
-    pub revoked: u32,
-    pub already_revoked: u32,
-    pub expired: u32,
-    pub unknown: u32,
-    pub not_ours: u32,
-}
-
-impl OutcomeCounts {
-    pub fn add(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Revoked => self.revoked += 1,
-            Outcome::AlreadyRevoked => self.already_revoked += 1,
-            Outcome::Expired => self.expired += 1,
-            Outcome::Unknown => self.unknown += 1,
-            Outcome::NotOurs => self.not_ours += 1,
-        }
-    }
-
-    pub fn get(&self, outcome: Outcome) -> u32 {
-        match outcome {
-            Outcome::Revoked => self.revoked,
-            Outcome::AlreadyRevoked => self.already_revoked,
-            Outcome::Expired => self.expired,
-            Outcome::Unknown => self.unknown,
-            Outcome::NotOurs => self.not_ours,
-        }
-    }
-
-    pub fn total(&self) -> u32 {
-        self.revoked + self.already_revoked + self.expired + self.unknown + self.not_ours
-    }
-}
 
 /// A freshly minted token, as stored.
 #[derive(Debug, Clone)]
@@ -132,31 +50,6 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Id of the report that revoked it.
     pub revoked_by: Option<i64>,
-}
-
-/// One candidate item of a delivery (a well-formed `cio_tp_` token).
-#[derive(Debug, Clone)]
-pub struct CandidateItem {
-    /// Index of the item in the delivery, so rows can be matched to the input.
-    pub position: u32,
-    pub hash: TokenHash,
-    pub token_type: String,
-    pub source: String,
-    pub url: String,
-}
-
-/// An accepted delivery that has at least one candidate, ready to be recorded.
-#[derive(Debug, Clone)]
-pub struct NewReport {
-    pub scanner: String,
-    pub key_id: String,
-    pub received_at: DateTime<Utc>,
-    pub body_sha256: [u8; 32],
-    /// Number of items in the delivery, candidates or not.
-    pub item_count: u32,
-    /// Number of items that were not candidates (answered without the database).
-    pub not_ours: u32,
-    pub candidates: Vec<CandidateItem>,
 }
 
 /// The result of recording a report.
@@ -332,18 +225,9 @@ impl Default for PoolSettings {
     }
 }
 
-/// Which backend a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// The storage contract. Both backends pass the same test suite (`tests/contract.rs`).
 #[async_trait]
 pub trait RevocationStore: Send + Sync + 'static {
-    fn backend(&self) -> Backend;
-
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> Result<(), StoreError>;
 

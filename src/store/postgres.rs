@@ -216,10 +216,6 @@ impl PostgresStore {
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// The whole delivery in ONE statement (atomic on its own, one round trip): the
     /// report id comes from the sequence first, so the revoking UPDATE can reference it
     /// and the report row can be inserted with its final counts.
@@ -282,10 +278,6 @@ impl PostgresStore {
 
 #[async_trait]
 impl RevocationStore for PostgresStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)

@@ -11,7 +11,7 @@ use super::{
     Notification, NotificationCounts, NotificationStatus, Outcome, RecentItem, RecentReport,
     ScannerTotals, SourceTotals, StoreError, Totals,
 };
-use crate::token::TokenHash;
+use crate::domain::TokenHash;
 
 /// A stored 32-byte hash.
 pub(super) fn hash_from(bytes: &[u8]) -> Result<TokenHash, StoreError> {

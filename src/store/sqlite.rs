@@ -173,18 +173,10 @@ impl SqliteStore {
             statements: StatementCounter::default(),
         })
     }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 #[async_trait]
 impl RevocationStore for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx takes no lock for SQLite migrations, so processes starting together on
         // a fresh file race, and the loser fails on a table the winner has just

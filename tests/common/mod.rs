@@ -21,10 +21,11 @@ use axum::Router;
 use p256::ecdsa::SigningKey;
 use sqlx::Connection;
 
-use revoker::config::{ScannerSpec, Settings};
+use revoker::config::Settings;
+use revoker::domain::token::Token;
+use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
 use revoker::store::{self, NewToken, RevocationStore};
-use revoker::token::Token;
 
 pub const KEY_ID: &str = "revoker-test-key-1";
 pub const ROTATED_KEY_ID: &str = "revoker-test-key-2";
@@ -483,7 +484,7 @@ pub struct TestApp {
     pub base: String,
     /// The admin listener (metrics, stats, dashboard).
     pub admin: String,
-    pub state: revoker::startup::AppState,
+    pub state: revoker::http::AppState,
     pub client: reqwest::Client,
     pub store: Arc<dyn RevocationStore>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,

@@ -1,5 +1,5 @@
-//! What operators and dashboards see: the admin listener (`/metrics`, `/api/stats`,
-//! `/dashboard`) and the health endpoints (`/healthz`, `/readyz`, on both listeners).
+//! What operators and dashboards see on the admin listener: `/metrics`, `/api/stats`,
+//! `/dashboard` (health is in [`super::health`]).
 //!
 //! The admin listener is separate from the public webhook listener so metrics and
 //! stats are never exposed by accident. When `--admin-token` is set, `/metrics` and
@@ -7,10 +7,8 @@
 //! `/dashboard` is a static page without data and reads the token from the URL
 //! fragment (`/dashboard#token=…`), which browsers never send to the server.
 
-pub mod metrics;
-
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -19,8 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::error_chain;
-use crate::startup::AppState;
+use super::{ApiError, AppState};
 use crate::store::{DayTotals, NotificationCounts, Stats, StoreError, Totals};
 
 /// Days in the `/api/stats` daily series (today included).
@@ -29,22 +26,12 @@ pub const DAYS: i64 = 30;
 /// The dashboard page: one self-contained file, embedded in the binary.
 const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
 
-/// Routes of the admin listener.
-pub fn admin_router(state: AppState) -> Router {
+/// `/metrics`, `/api/stats`, `/dashboard`.
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/stats", get(stats_handler))
         .route("/dashboard", get(dashboard))
-        .merge(health_router())
-        .fallback(crate::webhook::not_found)
-        .with_state(state)
-}
-
-/// `/healthz` and `/readyz`, for both listeners.
-pub fn health_router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
 }
 
 /// SHA-256 of the admin token, so the comparison is constant-time and length-blind.
@@ -52,9 +39,10 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+/// `Ok` when no admin token is set or the request carries it.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token_digest else {
-        return true;
+        return Ok(());
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -62,41 +50,30 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| token_digest(t.trim()));
     match presented {
-        Some(p) => bool::from(p.ct_eq(expected)),
-        None => false,
+        Some(p) if bool::from(p.ct_eq(expected)) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
     }
 }
 
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(serde_json::json!({
-            "error": "unauthorized",
-            "message": "this endpoint needs Authorization: Bearer <admin token>"
-        })),
-    )
-        .into_response()
-}
-
-async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn metrics_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     for (name, cache) in state.scanners.iter() {
         let status = cache.status();
         state
             .metrics
             .key_cache(name, status.keys, status.age.map(|a| a.as_secs_f64()));
     }
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(),
     )
-        .into_response()
+        .into_response())
 }
 
 /// The `/api/stats` document.
@@ -132,10 +109,11 @@ pub fn fill_days(start: NaiveDate, sparse: Vec<DayTotals>) -> Vec<DayTotals> {
         .collect()
 }
 
-async fn stats_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn stats_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<StatsDocument>, ApiError> {
+    authorize(&state, &headers)?;
     let now = Utc::now();
     let start = series_start(now);
     let since = start
@@ -147,28 +125,13 @@ async fn stats_handler(State(state): State<AppState>, headers: HeaderMap) -> Res
         let notifications = state.store.notification_counts().await?;
         Ok::<_, StoreError>((stats, notifications))
     };
-    match read.await {
-        Ok((mut stats, notifications)) => Json(StatsDocument {
-            generated_at: now,
-            notifications,
-            stats: {
-                stats.daily = fill_days(start, std::mem::take(&mut stats.daily));
-                stats
-            },
-        })
-        .into_response(),
-        Err(e) => {
-            tracing::error!(error = %error_chain(&e), "cannot read stats");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({
-                    "error": "database_unavailable",
-                    "message": "cannot read stats from the database"
-                })),
-            )
-                .into_response()
-        }
-    }
+    let (mut stats, notifications) = read.await.map_err(ApiError::StatsUnavailable)?;
+    stats.daily = fill_days(start, std::mem::take(&mut stats.daily));
+    Ok(Json(StatsDocument {
+        generated_at: now,
+        notifications,
+        stats,
+    }))
 }
 
 async fn dashboard() -> Response {
@@ -182,57 +145,6 @@ async fn dashboard() -> Response {
             ),
         ],
         Html(DASHBOARD_HTML),
-    )
-        .into_response()
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-/// Ready when the database answers and every scanner has keys (or can fetch them now).
-async fn readyz(State(state): State<AppState>) -> Response {
-    let database = match state.store.ping().await {
-        Ok(()) => "ok".to_owned(),
-        Err(StoreError::ReadOnly) => {
-            tracing::warn!("readiness: database is read-only");
-            "read_only".to_owned()
-        }
-        Err(e) => {
-            tracing::warn!(error = %error_chain(&e), "readiness: database unreachable");
-            "unreachable".to_owned()
-        }
-    };
-    let mut ready = database == "ok";
-    let mut scanners = serde_json::Map::new();
-    for (name, cache) in state.scanners.iter() {
-        let mut status = cache.status();
-        if status.keys == 0 {
-            cache.try_load().await;
-            status = cache.status();
-        }
-        ready &= status.keys > 0;
-        scanners.insert(
-            name.clone(),
-            serde_json::json!({
-                "keys": status.keys,
-                "age_seconds": status.age.map(|a| a.as_secs()),
-                "last_fetch_ok": status.last_fetch_ok,
-            }),
-        );
-    }
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(serde_json::json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "database": database,
-            "scanners": scanners,
-        })),
     )
         .into_response()
 }

@@ -19,13 +19,16 @@ use axum::response::IntoResponse;
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
 
-use crate::alert;
-use crate::error::ApiError;
-use crate::signature::keys::KeyError;
-use crate::signature::{self, KEY_ID_HEADER, SIGNATURE_HEADER};
-use crate::startup::AppState;
-use crate::store::{Outcome, OutcomeCounts};
-use crate::token;
+use super::{ApiError, AppState};
+use crate::domain::alert;
+use crate::domain::redact::redact_tokens;
+use crate::domain::{Outcome, OutcomeCounts};
+use crate::signature::{self, KeyError, KEY_ID_HEADER, SIGNATURE_HEADER};
+
+/// `POST /secret-scanning/{scanner}`.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/secret-scanning/{scanner}", axum::routing::post(receive))
+}
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ApiError> {
     headers
@@ -74,7 +77,7 @@ pub async fn receive(
     // A segment that is not valid UTF-8 names no scanner: JSON 404 like any other.
     let scanner = scanner.map(|Path(s)| s).unwrap_or_default();
     // The path segment is the client's: bounded, and any token in it redacted.
-    let shown: String = token::redact(&scanner).chars().take(64).collect();
+    let shown: String = redact_tokens(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
     // Held until the answer is built; when none is free, refuse at once (no queue to
     // grow without bound, and the scanner retries on 503).
@@ -104,7 +107,7 @@ pub async fn receive(
     };
     let status = match &result {
         Ok((_, counts)) => {
-            for outcome in Outcome::ALL {
+            for &outcome in Outcome::ALL {
                 state
                     .metrics
                     .item(label, outcome, u64::from(counts.get(outcome)));
@@ -141,11 +144,11 @@ async fn handle(
     started: Instant,
 ) -> Result<(Vec<u8>, OutcomeCounts), ApiError> {
     let cache = state.scanners.get(scanner).ok_or_else(|| {
-        ApiError::UnknownScanner(token::redact(scanner).chars().take(64).collect())
+        ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect())
     })?;
     let key_id = header(headers, KEY_ID_HEADER)?;
     let key_id = &key_id[..key_id.len().min(256)]; // bounded in logs and the database
-    tracing::Span::current().record("key_id", token::redact(key_id).as_ref());
+    tracing::Span::current().record("key_id", redact_tokens(key_id).as_ref());
     let signature = signature::decode_signature(header(headers, SIGNATURE_HEADER)?)?;
     check_declared_length(headers, state.max_body)?;
 
@@ -219,14 +222,4 @@ async fn handle(
         alert::feedback_json(&items, &classified.hashes, &outcomes),
         counts,
     ))
-}
-
-/// JSON 404 for every path that is not a route.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
-/// JSON 405 for a known path with the wrong method.
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }

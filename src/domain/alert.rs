@@ -12,8 +12,9 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{CandidateItem, NewReport, Outcome};
-use crate::token::{self, TokenHash};
+use super::outcome::{Label, Outcome};
+use super::redact::redact_tokens;
+use super::token::{self, TokenHash};
 
 /// One item of a delivery. Unknown fields are ignored; `type`, `url` and `source` are
 /// open strings and may be missing or null.
@@ -27,6 +28,31 @@ pub struct AlertItem<'a> {
     pub url: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub source: Option<Cow<'a, str>>,
+}
+
+/// One candidate item of a delivery (a well-formed `cio_tp_` token).
+#[derive(Debug, Clone)]
+pub struct CandidateItem {
+    /// Index of the item in the delivery, so rows can be matched to the input.
+    pub position: u32,
+    pub hash: TokenHash,
+    pub token_type: String,
+    pub source: String,
+    pub url: String,
+}
+
+/// An accepted delivery that has at least one candidate, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub scanner: String,
+    pub key_id: String,
+    pub received_at: DateTime<Utc>,
+    pub body_sha256: [u8; 32],
+    /// Number of items in the delivery, candidates or not.
+    pub item_count: u32,
+    /// Number of items that were not candidates (answered without the database).
+    pub not_ours: u32,
+    pub candidates: Vec<CandidateItem>,
 }
 
 /// Why a body is not a JSON array of alert objects. Never contains body text.
@@ -69,7 +95,7 @@ pub struct Classified {
 /// itself, and no raw token may reach the database), and NUL becomes U+FFFD
 /// (PostgreSQL `text` cannot hold `\0`, and a delivery must never fail on it).
 fn storable(s: Option<&str>) -> String {
-    let s = token::redact(s.unwrap_or_default());
+    let s = redact_tokens(s.unwrap_or_default());
     if s.contains('\0') {
         s.replace('\0', "\u{FFFD}")
     } else {
@@ -144,24 +170,6 @@ impl Classified {
     }
 }
 
-/// The scanner's label for an item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Label {
-    TruePositive,
-    FalsePositive,
-}
-
-impl From<Outcome> for Label {
-    fn from(o: Outcome) -> Self {
-        if o.is_true_positive() {
-            Label::TruePositive
-        } else {
-            Label::FalsePositive
-        }
-    }
-}
-
 /// One entry of the 200 response body, as a client reads it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Feedback {
@@ -221,7 +229,7 @@ pub fn feedback_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::Token;
+    use crate::domain::token::Token;
 
     #[test]
     fn parses_github_shape_and_ignores_extra_fields() {

@@ -1,4 +1,6 @@
-//! [`ApiError`]: every answer other than 200, with its status code and JSON body.
+//! [`ApiError`]: every answer other than 200, on both listeners, with its status code,
+//! JSON body `{"error": code, "message": text}` and headers (Retry-After,
+//! WWW-Authenticate).
 //!
 //! Internal causes (database errors, key fetch failures) are logged with their chain
 //! and never sent to the client. No variant carries request body text, so no error
@@ -10,9 +12,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::alert::ParseError;
+use crate::domain::alert::ParseError;
 use crate::signature::SignatureError;
 use crate::store::StoreError;
+use crate::support::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,6 +53,12 @@ pub enum ApiError {
         source: StoreError,
         retry_after: Duration,
     },
+    /// Admin listener: `--admin-token` is set and the request does not carry it.
+    #[error("this endpoint needs Authorization: Bearer <admin token>")]
+    Unauthorized,
+    /// Admin listener: `/api/stats` could not read the database.
+    #[error("cannot read stats from the database")]
+    StatsUnavailable(#[source] StoreError),
 }
 
 impl ApiError {
@@ -60,16 +69,17 @@ impl ApiError {
             ApiError::MissingHeader(_)
             | ApiError::MalformedHeader(_)
             | ApiError::Signature(_)
-            | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
+            | ApiError::UnknownKey
+            | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Timeout { .. } | ApiError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::KeysUnavailable { .. } | ApiError::DatabaseUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::KeysUnavailable { .. }
+            | ApiError::DatabaseUnavailable { .. }
+            | ApiError::StatsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -100,28 +110,25 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Parse(_) => "bad_body",
             ApiError::KeysUnavailable { .. } => "keys_unavailable",
-            ApiError::DatabaseUnavailable { .. } => "database_unavailable",
+            ApiError::DatabaseUnavailable { .. } | ApiError::StatsUnavailable(_) => {
+                "database_unavailable"
+            }
+            ApiError::Unauthorized => "unauthorized",
         }
     }
-}
-
-/// Writes an error chain on one line: `outer: cause: root cause`.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        cur = cause.source();
-    }
-    s
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::DatabaseUnavailable { source, .. } = &self {
-            tracing::error!(error = %error_chain(source), "database unavailable, answering 503");
+        match &self {
+            ApiError::DatabaseUnavailable { source, .. } => {
+                tracing::error!(error = %error_chain(source), "database unavailable, answering 503");
+            }
+            ApiError::StatsUnavailable(source) => {
+                tracing::error!(error = %error_chain(source), "cannot read stats");
+            }
+            _ => {}
         }
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();
@@ -131,6 +138,10 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_str(&secs.to_string()).expect("digits are a valid header"),
             );
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

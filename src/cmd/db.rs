@@ -1,0 +1,74 @@
+//! `DbArgs`: the database flags every command shares, and opening the store they name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+use revoker::domain::redact::redact_url;
+use revoker::store::{self, PoolSettings, RevocationStore};
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Database URL: sqlite://PATH (file created if missing) or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://revoker.db",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "REVOKER_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// How long to wait for a database connection before answering 503.
+    #[arg(long, env = "REVOKER_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
+}
+
+impl DbArgs {
+    /// Pool settings from these flags; `create_if_missing` is off for tools that must
+    /// find an existing database.
+    pub fn pool_settings(&self, create_if_missing: bool) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_timeout,
+            create_if_missing,
+        }
+    }
+}
+
+/// Opens an existing revoker database without creating or migrating anything: a
+/// mistyped URL must fail loudly, not answer every token "unknown" from an empty file.
+pub async fn open_existing(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    let url = db.database_url.expose_secret();
+    let settings = db.pool_settings(false);
+    let store = store::connect(url, &settings).await.with_context(|| {
+        format!(
+            "cannot open database {} (this command never creates one)",
+            redact_url(url)
+        )
+    })?;
+    store.count_reports().await.map_err(|_| {
+        anyhow::anyhow!(
+            "{} has no revoker tables: check --database-url (this command never creates or migrates a database)",
+            redact_url(url)
+        )
+    })?;
+    Ok(store)
+}
+
+/// Opens (creating a SQLite file if missing) and migrates.
+pub async fn open(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    let url = db.database_url.expose_secret();
+    let settings = db.pool_settings(true);
+    let store = store::connect(url, &settings)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    store.migrate().await.context("cannot migrate database")?;
+    Ok(store)
+}

@@ -1,0 +1,68 @@
+//! The command line (clap): one file per subcommand, each owning its flags and what it
+//! does. The only place in revoker that knows clap types; each command turns its
+//! flags into the library's typed settings and calls the library.
+
+pub mod db;
+pub mod keys;
+pub mod migrate;
+pub mod notify;
+pub mod replay;
+pub mod serve;
+pub mod token;
+
+use clap::{Parser, Subcommand};
+
+use db::DbArgs;
+use keys::KeysCommand;
+use notify::NotifyCommand;
+use replay::ReplayArgs;
+use serve::ServeArgs;
+use token::TokenCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "revoker",
+    version,
+    about = "Receives signed secret-scanning alerts and revokes leaked cio_tp_ tokens",
+    long_about = "Receives signed secret-scanning alerts (GitHub's partner program format), \
+revokes every leaked cio_tp_ token in one database statement and answers each report \
+token by token.\n\nLogs go to stderr; set RUST_LOG (default: info) and RUST_LOG_FORMAT=json."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the receiver (applies pending migrations first).
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations and exit.
+    Migrate(DbArgs),
+    /// Mint or check cio_tp_ tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Revoke every token of ours found in leak reports (gitleaks, trufflehog, GitHub
+    /// alert JSON, or any text), with a per-token answer. Safe to run more than once.
+    Replay(ReplayArgs),
+    /// Manage scanner signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Owner notifications (the outbox): send due ones now, list, re-queue.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+impl Command {
+    /// Runs the command inside the async runtime.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Migrate(db) => migrate::run(db).await,
+            Command::Token(command) => token::run(command).await,
+            Command::Replay(args) => replay::run(args).await,
+            Command::Keys(command) => keys::run(command),
+            Command::Notify(command) => notify::run(command).await,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! `revoker notify run|list|retry`: the owner-notification outbox by hand.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use secrecy::SecretString;
+
+use revoker::notify::{Notifier, NotifySettings};
+use revoker::store::{NotificationStatus, Requeue};
+
+use super::db::{open_existing, DbArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send every due notification once (what the worker in `serve` does), print what
+    /// happened and exit. Exit 1 if any notification is still pending or failed.
+    Run {
+        #[command(flatten)]
+        notify: NotifyArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List notifications, newest first.
+    List {
+        /// Only this status: pending, delivered or failed.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        status: Option<String>,
+        /// Shorthand for --status failed.
+        #[arg(long, conflicts_with = "status")]
+        failed: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Re-queue a notification (pending or failed) to be sent now with a fresh attempt
+    /// count, or every failed one with --failed. One a worker is sending right now is
+    /// refused until its lease ends.
+    #[command(group(clap::ArgGroup::new("which").args(["id", "failed"]).required(true)))]
+    Retry {
+        /// The notification id (see `revoker notify list`).
+        id: Option<i64>,
+        /// Every failed notification.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Where and how owner notifications are sent.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Owner-notification webhook: each revoked token's owner is told once, by a
+    /// signed JSON POST here (https, or http to localhost). Unset: notifications are
+    /// queued in the database but not sent.
+    #[arg(long, env = "REVOKER_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
+
+    /// Secret for the HMAC-SHA256 signature of every notification
+    /// (header Revoker-Signature: sha256=<hex>). Required with --notify-webhook.
+    #[arg(long, env = "REVOKER_NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<SecretString>,
+
+    /// Timeout of one notification request.
+    #[arg(long, env = "REVOKER_NOTIFY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub notify_timeout: Duration,
+
+    /// Attempts before a notification is marked failed.
+    #[arg(long, env = "REVOKER_NOTIFY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub notify_max_attempts: u32,
+
+    /// Delay before the second attempt; doubles per attempt (with jitter) up to
+    /// --notify-backoff-max.
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub notify_backoff: Duration,
+
+    /// Longest delay between two attempts (at most 30d).
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = "6h", value_parser = humantime::parse_duration)]
+    pub notify_backoff_max: Duration,
+
+    /// How often `serve` looks for due notifications (it also looks right after a
+    /// delivery revoked something).
+    #[arg(long, env = "REVOKER_NOTIFY_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub notify_poll_interval: Duration,
+}
+
+impl NotifyArgs {
+    /// `None` when no webhook is configured; an error when only half is.
+    pub fn settings(&self) -> anyhow::Result<Option<NotifySettings>> {
+        use secrecy::ExposeSecret;
+        let (webhook, secret) = match (&self.notify_webhook, &self.notify_secret) {
+            (None, None) => return Ok(None),
+            (Some(w), Some(s)) => (w, s),
+            (Some(_), None) => anyhow::bail!(
+                "--notify-webhook needs --notify-secret (REVOKER_NOTIFY_SECRET): notifications are always signed"
+            ),
+            (None, Some(_)) => {
+                anyhow::bail!("--notify-secret is set but --notify-webhook is not")
+            }
+        };
+        let mut settings = NotifySettings::new(webhook, secret.expose_secret());
+        settings.timeout = self.notify_timeout;
+        settings.max_attempts = self.notify_max_attempts;
+        settings.backoff_base = self.notify_backoff;
+        settings.backoff_max = self.notify_backoff_max;
+        settings.poll_interval = self.notify_poll_interval;
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+}
+
+/// `revoker notify …`.
+pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
+    match command {
+        NotifyCommand::Run { notify, db } => {
+            let settings = notify.settings()?.context(
+                "--notify-webhook (REVOKER_NOTIFY_WEBHOOK) is required: where to send notifications",
+            )?;
+            let store = open_existing(&db).await?;
+            let notifier = Notifier::new(store.clone(), settings, None)?;
+            let summary = notifier
+                .run_once()
+                .await
+                .context("cannot send notifications")?;
+            let counts = store.notification_counts().await?;
+            println!(
+                "delivered {}, to retry later {}, failed now {}; in the database: {} pending, {} failed, {} delivered",
+                summary.delivered,
+                summary.retrying,
+                summary.failed,
+                counts.pending,
+                counts.failed,
+                counts.delivered
+            );
+            if counts.pending > 0 || counts.failed > 0 {
+                anyhow::bail!(
+                    "{} notification(s) pending and {} failed; see `revoker notify list`",
+                    counts.pending,
+                    counts.failed
+                );
+            }
+            Ok(())
+        }
+        NotifyCommand::List {
+            status,
+            failed,
+            limit,
+            json,
+            db,
+        } => {
+            let status = if failed {
+                Some(NotificationStatus::Failed)
+            } else {
+                status.as_deref().and_then(NotificationStatus::parse)
+            };
+            let store = open_existing(&db).await?;
+            let rows = store.list_notifications(status, limit).await?;
+            let mut out = std::io::stdout().lock();
+            use std::io::Write;
+            if !json {
+                writeln!(
+                    out,
+                    "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  last error / where found",
+                    "id", "status", "attempts", "token hash", "owner", "revoked at"
+                )?;
+            }
+            for n in &rows {
+                if json {
+                    serde_json::to_writer(
+                        &mut out,
+                        &serde_json::json!({
+                            "id": n.id,
+                            "status": n.status,
+                            "attempts": n.attempts,
+                            "token_hash_prefix": n.token_hash.prefix(),
+                            "owner": n.owner,
+                            "scanner": n.scanner,
+                            "url": n.url,
+                            "source": n.source,
+                            "revoked_at": n.revoked_at,
+                            "expired": n.expired,
+                            "next_attempt_at": n.next_attempt_at,
+                            "last_error": n.last_error,
+                            "delivered_at": n.delivered_at,
+                            "report_id": n.report_id,
+                        }),
+                    )?;
+                    writeln!(out)?;
+                } else {
+                    let detail = n.last_error.clone().unwrap_or_else(|| n.url.clone());
+                    writeln!(
+                        out,
+                        "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  {}",
+                        n.id,
+                        n.status.as_str(),
+                        n.attempts,
+                        n.token_hash.prefix(),
+                        n.owner.chars().take(24).collect::<String>(),
+                        n.revoked_at.format("%Y-%m-%d %H:%M:%S"),
+                        detail
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        NotifyCommand::Retry { id, failed, db } => {
+            let store = open_existing(&db).await?;
+            let now = chrono::Utc::now();
+            if failed {
+                let n = store.requeue_failed(now).await?;
+                println!("re-queued {n} failed notification(s)");
+                return Ok(());
+            }
+            let id = id.expect("clap requires an id or --failed");
+            match store.requeue_notification(id, now).await? {
+                Requeue::Requeued => {
+                    println!("re-queued notification {id}");
+                    Ok(())
+                }
+                Requeue::NotFound => anyhow::bail!("no notification {id}"),
+                Requeue::AlreadyDelivered => {
+                    anyhow::bail!("notification {id} was already delivered; it is not sent again")
+                }
+                Requeue::InFlight(until) => anyhow::bail!(
+                    "notification {id} is being sent right now (its worker holds it until {}); \
+                     retry after that if it has not been delivered",
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP surface: [`AppState`], the two routers, and [`ApiError`], the one type every
+//! handler answers a refusal with.
+//!
+//! - [`webhook`]: `POST /secret-scanning/{scanner}` (public listener).
+//! - [`admin`]: `/metrics`, `/api/stats`, `/dashboard` (admin listener, optional bearer
+//!   token).
+//! - [`health`]: `/healthz`, `/readyz` (both listeners).
+//!
+//! Each module exports its own `router()`; [`public_router`] and [`admin_router`] only
+//! put them together with the JSON 404/405 fallbacks and the trace layer.
+
+pub mod admin;
+pub mod error;
+pub mod health;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use axum::http::Request;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::signature::KeyCache;
+use crate::store::RevocationStore;
+
+/// Shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn RevocationStore>,
+    /// Scanner name → its key cache.
+    pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
+    pub max_body: usize,
+    pub retry_after: Duration,
+    /// Whole-delivery deadline: past it the scanner gets 503 and nothing is written.
+    pub request_timeout: Duration,
+    /// Deadline for receiving the body.
+    pub body_timeout: Duration,
+    /// One permit per delivery being processed (`--max-concurrent-deliveries`).
+    pub deliveries: Arc<tokio::sync::Semaphore>,
+    pub metrics: Metrics,
+    /// SHA-256 of `--admin-token`, if set.
+    pub admin_token_digest: Option<[u8; 32]>,
+    /// The owner-notification worker, when `--notify-webhook` is set; woken after a
+    /// delivery revokes something.
+    pub notifier: Option<Notifier>,
+}
+
+/// The public listener: the webhook, health, and a JSON 404/405 for everything else.
+pub fn public_router(state: AppState) -> Router {
+    webhook::router()
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::info_span!("http", method = %req.method(), route)
+            }),
+        )
+        .with_state(state)
+}
+
+/// The admin listener: metrics, stats, dashboard, health, and a JSON 404.
+pub fn admin_router(state: AppState) -> Router {
+    admin::router()
+        .merge(health::router())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// JSON 404 for every path that is not a route.
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// JSON 405 for a known path with the wrong method.
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,276 @@
+//! Where a scanner's public keys come from: [`ScannerSpec`] (`--scanner NAME=SOURCE`),
+//! [`KeySource`] (an http(s) URL or a file) and the key document, in GitHub's shape:
+//! `{"public_keys":[{"key_identifier": "...", "key": "-----BEGIN PUBLIC KEY-----…", "is_current": true}]}`.
+//! Also [`generate_key_file`], which makes a key pair for a team that replays remotely.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use p256::ecdsa::VerifyingKey;
+use p256::pkcs8::DecodePublicKey;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// `NAME=SOURCE` from `--scanner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannerSpec {
+    /// Route segment: `POST /secret-scanning/{name}`.
+    pub name: String,
+    /// http(s) URL or file path of the key JSON.
+    pub source: String,
+}
+
+impl FromStr for ScannerSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, source) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=SOURCE, got {s:?}"))?;
+        let name = name.trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "scanner name {name:?} must be non-empty and use only a-z, 0-9, '-' and '_'"
+            ));
+        }
+        if source.trim().is_empty() {
+            return Err(format!("scanner {name:?} has an empty key source"));
+        }
+        Ok(ScannerSpec {
+            name: name.to_owned(),
+            source: source.trim().to_owned(),
+        })
+    }
+}
+
+/// A key document larger than this is refused (GitHub's is about 1 KiB).
+pub(super) const MAX_KEY_DOCUMENT: usize = 1024 * 1024;
+
+/// One public key of a scanner.
+#[derive(Debug, Clone)]
+pub struct ScannerKey {
+    pub key: VerifyingKey,
+    /// Whether the source marks it as the key currently used for signing.
+    pub is_current: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("key endpoint request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("key endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("key document is larger than {MAX_KEY_DOCUMENT} bytes")]
+    TooLarge,
+    #[error("cannot read key file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("key document is not valid key JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("key document lists no usable P-256 public key")]
+    NoUsableKeys,
+}
+
+#[derive(Deserialize)]
+struct KeyDocument {
+    public_keys: Vec<KeyEntry>,
+}
+
+#[derive(Deserialize)]
+struct KeyEntry {
+    key_identifier: String,
+    key: String,
+    #[serde(default)]
+    is_current: bool,
+}
+
+/// Parses GitHub's key JSON. Entries whose PEM is not a P-256 public key are skipped
+/// with a warning; a document with no usable key is an error.
+pub fn parse_key_document(bytes: &[u8]) -> Result<HashMap<String, ScannerKey>, FetchError> {
+    let doc: KeyDocument = serde_json::from_slice(bytes)?;
+    let mut keys = HashMap::with_capacity(doc.public_keys.len());
+    for entry in doc.public_keys {
+        match VerifyingKey::from_public_key_pem(entry.key.trim()) {
+            Ok(key) => {
+                keys.insert(
+                    entry.key_identifier,
+                    ScannerKey {
+                        key,
+                        is_current: entry.is_current,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(
+                key_id = %entry.key_identifier,
+                error = %e,
+                "skipping key that is not a P-256 public key"
+            ),
+        }
+    }
+    if keys.is_empty() {
+        return Err(FetchError::NoUsableKeys);
+    }
+    Ok(keys)
+}
+
+/// Writes a new P-256 private key to `path` (PKCS#8 PEM, mode 0600, never overwriting)
+/// and returns the key-JSON entry for its public key.
+pub fn generate_key_file(
+    path: &std::path::Path,
+    key_id: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    use p256::ecdsa::SigningKey;
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    let key = SigningKey::random(&mut rand::rngs::OsRng);
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the private key: {e}"))?;
+    let public = key.verifying_key();
+    let public_pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    let public_der = public
+        .to_public_key_der()
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    let key_id = match key_id {
+        Some(id) => id.to_owned(),
+        None => format!(
+            "team-{}",
+            &hex::encode(Sha256::digest(public_der.as_bytes()))[..16]
+        ),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create {} ({e}); an existing key is never overwritten",
+            path.display()
+        )
+    })?;
+    file.write_all(private.as_bytes())?;
+    file.sync_all()?;
+    Ok(serde_json::json!({
+        "key_identifier": key_id,
+        "key": public_pem,
+        "is_current": true,
+    }))
+}
+
+/// Where a scanner's keys come from.
+pub enum KeySource {
+    Http {
+        url: String,
+        client: reqwest::Client,
+        /// Sent as `Authorization: Bearer` (GitHub raises the rate limit with it).
+        bearer: Option<SecretString>,
+    },
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Http { url, bearer, .. } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field("bearer", &bearer.as_ref().map(|_| "[redacted]"))
+                .finish(),
+            KeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl KeySource {
+    /// `http://…`/`https://…` is fetched with `timeout`; anything else is a file path.
+    pub fn new(
+        spec: &str,
+        timeout: Duration,
+        bearer: Option<SecretString>,
+    ) -> Result<Self, String> {
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            url::Url::parse(spec).map_err(|e| format!("invalid key URL {spec:?}: {e}"))?;
+            let client = crate::support::http_client(timeout, true)
+                .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+            Ok(KeySource::Http {
+                url: spec.to_owned(),
+                client,
+                bearer,
+            })
+        } else {
+            let path = spec.strip_prefix("file://").unwrap_or(spec);
+            Ok(KeySource::File(PathBuf::from(path)))
+        }
+    }
+
+    /// A printable description (no secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Http { url, .. } => url.clone(),
+            KeySource::File(p) => p.display().to_string(),
+        }
+    }
+
+    pub(super) async fn fetch(&self) -> Result<HashMap<String, ScannerKey>, FetchError> {
+        let bytes = match self {
+            KeySource::Http {
+                url,
+                client,
+                bearer,
+            } => {
+                let mut req = client.get(url).header("accept", "application/json");
+                if let Some(token) = bearer {
+                    req = req.bearer_auth(token.expose_secret());
+                }
+                let mut resp = req.send().await?;
+                if !resp.status().is_success() {
+                    return Err(FetchError::Status(resp.status().as_u16()));
+                }
+                if resp.content_length().unwrap_or(0) > MAX_KEY_DOCUMENT as u64 {
+                    return Err(FetchError::TooLarge);
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    if body.len() + chunk.len() > MAX_KEY_DOCUMENT {
+                        return Err(FetchError::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                body
+            }
+            KeySource::File(path) => {
+                let bytes = tokio::fs::read(path).await?;
+                if bytes.len() > MAX_KEY_DOCUMENT {
+                    return Err(FetchError::TooLarge);
+                }
+                bytes
+            }
+        };
+        parse_key_document(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanner_specs() {
+        let s: ScannerSpec = "github=https://example.test/keys".parse().unwrap();
+        assert_eq!(s.name, "github");
+        assert_eq!(s.source, "https://example.test/keys");
+        let f: ScannerSpec = "team-a=/etc/keys.json".parse().unwrap();
+        assert_eq!(f.source, "/etc/keys.json");
+        assert!("nosource".parse::<ScannerSpec>().is_err());
+        assert!("Bad Name=x".parse::<ScannerSpec>().is_err());
+        assert!("x=".parse::<ScannerSpec>().is_err());
+    }
+}

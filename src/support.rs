@@ -1,0 +1,175 @@
+//! Small helpers every layer may use; like [`crate::domain`], this module uses no other
+//! module of the crate.
+//!
+//! - [`error_chain`]: an error and its causes on one log line.
+//! - [`require_https`]: the one rule for URLs that carry something secret (https, or
+//!   plain http to this machine only).
+//! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, no
+//!   redirects), for key fetches, owner notifications and remote replay.
+//! - [`retry`]: the one bounded retry loop with a growing pause.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Writes an error chain on one line: `outer: cause: root cause`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    s
+}
+
+/// Whether `url` names this machine (`localhost` or a loopback address): the only
+/// place plain http may carry something secret.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Accepts `https://…`, or `http://…` to a loopback address only. `flag` names the
+/// option in the error (`--url`), `what` is the error's subject (`--url "x"`), and
+/// `cleartext` says what plain http would expose (empty: say nothing).
+pub fn require_https(url: &str, flag: &str, what: &str, cleartext: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("{what} is not a URL"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_url(&parsed) => Ok(()),
+        "http" if cleartext.is_empty() => {
+            bail!("{flag} must use https; plain http is allowed only to localhost")
+        }
+        "http" => {
+            bail!("{flag} must use https ({cleartext}); plain http is allowed only to localhost")
+        }
+        other => bail!("{flag} must be an https URL, not {other}:"),
+    }
+}
+
+/// The outbound HTTP client: `timeout` per request (and to connect) and revoker's user
+/// agent. With `follow_redirects` off a redirect is an answer like any other (owner
+/// notifications: a redirect could carry the signed body somewhere else).
+pub fn http_client(timeout: Duration, follow_redirects: bool) -> reqwest::Result<reqwest::Client> {
+    let redirects = if follow_redirects {
+        reqwest::redirect::Policy::default()
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(redirects)
+        .user_agent(concat!("revoker/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Runs `op` until it succeeds, fails with an error `retryable` refuses, or has run
+/// `attempts` times; before attempt n+1 it waits `pause(n)` (n from 1). Returns the
+/// last error.
+pub async fn retry<T, E, F, Fut>(
+    attempts: u32,
+    pause: impl Fn(u32) -> Duration,
+    retryable: impl Fn(&E, u32) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < attempts && retryable(&e, attempt) => {
+                let wait = pause(attempt);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_unless_loopback() {
+        let check = |u| require_https(u, "--x", "--x", "");
+        assert!(check("https://hooks.example.com/revoked").is_ok());
+        assert!(check("http://127.0.0.1:8080/x").is_ok());
+        assert!(check("http://[::1]:8080/x").is_ok());
+        assert!(check("http://localhost/x").is_ok());
+        let err = check("http://hooks.example.com/x").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--x must use https; plain http is allowed only to localhost"
+        );
+        let err = require_https("http://h/x", "--url", "--url", "it leaks")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--url must use https (it leaks); plain http is allowed only to localhost"
+        );
+        assert!(check("ftp://hooks.example.com/x").is_err());
+        assert!(check("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn retry_stops_at_success_refusal_or_limit() {
+        let calls = std::cell::Cell::new(0);
+        let r: Result<u32, &str> = retry(
+            5,
+            |_| Duration::ZERO,
+            |_, _| true,
+            || async {
+                calls.set(calls.get() + 1);
+                if calls.get() < 3 {
+                    Err("busy")
+                } else {
+                    Ok(calls.get())
+                }
+            },
+        )
+        .await;
+        assert_eq!(r, Ok(3));
+
+        calls.set(0);
+        let r: Result<(), &str> = retry(
+            4,
+            |_| Duration::ZERO,
+            |_, _| true,
+            || async {
+                calls.set(calls.get() + 1);
+                Err("busy")
+            },
+        )
+        .await;
+        assert_eq!((r, calls.get()), (Err("busy"), 4));
+
+        calls.set(0);
+        let r: Result<(), &str> = retry(
+            4,
+            |_| Duration::ZERO,
+            |e, _| *e == "busy",
+            || async {
+                calls.set(calls.get() + 1);
+                Err("fatal")
+            },
+        )
+        .await;
+        assert_eq!((r, calls.get()), (Err("fatal"), 1));
+    }
+}
