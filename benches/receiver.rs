@@ -8,8 +8,12 @@
 //! (default 1,000,000; `--quick` 100,000), and drives it over loopback HTTP with
 //! correctly signed deliveries. In the same process and on the same database it runs a
 //! per-token baseline: what public receivers do today (look each token up, then update
-//! it, one statement after another on one connection). Prints a table and writes it as
-//! JSON to `target/bench/receiver-<backend>.json`.
+//! it, one statement after another on one connection), and the *floor*: the bare
+//! revoking statement alone (`UPDATE tokens SET revoked_at = now() WHERE hash = ANY($1)
+//! AND revoked_at IS NULL`, the SQLite equivalent) on fresh tokens of the same batch
+//! size, so "revoker / floor" says what the whole delivery costs above the one write it
+//! cannot avoid. Prints a table and writes it as JSON to
+//! `target/bench/receiver-<backend>.json`.
 //!
 //! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
@@ -234,6 +238,64 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// The floor: the bare revoking statement alone on these tokens, one statement on
+    /// one connection, autocommit (no report, items, outbox or HTTP). Nothing revoker
+    /// does per delivery can be cheaper than this. Returns the statement's wall time.
+    async fn floor(&self, tokens: &[Token]) -> Duration {
+        let hashes: Vec<TokenHash> = tokens.iter().map(Token::hash).collect();
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                let started = Instant::now();
+                let bytes: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
+                let done = sqlx::query(
+                    "UPDATE tokens SET revoked_at = now() WHERE hash = ANY($1) AND revoked_at IS NULL",
+                )
+                .bind(&bytes)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                let took = started.elapsed();
+                assert_eq!(
+                    done.rows_affected() as usize,
+                    tokens.len(),
+                    "floor tokens are fresh"
+                );
+                took
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let started = Instant::now();
+                let list = serde_json::to_string(
+                    &hashes.iter().map(TokenHash::to_hex).collect::<Vec<_>>(),
+                )
+                .unwrap();
+                let done = sqlx::query(
+                    "UPDATE tokens SET revoked_at = ?1
+                     WHERE revoked_at IS NULL AND hash IN (SELECT unhex(value) FROM json_each(?2))",
+                )
+                .bind(Utc::now().timestamp_millis())
+                .bind(list)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                let took = started.elapsed();
+                assert_eq!(
+                    done.rows_affected() as usize,
+                    tokens.len(),
+                    "floor tokens are fresh"
+                );
+                took
+            }
+        }
+    }
+}
+
 /// Stores `n` tokens in chunks; returns the raw tokens only when `keep` is set.
 async fn seed(store: &Arc<dyn RevocationStore>, n: usize, keep: bool) -> Vec<Token> {
     let now = Utc::now();
@@ -347,7 +409,7 @@ async fn run(args: Args) -> bool {
     let batch_tokens: usize = sizes.iter().zip(iterations).map(|(s, i)| s * i).sum();
     let throughput_secs = if args.quick { 3 } else { 10 };
     let throughput_tokens = if args.quick { 10_000 } else { 40_000 };
-    let pool_size = 3 * batch_tokens + throughput_tokens;
+    let pool_size = 4 * batch_tokens + throughput_tokens;
     let filler = args.tokens.saturating_sub(pool_size);
     let seed_started = Instant::now();
     seed(&store, filler, false).await;
@@ -393,6 +455,7 @@ async fn run(args: Args) -> bool {
         let mut revoker_ms = Vec::new();
         let mut baseline_ms = Vec::new();
         let mut store_ms = Vec::new();
+        let mut floor_ms = Vec::new();
         for _ in 0..iters {
             // The store call alone (what the database costs), on fresh tokens.
             let direct: Vec<&str> = bench
@@ -419,11 +482,15 @@ async fn run(args: Args) -> bool {
             revoker_ms.push(ms(took));
             let base_tokens = bench.take(*size);
             baseline_ms.push(ms(bench.baseline(base_tokens).await));
+            floor_ms.push(ms(bench.floor(bench.take(*size)).await));
         }
         revoker_ms.sort_by(f64::total_cmp);
         baseline_ms.sort_by(f64::total_cmp);
         store_ms.sort_by(f64::total_cmp);
+        floor_ms.sort_by(f64::total_cmp);
         let s50 = percentile(&store_ms, 0.5);
+        let f50 = percentile(&floor_ms, 0.5);
+        let over_floor = percentile(&revoker_ms, 0.5) / f50;
         let (p50, p95) = (percentile(&revoker_ms, 0.5), percentile(&revoker_ms, 0.95));
         let (b50, b95) = (
             percentile(&baseline_ms, 0.5),
@@ -438,7 +505,7 @@ async fn run(args: Args) -> bool {
         rows.push(Row {
             name: format!("batch {size:>5} tokens"),
             value: format!(
-                "p50 {p50:8.2} ms  p95 {p95:8.2} ms (store alone p50 {s50:7.2}) | baseline p50 {b50:9.2} ms  p95 {b95:9.2} ms | {ratio:6.1}x"
+                "p50 {p50:8.2} ms  p95 {p95:8.2} ms (store alone p50 {s50:7.2}) | baseline p50 {b50:9.2} ms  p95 {b95:9.2} ms | {ratio:6.1}x | floor p50 {f50:7.2} ms, revoker/floor {over_floor:5.1}x"
             ),
             target: target.into(),
         });
@@ -447,6 +514,7 @@ async fn run(args: Args) -> bool {
             "p50_ms": p50, "p95_ms": p95,
             "baseline_p50_ms": b50, "baseline_p95_ms": b95, "store_only_p50_ms": s50,
             "ratio_baseline_over_revoker": ratio,
+            "floor_p50_ms": f50, "ratio_revoker_over_floor": over_floor,
         }));
     }
     json.insert("batch".into(), batch_json.into());

@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use crate::notify::NotifySettings;
 use crate::signature::{CacheTiming, ScannerSpec};
 use crate::store::PoolSettings;
+use crate::support::default_duration;
 
 /// Parses a byte size: `1048576`, `512KiB`, `8MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -40,6 +41,24 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err("size must be greater than 0".into());
     }
     Ok(total)
+}
+
+/// The defaults of `serve`, as the command line writes them: `revoker serve --help`
+/// shows these strings and [`Settings::new`] parses the same ones, so the two cannot
+/// drift apart.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const SCANNER: &str = "github=https://api.github.com/meta/public_keys/secret_scanning";
+    pub const KEYS_TTL: &str = "1h";
+    pub const KEYS_REFETCH_INTERVAL: &str = "60s";
+    pub const KEYS_TIMEOUT: &str = "5s";
+    pub const MAX_BODY: &str = "8MiB";
+    pub const RETRY_AFTER: &str = "30s";
+    pub const REQUEST_TIMEOUT: &str = "25s";
+    pub const BODY_TIMEOUT: &str = "10s";
+    pub const SHUTDOWN_TIMEOUT: &str = "30s";
+    pub const MAX_CONCURRENT_DELIVERIES: u32 = 128;
 }
 
 /// Everything `serve` needs.
@@ -76,16 +95,16 @@ impl Settings {
             database_url: SecretString::from(database_url.to_owned()),
             pool: PoolSettings::default(),
             scanners,
-            keys_ttl: Duration::from_secs(3600),
-            keys_refetch_interval: Duration::from_secs(60),
-            keys_timeout: Duration::from_secs(5),
+            keys_ttl: default_duration(defaults::KEYS_TTL),
+            keys_refetch_interval: default_duration(defaults::KEYS_REFETCH_INTERVAL),
+            keys_timeout: default_duration(defaults::KEYS_TIMEOUT),
             github_token: None,
-            max_body: 8 << 20,
-            retry_after: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(25),
-            body_timeout: Duration::from_secs(10),
-            max_concurrent_deliveries: 128,
-            shutdown_timeout: Duration::from_secs(30),
+            max_body: parse_size(defaults::MAX_BODY).expect("the default size parses"),
+            retry_after: default_duration(defaults::RETRY_AFTER),
+            request_timeout: default_duration(defaults::REQUEST_TIMEOUT),
+            body_timeout: default_duration(defaults::BODY_TIMEOUT),
+            max_concurrent_deliveries: defaults::MAX_CONCURRENT_DELIVERIES as usize,
+            shutdown_timeout: default_duration(defaults::SHUTDOWN_TIMEOUT),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
             notify: None,
@@ -115,5 +134,15 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("8XB").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn defaults_are_what_the_command_line_says() {
+        let s = Settings::new("sqlite://x.db", Vec::new());
+        assert_eq!(s.max_body, 8 << 20);
+        assert_eq!(s.keys_ttl, Duration::from_secs(3600));
+        assert_eq!(s.keys_refetch_interval, Duration::from_secs(60));
+        assert_eq!(s.request_timeout, Duration::from_secs(25));
+        assert_eq!(s.max_concurrent_deliveries, 128);
     }
 }

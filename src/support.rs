@@ -7,11 +7,18 @@
 //! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, no
 //!   redirects), for key fetches, owner notifications and remote replay.
 //! - [`retry`]: the one bounded retry loop with a growing pause.
+//! - [`default_duration`]: a default written as on the command line, parsed.
 
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+/// A default duration written as on the command line (`30s`, `1h`); the settings
+/// types parse the same strings their flags show as defaults.
+pub fn default_duration(text: &str) -> Duration {
+    humantime::parse_duration(text).expect("a default duration parses")
+}
 
 /// Writes an error chain on one line: `outer: cause: root cause`.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use secrecy::SecretString;
 
-use revoker::notify::{Notifier, NotifySettings};
+use revoker::notify::{defaults, Notifier, NotifySettings};
 use revoker::store::{NotificationStatus, Requeue};
 
 use super::db::{open_existing, DbArgs};
@@ -68,25 +68,25 @@ pub struct NotifyArgs {
     pub notify_secret: Option<SecretString>,
 
     /// Timeout of one notification request.
-    #[arg(long, env = "REVOKER_NOTIFY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_NOTIFY_TIMEOUT", default_value = defaults::TIMEOUT, value_parser = humantime::parse_duration)]
     pub notify_timeout: Duration,
 
     /// Attempts before a notification is marked failed.
-    #[arg(long, env = "REVOKER_NOTIFY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "REVOKER_NOTIFY_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub notify_max_attempts: u32,
 
     /// Delay before the second attempt; doubles per attempt (with jitter) up to
     /// --notify-backoff-max.
-    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF", default_value = defaults::BACKOFF, value_parser = humantime::parse_duration)]
     pub notify_backoff: Duration,
 
     /// Longest delay between two attempts (at most 30d).
-    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = "6h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = defaults::BACKOFF_MAX, value_parser = humantime::parse_duration)]
     pub notify_backoff_max: Duration,
 
     /// How often `serve` looks for due notifications (it also looks right after a
     /// delivery revoked something).
-    #[arg(long, env = "REVOKER_NOTIFY_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_NOTIFY_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = humantime::parse_duration)]
     pub notify_poll_interval: Duration,
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-use revoker::config::{parse_size, Settings};
+use revoker::config::{defaults, parse_size, Settings};
 use revoker::signature::ScannerSpec;
 use revoker::startup::{shutdown_signal, Application};
 
@@ -15,7 +15,7 @@ use super::notify::NotifyArgs;
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address of the public webhook listener (use port 0 for any free port).
-    #[arg(long, env = "REVOKER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "REVOKER_LISTEN", default_value = defaults::LISTEN)]
     pub listen: String,
 
     /// A scanner as NAME=SOURCE; repeatable (env: comma-separated). Alerts go to
@@ -25,21 +25,21 @@ pub struct ServeArgs {
         long = "scanner",
         env = "REVOKER_SCANNERS",
         value_delimiter = ',',
-        default_value = "github=https://api.github.com/meta/public_keys/secret_scanning"
+        default_value = defaults::SCANNER
     )]
     pub scanners: Vec<ScannerSpec>,
 
     /// How long fetched scanner keys are trusted before a background refresh.
-    #[arg(long, env = "REVOKER_KEYS_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_KEYS_TTL", default_value = defaults::KEYS_TTL, value_parser = humantime::parse_duration)]
     pub keys_ttl: Duration,
 
     /// Minimum time between two key fetches (an unknown key id triggers at most one
     /// refetch per interval).
-    #[arg(long, env = "REVOKER_KEYS_REFETCH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_KEYS_REFETCH_INTERVAL", default_value = defaults::KEYS_REFETCH_INTERVAL, value_parser = humantime::parse_duration)]
     pub keys_refetch_interval: Duration,
 
     /// Timeout of one key fetch over HTTP.
-    #[arg(long, env = "REVOKER_KEYS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_KEYS_TIMEOUT", default_value = defaults::KEYS_TIMEOUT, value_parser = humantime::parse_duration)]
     pub keys_timeout: Duration,
 
     /// Token sent as a bearer token to the `github` scanner's key URL only (raises
@@ -48,33 +48,33 @@ pub struct ServeArgs {
     pub github_token: Option<SecretString>,
 
     /// Largest accepted request body (e.g. 8MiB, 512KiB, 1000000); larger gets 413.
-    #[arg(long, env = "REVOKER_MAX_BODY", default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, env = "REVOKER_MAX_BODY", default_value = defaults::MAX_BODY, value_parser = parse_size)]
     pub max_body: usize,
 
     /// Retry-After sent with 503 answers.
-    #[arg(long, env = "REVOKER_RETRY_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_RETRY_AFTER", default_value = defaults::RETRY_AFTER, value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
 
     /// Deadline for a whole delivery (below GitHub's 30 s wait); past it: 503, nothing written.
-    #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
     /// Deliveries processed at once; one more gets 503 `overloaded` with Retry-After
     /// at once instead of queueing. Bounds memory to about this many × --max-body.
-    #[arg(long, env = "REVOKER_MAX_CONCURRENT_DELIVERIES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "REVOKER_MAX_CONCURRENT_DELIVERIES", default_value_t = defaults::MAX_CONCURRENT_DELIVERIES, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_deliveries: u32,
 
     /// Deadline for receiving a request body; a client that trickles gets 408.
-    #[arg(long, env = "REVOKER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_BODY_TIMEOUT", default_value = defaults::BODY_TIMEOUT, value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
     /// After SIGTERM/SIGINT, how long in-flight requests may finish before exit.
-    #[arg(long, env = "REVOKER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_SHUTDOWN_TIMEOUT", default_value = defaults::SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Address of the admin listener: /metrics, /api/stats, /dashboard, /healthz,
     /// /readyz. Keep it private; a non-loopback address requires --admin-token.
-    #[arg(long, env = "REVOKER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "REVOKER_ADMIN_LISTEN", default_value = defaults::ADMIN_LISTEN)]
     pub admin_listen: String,
 
     /// Bearer token required by /metrics and /api/stats on the admin listener.

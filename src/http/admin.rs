@@ -134,8 +134,8 @@ async fn stats_handler(
     }))
 }
 
-async fn dashboard() -> Response {
-    (
+async fn dashboard() -> Result<Response, ApiError> {
+    Ok((
         [
             (header::CACHE_CONTROL, "no-cache"),
             (
@@ -146,7 +146,7 @@ async fn dashboard() -> Response {
         ],
         Html(DASHBOARD_HTML),
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

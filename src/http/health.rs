@@ -19,8 +19,8 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn healthz() -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!({ "status": "ok" })))
 }
 
 /// Ready when the database answers and every scanner has keys (or can fetch them now).

@@ -67,7 +67,7 @@ async fn read_body(
 }
 
 #[tracing::instrument(name = "delivery", skip_all, fields(scanner = tracing::field::Empty, key_id = tracing::field::Empty))]
-pub async fn receive(
+async fn receive(
     State(state): State<AppState>,
     scanner: Result<Path<String>, PathRejection>,
     headers: HeaderMap,

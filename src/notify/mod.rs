@@ -31,7 +31,7 @@ use sha2::Sha256;
 
 use crate::metrics::Metrics;
 use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
-use crate::support::{error_chain, http_client, require_https};
+use crate::support::{default_duration, error_chain, http_client, require_https};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
@@ -42,6 +42,16 @@ pub const ATTEMPT_HEADER: &str = "Revoker-Attempt";
 
 /// The longest `--notify-backoff-max` accepted.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The defaults of the `--notify-*` flags, as the command line writes them (its help
+/// shows these strings; [`NotifySettings::new`] parses the same ones).
+pub mod defaults {
+    pub const TIMEOUT: &str = "10s";
+    pub const MAX_ATTEMPTS: u32 = 10;
+    pub const BACKOFF: &str = "30s";
+    pub const BACKOFF_MAX: &str = "6h";
+    pub const POLL_INTERVAL: &str = "5s";
+}
 
 /// How notifications are sent.
 #[derive(Debug, Clone)]
@@ -67,11 +77,11 @@ impl NotifySettings {
         NotifySettings {
             webhook: webhook.to_owned(),
             secret: SecretString::from(secret.to_owned()),
-            timeout: Duration::from_secs(10),
-            max_attempts: 10,
-            backoff_base: Duration::from_secs(30),
-            backoff_max: Duration::from_secs(6 * 3600),
-            poll_interval: Duration::from_secs(5),
+            timeout: default_duration(defaults::TIMEOUT),
+            max_attempts: defaults::MAX_ATTEMPTS,
+            backoff_base: default_duration(defaults::BACKOFF),
+            backoff_max: default_duration(defaults::BACKOFF_MAX),
+            poll_interval: default_duration(defaults::POLL_INTERVAL),
             batch: 32,
         }
     }
