@@ -59,14 +59,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         Some(url) => {
             replay::check_remote_url(url)?;
             let key_path = args.key.as_ref().context("--url needs --key")?;
-            Target::Remote {
-                url: url.clone(),
-                key: replay::load_signing_key(key_path)?,
-                key_id: args.key_id.clone().context("--url needs --key-id")?,
-                client: reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(60))
-                    .build()?,
-            }
+            let key = replay::load_signing_key(key_path)?;
+            let key_id = args.key_id.clone().context("--url needs --key-id")?;
+            Target::remote(url.clone(), key, key_id)?
         }
         None => {
             let actor = match (&args.actor, args.dry_run) {

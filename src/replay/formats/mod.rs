@@ -1,0 +1,592 @@
+//! Leak-report formats: turn a security team's report into a stream of leaked-token
+//! occurrences ([`Found`]).
+//!
+//! Supported inputs (see [`Format`]), one file each:
+//! - **github** (`github.rs`): a GitHub secret-scanning webhook body, a JSON array of
+//!   `{"token", "type", "url", "source"}`; every element's `token` is taken as-is.
+//! - **gitleaks** (`gitleaks.rs`): a gitleaks v8 JSON report (array of findings).
+//! - **trufflehog** (`trufflehog.rs`): trufflehog v3 `--json` output, one JSON object
+//!   per line; log noise mixed into the file is skipped and counted.
+//! - **text** (`text.rs`): anything else (log dumps, pasted incidents, binary junk);
+//!   every `cio_tp_[0-9A-Za-z]{36}` that is not part of a longer alphanumeric run.
+//!
+//! The two JSON-array formats share one streaming reader (`json_array.rs`).
+//!
+//! This file owns what every format shares: the [`Format`] names and [`detect`], the
+//! [`read_report`] dispatch, the [`Found`]/[`ReadStats`]/[`FormatError`] types, the
+//! redacting emitter, token matching and BOM removal.
+//!
+//! Invariants:
+//! - Memory is bounded whatever the report size: JSON arrays are streamed element by
+//!   element (serde `Visitor` + `SeqAccess`, never a `Vec` of the whole report),
+//!   trufflehog lines are capped at [`MAX_LINE`] bytes, and text is scanned in
+//!   [`TEXT_CHUNK`]-byte chunks with an overlap so a token across a chunk border is
+//!   found exactly once.
+//! - Occurrences are yielded in file order. Strings with wrong check digits are still
+//!   yielded: classifying them (`not_ours`) is the caller's job.
+//! - No raw token ever appears in a [`FormatError`] (Display or Debug) or in the `Debug`
+//!   output of a [`Found`]: JSON errors carry a position and a category only, because
+//!   serde's own messages quote the offending value.
+//! - Every `cio_tp_…` in a found occurrence's free-text fields (type, url, source) is
+//!   redacted before the sink sees it ([`Emitter::emit`]).
+
+mod github;
+mod gitleaks;
+mod json_array;
+mod text;
+mod trufflehog;
+
+#[cfg(test)]
+mod testutil;
+
+use std::fmt;
+use std::io::{self, BufRead, Read};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use regex::bytes::Regex;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::domain::redact::redact_tokens;
+use crate::domain::token::{TokenHash, PREFIX, TOKEN_LEN};
+
+pub use text::TEXT_CHUNK;
+pub use trufflehog::MAX_LINE;
+
+/// The report formats [`read_report`] understands. A format's name is its variant's
+/// lowercase name, derived once by `strum` (`as_str`, `Display`); `FromStr` matches
+/// against those names.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
+pub enum Format {
+    Github,
+    Gitleaks,
+    Trufflehog,
+    Text,
+}
+
+impl Format {
+    /// Every format, in the order they are listed to users.
+    pub const ALL: &'static [Format] = <Format as strum::VariantArray>::VARIANTS;
+
+    /// The name accepted by [`Format::from_str`].
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    /// Case-insensitive, surrounding blanks ignored. The error does not echo the input
+    /// (it could be a pasted secret).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Format::ALL
+            .iter()
+            .copied()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Format::ALL.iter().map(|f| f.as_str()).collect();
+                format!(
+                    "unknown report format: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// One occurrence of a (possible) token in a report.
+///
+/// `Debug` shows a hash prefix instead of the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The raw string as found. A secret.
+    pub token: String,
+    /// The scanner's name for what it found (GitHub `type`, gitleaks `RuleID`, …).
+    pub token_type: String,
+    /// Where it was found: a link if the report has one, else `file:line`.
+    pub url: String,
+    /// Which scanner or input produced it (`gitleaks`, `trufflehog:…`, `text`, GitHub's `source`).
+    pub source: String,
+}
+
+impl fmt::Debug for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Found")
+            .field(
+                "token",
+                &format_args!("sha256:{}…", TokenHash::of(&self.token).prefix()),
+            )
+            .field("token_type", &self.token_type)
+            .field("url", &self.url)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What a [`read_report`] call went through.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Trufflehog lines that were not JSON objects or were longer than [`MAX_LINE`];
+    /// GitHub-format elements without a `token` string.
+    pub skipped_lines: u64,
+}
+
+/// Why a report could not be read to the end. Never contains a token.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("could not read the report: {0}")]
+    Io(#[from] std::io::Error),
+    /// `what` is a category, never text from the report.
+    #[error("malformed report at line {line}, column {column}: {what}")]
+    Json {
+        line: usize,
+        column: usize,
+        what: String,
+    },
+    /// The sink refused an occurrence; reading stopped there.
+    #[error("stopped while handling the report: {0}")]
+    Sink(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// Detection
+
+/// Guesses the format from the first bytes of a file (callers pass up to 64 KiB).
+///
+/// - `[` followed by `]` or by an object: gitleaks if the first object has a `Secret`
+///   or `RuleID` key, github otherwise. (`[` followed by anything else, such as a log
+///   line `[2024-05-17 …]`, is text.)
+/// - `{` whose first line is a JSON object with `SourceMetadata` or `DetectorName`:
+///   trufflehog.
+/// - anything else: text.
+pub fn detect(head: &[u8]) -> Format {
+    let s = skip_ws_and_bom(head);
+    match s.first() {
+        Some(b'[') => detect_array(&s[1..]),
+        Some(b'{') => detect_json_lines(s),
+        _ => Format::Text,
+    }
+}
+
+fn skip_ws_and_bom(mut s: &[u8]) -> &[u8] {
+    loop {
+        if let Some(rest) = s.strip_prefix(b"\xEF\xBB\xBF") {
+            s = rest;
+        } else if let Some((first, rest)) = s.split_first() {
+            if first.is_ascii_whitespace() {
+                s = rest;
+            } else {
+                return s;
+            }
+        } else {
+            return s;
+        }
+    }
+}
+
+/// Whether `hay` contains any of the `keys` as text (a head cut inside a JSON value).
+fn mentions_any(hay: &[u8], keys: &[&str]) -> bool {
+    keys.iter()
+        .any(|key| memchr::memmem::find(hay, key.as_bytes()).is_some())
+}
+
+fn detect_array(after_bracket: &[u8]) -> Format {
+    let rest = skip_ws_and_bom(after_bracket);
+    match rest.first() {
+        Some(b']') => Format::Github,
+        Some(b'{') => {
+            let mut de = serde_json::Deserializer::from_slice(rest);
+            match Map::<String, Value>::deserialize(&mut de) {
+                Ok(first) if first.contains_key("Secret") || first.contains_key("RuleID") => {
+                    Format::Gitleaks
+                }
+                Ok(_) => Format::Github,
+                // The head stops inside the first element: look for the keys as text.
+                Err(e) if e.is_eof() => {
+                    if mentions_any(rest, &["\"Secret\"", "\"RuleID\""]) {
+                        Format::Gitleaks
+                    } else {
+                        Format::Github
+                    }
+                }
+                Err(_) => Format::Text,
+            }
+        }
+        // `[]` cut short by the head, or an empty file after `[`.
+        None => Format::Github,
+        _ => Format::Text,
+    }
+}
+
+fn detect_json_lines(s: &[u8]) -> Format {
+    let first_line = match memchr::memchr(b'\n', s) {
+        Some(end) => &s[..end],
+        None => s,
+    };
+    let has_keys =
+        |m: &Map<String, Value>| m.contains_key("SourceMetadata") || m.contains_key("DetectorName");
+    match serde_json::from_slice::<Map<String, Value>>(first_line) {
+        Ok(m) if has_keys(&m) => Format::Trufflehog,
+        Ok(_) => Format::Text,
+        // A first line longer than the head: decide on the keys seen so far.
+        Err(e)
+            if e.is_eof()
+                && mentions_any(first_line, &["\"SourceMetadata\"", "\"DetectorName\""]) =>
+        {
+            Format::Trufflehog
+        }
+        Err(_) => Format::Text,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+/// Streams every occurrence to `sink` in file order. `origin` is the file name (for
+/// text/gitleaks locations). A sink error stops reading and is returned as
+/// [`FormatError::Sink`].
+pub fn read_report<R: BufRead>(
+    reader: R,
+    format: Format,
+    origin: &str,
+    sink: &mut dyn FnMut(Found) -> Result<(), String>,
+) -> Result<ReadStats, FormatError> {
+    let mut out = Emitter {
+        sink,
+        stats: ReadStats::default(),
+    };
+    match format {
+        Format::Github => json_array::read::<_, github::GithubItem>(reader, origin, &mut out)?,
+        Format::Gitleaks => {
+            json_array::read::<_, gitleaks::GitleaksFinding>(reader, origin, &mut out)?
+        }
+        Format::Trufflehog => trufflehog::read(reader, origin, &mut out, MAX_LINE)?,
+        Format::Text => text::read(reader, origin, &mut out, TEXT_CHUNK)?,
+    }
+    Ok(out.stats)
+}
+
+/// The sink plus the running statistics.
+struct Emitter<'s> {
+    sink: &'s mut dyn FnMut(Found) -> Result<(), String>,
+    stats: ReadStats,
+}
+
+impl Emitter<'_> {
+    /// Hands one occurrence on with every `cio_tp_…` in its free-text fields redacted:
+    /// a file name, link or rule name may itself carry a token, and those fields reach
+    /// the output, the database and (remote mode) another receiver.
+    fn emit(&mut self, mut found: Found) -> Result<(), FormatError> {
+        for field in [&mut found.token_type, &mut found.url, &mut found.source] {
+            if let std::borrow::Cow::Owned(redacted) = redact_tokens(field) {
+                *field = redacted;
+            }
+        }
+        (self.sink)(found).map_err(FormatError::Sink)
+    }
+}
+
+/// Drops a leading UTF-8 byte-order mark (serde_json rejects it); everything else is
+/// passed through unchanged.
+fn without_bom<R: Read>(mut reader: R) -> io::Result<io::Chain<io::Cursor<Vec<u8>>, R>> {
+    let mut head = [0u8; 3];
+    let mut n = 0;
+    while n < head.len() {
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let kept = if head[..n] == *b"\xEF\xBB\xBF" {
+        Vec::new()
+    } else {
+        head[..n].to_vec()
+    };
+    Ok(io::Cursor::new(kept).chain(reader))
+}
+
+// ---------------------------------------------------------------------------------------
+// Token matching and small field helpers
+
+fn token_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        let pattern = format!(
+            "{}[0-9A-Za-z]{{{}}}",
+            regex::escape(PREFIX),
+            TOKEN_LEN - PREFIX.len()
+        );
+        Regex::new(&pattern).expect("the token pattern is a valid regex")
+    })
+}
+
+/// A match `hay[start..end]` counts only if it is not part of a longer string: not
+/// preceded by `[0-9A-Za-z_]` and not followed by `[0-9A-Za-z]`.
+///
+/// Matches never overlap (the 36 characters after the prefix contain no `_`), so
+/// rejecting one never hides another.
+fn standalone(hay: &[u8], start: usize, end: usize) -> bool {
+    let before_ok =
+        start == 0 || !(hay[start - 1].is_ascii_alphanumeric() || hay[start - 1] == b'_');
+    let after_ok = hay.get(end).is_none_or(|b| !b.is_ascii_alphanumeric());
+    before_ok && after_ok
+}
+
+/// Every standalone token in a (small) string, in order.
+fn tokens_in(s: &str) -> impl Iterator<Item = &str> + '_ {
+    token_regex()
+        .find_iter(s.as_bytes())
+        .filter(move |m| standalone(s.as_bytes(), m.start(), m.end()))
+        // The pattern is ASCII, so the match is on character boundaries.
+        .map(move |m| &s[m.start()..m.end()])
+}
+
+/// The standalone tokens of the first field that has any (`Secret` before `Match`,
+/// `Raw` before `RawV2`).
+fn tokens_in_first(fields: [&str; 2]) -> Vec<&str> {
+    let [first, second] = fields;
+    let tokens: Vec<&str> = tokens_in(first).collect();
+    if tokens.is_empty() {
+        tokens_in(second).collect()
+    } else {
+        tokens
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// A JSON number or non-empty string as text (line numbers come as either).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `file:line`, or `file` alone without a line.
+fn file_location(file: &str, line: Option<&str>) -> String {
+    match line {
+        Some(line) => format!("{file}:{line}"),
+        None => file.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn fixture_tokens_have_the_documented_validity() {
+        for t in [A, B, C, D, E, F, G, H, I, KNOWN] {
+            assert!(crate::domain::token::validate(t).is_ok(), "should be valid");
+        }
+        for t in [W1, W2, W3] {
+            assert!(matches!(
+                crate::domain::token::validate(t),
+                Err(crate::domain::token::TokenError::InvalidChecksum { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn format_names_round_trip() {
+        for &f in Format::ALL {
+            assert_eq!(f.as_str().parse::<Format>(), Ok(f));
+            assert_eq!(f.as_str().to_uppercase().parse::<Format>(), Ok(f));
+            assert_eq!(f.to_string(), f.as_str());
+        }
+        assert_eq!("GitLeaks".parse::<Format>(), Ok(Format::Gitleaks));
+        assert_eq!(" text\n".parse::<Format>(), Ok(Format::Text));
+        let err = "sarif".parse::<Format>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown report format: expected one of github, gitleaks, trufflehog, text"
+        );
+        let err = A.parse::<Format>().unwrap_err();
+        assert!(!err.contains(A));
+    }
+
+    #[test]
+    fn detect_each_fixture() {
+        assert_eq!(detect(&fixture("github.json")), Format::Github);
+        assert_eq!(detect(&fixture("gitleaks.json")), Format::Gitleaks);
+        assert_eq!(detect(&fixture("trufflehog.jsonl")), Format::Trufflehog);
+        assert_eq!(detect(&fixture("incident.txt")), Format::Text);
+        // Only the head of a file: cut inside the first element or the first line.
+        assert_eq!(detect(&fixture("gitleaks.json")[..400]), Format::Gitleaks);
+        assert_eq!(
+            detect(&fixture("trufflehog.jsonl")[..300]),
+            Format::Trufflehog
+        );
+        assert_eq!(detect(&fixture("github.json")[..60]), Format::Github);
+    }
+
+    #[test]
+    fn detect_edge_cases() {
+        assert_eq!(detect(b""), Format::Text);
+        assert_eq!(detect(b"[]"), Format::Github);
+        assert_eq!(detect(b" \n\t[ ]\n"), Format::Github);
+        assert_eq!(
+            detect(b"\xEF\xBB\xBF[{\"RuleID\":\"x\"}]"),
+            Format::Gitleaks
+        );
+        assert_eq!(
+            detect(b"\xEF\xBB\xBF  [{\"Secret\":\"x\"}]"),
+            Format::Gitleaks
+        );
+        assert_eq!(
+            detect(b"[{\"token\":\"x\",\"type\":\"t\"}]"),
+            Format::Github
+        );
+        // Keys of nested objects do not count, only the first object's own keys.
+        assert_eq!(
+            detect(b"[{\"token\":\"x\",\"extra\":{\"Secret\":1}}]"),
+            Format::Github
+        );
+        // A log line that happens to start with `[`.
+        assert_eq!(
+            detect(b"[2024-05-17 14:02:11] INFO started\n"),
+            Format::Text
+        );
+        assert_eq!(detect(b"[{main}] started\n"), Format::Text);
+        assert_eq!(detect(b"{\"DetectorName\":\"X\"}\n"), Format::Trufflehog);
+        assert_eq!(
+            detect(b"\xEF\xBB\xBF{\"SourceMetadata\":{}}"),
+            Format::Trufflehog
+        );
+        assert_eq!(detect(b"{\"level\":\"info\"}\n"), Format::Text);
+        assert_eq!(detect(b"{ not json\n"), Format::Text);
+        assert_eq!(detect(b"\xff\xfe binary"), Format::Text);
+        assert_eq!(detect(A.as_bytes()), Format::Text);
+    }
+
+    /// A reader that returns at most a few bytes per call.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.step = self.step % 5 + 1;
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn short_reads_change_nothing() {
+        for name in FIXTURES {
+            let data = fixture(name);
+            let format = detect(&data);
+            let (expected, expected_stats) = read_all(&data, format, name).unwrap();
+            let mut all = Vec::new();
+            let reader = io::BufReader::with_capacity(
+                3,
+                Trickle {
+                    data: &data,
+                    step: 0,
+                },
+            );
+            let stats = read_report(reader, format, name, &mut |f| {
+                all.push(f);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(all, expected, "{name}");
+            assert_eq!(stats, expected_stats, "{name}");
+        }
+    }
+
+    #[test]
+    fn json_reports_with_a_bom() {
+        // `read_all` also checks that the whole input, BOM included, was read.
+        let mut input = b"\xEF\xBB\xBF".to_vec();
+        input.extend_from_slice(format!(r#"[{{"token":"{A}"}}]"#).as_bytes());
+        let (all, _) = read_all(&input, Format::Github, "g").unwrap();
+        assert_eq!(all, vec![found(A, "", "", "")]);
+
+        let mut input = b"\xEF\xBB\xBF".to_vec();
+        input.extend_from_slice(format!(r#"{{"Raw":"{A}"}}"#).as_bytes());
+        let (all, _) = read_all(&input, Format::Trufflehog, "t").unwrap();
+        assert_eq!(all, vec![found(A, "trufflehog", "t:1", "trufflehog")]);
+    }
+
+    #[test]
+    fn a_sink_error_stops_reading() {
+        for name in FIXTURES {
+            let data = fixture(name);
+            let mut calls = 0;
+            let err = read_report(&data[..], detect(&data), name, &mut |_| {
+                calls += 1;
+                if calls == 2 {
+                    Err("database is gone".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_err();
+            assert_eq!(calls, 2, "{name}");
+            match &err {
+                FormatError::Sink(msg) => assert_eq!(msg, "database is gone"),
+                other => panic!("{name}: {other}"),
+            }
+            assert_eq!(
+                err.to_string(),
+                "stopped while handling the report: database is gone"
+            );
+        }
+    }
+
+    #[test]
+    fn io_errors_are_reported() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "disk on fire"))
+            }
+        }
+        for &format in Format::ALL {
+            let err =
+                read_report(io::BufReader::new(Failing), format, "f", &mut |_| Ok(())).unwrap_err();
+            assert!(
+                matches!(err, FormatError::Io(ref e) if e.kind() == io::ErrorKind::BrokenPipe),
+                "{format}: {err:?}"
+            );
+        }
+        // Failing in the middle of a JSON array.
+        let reader = Cursor::new(b"[{\"token\":\"x\"},".to_vec()).chain(Failing);
+        let err = read_report(io::BufReader::new(reader), Format::Github, "f", &mut |_| {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, FormatError::Io(ref e) if e.kind() == io::ErrorKind::BrokenPipe),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn found_debug_hides_the_token() {
+        let f = found(A, "cio_tp", "x:1", "text");
+        let dbg = format!("{f:?}");
+        assert!(!dbg.contains(A));
+        assert!(!dbg.contains(&A[PREFIX.len()..]));
+        assert!(dbg.contains(&TokenHash::of(A).prefix()), "{dbg}");
+        assert!(dbg.contains("x:1"));
+    }
+}

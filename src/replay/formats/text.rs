@@ -1,0 +1,403 @@
+//! The **text** format: any bytes (log dumps, pasted incidents, binary junk), scanned
+//! for every standalone `cio_tp_[0-9A-Za-z]{36}`.
+//!
+//! Invariants:
+//! - The input is read in [`TEXT_CHUNK`]-byte chunks; the buffer never holds more than
+//!   one chunk plus an overlap of a token and the byte before it, so a token across a
+//!   chunk border is found exactly once and the standalone check (see
+//!   [`super::standalone`]) sees the bytes on both sides of it.
+//! - A match is only decided once the byte after it has been read (or the input ended).
+//! - Locations are `origin:line` with 1-based line numbers counted over every `\n`.
+
+use std::io::{self, Read};
+
+use super::{standalone, token_regex, Emitter, FormatError, Found};
+use crate::domain::token::TOKEN_LEN;
+
+/// Size of one read when scanning free text.
+pub const TEXT_CHUNK: usize = 64 * 1024;
+/// Bytes kept from one text chunk to the next: a whole token plus the byte before it
+/// (needed to check that the match is not the tail of a longer run).
+const OVERLAP: usize = TOKEN_LEN + 1;
+
+fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
+/// Fills `buf[*filled..target]` from `reader`; `true` once the reader is exhausted.
+fn fill<R: Read>(
+    reader: &mut R,
+    buf: &mut [u8],
+    filled: &mut usize,
+    target: usize,
+) -> io::Result<bool> {
+    while *filled < target {
+        match reader.read(&mut buf[*filled..target]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => *filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Scans the whole input, `chunk` bytes per round.
+pub(super) fn read<R: Read>(
+    mut reader: R,
+    origin: &str,
+    out: &mut Emitter<'_>,
+    chunk: usize,
+) -> Result<(), FormatError> {
+    let re = token_regex();
+    let chunk = chunk.max(1);
+    let mut buf = vec![0u8; chunk + OVERLAP];
+    let mut filled = 0usize;
+    // Matches starting before `scan_from` were already handled in an earlier round.
+    let mut scan_from = 0usize;
+    // `line` is the 1-based line number at `buf[line_pos]`.
+    let mut line = 1u64;
+    let mut line_pos = 0usize;
+    loop {
+        let target = filled + chunk;
+        let eof = fill(&mut reader, &mut buf, &mut filled, target)?;
+        let hay = &buf[..filled];
+        for m in re.find_iter(hay) {
+            let (start, end) = (m.start(), m.end());
+            if start < scan_from {
+                continue;
+            }
+            if end >= filled && !eof {
+                break; // the byte after the match is not read yet: next round
+            }
+            if !standalone(hay, start, end) {
+                continue;
+            }
+            line += count_newlines(&hay[line_pos..start]);
+            line_pos = start;
+            out.emit(Found {
+                token: String::from_utf8_lossy(&hay[start..end]).into_owned(),
+                token_type: "cio_tp".to_owned(),
+                url: format!("{origin}:{line}"),
+                source: "text".to_owned(),
+            })?;
+        }
+        if eof {
+            return Ok(());
+        }
+        // Every match starting before `decided` had its following byte available.
+        let decided = filled.saturating_sub(TOKEN_LEN);
+        let keep = filled.min(OVERLAP);
+        let drop = filled - keep;
+        if line_pos < drop {
+            line += count_newlines(&buf[line_pos..drop]);
+            line_pos = drop;
+        }
+        buf.copy_within(drop..filled, 0);
+        filled = keep;
+        line_pos -= drop;
+        scan_from = scan_from.max(decided).saturating_sub(drop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::super::testutil::*;
+    use super::super::{read_report, tokens_in, Format};
+    use super::*;
+
+    fn with_chunk(input: &[u8], chunk: usize) -> Vec<Found> {
+        collect(input, |reader, out| read(reader, "t", out, chunk)).0
+    }
+
+    /// (line, token) by a naive whole-buffer scan, for comparison.
+    fn reference_scan(input: &[u8]) -> Vec<(u64, String)> {
+        token_regex()
+            .find_iter(input)
+            .filter(|m| standalone(input, m.start(), m.end()))
+            .map(|m| {
+                let line = 1 + input[..m.start()].iter().filter(|&&b| b == b'\n').count();
+                (
+                    line as u64,
+                    String::from_utf8(m.as_bytes().to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn as_pairs(found: &[Found]) -> Vec<(u64, String)> {
+        found
+            .iter()
+            .map(|f| {
+                let line = f.url.rsplit(':').next().unwrap().parse().unwrap();
+                (line, f.token.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incident_text_fixture() {
+        let (all, stats) =
+            read_all(&fixture("incident.txt"), Format::Text, "incident.txt").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                found(E, "cio_tp", "incident.txt:12", "text"),
+                found(F, "cio_tp", "incident.txt:14", "text"),
+                found(E, "cio_tp", "incident.txt:20", "text"),
+                found(W2, "cio_tp", "incident.txt:22", "text"),
+            ]
+        );
+        assert!(
+            !all.iter().any(|f| f.token == G),
+            "G is part of a longer run"
+        );
+        assert_eq!(stats.skipped_lines, 0);
+    }
+
+    #[test]
+    fn newlines_are_counted_anywhere() {
+        assert_eq!(count_newlines(b""), 0);
+        assert_eq!(count_newlines(b"no newline"), 0);
+        let mut bytes = vec![b'x'; 1000];
+        for i in [0, 7, 8, 63, 64, 500, 999] {
+            bytes[i] = b'\n';
+        }
+        assert_eq!(count_newlines(&bytes), 7);
+        assert_eq!(count_newlines(&bytes[1..999]), 5);
+    }
+
+    #[test]
+    fn text_token_across_the_64k_border_is_found_once() {
+        // Put the token at every offset around the first chunk border, with a newline
+        // before it so the line number is checked too.
+        for start in TEXT_CHUNK - TOKEN_LEN - 3..=TEXT_CHUNK + 2 {
+            let mut input = vec![b'.'; start];
+            for i in (0..start.saturating_sub(1)).step_by(1000) {
+                input[i] = b'\n';
+            }
+            let newlines_before = input.iter().filter(|&&b| b == b'\n').count();
+            input.extend_from_slice(A.as_bytes());
+            input.extend_from_slice(b" tail\nmore\n");
+            let (all, _) = read_all(&input, Format::Text, "big.log").unwrap();
+            assert_eq!(
+                all,
+                vec![found(
+                    A,
+                    "cio_tp",
+                    &format!("big.log:{}", newlines_before + 1),
+                    "text"
+                )],
+                "token at offset {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_border_rejections_use_bytes_from_the_neighbouring_chunk() {
+        // A token ending exactly at the border followed by an alnum in the next chunk,
+        // and a token starting right after an alnum at the end of the previous chunk.
+        let mut followed = vec![b' '; TEXT_CHUNK - TOKEN_LEN];
+        followed.extend_from_slice(A.as_bytes());
+        followed.extend_from_slice(b"Z and more");
+        assert_eq!(followed[TEXT_CHUNK], b'Z');
+        assert!(read_all(&followed, Format::Text, "x").unwrap().0.is_empty());
+
+        let mut preceded = vec![b' '; TEXT_CHUNK - 1];
+        preceded.push(b'q');
+        preceded.extend_from_slice(A.as_bytes());
+        assert!(read_all(&preceded, Format::Text, "x").unwrap().0.is_empty());
+
+        // Same layout with a separator: found.
+        let mut ok = vec![b' '; TEXT_CHUNK - 1];
+        ok.push(b'=');
+        ok.extend_from_slice(A.as_bytes());
+        assert_eq!(read_all(&ok, Format::Text, "x").unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn text_chunking_agrees_with_a_whole_buffer_scan() {
+        // Dense input: tokens, near-tokens and newlines at many alignments.
+        let mut input = Vec::new();
+        let pieces: [&[u8]; 9] = [
+            A.as_bytes(),
+            b"\n",
+            b" ",
+            b"x",
+            b"_",
+            W1.as_bytes(),
+            b"cio_tp_short ",
+            b"\xff\xfe",
+            b"\r\n",
+        ];
+        let mut state = 7u32;
+        for _ in 0..600 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            input.extend_from_slice(pieces[(state >> 16) as usize % pieces.len()]);
+        }
+        let expected = reference_scan(&input);
+        assert!(expected.len() > 20, "the input should contain tokens");
+        for chunk in [1, 2, 7, 43, 44, 45, 46, 64, 100, 1000, TEXT_CHUNK] {
+            assert_eq!(
+                as_pairs(&with_chunk(&input, chunk)),
+                expected,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_longer_runs_are_not_tokens() {
+        let input = format!(
+            "a {A}x b\nc x{A} d\ne _{A} f\ng {A}_ h\ni {A}\nj \"{KNOWN}\"\nk {}\n",
+            &A[..TOKEN_LEN - 1]
+        );
+        let (all, _) = read_all(input.as_bytes(), Format::Text, "o").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                // Followed by `_`: the token itself ends there (only alnum extends it).
+                found(A, "cio_tp", "o:4", "text"),
+                found(A, "cio_tp", "o:5", "text"),
+                found(KNOWN, "cio_tp", "o:6", "text"),
+            ]
+        );
+        // Small fields (gitleaks, trufflehog) apply the same rule.
+        assert_eq!(tokens_in(&input).collect::<Vec<_>>(), [A, A, KNOWN]);
+    }
+
+    #[test]
+    fn text_with_non_utf8_bytes_around_tokens() {
+        let mut input = b"\xff\xfe\x00caf\xe9 ".to_vec();
+        input.extend_from_slice(A.as_bytes());
+        input.extend_from_slice(b"\xe9\n\x80\x81");
+        input.extend_from_slice(KNOWN.as_bytes());
+        input.extend_from_slice(b"\xc3\n");
+        // `read_all` also checks that every byte was read.
+        let (all, _) = read_all(&input, Format::Text, "dump.bin").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                found(A, "cio_tp", "dump.bin:1", "text"),
+                found(KNOWN, "cio_tp", "dump.bin:2", "text"),
+            ]
+        );
+    }
+
+    /// Produces `lines` lines of a fixed 1,000-line block without storing them, and
+    /// counts how many bytes it has handed out.
+    struct GeneratedLog {
+        block: Vec<u8>,
+        pos: usize,
+        remaining_blocks: usize,
+        produced: Rc<Cell<u64>>,
+    }
+
+    impl Read for GeneratedLog {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.block.len() {
+                if self.remaining_blocks == 0 {
+                    return Ok(0);
+                }
+                self.remaining_blocks -= 1;
+                self.pos = 0;
+            }
+            let n = buf.len().min(self.block.len() - self.pos);
+            buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            self.produced.set(self.produced.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_million_line_text_report_is_streamed() {
+        const LINES: usize = 1_000_000;
+        const BLOCK_LINES: usize = 1_000;
+        // Line k (0-based in the block) has a token when k % 100 == 42; others are noise.
+        let mut block = Vec::new();
+        let mut line_start = Vec::new();
+        for k in 0..BLOCK_LINES {
+            line_start.push(block.len() as u64);
+            if k % 100 == 42 {
+                block.extend_from_slice(
+                    format!("14:02:{:02} runner-{k} env CIO_TOKEN={A}\n", k % 60).as_bytes(),
+                );
+            } else {
+                block.extend_from_slice(
+                    format!("14:02:{:02} runner-{k} step ok\n", k % 60).as_bytes(),
+                );
+            }
+        }
+        let produced = Rc::new(Cell::new(0u64));
+        let reader = GeneratedLog {
+            block: block.clone(),
+            pos: block.len(),
+            remaining_blocks: LINES / BLOCK_LINES,
+            produced: Rc::clone(&produced),
+        };
+        let mut count = 0u64;
+        let mut max_read_ahead = 0u64;
+        let mut last_line = 0u64;
+        read_report(
+            io::BufReader::new(reader),
+            Format::Text,
+            "huge.log",
+            &mut |f| {
+                let line: u64 = f.url.strip_prefix("huge.log:").unwrap().parse().unwrap();
+                let (b, k) = (
+                    (line - 1) / BLOCK_LINES as u64,
+                    (line - 1) % BLOCK_LINES as u64,
+                );
+                if k % 100 != 42 || f.token != A {
+                    return Err(format!("unexpected occurrence on line {line}"));
+                }
+                let offset = b * block.len() as u64 + line_start[k as usize];
+                max_read_ahead = max_read_ahead.max(produced.get().saturating_sub(offset));
+                last_line = line;
+                count += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(count, (LINES / 100) as u64);
+        assert_eq!(last_line, (LINES - BLOCK_LINES + 943) as u64);
+        // The whole report was read.
+        assert_eq!(
+            produced.get(),
+            block.len() as u64 * (LINES / BLOCK_LINES) as u64
+        );
+        // Occurrences arrive while reading, never more than a couple of buffers ahead.
+        assert!(
+            max_read_ahead <= 2 * (TEXT_CHUNK as u64 + 8 * 1024),
+            "read {max_read_ahead} bytes ahead"
+        );
+    }
+
+    #[test]
+    fn a_single_huge_line_without_newlines() {
+        // 100 MiB, one line, a token every MiB, each one across a 64 KiB chunk border.
+        let mut block = vec![b'a'; 1024 * 1024];
+        block[TEXT_CHUNK - 20] = b' ';
+        block[TEXT_CHUNK - 20 + 1..TEXT_CHUNK - 20 + 1 + TOKEN_LEN].copy_from_slice(A.as_bytes());
+        block[TEXT_CHUNK - 20 + 1 + TOKEN_LEN] = b' ';
+        let produced = Rc::new(Cell::new(0));
+        let reader = GeneratedLog {
+            pos: block.len(),
+            block,
+            remaining_blocks: 100,
+            produced: Rc::clone(&produced),
+        };
+        let mut urls = Vec::new();
+        read_report(io::BufReader::new(reader), Format::Text, "one", &mut |f| {
+            urls.push(f.url);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(urls, vec!["one:1".to_owned(); 100]);
+        assert_eq!(produced.get(), 100 * 1024 * 1024);
+    }
+}

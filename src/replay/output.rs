@@ -1,0 +1,172 @@
+//! What a replay prints: the table (or JSON lines) of occurrences and the summary.
+//!
+//! Owns [`Row`], [`Summary`] and their text and JSON forms.
+//!
+//! Invariants:
+//! - A row names an occurrence by its token-hash prefix; no raw token is ever printed.
+//! - Text output is a header, one fixed-width row per occurrence, a blank line and the
+//!   summary; `--json` output is one `{"row": …}` line per occurrence and a last
+//!   `{"summary": …}` line, with the same fields.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::domain::{Label, Outcome, OutcomeCounts};
+
+/// One output row: an occurrence, never the token itself.
+#[derive(Debug, Serialize)]
+pub struct Row<'a> {
+    pub token_hash_prefix: String,
+    /// `None` for remote replays, where only the label comes back.
+    pub outcome: Option<Outcome>,
+    /// `None` for a well-formed token a remote dry run did not send.
+    pub label: Option<Label>,
+    /// Dry runs: `revoked` means "would be revoked".
+    pub dry_run: bool,
+    pub file: &'a str,
+    pub url: &'a str,
+    pub source: &'a str,
+}
+
+/// Totals of a replay.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub files: usize,
+    pub occurrences: u64,
+    pub batches: u64,
+    pub dry_run: bool,
+    pub counts: OutcomeCounts,
+    pub true_positive: u64,
+    pub false_positive: u64,
+    /// Remote dry run: well-formed tokens that were not sent.
+    pub not_sent: u64,
+    /// Distinct tokens flipped to revoked by this run (local, not dry-run).
+    pub tokens_revoked: u64,
+    pub skipped_lines: u64,
+    /// Report ids recorded (local, not dry-run).
+    pub report_ids: Vec<i64>,
+}
+
+/// The table header (nothing for JSON lines).
+pub(super) fn write_header(out: &mut dyn Write, json: bool) -> anyhow::Result<()> {
+    if !json {
+        writeln!(
+            out,
+            "{:<12}  {:<15}  {:<14}  where found",
+            "token hash", "outcome", "label"
+        )?;
+    }
+    Ok(())
+}
+
+impl Row<'_> {
+    /// Writes the row as a table line or as a `{"row": …}` JSON line.
+    pub(super) fn write(&self, out: &mut dyn Write, json: bool) -> anyhow::Result<()> {
+        if json {
+            serde_json::to_writer(&mut *out, &serde_json::json!({ "row": self }))?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let outcome = match (self.outcome, self.dry_run) {
+            (Some(Outcome::Revoked), true) => "would_revoke",
+            (Some(o), _) => o.as_str(),
+            (None, true) => "not_sent",
+            (None, false) => "-",
+        };
+        let label = match self.label {
+            Some(Label::TruePositive) => "true_positive",
+            Some(Label::FalsePositive) => "false_positive",
+            None => "-",
+        };
+        let place = if self.url.is_empty() {
+            self.file
+        } else {
+            self.url
+        };
+        writeln!(
+            out,
+            "{:<12}  {:<15}  {:<14}  {} ({})",
+            self.token_hash_prefix, outcome, label, place, self.source
+        )?;
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// Counts one occurrence (an outcome and a label when known).
+    pub(super) fn add(&mut self, outcome: Option<Outcome>, label: Option<Label>) {
+        self.occurrences += 1;
+        if let Some(o) = outcome {
+            self.counts.add(o);
+        }
+        match label {
+            Some(Label::TruePositive) => self.true_positive += 1,
+            Some(Label::FalsePositive) => self.false_positive += 1,
+            None => self.not_sent += 1,
+        }
+    }
+
+    /// Writes the summary as text lines or as one `{"summary": …}` JSON line. `remote`:
+    /// the outcomes were decided by a receiver (only the labels are known).
+    pub(super) fn write(
+        &self,
+        out: &mut dyn Write,
+        json: bool,
+        remote: bool,
+    ) -> anyhow::Result<()> {
+        if json {
+            serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": self }))?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let c = &self.counts;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} occurrence(s) in {} file(s): {} true positive, {} false positive{}{}",
+            self.occurrences,
+            self.files,
+            self.true_positive,
+            self.false_positive,
+            if self.not_sent > 0 {
+                format!(", {} well-formed not sent", self.not_sent)
+            } else {
+                String::new()
+            },
+            if self.dry_run {
+                " (dry run: nothing written or sent)"
+            } else {
+                ""
+            }
+        )?;
+        if !remote {
+            if self.dry_run {
+                writeln!(
+                    out,
+                    "  occurrences: would revoke {}  expired (would revoke): {}  already revoked: {}  unknown: {}  not ours: {}",
+                    c.revoked, c.expired, c.already_revoked, c.unknown, c.not_ours
+                )?;
+            } else {
+                writeln!(out, "  tokens revoked now: {}", self.tokens_revoked)?;
+                writeln!(
+                    out,
+                    "  occurrences: revoked {}  expired (revoked too) {}  already revoked {}  unknown {}  not ours {}",
+                    c.revoked, c.expired, c.already_revoked, c.unknown, c.not_ours
+                )?;
+            }
+        } else if !self.dry_run {
+            writeln!(out, "  not ours (decided offline): {}", c.not_ours)?;
+        }
+        if !self.dry_run && !remote && self.tokens_revoked == 0 && self.true_positive > 0 {
+            writeln!(
+                out,
+                "  nothing new: every token of ours in these reports was already revoked"
+            )?;
+        }
+        if self.skipped_lines > 0 {
+            writeln!(out, "  {} unreadable line(s) skipped", self.skipped_lines)?;
+        }
+        Ok(())
+    }
+}
