@@ -13,6 +13,16 @@
 //!   (the outbox, table `notifications`, one per token: a token flips once), in the same transaction.
 //!   Notifications are claimed with a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so
 //!   several workers never send the same one at once.
+//! - [`RevocationStore::statements`] counts every statement sent, `BEGIN` and `COMMIT`
+//!   included; the contract suite and the benchmark hold each operation to its count.
+//!
+//! Layout: this file holds the trait, the model types and [`connect`]. The trait is
+//! implemented once, generic over the backend (`shared.rs`, for a `Store<B>` of
+//! `backend.rs`); `rows.rs` decodes the rows both backends return. What differs between
+//! the databases (SQL text, column types, the statements of `record_report`) is in
+//! `sqlite/` and `postgres/`, one file per concern: `mod.rs` (connect, migrate, ping,
+//! tokens), `record.rs` (`record_report`, `preview`), `stats.rs`, `outbox.rs`
+//! (notifications). The store uses only [`crate::domain`] and [`crate::support`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,15 +31,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::alert::{CandidateItem, NewReport};
+use crate::domain::alert::NewReport;
 use crate::domain::TokenHash;
 use crate::domain::{Outcome, OutcomeCounts};
 
-pub mod postgres;
+mod backend;
+mod postgres;
 mod rows;
-pub mod sqlite;
+mod shared;
+mod sqlite;
 
-use rows::*;
+use backend::Store;
 
 /// A freshly minted token, as stored.
 #[derive(Debug, Clone)]
@@ -324,9 +336,11 @@ pub async fn connect(
 ) -> Result<Arc<dyn RevocationStore>, StoreError> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::connect(url, settings).await?)),
+        "sqlite" => Ok(Arc::new(
+            Store::<sqlx::Sqlite>::connect(url, settings).await?,
+        )),
         "postgres" | "postgresql" => Ok(Arc::new(
-            postgres::PostgresStore::connect(url, settings).await?,
+            Store::<sqlx::Postgres>::connect(url, settings).await?,
         )),
         other => Err(StoreError::UnsupportedScheme(other.to_owned())),
     }
@@ -334,45 +348,19 @@ pub async fn connect(
 
 /// Counts statements sent to the database (the benchmark's flood check reads it).
 #[derive(Debug, Default)]
-pub(crate) struct StatementCounter(AtomicU64);
+struct StatementCounter(AtomicU64);
 
 impl StatementCounter {
-    pub(crate) fn add(&self, n: u64) {
+    fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
-    pub(crate) fn get(&self) -> u64 {
+    fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
-/// Distinct hashes, in first-seen order.
-pub(crate) fn distinct_hashes(hashes: impl IntoIterator<Item = TokenHash>) -> Vec<TokenHash> {
-    let mut seen = std::collections::HashSet::new();
-    hashes.into_iter().filter(|h| seen.insert(*h)).collect()
-}
-
-/// Maps per-hash outcomes back onto the candidates, in order, and counts them.
-pub(crate) fn outcomes_for(
-    report: &NewReport,
-    by_hash: &std::collections::HashMap<TokenHash, Outcome>,
-) -> Result<(Vec<Outcome>, OutcomeCounts), StoreError> {
-    let mut counts = OutcomeCounts {
-        not_ours: report.not_ours,
-        ..OutcomeCounts::default()
-    };
-    let mut outcomes = Vec::with_capacity(report.candidates.len());
-    for c in &report.candidates {
-        let o = *by_hash.get(&c.hash).ok_or_else(|| {
-            StoreError::Corrupt(format!("no outcome for candidate {}", c.hash.prefix()))
-        })?;
-        counts.add(o);
-        outcomes.push(o);
-    }
-    Ok((outcomes, counts))
-}
-
 /// Item and report totals (all-time or per group).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct Totals {
     pub reports: i64,
     pub items: i64,
@@ -384,15 +372,16 @@ pub struct Totals {
 }
 
 /// Totals of one scanner.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct ScannerTotals {
     pub scanner: String,
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub totals: Totals,
 }
 
 /// Candidate items by their `source` field (`content`, `commit`, `npm`, …).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct SourceTotals {
     pub source: String,
     pub items: i64,

@@ -1,15 +1,24 @@
-//! Row mapping shared by both backends: generic over `sqlx::Row`, so the stats rows of
-//! SQLite and PostgreSQL decode through one function each.
+//! Row decoding shared by both backends: one `#[derive(sqlx::FromRow)]` struct per result
+//! shape, read by column name, and its conversion into the model types, written once.
+//! Where a column's type differs between the databases (instants, `INTEGER` counts, days)
+//! the struct is generic over the [`Backend`] and converts through its codec.
+//!
+//! Invariants:
+//! - A statement whose rows one of these structs reads returns the struct's field names
+//!   as column names (aliases in the SQL where the column is computed).
+//! - Stored data that cannot be a model value (a hash that is not 32 bytes, an unknown
+//!   outcome or status name, a negative count, an instant out of range) is
+//!   [`StoreError::Corrupt`], never a panic or a silent default.
 
 use std::collections::HashMap;
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::FromRow;
 
-use chrono::{DateTime, Utc};
-
+use super::backend::Backend;
 use super::{
-    Notification, NotificationCounts, NotificationStatus, Outcome, RecentItem, RecentReport,
-    ScannerTotals, SourceTotals, StoreError, Totals,
+    DayTotals, Notification, NotificationCounts, NotificationStatus, Outcome, OutcomeCounts,
+    RecentItem, RecentReport, ReportItemRecord, ReportRecord, RevocationAges, StoreError,
+    TokenRecord, Totals,
 };
 use crate::domain::TokenHash;
 
@@ -23,24 +32,131 @@ pub(super) fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
     Outcome::parse(s).ok_or_else(|| StoreError::Corrupt(format!("outcome {s:?}")))
 }
 
-/// `preview`'s answer from `hash, revoked, expired` rows: every distinct input hash gets
-/// an entry, `Unknown` when no row names it.
-pub(super) fn preview_map<R>(
-    rows: &[R],
+/// A stored notification status.
+fn parse_status(s: &str) -> Result<NotificationStatus, StoreError> {
+    NotificationStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("status {s:?}")))
+}
+
+/// A token without its hash (the caller looked it up by hash).
+#[derive(FromRow)]
+pub(super) struct TokenRow<B: Backend> {
+    owner: String,
+    created_at: B::Time,
+    expires_at: B::Time,
+    revoked_at: Option<B::Time>,
+    revoked_by: Option<i64>,
+}
+
+impl<B: Backend> TokenRow<B> {
+    pub(super) fn into_record(self, hash: TokenHash) -> Result<TokenRecord, StoreError> {
+        Ok(TokenRecord {
+            hash,
+            owner: self.owner,
+            created_at: B::decode_time(self.created_at)?,
+            expires_at: B::decode_time(self.expires_at)?,
+            revoked_at: self.revoked_at.map(B::decode_time).transpose()?,
+            revoked_by: self.revoked_by,
+        })
+    }
+}
+
+/// The outcome counts of a report row.
+#[derive(FromRow)]
+pub(super) struct CountsRow<B: Backend> {
+    revoked: B::Count,
+    already_revoked: B::Count,
+    expired: B::Count,
+    unknown: B::Count,
+    not_ours: B::Count,
+}
+
+impl<B: Backend> CountsRow<B> {
+    fn into_counts(self) -> Result<OutcomeCounts, StoreError> {
+        Ok(OutcomeCounts {
+            revoked: B::decode_count(self.revoked)?,
+            already_revoked: B::decode_count(self.already_revoked)?,
+            expired: B::decode_count(self.expired)?,
+            unknown: B::decode_count(self.unknown)?,
+            not_ours: B::decode_count(self.not_ours)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct ReportRow<B: Backend> {
+    id: i64,
+    scanner: String,
+    key_id: String,
+    received_at: B::Time,
+    body_sha256: Vec<u8>,
+    item_count: B::Count,
+    #[sqlx(flatten)]
+    counts: CountsRow<B>,
+}
+
+impl<B: Backend> ReportRow<B> {
+    pub(super) fn into_record(self) -> Result<ReportRecord, StoreError> {
+        Ok(ReportRecord {
+            id: self.id,
+            scanner: self.scanner,
+            key_id: self.key_id,
+            received_at: B::decode_time(self.received_at)?,
+            body_sha256: self.body_sha256,
+            item_count: B::decode_count(self.item_count)?,
+            counts: self.counts.into_counts()?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct ItemRow<B: Backend> {
+    position: B::Count,
+    token_hash: Vec<u8>,
+    token_type: String,
+    source: String,
+    url: String,
+    outcome: String,
+}
+
+impl<B: Backend> ItemRow<B> {
+    pub(super) fn into_record(self) -> Result<ReportItemRecord, StoreError> {
+        Ok(ReportItemRecord {
+            position: B::decode_position(self.position),
+            token_hash: hash_from(&self.token_hash)?,
+            token_type: self.token_type,
+            source: self.source,
+            url: self.url,
+            outcome: parse_outcome(&self.outcome)?,
+        })
+    }
+}
+
+/// `hash, revoked, expired`: what `preview` reads of a stored token.
+#[derive(FromRow)]
+pub(super) struct PreviewRow<'r> {
+    hash: &'r [u8],
+    revoked: bool,
+    expired: bool,
+}
+
+/// `preview`'s answer: every distinct input hash gets an entry, `Unknown` when no row
+/// names it; a live token would be `Revoked`, a revoked one is `AlreadyRevoked`, an
+/// expired one not yet revoked `Expired`.
+pub(super) fn preview_map<'r>(
+    rows: impl IntoIterator<Item = Result<PreviewRow<'r>, sqlx::Error>>,
     distinct: Vec<TokenHash>,
-) -> Result<HashMap<TokenHash, Outcome>, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> &'a [u8]: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> bool: Decode<'a, R::Database> + Type<R::Database>,
-{
+) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
     let mut by_hash = HashMap::with_capacity(distinct.len());
     for row in rows {
-        let hash = hash_from(row.try_get::<&[u8], _>(0)?)?;
-        let revoked: bool = row.try_get(1)?;
-        let expired: bool = row.try_get(2)?;
-        by_hash.insert(hash, preview_outcome(revoked, expired));
+        let row = row?;
+        let outcome = if row.revoked {
+            Outcome::AlreadyRevoked
+        } else if row.expired {
+            Outcome::Expired
+        } else {
+            Outcome::Revoked
+        };
+        by_hash.insert(hash_from(row.hash)?, outcome);
     }
     for h in distinct {
         by_hash.entry(h).or_insert(Outcome::Unknown);
@@ -48,106 +164,100 @@ where
     Ok(by_hash)
 }
 
-/// Folds one row of the "recent reports" query (report columns 0–9, then the item's
-/// `token_hash, outcome, source, url`, NULL for a report without items) into `recent`.
-/// `header` decodes the report columns, which differ in type between the backends.
-pub(super) fn push_recent_row<R>(
-    recent: &mut Vec<RecentReport>,
-    r: &R,
-    header: impl FnOnce(&R) -> Result<RecentReport, StoreError>,
-) -> Result<(), StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> &'a str: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> Option<&'a [u8]>: Decode<'a, R::Database> + Type<R::Database>,
-{
-    let id: i64 = r.try_get(0)?;
-    if recent.last().map(|l| l.id) != Some(id) {
-        recent.push(header(r)?);
-    }
-    let Some(hash) = r.try_get::<Option<&[u8]>, _>(10)? else {
-        return Ok(());
-    };
-    let item = RecentItem {
-        token_hash_prefix: hash_from(hash)?.prefix(),
-        outcome: parse_outcome(r.try_get(11)?)?,
-        source: r.try_get(12)?,
-        url: r.try_get(13)?,
-    };
-    if let Some(last) = recent.last_mut() {
-        last.items.push(item);
-    }
-    Ok(())
+/// A daily stats row: the day and its totals.
+#[derive(FromRow)]
+pub(super) struct DayRow<B: Backend> {
+    day: B::Day,
+    #[sqlx(flatten)]
+    totals: Totals,
 }
 
-/// `preview`'s classification of a stored token (absent tokens are `Unknown`).
-pub(super) fn preview_outcome(revoked: bool, expired: bool) -> Outcome {
-    if revoked {
-        Outcome::AlreadyRevoked
-    } else if expired {
-        Outcome::Expired
-    } else {
-        Outcome::Revoked
+impl<B: Backend> DayRow<B> {
+    pub(super) fn into_totals(self) -> Result<DayTotals, StoreError> {
+        Ok(DayTotals {
+            day: B::decode_day(self.day)?,
+            totals: self.totals,
+        })
     }
 }
 
-pub(super) fn millis_to_seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
+/// Token ages at revocation in whole milliseconds (percentiles NULL when there are none).
+#[derive(FromRow)]
+pub(super) struct AgesRow {
+    count: i64,
+    median_ms: Option<i64>,
+    p95_ms: Option<i64>,
 }
 
-/// Seven 64-bit integer columns from `i`: reports, items and the five outcome sums.
-pub(super) fn totals_at<R>(r: &R, i: usize) -> Result<Totals, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-{
-    Ok(Totals {
-        reports: r.try_get(i)?,
-        items: r.try_get(i + 1)?,
-        revoked: r.try_get(i + 2)?,
-        already_revoked: r.try_get(i + 3)?,
-        expired: r.try_get(i + 4)?,
-        unknown: r.try_get(i + 5)?,
-        not_ours: r.try_get(i + 6)?,
-    })
+impl From<AgesRow> for RevocationAges {
+    fn from(row: AgesRow) -> Self {
+        let seconds = |ms: i64| ms as f64 / 1000.0;
+        RevocationAges {
+            count: row.count,
+            median_seconds: row.median_ms.map(seconds),
+            p95_seconds: row.p95_ms.map(seconds),
+        }
+    }
 }
 
-/// `scanner, <totals>` rows.
-pub(super) fn scanner_totals<R>(r: &R) -> Result<ScannerTotals, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
-{
-    Ok(ScannerTotals {
-        scanner: r.try_get(0)?,
-        totals: totals_at(r, 1)?,
-    })
+/// A row of the "recent reports" query: the report, then one of its items (all four
+/// item columns NULL for a report without items).
+#[derive(FromRow)]
+pub(super) struct RecentRow<B: Backend> {
+    id: i64,
+    received_at: B::Time,
+    scanner: String,
+    key_id: String,
+    item_count: B::Count,
+    #[sqlx(flatten)]
+    counts: CountsRow<B>,
+    token_hash: Option<Vec<u8>>,
+    outcome: Option<String>,
+    source: Option<String>,
+    url: Option<String>,
 }
 
-/// `source, items, revoked, already_revoked, expired, unknown` rows.
-pub(super) fn source_totals<R>(r: &R) -> Result<SourceTotals, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
-{
-    Ok(SourceTotals {
-        source: r.try_get(0)?,
-        items: r.try_get(1)?,
-        revoked: r.try_get(2)?,
-        already_revoked: r.try_get(3)?,
-        expired: r.try_get(4)?,
-        unknown: r.try_get(5)?,
-    })
+/// Folds the rows of the "recent reports" query (ordered by report, then item) into
+/// reports with their items.
+pub(super) fn recent_reports<B: Backend>(
+    rows: Vec<RecentRow<B>>,
+) -> Result<Vec<RecentReport>, StoreError> {
+    let mut recent: Vec<RecentReport> = Vec::new();
+    for r in rows {
+        if recent.last().map(|l| l.id) != Some(r.id) {
+            recent.push(RecentReport {
+                id: r.id,
+                received_at: B::decode_time(r.received_at)?,
+                scanner: r.scanner,
+                key_id: r.key_id,
+                item_count: B::decode_count(r.item_count)?,
+                counts: r.counts.into_counts()?,
+                items: Vec::new(),
+            });
+        }
+        let Some(hash) = r.token_hash else {
+            continue;
+        };
+        let (Some(outcome), Some(source), Some(url)) = (r.outcome, r.source, r.url) else {
+            return Err(StoreError::Corrupt(format!(
+                "report {} has an item without outcome, source or url",
+                r.id
+            )));
+        };
+        let item = RecentItem {
+            token_hash_prefix: hash_from(&hash)?.prefix(),
+            outcome: parse_outcome(&outcome)?,
+            source,
+            url,
+        };
+        if let Some(last) = recent.last_mut() {
+            last.items.push(item);
+        }
+    }
+    Ok(recent)
 }
 
+/// The all-time totals: the sum of the per-scanner ones.
 pub(super) fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals {
     parts.fold(Totals::default(), |mut t, p| {
         t.reports += p.reports;
@@ -161,81 +271,66 @@ pub(super) fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals 
     })
 }
 
-/// A stored notification status.
-pub(super) fn parse_status(s: &str) -> Result<NotificationStatus, StoreError> {
-    NotificationStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("status {s:?}")))
+/// A notification row (`attempts` as a 64-bit integer).
+#[derive(FromRow)]
+pub(super) struct NotificationRow<B: Backend> {
+    id: i64,
+    token_hash: Vec<u8>,
+    report_id: i64,
+    owner: String,
+    scanner: String,
+    url: String,
+    source: String,
+    revoked_at: B::Time,
+    expired: bool,
+    status: String,
+    attempts: i64,
+    next_attempt_at: B::Time,
+    last_error: Option<String>,
+    delivered_at: Option<B::Time>,
+    locked_until: Option<B::Time>,
 }
 
-/// The end of a lease that starts at `now`; a lease too long to represent ends at the
-/// latest instant there is.
-pub(super) fn lease_end(now: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
-    chrono::TimeDelta::from_std(lease)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+impl<B: Backend> NotificationRow<B> {
+    pub(super) fn into_notification(self) -> Result<Notification, StoreError> {
+        let attempts = self.attempts;
+        Ok(Notification {
+            id: self.id,
+            token_hash: hash_from(&self.token_hash)?,
+            report_id: self.report_id,
+            owner: self.owner,
+            scanner: self.scanner,
+            url: self.url,
+            source: self.source,
+            revoked_at: B::decode_time(self.revoked_at)?,
+            expired: self.expired,
+            status: parse_status(&self.status)?,
+            attempts: u32::try_from(attempts)
+                .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
+            next_attempt_at: B::decode_time(self.next_attempt_at)?,
+            last_error: self.last_error,
+            delivered_at: self.delivered_at.map(B::decode_time).transpose()?,
+            locked_until: self.locked_until.map(B::decode_time).transpose()?,
+        })
+    }
 }
 
-/// Decodes a notification row with the columns in this order: `id, token_hash,
-/// report_id, owner, scanner, url, source, revoked_at, expired, status, attempts,
-/// next_attempt_at, last_error, delivered_at` (`attempts` as a 64-bit integer).
-/// Timestamps are stored as `T` and converted by `time` (the backends differ).
-pub(super) fn notification_from<R, T>(
-    r: &R,
-    time: impl Fn(T) -> Result<DateTime<Utc>, StoreError>,
-) -> Result<Notification, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> bool: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> &'a str: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> &'a [u8]: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> T: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> Option<T>: Decode<'a, R::Database> + Type<R::Database>,
-{
-    let attempts: i64 = r.try_get(10)?;
-    Ok(Notification {
-        id: r.try_get(0)?,
-        token_hash: hash_from(r.try_get::<&[u8], _>(1)?)?,
-        report_id: r.try_get(2)?,
-        owner: r.try_get(3)?,
-        scanner: r.try_get(4)?,
-        url: r.try_get(5)?,
-        source: r.try_get(6)?,
-        revoked_at: time(r.try_get(7)?)?,
-        expired: r.try_get(8)?,
-        status: parse_status(r.try_get(9)?)?,
-        attempts: u32::try_from(attempts)
-            .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
-        next_attempt_at: time(r.try_get(11)?)?,
-        last_error: r.try_get(12)?,
-        delivered_at: r.try_get::<Option<T>, _>(13)?.map(&time).transpose()?,
-        locked_until: r.try_get::<Option<T>, _>(14)?.map(&time).transpose()?,
-    })
+/// `status, n`: notifications per status.
+#[derive(FromRow)]
+pub(super) struct StatusCount {
+    status: String,
+    n: i64,
 }
 
-/// Oldest due first, as claimed: `RETURNING` promises no order.
-pub(super) fn sort_claimed(claimed: &mut [Notification]) {
-    claimed.sort_by_key(|n| (n.next_attempt_at, n.id));
-}
-
-/// `notification_counts` from `status, count` rows.
-pub(super) fn notification_counts_from<R>(rows: &[R]) -> Result<NotificationCounts, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
-    for<'a> &'a str: Decode<'a, R::Database> + Type<R::Database>,
-{
+pub(super) fn notification_counts(
+    rows: Vec<StatusCount>,
+) -> Result<NotificationCounts, StoreError> {
     let mut counts = NotificationCounts::default();
     for r in rows {
-        let n: i64 = r.try_get(1)?;
-        match parse_status(r.try_get(0)?)? {
-            NotificationStatus::Pending => counts.pending = n,
-            NotificationStatus::Delivered => counts.delivered = n,
-            NotificationStatus::Failed => counts.failed = n,
+        match parse_status(&r.status)? {
+            NotificationStatus::Pending => counts.pending = r.n,
+            NotificationStatus::Delivered => counts.delivered = r.n,
+            NotificationStatus::Failed => counts.failed = r.n,
         }
     }
     Ok(counts)

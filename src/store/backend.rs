@@ -1,0 +1,203 @@
+//! The seam between the one store implementation and the two databases.
+//!
+//! [`Store<B>`] implements [`RevocationStore`](super::RevocationStore) once (in
+//! `shared.rs`), generic over a [`Backend`]. A backend is a sqlx database (`sqlx::Sqlite`,
+//! `sqlx::Postgres`) plus everything that differs between the two, in four traits, each
+//! implemented in the file of the backend's folder that owns that concern:
+//!
+//! - [`Backend`] (`mod.rs`): the column codec (how an instant is stored: SQLite epoch
+//!   milliseconds, PostgreSQL `timestamptz`; what an `INTEGER` count and a day decode to;
+//!   how a list of hashes is bound: one JSON text, or a `bytea[]`), connect, migrate,
+//!   ping, bulk token insert and the token and report statements;
+//! - [`Record`] (`record.rs`): `record_report` (a transaction of several statements on
+//!   SQLite, ONE statement on PostgreSQL) and `preview`'s statement;
+//! - [`StatsSql`] (`stats.rs`): the statements of `stats`;
+//! - [`Outbox`] (`outbox.rs`): the notification statements and `requeue_notification`
+//!   (two statements on SQLite, one on PostgreSQL).
+//!
+//! Each `…_SQL` constant is one statement in the backend's dialect. Its docs list its
+//! parameters in placeholder order (`?1`/`$1` first) and, for a query, the row struct of
+//! `rows.rs` whose field names it returns as column names.
+//!
+//! Invariant: a backend's statement has the same semantics as the other backend's (the
+//! contract suite runs every test on both), so the shared code sends the same statements,
+//! counted the same way, whichever backend runs it.
+
+use std::future::Future;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{Database, Decode, Encode, Pool, Type};
+
+use super::{
+    NewReport, NewToken, PoolSettings, RecordedReport, Requeue, StatementCounter, StoreError,
+};
+use crate::domain::TokenHash;
+
+/// A store on one database: the pool and the statements sent through it.
+pub(super) struct Store<B: Database> {
+    pub(super) pool: Pool<B>,
+    pub(super) statements: StatementCounter,
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens the pool (see [`Backend::connect`]); does not migrate.
+    pub(super) async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        Ok(Store {
+            pool: B::connect(url, settings).await?,
+            statements: StatementCounter::default(),
+        })
+    }
+}
+
+/// One database: its column codec, its connection and token statements, and (through
+/// the supertraits) the rest of what differs; see the module docs.
+pub(super) trait Backend: Database + Record + StatsSql + Outbox {
+    /// How an instant is stored.
+    type Time: for<'q> Encode<'q, Self>
+        + for<'r> Decode<'r, Self>
+        + Type<Self>
+        + Copy
+        + Send
+        + Sync
+        + Unpin
+        + 'static;
+    /// What an `INTEGER` count or position column (`reports.item_count` and its outcome
+    /// counts, `report_items.position`) decodes to.
+    type Count: for<'r> Decode<'r, Self> + Type<Self> + Send + Unpin + 'static;
+    /// What the day column of the daily stats decodes to.
+    type Day: for<'r> Decode<'r, Self> + Type<Self> + Send + Unpin + 'static;
+    /// A list of hashes bound as one parameter.
+    type HashList<'a>: Encode<'a, Self> + Type<Self> + Send + 'a;
+
+    fn encode_time(t: DateTime<Utc>) -> Self::Time;
+    /// [`StoreError::Corrupt`] for a stored value that is no instant.
+    fn decode_time(stored: Self::Time) -> Result<DateTime<Utc>, StoreError>;
+    /// [`StoreError::Corrupt`] for a count no `u32` can hold.
+    fn decode_count(stored: Self::Count) -> Result<u32, StoreError>;
+    fn decode_position(stored: Self::Count) -> u32;
+    /// [`StoreError::Corrupt`] for a stored value that is no day.
+    fn decode_day(stored: Self::Day) -> Result<NaiveDate, StoreError>;
+    fn hash_list(hashes: &[TokenHash]) -> Self::HashList<'_>;
+    /// The rows an `UPDATE` changed.
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// `hash, owner, created_at, expires_at`.
+    const INSERT_TOKEN_SQL: &'static str;
+    /// `hash` → `TokenRow`.
+    const TOKEN_SQL: &'static str;
+    /// `id` → `ReportRow`.
+    const REPORT_SQL: &'static str;
+    /// `report_id` → `ItemRow`s, by position.
+    const REPORT_ITEMS_SQL: &'static str;
+
+    /// Opens the pool.
+    fn connect(
+        url: &str,
+        settings: &PoolSettings,
+    ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
+
+    /// Applies this backend's embedded migrations.
+    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// See [`RevocationStore::ping`](super::RevocationStore::ping).
+    fn ping(store: &Store<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// See [`RevocationStore::insert_tokens`](super::RevocationStore::insert_tokens).
+    fn insert_tokens(
+        store: &Store<Self>,
+        tokens: &[NewToken],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// How a backend records a delivery, and what `preview` asks it.
+pub(super) trait Record: Database {
+    /// `hashes` ([`Backend::HashList`]), `now` → `PreviewRow`s of the stored ones.
+    const PREVIEW_SQL: &'static str;
+
+    /// See [`RevocationStore::record_report`](super::RevocationStore::record_report).
+    fn record_report(
+        store: &Store<Self>,
+        report: &NewReport,
+    ) -> impl Future<Output = Result<RecordedReport, StoreError>> + Send;
+}
+
+/// The statements of `stats`, run in one transaction, in this order.
+pub(super) trait StatsSql: Database {
+    /// The statement that opens the transaction; `None`: the pool's plain `BEGIN`.
+    const STATS_BEGIN: Option<&'static str>;
+    /// → `ScannerTotals`, ordered by scanner name (byte order); see [`by_scanner_sql`].
+    const BY_SCANNER_SQL: &'static str;
+    /// → `SourceTotals`: the top 20 by items, then source name (byte order); see
+    /// [`by_source_sql`].
+    const BY_SOURCE_SQL: &'static str;
+    /// `since` → `DayRow`s, ascending.
+    const DAILY_SQL: &'static str;
+    /// → one `AgesRow`: nearest-rank percentiles in whole milliseconds.
+    const AGES_SQL: &'static str;
+    /// → `RecentRow`s: the last 20 reports, newest first, each with its first 20 items.
+    const RECENT_SQL: &'static str;
+}
+
+/// `stats`' per-scanner statement, the same in both dialects but for `$collate`, what
+/// makes `ORDER BY` compare names byte by byte: `""` on SQLite (its default BINARY
+/// collation does), `" COLLATE \"C\""` on PostgreSQL (whatever the database's locale).
+macro_rules! by_scanner_sql {
+    ($collate:literal) => {
+        concat!(
+            "
+SELECT scanner, count(*) AS reports, sum(item_count) AS items, sum(revoked) AS revoked,
+       sum(already_revoked) AS already_revoked, sum(expired) AS expired,
+       sum(unknown) AS unknown, sum(not_ours) AS not_ours
+FROM reports
+GROUP BY scanner
+ORDER BY scanner",
+            $collate
+        )
+    };
+}
+
+/// `stats`' per-source statement; `$collate` as for [`by_scanner_sql`].
+macro_rules! by_source_sql {
+    ($collate:literal) => {
+        concat!(
+            "
+SELECT source, count(*) AS items,
+       count(*) FILTER (WHERE outcome = 'revoked') AS revoked,
+       count(*) FILTER (WHERE outcome = 'already_revoked') AS already_revoked,
+       count(*) FILTER (WHERE outcome = 'expired') AS expired,
+       count(*) FILTER (WHERE outcome = 'unknown') AS unknown
+FROM report_items
+GROUP BY source
+ORDER BY items DESC, source",
+            $collate,
+            "
+LIMIT 20"
+        )
+    };
+}
+
+pub(super) use {by_scanner_sql, by_source_sql};
+
+/// The notification (outbox) statements, and the one operation on it whose statements
+/// differ.
+pub(super) trait Outbox: Database {
+    /// `now, lease_end, limit` → the claimed `NotificationRow`s, in no order.
+    const CLAIM_SQL: &'static str;
+    /// `id, delivered_at`.
+    const DELIVERED_SQL: &'static str;
+    /// `id, next_attempt_at, error, claimed locked_until`.
+    const RETRY_SQL: &'static str;
+    /// `id, error, claimed locked_until`.
+    const FAILED_SQL: &'static str;
+    /// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
+    const LIST_SQL: &'static str;
+    /// `now`.
+    const REQUEUE_FAILED_SQL: &'static str;
+
+    /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
+    fn requeue_notification(
+        store: &Store<Self>,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Requeue, StoreError>> + Send;
+}

@@ -1,0 +1,125 @@
+//! PostgreSQL backend, for several receiver instances on one database.
+//!
+//! Timestamps are `timestamptz`; hash lists are bound as one `bytea[]`. A whole delivery
+//! is ONE statement (see `record.rs`), and notifications are claimed with
+//! `FOR UPDATE SKIP LOCKED` (see `outbox.rs`), so any number of instances can share the
+//! database.
+//!
+//! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
+//! statements). `record.rs`: the revoking statement and `preview`. `stats.rs`: the stats
+//! statements. `outbox.rs`: the notification statements.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use super::backend::{Backend, Store};
+use super::{NewToken, PoolSettings, StoreError};
+use crate::domain::TokenHash;
+
+mod outbox;
+mod record;
+mod stats;
+
+impl Backend for Postgres {
+    type Time = DateTime<Utc>;
+    /// `integer` columns; a negative value is corrupt data (see [`Backend::decode_count`]).
+    type Count = i32;
+    type Day = NaiveDate;
+    type HashList<'a> = Vec<&'a [u8]>;
+
+    fn encode_time(t: DateTime<Utc>) -> DateTime<Utc> {
+        t
+    }
+
+    fn decode_time(t: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        Ok(t)
+    }
+
+    fn decode_count(n: i32) -> Result<u32, StoreError> {
+        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
+    }
+
+    /// Positions are written from item indexes, so never negative.
+    fn decode_position(n: i32) -> u32 {
+        n as u32
+    }
+
+    fn decode_day(day: NaiveDate) -> Result<NaiveDate, StoreError> {
+        Ok(day)
+    }
+
+    fn hash_list(hashes: &[TokenHash]) -> Vec<&[u8]> {
+        hashes.iter().map(|h| h.as_bytes().as_slice()).collect()
+    }
+
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    const INSERT_TOKEN_SQL: &'static str =
+        "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)";
+    const TOKEN_SQL: &'static str =
+        "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = $1";
+    const REPORT_SQL: &'static str =
+        "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
+                    revoked, already_revoked, expired, unknown, not_ours
+             FROM reports WHERE id = $1";
+    const REPORT_ITEMS_SQL: &'static str =
+        "SELECT position, token_hash, token_type, source, url, outcome
+             FROM report_items WHERE report_id = $1 ORDER BY position";
+
+    async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("revoker");
+        Ok(PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?)
+    }
+
+    async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres").run(pool).await?;
+        Ok(())
+    }
+
+    async fn ping(store: &Store<Self>) -> Result<(), StoreError> {
+        store.statements.add(1);
+        let read_only: bool = sqlx::query_scalar(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool",
+        )
+        .fetch_one(&store.pool)
+        .await?;
+        if read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    async fn insert_tokens(store: &Store<Self>, tokens: &[NewToken]) -> Result<(), StoreError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<&[u8]> = tokens
+            .iter()
+            .map(|t| t.hash.as_bytes().as_slice())
+            .collect();
+        let owners: Vec<&str> = tokens.iter().map(|t| t.owner.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.created_at).collect();
+        let expires: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.expires_at).collect();
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::timestamptz[], $4::timestamptz[])",
+        )
+        .bind(&hashes)
+        .bind(&owners)
+        .bind(&created)
+        .bind(&expires)
+        .execute(&store.pool)
+        .await?;
+        Ok(())
+    }
+}

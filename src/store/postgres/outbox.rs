@@ -1,0 +1,104 @@
+//! PostgreSQL: the notification (outbox) statements, and `requeue_notification`.
+//!
+//! Rows are queued by `record_report`'s one statement (see `record.rs`). A claim leases
+//! the due, unleased pending rows, oldest due first, in one statement. `SKIP LOCKED`
+//! passes over rows another claimer has locked and not yet committed; a row it has
+//! committed is re-checked against the new version (READ COMMITTED re-evaluates the
+//! `WHERE` of a locked row), whose lease now excludes it. So no row is claimed twice.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Postgres};
+
+use crate::store::backend::{Outbox, Store};
+use crate::store::{Requeue, StoreError};
+
+/// The columns of a notification row, as `NotificationRow` reads them (`attempts`
+/// widened to the 64-bit integer it decodes).
+macro_rules! notification_columns {
+    () => {
+        "id, token_hash, report_id, owner, scanner, url, source, \
+    revoked_at, expired, status, attempts::int8 AS attempts, next_attempt_at, last_error, \
+    delivered_at, locked_until"
+    };
+}
+
+/// The row as it was (NULL status: no row) and whether the re-queue changed it.
+#[derive(FromRow)]
+struct RequeueRow {
+    status: Option<String>,
+    requeued: bool,
+    locked_until: Option<DateTime<Utc>>,
+}
+
+impl Outbox for Postgres {
+    const CLAIM_SQL: &'static str = concat!(
+        "UPDATE notifications SET locked_until = $2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM notifications
+             WHERE status = 'pending' AND next_attempt_at <= $1
+               AND (locked_until IS NULL OR locked_until <= $1)
+             ORDER BY next_attempt_at, id
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)
+         RETURNING ",
+        notification_columns!()
+    );
+
+    const DELIVERED_SQL: &'static str = "UPDATE notifications
+                 SET status = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL
+                 WHERE id = $1 AND status <> 'delivered'";
+
+    const RETRY_SQL: &'static str = "UPDATE notifications
+                 SET next_attempt_at = $2, last_error = $3, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $4";
+
+    const FAILED_SQL: &'static str = "UPDATE notifications
+                 SET status = 'failed', last_error = $2, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $3";
+
+    const LIST_SQL: &'static str = concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications
+             WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
+    );
+
+    const REQUEUE_FAILED_SQL: &'static str = "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL,
+                 locked_until = NULL
+             WHERE status = 'failed'";
+
+    /// One statement: the row as it was, and the re-queue.
+    async fn requeue_notification(
+        store: &Store<Self>,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError> {
+        store.statements.add(1);
+        let row: RequeueRow = sqlx::query_as(
+            "WITH before AS (
+                     SELECT status, locked_until FROM notifications WHERE id = $1
+                 ), requeued AS (
+                     UPDATE notifications
+                     SET status = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL,
+                         locked_until = NULL
+                     WHERE id = $1 AND status <> 'delivered'
+                       AND (locked_until IS NULL OR locked_until <= $2)
+                     RETURNING id
+                 )
+                 SELECT (SELECT status FROM before) AS status,
+                        EXISTS (SELECT 1 FROM requeued) AS requeued,
+                        (SELECT locked_until FROM before) AS locked_until",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_one(&store.pool)
+        .await?;
+        Ok(match (row.status.as_deref(), row.requeued) {
+            (_, true) => Requeue::Requeued,
+            (None, false) => Requeue::NotFound,
+            (Some("delivered"), false) => Requeue::AlreadyDelivered,
+            (Some(_), false) => Requeue::InFlight(row.locked_until.unwrap_or(now)),
+        })
+    }
+}

@@ -1,0 +1,66 @@
+//! PostgreSQL: the statements of `stats`, run by the shared code in one transaction.
+//!
+//! The transaction is `REPEATABLE READ, READ ONLY`: one snapshot for every section (READ
+//! COMMITTED would take a new snapshot per statement). Names are ordered with
+//! `COLLATE "C"` (byte order), like SQLite's BINARY collation, so both backends list them
+//! identically whatever the database's locale.
+
+use sqlx::Postgres;
+
+use crate::store::backend::{by_scanner_sql, by_source_sql, StatsSql};
+
+impl StatsSql for Postgres {
+    const STATS_BEGIN: Option<&'static str> =
+        Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+
+    const BY_SCANNER_SQL: &'static str = by_scanner_sql!(r#" COLLATE "C""#);
+
+    const BY_SOURCE_SQL: &'static str = by_source_sql!(r#" COLLATE "C""#);
+
+    const DAILY_SQL: &'static str = "
+SELECT (received_at AT TIME ZONE 'UTC')::date AS day, count(*) AS reports,
+       sum(item_count) AS items, sum(revoked) AS revoked,
+       sum(already_revoked) AS already_revoked, sum(expired) AS expired,
+       sum(unknown) AS unknown, sum(not_ours) AS not_ours
+FROM reports
+WHERE received_at >= $1
+GROUP BY day
+ORDER BY day";
+
+    /// Ages in whole milliseconds, each timestamp floored to the millisecond first,
+    /// exactly as the SQLite backend stores them, so both backends give identical ages
+    /// for the same instants. `percentile_disc` is the nearest-rank percentile (rank
+    /// ceil(p·n)); NULL when there are no rows.
+    const AGES_SQL: &'static str = "
+WITH ages AS (
+    SELECT (floor(extract(epoch FROM revoked_at) * 1000)
+            - floor(extract(epoch FROM created_at) * 1000))::int8 AS ms
+    FROM tokens
+    WHERE revoked_by IS NOT NULL AND revoked_at IS NOT NULL
+)
+SELECT count(*) AS count,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms,
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms
+FROM ages";
+
+    /// The last 20 reports, each with its first 20 items by position (NULL item columns
+    /// for a report without items).
+    const RECENT_SQL: &'static str = "
+WITH r AS (
+    SELECT id, received_at, scanner, key_id, item_count,
+           revoked, already_revoked, expired, unknown, not_ours
+    FROM reports ORDER BY id DESC LIMIT 20
+)
+SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
+       r.revoked, r.already_revoked, r.expired, r.unknown, r.not_ours,
+       i.token_hash, i.outcome, i.source, i.url
+FROM r
+LEFT JOIN LATERAL (
+    SELECT position, token_hash, outcome, source, url
+    FROM report_items
+    WHERE report_id = r.id
+    ORDER BY position
+    LIMIT 20
+) i ON true
+ORDER BY r.id DESC, i.position";
+}

@@ -1,0 +1,332 @@
+//! The one implementation of [`RevocationStore`], for a [`Store`] on either backend.
+//!
+//! What the backends do alike is written here once: token and report reads, `preview`,
+//! the `stats` snapshot and the notification outbox. The SQL text comes from the backend
+//! (the `…_SQL` constants of [`Backend`] and its supertraits), and so do the operations
+//! whose statements differ (`record_report`, `requeue_notification`, connect, migrate,
+//! ping, `insert_tokens`), which the trait methods here hand on to it.
+//!
+//! Invariants:
+//! - Every statement is counted in [`Store::statements`] before it is sent, `BEGIN` and
+//!   `COMMIT` included; each operation sends the statements its documentation names, no
+//!   more (the contract suite and the benchmark check the counts).
+//! - `stats` reads all its sections in one transaction, so they describe one snapshot.
+//! - A delivered notification never goes back to pending or failed (see
+//!   `finish_notification`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
+
+use super::backend::{Backend, Store};
+use super::rows::{
+    notification_counts, preview_map, recent_reports, sum_totals, AgesRow, DayRow, ItemRow,
+    NotificationRow, PreviewRow, RecentRow, ReportRow, StatusCount, TokenRow,
+};
+use super::{
+    AttemptResult, NewReport, NewToken, Notification, NotificationCounts, NotificationStatus,
+    Outcome, OutcomeCounts, RecordedReport, ReportItemRecord, ReportRecord, Requeue,
+    RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, TokenRecord,
+};
+use crate::domain::TokenHash;
+
+#[async_trait]
+impl<B> RevocationStore for Store<B>
+where
+    B: Backend,
+    // What the shared code asks of the sqlx driver: run queries on a connection, bind
+    // 64-bit integers, text, bytes and instants (NULL too), and read the column types of
+    // the row structs by name (`usize`: by position, for the one- and two-column answers).
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> <B as Database>::Arguments<'q>: IntoArguments<'q, B>,
+    for<'r> &'r str: ColumnIndex<B::Row>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B> + Type<B>,
+    for<'q> Option<B::Time>: Encode<'q, B> + Type<B>,
+    for<'q> &'q [u8]: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'r> String: Decode<'r, B> + Type<B>,
+    for<'r> Vec<u8>: Decode<'r, B> + Type<B>,
+    for<'r> bool: Decode<'r, B> + Type<B>,
+{
+    async fn migrate(&self) -> Result<(), StoreError> {
+        B::migrate(&self.pool).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        B::ping(self).await
+    }
+
+    async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.statements.add(1);
+        sqlx::query(B::INSERT_TOKEN_SQL)
+            .bind(token.hash.as_bytes().as_slice())
+            .bind(token.owner.as_str())
+            .bind(B::encode_time(token.created_at))
+            .bind(B::encode_time(token.expires_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError> {
+        B::insert_tokens(self, tokens).await
+    }
+
+    async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError> {
+        B::record_report(self, report).await
+    }
+
+    async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.statements.add(1);
+        let row: Option<TokenRow<B>> = sqlx::query_as(B::TOKEN_SQL)
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.into_record(*hash)).transpose()
+    }
+
+    async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError> {
+        self.statements.add(1);
+        let row: Option<ReportRow<B>> = sqlx::query_as(B::REPORT_SQL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(ReportRow::into_record).transpose()
+    }
+
+    async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError> {
+        self.statements.add(1);
+        let rows: Vec<ItemRow<B>> = sqlx::query_as(B::REPORT_ITEMS_SQL)
+            .bind(report_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(ItemRow::into_record).collect()
+    }
+
+    async fn count_reports(&self) -> Result<i64, StoreError> {
+        self.statements.add(1);
+        Ok(sqlx::query_scalar("SELECT count(*) FROM reports")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn preview(
+        &self,
+        hashes: &[TokenHash],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<TokenHash, Outcome>, StoreError> {
+        let distinct = distinct_hashes(hashes.iter().copied());
+        if distinct.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.statements.add(1);
+        let rows = sqlx::query(B::PREVIEW_SQL)
+            .bind(B::hash_list(&distinct))
+            .bind(B::encode_time(now))
+            .fetch_all(&self.pool)
+            .await?;
+        preview_map(rows.iter().map(PreviewRow::from_row), distinct)
+    }
+
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+        // One transaction: every section sees the same snapshot.
+        self.statements.add(1);
+        let mut tx = match B::STATS_BEGIN {
+            Some(begin) => self.pool.begin_with(begin).await?,
+            None => self.pool.begin().await?,
+        };
+
+        self.statements.add(1);
+        let by_scanner: Vec<ScannerTotals> = sqlx::query_as(B::BY_SCANNER_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The all-time totals are the sum of the per-scanner rows (same snapshot, and
+        // they always add up).
+        let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
+
+        self.statements.add(1);
+        let by_source: Vec<SourceTotals> =
+            sqlx::query_as(B::BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
+
+        self.statements.add(1);
+        let daily: Vec<DayRow<B>> = sqlx::query_as(B::DAILY_SQL)
+            .bind(B::encode_time(since))
+            .fetch_all(&mut *tx)
+            .await?;
+        let daily = daily
+            .into_iter()
+            .map(DayRow::into_totals)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        self.statements.add(1);
+        let ages: AgesRow = sqlx::query_as(B::AGES_SQL).fetch_one(&mut *tx).await?;
+
+        self.statements.add(1);
+        let recent: Vec<RecentRow<B>> = sqlx::query_as(B::RECENT_SQL).fetch_all(&mut *tx).await?;
+        let recent = recent_reports(recent)?;
+
+        self.statements.add(1);
+        tx.commit().await?;
+
+        Ok(Stats {
+            totals,
+            by_scanner,
+            by_source,
+            daily,
+            revocation_ages: ages.into(),
+            recent,
+        })
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.statements.add(1);
+        let rows: Vec<NotificationRow<B>> = sqlx::query_as(B::CLAIM_SQL)
+            .bind(B::encode_time(now))
+            .bind(B::encode_time(lease_end(now, lease)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(NotificationRow::into_notification)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Oldest due first, as claimed: `RETURNING` promises no order.
+        claimed.sort_by_key(|n| (n.next_attempt_at, n.id));
+        Ok(claimed)
+    }
+
+    async fn finish_notification(
+        &self,
+        claimed: &Notification,
+        result: &AttemptResult,
+    ) -> Result<(), StoreError> {
+        // A delivered notification never goes back: a worker whose lease ran out and
+        // was overtaken cannot undo the other's success. A success always counts.
+        // Anything else needs the row still held by this claim (its exact lease end).
+        let held_until = claimed.locked_until.map(B::encode_time);
+        let query = match result {
+            AttemptResult::Delivered { at } => sqlx::query(B::DELIVERED_SQL)
+                .bind(claimed.id)
+                .bind(B::encode_time(*at)),
+            AttemptResult::Retry {
+                error,
+                next_attempt_at,
+            } => sqlx::query(B::RETRY_SQL)
+                .bind(claimed.id)
+                .bind(B::encode_time(*next_attempt_at))
+                .bind(error.as_str())
+                .bind(held_until),
+            AttemptResult::Failed { error } => sqlx::query(B::FAILED_SQL)
+                .bind(claimed.id)
+                .bind(error.as_str())
+                .bind(held_until),
+        };
+        self.statements.add(1);
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.statements.add(1);
+        let rows: Vec<StatusCount> =
+            sqlx::query_as("SELECT status, count(*) AS n FROM notifications GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        notification_counts(rows)
+    }
+
+    async fn outstanding_notifications(&self) -> Result<(i64, i64), StoreError> {
+        self.statements.add(1);
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM notifications WHERE status = 'pending'),
+                    (SELECT count(*) FROM notifications WHERE status = 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.statements.add(1);
+        let rows: Vec<NotificationRow<B>> = sqlx::query_as(B::LIST_SQL)
+            .bind(status.map(NotificationStatus::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(NotificationRow::into_notification)
+            .collect()
+    }
+
+    async fn requeue_notification(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError> {
+        B::requeue_notification(self, id, now).await
+    }
+
+    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.statements.add(1);
+        let done = sqlx::query(B::REQUEUE_FAILED_SQL)
+            .bind(B::encode_time(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(B::rows_affected(&done))
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements.get()
+    }
+}
+
+/// Distinct hashes, in first-seen order.
+pub(super) fn distinct_hashes(hashes: impl IntoIterator<Item = TokenHash>) -> Vec<TokenHash> {
+    let mut seen = std::collections::HashSet::new();
+    hashes.into_iter().filter(|h| seen.insert(*h)).collect()
+}
+
+/// Maps per-hash outcomes back onto the candidates, in order, and counts them.
+pub(super) fn outcomes_for(
+    report: &NewReport,
+    by_hash: &HashMap<TokenHash, Outcome>,
+) -> Result<(Vec<Outcome>, OutcomeCounts), StoreError> {
+    let mut counts = OutcomeCounts {
+        not_ours: report.not_ours,
+        ..OutcomeCounts::default()
+    };
+    let mut outcomes = Vec::with_capacity(report.candidates.len());
+    for c in &report.candidates {
+        let o = *by_hash.get(&c.hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("no outcome for candidate {}", c.hash.prefix()))
+        })?;
+        counts.add(o);
+        outcomes.push(o);
+    }
+    Ok((outcomes, counts))
+}
+
+/// The end of a lease that starts at `now`; a lease too long to represent ends at the
+/// latest instant there is.
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

@@ -1,0 +1,201 @@
+//! SQLite backend: the embedded default (`sqlite://revoker.db`).
+//!
+//! The file is created if missing and opened in WAL mode with `synchronous=FULL`, so a
+//! revocation that was answered 200 survives a power cut. Timestamps are stored as Unix
+//! epoch milliseconds. Variable-length inputs (hash lists, item rows) are bound as one
+//! JSON text and expanded with `json_each`, so one statement serves any batch size.
+//!
+//! SQLite has one writer at a time; `record_report` starts with a write, so it takes the
+//! write lock first and its reads inside the transaction are consistent.
+//!
+//! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
+//! statements). `record.rs`: the revoking transaction and `preview`. `stats.rs`: the
+//! stats statements. `outbox.rs`: the notification statements.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use super::backend::{Backend, Store};
+use super::{NewToken, PoolSettings, StoreError};
+use crate::domain::TokenHash;
+use crate::support::retry;
+
+mod outbox;
+mod record;
+mod stats;
+
+/// SQLite's primary result code of a database error (extended codes carry it in the
+/// low byte): 5 = SQLITE_BUSY, 8 = SQLITE_READONLY.
+fn primary_code(e: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+}
+
+/// How often a start retries a busy file or a raced migration (10 retries after the first
+/// try), and how long it waits before retry n: 50 + 25·n ms.
+const START_ATTEMPTS: u32 = 11;
+
+fn start_pause(attempt: u32) -> Duration {
+    Duration::from_millis(50 + u64::from(attempt) * 25)
+}
+
+/// A JSON array of lower-case hex hashes, for `json_each` + `unhex`.
+fn hex_array(hashes: &[TokenHash]) -> String {
+    let mut s = String::with_capacity(hashes.len() * 67 + 2);
+    s.push('[');
+    for (i, h) in hashes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        s.push_str(&h.to_hex());
+        s.push('"');
+    }
+    s.push(']');
+    s
+}
+
+impl Backend for Sqlite {
+    /// Unix epoch milliseconds.
+    type Time = i64;
+    /// sqlx refuses a value out of `u32` range when it decodes the column.
+    type Count = u32;
+    /// `date(…)` gives `YYYY-MM-DD` text.
+    type Day = String;
+    /// A JSON array of hex hashes, expanded with `json_each` + `unhex`.
+    type HashList<'a> = String;
+
+    fn encode_time(t: DateTime<Utc>) -> i64 {
+        t.timestamp_millis()
+    }
+
+    fn decode_time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+    }
+
+    fn decode_count(n: u32) -> Result<u32, StoreError> {
+        Ok(n)
+    }
+
+    fn decode_position(n: u32) -> u32 {
+        n
+    }
+
+    fn decode_day(day: String) -> Result<NaiveDate, StoreError> {
+        NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("day {day:?}")))
+    }
+
+    fn hash_list(hashes: &[TokenHash]) -> String {
+        hex_array(hashes)
+    }
+
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    const INSERT_TOKEN_SQL: &'static str =
+        "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)";
+    const TOKEN_SQL: &'static str =
+        "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = ?1";
+    const REPORT_SQL: &'static str =
+        "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
+                    revoked, already_revoked, expired, unknown, not_ours
+             FROM reports WHERE id = ?1";
+    const REPORT_ITEMS_SQL: &'static str =
+        "SELECT position, token_hash, token_type, source, url, outcome
+             FROM report_items WHERE report_id = ?1 ORDER BY position";
+
+    async fn connect(url: &str, settings: &PoolSettings) -> Result<SqlitePool, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(settings.create_if_missing)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(settings.acquire_timeout);
+        let pool_options = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout);
+        // Switching a fresh file to WAL needs it to itself for a moment; a process
+        // starting alongside another one can find it busy (SQLITE_BUSY) without the
+        // busy handler being asked. Such a start waits and tries again.
+        let busy = |e: &sqlx::Error, _attempt: u32| match e {
+            sqlx::Error::Database(e) => primary_code(&**e) == Some(5),
+            _ => false,
+        };
+        let pool = retry(START_ATTEMPTS, start_pause, busy, || {
+            pool_options.clone().connect_with(options.clone())
+        })
+        .await?;
+        Ok(pool)
+    }
+
+    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+        // sqlx takes no lock for SQLite migrations, so processes starting together on
+        // a fresh file race, and the loser fails on a table the winner has just
+        // created. Each migration commits together with its row in _sqlx_migrations,
+        // so the loser's next attempt sees it applied and goes on from there.
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let raced = |e: &sqlx::migrate::MigrateError, attempt: u32| match e {
+            sqlx::migrate::MigrateError::Execute(e)
+            | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => {
+                tracing::debug!(attempt, error = %e, "migration raced another process; retrying");
+                true
+            }
+            _ => false,
+        };
+        retry(START_ATTEMPTS, start_pause, raced, || migrator.run(pool)).await?;
+        Ok(())
+    }
+
+    async fn ping(store: &Store<Self>) -> Result<(), StoreError> {
+        store.statements.add(1);
+        // A write that changes nothing: SQLite refuses it on a read-only file or
+        // connection (SQLITE_READONLY, primary code 8) before looking at any row.
+        match sqlx::query("DELETE FROM reports WHERE 0")
+            .execute(&store.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if primary_code(&*e) == Some(8) => {
+                Err(StoreError::ReadOnly)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_tokens(store: &Store<Self>, tokens: &[NewToken]) -> Result<(), StoreError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!([
+                    t.hash.to_hex(),
+                    t.owner,
+                    Self::encode_time(t.created_at),
+                    Self::encode_time(t.expires_at)
+                ])
+            })
+            .collect();
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at)
+             SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'),
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]')
+             FROM json_each(?1)",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(&store.pool)
+        .await?;
+        Ok(())
+    }
+}

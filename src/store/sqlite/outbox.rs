@@ -1,0 +1,100 @@
+//! SQLite: the notification (outbox) statements, and `requeue_notification`.
+//!
+//! Rows are queued by `record_report` (see `record.rs`). A claim leases the due, unleased
+//! pending rows in one statement; SQLite runs one writer at a time, so two claimers never
+//! pick the same row. Timestamps, the lease end included, are epoch milliseconds, so a
+//! claim's `locked_until` compares exactly with the stored one.
+
+use chrono::{DateTime, Utc};
+use sqlx::Sqlite;
+
+use crate::store::backend::{Backend, Outbox, Store};
+use crate::store::{Requeue, StoreError};
+
+/// The columns of a notification row, as `NotificationRow` reads them.
+macro_rules! notification_columns {
+    () => {
+        "id, token_hash, report_id, owner, scanner, url, source, \
+    revoked_at, expired, status, attempts, next_attempt_at, last_error, delivered_at, \
+    locked_until"
+    };
+}
+
+impl Outbox for Sqlite {
+    /// The due, unleased pending rows, oldest due first.
+    const CLAIM_SQL: &'static str = concat!(
+        "UPDATE notifications SET locked_until = ?2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM notifications
+             WHERE status = 'pending' AND next_attempt_at <= ?1
+               AND (locked_until IS NULL OR locked_until <= ?1)
+             ORDER BY next_attempt_at, id
+             LIMIT ?3)
+         RETURNING ",
+        notification_columns!()
+    );
+
+    const DELIVERED_SQL: &'static str = "UPDATE notifications
+                 SET status = 'delivered', delivered_at = ?2, locked_until = NULL, last_error = NULL
+                 WHERE id = ?1 AND status <> 'delivered'";
+
+    const RETRY_SQL: &'static str = "UPDATE notifications
+                 SET next_attempt_at = ?2, last_error = ?3, locked_until = NULL
+                 WHERE id = ?1 AND status = 'pending' AND locked_until = ?4";
+
+    const FAILED_SQL: &'static str = "UPDATE notifications
+                 SET status = 'failed', last_error = ?2, locked_until = NULL
+                 WHERE id = ?1 AND status = 'pending' AND locked_until = ?3";
+
+    const LIST_SQL: &'static str = concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications
+             WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"
+    );
+
+    const REQUEUE_FAILED_SQL: &'static str = "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = ?1, last_error = NULL,
+                 locked_until = NULL
+             WHERE status = 'failed'";
+
+    /// Two statements: the re-queue itself, and only when it changed nothing, a look at
+    /// why.
+    async fn requeue_notification(
+        store: &Store<Self>,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Requeue, StoreError> {
+        store.statements.add(1);
+        let requeued = sqlx::query(
+            "UPDATE notifications
+                 SET status = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+                     locked_until = NULL
+                 WHERE id = ?1 AND status <> 'delivered'
+                   AND (locked_until IS NULL OR locked_until <= ?2)",
+        )
+        .bind(id)
+        .bind(Sqlite::encode_time(now))
+        .execute(&store.pool)
+        .await?
+        .rows_affected();
+        if requeued > 0 {
+            return Ok(Requeue::Requeued);
+        }
+        // Nothing changed: absent, delivered (which stays delivered), or being sent.
+        store.statements.add(1);
+        let found: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, locked_until FROM notifications WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&store.pool)
+                .await?;
+        Ok(match found {
+            None => Requeue::NotFound,
+            Some((status, _)) if status == "delivered" => Requeue::AlreadyDelivered,
+            Some((_, locked_until)) => Requeue::InFlight(match locked_until {
+                Some(ms) => Sqlite::decode_time(ms)?,
+                None => now,
+            }),
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! SQLite: recording a delivery, and `preview`'s statement.
+//!
+//! `record_report` is one transaction, committed whole or not at all: the report row,
+//! the one revoking `UPDATE` of every live candidate, the outbox rows of the tokens it
+//! flipped, the existence probe of the rest, the item rows and the report's counts. It
+//! starts with a write (the report row), so it holds SQLite's one write lock from its
+//! first statement and everything it reads inside the transaction is consistent. A token
+//! flips once (`WHERE revoked_at IS NULL`), so it gets exactly one notification.
+
+use std::collections::HashMap;
+
+use sqlx::{FromRow, Row, Sqlite};
+
+use super::hex_array;
+use crate::domain::alert::CandidateItem;
+use crate::domain::{Outcome, TokenHash};
+use crate::store::backend::{Backend, Record, Store};
+use crate::store::rows::hash_from;
+use crate::store::shared::{distinct_hashes, outcomes_for};
+use crate::store::{NewReport, RecordedReport, StoreError};
+
+/// A token the revoking `UPDATE` flipped.
+#[derive(FromRow)]
+struct Flipped<'r> {
+    hash: &'r [u8],
+    was_expired: bool,
+    owner: &'r str,
+}
+
+impl Record for Sqlite {
+    /// `hashes` (a JSON array of hex), `now` → `PreviewRow`s of the stored ones.
+    const PREVIEW_SQL: &'static str =
+        "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
+             FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))";
+
+    async fn record_report(
+        store: &Store<Self>,
+        report: &NewReport,
+    ) -> Result<RecordedReport, StoreError> {
+        let now = Sqlite::encode_time(report.received_at);
+        let distinct = distinct_hashes(report.candidates.iter().map(|c| c.hash));
+
+        store.statements.add(1);
+        let mut tx = store.pool.begin().await?;
+
+        store.statements.add(1);
+        let report_id: i64 = sqlx::query_scalar(
+            "INSERT INTO reports (scanner, key_id, received_at, body_sha256, item_count, not_ours)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )
+        .bind(&report.scanner)
+        .bind(&report.key_id)
+        .bind(now)
+        .bind(report.body_sha256.as_slice())
+        .bind(report.item_count)
+        .bind(report.not_ours)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        // The one revoking statement: every live candidate flips, in one UPDATE.
+        store.statements.add(1);
+        let flipped = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
+                 WHERE revoked_at IS NULL
+                   AND hash IN (SELECT unhex(value) FROM json_each(?3))
+                 RETURNING hash, expires_at <= ?1 AS was_expired, owner",
+        )
+        .bind(now)
+        .bind(report_id)
+        .bind(hex_array(&distinct))
+        .fetch_all(&mut *tx)
+        .await?;
+
+        // The first item (lowest position) naming each hash: where its owner is told the
+        // token was found.
+        let mut first: HashMap<TokenHash, &CandidateItem> = HashMap::with_capacity(distinct.len());
+        for c in &report.candidates {
+            first
+                .entry(c.hash)
+                .and_modify(|f| {
+                    if c.position < f.position {
+                        *f = c;
+                    }
+                })
+                .or_insert(c);
+        }
+
+        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+        // One owner notification per flipped token: [hash, owner, url, source, expired].
+        let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
+        for row in &flipped {
+            let Flipped {
+                hash,
+                was_expired,
+                owner,
+            } = Flipped::from_row(row)?;
+            let hash = hash_from(hash)?;
+            let o = if was_expired {
+                Outcome::Expired
+            } else {
+                Outcome::Revoked
+            };
+            by_hash.insert(hash, o);
+            let item = first.get(&hash).ok_or_else(|| {
+                StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
+            })?;
+            notifications.push(serde_json::json!([
+                hash.to_hex(),
+                owner,
+                item.url,
+                item.source,
+                was_expired
+            ]));
+        }
+
+        // The outbox rows of the flipped tokens, in one statement, committed with the
+        // revocation or not at all. A token flips once, so it is notified once.
+        if !notifications.is_empty() {
+            store.statements.add(1);
+            sqlx::query(
+                "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                                                revoked_at, expired, next_attempt_at)
+                     SELECT unhex(json_extract(value, '$[0]')), ?1, json_extract(value, '$[1]'), ?2,
+                            json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?3,
+                            json_extract(value, '$[4]'), ?3
+                     FROM json_each(?4)",
+            )
+            .bind(report_id)
+            .bind(&report.scanner)
+            .bind(now)
+            .bind(serde_json::Value::Array(notifications).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // Whatever did not flip is either ours and already revoked, or not ours at all.
+        let rest: Vec<TokenHash> = distinct
+            .iter()
+            .filter(|h| !by_hash.contains_key(*h))
+            .copied()
+            .collect();
+        if !rest.is_empty() {
+            store.statements.add(1);
+            let existing = sqlx::query(
+                "SELECT hash FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))",
+            )
+            .bind(hex_array(&rest))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &existing {
+                by_hash.insert(hash_from(row.try_get("hash")?)?, Outcome::AlreadyRevoked);
+            }
+            for h in rest {
+                by_hash.entry(h).or_insert(Outcome::Unknown);
+            }
+        }
+
+        let (outcomes, counts) = outcomes_for(report, &by_hash)?;
+
+        // All item rows in one statement, as one JSON array of [pos, hash, type, source, url, outcome].
+        let items: Vec<serde_json::Value> = report
+            .candidates
+            .iter()
+            .zip(&outcomes)
+            .map(|(c, o)| {
+                serde_json::json!([
+                    c.position,
+                    c.hash.to_hex(),
+                    c.token_type,
+                    c.source,
+                    c.url,
+                    o.as_str()
+                ])
+            })
+            .collect();
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
+                 SELECT ?1, json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')),
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                        json_extract(value, '$[4]'), json_extract(value, '$[5]')
+                 FROM json_each(?2)",
+        )
+        .bind(report_id)
+        .bind(serde_json::Value::Array(items).to_string())
+        .execute(&mut *tx)
+        .await?;
+
+        store.statements.add(1);
+        sqlx::query(
+            "UPDATE reports SET revoked = ?2, already_revoked = ?3, expired = ?4, unknown = ?5
+                 WHERE id = ?1",
+        )
+        .bind(report_id)
+        .bind(counts.revoked)
+        .bind(counts.already_revoked)
+        .bind(counts.expired)
+        .bind(counts.unknown)
+        .execute(&mut *tx)
+        .await?;
+
+        store.statements.add(1);
+        tx.commit().await?;
+
+        Ok(RecordedReport {
+            report_id,
+            tokens_revoked: flipped.len() as u32,
+            outcomes,
+            counts,
+        })
+    }
+}
