@@ -81,15 +81,6 @@ pub(super) trait Backend: Database + Record + StatsSql + Outbox {
     /// The rows an `UPDATE` changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
 
-    /// `hash, owner, created_at, expires_at`.
-    const INSERT_TOKEN_SQL: &'static str;
-    /// `hash` → `TokenRow`.
-    const TOKEN_SQL: &'static str;
-    /// `id` → `ReportRow`.
-    const REPORT_SQL: &'static str;
-    /// `report_id` → `ItemRow`s, by position.
-    const REPORT_ITEMS_SQL: &'static str;
-
     /// Opens the pool.
     fn connect(
         url: &str,
@@ -183,16 +174,8 @@ pub(super) use {by_scanner_sql, by_source_sql};
 pub(super) trait Outbox: Database {
     /// `now, lease_end, limit` → the claimed `NotificationRow`s, in no order.
     const CLAIM_SQL: &'static str;
-    /// `id, delivered_at`.
-    const DELIVERED_SQL: &'static str;
-    /// `id, next_attempt_at, error, claimed locked_until`.
-    const RETRY_SQL: &'static str;
-    /// `id, error, claimed locked_until`.
-    const FAILED_SQL: &'static str;
     /// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
     const LIST_SQL: &'static str;
-    /// `now`.
-    const REQUEUE_FAILED_SQL: &'static str;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
     fn requeue_notification(

@@ -33,6 +33,46 @@ use super::{
 };
 use crate::domain::TokenHash;
 
+// Statements whose text is the same on both backends (sqlx binds `$N` on SQLite too).
+
+/// `hash, owner, created_at, expires_at`.
+const INSERT_TOKEN_SQL: &str =
+    "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)";
+
+/// `hash` → `TokenRow`.
+const TOKEN_SQL: &str =
+    "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = $1";
+
+/// `id` → `ReportRow`.
+const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
+                    revoked, already_revoked, expired, unknown, not_ours
+             FROM reports WHERE id = $1";
+
+/// `report_id` → `ItemRow`s, by position.
+const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome
+             FROM report_items WHERE report_id = $1 ORDER BY position";
+
+/// `id, delivered_at`.
+const DELIVERED_SQL: &str = "UPDATE notifications
+                 SET status = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL
+                 WHERE id = $1 AND status <> 'delivered'";
+
+/// `id, next_attempt_at, error, claimed locked_until`.
+const RETRY_SQL: &str = "UPDATE notifications
+                 SET next_attempt_at = $2, last_error = $3, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $4";
+
+/// `id, error, claimed locked_until`.
+const FAILED_SQL: &str = "UPDATE notifications
+                 SET status = 'failed', last_error = $2, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $3";
+
+/// `now`.
+const REQUEUE_FAILED_SQL: &str = "UPDATE notifications
+             SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL,
+                 locked_until = NULL
+             WHERE status = 'failed'";
+
 #[async_trait]
 impl<B> RevocationStore for Store<B>
 where
@@ -63,7 +103,7 @@ where
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {
         self.statements.add(1);
-        sqlx::query(B::INSERT_TOKEN_SQL)
+        sqlx::query(INSERT_TOKEN_SQL)
             .bind(token.hash.as_bytes().as_slice())
             .bind(token.owner.as_str())
             .bind(B::encode_time(token.created_at))
@@ -83,7 +123,7 @@ where
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         self.statements.add(1);
-        let row: Option<TokenRow<B>> = sqlx::query_as(B::TOKEN_SQL)
+        let row: Option<TokenRow<B>> = sqlx::query_as(TOKEN_SQL)
             .bind(hash.as_bytes().as_slice())
             .fetch_optional(&self.pool)
             .await?;
@@ -92,7 +132,7 @@ where
 
     async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError> {
         self.statements.add(1);
-        let row: Option<ReportRow<B>> = sqlx::query_as(B::REPORT_SQL)
+        let row: Option<ReportRow<B>> = sqlx::query_as(REPORT_SQL)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -101,7 +141,7 @@ where
 
     async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError> {
         self.statements.add(1);
-        let rows: Vec<ItemRow<B>> = sqlx::query_as(B::REPORT_ITEMS_SQL)
+        let rows: Vec<ItemRow<B>> = sqlx::query_as(REPORT_ITEMS_SQL)
             .bind(report_id)
             .fetch_all(&self.pool)
             .await?;
@@ -218,18 +258,18 @@ where
         // Anything else needs the row still held by this claim (its exact lease end).
         let held_until = claimed.locked_until.map(B::encode_time);
         let query = match result {
-            AttemptResult::Delivered { at } => sqlx::query(B::DELIVERED_SQL)
+            AttemptResult::Delivered { at } => sqlx::query(DELIVERED_SQL)
                 .bind(claimed.id)
                 .bind(B::encode_time(*at)),
             AttemptResult::Retry {
                 error,
                 next_attempt_at,
-            } => sqlx::query(B::RETRY_SQL)
+            } => sqlx::query(RETRY_SQL)
                 .bind(claimed.id)
                 .bind(B::encode_time(*next_attempt_at))
                 .bind(error.as_str())
                 .bind(held_until),
-            AttemptResult::Failed { error } => sqlx::query(B::FAILED_SQL)
+            AttemptResult::Failed { error } => sqlx::query(FAILED_SQL)
                 .bind(claimed.id)
                 .bind(error.as_str())
                 .bind(held_until),
@@ -284,7 +324,7 @@ where
 
     async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.statements.add(1);
-        let done = sqlx::query(B::REQUEUE_FAILED_SQL)
+        let done = sqlx::query(REQUEUE_FAILED_SQL)
             .bind(B::encode_time(now))
             .execute(&self.pool)
             .await?;

@@ -59,18 +59,6 @@ impl Backend for Postgres {
         done.rows_affected()
     }
 
-    const INSERT_TOKEN_SQL: &'static str =
-        "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)";
-    const TOKEN_SQL: &'static str =
-        "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = $1";
-    const REPORT_SQL: &'static str =
-        "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
-                    revoked, already_revoked, expired, unknown, not_ours
-             FROM reports WHERE id = $1";
-    const REPORT_ITEMS_SQL: &'static str =
-        "SELECT position, token_hash, token_type, source, url, outcome
-             FROM report_items WHERE report_id = $1 ORDER BY position";
-
     async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("revoker");
         Ok(PgPoolOptions::new()

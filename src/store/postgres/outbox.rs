@@ -44,29 +44,12 @@ impl Outbox for Postgres {
         notification_columns!()
     );
 
-    const DELIVERED_SQL: &'static str = "UPDATE notifications
-                 SET status = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL
-                 WHERE id = $1 AND status <> 'delivered'";
-
-    const RETRY_SQL: &'static str = "UPDATE notifications
-                 SET next_attempt_at = $2, last_error = $3, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending' AND locked_until = $4";
-
-    const FAILED_SQL: &'static str = "UPDATE notifications
-                 SET status = 'failed', last_error = $2, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending' AND locked_until = $3";
-
     const LIST_SQL: &'static str = concat!(
         "SELECT ",
         notification_columns!(),
         " FROM notifications
              WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
     );
-
-    const REQUEUE_FAILED_SQL: &'static str = "UPDATE notifications
-             SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL,
-                 locked_until = NULL
-             WHERE status = 'failed'";
 
     /// One statement: the row as it was, and the re-queue.
     async fn requeue_notification(
