@@ -11,10 +11,6 @@ use revoker::config::Settings;
 use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
 
-async fn sqlite() -> TestDb {
-    TestDb::new(Kind::Sqlite).await.unwrap()
-}
-
 /// The value of one sample line `name{labels} value` in a Prometheus text page.
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
@@ -24,10 +20,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_happened() {
-    let db = sqlite().await;
-    let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
-    app.keys_attempted("github").await;
+    let app = TestApp::sqlite().wait_for_keys().start().await;
     let live = app.mint("alice/a", Ttl::minutes(30)).await;
     let expired = app.mint("alice/b", Ttl::minutes(-1)).await;
     let signer = Signer::test();
@@ -115,9 +108,7 @@ async fn metrics_count_exactly_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_api_serves_thirty_days_and_recent_reports() {
-    let db = sqlite().await;
-    let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let app = TestApp::sqlite().start().await;
     let live = app.mint("alice/a", Ttl::minutes(30)).await;
     let body = alert_body(&[live.expose_secret(), "junk"]);
     assert_eq!(app.deliver(&Signer::test(), body).await.status, 200);
@@ -146,17 +137,7 @@ async fn stats_api_serves_thirty_days_and_recent_reports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_metrics_and_stats_but_not_the_page() {
-    let db = sqlite().await;
-    let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(
-        db.url(),
-        &keys,
-        TestOptions {
-            admin_token: Some("s3cret-admin".into()),
-            ..TestOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::sqlite().admin_token("s3cret-admin").start().await;
     for path in ["/metrics", "/api/stats"] {
         let a = app.admin_get(path, None).await;
         assert_eq!((a.status, a.error_code()), (401, "unauthorized"), "{path}");
@@ -175,33 +156,13 @@ async fn admin_token_guards_metrics_and_stats_but_not_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_listener_serves_health_but_never_metrics() {
-    let db = sqlite().await;
-    let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let app = TestApp::sqlite().start().await;
     for path in ["/metrics", "/api/stats", "/dashboard"] {
-        let resp = app
-            .client
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404, "{path} on the public listener");
+        let a = app.get(path).await;
+        assert_eq!(a.status, 404, "{path} on the public listener");
     }
-    let resp = app
-        .client
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let ready = Answer::from(
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(app.get("/healthz").await.status, 200);
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.text);
     assert_eq!(ready.json["status"], "ready");
     assert_eq!(ready.json["database"], "ok");
@@ -211,17 +172,11 @@ async fn public_listener_serves_health_but_never_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_without_keys_and_recovers() {
-    let db = sqlite().await;
-    let keys = KeyServer::start(KeyMode::Status(503)).await;
-    let app = spawn_app(
-        db.url(),
-        &keys,
-        TestOptions {
-            keys_refetch_interval: Duration::ZERO,
-            ..TestOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::sqlite()
+        .keys(KeyMode::Status(503))
+        .keys_refetch_interval(Duration::ZERO)
+        .start()
+        .await;
     let r = app.admin_get("/readyz", None).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json["status"], "not_ready");
@@ -232,7 +187,7 @@ async fn readiness_fails_without_keys_and_recovers() {
         200,
         "alive anyway"
     );
-    keys.set_mode(KeyMode::Serve(fixture_string("keys/test-keys.json")));
+    app.keys().set_mode(KeyMode::test_keys());
     let r = app.admin_get("/readyz", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     app.stop().await;
@@ -240,7 +195,7 @@ async fn readiness_fails_without_keys_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_loopback_admin_listener_requires_a_token() {
-    let db = sqlite().await;
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
     let mut settings = Settings::new(
         db.url(),
         vec![ScannerSpec {

@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Once;
 
 use chrono::Duration as Ttl;
 use common::*;
@@ -67,26 +67,12 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_same_totals_as_the_stats_api() {
     let Some(bin) = chromium() else {
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-            panic!("chromium is not installed in CI (.ci/run installs the Debian package)");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPING dashboard browser test: no chromium (apt-get install chromium) ***\n"
-        );
+        static NOTICE: Once = Once::new();
+        let how = "apt-get install chromium; .ci/run installs the Debian package";
+        skip_unless_ci(&NOTICE, "dashboard browser test: no chromium", how);
         return;
     };
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(
-        db.url(),
-        &keys,
-        TestOptions {
-            admin_token: Some("dash-token".into()),
-            ..TestOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::sqlite().admin_token("dash-token").start().await;
     let signer = Signer::test();
     let mut minted = Vec::new();
     for i in 0..5 {

@@ -9,32 +9,17 @@ use std::time::Duration;
 
 use chrono::Duration as Ttl;
 use common::*;
-use revoker::signature::ScannerSpec;
-
-/// `github` reads the loopback key server; `partner` reads `fixtures/keys/partner-keys.json`,
-/// which reuses the id `revoker-test-key-1` for a different key and lists `partner-key-1`.
-async fn two_scanner_app(db: &TestDb, keys: &KeyServer) -> TestApp {
-    spawn_app(
-        db.url(),
-        keys,
-        TestOptions {
-            keys_refetch_interval: Duration::ZERO,
-            extra_scanners: vec![ScannerSpec {
-                name: "partner".into(),
-                source: fixture("keys/partner-keys.json").display().to_string(),
-            }],
-            ..TestOptions::default()
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_get_401_and_record_nothing() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
-    let app = two_scanner_app(&db, &keys).await;
-    app.keys_attempted("github").await;
+    // `partner` reads `fixtures/keys/partner-keys.json`, which reuses the id
+    // `revoker-test-key-1` for a different key and lists `partner-key-1`.
+    let app = TestApp::sqlite()
+        .keys_refetch_interval(Duration::ZERO)
+        .scanner("partner", fixture("keys/partner-keys.json").display())
+        .wait_for_keys()
+        .start()
+        .await;
     let t = app.mint("forge/pkg", Ttl::minutes(30)).await;
     let body = alert_body(&[t.expose_secret()]);
 

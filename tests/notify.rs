@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -18,8 +18,9 @@ use common::*;
 use hmac::{Hmac, Mac};
 use revoker::domain::token::Token;
 use revoker::notify::NotifySettings;
-use revoker::store::NotificationStatus;
+use revoker::store::{NotificationCounts, NotificationStatus};
 use sha2::Sha256;
+use tokio::sync::watch;
 
 const SECRET: &str = "owner-webhook-secret";
 
@@ -34,7 +35,8 @@ struct Received {
 
 #[derive(Clone, Default)]
 struct Hook {
-    received: Arc<Mutex<Vec<Received>>>,
+    /// Every request so far; waiters are woken on each.
+    received: Arc<watch::Sender<Vec<Received>>>,
     /// Answer 503 to this many requests before answering 200.
     fail_first: Arc<AtomicUsize>,
     /// Answer 500 to everything.
@@ -85,11 +87,13 @@ impl Webhook {
                 .strip_prefix("sha256=")
                 .and_then(|h| hex::decode(h).ok())
                 .is_some_and(|sig| mac.verify_slice(&sig).is_ok());
-            hook.received.lock().unwrap().push(Received {
-                idempotency_key: header("idempotency-key"),
-                attempt: header("revoker-attempt"),
-                body: body.to_vec(),
-                signature_ok,
+            hook.received.send_modify(|r| {
+                r.push(Received {
+                    idempotency_key: header("idempotency-key"),
+                    attempt: header("revoker-attempt"),
+                    body: body.to_vec(),
+                    signature_ok,
+                })
             });
             let delay = hook.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
@@ -118,24 +122,20 @@ impl Webhook {
     }
 
     fn received(&self) -> Vec<Received> {
-        self.hook.received.lock().unwrap().clone()
+        self.hook.received.borrow().clone()
     }
 
     /// Waits until `n` requests have arrived (or panics after 15 s).
     async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let got = self.received();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "webhook got {} of {n} requests",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let mut received = self.hook.received.subscribe();
+        let arrived = received.wait_for(|r| r.len() >= n);
+        if tokio::time::timeout(Duration::from_secs(15), arrived)
+            .await
+            .is_err()
+        {
+            panic!("webhook got {} of {n} requests", self.received().len());
         }
+        self.received()
     }
 }
 
@@ -150,30 +150,27 @@ fn fast(url: &str, max_attempts: u32) -> NotifySettings {
     s
 }
 
-async fn app_with_hook(db: &TestDb, keys: &KeyServer, settings: NotifySettings) -> TestApp {
-    let app = spawn_app(
-        db.url(),
-        keys,
-        TestOptions {
-            notify: Some(settings),
-            ..TestOptions::default()
-        },
-    )
-    .await;
-    app.keys_attempted("github").await;
-    app
+/// A receiver on SQLite whose worker notifies with `settings`, its keys loaded.
+async fn app_with_hook(settings: NotifySettings) -> TestApp {
+    TestApp::sqlite()
+        .notify(settings)
+        .wait_for_keys()
+        .start()
+        .await
+}
+
+/// Waits until the notification counts are `done` (or panics after `within`).
+async fn wait_for_counts(
+    app: &TestApp,
+    within: Duration,
+    done: impl Fn(&NotificationCounts) -> bool,
+) {
+    let counts = async || app.store.notification_counts().await.unwrap();
+    eventually(within, "notification counts", counts, done).await;
 }
 
 async fn wait_until_delivered(app: &TestApp, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let counts = app.store.notification_counts().await.unwrap();
-        if counts.delivered >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "only {counts:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_counts(app, Duration::from_secs(15), |c| c.delivered >= n).await;
 }
 
 fn json(r: &Received) -> serde_json::Value {
@@ -182,10 +179,8 @@ fn json(r: &Received) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_revoked_token_is_notified_once_signed_and_without_the_token() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
     let hook = Webhook::start().await;
-    let app = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let app = app_with_hook(fast(&hook.url, 5)).await;
     let a = app.mint("alice/crate-a", Ttl::hours(1)).await;
     let b = app.mint("bob/crate-b", Ttl::hours(1)).await;
     let unknown = Token::generate();
@@ -265,15 +260,13 @@ async fn each_revoked_token_is_notified_once_signed_and_without_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_is_down_then_up_gets_the_notification_after_retries() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
     // A port nothing listens on yet: connection refused.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{port}/owner-hook");
-    let app = app_with_hook(&db, &keys, fast(&url, 20)).await;
+    let app = app_with_hook(fast(&url, 20)).await;
     let t = app.mint("carol/pkg", Ttl::hours(1)).await;
     let a = app
         .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
@@ -281,22 +274,18 @@ async fn a_webhook_that_is_down_then_up_gets_the_notification_after_retries() {
     assert_eq!(a.labels(), ["true_positive"]);
 
     // Attempts fail while nothing listens.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = &app.store.list_notifications(None, 10).await.unwrap()[0];
-        if n.attempts >= 2 {
-            assert_eq!(n.status, NotificationStatus::Pending);
-            let error = n.last_error.clone().unwrap();
-            assert!(error.contains("request failed"), "{error}");
-            assert!(
-                !error.contains(&url),
-                "the webhook URL is kept out: {error}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no retries: {n:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first = async || app.store.list_notifications(None, 10).await.unwrap()[0].clone();
+    let n = eventually(Duration::from_secs(10), "no retries", first, |n| {
+        n.attempts >= 2
+    })
+    .await;
+    assert_eq!(n.status, NotificationStatus::Pending);
+    let error = n.last_error.clone().unwrap();
+    assert!(error.contains("request failed"), "{error}");
+    assert!(
+        !error.contains(&url),
+        "the webhook URL is kept out: {error}"
+    );
     // Up, but answering 503 twice first.
     let hook = Hook::default();
     hook.fail_first.store(2, Ordering::SeqCst);
@@ -322,24 +311,14 @@ async fn a_webhook_that_is_down_then_up_gets_the_notification_after_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_webhook_marks_the_notification_failed_until_retried() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
     let hook = Webhook::start().await;
     hook.hook.always_fail.store(true, Ordering::SeqCst);
-    let app = app_with_hook(&db, &keys, fast(&hook.url, 3)).await;
+    let app = app_with_hook(fast(&hook.url, 3)).await;
     let t = app.mint("dave/pkg", Ttl::hours(1)).await;
     app.deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
         .await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let counts = app.store.notification_counts().await.unwrap();
-        if counts.failed == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never failed: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_counts(&app, Duration::from_secs(10), |c| c.failed == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hook.received().len(), 3, "exactly the attempt limit");
     let n = &app
@@ -364,7 +343,7 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
         m.contains(r#"revoker_notifications{status="failed"} 1"#),
         "{m}"
     );
-    app.stop().await;
+    let db = app.stop_keeping_db().await;
 
     // The operator's view and tools, through the binary.
     let list = revoker_command()
@@ -430,11 +409,9 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
 /// sent again after the lease).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_the_send_in_flight_and_records_it() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let keys = KeyServer::with_test_keys().await;
     let hook = Webhook::start().await;
     hook.hook.delay_ms.store(1500, Ordering::SeqCst);
-    let app = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let app = app_with_hook(fast(&hook.url, 5)).await;
     let store = Arc::clone(&app.store);
     let token = app.mint("carol/crate-c", Ttl::hours(1)).await;
     let answer = app
@@ -444,7 +421,7 @@ async fn shutdown_waits_for_the_send_in_flight_and_records_it() {
     hook.wait_for(1).await; // on the wire: the webhook answers in 1.5 s
 
     let stopping = Instant::now();
-    app.stop().await;
+    let db = app.stop_keeping_db().await;
     let waited = stopping.elapsed();
     let rows = store.list_notifications(None, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -467,13 +444,12 @@ async fn shutdown_waits_for_the_send_in_flight_and_records_it() {
 /// tokens, each reported through both instances twice, give 40 notifications, each
 /// received exactly once.
 async fn two_instances_notify_each_token_once(kind: Kind) {
-    let Some(db) = TestDb::new(kind).await else {
+    let hook = Webhook::start().await;
+    let notifying = TestApp::builder(kind).notify(fast(&hook.url, 5));
+    let Some(one) = notifying.wait_for_keys().start_or_skip().await else {
         return;
     };
-    let keys = KeyServer::with_test_keys().await;
-    let hook = Webhook::start().await;
-    let one = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
-    let two = app_with_hook(&db, &keys, fast(&hook.url, 5)).await;
+    let two = one.another().await;
     let tokens = mint_many(one.store.as_ref(), "shared/pkg", 40, Ttl::hours(1)).await;
     let raw: Vec<&str> = tokens.iter().map(Token::expose_secret).collect();
     let signer = Signer::test();
@@ -502,11 +478,10 @@ async fn two_instances_notify_each_token_once(kind: Kind) {
     let expected: std::collections::HashSet<String> =
         tokens.iter().map(|t| t.hash().prefix()).collect();
     assert_eq!(prefixes, expected);
-    let problems = db.inconsistencies().await;
+    let problems = one.db().inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
-    one.stop().await;
     two.stop().await;
-    db.cleanup().await;
+    one.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,24 +85,8 @@ async fn nothing_secret_escapes(kind: Kind) {
         .collect();
     sent.push(bad_checksum.clone());
 
-    let client = reqwest::Client::new();
     let signer = Signer::test();
     let mut corpus = Corpus::default();
-    let webhook = format!("{}/secret-scanning/github", server.base);
-    let post = |url: String, key_id: String, sig: String, body: Vec<u8>| {
-        let client = client.clone();
-        async move {
-            let resp = client
-                .post(url)
-                .header("Github-Public-Key-Identifier", key_id)
-                .header("Github-Public-Key-Signature", sig)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            Answer::from(resp).await
-        }
-    };
 
     // 1. A good delivery: live (twice), expired, unknown, bad check digits, junk; tokens
     //    also in the url, source and type fields, where no token belongs.
@@ -115,13 +99,7 @@ async fn nothing_secret_escapes(kind: Kind) {
         {"token": "junk", "type": "cio_tp", "url": "", "source": "content"},
     ]);
     let body = serde_json::to_vec(&items).unwrap();
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        signer.sign(&body),
-        body.clone(),
-    )
-    .await;
+    let a = server.deliver(&signer, body.clone()).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(
         a.labels(),
@@ -138,23 +116,21 @@ async fn nothing_secret_escapes(kind: Kind) {
 
     // 2. Forgeries: another key, a changed byte, a trailing newline.
     let forged = Signer::from_fixture("keys/other-key.pem", KEY_ID);
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        forged.sign(&body),
-        body.clone(),
-    )
-    .await;
+    let a = server.deliver(&forged, body.clone()).await;
     assert_eq!(a.status, 401);
     corpus.answer("the answer to a forged delivery", &a);
     let mut changed = body.clone();
     changed[10] ^= 1;
-    let a = post(webhook.clone(), KEY_ID.into(), signer.sign(&body), changed).await;
+    let a = server
+        .post("github", Some(KEY_ID), Some(&signer.sign(&body)), changed)
+        .await;
     assert_eq!(a.status, 401);
     corpus.answer("the answer to a changed body", &a);
     let mut newline = body.clone();
     newline.push(b'\n');
-    let a = post(webhook.clone(), KEY_ID.into(), signer.sign(&body), newline).await;
+    let a = server
+        .post("github", Some(KEY_ID), Some(&signer.sign(&body)), newline)
+        .await;
     assert_eq!(a.status, 401);
     corpus.answer("the answer to a body with a newline added", &a);
 
@@ -169,53 +145,45 @@ async fn nothing_secret_escapes(kind: Kind) {
         ("not JSON", format!("token={} & more", sent[1])),
     ] {
         let bad = bad.into_bytes();
-        let a = post(webhook.clone(), KEY_ID.into(), signer.sign(&bad), bad).await;
+        let a = server.deliver(&signer, bad).await;
         assert_eq!(a.status, 400, "{what}: {}", a.text);
         corpus.answer(&format!("the answer to a body that is {what}"), &a);
     }
 
     // 4. Tokens where no token belongs: the path, the key id, the signature header.
-    let a = post(
-        format!("{}/secret-scanning/{}", server.base, sent[2]),
-        KEY_ID.into(),
-        signer.sign(&body),
-        body.clone(),
-    )
-    .await;
+    let a = server
+        .post(
+            &sent[2],
+            Some(KEY_ID),
+            Some(&signer.sign(&body)),
+            body.clone(),
+        )
+        .await;
     assert_eq!(a.status, 404);
     corpus.answer("the answer to a token as scanner name", &a);
-    let a = post(
-        webhook.clone(),
-        sent[2].clone(),
-        signer.sign(&body),
-        body.clone(),
-    )
-    .await;
+    let a = server
+        .post(
+            "github",
+            Some(&sent[2]),
+            Some(&signer.sign(&body)),
+            body.clone(),
+        )
+        .await;
     assert!(a.status == 401 || a.status == 503, "{}", a.text);
     corpus.answer("the answer to a token as key id", &a);
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        sent[2].clone(),
-        body.clone(),
-    )
-    .await;
+    let a = server
+        .post("github", Some(KEY_ID), Some(&sent[2]), body.clone())
+        .await;
     assert_eq!(a.status, 401);
     corpus.answer("the answer to a token as signature", &a);
-    let a = Answer::from(client.get(&webhook).send().await.unwrap()).await;
+    let a = server.get("/secret-scanning/github").await;
     assert_eq!(a.status, 405);
     corpus.answer("the answer to a GET", &a);
 
     // 5. Oversized, declared and chunked.
     let big: Vec<u8> = alert_body(&vec![sent[2].as_str(); 2_000]);
     assert!(big.len() > 64 * 1024);
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        signer.sign(&big),
-        big.clone(),
-    )
-    .await;
+    let a = server.deliver(&signer, big.clone()).await;
     assert_eq!(a.status, 413);
     corpus.answer("the answer to an oversized body", &a);
     let stream = futures::stream::iter(
@@ -223,8 +191,9 @@ async fn nothing_secret_escapes(kind: Kind) {
             .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
             .collect::<Vec<_>>(),
     );
-    let sent_chunked = client
-        .post(&webhook)
+    let sent_chunked = server
+        .client
+        .post(format!("{}/secret-scanning/github", server.base))
         .header("Github-Public-Key-Identifier", KEY_ID)
         .header("Github-Public-Key-Signature", signer.sign(&big))
         .body(reqwest::Body::wrap_stream(stream))
@@ -240,33 +209,13 @@ async fn nothing_secret_escapes(kind: Kind) {
     // 6. The database down: 503, then the retry succeeds.
     let outage_body = alert_body(&[sent[1].as_str(), sent[8].as_str()]);
     let outage = Outage::start(&db).await;
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        signer.sign(&outage_body),
-        outage_body.clone(),
-    )
-    .await;
+    let a = server.deliver(&signer, outage_body.clone()).await;
     assert_eq!(a.status, 503, "{}", a.text);
     corpus.answer("the answer during a database outage", &a);
-    let ready = Answer::from(
-        client
-            .get(format!("{}/readyz", server.admin))
-            .bearer_auth(admin_token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = server.admin_get("/readyz", Some(admin_token)).await;
     corpus.answer("/readyz during the outage", &ready);
     outage.end(&db).await;
-    let a = post(
-        webhook.clone(),
-        KEY_ID.into(),
-        signer.sign(&outage_body),
-        outage_body,
-    )
-    .await;
+    let a = server.deliver(&signer, outage_body).await;
     assert_eq!(a.labels(), ["true_positive", "false_positive"]);
 
     // 7. Every admin page.
@@ -277,15 +226,7 @@ async fn nothing_secret_escapes(kind: Kind) {
         "/readyz",
         "/healthz",
     ] {
-        let a = Answer::from(
-            client
-                .get(format!("{}{path}", server.admin))
-                .bearer_auth(admin_token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let a = server.admin_get(path, Some(admin_token)).await;
         assert_eq!(a.status, 200, "{path}: {}", a.text);
         corpus.answer(path, &a);
     }

@@ -1,0 +1,341 @@
+//! Fresh test databases (SQLite in a temp dir, PostgreSQL created per test), raw access
+//! to them, consistency checks, and outages on purpose.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use sqlx::Connection;
+
+use revoker::domain::token::Token;
+use revoker::store::{self, NewToken, RevocationStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+pub enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("REVOKER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+static SKIP_NOTICE: Once = Once::new();
+
+/// Runs `$body` with `$conn` a fresh connection of the database's own kind.
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            TestDb::Sqlite { url, .. } => {
+                let mut $conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                $body
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut $conn = sqlx::PgConnection::connect(url).await.unwrap();
+                $body
+            }
+        }
+    };
+}
+
+impl TestDb {
+    /// A fresh, empty database of this kind; `None` means "skip" (PostgreSQL
+    /// unreachable outside CI; a notice is printed once).
+    pub async fn new(kind: Kind) -> Option<TestDb> {
+        match kind {
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("revoker.db").display());
+                Some(TestDb::Sqlite { _dir: dir, url })
+            }
+            Kind::Postgres => {
+                let admin_url = postgres_admin_url();
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::PgConnection::connect(&admin_url),
+                )
+                .await;
+                let mut conn = match conn {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Self::unreachable(&admin_url, &e.to_string()),
+                    Err(_) => return Self::unreachable(&admin_url, "timed out"),
+                };
+                let name = format!("revoker_t_{}", rand_suffix());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&admin_url).expect("postgres URL");
+                url.set_path(&name);
+                Some(TestDb::Postgres {
+                    admin_url,
+                    name,
+                    url: url.to_string(),
+                })
+            }
+        }
+    }
+
+    fn unreachable(url: &str, why: &str) -> Option<TestDb> {
+        super::skip_unless_ci(
+            &SKIP_NOTICE,
+            &format!("PostgreSQL tests: {url} unreachable ({why})"),
+            "set REVOKER_TEST_POSTGRES_URL to run them",
+        );
+        None
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            TestDb::Sqlite { .. } => Kind::Sqlite,
+            TestDb::Postgres { .. } => Kind::Postgres,
+        }
+    }
+
+    /// Drops a PostgreSQL test database (the SQLite one goes with its temp dir).
+    pub async fn cleanup(self) {
+        if let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+
+    /// The one text column of every row `sql` selects.
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        let rows: Vec<(String,)> = with_conn!(self, |conn| sqlx::query_as(sql)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap());
+        rows.into_iter().map(|(text,)| text).collect()
+    }
+
+    /// Every value stored in every table, as text, for secret scanning.
+    pub async fn dump(&self) -> String {
+        // One SELECT per table giving each row as one text.
+        let mut selects = Vec::new();
+        match self.kind() {
+            Kind::Sqlite => {
+                let tables = "SELECT name FROM sqlite_master \
+                              WHERE type = 'table' AND name NOT LIKE 'sqlite_%'";
+                for table in self.texts(tables).await {
+                    let columns = format!("SELECT name FROM pragma_table_info('{table}')");
+                    // quote(): text as text, blobs as X'hex'.
+                    let expr = self
+                        .texts(&columns)
+                        .await
+                        .iter()
+                        .map(|c| format!("quote({c})"))
+                        .collect::<Vec<_>>()
+                        .join(" || ',' || ");
+                    selects.push(format!("SELECT {expr} FROM {table}"));
+                }
+            }
+            Kind::Postgres => {
+                let tables = "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'";
+                for table in self.texts(tables).await {
+                    selects.push(format!("SELECT t::text FROM {table} t"));
+                }
+            }
+        }
+        let mut out = String::new();
+        for select in selects {
+            for row in self.texts(&select).await {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs one statement on a connection of its own (to damage data on purpose).
+    pub async fn execute(&self, sql: &str) -> u64 {
+        with_conn!(self, |conn| sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected())
+    }
+
+    /// Rows that break the revocation invariants; empty when the database is
+    /// consistent. Every report's counts match its items; every revoked token was
+    /// revoked by exactly one report, which lists it as `revoked` (or `expired`: an
+    /// expired token that is reported is revoked too); nothing is half revoked. Every
+    /// revoked token has exactly one owner notification, queued by its revoking report
+    /// and agreeing with the token; no other token has one.
+    pub async fn inconsistencies(&self) -> Vec<String> {
+        const CHECKS: [(&str, &str); 7] = [
+            (
+                "reports whose counts disagree with their items",
+                "SELECT count(*) FROM reports r WHERE
+                   r.item_count - r.not_ours <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id)
+                   OR r.revoked <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'revoked')
+                   OR r.already_revoked <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'already_revoked')
+                   OR r.expired <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'expired')
+                   OR r.unknown <> (SELECT count(*) FROM report_items i WHERE i.report_id = r.id AND i.outcome = 'unknown')",
+            ),
+            (
+                "revoked tokens that their revoking report does not list as revoked (or expired)",
+                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM report_items i WHERE i.report_id = t.revoked_by
+                    AND i.token_hash = t.hash AND i.outcome IN ('revoked', 'expired'))",
+            ),
+            (
+                "items marked revoked by a report other than the token's revoking report",
+                "SELECT count(*) FROM report_items i JOIN tokens t ON t.hash = i.token_hash
+                 WHERE i.outcome IN ('revoked', 'expired')
+                   AND (t.revoked_by IS NULL OR t.revoked_by <> i.report_id)",
+            ),
+            (
+                "tokens with revoked_at and revoked_by disagreeing",
+                "SELECT count(*) FROM tokens WHERE (revoked_at IS NULL) <> (revoked_by IS NULL)",
+            ),
+            (
+                "revoked tokens without exactly one notification from their revoking report",
+                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND
+                   (SELECT count(*) FROM notifications n
+                    WHERE n.token_hash = t.hash AND n.report_id = t.revoked_by) <> 1",
+            ),
+            (
+                "notifications for tokens that are not revoked (or not ours)",
+                "SELECT count(*) FROM notifications n WHERE NOT EXISTS
+                   (SELECT 1 FROM tokens t WHERE t.hash = n.token_hash AND t.revoked_at IS NOT NULL)",
+            ),
+            (
+                "notifications disagreeing with their token (report, owner, time, expired)",
+                "SELECT count(*) FROM notifications n JOIN tokens t ON t.hash = n.token_hash
+                 WHERE n.report_id <> t.revoked_by OR n.owner <> t.owner
+                   OR n.revoked_at <> t.revoked_at OR n.expired <> (t.expires_at <= t.revoked_at)",
+            ),
+        ];
+        let mut found = Vec::new();
+        for (what, sql) in CHECKS {
+            let n: i64 = with_conn!(self, |conn| sqlx::query_scalar(sql)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap());
+            if n != 0 {
+                found.push(format!("{n} {what}"));
+            }
+        }
+        found
+    }
+}
+
+fn rand_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+/// Opens a second store on the same database (e.g. to look without the app's counter).
+pub async fn open_store(url: &str) -> Arc<dyn RevocationStore> {
+    store::connect(url, &store::PoolSettings::default())
+        .await
+        .unwrap()
+}
+
+/// Mints `n` tokens owned by `owner` in one statement; they expire after `ttl`.
+pub async fn mint_many(
+    store: &dyn RevocationStore,
+    owner: &str,
+    n: usize,
+    ttl: chrono::Duration,
+) -> Vec<Token> {
+    let now = chrono::Utc::now();
+    let tokens: Vec<Token> = (0..n).map(|_| Token::generate()).collect();
+    let rows: Vec<NewToken> = tokens
+        .iter()
+        .map(|t| NewToken {
+            hash: t.hash(),
+            owner: owner.into(),
+            created_at: now,
+            expires_at: now + ttl,
+        })
+        .collect();
+    store.insert_tokens(&rows).await.unwrap();
+    tokens
+}
+
+/// Makes the database unusable for the app: SQLite held under an exclusive lock,
+/// PostgreSQL refusing connections with the app's connections terminated.
+pub enum Outage {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres,
+}
+
+impl Outage {
+    pub async fn start(db: &TestDb) -> Outage {
+        match db {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Outage::Sqlite(conn)
+            }
+            TestDb::Postgres {
+                admin_url, name, ..
+            } => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                )
+                .bind(name)
+                .execute(&mut admin)
+                .await
+                .unwrap();
+                Outage::Postgres
+            }
+        }
+    }
+
+    pub async fn end(self, db: &TestDb) {
+        match (self, db) {
+            (Outage::Sqlite(mut conn), _) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+            (
+                Outage::Postgres,
+                TestDb::Postgres {
+                    admin_url, name, ..
+                },
+            ) => {
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+    }
+}
