@@ -8,7 +8,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use revoker::domain::redact::redact_url;
-use revoker::store::{self, PoolSettings, RevocationStore};
+use revoker::store::{self, defaults, PoolSettings, RevocationStore};
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
@@ -22,11 +22,11 @@ pub struct DbArgs {
     pub database_url: SecretString,
 
     /// Maximum database connections in the pool.
-    #[arg(long, env = "REVOKER_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "REVOKER_DB_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub db_max_connections: u32,
 
     /// How long to wait for a database connection before answering 503.
-    #[arg(long, env = "REVOKER_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REVOKER_DB_TIMEOUT", default_value = defaults::ACQUIRE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
 }
 

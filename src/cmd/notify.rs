@@ -24,8 +24,8 @@ pub enum NotifyCommand {
     /// List notifications, newest first.
     List {
         /// Only this status: pending, delivered or failed.
-        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
-        status: Option<String>,
+        #[arg(long, value_parser = status_parser())]
+        status: Option<NotificationStatus>,
         /// Shorthand for --status failed.
         #[arg(long, conflicts_with = "status")]
         failed: bool,
@@ -157,7 +157,7 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
             let status = if failed {
                 Some(NotificationStatus::Failed)
             } else {
-                status.as_deref().and_then(NotificationStatus::parse)
+                status
             };
             let store = open_existing(&db).await?;
             let rows = store.list_notifications(status, limit).await?;
@@ -235,4 +235,14 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `--status`: the statuses' own names, listed in `--help` and errors.
+fn status_parser() -> impl clap::builder::TypedValueParser<Value = NotificationStatus> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(<NotificationStatus as strum::VariantNames>::VARIANTS)
+        .map(|s| {
+            s.parse::<NotificationStatus>()
+                .expect("a listed status parses")
+        })
 }

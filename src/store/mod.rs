@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::alert::NewReport;
 use crate::domain::TokenHash;
 use crate::domain::{Outcome, OutcomeCounts};
+use crate::support::default_duration;
 
 mod backend;
 mod postgres;
@@ -99,9 +100,23 @@ pub struct ReportItemRecord {
     pub outcome: Outcome,
 }
 
-/// Where an owner notification stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// Where an owner notification stands. Its name (stored, shown, `--status`) is derived
+/// once, snake_case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum NotificationStatus {
     /// Waiting for its first or next attempt (`next_attempt_at`).
     Pending,
@@ -112,22 +127,12 @@ pub enum NotificationStatus {
 }
 
 impl NotificationStatus {
-    pub const ALL: [NotificationStatus; 3] = [
-        NotificationStatus::Pending,
-        NotificationStatus::Delivered,
-        NotificationStatus::Failed,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationStatus::Pending => "pending",
-            NotificationStatus::Delivered => "delivered",
-            NotificationStatus::Failed => "failed",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
+        s.parse().ok()
     }
 }
 
@@ -227,11 +232,18 @@ pub struct PoolSettings {
     pub create_if_missing: bool,
 }
 
+/// The defaults of `--db-max-connections` and `--db-timeout`, as the command line
+/// writes them (its help shows these; [`PoolSettings::default`] parses the same).
+pub mod defaults {
+    pub const MAX_CONNECTIONS: u32 = 10;
+    pub const ACQUIRE_TIMEOUT: &str = "5s";
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(5),
+            max_connections: defaults::MAX_CONNECTIONS,
+            acquire_timeout: default_duration(defaults::ACQUIRE_TIMEOUT),
             create_if_missing: true,
         }
     }
