@@ -73,6 +73,21 @@ async fn three_processes_revoke_each_token_exactly_once(kind: Kind) {
     }))
     .await;
 
+    if answers
+        .iter()
+        .any(|a| a.as_ref().map_or(true, |a| a.status != 200))
+    {
+        // Say why: the processes' logs name the database error behind a 503.
+        let logs: Vec<String> = procs.into_iter().map(|p| p.stop()).collect();
+        panic!(
+            "not every delivery got 200: {:?}\n--- logs ---\n{}",
+            answers
+                .iter()
+                .map(|a| a.as_ref().map(|a| (a.status, a.text.clone())))
+                .collect::<Vec<_>>(),
+            logs.join("\n---\n")
+        );
+    }
     for (raw, answer) in deliveries.iter().zip(&answers) {
         let a = answer.as_ref().expect("every delivery is answered");
         assert_eq!(a.status, 200, "{}", a.text);

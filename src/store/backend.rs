@@ -167,15 +167,23 @@ LIMIT 20"
     };
 }
 
-pub(super) use {by_scanner_sql, by_source_sql};
+/// The columns of a notification row, as `NotificationRow` reads them (`attempts`
+/// widened to the 64-bit integer it decodes on both backends).
+macro_rules! notification_columns {
+    () => {
+        "id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
+         CAST(attempts AS BIGINT) AS attempts, next_attempt_at, last_error, delivered_at, \
+         locked_until"
+    };
+}
+
+pub(super) use {by_scanner_sql, by_source_sql, notification_columns};
 
 /// The notification (outbox) statements, and the one operation on it whose statements
 /// differ.
 pub(super) trait Outbox: Database {
     /// `now, lease_end, limit` → the claimed `NotificationRow`s, in no order.
     const CLAIM_SQL: &'static str;
-    /// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
-    const LIST_SQL: &'static str;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
     fn requeue_notification(

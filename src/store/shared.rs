@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::backend::{Backend, Store};
+use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
     notification_counts, preview_map, recent_reports, sum_totals, AgesRow, DayRow, ItemRow,
     NotificationRow, PreviewRow, RecentRow, ReportRow, StatusCount, TokenRow,
@@ -66,6 +66,13 @@ const RETRY_SQL: &str = "UPDATE notifications
 const FAILED_SQL: &str = "UPDATE notifications
                  SET status = 'failed', last_error = $2, locked_until = NULL
                  WHERE id = $1 AND status = 'pending' AND locked_until = $3";
+
+/// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
+const LIST_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE CAST($1 AS TEXT) IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
+);
 
 /// `now`.
 const REQUEUE_FAILED_SQL: &str = "UPDATE notifications
@@ -304,7 +311,7 @@ where
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         self.statements.add(1);
-        let rows: Vec<NotificationRow<B>> = sqlx::query_as(B::LIST_SQL)
+        let rows: Vec<NotificationRow<B>> = sqlx::query_as(LIST_SQL)
             .bind(status.map(NotificationStatus::as_str))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

@@ -9,18 +9,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres};
 
-use crate::store::backend::{Outbox, Store};
+use crate::store::backend::{notification_columns, Outbox, Store};
 use crate::store::{Requeue, StoreError};
-
-/// The columns of a notification row, as `NotificationRow` reads them (`attempts`
-/// widened to the 64-bit integer it decodes).
-macro_rules! notification_columns {
-    () => {
-        "id, token_hash, report_id, owner, scanner, url, source, \
-    revoked_at, expired, status, attempts::int8 AS attempts, next_attempt_at, last_error, \
-    delivered_at, locked_until"
-    };
-}
 
 /// The row as it was (NULL status: no row) and whether the re-queue changed it.
 #[derive(FromRow)]
@@ -42,13 +32,6 @@ impl Outbox for Postgres {
              FOR UPDATE SKIP LOCKED)
          RETURNING ",
         notification_columns!()
-    );
-
-    const LIST_SQL: &'static str = concat!(
-        "SELECT ",
-        notification_columns!(),
-        " FROM notifications
-             WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
     );
 
     /// One statement: the row as it was, and the re-queue.

@@ -8,17 +8,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::Sqlite;
 
-use crate::store::backend::{Backend, Outbox, Store};
+use crate::store::backend::{notification_columns, Backend, Outbox, Store};
 use crate::store::{Requeue, StoreError};
-
-/// The columns of a notification row, as `NotificationRow` reads them.
-macro_rules! notification_columns {
-    () => {
-        "id, token_hash, report_id, owner, scanner, url, source, \
-    revoked_at, expired, status, attempts, next_attempt_at, last_error, delivered_at, \
-    locked_until"
-    };
-}
 
 impl Outbox for Sqlite {
     /// The due, unleased pending rows, oldest due first.
@@ -32,13 +23,6 @@ impl Outbox for Sqlite {
              LIMIT ?3)
          RETURNING ",
         notification_columns!()
-    );
-
-    const LIST_SQL: &'static str = concat!(
-        "SELECT ",
-        notification_columns!(),
-        " FROM notifications
-             WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"
     );
 
     /// Two statements: the re-queue itself, and only when it changed nothing, a look at
