@@ -4,8 +4,8 @@
 //! - [`error_chain`]: an error and its causes on one log line.
 //! - [`require_https`]: the one rule for URLs that carry something secret (https, or
 //!   plain http to this machine only).
-//! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, no
-//!   redirects), for key fetches, owner notifications and remote replay.
+//! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, whether
+//!   redirects are followed), for key fetches, owner notifications and remote replay.
 //! - [`retry`]: the one bounded retry loop with a growing pause.
 //! - [`default_duration`]: a default written as on the command line, parsed.
 

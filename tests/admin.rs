@@ -146,6 +146,24 @@ async fn admin_token_guards_metrics_and_stats_but_not_the_page() {
         let a = app.admin_get(path, Some("s3cret-admin")).await;
         assert_eq!(a.status, 200, "{path} with the token: {}", a.text);
     }
+    // The whole refusal: status, body and the challenge header.
+    let refused = app
+        .client
+        .get(format!("{}/api/stats", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers().get("www-authenticate").unwrap(), "Bearer");
+    assert!(refused.headers().get("retry-after").is_none());
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "error": "unauthorized",
+            "message": "this endpoint needs Authorization: Bearer <admin token>"
+        })
+    );
     let page = app.admin_get("/dashboard", None).await;
     assert_eq!(page.status, 200);
     assert!(page.text.contains("<html") || page.text.contains("<!doctype"));
@@ -211,4 +229,34 @@ async fn non_loopback_admin_listener_requires_a_token() {
     assert!(err.to_string().contains("--admin-token"), "{err:#}");
     settings.admin_token = Some(secrecy::SecretString::from("t0ken".to_owned()));
     assert!(Application::build(settings).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answer_503_while_the_database_is_down() {
+    // PostgreSQL: refusing connections is a real outage for readers too (a SQLite
+    // writer's lock would not stop a WAL reader).
+    let Some(app) = TestApp::builder(Kind::Postgres)
+        .db_timeout(Duration::from_millis(500))
+        .start_or_skip()
+        .await
+    else {
+        return;
+    };
+    assert_eq!(app.admin_get("/api/stats", None).await.status, 200);
+    let outage = Outage::start(app.db()).await;
+    let s = app.admin_get("/api/stats", None).await;
+    outage.end(app.db()).await;
+    assert_eq!(s.status, 503, "{}", s.text);
+    assert_eq!(
+        s.json,
+        serde_json::json!({
+            "error": "database_unavailable",
+            "message": "cannot read stats from the database"
+        })
+    );
+    assert_eq!(s.retry_after, None);
+    // Back once the database is.
+    let s = app.admin_get("/api/stats", None).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    app.stop().await;
 }

@@ -1,7 +1,7 @@
 //! A scanner's alert, from verified body bytes to feedback.
 //!
 //! Data flows one way: [`parse`] (JSON array of items) → [`classify`] (check digits,
-//! hashes; non-candidates never reach the database) → one store call → [`feedback`]
+//! hashes; non-candidates never reach the database) → one store call → [`feedback_json`]
 //! (one entry per input item, input order, never the raw token).
 //!
 //! Error messages never quote the body: a JSON error names only its kind and position,

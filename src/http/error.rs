@@ -1,6 +1,8 @@
-//! [`ApiError`]: every answer other than 200, on both listeners, with its status code,
-//! JSON body `{"error": code, "message": text}` and headers (Retry-After,
-//! WWW-Authenticate).
+//! [`ApiError`]: every refusal on both listeners, with its status code, JSON body
+//! `{"error": code, "message": text}` and headers (Retry-After, WWW-Authenticate).
+//! Two non-200 answers are not refusals and not built here: the `/readyz` 503 (the
+//! readiness document, naming what is missing) and, on the admin listener, axum's
+//! empty 405 for a wrong method.
 //!
 //! Internal causes (database errors, key fetch failures) are logged with their chain
 //! and never sent to the client. No variant carries request body text, so no error

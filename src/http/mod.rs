@@ -6,8 +6,8 @@
 //!   token).
 //! - [`health`]: `/healthz`, `/readyz` (both listeners).
 //!
-//! Each module exports its own `router()`; [`public_router`] and [`admin_router`] only
-//! put them together with the JSON 404/405 fallbacks and the trace layer.
+//! Each module exports its own `router()`; [`public_router`] puts them together with
+//! JSON 404/405 fallbacks and the trace layer, [`admin_router`] with a JSON 404.
 
 pub mod admin;
 pub mod error;

@@ -8,15 +8,18 @@
 //! - [`Backend`] (`mod.rs`): the column codec (how an instant is stored: SQLite epoch
 //!   milliseconds, PostgreSQL `timestamptz`; what an `INTEGER` count and a day decode to;
 //!   how a list of hashes is bound: one JSON text, or a `bytea[]`), connect, migrate,
-//!   ping, bulk token insert and the token and report statements;
+//!   ping and bulk token insert;
 //! - [`Record`] (`record.rs`): `record_report` (a transaction of several statements on
 //!   SQLite, ONE statement on PostgreSQL) and `preview`'s statement;
 //! - [`StatsSql`] (`stats.rs`): the statements of `stats`;
-//! - [`Outbox`] (`outbox.rs`): the notification statements and `requeue_notification`
-//!   (two statements on SQLite, one on PostgreSQL).
+//! - [`Outbox`] (`outbox.rs`): the claim statement (PostgreSQL adds `FOR UPDATE SKIP
+//!   LOCKED`) and `requeue_notification` (one statement on PostgreSQL; on SQLite one,
+//!   and a second only when the re-queue changed nothing, to say why).
 //!
-//! Each `…_SQL` constant is one statement in the backend's dialect. Its docs list its
-//! parameters in placeholder order (`?1`/`$1` first) and, for a query, the row struct of
+//! Statements that read the same on both databases (token and report reads, finishing
+//! and listing notifications, re-queuing failed ones) are written once in `shared.rs`
+//! with `$N` placeholders, which sqlx binds on SQLite too. Each `…_SQL` constant's docs
+//! list its parameters in placeholder order and, for a query, the row struct of
 //! `rows.rs` whose field names it returns as column names.
 //!
 //! Invariant: a backend's statement has the same semantics as the other backend's (the

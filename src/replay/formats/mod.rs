@@ -495,20 +495,29 @@ mod tests {
             let format = detect(&data);
             let (expected, expected_stats) = read_all(&data, format, name).unwrap();
             let mut all = Vec::new();
-            let reader = io::BufReader::with_capacity(
+            let mut reader = io::BufReader::with_capacity(
                 3,
                 Trickle {
                     data: &data,
                     step: 0,
                 },
             );
-            let stats = read_report(reader, format, name, &mut |f| {
+            let stats = read_report(&mut reader, format, name, &mut |f| {
                 all.push(f);
                 Ok(())
             })
             .unwrap();
             assert_eq!(all, expected, "{name}");
             assert_eq!(stats, expected_stats, "{name}");
+            // Read to the end through every short read, nothing left behind.
+            assert!(
+                reader.get_ref().data.is_empty(),
+                "{name}: not read to the end"
+            );
+            assert!(
+                reader.buffer().is_empty(),
+                "{name}: bytes left in the buffer"
+            );
         }
     }
 
