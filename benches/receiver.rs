@@ -209,11 +209,7 @@ impl Bench {
                 started.elapsed()
             }
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
-                sqlx::query("PRAGMA synchronous = FULL")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                let mut conn = self.sqlite_connection().await;
                 let started = Instant::now();
                 for t in tokens {
                     let hash = t.hash();
@@ -239,6 +235,17 @@ impl Bench {
 }
 
 impl Bench {
+    /// A connection of its own to the SQLite file, committing like revoker's
+    /// (`synchronous=FULL`).
+    async fn sqlite_connection(&self) -> sqlx::SqliteConnection {
+        let mut conn = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
     /// The floor: the bare revoking statement alone on these tokens, one statement on
     /// one connection, autocommit (no report, items, outbox or HTTP). Nothing revoker
     /// does per delivery can be cheaper than this. Returns the statement's wall time.
@@ -265,11 +272,7 @@ impl Bench {
                 took
             }
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
-                sqlx::query("PRAGMA synchronous = FULL")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                let mut conn = self.sqlite_connection().await;
                 let started = Instant::now();
                 let list = serde_json::to_string(
                     &hashes.iter().map(TokenHash::to_hex).collect::<Vec<_>>(),

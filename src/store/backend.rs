@@ -180,7 +180,29 @@ macro_rules! notification_columns {
     };
 }
 
-pub(super) use {by_scanner_sql, by_source_sql, notification_columns};
+/// The claim: lease the due, unleased pending rows, oldest due first, in one
+/// statement; `$lock` is what keeps two claimers off the same row where several
+/// writers run at once (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite,
+/// which runs one writer at a time).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE notifications SET locked_until = $2, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM notifications
+                 WHERE status = 'pending' AND next_attempt_at <= $1
+                   AND (locked_until IS NULL OR locked_until <= $1)
+                 ORDER BY next_attempt_at, id
+                 LIMIT $3",
+            $lock,
+            ")
+             RETURNING ",
+            notification_columns!()
+        )
+    };
+}
+
+pub(super) use {by_scanner_sql, by_source_sql, claim_sql, notification_columns};
 
 /// The notification (outbox) statements, and the one operation on it whose statements
 /// differ.

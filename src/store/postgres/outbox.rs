@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres};
 
-use crate::store::backend::{notification_columns, Outbox, Store};
+use crate::store::backend::{claim_sql, notification_columns, Outbox, Store};
 use crate::store::{Requeue, StoreError};
 
 /// The row as it was (NULL status: no row) and whether the re-queue changed it.
@@ -21,18 +21,7 @@ struct RequeueRow {
 }
 
 impl Outbox for Postgres {
-    const CLAIM_SQL: &'static str = concat!(
-        "UPDATE notifications SET locked_until = $2, attempts = attempts + 1
-         WHERE id IN (
-             SELECT id FROM notifications
-             WHERE status = 'pending' AND next_attempt_at <= $1
-               AND (locked_until IS NULL OR locked_until <= $1)
-             ORDER BY next_attempt_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED)
-         RETURNING ",
-        notification_columns!()
-    );
+    const CLAIM_SQL: &'static str = claim_sql!("\n                 FOR UPDATE SKIP LOCKED");
 
     /// One statement: the row as it was, and the re-queue.
     async fn requeue_notification(

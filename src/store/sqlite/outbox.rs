@@ -8,22 +8,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::Sqlite;
 
-use crate::store::backend::{notification_columns, Backend, Outbox, Store};
+use crate::store::backend::{claim_sql, notification_columns, Backend, Outbox, Store};
 use crate::store::{Requeue, StoreError};
 
 impl Outbox for Sqlite {
     /// The due, unleased pending rows, oldest due first.
-    const CLAIM_SQL: &'static str = concat!(
-        "UPDATE notifications SET locked_until = ?2, attempts = attempts + 1
-         WHERE id IN (
-             SELECT id FROM notifications
-             WHERE status = 'pending' AND next_attempt_at <= ?1
-               AND (locked_until IS NULL OR locked_until <= ?1)
-             ORDER BY next_attempt_at, id
-             LIMIT ?3)
-         RETURNING ",
-        notification_columns!()
-    );
+    const CLAIM_SQL: &'static str = claim_sql!("");
 
     /// Two statements: the re-queue itself, and only when it changed nothing, a look at
     /// why.
