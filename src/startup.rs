@@ -27,14 +27,24 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
+/// Opens the database at `url` (a SQLite file is created if `pool` says so) and
+/// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
+pub async fn open_and_migrate(
+    url: &str,
+    pool: &store::PoolSettings,
+) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    let store = store::connect(url, pool)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    store.migrate().await.context("cannot migrate database")?;
+    Ok(store)
+}
+
 impl Application {
     /// Connects and migrates the database named in the settings, then binds.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let url = settings.database_url.expose_secret();
-        let store = store::connect(url, &settings.pool)
-            .await
-            .with_context(|| format!("cannot open database {}", redact_url(url)))?;
-        store.migrate().await.context("cannot migrate database")?;
+        let store = open_and_migrate(url, &settings.pool).await?;
         // A database that cannot take writes would answer every delivery 503: say so now.
         store
             .ping()

@@ -8,6 +8,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use revoker::domain::redact::redact_url;
+use revoker::startup::open_and_migrate;
 use revoker::store::{self, defaults, PoolSettings, RevocationStore};
 
 #[derive(Debug, Clone, Args)]
@@ -64,11 +65,5 @@ pub async fn open_existing(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStor
 
 /// Opens (creating a SQLite file if missing) and migrates.
 pub async fn open(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
-    let url = db.database_url.expose_secret();
-    let settings = db.pool_settings(true);
-    let store = store::connect(url, &settings)
-        .await
-        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
-    store.migrate().await.context("cannot migrate database")?;
-    Ok(store)
+    open_and_migrate(db.database_url.expose_secret(), &db.pool_settings(true)).await
 }
