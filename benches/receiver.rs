@@ -36,7 +36,7 @@ use revoker::domain::token::{Token, TokenHash};
 use revoker::signature;
 use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
-use revoker::store::{NewToken, RevocationStore};
+use revoker::store::{NewToken, RecordOptions, RevocationStore};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
@@ -462,7 +462,10 @@ async fn run(args: Args) -> bool {
                 .into_report("bench", "direct", Utc::now(), || [0; 32])
                 .unwrap();
             let t = Instant::now();
-            store.record_report(&report).await.expect("record_report");
+            store
+                .record_report(&report, RecordOptions::default())
+                .await
+                .expect("record_report");
             store_ms.push(ms(t.elapsed()));
 
             let tokens: Vec<&str> = bench

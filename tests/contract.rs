@@ -18,8 +18,8 @@ use revoker::domain::Outcome;
 use revoker::signature::ScannerSpec;
 use revoker::store::{
     AttemptResult, DayTotals, NewToken, Notification, NotificationCounts, NotificationStatus,
-    RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges, RevocationStore,
-    ScannerTotals, SourceTotals, Stats, Totals,
+    RecentItem, RecentReport, RecordOptions, RecordedReport, Requeue, RevocationAges,
+    RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, Totals, ONCE_PER_BODY_WINDOW,
 };
 
 async fn run<F, Fut>(kind: Kind, test: F)
@@ -87,6 +87,9 @@ contract!(
     finished_and_requeued_notifications_change_what_claims_see,
     concurrent_claimers_on_two_stores_never_share_a_notification,
     a_failed_record_report_queues_no_notification,
+    a_repeated_body_is_one_report_within_the_window,
+    identical_bodies_racing_on_two_instances_leave_one_report,
+    a_record_past_its_deadline_is_rolled_back_by_the_database,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -149,6 +152,9 @@ async fn revokes_minted_token_and_labels_every_item(db: Arc<TestDb>) {
     app.stop().await;
 }
 
+/// The scanner's retry of a body (after a 5xx, a timeout, a lost answer) is answered
+/// from the first report and records nothing; a new body naming the same token is a
+/// report of its own (`already_revoked`).
 async fn second_identical_delivery_revokes_nothing_twice(db: Arc<TestDb>) {
     let (app, _keys) = app_for(&db).await;
     let t = app.mint("bob/pkg", Ttl::minutes(30)).await;
@@ -156,7 +162,7 @@ async fn second_identical_delivery_revokes_nothing_twice(db: Arc<TestDb>) {
     let signer = Signer::test();
     let first = app.deliver(&signer, body.clone()).await;
     let after_first = app.store.token(&t.hash()).await.unwrap().unwrap();
-    let second = app.deliver(&signer, body).await;
+    let second = app.deliver(&signer, body.clone()).await;
     assert_eq!(first.labels(), second.labels());
     assert_eq!(first.json, second.json);
     let after_second = app.store.token(&t.hash()).await.unwrap().unwrap();
@@ -164,15 +170,22 @@ async fn second_identical_delivery_revokes_nothing_twice(db: Arc<TestDb>) {
     assert_eq!(after_first.revoked_by, after_second.revoked_by);
     assert_eq!(
         app.store.count_reports().await.unwrap(),
-        2,
-        "both deliveries recorded"
+        1,
+        "the same body is recorded once"
     );
-    let second_report = app
-        .store
-        .report(after_first.revoked_by.unwrap() + 1)
-        .await
-        .unwrap()
-        .expect("second report row");
+
+    // The same token in another body: a second report, already revoked.
+    let other = alert_body(&["junk", t.expose_secret()]);
+    let third = app.deliver(&signer, other).await;
+    assert_eq!(third.labels(), ["false_positive", "true_positive"]);
+    assert_eq!(app.store.count_reports().await.unwrap(), 2);
+    // (PostgreSQL takes an id from the sequence for the repeat too, and keeps it.)
+    let first_id = after_first.revoked_by.unwrap();
+    let mut second_report = None;
+    for id in first_id + 1..first_id + 3 {
+        second_report = second_report.or(app.store.report(id).await.unwrap());
+    }
+    let second_report = second_report.expect("second report row");
     assert_eq!(second_report.counts.revoked, 0);
     assert_eq!(second_report.counts.already_revoked, 1);
     app.stop().await;
@@ -1195,15 +1208,18 @@ async fn record_at(
         })
         .collect::<Vec<_>>();
     store
-        .record_report(&NewReport {
-            scanner: "github".into(),
-            key_id: KEY_ID.into(),
-            received_at: at,
-            body_sha256: [7; 32],
-            item_count: candidates.len() as u32,
-            not_ours: 0,
-            candidates,
-        })
+        .record_report(
+            &NewReport {
+                scanner: "github".into(),
+                key_id: KEY_ID.into(),
+                received_at: at,
+                body_sha256: [7; 32],
+                item_count: candidates.len() as u32,
+                not_ours: 0,
+                candidates,
+            },
+            RecordOptions::default(),
+        )
         .await
         .unwrap()
 }
@@ -1381,9 +1397,16 @@ async fn a_delivery_queues_one_notification_per_token_it_flips(db: Arc<TestDb>) 
         counts(4, 0, 0)
     );
 
-    // The same delivery again flips nothing and queues nothing.
-    let again = deliver_items(&app, "github", &items).await;
-    assert_eq!(again.labels(), a.labels());
+    // The same tokens again, in a new body (a report of its own), flip nothing and
+    // queue nothing; the same body again is answered from its report.
+    let mut reversed = items;
+    reversed.reverse();
+    let again = deliver_items(&app, "github", &reversed).await;
+    let mut labels = a.labels();
+    labels.reverse();
+    assert_eq!(again.labels(), labels);
+    let repeat = deliver_items(&app, "github", &items).await;
+    assert_eq!(repeat.json, a.json);
     assert_eq!(all_notifications(app.store.as_ref()).await, all);
     assert_eq!(
         app.store.notification_counts().await.unwrap(),
@@ -1877,7 +1900,10 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
     .unwrap();
     let outage = Outage::start(&db).await;
     let failed = short
-        .record_report(&report(vec![item(&tokens[0], 0), item(&tokens[1], 1)]))
+        .record_report(
+            &report(vec![item(&tokens[0], 0), item(&tokens[1], 1)]),
+            RecordOptions::default(),
+        )
         .await;
     outage.end(&db).await;
     assert!(failed.is_err());
@@ -1886,11 +1912,14 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
     // The statement fails after the tokens were flipped (two items at one position
     // break the item key): the revocation and the notifications go together.
     let failed = store
-        .record_report(&report(vec![
-            item(&tokens[0], 0),
-            item(&tokens[1], 1),
-            item(&tokens[0], 1),
-        ]))
+        .record_report(
+            &report(vec![
+                item(&tokens[0], 0),
+                item(&tokens[1], 1),
+                item(&tokens[0], 1),
+            ]),
+            RecordOptions::default(),
+        )
         .await;
     assert!(failed.is_err(), "duplicate item position accepted");
     nothing_written().await;
@@ -1903,4 +1932,217 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
     assert!(all.iter().all(|n| n.report_id == recorded.report_id));
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+// ---------------------------------------------------------------- once per body, deadlines
+
+const ONCE: RecordOptions = RecordOptions {
+    deadline: None,
+    once_per_body: true,
+};
+
+/// A report of `tokens` (item i at position i + 1, after one junk item) from `scanner`,
+/// whose body digest is `sha`, received at `at`.
+fn body_report(
+    scanner: &str,
+    tokens: &[Token],
+    sha: u8,
+    at: chrono::DateTime<chrono::Utc>,
+) -> NewReport {
+    let candidates: Vec<CandidateItem> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| CandidateItem {
+            position: i as u32 + 1,
+            hash: t.hash(),
+            token_type: "cio_tp".into(),
+            source: "content".into(),
+            url: format!("https://example.com/{i}"),
+        })
+        .collect();
+    NewReport {
+        scanner: scanner.into(),
+        key_id: KEY_ID.into(),
+        received_at: at,
+        body_sha256: [sha; 32],
+        item_count: candidates.len() as u32 + 1,
+        not_ours: 1,
+        candidates,
+    }
+}
+
+/// The same scanner's same bytes within [`ONCE_PER_BODY_WINDOW`] are answered from the
+/// first report, nothing written; older than the window, from another scanner, or
+/// without `once_per_body` (local replay), they are a report of their own.
+async fn a_repeated_body_is_one_report_within_the_window(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "once/pkg", 2, Ttl::hours(2)).await;
+    let now = now_ms();
+    let first = store
+        .record_report(&body_report("github", &tokens, 1, now), ONCE)
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert_eq!(first.tokens_revoked, 2);
+    let statements = store.statements();
+    let repeat = store
+        .record_report(&body_report("github", &tokens, 1, now_ms()), ONCE)
+        .await
+        .unwrap();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.report_id, first.report_id);
+    assert_eq!(
+        repeat.outcomes, first.outcomes,
+        "the first answer, not already_revoked"
+    );
+    assert_eq!(repeat.counts, first.counts);
+    assert_eq!(repeat.tokens_revoked, 0);
+    let notifications = all_notifications(store.as_ref()).await;
+    assert_eq!(notifications.len(), 2, "queued once");
+    assert_eq!(store.count_reports().await.unwrap(), 1);
+    assert!(store.statements() > statements);
+
+    // Another scanner's identical bytes, and local replay's, are reports of their own.
+    let other = store
+        .record_report(&body_report("gitlab", &tokens, 1, now_ms()), ONCE)
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(other.outcomes, [Outcome::AlreadyRevoked; 2]);
+    let replayed = store
+        .record_report(
+            &body_report("github", &tokens, 1, now_ms()),
+            RecordOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!replayed.duplicate);
+    assert_eq!(store.count_reports().await.unwrap(), 3);
+
+    // A body first delivered longer ago than the window is recorded anew, and its
+    // repeats are then answered from the new report.
+    let long_ago = now - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).unwrap() - Ttl::hours(1);
+    let old = store
+        .record_report(&body_report("github", &tokens, 2, long_ago), ONCE)
+        .await
+        .unwrap();
+    assert!(!old.duplicate);
+    let renewed = store
+        .record_report(&body_report("github", &tokens, 2, now_ms()), ONCE)
+        .await
+        .unwrap();
+    assert!(!renewed.duplicate, "older than the window");
+    assert_ne!(renewed.report_id, old.report_id);
+    let again = store
+        .record_report(&body_report("github", &tokens, 2, now_ms()), ONCE)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.report_id, renewed.report_id);
+    assert_eq!(store.count_reports().await.unwrap(), 5);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Eight identical deliveries at once, on two instances (two pools): one report, one
+/// revocation and one notification per token, and every answer the same.
+async fn identical_bodies_racing_on_two_instances_leave_one_report(db: Arc<TestDb>) {
+    let a = notification_store(&db).await;
+    let b = open_store(db.url()).await;
+    let tokens = Arc::new(mint_many(a.as_ref(), "race/pkg", 40, Ttl::hours(2)).await);
+    let at = now_ms();
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let tokens = Arc::clone(&tokens);
+            tokio::spawn(async move {
+                store
+                    .record_report(&body_report("github", &tokens, 3, at), ONCE)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for run in runs {
+        answers.push(run.await.unwrap());
+    }
+    let fresh: Vec<_> = answers.iter().filter(|r| !r.duplicate).collect();
+    assert_eq!(fresh.len(), 1, "exactly one recorded it");
+    for r in &answers {
+        assert_eq!(r.report_id, fresh[0].report_id);
+        assert_eq!(r.outcomes, vec![Outcome::Revoked; 40]);
+    }
+    assert_eq!(answers.iter().map(|r| r.tokens_revoked).sum::<u32>(), 40);
+    assert_eq!(a.count_reports().await.unwrap(), 1);
+    assert_eq!(all_notifications(a.as_ref()).await.len(), 40);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Another session holds what the delivery needs (PostgreSQL: the token's row lock;
+/// SQLite: the write lock) past the delivery's deadline: the database gives up and rolls
+/// back before the deadline, so nothing lands later. Checked against removing the
+/// deadline's `SET LOCAL statement_timeout` (PostgreSQL) or `busy_timeout` cut (SQLite):
+/// the record then waits for the lock and the 3 s guard below fails the test.
+async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestDb>) {
+    use sqlx::Connection;
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "held/pkg", 1, Ttl::hours(2)).await;
+    let hash = tokens[0].hash();
+    // The lock holder: an open transaction of another connection.
+    let mut pg_holder = None;
+    let mut lite_holder = None;
+    match db.kind() {
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
+                .bind(hash.as_bytes().as_slice())
+                .execute(&mut c)
+                .await
+                .unwrap();
+            pg_holder = Some(c);
+        }
+        Kind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            lite_holder = Some(c);
+        }
+    }
+    let options = RecordOptions {
+        deadline: Some(Instant::now() + Duration::from_millis(800)),
+        once_per_body: true,
+    };
+    let started = Instant::now();
+    let report = body_report("github", &tokens, 4, now_ms());
+    let result = tokio::time::timeout(
+        Duration::from_secs(3),
+        store.record_report(&report, options),
+    )
+    .await
+    .expect("the database gave up by the deadline");
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(StoreError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert!(took < Duration::from_millis(800), "gave up after {took:?}");
+    if let Some(mut c) = pg_holder {
+        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+    }
+    if let Some(mut c) = lite_holder {
+        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+    }
+    assert_eq!(store.count_reports().await.unwrap(), 0);
+    assert_eq!(store.token(&hash).await.unwrap().unwrap().revoked_at, None);
+    // The retry records it whole, and the connection waits for locks as before.
+    let retried = store.record_report(&report, ONCE).await.unwrap();
+    assert!(!retried.duplicate);
+    assert_eq!(retried.outcomes, [Outcome::Revoked]);
+    assert_eq!(store.count_reports().await.unwrap(), 1);
 }

@@ -144,6 +144,104 @@ async fn three_processes_on_one_sqlite_file_revoke_each_token_exactly_once() {
 
 // ------------------------------------------------------------ database faults
 
+/// Another session holds what a delivery needs (PostgreSQL: the token's row lock;
+/// SQLite: the write lock) for longer than `--request-timeout`. The delivery is answered
+/// 503 `timeout` saying the database rolled it back, and that is true: the scanner's
+/// retry, after the lock is gone, is what revokes the token (its `revoked_at` is the
+/// retry's). A third sending of the same body gets the same answer; one report.
+/// Checked against the delivery statement in autocommit with no deadline (main before
+/// this test): the first attempt committed when the lock went, the retry was answered
+/// from it, and `revoked_at` predated the release.
+async fn a_lock_held_past_the_request_timeout_gets_a_true_503(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let proc = ServeProcess::start(
+        db.url(),
+        &["--request-timeout", "2s", "--db-timeout", "5s"],
+        false,
+    );
+    let store = open_store(db.url()).await;
+    let t = mint_many(store.as_ref(), "held/pkg", 1, Ttl::hours(1))
+        .await
+        .remove(0);
+    let body = alert_body(&[t.expose_secret(), "junk"]);
+    let client = reqwest::Client::new();
+
+    let mut pg_holder = None;
+    let mut lite_holder = None;
+    match kind {
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
+                .bind(t.hash().as_bytes().as_slice())
+                .execute(&mut c)
+                .await
+                .unwrap();
+            pg_holder = Some(c);
+        }
+        Kind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            lite_holder = Some(c);
+        }
+    }
+    let started = Instant::now();
+    let held = send_delivery(&client, &proc.base, body.clone())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(held.status, 503, "{}", held.text);
+    assert_eq!(held.error_code(), "timeout", "{}", held.text);
+    assert!(held.text.contains("rolled it back"), "{}", held.text);
+    assert!(held.retry_after.is_some());
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    if let Some(mut c) = pg_holder {
+        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+    }
+    if let Some(mut c) = lite_holder {
+        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+    }
+    let released = chrono::Utc::now();
+
+    let retry = send_delivery(&client, &proc.base, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(retry.labels(), ["true_positive", "false_positive"]);
+    let stored = store.token(&t.hash()).await.unwrap().unwrap();
+    let revoked_at = stored.revoked_at.expect("revoked by the retry");
+    assert!(
+        revoked_at >= released - Ttl::milliseconds(5),
+        "revoked at {revoked_at}, before the lock was released at {released}: the 503 was untrue"
+    );
+    let third = send_delivery(&client, &proc.base, body).await.unwrap();
+    assert_eq!(third.status, 200, "{}", third.text);
+    assert_eq!(third.json, retry.json);
+    assert_eq!(store.count_reports().await.unwrap(), 1);
+    let logs = proc.stop();
+    assert!(logs.contains("answered from its report"), "{logs}");
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lock_held_past_the_request_timeout_gets_a_true_503() {
+    a_lock_held_past_the_request_timeout_gets_a_true_503(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lock_held_past_the_request_timeout_gets_a_true_503() {
+    a_lock_held_past_the_request_timeout_gets_a_true_503(Kind::Sqlite).await;
+}
+
 /// While 30 deliveries run, every connection of the receiver's that is running a
 /// statement is terminated, again and again. Each delivery gets either its complete answer or 503
 /// with Retry-After; the database stays consistent; once the killing stops, the

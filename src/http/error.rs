@@ -41,15 +41,23 @@ pub enum ApiError {
     BodyRead,
     #[error("the request body was not received in time")]
     BodyTimeout,
-    #[error("the delivery could not be processed in time; nothing was recorded, try again later")]
-    Timeout { retry_after: Duration },
+    /// `--request-timeout` passed. `rolled_back`: the database gave up first and rolled
+    /// back, so nothing was recorded; otherwise the answer was not awaited any longer, and
+    /// only a commit already under way can have landed (a resend is then answered from it).
+    #[error("{}", timeout_message(*rolled_back))]
+    Timeout {
+        retry_after: Duration,
+        rolled_back: bool,
+    },
     #[error("too many deliveries in progress; nothing was recorded, try again later")]
     Overloaded { retry_after: Duration },
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("scanner keys are unavailable; try again later")]
     KeysUnavailable { retry_after: Duration },
-    #[error("database is unavailable; nothing was recorded, try again later")]
+    #[error(
+        "database is unavailable; try again later: a body is recorded once, so resending it is safe"
+    )]
     DatabaseUnavailable {
         #[source]
         source: StoreError,
@@ -61,6 +69,16 @@ pub enum ApiError {
     /// Admin listener: `/api/stats` could not read the database.
     #[error("cannot read stats from the database")]
     StatsUnavailable(#[source] StoreError),
+}
+
+fn timeout_message(rolled_back: bool) -> &'static str {
+    if rolled_back {
+        "the delivery could not be processed in time; the database rolled it back, nothing \
+         was recorded; try again later"
+    } else {
+        "the delivery could not be processed in time; try again later: if the database \
+         finished it after all, the same body is answered from that report, never recorded twice"
+    }
 }
 
 impl ApiError {
@@ -88,7 +106,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::KeysUnavailable { retry_after }
-            | ApiError::Timeout { retry_after }
+            | ApiError::Timeout { retry_after, .. }
             | ApiError::Overloaded { retry_after }
             | ApiError::DatabaseUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,

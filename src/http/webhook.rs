@@ -24,6 +24,7 @@ use crate::domain::alert;
 use crate::domain::redact::redact_tokens;
 use crate::domain::{Outcome, OutcomeCounts};
 use crate::signature::{self, KeyError, KEY_ID_HEADER, SIGNATURE_HEADER};
+use crate::store::{RecordOptions, StoreError};
 
 /// `POST /secret-scanning/{scanner}`.
 pub fn router() -> axum::Router<AppState> {
@@ -93,9 +94,11 @@ async fn receive(
         .await
         {
             Ok(result) => result,
-            // Dropping the work rolls back any open transaction: nothing is written.
+            // Dropping the work rolls back an open transaction; only a COMMIT already
+            // sent may still land, and then the retry is answered from that report.
             Err(_) => Err(ApiError::Timeout {
                 retry_after: state.retry_after,
+                rolled_back: false,
             }),
         },
     };
@@ -182,14 +185,30 @@ async fn handle(
             }
             Some(report) => {
                 let db_started = Instant::now();
-                let recorded = state.store.record_report(&report).await;
+                let options = RecordOptions {
+                    deadline: Some(started + state.request_timeout),
+                    once_per_body: true,
+                };
+                let recorded = state.store.record_report(&report, options).await;
                 state
                     .metrics
                     .db("record_report", db_started.elapsed().as_secs_f64());
-                let recorded = recorded.map_err(|source| ApiError::DatabaseUnavailable {
-                    source,
-                    retry_after: state.retry_after,
+                let recorded = recorded.map_err(|source| match source {
+                    StoreError::DeadlineExceeded => ApiError::Timeout {
+                        retry_after: state.retry_after,
+                        rolled_back: true,
+                    },
+                    source => ApiError::DatabaseUnavailable {
+                        source,
+                        retry_after: state.retry_after,
+                    },
                 })?;
+                if recorded.duplicate {
+                    tracing::info!(
+                        report_id = recorded.report_id,
+                        "body delivered before: answered from its report, nothing recorded"
+                    );
+                }
                 state.metrics.revoked(recorded.tokens_revoked);
                 if recorded.tokens_revoked > 0 {
                     if let Some(notifier) = &state.notifier {
@@ -199,10 +218,16 @@ async fn handle(
                 for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
                     tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
                 }
+                // A repeat changed nothing: its outcomes are not counted again.
+                let counts = if recorded.duplicate {
+                    OutcomeCounts::default()
+                } else {
+                    recorded.counts
+                };
                 (
                     Some(recorded.report_id),
                     classified.outcomes(&recorded.outcomes),
-                    recorded.counts,
+                    counts,
                 )
             }
         };

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use crate::domain::alert::{self, AlertItem, Classified};
 use crate::domain::redact::redact_tokens;
 use crate::domain::{Label, Outcome};
-use crate::store::RevocationStore;
+use crate::store::{RecordOptions, RevocationStore};
 use formats::{Format, Found, ReadStats};
 
 pub use output::{Row, Summary};
@@ -292,7 +292,7 @@ async fn local_outcomes(
             .into_report(REPLAY_SCANNER, actor, now, || batch_digest(batch))
             .expect("there are candidates");
         let recorded = store
-            .record_report(&report)
+            .record_report(&report, RecordOptions::default())
             .await
             .context("cannot record the replayed report in the database")?;
         summary.report_ids.push(recorded.report_id);

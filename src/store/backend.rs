@@ -32,7 +32,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Database, Decode, Encode, Pool, Type};
 
 use super::{
-    NewReport, NewToken, PoolSettings, RecordedReport, Requeue, StatementCounter, StoreError,
+    NewReport, NewToken, PoolSettings, RecordOptions, RecordedReport, Requeue, StatementCounter,
+    StoreError,
 };
 use crate::domain::TokenHash;
 
@@ -112,6 +113,7 @@ pub(super) trait Record: Database {
     fn record_report(
         store: &Store<Self>,
         report: &NewReport,
+        options: RecordOptions,
     ) -> impl Future<Output = Result<RecordedReport, StoreError>> + Send;
 }
 

@@ -7,7 +7,14 @@
 //! - No raw token is ever stored: tokens are keyed by the SHA-256 of the whole string.
 //! - [`RevocationStore::record_report`] is all-or-nothing: the report row, the revocation
 //!   of every candidate (one statement) and the item rows commit in one transaction, or
-//!   nothing is written and the caller answers 503 so the scanner retries.
+//!   nothing is written and the caller answers 503 so the scanner retries. Given a
+//!   deadline ([`RecordOptions::deadline`]) the database itself gives up before it
+//!   (PostgreSQL `statement_timeout`, SQLite `busy_timeout`) and rolls the work back
+//!   ([`StoreError::DeadlineExceeded`]), so a late commit cannot follow a timeout answer.
+//! - A delivered body is recorded once per scanner ([`RecordOptions::once_per_body`],
+//!   table `delivered_bodies`): the same bytes again within [`ONCE_PER_BODY_WINDOW`] are
+//!   answered from the first report ([`RecordedReport::duplicate`]) and write nothing,
+//!   even when two instances race on them.
 //! - A token is flipped to revoked at most once; `revoked_at` never changes afterwards.
 //! - The delivery that flips a token also queues exactly one owner notification for it
 //!   (the outbox, table `notifications`, one per token: a token flips once), in the same transaction.
@@ -65,10 +72,36 @@ pub struct TokenRecord {
     pub revoked_by: Option<i64>,
 }
 
+/// How long a delivered body counts as delivered: the same scanner sending the same
+/// bytes again within it is answered from the first report (see
+/// [`RecordOptions::once_per_body`]). A week covers any scanner's retries; a body sent
+/// again later (a history rescan) is a new report.
+pub const ONCE_PER_BODY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How [`RevocationStore::record_report`] records a report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordOptions {
+    /// The caller answers by then. The database is told to give up a little before it
+    /// (PostgreSQL: `SET LOCAL statement_timeout` in the delivery's transaction; SQLite:
+    /// `busy_timeout` for the write lock) and rolls back: [`StoreError::DeadlineExceeded`],
+    /// nothing written. Already past: refused without a round trip.
+    pub deadline: Option<std::time::Instant>,
+    /// Record this body (by `NewReport::body_sha256`) at most once per scanner within
+    /// [`ONCE_PER_BODY_WINDOW`]: a repeat is answered from the report it was first
+    /// recorded as, nothing written. Deliveries set it; local replay does not (its
+    /// reruns are reports of their own).
+    pub once_per_body: bool,
+}
+
 /// The result of recording a report.
 #[derive(Debug, Clone)]
 pub struct RecordedReport {
+    /// The new report, or for a [`duplicate`](Self::duplicate) the one the body was
+    /// first recorded as.
     pub report_id: i64,
+    /// The same body was recorded before (within [`ONCE_PER_BODY_WINDOW`]): `outcomes`
+    /// and `counts` are that report's, nothing was written now, `tokens_revoked` is 0.
+    pub duplicate: bool,
     /// Distinct tokens this report flipped to revoked (`revoked` + `expired` outcomes,
     /// each token once however often it was listed).
     pub tokens_revoked: u32,
@@ -219,6 +252,10 @@ pub enum StoreError {
     /// PostgreSQL standby or `default_transaction_read_only`).
     #[error("database is read-only; revocations cannot be recorded")]
     ReadOnly,
+    /// The database gave up at the caller's deadline ([`RecordOptions::deadline`]) and
+    /// rolled the work back: nothing was written.
+    #[error("the database did not finish before the deadline; nothing was written")]
+    DeadlineExceeded,
 }
 
 /// Connection settings shared by both backends.
@@ -265,7 +302,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError>;
 
     /// Records a delivery and revokes every candidate, atomically (see module docs).
-    async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError>;
+    async fn record_report(
+        &self,
+        report: &NewReport,
+        options: RecordOptions,
+    ) -> Result<RecordedReport, StoreError>;
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
 

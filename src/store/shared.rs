@@ -23,12 +23,13 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
-    notification_counts, preview_map, recent_reports, sum_totals, AgesRow, DayRow, ItemRow,
-    NotificationRow, PreviewRow, RecentRow, ReportRow, StatusCount, TokenRow,
+    hash_from, notification_counts, parse_outcome, preview_map, recent_reports, sum_totals,
+    AgesRow, DayRow, ItemRow, NotificationRow, PreviewRow, RecentRow, ReportRow, StatusCount,
+    TokenRow,
 };
 use super::{
     AttemptResult, NewReport, NewToken, Notification, NotificationCounts, NotificationStatus,
-    Outcome, OutcomeCounts, RecordedReport, ReportItemRecord, ReportRecord, Requeue,
+    Outcome, OutcomeCounts, RecordOptions, RecordedReport, ReportItemRecord, ReportRecord, Requeue,
     RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, TokenRecord,
 };
 use crate::domain::TokenHash;
@@ -124,8 +125,12 @@ where
         B::insert_tokens(self, tokens).await
     }
 
-    async fn record_report(&self, report: &NewReport) -> Result<RecordedReport, StoreError> {
-        B::record_report(self, report).await
+    async fn record_report(
+        &self,
+        report: &NewReport,
+        options: RecordOptions,
+    ) -> Result<RecordedReport, StoreError> {
+        B::record_report(self, report, options).await
     }
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
@@ -341,6 +346,53 @@ where
     fn statements(&self) -> u64 {
         self.statements.get()
     }
+}
+
+/// `scanner, body_sha256` → `(report_id, token_hash, outcome)`: the items of the report a
+/// delivered body was recorded as (see [`RecordOptions::once_per_body`](super::RecordOptions)).
+pub(super) const DELIVERED_BODY_SQL: &str = "SELECT b.report_id, i.token_hash, i.outcome
+             FROM delivered_bodies b JOIN report_items i ON i.report_id = b.report_id
+             WHERE b.scanner = $1 AND b.body_sha256 = $2";
+
+/// The answer to a body recorded before, from [`DELIVERED_BODY_SQL`]'s rows: that
+/// report's id and outcomes, in `report`'s candidate order; nothing revoked now.
+pub(super) fn duplicate_answer(
+    report: &NewReport,
+    rows: &[(i64, Vec<u8>, String)],
+) -> Result<RecordedReport, StoreError> {
+    let report_id = rows
+        .first()
+        .map(|r| r.0)
+        .ok_or_else(|| StoreError::Corrupt("a delivered body's report has no items".into()))?;
+    let mut by_hash = HashMap::with_capacity(rows.len());
+    for (_, hash, outcome) in rows {
+        by_hash.insert(hash_from(hash)?, parse_outcome(outcome)?);
+    }
+    let (outcomes, counts) = outcomes_for(report, &by_hash)?;
+    Ok(RecordedReport {
+        report_id,
+        duplicate: true,
+        tokens_revoked: 0,
+        outcomes,
+        counts,
+    })
+}
+
+/// What is left of `deadline` for the database: nine tenths of the time remaining, so it
+/// gives up (and rolls back) before the caller answers. `None`: no deadline; `Err`:
+/// already past, nothing is sent.
+pub(super) fn database_budget(
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<Duration>, StoreError> {
+    let Some(deadline) = deadline else {
+        return Ok(None);
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let budget = left - left / 10;
+    if budget < Duration::from_millis(1) {
+        return Err(StoreError::DeadlineExceeded);
+    }
+    Ok(Some(budget))
 }
 
 /// Distinct hashes, in first-seen order.

@@ -19,6 +19,18 @@
 //! the start (it rolled back, so nothing of the failed attempt remains). An explicit
 //! `SELECT … ORDER BY hash FOR UPDATE` first would guarantee the order but costs a
 //! second write per row: +5 ms at 1,000 tokens in the benchmark.
+//!
+//! Once per body: the statement first claims `(scanner, body_sha256)` in
+//! `delivered_bodies` (`INSERT … ON CONFLICT DO UPDATE … WHERE` older than the window);
+//! everything else it writes is conditional on that claim. A second identical delivery
+//! racing on another instance waits on that key until the first commits, then finds it
+//! and writes nothing; it is answered from the first report (one more read).
+//!
+//! With a deadline the statement runs inside `BEGIN; SET LOCAL statement_timeout = …`
+//! and an explicit `COMMIT` (two more round trips): PostgreSQL cancels the work when the
+//! budget runs out (a lock held by another session, a slow disk), and if the caller gives
+//! up first, the transaction is rolled back, never committed late. The statement alone
+//! in autocommit would commit whenever it finished, after the caller had answered 503.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,8 +39,8 @@ use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{Record, Store};
-use crate::store::shared::outcomes_for;
-use crate::store::{NewReport, RecordedReport, StoreError};
+use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
+use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 use crate::support::retry;
 
 /// Attempts for a transaction aborted by a deadlock or serialization failure.
@@ -49,6 +61,19 @@ fn is_retryable(err: &sqlx::Error) -> bool {
 const RECORD_SQL: &str = "
 WITH rid AS (
     SELECT nextval(pg_get_serial_sequence('reports', 'id')) AS id
+), claim AS (
+    -- Once per body ($12): claim (scanner, body) unless a claim younger than the window
+    -- ($13, the cutoff) holds it. An identical delivery in flight elsewhere holds the key:
+    -- this waits for it to commit, then finds it and claims nothing.
+    INSERT INTO delivered_bodies (scanner, body_sha256, report_id, delivered_at)
+    SELECT $7, $9, (SELECT id FROM rid), $6 WHERE $12::boolean
+    ON CONFLICT (scanner, body_sha256) DO UPDATE
+        SET report_id = EXCLUDED.report_id, delivered_at = EXCLUDED.delivered_at
+        WHERE delivered_bodies.delivered_at < $13
+    RETURNING 1
+), go AS (
+    -- Whether this statement records anything at all.
+    SELECT NOT $12::boolean OR EXISTS (SELECT 1 FROM claim) AS fresh
 ), item AS (
     SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::text[])
         AS u(position, hash, token_type, source, url)
@@ -60,7 +85,7 @@ WITH rid AS (
     -- deadlocking.
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM (SELECT hash FROM input ORDER BY hash) l
-    WHERE t.hash = l.hash AND t.revoked_at IS NULL
+    WHERE t.hash = l.hash AND t.revoked_at IS NULL AND (SELECT fresh FROM go)
     RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner
 ), outcome AS (
     -- The existence probe runs only for rows that did not flip (CASE is lazy).
@@ -80,11 +105,13 @@ WITH rid AS (
            count(*) FILTER (WHERE o.outcome = 'expired'),
            count(*) FILTER (WHERE o.outcome = 'unknown')
     FROM item JOIN outcome o USING (hash)
+    HAVING (SELECT fresh FROM go)
 ), items AS (
     INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
     SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
            item.url, o.outcome
     FROM item JOIN outcome o USING (hash)
+    WHERE (SELECT fresh FROM go)
 ), first_item AS (
     -- Where the delivery first names each token (lowest position): what its owner is told.
     SELECT DISTINCT ON (hash) hash, url, source FROM item ORDER BY hash, position
@@ -96,12 +123,14 @@ WITH rid AS (
     SELECT f.hash, (SELECT id FROM rid), f.owner, $7, fi.url, fi.source, $6, f.was_expired, $6
     FROM flipped f JOIN first_item fi USING (hash)
 )
-SELECT (SELECT id FROM rid) AS report_id, hash, outcome FROM outcome";
+SELECT (SELECT id FROM rid) AS report_id, (SELECT fresh FROM go) AS fresh, hash, outcome
+FROM outcome";
 
 /// A row of [`RECORD_SQL`]'s answer: one per distinct candidate.
 #[derive(FromRow)]
 struct OutcomeRow<'r> {
     report_id: i64,
+    fresh: bool,
     hash: &'r [u8],
     outcome: &'r str,
 }
@@ -117,31 +146,73 @@ impl Record for Postgres {
     async fn record_report(
         store: &Store<Self>,
         report: &NewReport,
+        options: RecordOptions,
     ) -> Result<RecordedReport, StoreError> {
-        let retryable = |e: &sqlx::Error, attempt: u32| {
+        let retryable = |e: &TryError, attempt: u32| {
+            let TryError::Sql(e) = e else { return false };
             let retry = is_retryable(e);
             if retry {
                 tracing::warn!(attempt, error = %e, "revocation transaction aborted, retrying");
             }
             retry
         };
-        Ok(retry(
+        let recorded = retry(
             MAX_ATTEMPTS,
             |_| Duration::ZERO,
             retryable,
-            || try_record(store, report),
+            || try_record(store, report, options),
         )
-        .await?)
+        .await;
+        match recorded {
+            Ok(Some(recorded)) => Ok(recorded),
+            // The body was recorded before: answer from that report.
+            Ok(None) => {
+                store.statements.add(1);
+                let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(DELIVERED_BODY_SQL)
+                    .bind(&report.scanner)
+                    .bind(report.body_sha256.as_slice())
+                    .fetch_all(&store.pool)
+                    .await?;
+                duplicate_answer(report, &rows)
+            }
+            Err(TryError::Store(e)) => Err(e),
+            // 57014: cancelled by the `statement_timeout` set from the deadline.
+            Err(TryError::Sql(sqlx::Error::Database(db)))
+                if db.code().as_deref() == Some("57014") =>
+            {
+                Err(StoreError::DeadlineExceeded)
+            }
+            Err(TryError::Sql(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Why one attempt failed: a statement (retried when PostgreSQL aborted it for a
+/// deadlock), or the deadline (not retried).
+enum TryError {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for TryError {
+    fn from(e: sqlx::Error) -> Self {
+        TryError::Sql(e)
     }
 }
 
 /// The whole delivery in ONE statement (atomic on its own, one round trip): the
 /// report id comes from the sequence first, so the revoking UPDATE can reference it
-/// and the report row can be inserted with its final counts.
+/// and the report row can be inserted with its final counts. With a deadline, the
+/// statement runs in a transaction whose `statement_timeout` is the budget left.
+/// `None`: the body was recorded before and nothing was written.
 async fn try_record(
     store: &Store<Postgres>,
     report: &NewReport,
-) -> Result<RecordedReport, sqlx::Error> {
+    options: RecordOptions,
+) -> Result<Option<RecordedReport>, TryError> {
+    let budget = database_budget(options.deadline).map_err(TryError::Store)?;
+    let cutoff = report.received_at
+        - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta");
     let n = report.candidates.len();
     let mut positions = Vec::with_capacity(n);
     let mut hashes: Vec<&[u8]> = Vec::with_capacity(n);
@@ -155,8 +226,7 @@ async fn try_record(
         sources.push(c.source.as_str());
         urls.push(c.url.as_str());
     }
-    store.statements.add(1);
-    let rows = sqlx::query(RECORD_SQL)
+    let query = sqlx::query(RECORD_SQL)
         .bind(&positions)
         .bind(&hashes)
         .bind(&types)
@@ -168,13 +238,35 @@ async fn try_record(
         .bind(report.body_sha256.as_slice())
         .bind(report.item_count as i32)
         .bind(report.not_ours as i32)
-        .fetch_all(&store.pool)
-        .await?;
+        .bind(options.once_per_body)
+        .bind(cutoff);
+    let rows = match budget {
+        None => {
+            store.statements.add(1);
+            query.fetch_all(&store.pool).await?
+        }
+        Some(budget) => {
+            // One round trip for both: a simple query may hold several statements.
+            store.statements.add(3);
+            let mut tx = store
+                .pool
+                .begin_with(format!(
+                    "BEGIN; SET LOCAL statement_timeout = {}",
+                    budget.as_millis().max(1)
+                ))
+                .await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        }
+    };
     let mut report_id = None;
+    let mut fresh = true;
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let row = OutcomeRow::from_row(row)?;
         report_id = Some(row.report_id);
+        fresh = row.fresh;
         let hash = TokenHash::from_slice(row.hash)
             .ok_or_else(|| sqlx::Error::Decode("hash is not 32 bytes".into()))?;
         let outcome = Outcome::parse(row.outcome)
@@ -183,16 +275,19 @@ async fn try_record(
     }
     let report_id =
         report_id.ok_or_else(|| sqlx::Error::Decode("no outcome rows returned".into()))?;
-    let (outcomes, counts) =
-        outcomes_for(report, &by_hash).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+    if !fresh {
+        return Ok(None);
+    }
+    let (outcomes, counts) = outcomes_for(report, &by_hash).map_err(TryError::Store)?;
     let tokens_revoked = by_hash
         .values()
         .filter(|o| matches!(o, Outcome::Revoked | Outcome::Expired))
         .count() as u32;
-    Ok(RecordedReport {
+    Ok(Some(RecordedReport {
         report_id,
+        duplicate: false,
         tokens_revoked,
         outcomes,
         counts,
-    })
+    }))
 }

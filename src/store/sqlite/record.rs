@@ -6,18 +6,31 @@
 //! starts with a write (the report row), so it holds SQLite's one write lock from its
 //! first statement and everything it reads inside the transaction is consistent. A token
 //! flips once (`WHERE revoked_at IS NULL`), so it gets exactly one notification.
+//!
+//! Once per body: right after the report row (so under the write lock) the transaction
+//! claims `(scanner, body_sha256)` in `delivered_bodies`; when a claim younger than the
+//! window holds it, the transaction rolls back and the delivery is answered from the
+//! report that claim names.
+//!
+//! With a deadline, the connection's `busy_timeout` (how long a statement waits for the
+//! write lock, otherwise `--db-timeout`) is cut to the budget left, so a delivery behind
+//! another writer gives up, rolled back, before the caller answers; it is put back
+//! afterwards. A delivery whose caller gave up mid-transaction never commits: its
+//! remaining statements, `COMMIT` included, are never sent.
 
 use std::collections::HashMap;
 
 use sqlx::{FromRow, Row, Sqlite};
 
-use super::hex_array;
+use super::{hex_array, primary_code};
 use crate::domain::alert::CandidateItem;
 use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{Backend, Record, Store};
 use crate::store::rows::hash_from;
-use crate::store::shared::{distinct_hashes, outcomes_for};
-use crate::store::{NewReport, RecordedReport, StoreError};
+use crate::store::shared::{
+    database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
+};
+use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 
 /// A token the revoking `UPDATE` flipped.
 #[derive(FromRow)]
@@ -36,145 +49,218 @@ impl Record for Sqlite {
     async fn record_report(
         store: &Store<Self>,
         report: &NewReport,
+        options: RecordOptions,
     ) -> Result<RecordedReport, StoreError> {
-        let now = Sqlite::encode_time(report.received_at);
-        let distinct = distinct_hashes(report.candidates.iter().map(|c| c.hash));
-
+        let budget = database_budget(options.deadline)?;
+        let mut conn = store.pool.acquire().await?;
+        let Some(budget) = budget else {
+            return record(store, &mut conn, report, options).await;
+        };
+        let usual = store.pool.options().get_acquire_timeout();
         store.statements.add(1);
-        let mut tx = store.pool.begin().await?;
-
+        sqlx::query(&format!(
+            "PRAGMA busy_timeout = {}",
+            budget.as_millis().max(1)
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let recorded = record(store, &mut conn, report, options).await;
         store.statements.add(1);
-        let report_id: i64 = sqlx::query_scalar(
-            "INSERT INTO reports (scanner, key_id, received_at, body_sha256, item_count, not_ours)
+        sqlx::query(&format!("PRAGMA busy_timeout = {}", usual.as_millis()))
+            .execute(&mut *conn)
+            .await?;
+        match recorded {
+            // Still waiting for the write lock when the budget ran out: rolled back.
+            Err(StoreError::Database(sqlx::Error::Database(db)))
+                if primary_code(db.as_ref()) == Some(5) && budget < usual =>
+            {
+                Err(StoreError::DeadlineExceeded)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The delivery's transaction on `conn`; for a body recorded before, the answer from its
+/// report (nothing written).
+async fn record(
+    store: &Store<Sqlite>,
+    conn: &mut sqlx::SqliteConnection,
+    report: &NewReport,
+    options: RecordOptions,
+) -> Result<RecordedReport, StoreError> {
+    use sqlx::Connection;
+    let now = Sqlite::encode_time(report.received_at);
+    let distinct = distinct_hashes(report.candidates.iter().map(|c| c.hash));
+
+    store.statements.add(1);
+    let mut tx = conn.begin().await?;
+
+    store.statements.add(1);
+    let report_id: i64 = sqlx::query_scalar(
+        "INSERT INTO reports (scanner, key_id, received_at, body_sha256, item_count, not_ours)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+    )
+    .bind(&report.scanner)
+    .bind(&report.key_id)
+    .bind(now)
+    .bind(report.body_sha256.as_slice())
+    .bind(report.item_count)
+    .bind(report.not_ours)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    if options.once_per_body {
+        let cutoff = Sqlite::encode_time(
+            report.received_at
+                - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta"),
+        );
+        store.statements.add(1);
+        let claimed = sqlx::query(
+            "INSERT INTO delivered_bodies (scanner, body_sha256, report_id, delivered_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (scanner, body_sha256) DO UPDATE
+                         SET report_id = excluded.report_id, delivered_at = excluded.delivered_at
+                         WHERE delivered_bodies.delivered_at < $5",
         )
         .bind(&report.scanner)
-        .bind(&report.key_id)
-        .bind(now)
         .bind(report.body_sha256.as_slice())
-        .bind(report.item_count)
-        .bind(report.not_ours)
-        .fetch_one(&mut *tx)
+        .bind(report_id)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&mut *tx)
         .await?;
+        if claimed.rows_affected() == 0 {
+            // Recorded before: undo the report row, answer from the first report.
+            store.statements.add(2);
+            tx.rollback().await?;
+            let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(DELIVERED_BODY_SQL)
+                .bind(&report.scanner)
+                .bind(report.body_sha256.as_slice())
+                .fetch_all(&mut *conn)
+                .await?;
+            return duplicate_answer(report, &rows);
+        }
+    }
 
-        // The one revoking statement: every live candidate flips, in one UPDATE.
-        store.statements.add(1);
-        let flipped = sqlx::query(
-            "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
+    // The one revoking statement: every live candidate flips, in one UPDATE.
+    store.statements.add(1);
+    let flipped = sqlx::query(
+        "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
                  WHERE revoked_at IS NULL
                    AND hash IN (SELECT unhex(value) FROM json_each(?3))
                  RETURNING hash, expires_at <= ?1 AS was_expired, owner",
-        )
-        .bind(now)
-        .bind(report_id)
-        .bind(hex_array(&distinct))
-        .fetch_all(&mut *tx)
-        .await?;
+    )
+    .bind(now)
+    .bind(report_id)
+    .bind(hex_array(&distinct))
+    .fetch_all(&mut *tx)
+    .await?;
 
-        // The first item (lowest position) naming each hash: where its owner is told the
-        // token was found.
-        let mut first: HashMap<TokenHash, &CandidateItem> = HashMap::with_capacity(distinct.len());
-        for c in &report.candidates {
-            first
-                .entry(c.hash)
-                .and_modify(|f| {
-                    if c.position < f.position {
-                        *f = c;
-                    }
-                })
-                .or_insert(c);
-        }
+    // The first item (lowest position) naming each hash: where its owner is told the
+    // token was found.
+    let mut first: HashMap<TokenHash, &CandidateItem> = HashMap::with_capacity(distinct.len());
+    for c in &report.candidates {
+        first
+            .entry(c.hash)
+            .and_modify(|f| {
+                if c.position < f.position {
+                    *f = c;
+                }
+            })
+            .or_insert(c);
+    }
 
-        let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
-        // One owner notification per flipped token: [hash, owner, url, source, expired].
-        let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
-        for row in &flipped {
-            let Flipped {
-                hash,
-                was_expired,
-                owner,
-            } = Flipped::from_row(row)?;
-            let hash = hash_from(hash)?;
-            let o = if was_expired {
-                Outcome::Expired
-            } else {
-                Outcome::Revoked
-            };
-            by_hash.insert(hash, o);
-            let item = first.get(&hash).ok_or_else(|| {
-                StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
-            })?;
-            notifications.push(serde_json::json!([
-                hash.to_hex(),
-                owner,
-                item.url,
-                item.source,
-                was_expired
-            ]));
-        }
+    let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+    // One owner notification per flipped token: [hash, owner, url, source, expired].
+    let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
+    for row in &flipped {
+        let Flipped {
+            hash,
+            was_expired,
+            owner,
+        } = Flipped::from_row(row)?;
+        let hash = hash_from(hash)?;
+        let o = if was_expired {
+            Outcome::Expired
+        } else {
+            Outcome::Revoked
+        };
+        by_hash.insert(hash, o);
+        let item = first.get(&hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
+        })?;
+        notifications.push(serde_json::json!([
+            hash.to_hex(),
+            owner,
+            item.url,
+            item.source,
+            was_expired
+        ]));
+    }
 
-        // The outbox rows of the flipped tokens, in one statement, committed with the
-        // revocation or not at all. A token flips once, so it is notified once.
-        if !notifications.is_empty() {
-            store.statements.add(1);
-            sqlx::query(
-                "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+    // The outbox rows of the flipped tokens, in one statement, committed with the
+    // revocation or not at all. A token flips once, so it is notified once.
+    if !notifications.is_empty() {
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
                                                 revoked_at, expired, next_attempt_at)
                      SELECT unhex(json_extract(value, '$[0]')), ?1, json_extract(value, '$[1]'), ?2,
                             json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?3,
                             json_extract(value, '$[4]'), ?3
                      FROM json_each(?4)",
-            )
-            .bind(report_id)
-            .bind(&report.scanner)
-            .bind(now)
-            .bind(serde_json::Value::Array(notifications).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
+        )
+        .bind(report_id)
+        .bind(&report.scanner)
+        .bind(now)
+        .bind(serde_json::Value::Array(notifications).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
 
-        // Whatever did not flip is either ours and already revoked, or not ours at all.
-        let rest: Vec<TokenHash> = distinct
-            .iter()
-            .filter(|h| !by_hash.contains_key(*h))
-            .copied()
-            .collect();
-        if !rest.is_empty() {
-            store.statements.add(1);
-            let existing = sqlx::query(
-                "SELECT hash FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))",
-            )
-            .bind(hex_array(&rest))
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &existing {
-                by_hash.insert(hash_from(row.try_get("hash")?)?, Outcome::AlreadyRevoked);
-            }
-            for h in rest {
-                by_hash.entry(h).or_insert(Outcome::Unknown);
-            }
-        }
-
-        let (outcomes, counts) = outcomes_for(report, &by_hash)?;
-
-        // All item rows in one statement, as one JSON array of [pos, hash, type, source, url, outcome].
-        let items: Vec<serde_json::Value> = report
-            .candidates
-            .iter()
-            .zip(&outcomes)
-            .map(|(c, o)| {
-                serde_json::json!([
-                    c.position,
-                    c.hash.to_hex(),
-                    c.token_type,
-                    c.source,
-                    c.url,
-                    o.as_str()
-                ])
-            })
-            .collect();
+    // Whatever did not flip is either ours and already revoked, or not ours at all.
+    let rest: Vec<TokenHash> = distinct
+        .iter()
+        .filter(|h| !by_hash.contains_key(*h))
+        .copied()
+        .collect();
+    if !rest.is_empty() {
         store.statements.add(1);
-        sqlx::query(
+        let existing = sqlx::query(
+            "SELECT hash FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(hex_array(&rest))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &existing {
+            by_hash.insert(hash_from(row.try_get("hash")?)?, Outcome::AlreadyRevoked);
+        }
+        for h in rest {
+            by_hash.entry(h).or_insert(Outcome::Unknown);
+        }
+    }
+
+    let (outcomes, counts) = outcomes_for(report, &by_hash)?;
+
+    // All item rows in one statement, as one JSON array of [pos, hash, type, source, url, outcome].
+    let items: Vec<serde_json::Value> = report
+        .candidates
+        .iter()
+        .zip(&outcomes)
+        .map(|(c, o)| {
+            serde_json::json!([
+                c.position,
+                c.hash.to_hex(),
+                c.token_type,
+                c.source,
+                c.url,
+                o.as_str()
+            ])
+        })
+        .collect();
+    store.statements.add(1);
+    sqlx::query(
             "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
                  SELECT ?1, json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')),
                         json_extract(value, '$[2]'), json_extract(value, '$[3]'),
@@ -186,27 +272,27 @@ impl Record for Sqlite {
         .execute(&mut *tx)
         .await?;
 
-        store.statements.add(1);
-        sqlx::query(
-            "UPDATE reports SET revoked = ?2, already_revoked = ?3, expired = ?4, unknown = ?5
+    store.statements.add(1);
+    sqlx::query(
+        "UPDATE reports SET revoked = ?2, already_revoked = ?3, expired = ?4, unknown = ?5
                  WHERE id = ?1",
-        )
-        .bind(report_id)
-        .bind(counts.revoked)
-        .bind(counts.already_revoked)
-        .bind(counts.expired)
-        .bind(counts.unknown)
-        .execute(&mut *tx)
-        .await?;
+    )
+    .bind(report_id)
+    .bind(counts.revoked)
+    .bind(counts.already_revoked)
+    .bind(counts.expired)
+    .bind(counts.unknown)
+    .execute(&mut *tx)
+    .await?;
 
-        store.statements.add(1);
-        tx.commit().await?;
+    store.statements.add(1);
+    tx.commit().await?;
 
-        Ok(RecordedReport {
-            report_id,
-            tokens_revoked: flipped.len() as u32,
-            outcomes,
-            counts,
-        })
-    }
+    Ok(RecordedReport {
+        report_id,
+        duplicate: false,
+        tokens_revoked: flipped.len() as u32,
+        outcomes,
+        counts,
+    })
 }
