@@ -129,6 +129,13 @@ impl ServeProcess {
             .unwrap_or_else(|| panic!("no {needle:?} in the logs:\n{}", self.logs()))
     }
 
+    /// Blocks until `n` lines containing `needle` have been logged (panics after 30 s,
+    /// or when the process closes its stderr first).
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) {
+        wait_for_lines(&self.log, needle, n, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("fewer than {n} {needle:?} in the logs:\n{}", self.logs()));
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn terminate(&self) {
         let _ = std::process::Command::new("kill")
@@ -160,10 +167,16 @@ impl ServeProcess {
 /// The first line containing `needle`; `None` when stderr closes or `within` passes
 /// without one.
 fn wait_for_line(log: &Log, needle: &str, within: Duration) -> Option<String> {
+    wait_for_lines(log, needle, 1, within)
+}
+
+/// The `n`th line containing `needle`; `None` when stderr closes or `within` passes
+/// before there are `n`.
+fn wait_for_lines(log: &Log, needle: &str, n: usize, within: Duration) -> Option<String> {
     let deadline = Instant::now() + within;
     let mut lines = log.lines.lock().unwrap();
     loop {
-        if let Some(line) = lines.0.iter().find(|l| l.contains(needle)) {
+        if let Some(line) = lines.0.iter().filter(|l| l.contains(needle)).nth(n - 1) {
             return Some(line.clone());
         }
         let left = deadline.checked_duration_since(Instant::now())?;
