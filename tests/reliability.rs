@@ -144,6 +144,89 @@ async fn three_processes_on_one_sqlite_file_revoke_each_token_exactly_once() {
 
 // ------------------------------------------------------------ database faults
 
+/// PostgreSQL up, but the receiver's one connection (`--db-max-connections 1`) is held
+/// by a delivery waiting for a row lock another session holds: the next delivery waits
+/// `--db-timeout` (1 s) for a connection, then gets `503 database_unavailable`, nothing
+/// written; once the lock goes, the first completes and the retry of the second too.
+/// Checked against the pool's acquire timeout not being set from `--db-timeout` (the
+/// second delivery then waits out `--request-timeout`, 25 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_busy_pool_waits_db_timeout_then_503() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let proc = ServeProcess::start(
+        db.url(),
+        &["--db-max-connections", "1", "--db-timeout", "1s"],
+        false,
+    );
+    let store = open_store(db.url()).await;
+    let tokens = mint_many(store.as_ref(), "pool/pkg", 2, Ttl::hours(1)).await;
+    let mut holder = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
+        .bind(tokens[0].hash().as_bytes().as_slice())
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let first_body = alert_body(&[tokens[0].expose_secret()]);
+    let first = {
+        let (client, base) = (client.clone(), proc.base.clone());
+        tokio::spawn(async move { send_delivery(&client, &base, first_body).await })
+    };
+    // The first delivery holds the pool's one connection, waiting for the lock.
+    eventually(
+        Duration::from_secs(10),
+        "the first delivery waiting for the lock",
+        async || -> i64 {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut holder)
+            .await
+            .unwrap()
+        },
+        |waiting| *waiting == 1,
+    )
+    .await;
+    let second_body = alert_body(&[tokens[1].expose_secret()]);
+    let started = Instant::now();
+    let second = send_delivery(&client, &proc.base, second_body.clone())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(second.status, 503, "{}", second.text);
+    assert_eq!(
+        second.error_code(),
+        "database_unavailable",
+        "{}",
+        second.text
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "answered after {took:?}, not after --db-timeout"
+    );
+    assert!(store
+        .token(&tokens[1].hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.labels(), ["true_positive"]);
+    let retry = send_delivery(&client, &proc.base, second_body)
+        .await
+        .unwrap();
+    assert_eq!(retry.labels(), ["true_positive"]);
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+    proc.stop();
+    db.cleanup().await;
+}
+
 /// Another session holds what a delivery needs (PostgreSQL: the token's row lock;
 /// SQLite: the write lock) for longer than `--request-timeout`. The delivery is answered
 /// 503 `timeout` saying the database rolled it back, and that is true: the scanner's
