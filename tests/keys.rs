@@ -59,6 +59,55 @@ async fn unknown_key_id_storm_fetches_at_most_once_per_interval() {
     app.stop().await;
 }
 
+/// A storm after the refetch interval, while its one refetch is slow (1 s): 60
+/// deliveries signed with a freshly rotated key all wait for that fetch and get 200;
+/// 60 random key ids get 401 or 503; the key server sees exactly one fetch.
+/// Checked against removing the single-flight lock in `KeyCache::key`: deliveries that
+/// arrive while the fetch runs no longer wait for it and get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_after_the_interval_shares_one_slow_fetch() {
+    let interval = Duration::from_millis(300);
+    let app = TestApp::sqlite()
+        .keys_refetch_interval(interval)
+        .wait_for_keys()
+        .start()
+        .await;
+    // Let the interval since the start-up fetch pass: the storm may start a fetch.
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    app.keys().set_mode(KeyMode::Slow(
+        Duration::from_secs(1),
+        fixture_string("keys/rotated-keys.json"),
+    ));
+    let before = app.keys().fetches();
+    let body = b"[]".to_vec();
+    let rotated = Signer::rotated();
+    let rotated_sig = rotated.sign(&body);
+    let junk_sig = Signer::test().sign(&body);
+    let genuine = (0..60).map(|_| {
+        let (app, body, sig, id) = (&app, body.clone(), &rotated_sig, &rotated.key_id);
+        async move { app.post("github", Some(id), Some(sig), body).await.status }
+    });
+    let unknown = (0..60).map(|i| {
+        let (app, body, sig) = (&app, body.clone(), &junk_sig);
+        async move {
+            app.post("github", Some(&format!("random-{i}")), Some(sig), body)
+                .await
+                .status
+        }
+    });
+    let (genuine, unknown) = tokio::join!(
+        futures::future::join_all(genuine),
+        futures::future::join_all(unknown)
+    );
+    assert!(genuine.iter().all(|s| *s == 200), "{genuine:?}");
+    assert!(
+        unknown.iter().all(|s| matches!(s, 401 | 503)),
+        "{unknown:?}"
+    );
+    assert_eq!(app.keys().fetches() - before, 1, "one fetch for the storm");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_keys_keep_working_when_the_source_fails() {
     let app = TestApp::sqlite()

@@ -4,8 +4,10 @@
 //! - Keys are fetched at start-up and kept for `ttl`. A key that is past its TTL is still
 //!   used while a background refresh runs.
 //! - An unknown key id triggers one refetch. Refetches are single-flight (one at a time,
-//!   waiters share its result) and start at most once per `refetch_interval`, so a flood
-//!   of random key ids cannot turn into a flood of fetches.
+//!   waiters share its result: a delivery that waited for a fetch which started after it
+//!   arrived never starts another) and start at most once per `refetch_interval`,
+//!   counted from the end of the last fetch as well as its start, so a flood of random
+//!   key ids cannot turn into a flood of fetches, even against a slow source.
 //! - A failed fetch never discards keys already held.
 //! - Lookups answer [`KeyError::Unknown`] only when keys fetched after the delivery
 //!   arrived do not list the id ("forged or foreign", final). When no such fetch could
@@ -36,8 +38,11 @@ struct CacheState {
     keys: Arc<HashMap<String, ScannerKey>>,
     /// When the keys held were fetched.
     fetched_at: Option<Instant>,
-    /// When the last fetch started (refetches are rate-limited from this).
+    /// When the last fetch started.
     last_started: Option<Instant>,
+    /// When the last fetch ended. Refetches are rate-limited from the later of the two,
+    /// so a source slower than the interval is not asked again the moment it answers.
+    last_finished: Option<Instant>,
     /// How the last finished fetch ended; `None` until one has finished.
     last_ok: Option<bool>,
     /// When the last successful fetch started.
@@ -122,7 +127,14 @@ impl KeyCache {
         if let (Some(key), _) = self.lookup(key_id) {
             return Ok(key); // fetched by the task we waited for
         }
-        if self.may_fetch() {
+        // A fetch that started after this delivery arrived has answered for it already.
+        let answered = self
+            .state
+            .read()
+            .expect("key cache lock poisoned")
+            .last_started
+            .is_some_and(|started| started >= arrived);
+        if !answered && self.may_fetch() {
             tracing::info!(scanner = %self.scanner, key_id = %redact_tokens(key_id), "unknown key id, refetching keys");
             let _ = self.fetch_and_store().await;
         }
@@ -148,6 +160,7 @@ impl KeyCache {
     fn may_fetch(&self) -> bool {
         let st = self.state.read().expect("key cache lock poisoned");
         st.last_started
+            .max(st.last_finished)
             .is_none_or(|at| at.elapsed() >= self.refetch_interval)
     }
 
@@ -175,6 +188,10 @@ impl KeyCache {
             .expect("key cache lock poisoned")
             .last_started = Some(started);
         let result = self.source.fetch().await;
+        self.state
+            .write()
+            .expect("key cache lock poisoned")
+            .last_finished = Some(Instant::now());
         self.metrics.key_fetch(&self.scanner, result.is_ok());
         match result {
             Ok(keys) => {

@@ -27,6 +27,8 @@ pub enum KeyMode {
     Garbage,
     /// Never answers.
     Hang,
+    /// 200 with this JSON document, after this delay.
+    Slow(Duration, String),
 }
 
 impl KeyMode {
@@ -119,6 +121,10 @@ async fn serve_keys(State(state): State<Arc<KeyServerState>>, headers: HeaderMap
         KeyMode::Hang => {
             std::future::pending::<()>().await;
             unreachable!()
+        }
+        KeyMode::Slow(delay, doc) => {
+            tokio::time::sleep(delay).await;
+            (StatusCode::OK, [("content-type", "application/json")], doc).into_response()
         }
     }
 }
