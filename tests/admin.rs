@@ -32,7 +32,16 @@ async fn metrics_count_exactly_what_happened() {
         "junk2",
     ]);
     assert_eq!(app.deliver(&signer, body.clone()).await.status, 200);
-    assert_eq!(app.deliver(&signer, body.clone()).await.status, 200); // all already revoked now
+    // The same tokens in another body: all already revoked now.
+    let reordered = alert_body(&[
+        expired.expose_secret(),
+        live.expose_secret(),
+        "junk2",
+        "junk",
+    ]);
+    assert_eq!(app.deliver(&signer, reordered).await.status, 200);
+    // The first body again: answered from its report, its outcomes not counted again.
+    assert_eq!(app.deliver(&signer, body.clone()).await.status, 200);
     let forged = Signer::from_fixture("keys/other-key.pem", KEY_ID);
     assert_eq!(app.deliver(&forged, body.clone()).await.status, 401);
     let sig = signer.sign(&body);
@@ -47,7 +56,7 @@ async fn metrics_count_exactly_what_happened() {
     let expect = [
         (
             r#"revoker_deliveries_total{scanner="github",status="200"}"#,
-            2.0,
+            3.0,
         ),
         (
             r#"revoker_deliveries_total{scanner="github",status="401"}"#,
@@ -81,11 +90,11 @@ async fn metrics_count_exactly_what_happened() {
         (r#"revoker_key_cache_keys{scanner="github"}"#, 1.0),
         (
             r#"revoker_delivery_duration_seconds_count{scanner="github"}"#,
-            3.0,
+            4.0,
         ),
         (
             r#"revoker_db_statement_duration_seconds_count{operation="record_report"}"#,
-            2.0,
+            3.0,
         ),
     ];
     for (series, value) in expect {
