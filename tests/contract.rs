@@ -87,6 +87,8 @@ contract!(
     finished_and_requeued_notifications_change_what_claims_see,
     concurrent_claimers_on_two_stores_never_share_a_notification,
     a_failed_record_report_queues_no_notification,
+    notification_ids_are_uuids_distinct_across_databases,
+    migrating_a_database_with_notifications_gives_each_its_own_id,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -1903,4 +1905,168 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
     assert!(all.iter().all(|n| n.report_id == recorded.report_id));
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+// ---------------------------------------------------------------- notification ids
+
+/// A UUIDv7 as both backends give it: lower-case, hyphenated 8-4-4-4-12, version 7,
+/// RFC 4122 variant.
+fn is_uuid_v7(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'7'
+        && b"89ab".contains(&b[19])
+}
+
+async fn notification_ids_are_uuids_distinct_across_databases(db: Arc<TestDb>) {
+    // Two databases of the same kind (staging and production, or a restored copy),
+    // each queueing its first notification: the same row id, different public ids.
+    let other = TestDb::new(db.kind()).await.expect("a second database");
+    let mut firsts = Vec::new();
+    for url in [db.url(), other.url()] {
+        let store = open_store(url).await;
+        store.migrate().await.unwrap();
+        let tokens = mint_many(store.as_ref(), "ids/pkg", 3, Ttl::hours(1)).await;
+        let refs: Vec<&Token> = tokens.iter().collect();
+        record_at(store.as_ref(), &refs, now_ms()).await;
+        let all = all_notifications(store.as_ref()).await;
+        assert_eq!(all.len(), 3);
+        let mut public: Vec<&str> = all.iter().map(|n| n.public_id.as_str()).collect();
+        assert!(public.iter().all(|p| is_uuid_v7(p)), "{public:?}");
+        public.sort_unstable();
+        public.dedup();
+        assert_eq!(public.len(), 3, "distinct within one database");
+        let first = all.iter().min_by_key(|n| n.id).unwrap().clone();
+        // Found by its public id, in any case.
+        let found = store
+            .notification_by_public_id(&first.public_id.to_uppercase())
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(&first));
+        assert_eq!(
+            store.notification_by_public_id("not-a-uuid").await.unwrap(),
+            None
+        );
+        firsts.push(first);
+    }
+    assert_eq!(firsts[0].id, firsts[1].id, "row ids count per database");
+    assert_ne!(
+        firsts[0].public_id, firsts[1].public_id,
+        "public ids never collide across databases"
+    );
+    other.cleanup().await;
+}
+
+/// Applies this backend's migrations up to and including `version`, from the
+/// migrations folder (the same files the binary embeds).
+async fn migrate_to(db: &TestDb, version: i64) {
+    let dir = match db.kind() {
+        Kind::Sqlite => "migrations/sqlite",
+        Kind::Postgres => "migrations/postgres",
+    };
+    let all =
+        sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+            .await
+            .unwrap();
+    let mut upto = sqlx::migrate::Migrator::DEFAULT;
+    upto.migrations = all
+        .migrations
+        .iter()
+        .filter(|m| m.version <= version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    match db.kind() {
+        Kind::Sqlite => {
+            let opts =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(db.url())
+                    .unwrap()
+                    .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            upto.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Kind::Postgres => {
+            let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+            upto.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<TestDb>) {
+    // A database as 0003 left it, with notifications already queued (and one deleted,
+    // so the row-id high-water mark is above the last row).
+    migrate_to(&db, 3).await;
+    let (time, yes) = match db.kind() {
+        Kind::Sqlite => ("1700000000000", "1"),
+        Kind::Postgres => ("now()", "true"),
+    };
+    for i in 0..6 {
+        let hash = format!("{i:064x}");
+        let hash = match db.kind() {
+            Kind::Sqlite => format!("X'{hash}'"),
+            Kind::Postgres => format!("'\\x{hash}'::bytea"),
+        };
+        db.execute(&format!(
+            "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                                        revoked_at, expired, next_attempt_at, status)
+             VALUES ({hash}, 1, 'old/pkg', 'github', 'https://example.com/{i}', 'content',
+                     {time}, {yes}, {time}, '{}')",
+            if i % 2 == 0 { "pending" } else { "delivered" }
+        ))
+        .await;
+    }
+    db.execute("DELETE FROM notifications WHERE id = 6").await;
+
+    // Then the current binary's migrations.
+    let store = notification_store(&db).await;
+    let before = all_notifications(store.as_ref()).await;
+    assert_eq!(ids(&before), [5, 4, 3, 2, 1], "rows and row ids kept");
+    let mut public: Vec<&str> = before.iter().map(|n| n.public_id.as_str()).collect();
+    assert!(public.iter().all(|p| is_uuid_v7(p)), "{public:?}");
+    public.sort_unstable();
+    public.dedup();
+    assert_eq!(public.len(), 5, "each existing row its own id");
+    assert_eq!(
+        before
+            .iter()
+            .filter(|n| n.status == NotificationStatus::Delivered)
+            .count(),
+        2
+    );
+
+    // A new row (queued by the revoking statement, which does not name the column)
+    // gets one too, and its row id is not a reused one.
+    let tokens = mint_many(store.as_ref(), "new/pkg", 1, Ttl::hours(1)).await;
+    record_at(store.as_ref(), &[&tokens[0]], now_ms()).await;
+    let after = all_notifications(store.as_ref()).await;
+    let new = &after[0];
+    assert_eq!(
+        new.id, 7,
+        "the row id high-water mark survives the migration"
+    );
+    assert!(is_uuid_v7(&new.public_id), "{}", new.public_id);
+    assert!(before.iter().all(|n| n.public_id != new.public_id));
+
+    // The database refuses a duplicate.
+    let dup = "UPDATE notifications SET public_id = \
+               (SELECT public_id FROM notifications WHERE id = 1) WHERE id = 2";
+    let refused = match &*db {
+        TestDb::Sqlite { url, .. } => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query(dup).execute(&mut c).await.is_err()
+        }
+        TestDb::Postgres { url, .. } => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(dup).execute(&mut c).await.is_err()
+        }
+    };
+    assert!(refused, "a duplicate public id is refused");
 }

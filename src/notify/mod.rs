@@ -10,9 +10,10 @@
 //! - Body: [`Payload`] as JSON, the same bytes on every attempt. No raw token: the
 //!   token is named by the first 12 hex digits of its SHA-256.
 //! - `Revoker-Signature: sha256=<hex HMAC-SHA256(--notify-secret, body)>`.
-//! - `Idempotency-Key: <notification id>`: delivery is at-least-once (a worker that
-//!   dies after the receiver accepted but before recording it sends again after the
-//!   lease), so receivers deduplicate on this key.
+//! - `Idempotency-Key: <notification public id>`, a UUIDv7 the database minted with
+//!   the row, unique across databases and restores (the row id counts per database):
+//!   delivery is at-least-once (a worker that dies after the receiver accepted but
+//!   before recording it sends again after the lease), so receivers deduplicate on it.
 //! - A 2xx answer is delivered; anything else (other status, timeout, connection
 //!   error) is retried after an exponential backoff with jitter; after
 //!   `--notify-max-attempts` the notification is marked failed, visible in
@@ -35,7 +36,7 @@ use crate::support::{default_duration, error_chain, http_client, require_https};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
-/// Header carrying the notification id; the same on every attempt.
+/// Header carrying the notification's public id (a UUID); the same on every attempt.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Header carrying the attempt number (1 for the first); informational, not signed.
 pub const ATTEMPT_HEADER: &str = "Revoker-Attempt";
@@ -133,8 +134,8 @@ pub fn webhook_origin(url: &str) -> String {
 pub struct Payload<'a> {
     /// Always `token.revoked`.
     pub event: &'static str,
-    /// The notification id (also the `Idempotency-Key` header).
-    pub id: i64,
+    /// The notification's public id, a UUIDv7 (also the `Idempotency-Key` header).
+    pub id: &'a str,
     pub owner: &'a str,
     pub token: TokenRef,
     pub revoked_at: DateTime<Utc>,
@@ -167,7 +168,7 @@ pub struct Found<'a> {
 pub fn payload_body(n: &Notification) -> Vec<u8> {
     let payload = Payload {
         event: "token.revoked",
-        id: n.id,
+        id: &n.public_id,
         owner: &n.owner,
         token: TokenRef {
             token_type: "cio_tp",
@@ -292,7 +293,7 @@ impl Notifier {
                     AttemptResult::Retry { error, .. } => {
                         summary.retrying += 1;
                         tracing::warn!(
-                            notification = n.id,
+                            notification = %n.public_id,
                             attempt = n.attempts,
                             error = %error,
                             "owner notification not delivered; will retry"
@@ -302,7 +303,7 @@ impl Notifier {
                     AttemptResult::Failed { error } => {
                         summary.failed += 1;
                         tracing::error!(
-                            notification = n.id,
+                            notification = %n.public_id,
                             attempts = n.attempts,
                             error = %error,
                             "owner notification failed for good; `revoker notify retry` re-queues it"
@@ -337,7 +338,7 @@ impl Notifier {
             .post(&self.settings.webhook)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, signature)
-            .header(IDEMPOTENCY_HEADER, n.id.to_string())
+            .header(IDEMPOTENCY_HEADER, n.public_id.as_str())
             .header(ATTEMPT_HEADER, n.attempts.to_string())
             .body(body)
             .send()
@@ -345,7 +346,7 @@ impl Notifier {
         let error = match sent {
             Ok(resp) if resp.status().is_success() => {
                 tracing::info!(
-                    notification = n.id,
+                    notification = %n.public_id,
                     token = %n.token_hash.prefix(),
                     attempt = n.attempts,
                     "owner notified"

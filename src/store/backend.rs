@@ -171,10 +171,11 @@ LIMIT 20"
 }
 
 /// The columns of a notification row, as `NotificationRow` reads them (`attempts`
-/// widened to the 64-bit integer it decodes on both backends).
+/// widened to the 64-bit integer it decodes on both backends; `public_id`, a `uuid` on
+/// PostgreSQL, as text).
 macro_rules! notification_columns {
     () => {
-        "id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
+        "id, CAST(public_id AS TEXT) AS public_id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
          CAST(attempts AS BIGINT) AS attempts, next_attempt_at, last_error, delivered_at, \
          locked_until"
     };
@@ -209,6 +210,8 @@ pub(super) use {by_scanner_sql, by_source_sql, claim_sql, notification_columns};
 pub(super) trait Outbox: Database {
     /// `now, lease_end, limit` → the claimed `NotificationRow`s, in no order.
     const CLAIM_SQL: &'static str;
+    /// `public_id` (UUID text) → the `NotificationRow` of that id, if any.
+    const BY_PUBLIC_ID_SQL: &'static str;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
     fn requeue_notification(

@@ -140,8 +140,12 @@ impl NotificationStatus {
 /// where it was found, and how sending it is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// Also the idempotency key the webhook receives.
+    /// The row id: counts per database, so it is never shown to the owner's webhook.
     pub id: i64,
+    /// The public id, a UUIDv7 (lower-case, hyphenated) minted by the database with the
+    /// row: the webhook's `Idempotency-Key` and the body's `id`, unique across databases
+    /// and restores.
+    pub public_id: String,
     pub token_hash: TokenHash,
     /// The report (delivery) that revoked the token.
     pub report_id: i64,
@@ -324,6 +328,13 @@ pub trait RevocationStore: Send + Sync + 'static {
         status: Option<NotificationStatus>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
+
+    /// The notification with this public id (UUID text, any case); `None` when there is
+    /// none or `public_id` is not a UUID.
+    async fn notification_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<Notification>, StoreError>;
 
     /// Makes a pending or failed notification due at `now` with its attempt count and
     /// error cleared; not one a worker is sending right now (lease past `now`).

@@ -321,6 +321,21 @@ where
             .collect()
     }
 
+    async fn notification_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<Notification>, StoreError> {
+        let Some(public_id) = canonical_uuid(public_id) else {
+            return Ok(None);
+        };
+        self.statements.add(1);
+        let row: Option<NotificationRow<B>> = sqlx::query_as(B::BY_PUBLIC_ID_SQL)
+            .bind(public_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(NotificationRow::into_notification).transpose()
+    }
+
     async fn requeue_notification(
         &self,
         id: i64,
@@ -341,6 +356,19 @@ where
     fn statements(&self) -> u64 {
         self.statements.get()
     }
+}
+
+/// A UUID in the form both backends store it (lower-case, hyphenated); `None` for
+/// anything that is not 32 hex digits in the 8-4-4-4-12 form.
+pub(super) fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    let groups: Vec<&str> = s.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    (shape
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())))
+    .then(|| s.to_ascii_lowercase())
 }
 
 /// Distinct hashes, in first-seen order.

@@ -23,6 +23,12 @@ struct RequeueRow {
 impl Outbox for Postgres {
     const CLAIM_SQL: &'static str = claim_sql!("\n                 FOR UPDATE SKIP LOCKED");
 
+    const BY_PUBLIC_ID_SQL: &'static str = concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications WHERE public_id = $1::uuid"
+    );
+
     /// One statement: the row as it was, and the re-queue.
     async fn requeue_notification(
         store: &Store<Self>,

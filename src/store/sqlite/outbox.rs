@@ -15,6 +15,12 @@ impl Outbox for Sqlite {
     /// The due, unleased pending rows, oldest due first.
     const CLAIM_SQL: &'static str = claim_sql!("");
 
+    const BY_PUBLIC_ID_SQL: &'static str = concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications WHERE public_id = $1"
+    );
+
     /// Two statements: the re-queue itself, and only when it changed nothing, a look at
     /// why.
     async fn requeue_notification(
