@@ -30,6 +30,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Sha256;
 
+pub mod worker;
+
+pub use worker::WorkerStatus;
+
 use crate::metrics::Metrics;
 use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
 use crate::support::{default_duration, error_chain, http_client, require_https};
@@ -221,6 +225,8 @@ pub struct Notifier {
     settings: Arc<NotifySettings>,
     metrics: Option<Metrics>,
     wake: Arc<tokio::sync::Notify>,
+    /// The worker's state, for the admin `/readyz`.
+    status: WorkerStatus,
 }
 
 impl Notifier {
@@ -240,6 +246,7 @@ impl Notifier {
             settings: Arc::new(settings),
             metrics,
             wake: Arc::new(tokio::sync::Notify::new()),
+            status: WorkerStatus::default(),
         })
     }
 
@@ -383,6 +390,31 @@ impl Notifier {
                 next_attempt_at,
             }
         }
+    }
+
+    /// Whether the worker of `serve` runs, and its restarts after panics.
+    pub fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    /// [`Self::run`] under [`worker::supervise`]: restarted after a panic (an ERROR
+    /// line, `revoker_notify_worker_restarts_total`, a pause of
+    /// [`worker::RESTART_PAUSE`]), stopped by `stop` like `run`. Marks the worker
+    /// running at once (see [`Self::status`]).
+    pub fn run_supervised(
+        self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let status = self.status.clone();
+        let metrics = self.metrics.clone();
+        let rx = stop.clone();
+        worker::supervise(
+            move || self.clone().run(rx.clone()),
+            stop,
+            status,
+            metrics,
+            worker::RESTART_PAUSE,
+        )
     }
 
     /// The worker inside `serve`: a pass now, then whenever woken or every poll
