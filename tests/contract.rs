@@ -17,9 +17,9 @@ use revoker::domain::token::{Token, TokenHash};
 use revoker::domain::Outcome;
 use revoker::signature::ScannerSpec;
 use revoker::store::{
-    AttemptResult, DayTotals, NewToken, Notification, NotificationCounts, NotificationStatus,
-    RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges, RevocationStore,
-    ScannerTotals, SourceTotals, Stats, Totals,
+    AttemptResult, Clock, DayTotals, NewToken, Notification, NotificationCounts,
+    NotificationStatus, RecentItem, RecentReport, RecordedReport, Requeue, RevocationAges,
+    RevocationStore, ScannerTotals, SourceTotals, Stats, Totals,
 };
 
 async fn run<F, Fut>(kind: Kind, test: F)
@@ -1440,19 +1440,22 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // Nothing is due before the first delivery's time; a zero limit claims nothing.
     assert!(store
-        .claim_notifications(t0 - Ttl::milliseconds(1), lease, 10)
+        .claim_notifications(Clock::At(t0 - Ttl::milliseconds(1)), lease, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .claim_notifications(t0, lease, 0)
+        .claim_notifications(Clock::At(t0), lease, 0)
         .await
         .unwrap()
         .is_empty());
 
     // The limit is respected, oldest due first, by id among equals.
     let statements = store.statements();
-    let a = store.claim_notifications(t0, lease, 2).await.unwrap();
+    let a = store
+        .claim_notifications(Clock::At(t0), lease, 2)
+        .await
+        .unwrap();
     assert_eq!(
         store.statements(),
         statements + 1,
@@ -1462,7 +1465,10 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
     assert!(a
         .iter()
         .all(|n| n.attempts == 1 && n.status == NotificationStatus::Pending));
-    let b = store.claim_notifications(t0, lease, 10).await.unwrap();
+    let b = store
+        .claim_notifications(Clock::At(t0), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&b),
         due_first[2..],
@@ -1472,17 +1478,17 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // Leased: nobody gets them until the lease has run out (exactly at its end).
     assert!(store
-        .claim_notifications(t0, lease, 10)
+        .claim_notifications(Clock::At(t0), lease, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .claim_notifications(secs(30) - Ttl::milliseconds(1), lease, 10)
+        .claim_notifications(Clock::At(secs(30) - Ttl::milliseconds(1)), lease, 10)
         .await
         .unwrap()
         .is_empty());
     let c = store
-        .claim_notifications(secs(30), lease, 10)
+        .claim_notifications(Clock::At(secs(30)), lease, 10)
         .await
         .unwrap();
     assert_eq!(ids(&c), due_first, "taken over after the lease");
@@ -1491,7 +1497,7 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // At the second delivery's time: all five, oldest due first.
     let d = store
-        .claim_notifications(secs(600), lease, 10)
+        .claim_notifications(Clock::At(secs(600)), lease, 10)
         .await
         .unwrap();
     assert_eq!(d.len(), 5);
@@ -1518,7 +1524,10 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let min = |m: i64| t0 + Ttl::minutes(m);
     let lease = Duration::from_secs(30);
     record_at(store.as_ref(), &refs, t0).await;
-    let claimed = store.claim_notifications(t0, lease, 10).await.unwrap();
+    let claimed = store
+        .claim_notifications(Clock::At(t0), lease, 10)
+        .await
+        .unwrap();
     let [n0, n1, n2, n3] = ids(&claimed)[..] else {
         panic!("four claimed: {claimed:?}")
     };
@@ -1539,9 +1548,8 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     store
         .finish_notification(
             &held(n0),
-            &AttemptResult::Delivered {
-                at: t0 + Ttl::seconds(1),
-            },
+            &AttemptResult::Delivered,
+            Clock::At(t0 + Ttl::seconds(1)),
         )
         .await
         .unwrap();
@@ -1551,8 +1559,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &held(n1),
             &AttemptResult::Retry {
                 error: "HTTP 502 from the webhook".into(),
-                next_attempt_at: min(5),
+                retry_in: Duration::from_secs(5 * 60),
             },
+            Clock::At(t0),
         )
         .await
         .unwrap();
@@ -1562,6 +1571,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "HTTP 410 gone".into(),
             },
+            Clock::At(t0),
         )
         .await
         .unwrap();
@@ -1604,15 +1614,21 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // After n3's lease: only n3 (n1 waits until its retry time; delivered and failed
     // are never claimed). Then it is delivered.
-    let c = store.claim_notifications(min(1), lease, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(1)), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n3]);
     assert_eq!(c[0].attempts, 2);
     store
-        .finish_notification(&c[0], &AttemptResult::Delivered { at: min(1) })
+        .finish_notification(&c[0], &AttemptResult::Delivered, Clock::At(min(1)))
         .await
         .unwrap();
     // At the retry time: n1, its previous error still on record until this attempt ends.
-    let c = store.claim_notifications(min(5), lease, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(5)), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1]);
     assert_eq!(
         (c[0].attempts, c[0].last_error.as_deref()),
@@ -1624,12 +1640,13 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "gave up".into(),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
     assert_counts(store.as_ref(), 0, 2, 2).await;
     assert!(store
-        .claim_notifications(min(60), lease, 10)
+        .claim_notifications(Clock::At(min(60)), lease, 10)
         .await
         .unwrap()
         .is_empty());
@@ -1642,8 +1659,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &held(n0),
             &AttemptResult::Retry {
                 error: "late".into(),
-                next_attempt_at: min(6),
+                retry_in: Duration::from_secs(60),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
@@ -1653,6 +1671,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "late".into(),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
@@ -1660,19 +1679,25 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // Re-queue one: delivered ones stay as they are, unknown ids are reported.
     assert_eq!(
-        store.requeue_notification(n0, min(6)).await.unwrap(),
+        store
+            .requeue_notification(n0, Clock::At(min(6)))
+            .await
+            .unwrap(),
         Requeue::AlreadyDelivered
     );
     assert_eq!(get(n0).await, before);
     assert_eq!(
         store
-            .requeue_notification(n0 + n1 + n2 + n3 + 1000, min(6))
+            .requeue_notification(n0 + n1 + n2 + n3 + 1000, Clock::At(min(6)))
             .await
             .unwrap(),
         Requeue::NotFound
     );
     assert_eq!(
-        store.requeue_notification(n2, min(6)).await.unwrap(),
+        store
+            .requeue_notification(n2, Clock::At(min(6)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
     let r = get(n2).await;
@@ -1684,8 +1709,8 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     assert_counts(store.as_ref(), 1, 2, 1).await;
 
     // Re-queue every failed one: just n1 now.
-    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 1);
-    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 0);
+    assert_eq!(store.requeue_failed(Clock::At(min(7))).await.unwrap(), 1);
+    assert_eq!(store.requeue_failed(Clock::At(min(7))).await.unwrap(), 0);
     assert_counts(store.as_ref(), 2, 2, 0).await;
     let r = get(n1).await;
     assert_eq!(
@@ -1696,30 +1721,42 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // Each is due at its re-queue time, with a fresh attempt count.
     let long = Duration::from_secs(3600);
-    let c = store.claim_notifications(min(6), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(6)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n2]);
     assert_eq!(c[0].attempts, 1);
     let first_claim_of_n2 = c[0].clone();
-    let c = store.claim_notifications(min(7), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(7)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1], "n2 is leased");
     // A leased one is being sent: re-queueing it now could send it twice at once.
     let lease_of_n1 = c[0].locked_until.expect("a claim holds a lease");
     assert_eq!(lease_of_n1, min(67));
     let before = get(n1).await;
     assert_eq!(
-        store.requeue_notification(n1, min(8)).await.unwrap(),
+        store
+            .requeue_notification(n1, Clock::At(min(8)))
+            .await
+            .unwrap(),
         Requeue::InFlight(lease_of_n1)
     );
     assert_eq!(get(n1).await, before, "an in-flight one is left alone");
     assert!(store
-        .claim_notifications(min(8), long, 10)
+        .claim_notifications(Clock::At(min(8)), long, 10)
         .await
         .unwrap()
         .is_empty());
 
     // n2's worker stalls past its lease; another claim takes n2 over. The stalled
     // worker's late Retry or Failed changes nothing; the new holder's result counts.
-    let c = store.claim_notifications(min(66), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(66)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n2]);
     assert_eq!(c[0].attempts, 2);
     let second_claim_of_n2 = c[0].clone();
@@ -1730,11 +1767,11 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
         },
         AttemptResult::Retry {
             error: "stalled worker".into(),
-            next_attempt_at: min(70),
+            retry_in: Duration::from_secs(4 * 60),
         },
     ] {
         store
-            .finish_notification(&first_claim_of_n2, &late)
+            .finish_notification(&first_claim_of_n2, &late, Clock::At(min(66)))
             .await
             .unwrap();
         assert_eq!(get(n2).await, held_by_second, "{late:?} from a lost claim");
@@ -1744,8 +1781,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &second_claim_of_n2,
             &AttemptResult::Retry {
                 error: "HTTP 503".into(),
-                next_attempt_at: min(80),
+                retry_in: Duration::from_secs(14 * 60),
             },
+            Clock::At(min(66)),
         )
         .await
         .unwrap();
@@ -1761,14 +1799,23 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     );
     // Not held any more: re-queueing works again, and the n1 lease has run out too.
     assert_eq!(
-        store.requeue_notification(n2, min(68)).await.unwrap(),
+        store
+            .requeue_notification(n2, Clock::At(min(68)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
     assert_eq!(
-        store.requeue_notification(n1, min(68)).await.unwrap(),
+        store
+            .requeue_notification(n1, Clock::At(min(68)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
-    let c = store.claim_notifications(min(68), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(68)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1, n2]);
     assert!(c.iter().all(|n| n.attempts == 1));
     let problems = db.inconsistencies().await;
@@ -1794,7 +1841,7 @@ async fn concurrent_claimers_on_two_stores_never_share_a_notification(db: Arc<Te
             let mut got = Vec::new();
             loop {
                 let batch = store
-                    .claim_notifications(now, Duration::from_secs(3600), 3)
+                    .claim_notifications(Clock::At(now), Duration::from_secs(3600), 3)
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -2069,4 +2116,75 @@ async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<T
         }
     };
     assert!(refused, "a duplicate public id is refused");
+}
+
+// ---------------------------------------------------------------- the database's clock
+
+/// PostgreSQL: leases are stamped and judged by the database's clock (`now()`), not by
+/// the clock of the host that claims. Instance A claims a notification for an hour.
+/// Instance B runs on a host whose clock is two hours ahead: as the worker and
+/// `revoker notify retry` do, it claims and re-queues by the database's clock, so it
+/// leaves A's lease alone. The old statements judged the lease by the claimer's own
+/// reading of its clock; that claim is replayed at the end and takes the row over,
+/// which is the double send this prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_are_judged_by_the_database_clock() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let a = notification_store(&db).await;
+    let b = open_store(db.url()).await;
+    let tokens = mint_many(a.as_ref(), "clock/pkg", 1, Ttl::hours(1)).await;
+    record_at(a.as_ref(), &[&tokens[0]], now_ms()).await;
+
+    let hour = Duration::from_secs(3600);
+    let claimed = a
+        .claim_notifications(Clock::Database, hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Stamped by the database: its own now() plus the lease.
+    let left: f64 = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT extract(epoch FROM locked_until - now())::float8 FROM notifications",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    };
+    assert!((3590.0..=3600.0).contains(&left), "lease ends in {left} s");
+
+    // B, whose host clock reads two hours later, by the database's clock: held.
+    let skewed_host_now = chrono::Utc::now() + Ttl::hours(2);
+    assert!(b
+        .claim_notifications(Clock::Database, hour, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        b.requeue_notification(claimed[0].id, Clock::Database)
+            .await
+            .unwrap(),
+        Requeue::InFlight(_)
+    ));
+    // B changed nothing: the row is as A's claim left it.
+    assert_eq!(all_notifications(b.as_ref()).await[0], {
+        let mut n = claimed[0].clone();
+        n.attempts = 1;
+        n
+    });
+
+    // What the old claim did: B's own reading as "now" finds the lease over.
+    let stolen = b
+        .claim_notifications(Clock::At(skewed_host_now), hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&stolen),
+        ids(&claimed),
+        "judged by the host clock: taken over"
+    );
+    db.cleanup().await;
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 
 use revoker::notify::{defaults, Notifier, NotifySettings};
-use revoker::store::{NotificationStatus, Requeue};
+use revoker::store::{Clock, NotificationStatus, Requeue};
 
 use super::db::{open_existing, DbArgs};
 
@@ -214,7 +214,8 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
         }
         NotifyCommand::Retry { id, failed, db } => {
             let store = open_existing(&db).await?;
-            let now = chrono::Utc::now();
+            // The database's clock judges leases and stamps the due time.
+            let now = Clock::Database;
             if failed {
                 let n = store.requeue_failed(now).await?;
                 println!("re-queued {n} failed notification(s)");

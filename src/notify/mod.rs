@@ -14,6 +14,9 @@
 //!   the row, unique across databases and restores (the row id counts per database):
 //!   delivery is at-least-once (a worker that dies after the receiver accepted but
 //!   before recording it sends again after the lease), so receivers deduplicate on it.
+//! - Leases, due times and `delivered_at` are judged and stamped by the database's
+//!   clock ([`Clock::Database`]: PostgreSQL's `now()`), never this host's, so workers on
+//!   hosts with skewed clocks agree on when a lease has run out.
 //! - A 2xx answer is delivered; anything else (other status, timeout, connection
 //!   error) is retried after an exponential backoff with jitter; after
 //!   `--notify-max-attempts` the notification is marked failed, visible in
@@ -35,7 +38,7 @@ pub mod worker;
 pub use worker::WorkerStatus;
 
 use crate::metrics::Metrics;
-use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
+use crate::store::{AttemptResult, Clock, Notification, RevocationStore, StoreError};
 use crate::support::{default_duration, error_chain, http_client, require_https};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
@@ -274,7 +277,7 @@ impl Notifier {
             }
             let claimed = self
                 .store
-                .claim_notifications(Utc::now(), self.settings.lease(), self.settings.batch)
+                .claim_notifications(Clock::Database, self.settings.lease(), self.settings.batch)
                 .await?;
             if claimed.is_empty() {
                 break;
@@ -293,7 +296,7 @@ impl Notifier {
             while let Some(joined) = sends.join_next().await {
                 let (n, result) = joined.expect("a send task does not panic");
                 let label = match &result {
-                    AttemptResult::Delivered { .. } => {
+                    AttemptResult::Delivered => {
                         summary.delivered += 1;
                         "delivered"
                     }
@@ -321,7 +324,11 @@ impl Notifier {
                 if let Some(m) = &self.metrics {
                     m.notification_attempt(label);
                 }
-                if let Err(e) = self.store.finish_notification(&n, &result).await {
+                if let Err(e) = self
+                    .store
+                    .finish_notification(&n, &result, Clock::Database)
+                    .await
+                {
                     first_error.get_or_insert(e);
                 }
             }
@@ -358,7 +365,7 @@ impl Notifier {
                     attempt = n.attempts,
                     "owner notified"
                 );
-                return AttemptResult::Delivered { at: Utc::now() };
+                return AttemptResult::Delivered;
             }
             Ok(resp) => format!("webhook answered HTTP {}", resp.status().as_u16()),
             // Without the URL: it is the operator's and may carry credentials.
@@ -374,21 +381,14 @@ impl Notifier {
         if n.attempts >= self.settings.max_attempts {
             AttemptResult::Failed { error }
         } else {
-            let delay = backoff(
+            // Due again this long after now by the database's clock (the store adds it
+            // when it records the attempt).
+            let retry_in = backoff(
                 n.attempts,
                 self.settings.backoff_base,
                 self.settings.backoff_max,
             );
-            // `validate` caps the backoff at 30 days, so this cannot overflow; if it
-            // did, the latest representable time beats a panic in the worker.
-            let next_attempt_at = chrono::Duration::from_std(delay)
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC);
-            AttemptResult::Retry {
-                error,
-                next_attempt_at,
-            }
+            AttemptResult::Retry { error, retry_in }
         }
     }
 
