@@ -419,6 +419,23 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already delivered"));
+    // Its row number names it too; an id of no notification is refused.
+    let retry = |id: &str| {
+        revoker_command()
+            .args(["notify", "retry", id, "--database-url", db.url()])
+            .output()
+            .unwrap()
+    };
+    let by_row = retry("1");
+    assert!(String::from_utf8_lossy(&by_row.stderr).contains("already delivered"));
+    let unknown = retry("01890000-0000-7000-8000-000000000000");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no notification 01890000-0000-7000-8000-000000000000"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
 }
 
 /// Shutdown while a notification is on the wire: the worker finishes the send and

@@ -222,15 +222,16 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let given = id.expect("clap requires an id or --failed");
+            // Echoed in messages: whatever was pasted, never a raw token.
+            let id_shown = revoker::domain::redact::redact_tokens(given.trim());
             // The public id (a UUID), or the row number for scripts written before it.
             let id = match given.trim().parse::<i64>() {
                 Ok(row) => row,
                 Err(_) => match store.notification_by_public_id(&given).await? {
                     Some(n) => n.id,
-                    None => anyhow::bail!("no notification {given}"),
+                    None => anyhow::bail!("no notification {id_shown}"),
                 },
             };
-            let id_shown = given.trim();
             match store.requeue_notification(id, now).await? {
                 Requeue::Requeued => {
                     println!("re-queued notification {id_shown}");
