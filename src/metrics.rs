@@ -78,6 +78,7 @@ pub struct Metrics {
     db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     notification_attempts: Family<ResultLabels, Counter>,
     notifications: Family<StatusLabels, Gauge>,
+    notify_worker_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -157,8 +158,15 @@ impl Metrics {
              as of this instance's last delivery-worker pass",
             notifications.clone(),
         );
+        let notify_worker_restarts = Counter::default();
+        registry.register(
+            "notify_worker_restarts",
+            "Restarts of this instance's owner-notification worker after a panic",
+            notify_worker_restarts.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            notify_worker_restarts,
             notification_attempts,
             notifications,
             deliveries,
@@ -179,6 +187,11 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// The notification worker panicked and is being restarted.
+    pub fn notify_worker_restarted(&self) {
+        self.notify_worker_restarts.inc();
     }
 
     /// Pending and failed notifications, as the worker last counted them.

@@ -168,7 +168,7 @@ impl Application {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let worker = match self.state.notifier.clone() {
-            Some(notifier) => Some(tokio::spawn(notifier.run(stop_rx.clone()))),
+            Some(notifier) => Some(tokio::spawn(notifier.run_supervised(stop_rx.clone()))),
             None => {
                 tracing::info!(
                     "owner notifications are queued in the database but not sent: no --notify-webhook"

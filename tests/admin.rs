@@ -269,3 +269,68 @@ async fn stats_answer_503_while_the_database_is_down() {
     assert_eq!(s.status, 200, "{}", s.text);
     app.stop().await;
 }
+
+/// The public `/readyz` is open to anyone: however many calls arrive, at most one
+/// readiness check (one database statement: the ping) per second, shared by all
+/// concurrent callers. The admin one checks on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_readiness_costs_at_most_one_database_probe_per_second() {
+    let app = TestApp::sqlite().wait_for_keys().start().await;
+    let started = std::time::Instant::now();
+    let before = app.store.statements();
+    // 100 at once, then 100 one after the other.
+    let answers = futures::future::join_all((0..100).map(|_| app.get("/readyz"))).await;
+    for _ in 0..100 {
+        let a = app.get("/readyz").await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let probes = app.store.statements() - before;
+    let seconds = started.elapsed().as_secs();
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.json["status"] == "ready"));
+    assert_eq!(answers[0].json["database"], "ok");
+    assert!(probes >= 1, "the first call checks");
+    assert!(
+        probes <= seconds + 1,
+        "{probes} database probes for 200 calls in {seconds} s"
+    );
+
+    // The admin listener checks every time.
+    let before = app.store.statements();
+    for _ in 0..5 {
+        assert_eq!(app.admin_get("/readyz", None).await.status, 200);
+    }
+    assert_eq!(app.store.statements() - before, 5);
+    app.stop().await;
+}
+
+/// The admin `/readyz` reports the owner-notification worker when one is configured,
+/// and leaves it out otherwise; the public one never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_readiness_reports_the_notification_worker() {
+    let mut notify = revoker::notify::NotifySettings::new("http://127.0.0.1:1/hook", "s");
+    notify.poll_interval = Duration::from_secs(3600);
+    let app = TestApp::sqlite()
+        .notify(notify)
+        .wait_for_keys()
+        .start()
+        .await;
+    let r = app.admin_get("/readyz", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json["notifier"],
+        serde_json::json!({ "running": true, "restarts": 0 })
+    );
+    let public = app.get("/readyz").await;
+    assert_eq!(public.status, 200);
+    assert!(public.json.get("notifier").is_none(), "{}", public.text);
+    let status = app.state.notifier.as_ref().unwrap().status().clone();
+    app.stop().await;
+    assert!(!status.running(), "a stopped worker is not running");
+
+    let plain = TestApp::sqlite().wait_for_keys().start().await;
+    let r = plain.admin_get("/readyz", None).await;
+    assert!(r.json.get("notifier").is_none(), "{}", r.text);
+    plain.stop().await;
+}

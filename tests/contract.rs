@@ -17,9 +17,10 @@ use revoker::domain::token::{Token, TokenHash};
 use revoker::domain::Outcome;
 use revoker::signature::ScannerSpec;
 use revoker::store::{
-    AttemptResult, DayTotals, NewToken, Notification, NotificationCounts, NotificationStatus,
-    RecentItem, RecentReport, RecordOptions, RecordedReport, Requeue, RevocationAges,
-    RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, Totals, ONCE_PER_BODY_WINDOW,
+    AttemptResult, Clock, DayTotals, NewToken, Notification, NotificationCounts,
+    NotificationStatus, RecentItem, RecentReport, RecordOptions, RecordedReport, Requeue,
+    RevocationAges, RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, Totals,
+    ONCE_PER_BODY_WINDOW,
 };
 
 async fn run<F, Fut>(kind: Kind, test: F)
@@ -90,6 +91,8 @@ contract!(
     a_repeated_body_is_one_report_within_the_window,
     identical_bodies_racing_on_two_instances_leave_one_report,
     a_record_past_its_deadline_is_rolled_back_by_the_database,
+    notification_ids_are_uuids_distinct_across_databases,
+    migrating_a_database_with_notifications_gives_each_its_own_id,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -1461,19 +1464,22 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // Nothing is due before the first delivery's time; a zero limit claims nothing.
     assert!(store
-        .claim_notifications(t0 - Ttl::milliseconds(1), lease, 10)
+        .claim_notifications(Clock::At(t0 - Ttl::milliseconds(1)), lease, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .claim_notifications(t0, lease, 0)
+        .claim_notifications(Clock::At(t0), lease, 0)
         .await
         .unwrap()
         .is_empty());
 
     // The limit is respected, oldest due first, by id among equals.
     let statements = store.statements();
-    let a = store.claim_notifications(t0, lease, 2).await.unwrap();
+    let a = store
+        .claim_notifications(Clock::At(t0), lease, 2)
+        .await
+        .unwrap();
     assert_eq!(
         store.statements(),
         statements + 1,
@@ -1483,7 +1489,10 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
     assert!(a
         .iter()
         .all(|n| n.attempts == 1 && n.status == NotificationStatus::Pending));
-    let b = store.claim_notifications(t0, lease, 10).await.unwrap();
+    let b = store
+        .claim_notifications(Clock::At(t0), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&b),
         due_first[2..],
@@ -1493,17 +1502,17 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // Leased: nobody gets them until the lease has run out (exactly at its end).
     assert!(store
-        .claim_notifications(t0, lease, 10)
+        .claim_notifications(Clock::At(t0), lease, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .claim_notifications(secs(30) - Ttl::milliseconds(1), lease, 10)
+        .claim_notifications(Clock::At(secs(30) - Ttl::milliseconds(1)), lease, 10)
         .await
         .unwrap()
         .is_empty());
     let c = store
-        .claim_notifications(secs(30), lease, 10)
+        .claim_notifications(Clock::At(secs(30)), lease, 10)
         .await
         .unwrap();
     assert_eq!(ids(&c), due_first, "taken over after the lease");
@@ -1512,7 +1521,7 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
 
     // At the second delivery's time: all five, oldest due first.
     let d = store
-        .claim_notifications(secs(600), lease, 10)
+        .claim_notifications(Clock::At(secs(600)), lease, 10)
         .await
         .unwrap();
     assert_eq!(d.len(), 5);
@@ -1539,7 +1548,10 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     let min = |m: i64| t0 + Ttl::minutes(m);
     let lease = Duration::from_secs(30);
     record_at(store.as_ref(), &refs, t0).await;
-    let claimed = store.claim_notifications(t0, lease, 10).await.unwrap();
+    let claimed = store
+        .claim_notifications(Clock::At(t0), lease, 10)
+        .await
+        .unwrap();
     let [n0, n1, n2, n3] = ids(&claimed)[..] else {
         panic!("four claimed: {claimed:?}")
     };
@@ -1560,9 +1572,8 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     store
         .finish_notification(
             &held(n0),
-            &AttemptResult::Delivered {
-                at: t0 + Ttl::seconds(1),
-            },
+            &AttemptResult::Delivered,
+            Clock::At(t0 + Ttl::seconds(1)),
         )
         .await
         .unwrap();
@@ -1572,8 +1583,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &held(n1),
             &AttemptResult::Retry {
                 error: "HTTP 502 from the webhook".into(),
-                next_attempt_at: min(5),
+                retry_in: Duration::from_secs(5 * 60),
             },
+            Clock::At(t0),
         )
         .await
         .unwrap();
@@ -1583,6 +1595,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "HTTP 410 gone".into(),
             },
+            Clock::At(t0),
         )
         .await
         .unwrap();
@@ -1625,15 +1638,21 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // After n3's lease: only n3 (n1 waits until its retry time; delivered and failed
     // are never claimed). Then it is delivered.
-    let c = store.claim_notifications(min(1), lease, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(1)), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n3]);
     assert_eq!(c[0].attempts, 2);
     store
-        .finish_notification(&c[0], &AttemptResult::Delivered { at: min(1) })
+        .finish_notification(&c[0], &AttemptResult::Delivered, Clock::At(min(1)))
         .await
         .unwrap();
     // At the retry time: n1, its previous error still on record until this attempt ends.
-    let c = store.claim_notifications(min(5), lease, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(5)), lease, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1]);
     assert_eq!(
         (c[0].attempts, c[0].last_error.as_deref()),
@@ -1645,12 +1664,13 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "gave up".into(),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
     assert_counts(store.as_ref(), 0, 2, 2).await;
     assert!(store
-        .claim_notifications(min(60), lease, 10)
+        .claim_notifications(Clock::At(min(60)), lease, 10)
         .await
         .unwrap()
         .is_empty());
@@ -1663,8 +1683,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &held(n0),
             &AttemptResult::Retry {
                 error: "late".into(),
-                next_attempt_at: min(6),
+                retry_in: Duration::from_secs(60),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
@@ -1674,6 +1695,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &AttemptResult::Failed {
                 error: "late".into(),
             },
+            Clock::At(min(5)),
         )
         .await
         .unwrap();
@@ -1681,19 +1703,25 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // Re-queue one: delivered ones stay as they are, unknown ids are reported.
     assert_eq!(
-        store.requeue_notification(n0, min(6)).await.unwrap(),
+        store
+            .requeue_notification(n0, Clock::At(min(6)))
+            .await
+            .unwrap(),
         Requeue::AlreadyDelivered
     );
     assert_eq!(get(n0).await, before);
     assert_eq!(
         store
-            .requeue_notification(n0 + n1 + n2 + n3 + 1000, min(6))
+            .requeue_notification(n0 + n1 + n2 + n3 + 1000, Clock::At(min(6)))
             .await
             .unwrap(),
         Requeue::NotFound
     );
     assert_eq!(
-        store.requeue_notification(n2, min(6)).await.unwrap(),
+        store
+            .requeue_notification(n2, Clock::At(min(6)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
     let r = get(n2).await;
@@ -1705,8 +1733,8 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     assert_counts(store.as_ref(), 1, 2, 1).await;
 
     // Re-queue every failed one: just n1 now.
-    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 1);
-    assert_eq!(store.requeue_failed(min(7)).await.unwrap(), 0);
+    assert_eq!(store.requeue_failed(Clock::At(min(7))).await.unwrap(), 1);
+    assert_eq!(store.requeue_failed(Clock::At(min(7))).await.unwrap(), 0);
     assert_counts(store.as_ref(), 2, 2, 0).await;
     let r = get(n1).await;
     assert_eq!(
@@ -1717,30 +1745,42 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
     // Each is due at its re-queue time, with a fresh attempt count.
     let long = Duration::from_secs(3600);
-    let c = store.claim_notifications(min(6), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(6)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n2]);
     assert_eq!(c[0].attempts, 1);
     let first_claim_of_n2 = c[0].clone();
-    let c = store.claim_notifications(min(7), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(7)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1], "n2 is leased");
     // A leased one is being sent: re-queueing it now could send it twice at once.
     let lease_of_n1 = c[0].locked_until.expect("a claim holds a lease");
     assert_eq!(lease_of_n1, min(67));
     let before = get(n1).await;
     assert_eq!(
-        store.requeue_notification(n1, min(8)).await.unwrap(),
+        store
+            .requeue_notification(n1, Clock::At(min(8)))
+            .await
+            .unwrap(),
         Requeue::InFlight(lease_of_n1)
     );
     assert_eq!(get(n1).await, before, "an in-flight one is left alone");
     assert!(store
-        .claim_notifications(min(8), long, 10)
+        .claim_notifications(Clock::At(min(8)), long, 10)
         .await
         .unwrap()
         .is_empty());
 
     // n2's worker stalls past its lease; another claim takes n2 over. The stalled
     // worker's late Retry or Failed changes nothing; the new holder's result counts.
-    let c = store.claim_notifications(min(66), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(66)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n2]);
     assert_eq!(c[0].attempts, 2);
     let second_claim_of_n2 = c[0].clone();
@@ -1751,11 +1791,11 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
         },
         AttemptResult::Retry {
             error: "stalled worker".into(),
-            next_attempt_at: min(70),
+            retry_in: Duration::from_secs(4 * 60),
         },
     ] {
         store
-            .finish_notification(&first_claim_of_n2, &late)
+            .finish_notification(&first_claim_of_n2, &late, Clock::At(min(66)))
             .await
             .unwrap();
         assert_eq!(get(n2).await, held_by_second, "{late:?} from a lost claim");
@@ -1765,8 +1805,9 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
             &second_claim_of_n2,
             &AttemptResult::Retry {
                 error: "HTTP 503".into(),
-                next_attempt_at: min(80),
+                retry_in: Duration::from_secs(14 * 60),
             },
+            Clock::At(min(66)),
         )
         .await
         .unwrap();
@@ -1782,14 +1823,23 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
     );
     // Not held any more: re-queueing works again, and the n1 lease has run out too.
     assert_eq!(
-        store.requeue_notification(n2, min(68)).await.unwrap(),
+        store
+            .requeue_notification(n2, Clock::At(min(68)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
     assert_eq!(
-        store.requeue_notification(n1, min(68)).await.unwrap(),
+        store
+            .requeue_notification(n1, Clock::At(min(68)))
+            .await
+            .unwrap(),
         Requeue::Requeued
     );
-    let c = store.claim_notifications(min(68), long, 10).await.unwrap();
+    let c = store
+        .claim_notifications(Clock::At(min(68)), long, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&c), [n1, n2]);
     assert!(c.iter().all(|n| n.attempts == 1));
     let problems = db.inconsistencies().await;
@@ -1815,7 +1865,7 @@ async fn concurrent_claimers_on_two_stores_never_share_a_notification(db: Arc<Te
             let mut got = Vec::new();
             loop {
                 let batch = store
-                    .claim_notifications(now, Duration::from_secs(3600), 3)
+                    .claim_notifications(Clock::At(now), Duration::from_secs(3600), 3)
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -2145,4 +2195,239 @@ async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestD
     assert!(!retried.duplicate);
     assert_eq!(retried.outcomes, [Outcome::Revoked]);
     assert_eq!(store.count_reports().await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------- notification ids
+
+/// A UUIDv7 as both backends give it: lower-case, hyphenated 8-4-4-4-12, version 7,
+/// RFC 4122 variant.
+fn is_uuid_v7(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'7'
+        && b"89ab".contains(&b[19])
+}
+
+async fn notification_ids_are_uuids_distinct_across_databases(db: Arc<TestDb>) {
+    // Two databases of the same kind (staging and production, or a restored copy),
+    // each queueing its first notification: the same row id, different public ids.
+    let other = TestDb::new(db.kind()).await.expect("a second database");
+    let mut firsts = Vec::new();
+    for url in [db.url(), other.url()] {
+        let store = open_store(url).await;
+        store.migrate().await.unwrap();
+        let tokens = mint_many(store.as_ref(), "ids/pkg", 3, Ttl::hours(1)).await;
+        let refs: Vec<&Token> = tokens.iter().collect();
+        record_at(store.as_ref(), &refs, now_ms()).await;
+        let all = all_notifications(store.as_ref()).await;
+        assert_eq!(all.len(), 3);
+        let mut public: Vec<&str> = all.iter().map(|n| n.public_id.as_str()).collect();
+        assert!(public.iter().all(|p| is_uuid_v7(p)), "{public:?}");
+        public.sort_unstable();
+        public.dedup();
+        assert_eq!(public.len(), 3, "distinct within one database");
+        let first = all.iter().min_by_key(|n| n.id).unwrap().clone();
+        // Found by its public id, in any case.
+        let found = store
+            .notification_by_public_id(&first.public_id.to_uppercase())
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(&first));
+        assert_eq!(
+            store.notification_by_public_id("not-a-uuid").await.unwrap(),
+            None
+        );
+        firsts.push(first);
+    }
+    assert_eq!(firsts[0].id, firsts[1].id, "row ids count per database");
+    assert_ne!(
+        firsts[0].public_id, firsts[1].public_id,
+        "public ids never collide across databases"
+    );
+    other.cleanup().await;
+}
+
+/// Applies this backend's migrations up to and including `version`, from the
+/// migrations folder (the same files the binary embeds).
+async fn migrate_to(db: &TestDb, version: i64) {
+    let dir = match db.kind() {
+        Kind::Sqlite => "migrations/sqlite",
+        Kind::Postgres => "migrations/postgres",
+    };
+    let all =
+        sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+            .await
+            .unwrap();
+    let mut upto = sqlx::migrate::Migrator::DEFAULT;
+    upto.migrations = all
+        .migrations
+        .iter()
+        .filter(|m| m.version <= version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    match db.kind() {
+        Kind::Sqlite => {
+            let opts =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(db.url())
+                    .unwrap()
+                    .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            upto.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Kind::Postgres => {
+            let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+            upto.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<TestDb>) {
+    // A database as 0003 left it, with notifications already queued (and one deleted,
+    // so the row-id high-water mark is above the last row).
+    migrate_to(&db, 3).await;
+    let (time, yes) = match db.kind() {
+        Kind::Sqlite => ("1700000000000", "1"),
+        Kind::Postgres => ("now()", "true"),
+    };
+    for i in 0..6 {
+        let hash = format!("{i:064x}");
+        let hash = match db.kind() {
+            Kind::Sqlite => format!("X'{hash}'"),
+            Kind::Postgres => format!("'\\x{hash}'::bytea"),
+        };
+        db.execute(&format!(
+            "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                                        revoked_at, expired, next_attempt_at, status)
+             VALUES ({hash}, 1, 'old/pkg', 'github', 'https://example.com/{i}', 'content',
+                     {time}, {yes}, {time}, '{}')",
+            if i % 2 == 0 { "pending" } else { "delivered" }
+        ))
+        .await;
+    }
+    db.execute("DELETE FROM notifications WHERE id = 6").await;
+
+    // Then the current binary's migrations.
+    let store = notification_store(&db).await;
+    let before = all_notifications(store.as_ref()).await;
+    assert_eq!(ids(&before), [5, 4, 3, 2, 1], "rows and row ids kept");
+    let mut public: Vec<&str> = before.iter().map(|n| n.public_id.as_str()).collect();
+    assert!(public.iter().all(|p| is_uuid_v7(p)), "{public:?}");
+    public.sort_unstable();
+    public.dedup();
+    assert_eq!(public.len(), 5, "each existing row its own id");
+    assert_eq!(
+        before
+            .iter()
+            .filter(|n| n.status == NotificationStatus::Delivered)
+            .count(),
+        2
+    );
+
+    // A new row (queued by the revoking statement, which does not name the column)
+    // gets one too, and its row id is not a reused one.
+    let tokens = mint_many(store.as_ref(), "new/pkg", 1, Ttl::hours(1)).await;
+    record_at(store.as_ref(), &[&tokens[0]], now_ms()).await;
+    let after = all_notifications(store.as_ref()).await;
+    let new = &after[0];
+    assert_eq!(
+        new.id, 7,
+        "the row id high-water mark survives the migration"
+    );
+    assert!(is_uuid_v7(&new.public_id), "{}", new.public_id);
+    assert!(before.iter().all(|n| n.public_id != new.public_id));
+
+    // The database refuses a duplicate.
+    let dup = "UPDATE notifications SET public_id = \
+               (SELECT public_id FROM notifications WHERE id = 1) WHERE id = 2";
+    let refused = match &*db {
+        TestDb::Sqlite { url, .. } => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query(dup).execute(&mut c).await.is_err()
+        }
+        TestDb::Postgres { url, .. } => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(dup).execute(&mut c).await.is_err()
+        }
+    };
+    assert!(refused, "a duplicate public id is refused");
+}
+
+// ---------------------------------------------------------------- the database's clock
+
+/// PostgreSQL: leases are stamped and judged by the database's clock (`now()`), not by
+/// the clock of the host that claims. Instance A claims a notification for an hour.
+/// Instance B runs on a host whose clock is two hours ahead: as the worker and
+/// `revoker notify retry` do, it claims and re-queues by the database's clock, so it
+/// leaves A's lease alone. The old statements judged the lease by the claimer's own
+/// reading of its clock; that claim is replayed at the end and takes the row over,
+/// which is the double send this prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_are_judged_by_the_database_clock() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let a = notification_store(&db).await;
+    let b = open_store(db.url()).await;
+    let tokens = mint_many(a.as_ref(), "clock/pkg", 1, Ttl::hours(1)).await;
+    record_at(a.as_ref(), &[&tokens[0]], now_ms()).await;
+
+    let hour = Duration::from_secs(3600);
+    let claimed = a
+        .claim_notifications(Clock::Database, hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Stamped by the database: its own now() plus the lease.
+    let left: f64 = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT extract(epoch FROM locked_until - now())::float8 FROM notifications",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    };
+    assert!((3590.0..=3600.0).contains(&left), "lease ends in {left} s");
+
+    // B, whose host clock reads two hours later, by the database's clock: held.
+    let skewed_host_now = chrono::Utc::now() + Ttl::hours(2);
+    assert!(b
+        .claim_notifications(Clock::Database, hour, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        b.requeue_notification(claimed[0].id, Clock::Database)
+            .await
+            .unwrap(),
+        Requeue::InFlight(_)
+    ));
+    // B changed nothing: the row is as A's claim left it.
+    assert_eq!(all_notifications(b.as_ref()).await[0], {
+        let mut n = claimed[0].clone();
+        n.attempts = 1;
+        n
+    });
+
+    // What the old claim did: B's own reading as "now" finds the lease over.
+    let stolen = b
+        .claim_notifications(Clock::At(skewed_host_now), hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&stolen),
+        ids(&claimed),
+        "judged by the host clock: taken over"
+    );
+    db.cleanup().await;
 }

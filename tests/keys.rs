@@ -240,3 +240,69 @@ async fn a_rotation_hidden_by_the_rate_limit_gets_503_then_succeeds() {
     .await;
     app.stop().await;
 }
+
+/// `serve --scanner NAME=FILE` with a file that cannot give a key stops at start, non-zero,
+/// naming the scanner, the file and the problem (instead of answering every alert 503
+/// for ever). A key URL that is down at start is only a warning.
+#[test]
+fn serve_refuses_a_key_file_that_is_missing_or_holds_no_usable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let serve = |scanner: &str| {
+        let out = revoker_command()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", &db, "--scanner", scanner])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "serve started with {scanner}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let missing = dir.path().join("nope.json");
+    let err = serve(&format!("github={}", missing.display()));
+    assert!(
+        err.contains(&format!(
+            "scanner \"github\": key file {}: cannot read key file",
+            missing.display()
+        )) && err.contains("No such file"),
+        "{err}"
+    );
+
+    let notpem = dir.path().join("notpem.json");
+    std::fs::write(
+        &notpem,
+        r#"{"public_keys":[{"key_identifier":"team-1","key":"notpem","is_current":true}]}"#,
+    )
+    .unwrap();
+    let err = serve(&format!("team={}", notpem.display()));
+    assert!(err.contains(&notpem.display().to_string()), "{err}");
+    assert!(
+        err.contains(r#"key "team-1" is not a public key PEM"#),
+        "{err}"
+    );
+    assert!(!err.contains("PEM preamble"), "{err}");
+
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "not json").unwrap();
+    let err = serve(&format!("team={}", garbage.display()));
+    assert!(
+        err.contains(&garbage.display().to_string()) && err.contains("not valid key JSON"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_starts_when_a_key_url_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    // Port 1 on loopback: connection refused.
+    let server = ServeProcess::start(&db, &["--scanner", "down=http://127.0.0.1:1/keys"], false);
+    server.wait_for_log("fetching scanner keys failed");
+    server.stop();
+}

@@ -173,6 +173,18 @@ async fn wait_until_delivered(app: &TestApp, n: i64) {
     wait_for_counts(app, Duration::from_secs(15), |c| c.delivered >= n).await;
 }
 
+/// Lower-case, hyphenated 8-4-4-4-12, version 7, RFC 4122 variant.
+fn is_uuid_v7(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'7'
+        && b"89ab".contains(&b[19])
+}
+
 fn json(r: &Received) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("the body is JSON")
 }
@@ -221,7 +233,10 @@ async fn each_revoked_token_is_notified_once_signed_and_without_the_token() {
     assert!(ra.signature_ok, "HMAC-SHA256 over the body verifies");
     assert_eq!(ra.attempt, "1");
     assert_eq!(pa["event"], "token.revoked");
-    assert_eq!(pa["id"].to_string(), ra.idempotency_key);
+    // The key is the notification's public id: a UUIDv7 minted by the database, the
+    // same in the header and the body (not the per-database row number).
+    assert_eq!(pa["id"].as_str(), Some(ra.idempotency_key.as_str()));
+    assert!(is_uuid_v7(&ra.idempotency_key), "{}", ra.idempotency_key);
     assert_eq!(pa["token"]["type"], "cio_tp");
     assert_eq!(pa["token"]["hash_prefix"], a.hash().prefix());
     assert_eq!(pa["found"]["scanner"], "github");
@@ -362,6 +377,8 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
     );
     assert!(text.contains(&t.hash().prefix()), "{text}");
     assert!(!text.contains(t.expose_secret()));
+    // The operator sees the id the webhook got.
+    assert!(text.contains(&hook.received()[0].idempotency_key), "{text}");
 
     // Still failing: `notify run` has nothing due, and says one is failed (exit 1).
     let run = |extra: &[&str]| {
@@ -402,6 +419,23 @@ async fn an_always_failing_webhook_marks_the_notification_failed_until_retried()
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already delivered"));
+    // Its row number names it too; an id of no notification is refused.
+    let retry = |id: &str| {
+        revoker_command()
+            .args(["notify", "retry", id, "--database-url", db.url()])
+            .output()
+            .unwrap()
+    };
+    let by_row = retry("1");
+    assert!(String::from_utf8_lossy(&by_row.stderr).contains("already delivered"));
+    let unknown = retry("01890000-0000-7000-8000-000000000000");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no notification 01890000-0000-7000-8000-000000000000"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
 }
 
 /// Shutdown while a notification is on the wire: the worker finishes the send and

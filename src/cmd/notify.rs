@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 
 use revoker::notify::{defaults, Notifier, NotifySettings};
-use revoker::store::{NotificationStatus, Requeue};
+use revoker::store::{Clock, NotificationStatus, Requeue};
 
 use super::db::{open_existing, DbArgs};
 
@@ -43,8 +43,10 @@ pub enum NotifyCommand {
     /// refused until its lease ends.
     #[command(group(clap::ArgGroup::new("which").args(["id", "failed"]).required(true)))]
     Retry {
-        /// The notification id (see `revoker notify list`).
-        id: Option<i64>,
+        /// The notification's id as `revoker notify list` shows it and the webhook got
+        /// it (`Idempotency-Key`, a UUID); its row number (`row` in `list --json`)
+        /// works too.
+        id: Option<String>,
         /// Every failed notification.
         #[arg(long)]
         failed: bool,
@@ -166,7 +168,7 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
             if !json {
                 writeln!(
                     out,
-                    "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  last error / where found",
+                    "{:<36}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  last error / where found",
                     "id", "status", "attempts", "token hash", "owner", "revoked at"
                 )?;
             }
@@ -175,7 +177,8 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                     serde_json::to_writer(
                         &mut out,
                         &serde_json::json!({
-                            "id": n.id,
+                            "id": n.public_id,
+                            "row": n.id,
                             "status": n.status,
                             "attempts": n.attempts,
                             "token_hash_prefix": n.token_hash.prefix(),
@@ -196,8 +199,8 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                     let detail = n.last_error.clone().unwrap_or_else(|| n.url.clone());
                     writeln!(
                         out,
-                        "{:>6}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  {}",
-                        n.id,
+                        "{:<36}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  {}",
+                        n.public_id,
                         n.status.as_str(),
                         n.attempts,
                         n.token_hash.prefix(),
@@ -211,24 +214,37 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
         }
         NotifyCommand::Retry { id, failed, db } => {
             let store = open_existing(&db).await?;
-            let now = chrono::Utc::now();
+            // The database's clock judges leases and stamps the due time.
+            let now = Clock::Database;
             if failed {
                 let n = store.requeue_failed(now).await?;
                 println!("re-queued {n} failed notification(s)");
                 return Ok(());
             }
-            let id = id.expect("clap requires an id or --failed");
+            let given = id.expect("clap requires an id or --failed");
+            // Echoed in messages: whatever was pasted, never a raw token.
+            let id_shown = revoker::domain::redact::redact_tokens(given.trim());
+            // The public id (a UUID), or the row number for scripts written before it.
+            let id = match given.trim().parse::<i64>() {
+                Ok(row) => row,
+                Err(_) => match store.notification_by_public_id(&given).await? {
+                    Some(n) => n.id,
+                    None => anyhow::bail!("no notification {id_shown}"),
+                },
+            };
             match store.requeue_notification(id, now).await? {
                 Requeue::Requeued => {
-                    println!("re-queued notification {id}");
+                    println!("re-queued notification {id_shown}");
                     Ok(())
                 }
-                Requeue::NotFound => anyhow::bail!("no notification {id}"),
+                Requeue::NotFound => anyhow::bail!("no notification {id_shown}"),
                 Requeue::AlreadyDelivered => {
-                    anyhow::bail!("notification {id} was already delivered; it is not sent again")
+                    anyhow::bail!(
+                        "notification {id_shown} was already delivered; it is not sent again"
+                    )
                 }
                 Requeue::InFlight(until) => anyhow::bail!(
-                    "notification {id} is being sent right now (its worker holds it until {}); \
+                    "notification {id_shown} is being sent right now (its worker holds it until {}); \
                      retry after that if it has not been delivered",
                     until.format("%Y-%m-%d %H:%M:%S UTC")
                 ),

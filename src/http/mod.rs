@@ -4,7 +4,8 @@
 //! - [`webhook`]: `POST /secret-scanning/{scanner}` (public listener).
 //! - [`admin`]: `/metrics`, `/api/stats`, `/dashboard` (admin listener, optional bearer
 //!   token).
-//! - [`health`]: `/healthz`, `/readyz` (both listeners).
+//! - [`health`]: `/healthz`, `/readyz` (both listeners; the public `/readyz` is cached
+//!   for a second).
 //!
 //! Each module exports its own `router()`; [`public_router`] puts them together with
 //! JSON 404/405 fallbacks and the trace layer, [`admin_router`] with a JSON 404.
@@ -55,7 +56,7 @@ pub struct AppState {
 /// The public listener: the webhook, health, and a JSON 404/405 for everything else.
 pub fn public_router(state: AppState) -> Router {
     webhook::router()
-        .merge(health::router())
+        .merge(health::public_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

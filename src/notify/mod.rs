@@ -10,9 +10,13 @@
 //! - Body: [`Payload`] as JSON, the same bytes on every attempt. No raw token: the
 //!   token is named by the first 12 hex digits of its SHA-256.
 //! - `Revoker-Signature: sha256=<hex HMAC-SHA256(--notify-secret, body)>`.
-//! - `Idempotency-Key: <notification id>`: delivery is at-least-once (a worker that
-//!   dies after the receiver accepted but before recording it sends again after the
-//!   lease), so receivers deduplicate on this key.
+//! - `Idempotency-Key: <notification public id>`, a UUIDv7 the database minted with
+//!   the row, unique across databases and restores (the row id counts per database):
+//!   delivery is at-least-once (a worker that dies after the receiver accepted but
+//!   before recording it sends again after the lease), so receivers deduplicate on it.
+//! - Leases, due times and `delivered_at` are judged and stamped by the database's
+//!   clock ([`Clock::Database`]: PostgreSQL's `now()`), never this host's, so workers on
+//!   hosts with skewed clocks agree on when a lease has run out.
 //! - A 2xx answer is delivered; anything else (other status, timeout, connection
 //!   error) is retried after an exponential backoff with jitter; after
 //!   `--notify-max-attempts` the notification is marked failed, visible in
@@ -29,13 +33,17 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Sha256;
 
+pub mod worker;
+
+pub use worker::WorkerStatus;
+
 use crate::metrics::Metrics;
-use crate::store::{AttemptResult, Notification, RevocationStore, StoreError};
+use crate::store::{AttemptResult, Clock, Notification, RevocationStore, StoreError};
 use crate::support::{default_duration, error_chain, http_client, require_https};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
-/// Header carrying the notification id; the same on every attempt.
+/// Header carrying the notification's public id (a UUID); the same on every attempt.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Header carrying the attempt number (1 for the first); informational, not signed.
 pub const ATTEMPT_HEADER: &str = "Revoker-Attempt";
@@ -133,8 +141,8 @@ pub fn webhook_origin(url: &str) -> String {
 pub struct Payload<'a> {
     /// Always `token.revoked`.
     pub event: &'static str,
-    /// The notification id (also the `Idempotency-Key` header).
-    pub id: i64,
+    /// The notification's public id, a UUIDv7 (also the `Idempotency-Key` header).
+    pub id: &'a str,
     pub owner: &'a str,
     pub token: TokenRef,
     pub revoked_at: DateTime<Utc>,
@@ -167,7 +175,7 @@ pub struct Found<'a> {
 pub fn payload_body(n: &Notification) -> Vec<u8> {
     let payload = Payload {
         event: "token.revoked",
-        id: n.id,
+        id: &n.public_id,
         owner: &n.owner,
         token: TokenRef {
             token_type: "cio_tp",
@@ -220,6 +228,8 @@ pub struct Notifier {
     settings: Arc<NotifySettings>,
     metrics: Option<Metrics>,
     wake: Arc<tokio::sync::Notify>,
+    /// The worker's state, for the admin `/readyz`.
+    status: WorkerStatus,
 }
 
 impl Notifier {
@@ -239,6 +249,7 @@ impl Notifier {
             settings: Arc::new(settings),
             metrics,
             wake: Arc::new(tokio::sync::Notify::new()),
+            status: WorkerStatus::default(),
         })
     }
 
@@ -266,7 +277,7 @@ impl Notifier {
             }
             let claimed = self
                 .store
-                .claim_notifications(Utc::now(), self.settings.lease(), self.settings.batch)
+                .claim_notifications(Clock::Database, self.settings.lease(), self.settings.batch)
                 .await?;
             if claimed.is_empty() {
                 break;
@@ -285,14 +296,14 @@ impl Notifier {
             while let Some(joined) = sends.join_next().await {
                 let (n, result) = joined.expect("a send task does not panic");
                 let label = match &result {
-                    AttemptResult::Delivered { .. } => {
+                    AttemptResult::Delivered => {
                         summary.delivered += 1;
                         "delivered"
                     }
                     AttemptResult::Retry { error, .. } => {
                         summary.retrying += 1;
                         tracing::warn!(
-                            notification = n.id,
+                            notification = %n.public_id,
                             attempt = n.attempts,
                             error = %error,
                             "owner notification not delivered; will retry"
@@ -302,7 +313,7 @@ impl Notifier {
                     AttemptResult::Failed { error } => {
                         summary.failed += 1;
                         tracing::error!(
-                            notification = n.id,
+                            notification = %n.public_id,
                             attempts = n.attempts,
                             error = %error,
                             "owner notification failed for good; `revoker notify retry` re-queues it"
@@ -313,7 +324,11 @@ impl Notifier {
                 if let Some(m) = &self.metrics {
                     m.notification_attempt(label);
                 }
-                if let Err(e) = self.store.finish_notification(&n, &result).await {
+                if let Err(e) = self
+                    .store
+                    .finish_notification(&n, &result, Clock::Database)
+                    .await
+                {
                     first_error.get_or_insert(e);
                 }
             }
@@ -337,7 +352,7 @@ impl Notifier {
             .post(&self.settings.webhook)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, signature)
-            .header(IDEMPOTENCY_HEADER, n.id.to_string())
+            .header(IDEMPOTENCY_HEADER, n.public_id.as_str())
             .header(ATTEMPT_HEADER, n.attempts.to_string())
             .body(body)
             .send()
@@ -345,12 +360,12 @@ impl Notifier {
         let error = match sent {
             Ok(resp) if resp.status().is_success() => {
                 tracing::info!(
-                    notification = n.id,
+                    notification = %n.public_id,
                     token = %n.token_hash.prefix(),
                     attempt = n.attempts,
                     "owner notified"
                 );
-                return AttemptResult::Delivered { at: Utc::now() };
+                return AttemptResult::Delivered;
             }
             Ok(resp) => format!("webhook answered HTTP {}", resp.status().as_u16()),
             // Without the URL: it is the operator's and may carry credentials.
@@ -366,22 +381,40 @@ impl Notifier {
         if n.attempts >= self.settings.max_attempts {
             AttemptResult::Failed { error }
         } else {
-            let delay = backoff(
+            // Due again this long after now by the database's clock (the store adds it
+            // when it records the attempt).
+            let retry_in = backoff(
                 n.attempts,
                 self.settings.backoff_base,
                 self.settings.backoff_max,
             );
-            // `validate` caps the backoff at 30 days, so this cannot overflow; if it
-            // did, the latest representable time beats a panic in the worker.
-            let next_attempt_at = chrono::Duration::from_std(delay)
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC);
-            AttemptResult::Retry {
-                error,
-                next_attempt_at,
-            }
+            AttemptResult::Retry { error, retry_in }
         }
+    }
+
+    /// Whether the worker of `serve` runs, and its restarts after panics.
+    pub fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    /// [`Self::run`] under [`worker::supervise`]: restarted after a panic (an ERROR
+    /// line, `revoker_notify_worker_restarts_total`, a pause of
+    /// [`worker::RESTART_PAUSE`]), stopped by `stop` like `run`. Marks the worker
+    /// running at once (see [`Self::status`]).
+    pub fn run_supervised(
+        self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let status = self.status.clone();
+        let metrics = self.metrics.clone();
+        let rx = stop.clone();
+        worker::supervise(
+            move || self.clone().run(rx.clone()),
+            stop,
+            status,
+            metrics,
+            worker::RESTART_PAUSE,
+        )
     }
 
     /// The worker inside `serve`: a pass now, then whenever woken or every poll

@@ -244,7 +244,9 @@ pub struct CacheTiming {
 }
 
 /// One key cache per scanner, by name. `github_token` goes to the `github` scanner's
-/// source only, never to another scanner's. A name given twice is an error.
+/// source only, never to another scanner's. A name given twice is an error, and so is a
+/// key file that is missing, unreadable or holds no usable P-256 key (the error names
+/// the scanner, the file and the problem); a key URL is not fetched here.
 pub fn caches_for(
     specs: &[ScannerSpec],
     timing: CacheTiming,
@@ -258,6 +260,13 @@ pub fn caches_for(
             .flatten();
         let source = KeySource::new(&spec.source, timing.fetch_timeout, bearer)
             .map_err(anyhow::Error::msg)?;
+        source.check_file().map_err(|e| {
+            anyhow::anyhow!(
+                "scanner {:?}: key file {}: {e}",
+                spec.name,
+                source.describe()
+            )
+        })?;
         let cache = KeyCache::new(
             &spec.name,
             source,

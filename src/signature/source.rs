@@ -71,8 +71,29 @@ pub enum FetchError {
     Io(#[from] std::io::Error),
     #[error("key document is not valid key JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("key document lists no usable P-256 public key")]
-    NoUsableKeys,
+    /// Every entry was refused; each reason names its `key_identifier`.
+    #[error("key document lists no usable P-256 public key{}", refused_keys(.0))]
+    NoUsableKeys(Vec<String>),
+}
+
+/// `: key "a": …; key "b": …` (nothing for an empty list).
+fn refused_keys(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join("; "))
+    }
+}
+
+/// Why an entry's `key` is not usable, naming it by its `key_identifier`: not a public
+/// key PEM at all, or a public key that is not P-256.
+fn refused_key(key_id: &str, pem: &str, error: &dyn std::fmt::Display) -> String {
+    let key_id = crate::domain::redact::redact_tokens(key_id);
+    if pem.trim_start().starts_with("-----BEGIN PUBLIC KEY-----") {
+        format!("key {key_id:?} is not a P-256 public key ({error})")
+    } else {
+        format!("key {key_id:?} is not a public key PEM (no \"-----BEGIN PUBLIC KEY-----\")")
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,6 +114,7 @@ struct KeyEntry {
 pub fn parse_key_document(bytes: &[u8]) -> Result<HashMap<String, ScannerKey>, FetchError> {
     let doc: KeyDocument = serde_json::from_slice(bytes)?;
     let mut keys = HashMap::with_capacity(doc.public_keys.len());
+    let mut refused = Vec::new();
     for entry in doc.public_keys {
         match VerifyingKey::from_public_key_pem(entry.key.trim()) {
             Ok(key) => {
@@ -104,15 +126,15 @@ pub fn parse_key_document(bytes: &[u8]) -> Result<HashMap<String, ScannerKey>, F
                     },
                 );
             }
-            Err(e) => tracing::warn!(
-                key_id = %entry.key_identifier,
-                error = %e,
-                "skipping key that is not a P-256 public key"
-            ),
+            Err(e) => {
+                let reason = refused_key(&entry.key_identifier, &entry.key, &e);
+                tracing::warn!(reason = %reason, "skipping a key that is not usable");
+                refused.push(reason);
+            }
         }
     }
     if keys.is_empty() {
-        return Err(FetchError::NoUsableKeys);
+        return Err(FetchError::NoUsableKeys(refused));
     }
     Ok(keys)
 }
@@ -219,6 +241,21 @@ impl KeySource {
         }
     }
 
+    /// For a file source, reads and checks it now: `serve` refuses to start on a key
+    /// file that is missing, unreadable or holds no usable P-256 key (it would answer
+    /// every alert 503 for ever). An http(s) source is not fetched here: a key endpoint
+    /// that is down at start may come back, so that stays a warning.
+    pub fn check_file(&self) -> Result<(), FetchError> {
+        let KeySource::File(path) = self else {
+            return Ok(());
+        };
+        let bytes = std::fs::read(path)?;
+        if bytes.len() > MAX_KEY_DOCUMENT {
+            return Err(FetchError::TooLarge);
+        }
+        parse_key_document(&bytes).map(|_| ())
+    }
+
     pub(super) async fn fetch(&self) -> Result<HashMap<String, ScannerKey>, FetchError> {
         let bytes = match self {
             KeySource::Http {
@@ -272,5 +309,75 @@ mod tests {
         assert!("nosource".parse::<ScannerSpec>().is_err());
         assert!("Bad Name=x".parse::<ScannerSpec>().is_err());
         assert!("x=".parse::<ScannerSpec>().is_err());
+    }
+
+    fn document(entries: &[(&str, &str)]) -> Vec<u8> {
+        let keys: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(id, key)| serde_json::json!({"key_identifier": id, "key": key}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "public_keys": keys })).unwrap()
+    }
+
+    fn p256_pem() -> String {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        key.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap()
+    }
+
+    #[test]
+    fn refused_keys_are_named_by_their_key_identifier() {
+        // Not PEM at all.
+        let e = parse_key_document(&document(&[("k-notpem", "notpem")])).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(r#"key "k-notpem" is not a public key PEM"#),
+            "{text}"
+        );
+        assert!(!text.contains("preamble"), "{text}");
+        // A public key PEM, but not P-256 (an Ed25519 key).
+        let ed25519 = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let e = parse_key_document(&document(&[("k-ed", ed25519), ("k-notpem", "x")])).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(r#"key "k-ed" is not a P-256 public key ("#),
+            "{text}"
+        );
+        assert!(text.contains(r#"key "k-notpem""#), "{text}");
+        // One usable key is enough; the other is skipped.
+        let keys = parse_key_document(&document(&[("good", &p256_pem()), ("bad", "x")])).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["good"]);
+        // No entries at all.
+        let e = parse_key_document(&document(&[])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "key document lists no usable P-256 public key"
+        );
+    }
+
+    #[test]
+    fn a_file_source_is_checked_at_once_and_a_url_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = KeySource::new(
+            &dir.path().join("nope.json").display().to_string(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(missing.check_file(), Err(FetchError::Io(_))));
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, document(&[("k1", "notpem")])).unwrap();
+        let bad = KeySource::new(&bad.display().to_string(), Duration::from_secs(1), None).unwrap();
+        assert!(matches!(bad.check_file(), Err(FetchError::NoUsableKeys(_))));
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, document(&[("k1", &p256_pem())])).unwrap();
+        let good =
+            KeySource::new(&good.display().to_string(), Duration::from_secs(1), None).unwrap();
+        assert!(good.check_file().is_ok());
+        // A URL nothing answers on: not fetched at start.
+        let url = KeySource::new("http://127.0.0.1:1/keys", Duration::from_secs(1), None).unwrap();
+        assert!(url.check_file().is_ok());
     }
 }

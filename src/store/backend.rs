@@ -12,12 +12,13 @@
 //! - [`Record`] (`record.rs`): `record_report` (a transaction of several statements on
 //!   SQLite, ONE statement on PostgreSQL) and `preview`'s statement;
 //! - [`StatsSql`] (`stats.rs`): the statements of `stats`;
-//! - [`Outbox`] (`outbox.rs`): the claim statement (PostgreSQL adds `FOR UPDATE SKIP
-//!   LOCKED`) and `requeue_notification` (one statement on PostgreSQL; on SQLite one,
+//! - [`Outbox`] (`outbox.rs`): the statements that read the clock (claim, finish,
+//!   re-queue: PostgreSQL's `now()`, SQLite's given instant), the claim's lock clause
+//!   (PostgreSQL adds `FOR UPDATE SKIP LOCKED`) and `requeue_notification` (one statement on PostgreSQL; on SQLite one,
 //!   and a second only when the re-queue changed nothing, to say why).
 //!
-//! Statements that read the same on both databases (token and report reads, finishing
-//! and listing notifications, re-queuing failed ones) are written once in `shared.rs`
+//! Statements that read the same on both databases (token and report reads, marking a
+//! notification failed, listing notifications) are written once in `shared.rs`
 //! with `$N` placeholders, which sqlx binds on SQLite too. Each `…_SQL` constant's docs
 //! list its parameters in placeholder order and, for a query, the row struct of
 //! `rows.rs` whose field names it returns as column names.
@@ -32,8 +33,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Database, Decode, Encode, Pool, Type};
 
 use super::{
-    NewReport, NewToken, PoolSettings, RecordOptions, RecordedReport, Requeue, StatementCounter,
-    StoreError,
+    Clock, NewReport, NewToken, PoolSettings, RecordOptions, RecordedReport, Requeue,
+    StatementCounter, StoreError,
 };
 use crate::domain::TokenHash;
 
@@ -173,27 +174,36 @@ LIMIT 20"
 }
 
 /// The columns of a notification row, as `NotificationRow` reads them (`attempts`
-/// widened to the 64-bit integer it decodes on both backends).
+/// widened to the 64-bit integer it decodes on both backends; `public_id`, a `uuid` on
+/// PostgreSQL, as text).
 macro_rules! notification_columns {
     () => {
-        "id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
+        "id, CAST(public_id AS TEXT) AS public_id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
          CAST(attempts AS BIGINT) AS attempts, next_attempt_at, last_error, delivered_at, \
          locked_until"
     };
 }
 
 /// The claim: lease the due, unleased pending rows, oldest due first, in one
-/// statement; `$lock` is what keeps two claimers off the same row where several
-/// writers run at once (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite,
-/// which runs one writer at a time).
+/// statement. `$now` is the backend's "now" from parameter `$1` (the database's clock
+/// when it is NULL; see [`Outbox::clock`]), `$lease_end` that plus the lease in
+/// milliseconds (`$2`); `$lock` is what keeps two claimers off the same row where
+/// several writers run at once (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on
+/// SQLite, which runs one writer at a time).
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($now:literal, $lease_end:literal, $lock:literal) => {
         concat!(
-            "UPDATE notifications SET locked_until = $2, attempts = attempts + 1
+            "UPDATE notifications SET locked_until = ",
+            $lease_end,
+            ", attempts = attempts + 1
              WHERE id IN (
                  SELECT id FROM notifications
-                 WHERE status = 'pending' AND next_attempt_at <= $1
-                   AND (locked_until IS NULL OR locked_until <= $1)
+                 WHERE status = 'pending' AND next_attempt_at <= ",
+            $now,
+            "
+                   AND (locked_until IS NULL OR locked_until <= ",
+            $now,
+            ")
                  ORDER BY next_attempt_at, id
                  LIMIT $3",
             $lock,
@@ -209,13 +219,26 @@ pub(super) use {by_scanner_sql, by_source_sql, claim_sql, notification_columns};
 /// The notification (outbox) statements, and the one operation on it whose statements
 /// differ.
 pub(super) trait Outbox: Database {
-    /// `now, lease_end, limit` → the claimed `NotificationRow`s, in no order.
+    /// `clock, lease (ms), limit` → the claimed `NotificationRow`s, in no order.
     const CLAIM_SQL: &'static str;
+    /// `id, clock`: delivered now.
+    const DELIVERED_SQL: &'static str;
+    /// `id, clock, retry_in (ms), error, claimed locked_until`: due again at now +
+    /// `retry_in`, if still held by that claim.
+    const RETRY_SQL: &'static str;
+    /// `clock`: every failed one pending again, due now.
+    const REQUEUE_FAILED_SQL: &'static str;
+
+    /// What a [`Clock`] binds as: `None` (NULL) makes the statement read the
+    /// database's clock; an instant is taken as now.
+    fn clock(clock: Clock) -> Option<DateTime<Utc>>;
+    /// `public_id` (UUID text) → the `NotificationRow` of that id, if any.
+    const BY_PUBLIC_ID_SQL: &'static str;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
     fn requeue_notification(
         store: &Store<Self>,
         id: i64,
-        now: DateTime<Utc>,
+        clock: Clock,
     ) -> impl Future<Output = Result<Requeue, StoreError>> + Send;
 }

@@ -173,8 +173,12 @@ impl NotificationStatus {
 /// where it was found, and how sending it is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// Also the idempotency key the webhook receives.
+    /// The row id: counts per database, so it is never shown to the owner's webhook.
     pub id: i64,
+    /// The public id, a UUIDv7 (lower-case, hyphenated) minted by the database with the
+    /// row: the webhook's `Idempotency-Key` and the body's `id`, unique across databases
+    /// and restores.
+    pub public_id: String,
     pub token_hash: TokenHash,
     /// The report (delivery) that revoked the token.
     pub report_id: i64,
@@ -199,21 +203,33 @@ pub struct Notification {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+/// The clock an outbox statement judges and stamps time by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The database's own clock: PostgreSQL's `now()`, so instances whose clocks are
+    /// skewed still agree on every lease and never send one notification at once. On
+    /// SQLite, the clock of the host (every process on a SQLite file runs on that one
+    /// host, so there is one clock anyway). What the worker and `revoker notify` use.
+    Database,
+    /// A given instant, taken as "now" (tests step through time with it).
+    At(DateTime<Utc>),
+}
+
+impl From<DateTime<Utc>> for Clock {
+    fn from(at: DateTime<Utc>) -> Self {
+        Clock::At(at)
+    }
+}
+
 /// What became of one attempt to send a claimed notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    Delivered {
-        at: DateTime<Utc>,
-    },
-    /// Not delivered; try again at `next_attempt_at`.
-    Retry {
-        error: String,
-        next_attempt_at: DateTime<Utc>,
-    },
+    /// Delivered now (by the clock [`RevocationStore::finish_notification`] is given).
+    Delivered,
+    /// Not delivered; try again `retry_in` from now.
+    Retry { error: String, retry_in: Duration },
     /// Not delivered and out of attempts: marked failed.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
 }
 
 /// Notifications per status.
@@ -329,27 +345,30 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
 
     /// Claims up to `limit` pending notifications that are due (`next_attempt_at <=
-    /// now`) and not leased, oldest due first: leases each until `now + lease` and
-    /// counts an attempt (`attempts + 1`), in one statement. On PostgreSQL the rows are
-    /// picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never get the same
-    /// row; the lease keeps other workers off it while it is being sent, and lets
-    /// another worker take it over if this one dies.
+    /// now`) and not leased (`locked_until` unset or `<= now`), oldest due first: leases
+    /// each until `now + lease` and counts an attempt (`attempts + 1`), in one
+    /// statement; `now` is read from `clock` inside that statement. On PostgreSQL the
+    /// rows are picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never get
+    /// the same row; the lease keeps other workers off it while it is being sent, and
+    /// lets another worker take it over if this one dies.
     async fn claim_notifications(
         &self,
-        now: DateTime<Utc>,
+        clock: Clock,
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
 
     /// Records the result of an attempt on `claimed` (as `claim_notifications` returned
-    /// it) and ends its lease. `Delivered` always counts (a success is never undone).
-    /// `Retry` and `Failed` apply only while the row is still held by that same claim:
-    /// a worker whose lease ran out, and whose row another worker took over or an
-    /// operator re-queued, changes nothing.
+    /// it) and ends its lease; `delivered_at` and the next attempt's time come from
+    /// `clock`. `Delivered` always counts (a success is never undone). `Retry` and
+    /// `Failed` apply only while the row is still held by that same claim: a worker
+    /// whose lease ran out, and whose row another worker took over or an operator
+    /// re-queued, changes nothing.
     async fn finish_notification(
         &self,
         claimed: &Notification,
         result: &AttemptResult,
+        clock: Clock,
     ) -> Result<(), StoreError>;
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
@@ -366,16 +385,19 @@ pub trait RevocationStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
 
-    /// Makes a pending or failed notification due at `now` with its attempt count and
-    /// error cleared; not one a worker is sending right now (lease past `now`).
-    async fn requeue_notification(
+    /// The notification with this public id (UUID text, any case); `None` when there is
+    /// none or `public_id` is not a UUID.
+    async fn notification_by_public_id(
         &self,
-        id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Requeue, StoreError>;
+        public_id: &str,
+    ) -> Result<Option<Notification>, StoreError>;
 
-    /// Re-queues every failed notification; returns how many.
-    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Makes a pending or failed notification due now (by `clock`) with its attempt
+    /// count and error cleared; not one a worker is sending right now (lease past now).
+    async fn requeue_notification(&self, id: i64, clock: Clock) -> Result<Requeue, StoreError>;
+
+    /// Re-queues every failed notification, due now (by `clock`); returns how many.
+    async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError>;
 
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;

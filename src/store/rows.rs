@@ -275,6 +275,7 @@ pub(super) fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals 
 #[derive(FromRow)]
 pub(super) struct NotificationRow<B: Backend> {
     id: i64,
+    public_id: String,
     token_hash: Vec<u8>,
     report_id: i64,
     owner: String,
@@ -296,6 +297,7 @@ impl<B: Backend> NotificationRow<B> {
         let attempts = self.attempts;
         Ok(Notification {
             id: self.id,
+            public_id: self.public_id,
             token_hash: hash_from(&self.token_hash)?,
             report_id: self.report_id,
             owner: self.owner,

@@ -13,6 +13,9 @@
 //! - `stats` reads all its sections in one transaction, so they describe one snapshot.
 //! - A delivered notification never goes back to pending or failed (see
 //!   `finish_notification`).
+//! - Every outbox time (leases, due times, `delivered_at`) is read from one [`Clock`]
+//!   inside the statement that uses it: the database's `now()` on PostgreSQL in
+//!   production, so hosts with skewed clocks agree on leases.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,9 +31,10 @@ use super::rows::{
     TokenRow,
 };
 use super::{
-    AttemptResult, NewReport, NewToken, Notification, NotificationCounts, NotificationStatus,
-    Outcome, OutcomeCounts, RecordOptions, RecordedReport, ReportItemRecord, ReportRecord, Requeue,
-    RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError, TokenRecord,
+    AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
+    NotificationStatus, Outcome, OutcomeCounts, RecordOptions, RecordedReport, ReportItemRecord,
+    ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError,
+    TokenRecord,
 };
 use crate::domain::TokenHash;
 
@@ -53,16 +57,6 @@ const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, 
 const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome
              FROM report_items WHERE report_id = $1 ORDER BY position";
 
-/// `id, delivered_at`.
-const DELIVERED_SQL: &str = "UPDATE notifications
-                 SET status = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL
-                 WHERE id = $1 AND status <> 'delivered'";
-
-/// `id, next_attempt_at, error, claimed locked_until`.
-const RETRY_SQL: &str = "UPDATE notifications
-                 SET next_attempt_at = $2, last_error = $3, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending' AND locked_until = $4";
-
 /// `id, error, claimed locked_until`.
 const FAILED_SQL: &str = "UPDATE notifications
                  SET status = 'failed', last_error = $2, locked_until = NULL
@@ -74,12 +68,6 @@ const LIST_SQL: &str = concat!(
     notification_columns!(),
     " FROM notifications WHERE CAST($1 AS TEXT) IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
 );
-
-/// `now`.
-const REQUEUE_FAILED_SQL: &str = "UPDATE notifications
-             SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL,
-                 locked_until = NULL
-             WHERE status = 'failed'";
 
 #[async_trait]
 impl<B> RevocationStore for Store<B>
@@ -237,7 +225,7 @@ where
 
     async fn claim_notifications(
         &self,
-        now: DateTime<Utc>,
+        clock: Clock,
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
@@ -246,8 +234,8 @@ where
         }
         self.statements.add(1);
         let rows: Vec<NotificationRow<B>> = sqlx::query_as(B::CLAIM_SQL)
-            .bind(B::encode_time(now))
-            .bind(B::encode_time(lease_end(now, lease)))
+            .bind(B::clock(clock).map(B::encode_time))
+            .bind(millis(lease))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
@@ -264,21 +252,19 @@ where
         &self,
         claimed: &Notification,
         result: &AttemptResult,
+        clock: Clock,
     ) -> Result<(), StoreError> {
         // A delivered notification never goes back: a worker whose lease ran out and
         // was overtaken cannot undo the other's success. A success always counts.
         // Anything else needs the row still held by this claim (its exact lease end).
         let held_until = claimed.locked_until.map(B::encode_time);
+        let now = B::clock(clock).map(B::encode_time);
         let query = match result {
-            AttemptResult::Delivered { at } => sqlx::query(DELIVERED_SQL)
+            AttemptResult::Delivered => sqlx::query(B::DELIVERED_SQL).bind(claimed.id).bind(now),
+            AttemptResult::Retry { error, retry_in } => sqlx::query(B::RETRY_SQL)
                 .bind(claimed.id)
-                .bind(B::encode_time(*at)),
-            AttemptResult::Retry {
-                error,
-                next_attempt_at,
-            } => sqlx::query(RETRY_SQL)
-                .bind(claimed.id)
-                .bind(B::encode_time(*next_attempt_at))
+                .bind(now)
+                .bind(millis(*retry_in))
                 .bind(error.as_str())
                 .bind(held_until),
             AttemptResult::Failed { error } => sqlx::query(FAILED_SQL)
@@ -326,18 +312,29 @@ where
             .collect()
     }
 
-    async fn requeue_notification(
+    async fn notification_by_public_id(
         &self,
-        id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Requeue, StoreError> {
-        B::requeue_notification(self, id, now).await
+        public_id: &str,
+    ) -> Result<Option<Notification>, StoreError> {
+        let Some(public_id) = canonical_uuid(public_id) else {
+            return Ok(None);
+        };
+        self.statements.add(1);
+        let row: Option<NotificationRow<B>> = sqlx::query_as(B::BY_PUBLIC_ID_SQL)
+            .bind(public_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(NotificationRow::into_notification).transpose()
     }
 
-    async fn requeue_failed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn requeue_notification(&self, id: i64, clock: Clock) -> Result<Requeue, StoreError> {
+        B::requeue_notification(self, id, clock).await
+    }
+
+    async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError> {
         self.statements.add(1);
-        let done = sqlx::query(REQUEUE_FAILED_SQL)
-            .bind(B::encode_time(now))
+        let done = sqlx::query(B::REQUEUE_FAILED_SQL)
+            .bind(B::clock(clock).map(B::encode_time))
             .execute(&self.pool)
             .await?;
         Ok(B::rows_affected(&done))
@@ -395,6 +392,19 @@ pub(super) fn database_budget(
     Ok(Some(budget))
 }
 
+/// A UUID in the form both backends store it (lower-case, hyphenated); `None` for
+/// anything that is not 32 hex digits in the 8-4-4-4-12 form.
+pub(super) fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    let groups: Vec<&str> = s.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    (shape
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())))
+    .then(|| s.to_ascii_lowercase())
+}
+
 /// Distinct hashes, in first-seen order.
 pub(super) fn distinct_hashes(hashes: impl IntoIterator<Item = TokenHash>) -> Vec<TokenHash> {
     let mut seen = std::collections::HashSet::new();
@@ -421,11 +431,9 @@ pub(super) fn outcomes_for(
     Ok((outcomes, counts))
 }
 
-/// The end of a lease that starts at `now`; a lease too long to represent ends at the
-/// latest instant there is.
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    chrono::TimeDelta::from_std(lease)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+/// A lease or a delay in whole milliseconds, as the outbox statements add it to their
+/// "now"; capped at 100 years, so the sum stays a valid instant on both databases.
+fn millis(d: Duration) -> i64 {
+    const MAX_MS: u128 = 100 * 366 * 24 * 3600 * 1000;
+    d.as_millis().min(MAX_MS) as i64
 }
