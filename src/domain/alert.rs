@@ -321,7 +321,8 @@ pub struct Compact {
 /// body), and a bound of the store's own per-candidate work.
 pub fn compact_bytes(sizes: &Sizes) -> usize {
     /// What the store allocates per candidate while recording it (bind values,
-    /// returned rows, outcomes), measured with SQLite and PostgreSQL and rounded up.
+    /// returned rows, outcomes): an estimate from the store's row and bind sizes, not
+    /// yet a measurement (the tiny-item worst case has no candidates).
     const STORE_PER_CANDIDATE: usize = 512;
     sizes.items * std::mem::size_of::<ItemRef>()
         + sizes.candidates
@@ -449,6 +450,7 @@ impl Compact {
             delivery: self,
             next: 0,
             chunk,
+            opened: false,
             done: false,
         }
     }
@@ -461,6 +463,7 @@ pub struct FeedbackChunks {
     delivery: Compact,
     next: usize,
     chunk: usize,
+    opened: bool,
     done: bool,
 }
 
@@ -472,8 +475,9 @@ impl FeedbackChunks {
         }
         let items = &self.delivery.items;
         let mut out = Vec::with_capacity(self.chunk + 256);
-        if self.next == 0 {
+        if !self.opened {
             out.push(b'[');
+            self.opened = true;
         }
         while self.next < items.len() && out.len() < self.chunk {
             let item = items[self.next];
@@ -567,6 +571,51 @@ mod tests {
         assert_eq!(fb[1].token_type, "t");
         assert_eq!(fb[0].label, Label::FalsePositive);
         assert_eq!(fb[0].token_hash, TokenHash::of("junk").to_hex());
+    }
+
+    #[test]
+    fn compact_answers_exactly_like_the_whole_feedback_in_any_chunk_size() {
+        let good = Token::generate();
+        let body = format!(
+            r#"[{{"token":"junk","type":"a\u0041"}},{{"token":"{}","type":"t","url":"u"}},{{"token":""}},{{"token":"x","type":null}}]"#,
+            good.expose_secret()
+        );
+        let items = parse(body.as_bytes()).unwrap();
+        let classified = classify(&items);
+        let outcomes = classified.outcomes(&[Outcome::Revoked]);
+        let whole = feedback_json(&items, &classified.hashes, &outcomes);
+
+        let sizes = measure(body.as_bytes()).unwrap();
+        assert_eq!((sizes.items, sizes.candidates), (4, 1));
+        assert!(compact_bytes(&sizes) >= 4 * std::mem::size_of::<ItemRef>());
+        for chunk in [1, 50, 1 << 16] {
+            let mut delivery = compact(bytes::Bytes::from(body.clone()), &sizes).unwrap();
+            assert_eq!(delivery.not_ours, 3);
+            let report = delivery
+                .take_report("github", "k", Utc::now(), |_| [0; 32])
+                .unwrap();
+            assert_eq!(report.candidates[0].position, 1);
+            assert_eq!(report.item_count, 4);
+            delivery.set_outcomes(&[Outcome::Revoked]);
+            let mut chunks = delivery.feedback(chunk);
+            let mut streamed = Vec::new();
+            while let Some(piece) = chunks.next_chunk() {
+                streamed.extend(piece);
+            }
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole.clone()).unwrap()
+            );
+        }
+        assert_eq!(std::mem::size_of::<ItemRef>(), 48);
+        assert_eq!(
+            compact(bytes::Bytes::from_static(b"[]"), &Sizes::default())
+                .unwrap()
+                .feedback(10)
+                .next_chunk()
+                .unwrap(),
+            b"[]"
+        );
     }
 
     #[test]
