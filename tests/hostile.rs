@@ -186,6 +186,11 @@ async fn genuine_deliveries_are_answered_while_1000_hostile_connections_are_open
             started.elapsed()
         );
     }
+    // 1,000 hostile connections, 150 of them with a body at the limit (150 MiB offered,
+    // more than the 64 MiB unverified budget): the server stays small.
+    let (_, peak_kib) = server.memory_kib();
+    eprintln!("server peak RSS under attack: {peak_kib} KiB");
+    assert!(peak_kib < 200 << 10, "peak RSS {peak_kib} KiB");
     // Junk signatures are refused as such (they take no slot either).
     assert_eq!(refused[1].load(std::sync::atomic::Ordering::SeqCst), 100);
     // The server still holds every hostile connection (one descriptor each).
