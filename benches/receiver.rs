@@ -92,6 +92,73 @@ fn rss_mib() -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// 1,000 hostile connections held open, as in `tests/hostile.rs`: 250 silent, 250 slow
+/// heads, 250 slow bodies under the public key id with a junk signature, 150 bodies at
+/// `max_body` with the last byte withheld, 100 junk signatures on kept-alive
+/// connections. Each is a task that keeps its connection until aborted.
+async fn hostile_connections(base: &str, max_body: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let junk = revoker::replay::sign_body(&SigningKey::random(&mut rand::rngs::OsRng), b"x");
+    let head = |len: usize| {
+        format!(
+            "POST /secret-scanning/github HTTP/1.1\r\nHost: {addr}\r\n\
+             Github-Public-Key-Identifier: bench-key\r\nGithub-Public-Key-Signature: {junk}\r\n\
+             Content-Length: {len}\r\n\r\n"
+        )
+    };
+    let chunk: Arc<Vec<u8>> = Arc::new(vec![b' '; 1 << 20]);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (slow_body, limit_body, junk_body) = (head(100_000), head(max_body), head(2));
+        let chunk = Arc::clone(&chunk);
+        tasks.push(tokio::spawn(async move {
+            match i % 20 {
+                // 250 silent
+                0..=4 => {}
+                // 250 slow heads
+                5..=9 => {
+                    let _ = s
+                        .write_all(b"POST /secret-scanning/github HTTP/1.1\r\n")
+                        .await;
+                    while s.write_all(b"X").await.is_ok() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                // 250 slow bodies
+                10..=14 => {
+                    let _ = s.write_all(slow_body.as_bytes()).await;
+                    while s.write_all(b" ").await.is_ok() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                // 150 bodies at the limit, last byte withheld
+                15..=17 => {
+                    let _ = s.write_all(limit_body.as_bytes()).await;
+                    let mut left = max_body - 1;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                        left -= n;
+                    }
+                }
+                // 100 junk signatures, answered 401, connection kept
+                _ => {
+                    let _ = s.write_all(format!("{junk_body}[]").as_bytes()).await;
+                    let mut buf = [0u8; 512];
+                    let _ = s.read(&mut buf).await;
+                }
+            }
+            std::future::pending::<()>().await;
+            drop(s);
+        }));
+    }
+    tasks
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -383,6 +450,9 @@ async fn run(args: Args) -> bool {
         }],
     );
     settings.max_body = 64 << 20;
+    // A 64 MiB body of minimal candidates may need about 750 MiB once verified.
+    settings.verified_memory_budget = 1 << 30;
+    let settings_max_body = settings.max_body;
     settings.pool.max_connections = 16;
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -595,7 +665,6 @@ async fn run(args: Args) -> bool {
         lat.extend(w.await.unwrap());
     }
     let elapsed = tp_started.elapsed().as_secs_f64();
-    drop(signed);
     lat.sort_by(f64::total_cmp);
     let rps = lat.len() as f64 / elapsed;
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
@@ -615,6 +684,64 @@ async fn run(args: Args) -> bool {
     );
 
     phase("after throughput");
+
+    // 3b. Under attack: genuine 1-token deliveries at concurrency 4 while 1,000 hostile
+    // connections are held open (they need no key: the key id is public).
+    let (_, rss_before) = rss_mib();
+    let hostile = hostile_connections(&bench.base, settings_max_body).await;
+    let held = hostile.len();
+    let attack_secs = throughput_secs;
+    let deadline = Instant::now() + Duration::from_secs(attack_secs);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    let attack_started = Instant::now();
+    for _ in 0..4 {
+        let bench = Arc::clone(&bench);
+        let errors = Arc::clone(&errors);
+        let signed = Arc::clone(&signed);
+        let next_signed = Arc::clone(&next_signed);
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let idx = next_signed.fetch_add(1, Ordering::Relaxed);
+                let (body, sig) = &signed[idx % signed.len()];
+                let (status, took) = bench.deliver_signed(body.clone(), sig.clone()).await;
+                if status != 200 {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(ms(took));
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let elapsed = attack_started.elapsed().as_secs_f64();
+    let (peak_attack, rss_attack) = rss_mib();
+    for h in hostile {
+        h.abort();
+    }
+    lat.sort_by(f64::total_cmp);
+    let rps = lat.len() as f64 / elapsed;
+    let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let errors = errors.load(Ordering::Relaxed);
+    rows.push(Row {
+        name: format!("under attack: 1-token, c=4, {held} hostile"),
+        value: format!(
+            "{rps:8.0} req/s  p50 {t50:6.2} ms  p99 {t99:6.2} ms  errors {errors}  RSS {rss_before:.0} -> {rss_attack:.0} MiB (peak {peak_attack:.0}, whole process)"
+        ),
+        target: "p99 <= 1 s, 0 errors, server RSS <= 200 MB".into(),
+    });
+    json.insert(
+        "under_attack".into(),
+        serde_json::json!({"hostile_connections": held, "seconds": elapsed, "requests": lat.len(),
+            "rps": rps, "p50_ms": t50, "p99_ms": t99, "errors": errors,
+            "rss_before_mib": rss_before, "rss_during_mib": rss_attack, "peak_rss_mib": peak_attack}),
+    );
+    drop(signed);
+    phase("after attack");
 
     // 4. Component costs.
     let sample: Vec<Token> = (0..10_000).map(|_| Token::generate()).collect();

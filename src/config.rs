@@ -59,6 +59,10 @@ pub mod defaults {
     pub const BODY_TIMEOUT: &str = "10s";
     pub const SHUTDOWN_TIMEOUT: &str = "30s";
     pub const MAX_CONCURRENT_DELIVERIES: u32 = 128;
+    pub const UNVERIFIED_BODY_BUDGET: &str = "64MiB";
+    pub const VERIFIED_MEMORY_BUDGET: &str = "256MiB";
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    pub const HEADER_TIMEOUT: &str = "10s";
 }
 
 /// Everything `serve` needs.
@@ -76,8 +80,19 @@ pub struct Settings {
     pub retry_after: Duration,
     pub request_timeout: Duration,
     pub body_timeout: Duration,
-    /// Deliveries processed at once; beyond it: 503 `overloaded`.
+    /// Verified deliveries processed at once; beyond it: 503 `overloaded`.
     pub max_concurrent_deliveries: usize,
+    /// Bytes of bodies not yet verified, beyond each body's free first 64 KiB, held at
+    /// once; a body waits for budget (within `body_timeout`).
+    pub unverified_body_budget: usize,
+    /// Memory estimated for verified deliveries (body, parsed items, candidates,
+    /// feedback) held at once; a delivery that does not fit gets 503 `overloaded`.
+    pub verified_memory_budget: usize,
+    /// Open connections on the public listener; accept waits when all are taken.
+    pub max_connections: usize,
+    /// Deadline for a request head (from the connection's start or the previous
+    /// answer); past it the connection is closed.
+    pub header_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take before the process exits.
     pub shutdown_timeout: Duration,
     /// Admin listener: /metrics, /api/stats, /dashboard, health.
@@ -104,6 +119,12 @@ impl Settings {
             request_timeout: default_duration(defaults::REQUEST_TIMEOUT),
             body_timeout: default_duration(defaults::BODY_TIMEOUT),
             max_concurrent_deliveries: defaults::MAX_CONCURRENT_DELIVERIES as usize,
+            unverified_body_budget: parse_size(defaults::UNVERIFIED_BODY_BUDGET)
+                .expect("the default size parses"),
+            verified_memory_budget: parse_size(defaults::VERIFIED_MEMORY_BUDGET)
+                .expect("the default size parses"),
+            max_connections: defaults::MAX_CONNECTIONS as usize,
+            header_timeout: default_duration(defaults::HEADER_TIMEOUT),
             shutdown_timeout: default_duration(defaults::SHUTDOWN_TIMEOUT),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
@@ -144,5 +165,9 @@ mod tests {
         assert_eq!(s.keys_refetch_interval, Duration::from_secs(60));
         assert_eq!(s.request_timeout, Duration::from_secs(25));
         assert_eq!(s.max_concurrent_deliveries, 128);
+        assert_eq!(s.unverified_body_budget, 64 << 20);
+        assert_eq!(s.verified_memory_budget, 256 << 20);
+        assert_eq!(s.max_connections, 4096);
+        assert_eq!(s.header_timeout, Duration::from_secs(10));
     }
 }

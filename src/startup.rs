@@ -3,6 +3,13 @@
 //! works), so a caller knows the ports before the server runs;
 //! [`Application::run_until_stopped`] serves until a shutdown future resolves, then
 //! lets in-flight work finish within `--shutdown-timeout`.
+//!
+//! The public listener runs its own accept loop ([`serve_public`]): at most
+//! `--max-connections` connections are open (accept waits for a free permit), and a
+//! connection whose request head does not arrive within `--header-timeout` (counted
+//! from its start or from the previous answer, so idle keep-alive connections and
+//! connections that never send a byte are closed too) is closed. The admin listener
+//! is private and uses `axum::serve`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +32,14 @@ pub struct Application {
     admin_listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
+    limits: ConnectionLimits,
+}
+
+/// What the public listener's accept loop enforces.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    header_timeout: Duration,
 }
 
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
@@ -102,10 +117,23 @@ impl Application {
                 settings.admin_listen
             );
         }
+        let worst = http::intake::verified_estimate_max(settings.max_body);
+        if settings.verified_memory_budget < worst {
+            anyhow::bail!(
+                "--verified-memory-budget {} is below what one delivery of --max-body {} may \
+                 need ({worst} bytes): such a delivery would be refused forever",
+                settings.verified_memory_budget,
+                settings.max_body
+            );
+        }
         Ok(Application {
             listener,
             admin_listener,
             shutdown_timeout: settings.shutdown_timeout,
+            limits: ConnectionLimits {
+                max_connections: settings.max_connections.max(1),
+                header_timeout: settings.header_timeout,
+            },
             state: AppState {
                 store,
                 scanners: Arc::new(scanners),
@@ -116,6 +144,8 @@ impl Application {
                 deliveries: Arc::new(tokio::sync::Semaphore::new(
                     settings.max_concurrent_deliveries.max(1),
                 )),
+                unverified_budget: http::intake::Budget::new(settings.unverified_body_budget),
+                verified_budget: http::intake::Budget::new(settings.verified_memory_budget),
                 metrics,
                 admin_token_digest: settings
                     .admin_token
@@ -177,8 +207,12 @@ impl Application {
             }
         };
         tracing::info!(%addr, %admin, "listening");
-        let public = axum::serve(self.listener, http::public_router(self.state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let public = serve_public(
+            self.listener,
+            http::public_router(self.state.clone()),
+            self.limits,
+            stopped(stop_rx.clone()),
+        );
         let admin = axum::serve(self.admin_listener, http::admin_router(self.state))
             .with_graceful_shutdown(stopped(stop_rx));
         // The notification worker records the round it is sending before it stops;
@@ -201,6 +235,114 @@ impl Application {
                 );
                 Ok(())
             }
+        }
+    }
+}
+
+/// The public listener: one task per connection, each holding one of
+/// `max_connections` permits; when none is free, accept waits (new connections queue
+/// in the kernel's backlog). On `stop`, accepting ends and every connection is told to
+/// close after its in-flight request; resolves when all have closed (the caller caps
+/// that wait with `--shutdown-timeout`).
+async fn serve_public(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+            () = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // The answer goes out in more than one write when it is streamed: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A failed accept: a connection reset before it was accepted is nothing; anything
+/// else (out of file descriptors) is logged and accepting pauses briefly instead of
+/// spinning.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Raises the soft limit of open files to the hard limit, so `--max-connections`
+/// (plus database and key connections) can be reached; warns when even the hard
+/// limit is below `max_connections` + 64.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
+pub fn raise_open_file_limit(max_connections: u64) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                limit.rlim_cur = before;
+            }
+        }
+        let needed = max_connections.saturating_add(64);
+        if (limit.rlim_cur as u64) < needed {
+            tracing::warn!(
+                open_files = limit.rlim_cur as u64,
+                needed,
+                "the open-file limit is below --max-connections; raise it (ulimit -n) or lower the flag"
+            );
+        } else if limit.rlim_cur != before {
+            tracing::debug!(
+                from = before as u64,
+                to = limit.rlim_cur as u64,
+                "raised the open-file limit"
+            );
         }
     }
 }

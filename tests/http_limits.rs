@@ -102,19 +102,18 @@ async fn deliveries_beyond_the_concurrency_limit_get_503_at_once() {
         .wait_for_keys()
         .start()
         .await;
-    // Two deliveries whose bodies never complete hold both permits.
+    let t = app.mint("busy/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&[t.expose_secret()]);
+    let permits = &app.state.deliveries;
+    // Two deliveries whose bodies never complete are not verified: they take no slot.
     let held = [
         app.unfinished_delivery().await,
         app.unfinished_delivery().await,
     ];
-    let t = app.mint("busy/pkg", Ttl::minutes(30)).await;
-    let body = alert_body(&[t.expose_secret()]);
-    let permits = &app.state.deliveries;
-    let free = async || permits.available_permits();
-    eventually(Duration::from_secs(5), "permits still free", free, |n| {
-        *n == 0
-    })
-    .await;
+    assert_eq!(app.get("/healthz").await.status, 200); // both heads are in
+    assert_eq!(permits.available_permits(), 2);
+    // Two verified deliveries in progress hold both slots.
+    let busy = permits.acquire_many(2).await.unwrap();
     // The third is refused without waiting and without writing anything.
     let started = Instant::now();
     let a = app.deliver(&Signer::test(), body.clone()).await;
@@ -133,13 +132,69 @@ async fn deliveries_beyond_the_concurrency_limit_get_503_at_once() {
     // Health checks are not deliveries and still answer.
     assert_eq!(app.get("/healthz").await.status, 200);
 
-    // Once the held connections go away, their permits come back and the retry gets
-    // the full answer.
-    drop(held);
-    let back = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(2));
-    drop(back.await.expect("permits never came back").unwrap());
+    // Once the slots are free, the retry gets the full answer, the unfinished
+    // deliveries still open.
+    drop(busy);
     let a = app.deliver(&Signer::test(), body).await;
     assert_eq!(a.labels(), ["true_positive"]);
     assert!(app.is_revoked(&t).await);
+    drop(held);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_beyond_the_verified_memory_budget_gets_503_and_nothing_is_written() {
+    let app = TestApp::sqlite().wait_for_keys().start().await;
+    let t = app.mint("mem/pkg", Ttl::minutes(30)).await;
+    let body = alert_body(&[t.expose_secret()]);
+    let budget = &app.state.verified_budget;
+    // Other verified deliveries hold all of it.
+    let all = budget.try_take(budget.available()).unwrap();
+    let a = app.deliver(&Signer::test(), body.clone()).await;
+    assert_eq!(
+        (a.status, a.error_code(), a.retry_after.as_deref()),
+        (503, "overloaded", Some("7")),
+        "{}",
+        a.text
+    );
+    assert!(!app.is_revoked(&t).await);
+    assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    drop(all);
+    let a = app.deliver(&Signer::test(), body).await;
+    assert_eq!(a.labels(), ["true_positive"]);
+    // The reservation is given back once the answer is sent.
+    let full = budget.available();
+    assert_eq!(full, 256 << 20);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_never_wait_for_the_unverified_budget_and_large_ones_do() {
+    let app = TestApp::sqlite()
+        .body_timeout(Duration::from_millis(800))
+        .wait_for_keys()
+        .start()
+        .await;
+    let budget = &app.state.unverified_budget;
+    // Unverified bodies hold the whole budget.
+    let all = budget.try_take(budget.available()).unwrap();
+    let t = app.mint("small/pkg", Ttl::minutes(30)).await;
+    let a = app
+        .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+        .await;
+    assert_eq!(a.labels(), ["true_positive"]);
+    // A body past the free 64 KiB waits for budget, within --body-timeout.
+    let big = alert_body(&vec!["junk"; 2000]);
+    assert!(big.len() > 64 << 10);
+    let a = app.deliver(&Signer::test(), big.clone()).await;
+    assert_eq!(
+        (a.status, a.error_code()),
+        (408, "body_timeout"),
+        "{}",
+        a.text
+    );
+    drop(all);
+    let a = app.deliver(&Signer::test(), big).await;
+    assert_eq!(a.labels().len(), 2000);
     app.stop().await;
 }

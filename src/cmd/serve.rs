@@ -59,10 +59,31 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Deliveries processed at once; one more gets 503 `overloaded` with Retry-After
-    /// at once instead of queueing. Bounds memory to about this many × --max-body.
+    /// Verified deliveries processed at once (a slot is taken after the signature
+    /// verifies); one more gets 503 `overloaded` with Retry-After at once instead of
+    /// queueing.
     #[arg(long, env = "REVOKER_MAX_CONCURRENT_DELIVERIES", default_value_t = defaults::MAX_CONCURRENT_DELIVERIES, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_deliveries: u32,
+
+    /// Bytes of request bodies not yet verified held at once, beyond each body's
+    /// first 64 KiB (free); a body waits for budget within --body-timeout (then 408).
+    #[arg(long, env = "REVOKER_UNVERIFIED_BODY_BUDGET", default_value = defaults::UNVERIFIED_BODY_BUDGET, value_parser = parse_size)]
+    pub unverified_body_budget: usize,
+
+    /// Memory reserved for verified deliveries at once (body, parsed items,
+    /// candidates, feedback); a delivery that does not fit gets 503 `overloaded`.
+    #[arg(long, env = "REVOKER_VERIFIED_MEMORY_BUDGET", default_value = defaults::VERIFIED_MEMORY_BUDGET, value_parser = parse_size)]
+    pub verified_memory_budget: usize,
+
+    /// Open connections on the public listener; when all are taken, new connections
+    /// wait in the kernel's accept queue.
+    #[arg(long, env = "REVOKER_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Deadline for a request's head (request line and headers), counted from the
+    /// connection's start or the previous answer; past it the connection is closed.
+    #[arg(long, env = "REVOKER_HEADER_TIMEOUT", default_value = defaults::HEADER_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 
     /// Deadline for receiving a request body; a client that trickles gets 408.
     #[arg(long, env = "REVOKER_BODY_TIMEOUT", default_value = defaults::BODY_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -89,6 +110,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    revoker::startup::raise_open_file_limit(args.max_connections as u64);
     let app = Application::build(args.into_settings()?).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -114,6 +136,10 @@ impl ServeArgs {
             request_timeout: a.request_timeout,
             body_timeout: a.body_timeout,
             max_concurrent_deliveries: a.max_concurrent_deliveries as usize,
+            unverified_body_budget: a.unverified_body_budget,
+            verified_memory_budget: a.verified_memory_budget,
+            max_connections: a.max_connections as usize,
+            header_timeout: a.header_timeout,
             shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,
             admin_token: a.admin_token,

@@ -66,16 +66,7 @@ pub struct ParseError {
 
 /// Parses the verified body. Borrows strings from it where possible.
 pub fn parse(body: &[u8]) -> Result<Vec<AlertItem<'_>>, ParseError> {
-    serde_json::from_slice(body).map_err(|e| ParseError {
-        kind: match e.classify() {
-            serde_json::error::Category::Io => "read error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "wrong shape",
-            serde_json::error::Category::Eof => "unexpected end",
-        },
-        line: e.line(),
-        column: e.column(),
-    })
+    serde_json::from_slice(body).map_err(parse_error)
 }
 
 /// The result of classifying every item of a delivery.
@@ -226,6 +217,293 @@ pub fn feedback_json(
     out
 }
 
+/// What a verified delivery will cost in memory once parsed, counted by a first pass
+/// over the body that allocates nothing per item ([`measure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sizes {
+    pub items: usize,
+    pub candidates: usize,
+    /// Upper bound of the heap bytes of the candidates' stored strings (`type`, `url`,
+    /// `source` after redaction) and of the `type`s that had to be unescaped.
+    pub text_bytes: usize,
+}
+
+/// Calls `f` on every item of a JSON array of alert objects, one at a time (no `Vec` of
+/// items is built). Errors as [`parse`]'s.
+fn each_item<'b>(body: &'b [u8], f: impl FnMut(AlertItem<'b>)) -> Result<(), ParseError> {
+    struct Each<F>(F);
+    impl<'de, F: FnMut(AlertItem<'de>)> serde::de::Visitor<'de> for Each<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of alert objects")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<AlertItem<'de>>()? {
+                (self.0)(item);
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::Deserializer::deserialize_seq(&mut de, Each(f))
+        .and_then(|()| de.end())
+        .map_err(parse_error)
+}
+
+fn parse_error(e: serde_json::Error) -> ParseError {
+    ParseError {
+        kind: match e.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "wrong shape",
+            serde_json::error::Category::Eof => "unexpected end",
+        },
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+/// Redaction (`cio_tp_` → `cio_tp_[redacted]`) and NUL → U+FFFD at most triple a
+/// string; 16 bytes for the allocator's bookkeeping.
+fn stored_bound(s: Option<&str>) -> usize {
+    s.map_or(0, |s| s.len() * 3 + 16)
+}
+
+/// First pass over a verified body: validates its shape and counts what [`compact`]
+/// will allocate, so the caller can reserve memory before any of it is allocated.
+pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
+    let mut sizes = Sizes::default();
+    each_item(body, |item| {
+        sizes.items += 1;
+        if matches!(item.token_type, Some(Cow::Owned(_))) {
+            sizes.text_bytes += stored_bound(item.token_type.as_deref());
+        }
+        if token::validate(&item.token).is_ok() {
+            sizes.candidates += 1;
+            sizes.text_bytes += stored_bound(item.token_type.as_deref())
+                + stored_bound(item.url.as_deref())
+                + stored_bound(item.source.as_deref());
+        }
+    })?;
+    Ok(sizes)
+}
+
+/// Where an item's `type` is: nowhere, a slice of the body, or an unescaped copy.
+#[derive(Debug, Clone, Copy)]
+enum TypeRef {
+    None,
+    Body { start: u32, len: u32 },
+    Owned(u32),
+}
+
+/// Per item, only what the answer needs: 48 bytes, nothing on the heap.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemRef {
+    hash: TokenHash,
+    token_type: TypeRef,
+    outcome: Outcome,
+}
+
+/// A verified delivery in compact form: the body (the `type`s are read from it),
+/// one [`ItemRef`] per item, and the candidates ready for the store.
+#[derive(Debug)]
+pub struct Compact {
+    body: bytes::Bytes,
+    items: Vec<ItemRef>,
+    owned_types: Vec<Box<str>>,
+    /// Index in `items` of each candidate, in order.
+    positions: Vec<u32>,
+    pub candidates: Vec<CandidateItem>,
+    pub not_ours: u32,
+}
+
+/// The heap bytes [`compact`] allocates for a body of these [`Sizes`] (beyond the
+/// body), and a bound of the store's own per-candidate work.
+pub fn compact_bytes(sizes: &Sizes) -> usize {
+    /// What the store allocates per candidate while recording it (bind values,
+    /// returned rows, outcomes): an estimate from the store's row and bind sizes, not
+    /// yet a measurement (the tiny-item worst case has no candidates).
+    const STORE_PER_CANDIDATE: usize = 512;
+    sizes.items * std::mem::size_of::<ItemRef>()
+        + sizes.candidates
+            * (std::mem::size_of::<CandidateItem>()
+                + std::mem::size_of::<u32>()
+                + STORE_PER_CANDIDATE)
+        + sizes.text_bytes
+}
+
+/// Second pass: hashes and classifies every item into a [`Compact`], allocating
+/// exactly what [`measure`] counted. `body` must be the bytes `sizes` was measured on.
+pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError> {
+    let mut items = Vec::with_capacity(sizes.items);
+    let mut owned_types = Vec::new();
+    let mut positions = Vec::with_capacity(sizes.candidates);
+    let mut candidates = Vec::with_capacity(sizes.candidates);
+    let base = body.as_ptr() as usize;
+    let end = base + body.len();
+    each_item(&body, |item| {
+        let hash = TokenHash::of(&item.token);
+        let token_type = match &item.token_type {
+            None => TypeRef::None,
+            Some(Cow::Borrowed(t)) if (base..=end).contains(&(t.as_ptr() as usize)) => {
+                match (
+                    u32::try_from(t.as_ptr() as usize - base),
+                    u32::try_from(t.len()),
+                ) {
+                    (Ok(start), Ok(len)) => TypeRef::Body { start, len },
+                    _ => {
+                        owned_types.push(Box::<str>::from(*t));
+                        TypeRef::Owned(owned_types.len() as u32 - 1)
+                    }
+                }
+            }
+            Some(t) => {
+                owned_types.push(Box::<str>::from(t.as_ref()));
+                TypeRef::Owned(owned_types.len() as u32 - 1)
+            }
+        };
+        if token::validate(&item.token).is_ok() {
+            positions.push(items.len() as u32);
+            candidates.push(CandidateItem {
+                position: items.len() as u32,
+                hash,
+                token_type: storable(item.token_type.as_deref()),
+                source: storable(item.source.as_deref()),
+                url: storable(item.url.as_deref()),
+            });
+        }
+        items.push(ItemRef {
+            hash,
+            token_type,
+            outcome: Outcome::NotOurs,
+        });
+    })?;
+    let not_ours = (items.len() - candidates.len()) as u32;
+    Ok(Compact {
+        body,
+        items,
+        owned_types,
+        positions,
+        candidates,
+        not_ours,
+    })
+}
+
+impl Compact {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The report to record (the candidates move into it), or `None` when no item is a
+    /// candidate.
+    pub fn take_report(
+        &mut self,
+        scanner: &str,
+        key_id: &str,
+        received_at: DateTime<Utc>,
+        body_sha256: impl FnOnce(&[u8]) -> [u8; 32],
+    ) -> Option<NewReport> {
+        if self.candidates.is_empty() {
+            return None;
+        }
+        Some(NewReport {
+            scanner: scanner.to_owned(),
+            key_id: key_id.to_owned(),
+            received_at,
+            body_sha256: body_sha256(&self.body),
+            item_count: self.items.len() as u32,
+            not_ours: self.not_ours,
+            candidates: std::mem::take(&mut self.candidates),
+        })
+    }
+
+    /// Sets the candidates' outcomes (in candidate order) and frees what the answer
+    /// no longer needs.
+    pub fn set_outcomes(&mut self, candidate_outcomes: &[Outcome]) {
+        for (&at, &outcome) in self.positions.iter().zip(candidate_outcomes) {
+            self.items[at as usize].outcome = outcome;
+        }
+        self.positions = Vec::new();
+        self.candidates = Vec::new();
+    }
+
+    fn token_type(&self, t: TypeRef) -> &str {
+        match t {
+            TypeRef::None => "",
+            TypeRef::Body { start, len } => {
+                let bytes = &self.body[start as usize..(start + len) as usize];
+                // A borrowed JSON string is valid UTF-8 without escapes.
+                std::str::from_utf8(bytes).unwrap_or_default()
+            }
+            TypeRef::Owned(i) => &self.owned_types[i as usize],
+        }
+    }
+
+    /// The answer in pieces of about `chunk` bytes: [`FeedbackChunks::next_chunk`]
+    /// writes the next entries, so the whole answer is never in memory.
+    pub fn feedback(self, chunk: usize) -> FeedbackChunks {
+        FeedbackChunks {
+            delivery: self,
+            next: 0,
+            chunk,
+            opened: false,
+            done: false,
+        }
+    }
+}
+
+/// The 200 answer of a [`Compact`] delivery, written on demand; the same bytes as
+/// [`feedback_json`].
+#[derive(Debug)]
+pub struct FeedbackChunks {
+    delivery: Compact,
+    next: usize,
+    chunk: usize,
+    opened: bool,
+    done: bool,
+}
+
+impl FeedbackChunks {
+    /// The next piece of the answer, or `None` after the closing `]`.
+    pub fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let items = &self.delivery.items;
+        let mut out = Vec::with_capacity(self.chunk + 256);
+        if !self.opened {
+            out.push(b'[');
+            self.opened = true;
+        }
+        while self.next < items.len() && out.len() < self.chunk {
+            let item = items[self.next];
+            if self.next > 0 {
+                out.push(b',');
+            }
+            let entry = FeedbackRef {
+                token_hash: Hex(&item.hash),
+                token_type: self.delivery.token_type(item.token_type),
+                label: item.outcome.into(),
+            };
+            serde_json::to_writer(&mut out, &entry).expect("serialising to memory cannot fail");
+            self.next += 1;
+        }
+        if self.next == items.len() {
+            out.push(b']');
+            self.done = true;
+        }
+        Some(out)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +571,51 @@ mod tests {
         assert_eq!(fb[1].token_type, "t");
         assert_eq!(fb[0].label, Label::FalsePositive);
         assert_eq!(fb[0].token_hash, TokenHash::of("junk").to_hex());
+    }
+
+    #[test]
+    fn compact_answers_exactly_like_the_whole_feedback_in_any_chunk_size() {
+        let good = Token::generate();
+        let body = format!(
+            r#"[{{"token":"junk","type":"a\u0041"}},{{"token":"{}","type":"t","url":"u"}},{{"token":""}},{{"token":"x","type":null}}]"#,
+            good.expose_secret()
+        );
+        let items = parse(body.as_bytes()).unwrap();
+        let classified = classify(&items);
+        let outcomes = classified.outcomes(&[Outcome::Revoked]);
+        let whole = feedback_json(&items, &classified.hashes, &outcomes);
+
+        let sizes = measure(body.as_bytes()).unwrap();
+        assert_eq!((sizes.items, sizes.candidates), (4, 1));
+        assert!(compact_bytes(&sizes) >= 4 * std::mem::size_of::<ItemRef>());
+        for chunk in [1, 50, 1 << 16] {
+            let mut delivery = compact(bytes::Bytes::from(body.clone()), &sizes).unwrap();
+            assert_eq!(delivery.not_ours, 3);
+            let report = delivery
+                .take_report("github", "k", Utc::now(), |_| [0; 32])
+                .unwrap();
+            assert_eq!(report.candidates[0].position, 1);
+            assert_eq!(report.item_count, 4);
+            delivery.set_outcomes(&[Outcome::Revoked]);
+            let mut chunks = delivery.feedback(chunk);
+            let mut streamed = Vec::new();
+            while let Some(piece) = chunks.next_chunk() {
+                streamed.extend(piece);
+            }
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole.clone()).unwrap()
+            );
+        }
+        assert_eq!(std::mem::size_of::<ItemRef>(), 48);
+        assert_eq!(
+            compact(bytes::Bytes::from_static(b"[]"), &Sizes::default())
+                .unwrap()
+                .feedback(10)
+                .next_chunk()
+                .unwrap(),
+            b"[]"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod intake;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -43,8 +44,15 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Deadline for receiving the body.
     pub body_timeout: Duration,
-    /// One permit per delivery being processed (`--max-concurrent-deliveries`).
+    /// One permit per verified delivery being processed (`--max-concurrent-deliveries`),
+    /// taken after the signature verifies.
     pub deliveries: Arc<tokio::sync::Semaphore>,
+    /// Bytes of unverified bodies beyond each one's free first 64 KiB
+    /// (`--unverified-body-budget`); a body waits for it chunk by chunk.
+    pub unverified_budget: intake::Budget,
+    /// Estimated memory of verified deliveries (`--verified-memory-budget`); a
+    /// delivery that does not fit is refused 503 `overloaded`.
+    pub verified_budget: intake::Budget,
     pub metrics: Metrics,
     /// SHA-256 of `--admin-token`, if set.
     pub admin_token_digest: Option<[u8; 32]>,

@@ -1,26 +1,34 @@
 //! The alert endpoint: `POST /secret-scanning/{scanner}`.
 //!
 //! Order of work, cheapest refusal first: scanner known (404) → signature headers
-//! present and well-formed (401) → body within the limit, read without buffering more
-//! than the limit (413) → key for the key id (401 unknown, 503 unavailable) → signature
-//! over the exact raw bytes (401) → JSON shape (400) → classify offline → one store
-//! call (503 if the database fails; nothing written) → 200 with per-item feedback.
-//! At most `--max-concurrent-deliveries` run at once; one more gets 503 `overloaded`
-//! before any of that work.
+//! present and well-formed (401) → declared length within the limit (413) → key for
+//! the key id (401 unknown, 503 unavailable) → body read within `--body-timeout`
+//! (408) and the limit (413), its bytes beyond the first 64 KiB taken from the shared
+//! `--unverified-body-budget` as they arrive (a body waits for budget, within the same
+//! timeout) → signature over the exact raw bytes (401) → a delivery slot
+//! (`--max-concurrent-deliveries`; none free: 503 `overloaded`) → JSON shape (400) →
+//! the delivery's memory reserved from `--verified-memory-budget` (does not fit: 503
+//! `overloaded`) → classify offline → one store call (503 if the database fails;
+//! nothing written) → 200 with per-item feedback, streamed in 64 KiB pieces.
+//!
+//! Nothing a client without a scanner's private key can send takes a delivery slot
+//! or verified memory: unverified work is bounded by the connection cap, the header
+//! and body timeouts and the unverified body budget (see [`super::intake`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
-use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
 
+use super::intake::{self, FeedbackBody, Held, FEEDBACK_CHUNK};
 use super::{ApiError, AppState};
 use crate::domain::alert;
+use crate::domain::alert::Compact;
 use crate::domain::redact::redact_tokens;
 use crate::domain::{Outcome, OutcomeCounts};
 use crate::signature::{self, KeyError, KEY_ID_HEADER, SIGNATURE_HEADER};
@@ -51,20 +59,13 @@ fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Reads at most `limit` bytes within `timeout` (a client that trickles gets 408).
-async fn read_body(
-    body: Body,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<axum::body::Bytes, ApiError> {
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(ApiError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Ok(Err(_)) => Err(ApiError::BodyRead),
-    }
+/// Reads the body within `timeout` (a client that trickles, or whose body waits too
+/// long for budget, gets 408).
+async fn read_body(state: &AppState, body: Body) -> Result<(Bytes, usize, Held), ApiError> {
+    let read = intake::read_body(body, state.max_body, &state.unverified_budget);
+    tokio::time::timeout(state.body_timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout)?
 }
 
 #[tracing::instrument(name = "delivery", skip_all, fields(scanner = tracing::field::Empty, key_id = tracing::field::Empty))]
@@ -80,27 +81,19 @@ async fn receive(
     // The path segment is the client's: bounded, and any token in it redacted.
     let shown: String = redact_tokens(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
-    // Held until the answer is built; when none is free, refuse at once (no queue to
-    // grow without bound, and the scanner retries on 503).
-    let permit = Arc::clone(&state.deliveries).try_acquire_owned();
-    let result = match permit {
-        Err(_) => Err(ApiError::Overloaded {
+    let result = match tokio::time::timeout(
+        state.request_timeout,
+        handle(&state, &scanner, &headers, body, started),
+    )
+    .await
+    {
+        Ok(result) => result,
+        // Dropping the work rolls back an open transaction; only a COMMIT already
+        // sent may still land, and then the retry is answered from that report.
+        Err(_) => Err(ApiError::Timeout {
             retry_after: state.retry_after,
+            rolled_back: false,
         }),
-        Ok(_permit) => match tokio::time::timeout(
-            state.request_timeout,
-            handle(&state, &scanner, &headers, body, started),
-        )
-        .await
-        {
-            Ok(result) => result,
-            // Dropping the work rolls back an open transaction; only a COMMIT already
-            // sent may still land, and then the retry is answered from that report.
-            Err(_) => Err(ApiError::Timeout {
-                retry_after: state.retry_after,
-                rolled_back: false,
-            }),
-        },
     };
     // Only configured names become metric labels; anything else is one bucket.
     let label = if state.scanners.contains_key(&scanner) {
@@ -109,7 +102,7 @@ async fn receive(
         "_unknown"
     };
     let status = match &result {
-        Ok((_, counts)) => {
+        Ok((_, counts, _)) => {
             for &outcome in Outcome::ALL {
                 state
                     .metrics
@@ -130,13 +123,48 @@ async fn receive(
     state
         .metrics
         .delivery(label, status, started.elapsed().as_secs_f64());
-    result.map(|(feedback, _)| {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            axum::body::Bytes::from(feedback),
-        )
-            .into_response()
+    result.map(|(delivery, _, held)| {
+        let mut chunks = delivery.feedback(FEEDBACK_CHUNK);
+        let first = chunks.next_chunk().unwrap_or_default();
+        // A small answer goes out whole (with a Content-Length); a large one in pieces,
+        // holding its memory reservation until it is sent.
+        let body = if chunks.is_done() {
+            Body::from(first)
+        } else {
+            Body::new(FeedbackBody::new(first, chunks, held))
+        };
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     })
+}
+
+/// The delivery slot, then the delivery's memory, both after the signature verified;
+/// either one missing: 503 `overloaded` at once (no queue to grow without bound, and
+/// the scanner retries on 503).
+fn admit(
+    state: &AppState,
+    body: &[u8],
+    capacity: usize,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held), ApiError> {
+    let overloaded = || ApiError::Overloaded {
+        retry_after: state.retry_after,
+    };
+    let slot = Arc::clone(&state.deliveries)
+        .try_acquire_owned()
+        .map_err(|_| overloaded())?;
+    let sizes = alert::measure(body)?;
+    let held = state
+        .verified_budget
+        .try_take(intake::verified_estimate(capacity, &sizes))
+        .ok_or_else(|| {
+            tracing::warn!(
+                items = sizes.items,
+                candidates = sizes.candidates,
+                budget_free = state.verified_budget.available(),
+                "delivery does not fit the verified memory budget"
+            );
+            overloaded()
+        })?;
+    Ok((slot, sizes, held))
 }
 
 async fn handle(
@@ -145,7 +173,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-) -> Result<(Vec<u8>, OutcomeCounts), ApiError> {
+) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let cache = state.scanners.get(scanner).ok_or_else(|| {
         ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect())
     })?;
@@ -162,79 +190,76 @@ async fn handle(
             retry_after: state.retry_after,
         },
     })?;
-    let body = read_body(body, state.max_body, state.body_timeout).await?;
+    let (body, capacity, unverified) = read_body(state, body).await?;
     signature::verify(&key.key, &body, &signature)?;
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
+    let (_slot, sizes, held) = admit(state, &body, capacity)?;
+    drop(unverified); // the verified reservation covers the body from here
 
     let received_at = chrono::Utc::now();
-    let items = alert::parse(&body)?;
-    let classified = alert::classify(&items);
+    let mut delivery = alert::compact(body, &sizes)?;
 
-    let (report_id, outcomes, counts) =
-        match classified.into_report(scanner, key_id, received_at, || {
-            Sha256::digest(&body).into()
-        }) {
-            None => {
-                let counts = OutcomeCounts {
-                    not_ours: classified.not_ours,
-                    ..OutcomeCounts::default()
-                };
-                (None, classified.outcomes(&[]), counts)
+    let (report_id, counts) = match delivery.take_report(scanner, key_id, received_at, |body| {
+        Sha256::digest(body).into()
+    }) {
+        None => {
+            let counts = OutcomeCounts {
+                not_ours: delivery.not_ours,
+                ..OutcomeCounts::default()
+            };
+            (None, counts)
+        }
+        Some(report) => {
+            let db_started = Instant::now();
+            let options = RecordOptions {
+                deadline: Some(started + state.request_timeout),
+                once_per_body: true,
+            };
+            let recorded = state.store.record_report(&report, options).await;
+            state
+                .metrics
+                .db("record_report", db_started.elapsed().as_secs_f64());
+            let recorded = recorded.map_err(|source| match source {
+                StoreError::DeadlineExceeded => ApiError::Timeout {
+                    retry_after: state.retry_after,
+                    rolled_back: true,
+                },
+                source => ApiError::DatabaseUnavailable {
+                    source,
+                    retry_after: state.retry_after,
+                },
+            })?;
+            if recorded.duplicate {
+                tracing::info!(
+                    report_id = recorded.report_id,
+                    "body delivered before: answered from its report, nothing recorded"
+                );
             }
-            Some(report) => {
-                let db_started = Instant::now();
-                let options = RecordOptions {
-                    deadline: Some(started + state.request_timeout),
-                    once_per_body: true,
-                };
-                let recorded = state.store.record_report(&report, options).await;
-                state
-                    .metrics
-                    .db("record_report", db_started.elapsed().as_secs_f64());
-                let recorded = recorded.map_err(|source| match source {
-                    StoreError::DeadlineExceeded => ApiError::Timeout {
-                        retry_after: state.retry_after,
-                        rolled_back: true,
-                    },
-                    source => ApiError::DatabaseUnavailable {
-                        source,
-                        retry_after: state.retry_after,
-                    },
-                })?;
-                if recorded.duplicate {
-                    tracing::info!(
-                        report_id = recorded.report_id,
-                        "body delivered before: answered from its report, nothing recorded"
-                    );
+            state.metrics.revoked(recorded.tokens_revoked);
+            if recorded.tokens_revoked > 0 {
+                if let Some(notifier) = &state.notifier {
+                    notifier.wake();
                 }
-                state.metrics.revoked(recorded.tokens_revoked);
-                if recorded.tokens_revoked > 0 {
-                    if let Some(notifier) = &state.notifier {
-                        notifier.wake();
-                    }
-                }
-                for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
-                    tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
-                }
-                // A repeat changed nothing: its outcomes are not counted again.
-                let counts = if recorded.duplicate {
-                    OutcomeCounts::default()
-                } else {
-                    recorded.counts
-                };
-                (
-                    Some(recorded.report_id),
-                    classified.outcomes(&recorded.outcomes),
-                    counts,
-                )
             }
-        };
+            for (c, o) in report.candidates.iter().zip(&recorded.outcomes) {
+                tracing::debug!(token = %c.hash.prefix(), outcome = o.as_str(), "item");
+            }
+            delivery.set_outcomes(&recorded.outcomes);
+            // A repeat changed nothing: its outcomes are not counted again.
+            let counts = if recorded.duplicate {
+                OutcomeCounts::default()
+            } else {
+                recorded.counts
+            };
+            (Some(recorded.report_id), counts)
+        }
+    };
 
     tracing::info!(
         report_id,
-        items = items.len(),
+        items = delivery.len(),
         revoked = counts.revoked,
         already_revoked = counts.already_revoked,
         expired = counts.expired,
@@ -243,8 +268,5 @@ async fn handle(
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
         "delivery processed"
     );
-    Ok((
-        alert::feedback_json(&items, &classified.hashes, &outcomes),
-        counts,
-    ))
+    Ok((delivery, counts, held))
 }
