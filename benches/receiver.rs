@@ -797,7 +797,8 @@ async fn run(args: Args) -> bool {
             "peak RSS {peak:.0} MiB (now {now_rss:.0}) | {}",
             by_phase.join(" | ")
         ),
-        target: "<= 150 MB".into(),
+        // The attack row holds 1,000 client sockets in this process: it has its own RSS.
+        target: "<= 150 MB until 'after throughput'".into(),
     });
     json.insert(
         "memory".into(),
