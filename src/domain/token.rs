@@ -179,6 +179,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Debug shows a token by its hash prefix, never the secret; a hash's Debug shows
+    /// the prefix and its Display the whole hex (what logs and feedback print).
+    /// (Kills the `cargo mutants` survivors that emptied these impls.)
+    #[test]
+    fn debug_and_display_say_what_they_should_and_no_more() {
+        let t = Token::generate();
+        let h = t.hash();
+        let debug = format!("{t:?}");
+        assert_eq!(debug, format!("Token({})", h.prefix()));
+        assert!(!debug.contains(t.expose_secret()));
+        assert_eq!(h.prefix().len(), 12);
+        assert_eq!(format!("{h:?}"), format!("TokenHash({})", h.prefix()));
+        assert_eq!(format!("{h}"), h.to_hex());
+        assert_eq!(format!("{h}").len(), 64);
+    }
+
     const KNOWN: &str = "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1yLcDB";
 
     #[test]
