@@ -558,3 +558,44 @@ fn serve_refuses_half_or_unsafe_notification_settings() {
     ])
     .contains("https"));
 }
+
+/// `revoker notify retry` on a notification a worker is sending (its lease runs) is
+/// refused, naming when the lease ends, and leaves the row as it was: the worker's
+/// result is still the one recorded.
+/// Checked against dropping the lease check from `notify retry` (the row is re-queued
+/// with a fresh attempt count while the worker still holds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_refuses_a_notification_being_sent() {
+    let app = TestApp::sqlite().wait_for_keys().start().await;
+    let t = app.mint("erin/pkg", Ttl::hours(1)).await;
+    let answer = app
+        .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
+        .await;
+    assert_eq!(answer.labels(), ["true_positive"]);
+    let store = Arc::clone(&app.store);
+    let db = app.stop_keeping_db().await;
+    // A worker's claim: leased for an hour, one attempt counted.
+    let claimed = store
+        .claim_notifications(
+            revoker::store::Clock::Database,
+            Duration::from_secs(3600),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let before = store.list_notifications(None, 10).await.unwrap();
+
+    let out = revoker_command()
+        .args(["notify", "retry", &claimed[0].public_id])
+        .args(["--database-url", db.url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("being sent right now"), "{stderr}");
+    let after = store.list_notifications(None, 10).await.unwrap();
+    assert_eq!(after, before, "the row is untouched");
+    assert_eq!(after[0].attempts, 1);
+    assert_eq!(after[0].status, NotificationStatus::Pending);
+}
