@@ -126,6 +126,20 @@ impl Application {
                 settings.max_body
             );
         }
+        // A body's buffer is charged up to --max-body less its free first 64 KiB; a budget
+        // smaller than that could never hold one, and its waiter would hold up every
+        // large body behind it (the budget is handed out in arrival order).
+        let largest_charge = settings
+            .max_body
+            .saturating_sub(http::intake::FREE_BODY_BYTES);
+        if settings.unverified_body_budget < largest_charge {
+            anyhow::bail!(
+                "--unverified-body-budget {} is below what one body of --max-body {} may \
+                 hold ({largest_charge} bytes beyond its first 64 KiB): raise it to at least that",
+                settings.unverified_body_budget,
+                settings.max_body
+            );
+        }
         Ok(Application {
             listener,
             admin_listener,
@@ -259,7 +273,11 @@ async fn serve_public(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // hyper's read buffer would otherwise grow to ~400 KiB for a request head that
+        // never ends; 64 KiB per connection is what the memory bound counts (a head
+        // longer than that is refused with 431).
+        .max_buf_size(64 << 10);
     let mut stop = std::pin::pin!(stop);
     loop {
         let permit = tokio::select! {

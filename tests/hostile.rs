@@ -181,7 +181,7 @@ async fn genuine_deliveries_are_answered_while_1000_hostile_connections_are_open
             started.elapsed()
         );
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );

@@ -210,7 +210,6 @@ async fn try_record(
     report: &NewReport,
     options: RecordOptions,
 ) -> Result<Option<RecordedReport>, TryError> {
-    let budget = database_budget(options.deadline).map_err(TryError::Store)?;
     let cutoff = report.received_at
         - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta");
     let n = report.candidates.len();
@@ -240,21 +239,27 @@ async fn try_record(
         .bind(report.not_ours as i32)
         .bind(options.once_per_body)
         .bind(cutoff);
-    let rows = match budget {
+    let rows = match options.deadline {
         None => {
             store.statements.add(1);
             query.fetch_all(&store.pool).await?
         }
-        Some(budget) => {
-            // One round trip for both: a simple query may hold several statements.
+        Some(_) => {
+            // The budget is what is left once a connection is had (waiting for one
+            // counts). One round trip for both: a simple query may hold several statements.
+            let mut conn = store.pool.acquire().await?;
+            let budget = database_budget(options.deadline)
+                .map_err(TryError::Store)?
+                .unwrap_or_default();
             store.statements.add(3);
-            let mut tx = store
-                .pool
-                .begin_with(format!(
+            let mut tx = sqlx::Connection::begin_with(
+                &mut *conn,
+                format!(
                     "BEGIN; SET LOCAL statement_timeout = {}",
                     budget.as_millis().max(1)
-                ))
-                .await?;
+                ),
+            )
+            .await?;
             let rows = query.fetch_all(&mut *tx).await?;
             tx.commit().await?;
             rows

@@ -108,9 +108,24 @@ impl Backend for Sqlite {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(settings.acquire_timeout);
+        // A delivery near its deadline cuts its connection's busy_timeout (record.rs);
+        // a delivery whose caller gave up mid-transaction cannot put it back, so every
+        // connection gets the usual one back when it returns to the pool.
+        let usual_busy = format!(
+            "PRAGMA busy_timeout = {}",
+            settings.acquire_timeout.as_millis()
+        );
         let pool_options = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.acquire_timeout);
+            .acquire_timeout(settings.acquire_timeout)
+            .after_release(move |conn, _meta| {
+                let usual_busy = usual_busy.clone();
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(usual_busy.as_str()).await?;
+                    Ok(true)
+                })
+            });
         // Switching a fresh file to WAL needs it to itself for a moment; a process
         // starting alongside another one can find it busy (SQLITE_BUSY) without the
         // busy handler being asked. Such a start waits and tries again.

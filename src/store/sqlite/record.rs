@@ -12,10 +12,10 @@
 //! window holds it, the transaction rolls back and the delivery is answered from the
 //! report that claim names.
 //!
-//! With a deadline, the connection's `busy_timeout` (how long a statement waits for the
-//! write lock, otherwise `--db-timeout`) is cut to the budget left, so a delivery behind
-//! another writer gives up, rolled back, before the caller answers; it is put back
-//! afterwards. A delivery whose caller gave up mid-transaction never commits: its
+//! With a deadline closer than `--db-timeout`, the connection's `busy_timeout` (how long
+//! a statement waits for the write lock) is cut to the budget left once a connection is
+//! had, so a delivery behind another writer gives up, rolled back, before the caller
+//! answers; it is put back afterwards, and by the pool whenever a connection returns. A delivery whose caller gave up mid-transaction never commits: its
 //! remaining statements, `COMMIT` included, are never sent.
 
 use std::collections::HashMap;
@@ -51,12 +51,14 @@ impl Record for Sqlite {
         report: &NewReport,
         options: RecordOptions,
     ) -> Result<RecordedReport, StoreError> {
-        let budget = database_budget(options.deadline)?;
         let mut conn = store.pool.acquire().await?;
+        // The budget left once a connection is had; only ever shorter than the usual
+        // wait for the write lock (`--db-timeout`), never longer.
+        let usual = store.pool.options().get_acquire_timeout();
+        let budget = database_budget(options.deadline)?.filter(|b| *b < usual);
         let Some(budget) = budget else {
             return record(store, &mut conn, report, options).await;
         };
-        let usual = store.pool.options().get_acquire_timeout();
         store.statements.add(1);
         sqlx::query(&format!(
             "PRAGMA busy_timeout = {}",
@@ -65,14 +67,16 @@ impl Record for Sqlite {
         .execute(&mut *conn)
         .await?;
         let recorded = record(store, &mut conn, report, options).await;
+        // Put back here too (the pool does it on release as well); the delivery's own
+        // result wins over a failure to do so.
         store.statements.add(1);
-        sqlx::query(&format!("PRAGMA busy_timeout = {}", usual.as_millis()))
+        let _ = sqlx::query(&format!("PRAGMA busy_timeout = {}", usual.as_millis()))
             .execute(&mut *conn)
-            .await?;
+            .await;
         match recorded {
             // Still waiting for the write lock when the budget ran out: rolled back.
             Err(StoreError::Database(sqlx::Error::Database(db)))
-                if primary_code(db.as_ref()) == Some(5) && budget < usual =>
+                if primary_code(db.as_ref()) == Some(5) =>
             {
                 Err(StoreError::DeadlineExceeded)
             }
