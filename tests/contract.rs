@@ -2137,33 +2137,11 @@ async fn identical_bodies_racing_on_two_instances_leave_one_report(db: Arc<TestD
 /// deadline's `SET LOCAL statement_timeout` (PostgreSQL) or `busy_timeout` cut (SQLite):
 /// the record then waits for the lock and the 3 s guard below fails the test.
 async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestDb>) {
-    use sqlx::Connection;
     let store = notification_store(&db).await;
     let tokens = mint_many(store.as_ref(), "held/pkg", 1, Ttl::hours(2)).await;
     let hash = tokens[0].hash();
     // The lock holder: an open transaction of another connection.
-    let mut pg_holder = None;
-    let mut lite_holder = None;
-    match db.kind() {
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
-            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-            sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
-                .bind(hash.as_bytes().as_slice())
-                .execute(&mut c)
-                .await
-                .unwrap();
-            pg_holder = Some(c);
-        }
-        Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            lite_holder = Some(c);
-        }
-    }
+    let holder = LockHolder::take(&db, &hash).await;
     let options = RecordOptions {
         deadline: Some(Instant::now() + Duration::from_millis(800)),
         once_per_body: true,
@@ -2182,12 +2160,7 @@ async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestD
         "{result:?}"
     );
     assert!(took < Duration::from_millis(800), "gave up after {took:?}");
-    if let Some(mut c) = pg_holder {
-        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-    }
-    if let Some(mut c) = lite_holder {
-        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-    }
+    holder.release().await;
     assert_eq!(store.count_reports().await.unwrap(), 0);
     assert_eq!(store.token(&hash).await.unwrap().unwrap().revoked_at, None);
     // The retry records it whole, and the connection waits for locks as before.

@@ -251,28 +251,7 @@ async fn a_lock_held_past_the_request_timeout_gets_a_true_503(kind: Kind) {
     let body = alert_body(&[t.expose_secret(), "junk"]);
     let client = reqwest::Client::new();
 
-    let mut pg_holder = None;
-    let mut lite_holder = None;
-    match kind {
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
-            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-            sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
-                .bind(t.hash().as_bytes().as_slice())
-                .execute(&mut c)
-                .await
-                .unwrap();
-            pg_holder = Some(c);
-        }
-        Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            lite_holder = Some(c);
-        }
-    }
+    let holder = LockHolder::take(&db, &t.hash()).await;
     let started = Instant::now();
     let held = send_delivery(&client, &proc.base, body.clone())
         .await
@@ -286,12 +265,7 @@ async fn a_lock_held_past_the_request_timeout_gets_a_true_503(kind: Kind) {
         took < Duration::from_millis(2500),
         "answered after {took:?}"
     );
-    if let Some(mut c) = pg_holder {
-        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-    }
-    if let Some(mut c) = lite_holder {
-        sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-    }
+    holder.release().await;
     let released = chrono::Utc::now();
 
     let retry = send_delivery(&client, &proc.base, body.clone())

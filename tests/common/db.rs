@@ -339,3 +339,49 @@ impl Outage {
         }
     }
 }
+
+/// Another session holding what a delivery of `hash` needs, until [`LockHolder::release`]:
+/// on PostgreSQL the token's row lock (`SELECT … FOR UPDATE` in an open transaction), on
+/// SQLite the write lock (`BEGIN IMMEDIATE`).
+pub enum LockHolder {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl LockHolder {
+    pub async fn take(db: &TestDb, hash: &revoker::domain::token::TokenHash) -> LockHolder {
+        use sqlx::Connection;
+        match db.kind() {
+            Kind::Postgres => {
+                let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
+                    .bind(hash.as_bytes().as_slice())
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                LockHolder::Postgres(c)
+            }
+            Kind::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                LockHolder::Sqlite(c)
+            }
+        }
+    }
+
+    /// Rolls the holding transaction back.
+    pub async fn release(self) {
+        match self {
+            LockHolder::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            LockHolder::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
