@@ -8,8 +8,10 @@
 //! timeout) → signature over the exact raw bytes (401) → a delivery slot
 //! (`--max-concurrent-deliveries`; none free: 503 `overloaded`) → JSON shape (400) →
 //! the delivery's memory reserved from `--verified-memory-budget` (does not fit: 503
-//! `overloaded`) → classify offline → one store call (503 if the database fails;
-//! nothing written) → 200 with per-item feedback, streamed in 64 KiB pieces.
+//! `overloaded`) → classify offline → one store call, carrying the delivery's deadline
+//! and once per body (503 if the database fails or gives up at the deadline, rolled
+//! back; a body this scanner delivered before is answered from its first report) → 200
+//! with per-item feedback, streamed in 64 KiB pieces.
 //!
 //! Nothing a client without a scanner's private key can send takes a delivery slot
 //! or verified memory: unverified work is bounded by the connection cap, the header
