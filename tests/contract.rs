@@ -2172,19 +2172,6 @@ async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestD
 
 // ---------------------------------------------------------------- notification ids
 
-/// A UUIDv7 as both backends give it: lower-case, hyphenated 8-4-4-4-12, version 7,
-/// RFC 4122 variant.
-fn is_uuid_v7(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
-        && b[14] == b'7'
-        && b"89ab".contains(&b[19])
-}
-
 async fn notification_ids_are_uuids_distinct_across_databases(db: Arc<TestDb>) {
     // Two databases of the same kind (staging and production, or a restored copy),
     // each queueing its first notification: the same row id, different public ids.

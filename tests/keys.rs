@@ -249,15 +249,8 @@ fn serve_refuses_a_key_file_that_is_missing_or_holds_no_usable_key() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
     let serve = |scanner: &str| {
-        let out = revoker_command()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database-url", &db, "--scanner", scanner])
+        let out = serve_command(&db)
+            .args(["--scanner", scanner])
             .output()
             .unwrap();
         assert!(!out.status.success(), "serve started with {scanner}");

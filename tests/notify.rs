@@ -173,18 +173,6 @@ async fn wait_until_delivered(app: &TestApp, n: i64) {
     wait_for_counts(app, Duration::from_secs(15), |c| c.delivered >= n).await;
 }
 
-/// Lower-case, hyphenated 8-4-4-4-12, version 7, RFC 4122 variant.
-fn is_uuid_v7(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
-        && b[14] == b'7'
-        && b"89ab".contains(&b[19])
-}
-
 fn json(r: &Received) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("the body is JSON")
 }
@@ -533,18 +521,7 @@ fn serve_refuses_half_or_unsafe_notification_settings() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
     let serve = |extra: &[&str]| {
-        let out = revoker_command()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database-url", &db])
-            .args(extra)
-            .output()
-            .unwrap();
+        let out = serve_command(&db).args(extra).output().unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -447,17 +447,7 @@ async fn postgres_turning_read_only_gets_503_and_not_ready() {
     assert_eq!(ready.json["database"], "read_only", "{}", ready.text);
 
     // A new receiver on the read-only database says why it cannot serve.
-    let out = revoker_command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--database-url", db.url()])
-        .output()
-        .unwrap();
+    let out = serve_command(db.url()).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("read-only"), "{stderr}");
@@ -484,17 +474,7 @@ async fn read_only_sqlite_is_refused_with_a_clear_error() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     open_store(db.url()).await.migrate().await.unwrap();
     let ro = format!("{}?mode=ro", db.url());
-    let out = revoker_command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--database-url", &ro])
-        .output()
-        .unwrap();
+    let out = serve_command(&ro).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("read-only"), "{stderr}");

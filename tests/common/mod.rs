@@ -46,6 +46,19 @@ pub fn fixture_string(path: &str) -> String {
     std::fs::read_to_string(fixture(path)).expect("fixture exists")
 }
 
+/// A UUIDv7 as both backends give it: lower-case, hyphenated 8-4-4-4-12, version 7,
+/// RFC 4122 variant.
+pub fn is_uuid_v7(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'7'
+        && b"89ab".contains(&b[19])
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }

@@ -18,6 +18,22 @@ pub fn revoker_command() -> std::process::Command {
     cmd
 }
 
+/// `revoker serve` on `db_url`, both listeners on loopback port 0 (add the scanner
+/// and anything else).
+pub fn serve_command(db_url: &str) -> std::process::Command {
+    let mut cmd = revoker_command();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--database-url",
+        db_url,
+    ]);
+    cmd
+}
+
 /// The lines a child has logged so far, and whether its stderr has closed; waiters
 /// are woken on each line.
 #[derive(Default)]
@@ -38,15 +54,8 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(db_url: &str, extra_args: &[&str], json_logs: bool) -> ServeProcess {
-        let mut cmd = revoker_command();
+        let mut cmd = serve_command(db_url);
         cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            db_url,
             "--scanner",
             &format!("github={}", fixture("keys/test-keys.json").display()),
         ])
