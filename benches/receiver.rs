@@ -167,6 +167,47 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// Genuine deliveries from `concurrency` workers until `deadline`, the pre-signed bodies
+/// taken in turn (past the end of `signed` they come round again: repeats, answered from
+/// their first report): the sorted latencies in ms, the answers other than 200, and the
+/// seconds it ran.
+async fn genuine_load(
+    bench: &Arc<Bench>,
+    signed: &Arc<Vec<(Vec<u8>, String)>>,
+    next_signed: &Arc<AtomicUsize>,
+    concurrency: usize,
+    deadline: Instant,
+) -> (Vec<f64>, usize, f64) {
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (bench, errors) = (Arc::clone(bench), Arc::clone(&errors));
+            let (signed, next_signed) = (Arc::clone(signed), Arc::clone(next_signed));
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let idx = next_signed.fetch_add(1, Ordering::Relaxed);
+                    let (body, sig) = &signed[idx % signed.len()];
+                    let (status, took) = bench.deliver_signed(body.clone(), sig.clone()).await;
+                    if status != 200 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lat.push(ms(took));
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    (lat, errors.load(Ordering::Relaxed), elapsed)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -637,38 +678,10 @@ async fn run(args: Args) -> bool {
     );
     let next_signed = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(throughput_secs);
-    let errors = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    let tp_started = Instant::now();
-    for _ in 0..concurrency {
-        let bench = Arc::clone(&bench);
-        let errors = Arc::clone(&errors);
-        let signed = Arc::clone(&signed);
-        let next_signed = Arc::clone(&next_signed);
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let idx = next_signed.fetch_add(1, Ordering::Relaxed);
-                // Past the pool, reuse bodies: still a valid delivery (already_revoked).
-                let (body, sig) = &signed[idx % signed.len()];
-                let (status, took) = bench.deliver_signed(body.clone(), sig.clone()).await;
-                if status != 200 {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                lat.push(ms(took));
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for w in workers {
-        lat.extend(w.await.unwrap());
-    }
-    let elapsed = tp_started.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
+    let (lat, errors, elapsed) =
+        genuine_load(&bench, &signed, &next_signed, concurrency, deadline).await;
     let rps = lat.len() as f64 / elapsed;
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-    let errors = errors.load(Ordering::Relaxed);
     rows.push(Row {
         name: format!("throughput 1-token, c={concurrency}, {throughput_secs}s"),
         value: format!("{rps:8.0} req/s  p50 {t50:6.2} ms  p99 {t99:6.2} ms  errors {errors}"),
@@ -692,41 +705,13 @@ async fn run(args: Args) -> bool {
     let held = hostile.len();
     let attack_secs = throughput_secs;
     let deadline = Instant::now() + Duration::from_secs(attack_secs);
-    let errors = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    let attack_started = Instant::now();
-    for _ in 0..4 {
-        let bench = Arc::clone(&bench);
-        let errors = Arc::clone(&errors);
-        let signed = Arc::clone(&signed);
-        let next_signed = Arc::clone(&next_signed);
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let idx = next_signed.fetch_add(1, Ordering::Relaxed);
-                let (body, sig) = &signed[idx % signed.len()];
-                let (status, took) = bench.deliver_signed(body.clone(), sig.clone()).await;
-                if status != 200 {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                lat.push(ms(took));
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for w in workers {
-        lat.extend(w.await.unwrap());
-    }
-    let elapsed = attack_started.elapsed().as_secs_f64();
+    let (lat, errors, elapsed) = genuine_load(&bench, &signed, &next_signed, 4, deadline).await;
     let (peak_attack, rss_attack) = rss_mib();
     for h in hostile {
         h.abort();
     }
-    lat.sort_by(f64::total_cmp);
     let rps = lat.len() as f64 / elapsed;
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-    let errors = errors.load(Ordering::Relaxed);
     rows.push(Row {
         name: format!("under attack: 1-token, c=4, {held} hostile"),
         value: format!(
