@@ -15,8 +15,9 @@
 //! With a deadline closer than `--db-timeout`, the connection's `busy_timeout` (how long
 //! a statement waits for the write lock) is cut to the budget left once a connection is
 //! had, so a delivery behind another writer gives up, rolled back, before the caller
-//! answers; it is put back afterwards, and by the pool whenever a connection returns. A delivery whose caller gave up mid-transaction never commits: its
-//! remaining statements, `COMMIT` included, are never sent.
+//! answers; the pool puts the usual one back whenever a connection returns to it. A
+//! delivery whose caller gave up mid-transaction never commits: its remaining
+//! statements, `COMMIT` included, are never sent.
 
 use std::collections::HashMap;
 
@@ -67,12 +68,8 @@ impl Record for Sqlite {
         .execute(&mut *conn)
         .await?;
         let recorded = record(store, &mut conn, report, options).await;
-        // Put back here too (the pool does it on release as well); the delivery's own
-        // result wins over a failure to do so.
-        store.statements.add(1);
-        let _ = sqlx::query(&format!("PRAGMA busy_timeout = {}", usual.as_millis()))
-            .execute(&mut *conn)
-            .await;
+        // The usual busy_timeout is put back by the pool when `conn` returns to it
+        // (`after_release`, sqlite/mod.rs), whether or not this future ran to the end.
         match recorded {
             // Still waiting for the write lock when the budget ran out: rolled back.
             Err(StoreError::Database(sqlx::Error::Database(db)))
