@@ -86,6 +86,7 @@ contract!(
     a_delivery_queues_one_notification_per_token_it_flips,
     claims_lease_due_notifications_and_count_attempts,
     finished_and_requeued_notifications_change_what_claims_see,
+    after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
     concurrent_claimers_on_two_stores_never_share_a_notification,
     a_failed_record_report_queues_no_notification,
     a_repeated_body_is_one_report_within_the_window,
@@ -1538,6 +1539,102 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
     for n in &d {
         assert_eq!(attempts[&n.id], n.attempts);
     }
+}
+
+/// Row 11f: worker A's lease runs out mid-send and worker B takes the row over. A's
+/// late "retry" or "failed" must not touch B's claim (B is still sending), but A's late
+/// success counts: the owner got it, and it must not be sent again for nothing. B's
+/// result after that changes nothing.
+/// Checked against (SQLite statements): the delivered statement skipping rows another
+/// claim holds (`AND (locked_until IS NULL OR locked_until <= $2)`: A's late success is
+/// dropped, the row stays pending to be sent again); the retry statement without its
+/// lease condition (A's late retry re-schedules B's row and drops B's lease).
+async fn after_a_takeover_a_late_success_counts_and_a_late_retry_does_not(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "late/pkg", 2, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    let lease = Duration::from_secs(30);
+    let secs = |s: i64| t0 + Ttl::seconds(s);
+    record_at(store.as_ref(), &refs, t0).await;
+    let by_a = store
+        .claim_notifications(Clock::At(t0), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(by_a.len(), 2);
+    let by_b = store
+        .claim_notifications(Clock::At(secs(31)), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_b), ids(&by_a), "taken over after A's lease");
+    let row = |id: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            all_notifications(store.as_ref())
+                .await
+                .into_iter()
+                .find(|n| n.id == id)
+                .unwrap()
+        }
+    };
+    let (first, second) = (by_a[0].id, by_a[1].id);
+    let held_by_b = row(first).await;
+    assert_eq!(held_by_b.locked_until, Some(secs(61)));
+
+    // A's late retry and late failure: B's claim stands.
+    store
+        .finish_notification(
+            &by_a[0],
+            &AttemptResult::Retry {
+                error: "late".into(),
+                retry_in: Duration::from_secs(3600),
+            },
+            Clock::At(secs(40)),
+        )
+        .await
+        .unwrap();
+    store
+        .finish_notification(
+            &by_a[1],
+            &AttemptResult::Failed {
+                error: "late".into(),
+            },
+            Clock::At(secs(40)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(row(first).await, held_by_b);
+    assert_eq!(row(second).await.status, NotificationStatus::Pending);
+    assert_eq!(row(second).await.locked_until, Some(secs(61)));
+
+    // A's late success counts.
+    store
+        .finish_notification(&by_a[0], &AttemptResult::Delivered, Clock::At(secs(45)))
+        .await
+        .unwrap();
+    let delivered = row(first).await;
+    assert_eq!(delivered.status, NotificationStatus::Delivered);
+    assert_eq!(delivered.delivered_at, Some(secs(45)));
+    assert_eq!(delivered.attempts, 2);
+    // B's result afterwards changes nothing; the other row is B's to finish.
+    store
+        .finish_notification(
+            &by_b[0],
+            &AttemptResult::Retry {
+                error: "HTTP 503".into(),
+                retry_in: Duration::from_secs(60),
+            },
+            Clock::At(secs(50)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(row(first).await, delivered);
+    let b_second = by_b.iter().find(|n| n.id == second).unwrap();
+    store
+        .finish_notification(b_second, &AttemptResult::Delivered, Clock::At(secs(50)))
+        .await
+        .unwrap();
+    assert_counts(store.as_ref(), 0, 2, 0).await;
 }
 
 async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<TestDb>) {

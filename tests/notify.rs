@@ -576,3 +576,197 @@ async fn retry_refuses_a_notification_being_sent() {
     assert_eq!(after[0].attempts, 1);
     assert_eq!(after[0].status, NotificationStatus::Pending);
 }
+
+/// `serve`/`notify run` flags sending to `hook` with a per-request timeout.
+fn notify_args<'a>(hook: &'a Webhook, timeout: &'a str) -> [&'a str; 6] {
+    [
+        "--notify-webhook",
+        &hook.url,
+        "--notify-secret",
+        SECRET,
+        "--notify-timeout",
+        timeout,
+    ]
+}
+
+/// `revoker notify run` (a second worker, as a real process): whether it exited 0,
+/// and what it printed.
+fn notify_run(db: &TestDb, hook: &Webhook) -> (bool, String) {
+    let out = tokio::task::block_in_place(|| {
+        revoker_command()
+            .args(["notify", "run", "--database-url", db.url()])
+            .args(notify_args(hook, "5s"))
+            .output()
+            .unwrap()
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The one notification in the database.
+async fn only_notification(db: &TestDb) -> revoker::store::Notification {
+    let rows = open_store(db.url())
+        .await
+        .list_notifications(None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+/// A `serve` process on `db` notifying `hook`, and one live token delivered to it
+/// (answered `true_positive`).
+async fn serve_and_revoke_one(db: &TestDb, args: &[&str]) -> ServeProcess {
+    let server = ServeProcess::start(db.url(), args, false);
+    let store = open_store(db.url()).await;
+    let token = mint_many(store.as_ref(), "worker/pkg", 1, Ttl::hours(1)).await;
+    let answer = server
+        .deliver(&Signer::test(), alert_body(&[token[0].expose_secret()]))
+        .await;
+    assert_eq!(answer.labels(), ["true_positive"]);
+    server
+}
+
+/// Row 11f, for real: the worker of a `serve` process is killed (SIGKILL) while the
+/// webhook holds its request. The row stays leased for 2 × `--notify-timeout` + 30 s
+/// from the claim, by the database; a second worker (`revoker notify run`) leaves it
+/// alone until then, and after the lease takes it over and sends the same notification
+/// again: same `Idempotency-Key`, byte-identical body, attempt 2.
+/// The lease's end is moved an hour back instead of waiting its 40 s.
+/// Checked against: a lease of 2 × `--notify-timeout` without the 30 s margin, and of
+/// one timeout (`NotifySettings::lease`); both fail the lease-length assertion.
+async fn a_worker_killed_mid_send_is_taken_over_after_its_lease(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let hook = Webhook::start().await;
+    hook.hook.delay_ms.store(120_000, Ordering::SeqCst); // holds the first request
+    let sent = chrono::Utc::now();
+    let server = serve_and_revoke_one(&db, &notify_args(&hook, "5s")).await;
+    let first = hook.wait_for(1).await.remove(0);
+    let received = chrono::Utc::now();
+    tokio::task::block_in_place(|| server.kill());
+
+    let row = only_notification(&db).await;
+    assert_eq!((row.status, row.attempts), (NotificationStatus::Pending, 1));
+    let lease_end = row.locked_until.expect("still leased by the dead worker");
+    // Claimed between `sent` and `received`.
+    let lease = Ttl::seconds(2 * 5 + 30);
+    let slack = Ttl::milliseconds(50);
+    assert!(
+        lease_end - received <= lease + slack && lease_end - sent >= lease - slack,
+        "lease ends {lease_end}, claimed between {sent} and {received}"
+    );
+
+    let (ok, out) = notify_run(&db, &hook);
+    assert!(!ok && out.contains("delivered 0"), "{out}");
+    assert_eq!(
+        hook.received().len(),
+        1,
+        "not taken over before the lease ends"
+    );
+
+    let moved = match kind {
+        Kind::Sqlite => {
+            db.execute("UPDATE notifications SET locked_until = locked_until - 3600000")
+                .await
+        }
+        Kind::Postgres => {
+            db.execute("UPDATE notifications SET locked_until = locked_until - interval '1 hour'")
+                .await
+        }
+    };
+    assert_eq!(moved, 1);
+    hook.hook.delay_ms.store(0, Ordering::SeqCst);
+    let (ok, out) = notify_run(&db, &hook);
+    assert!(ok && out.contains("delivered 1"), "{out}");
+    let got = hook.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].idempotency_key, first.idempotency_key);
+    assert_eq!(got[1].body, first.body, "byte-identical");
+    assert_eq!((got[1].attempt.as_str(), got[1].signature_ok), ("2", true));
+    let row = only_notification(&db).await;
+    assert_eq!(
+        (row.status, row.attempts, row.locked_until),
+        (NotificationStatus::Delivered, 2, None)
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_send_on_sqlite_is_taken_over_after_its_lease() {
+    a_worker_killed_mid_send_is_taken_over_after_its_lease(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_send_on_postgres_is_taken_over_after_its_lease() {
+    a_worker_killed_mid_send_is_taken_over_after_its_lease(Kind::Postgres).await;
+}
+
+/// Row 11h, for real: SIGTERM to `serve` while its worker waits for the webhook's
+/// answer (1.5 s). The process exits only after the send is answered and recorded:
+/// delivered, one attempt, no lease left, sent once.
+/// Checked against: `run_until_stopped` not waiting for the worker task (the process
+/// exits with the row leased and pending, to be sent again after the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_notification_in_flight_finish_and_records_it() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let hook = Webhook::start().await;
+    hook.hook.delay_ms.store(1500, Ordering::SeqCst);
+    let mut args = notify_args(&hook, "5s").to_vec();
+    args.extend(["--shutdown-timeout", "20s"]);
+    let mut server = serve_and_revoke_one(&db, &args).await;
+    hook.wait_for(1).await;
+    server.terminate();
+    let logs = tokio::task::block_in_place(|| server.wait_for_exit());
+    assert!(logs.contains("delivery worker stopped"), "{logs}");
+    let row = only_notification(&db).await;
+    assert_eq!(
+        (row.status, row.attempts, row.locked_until),
+        (NotificationStatus::Delivered, 1, None),
+        "{logs}"
+    );
+    assert_eq!(hook.received().len(), 1);
+    db.cleanup().await;
+}
+
+/// Row 11h's cut-off, for real: the webhook never answers within the
+/// `--shutdown-timeout` (1 s; the request's own timeout is 60 s). SIGTERM ends the
+/// process about 1 s later, saying so; the row stays pending under its lease, to be
+/// sent again once the lease has run out (the at-least-once of 11f).
+/// Checked against: no shutdown deadline (the process waits for the 60 s request
+/// timeout and the exit-time assertion fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_hanging_notification_off_at_the_shutdown_timeout() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let hook = Webhook::start().await;
+    hook.hook.delay_ms.store(120_000, Ordering::SeqCst);
+    let mut args = notify_args(&hook, "60s").to_vec();
+    args.extend(["--shutdown-timeout", "1s"]);
+    let mut server = serve_and_revoke_one(&db, &args).await;
+    hook.wait_for(1).await;
+    let signalled = Instant::now();
+    server.terminate();
+    let logs = tokio::task::block_in_place(|| server.wait_for_exit());
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(
+        logs.contains("did not finish within the shutdown timeout"),
+        "{logs}"
+    );
+    let row = only_notification(&db).await;
+    assert_eq!((row.status, row.attempts), (NotificationStatus::Pending, 1));
+    let lease_left = row.locked_until.expect("leased") - chrono::Utc::now();
+    assert!(
+        lease_left > Ttl::seconds(100) && lease_left <= Ttl::seconds(150),
+        "{lease_left}"
+    );
+    db.cleanup().await;
+}

@@ -152,6 +152,16 @@ impl ServeProcess {
             .status();
     }
 
+    /// SIGKILL (nothing runs after it: no shutdown, no last writes) and wait for it.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.logs()
+    }
+
     /// SIGTERM, wait for a clean exit, return everything logged.
     pub fn stop(mut self) -> String {
         self.terminate();
