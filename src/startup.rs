@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::signature;
 use crate::store::{self, RevocationStore};
+use crate::support::SecretDigest;
 
 pub struct Application {
     listener: TcpListener,
@@ -161,10 +162,10 @@ impl Application {
                 unverified_budget: http::intake::Budget::new(settings.unverified_body_budget),
                 verified_budget: http::intake::Budget::new(settings.verified_memory_budget),
                 metrics,
-                admin_token_digest: settings
+                admin_token: settings
                     .admin_token
                     .as_ref()
-                    .map(|t| http::admin::token_digest(t.expose_secret().trim())),
+                    .map(|t| SecretDigest::of(t.expose_secret().trim())),
                 notifier,
             },
         })

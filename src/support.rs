@@ -8,16 +8,47 @@
 //!   redirects are followed), for key fetches, owner notifications and remote replay.
 //! - [`retry`]: the one bounded retry loop with a growing pause.
 //! - [`default_duration`]: a default written as on the command line, parsed.
+//! - [`SecretDigest`]: the one comparison of a presented bearer secret with a
+//!   configured one (constant time, blind to length).
 
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use sha2::Digest;
 
 /// A default duration written as on the command line (`30s`, `1h`); the settings
 /// types parse the same strings their flags show as defaults.
 pub fn default_duration(text: &str) -> Duration {
     humantime::parse_duration(text).expect("a default duration parses")
+}
+
+/// A configured bearer secret (the admin token), kept as its SHA-256 digest so that
+/// checking a presented value takes the same time whatever the secret is: both sides
+/// are hashed, and the two digests are compared with `subtle`'s constant-time
+/// equality. The time depends on the presented value's length only (which its sender
+/// knows), never on how much of it matches the secret or on the secret's length.
+/// `cargo bench --bench constant_time` measures that against a plain `==`.
+#[derive(Clone)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    pub fn of(secret: &str) -> Self {
+        SecretDigest(sha2::Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the secret.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let presented: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        presented.ct_eq(&self.0).into()
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(..)")
+    }
 }
 
 /// Writes an error chain on one line: `outer: cause: root cause`.
@@ -110,6 +141,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_digest_matches_its_secret_only() {
+        let secret = SecretDigest::of("s3cret-admin-token");
+        assert!(secret.matches("s3cret-admin-token"));
+        for other in [
+            "",
+            "s3cret-admin-toke",
+            "s3cret-admin-tokenX",
+            "S3cret-admin-token",
+        ] {
+            assert!(!secret.matches(other), "{other:?}");
+        }
+        assert!(SecretDigest::of("").matches(""));
+        assert_eq!(format!("{secret:?}"), "SecretDigest(..)");
+    }
 
     #[test]
     fn https_unless_loopback() {

@@ -54,8 +54,8 @@ pub struct AppState {
     /// delivery that does not fit is refused 503 `overloaded`.
     pub verified_budget: intake::Budget,
     pub metrics: Metrics,
-    /// SHA-256 of `--admin-token`, if set.
-    pub admin_token_digest: Option<[u8; 32]>,
+    /// `--admin-token`, if set.
+    pub admin_token: Option<crate::support::SecretDigest>,
     /// The owner-notification worker, when `--notify-webhook` is set; woken after a
     /// delivery revokes something.
     pub notifier: Option<Notifier>,
