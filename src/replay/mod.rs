@@ -139,7 +139,14 @@ async fn replay_file(
         .await
         .context("report reader crashed")?
         .with_context(|| format!("cannot read report {}", origin))?;
-    summary.skipped_lines += stats.skipped_lines;
+    for place in &stats.unstructured_at {
+        tracing::warn!(part = %place, "not in the report's format; scanned for tokens as text or JSON instead");
+    }
+    summary.unstructured += stats.unstructured;
+    let room = formats::NAMED_PARTS.saturating_sub(summary.unstructured_at.len());
+    summary
+        .unstructured_at
+        .extend(stats.unstructured_at.into_iter().take(room));
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }

@@ -43,7 +43,10 @@ pub struct Summary {
     pub not_sent: u64,
     /// Distinct tokens flipped to revoked by this run (local, not dry-run).
     pub tokens_revoked: u64,
-    pub skipped_lines: u64,
+    /// Parts of the reports not in their format's shape, scanned as text or JSON
+    /// instead (see `formats::ReadStats`), and where the first ones are.
+    pub unstructured: u64,
+    pub unstructured_at: Vec<String>,
     /// Report ids recorded (local, not dry-run).
     pub report_ids: Vec<i64>,
 }
@@ -164,8 +167,19 @@ impl Summary {
                 "  nothing new: every token of ours in these reports was already revoked"
             )?;
         }
-        if self.skipped_lines > 0 {
-            writeln!(out, "  {} unreadable line(s) skipped", self.skipped_lines)?;
+        if self.unstructured > 0 {
+            writeln!(
+                out,
+                "  {} part(s) not in the report's format, scanned for tokens as text or JSON instead:",
+                self.unstructured
+            )?;
+            for place in &self.unstructured_at {
+                writeln!(out, "    {place}")?;
+            }
+            let unnamed = self.unstructured - self.unstructured_at.len() as u64;
+            if unnamed > 0 {
+                writeln!(out, "    … and {unnamed} more")?;
+            }
         }
         Ok(())
     }

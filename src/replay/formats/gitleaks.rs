@@ -1,7 +1,7 @@
 //! The **gitleaks** format: a gitleaks v8 JSON report, an array of findings (read by
 //! [`super::json_array`]).
 //!
-//! Invariants: the tokens are the standalone `cio_tp_…` strings of `Secret`, or of
+//! Invariants: the tokens are the `cio_tp_…` strings of `Secret`, or of
 //! `Match` when `Secret` has none (gitleaks `--redact`); a finding without any yields
 //! nothing and is not counted as skipped. The location is `Link`, else
 //! `File:StartLine @ commit` (12 characters of the commit), with the report file
@@ -106,7 +106,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(stats.skipped_lines, 0);
+        assert_eq!(stats.unstructured, 0);
     }
 
     #[test]
@@ -126,10 +126,14 @@ mod tests {
             vec![
                 found(A, "gitleaks", "a.yml:3", "gitleaks"),
                 found(B, "gitleaks", "report.json:7 @ abc", "gitleaks"),
+                // `Match` is not read when `Secret` has a token; the sweep finds it.
+                found(C, "cio_tp", "report.json:[1].Match", "json"),
                 found(D, "r", "report.json", "gitleaks"),
                 found(E, "r", "report.json", "gitleaks"),
+                // Glued to other text: still a leaked token.
+                found(F, "gitleaks", "report.json", "gitleaks"),
             ]
         );
-        assert_eq!(stats.skipped_lines, 0);
+        assert_eq!(stats.unstructured, 0);
     }
 }

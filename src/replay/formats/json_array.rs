@@ -1,30 +1,69 @@
 //! The streaming reader shared by the JSON-array formats (github, gitleaks).
 //!
 //! Owns [`ReportItem`] (what one array element yields), the serde visitor that walks the
-//! top-level array, and the translation of serde_json errors into [`FormatError`].
+//! top-level array, and what happens to whatever is not in the format's shape.
 //!
 //! Invariants:
-//! - The array is never held whole: each element is deserialized, turned into
-//!   occurrences and handed to the sink before the next one is read.
-//! - A sink refusal stops reading and is returned as that refusal, not as a JSON error.
-//! - A JSON error keeps its position and category but never serde's message, which
-//!   quotes the offending value (possibly a token).
+//! - The array is never held whole: each element is parsed (as a JSON value), turned
+//!   into occurrences and handed to the sink before the next one is read.
+//! - Nothing is skipped: an element the format's type cannot read, and every token in an
+//!   element that the format's fields did not yield (`finding.value`, a note, a key),
+//!   is an occurrence located by its JSON path (`report.json:[3].finding.value`).
+//! - Invalid JSON (a syntax error, a truncated file, a top level that is no array)
+//!   does not end the reading: from the start of the element it happened in, the rest
+//!   of the file is scanned as text, and the place is named in [`super::ReadStats`].
+//! - A sink refusal stops reading and is returned as that refusal.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read};
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use serde::de::{self, Deserialize, SeqAccess, Visitor};
+use serde_json::Value;
 
-use super::{without_bom, Emitter, FormatError, Found};
+use super::{sweep_json, text, without_bom, Emitter, FormatError, Found, TEXT_CHUNK};
 
 /// One element of a JSON-array report.
 pub(super) trait ReportItem: for<'de> Deserialize<'de> {
-    /// What the report should look like, for error messages.
+    /// What the report should look like, for messages.
     const EXPECTED: &'static str;
-    /// Appends this element's occurrences to `out`; `false` if the element had nothing
-    /// usable and counts as skipped.
+    /// Appends this element's occurrences to `out`; `false` if the element is not in
+    /// the format's shape (it is then named as unstructured).
     fn occurrences(self, origin: &str, out: &mut Vec<Found>) -> bool;
+}
+
+/// The bytes the JSON parser has taken since the last whole element (and the byte
+/// before them, which the parser may have peeked at), with the line they start on: what
+/// is scanned as text if the parser gives up.
+#[derive(Default)]
+struct Taken {
+    bytes: Vec<u8>,
+    line: u64,
+}
+
+impl Taken {
+    /// An element is done: forget its bytes but the last.
+    fn element_done(&mut self) {
+        let keep_from = self.bytes.len().saturating_sub(1);
+        self.line += memchr::memchr_iter(b'\n', &self.bytes[..keep_from]).count() as u64;
+        self.bytes.drain(..keep_from);
+    }
+}
+
+/// The reader under the parser, recording into [`Taken`].
+struct Recorder<R> {
+    inner: R,
+    taken: Rc<RefCell<Taken>>,
+}
+
+impl<R: Read> Read for Recorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken.borrow_mut().bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Visits the top-level array, handing each element's occurrences to the sink as soon
@@ -32,6 +71,7 @@ pub(super) trait ReportItem: for<'de> Deserialize<'de> {
 struct ArrayVisitor<'a, 's, T> {
     origin: &'a str,
     out: &'a mut Emitter<'s>,
+    taken: Rc<RefCell<Taken>>,
     /// The sink's refusal, kept aside: serde only carries its own error type.
     stopped: &'a mut Option<FormatError>,
     item: PhantomData<T>,
@@ -46,34 +86,53 @@ impl<'de, T: ReportItem> Visitor<'de> for ArrayVisitor<'_, '_, T> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut batch = Vec::new();
-        while let Some(item) = seq.next_element::<T>()? {
-            if !item.occurrences(self.origin, &mut batch) {
-                self.out.stats.skipped_lines += 1;
+        let mut index = 0usize;
+        while let Some(value) = seq.next_element::<Value>()? {
+            self.taken.borrow_mut().element_done();
+            let place = format!("{}:[{index}]", self.origin);
+            let shaped = match T::deserialize(&value) {
+                Ok(item) => item.occurrences(self.origin, &mut batch),
+                Err(_) => false,
+            };
+            if !shaped {
+                self.out.stats.unstructured(|| place.clone());
             }
+            sweep_json(&value, &place, &mut batch);
             for found in batch.drain(..) {
                 if let Err(e) = self.out.emit(found) {
                     *self.stopped = Some(e);
                     return Err(de::Error::custom("stopped by the sink"));
                 }
             }
+            index += 1;
         }
         Ok(())
     }
 }
 
-/// Reads a whole JSON array of `T` (and only whitespace after it).
+/// Reads a whole JSON array of `T` (and only whitespace after it); whatever is not
+/// valid JSON is scanned as text.
 pub(super) fn read<R: Read, T: ReportItem>(
     reader: R,
     origin: &str,
     out: &mut Emitter<'_>,
 ) -> Result<(), FormatError> {
-    let reader = without_bom(reader)?;
+    let mut reader = without_bom(reader)?;
+    let taken = Rc::new(RefCell::new(Taken {
+        bytes: Vec::new(),
+        line: 1,
+    }));
     let mut stopped = None;
     let result = {
-        let mut de = serde_json::Deserializer::from_reader(reader);
+        let recorder = Recorder {
+            inner: &mut reader,
+            taken: Rc::clone(&taken),
+        };
+        let mut de = serde_json::Deserializer::from_reader(recorder);
         let visitor = ArrayVisitor::<T> {
             origin,
             out: &mut *out,
+            taken: Rc::clone(&taken),
             stopped: &mut stopped,
             item: PhantomData,
         };
@@ -82,23 +141,42 @@ pub(super) fn read<R: Read, T: ReportItem>(
     if let Some(e) = stopped {
         return Err(e);
     }
-    result.map_err(|e| json_error(e, T::EXPECTED))
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if e.classify() == serde_json::error::Category::Io {
+        return Err(FormatError::Io(e.into()));
+    }
+    // Not JSON from here on (or not an array at all): the element it happened in, and
+    // everything after it, as text.
+    let Taken { bytes, line } = std::mem::take(&mut *taken.borrow_mut());
+    out.stats.unstructured(|| {
+        format!(
+            "{origin}:{line} onwards ({} at line {}, column {}; expected {}), scanned as text",
+            json_problem(&e),
+            e.line(),
+            e.column(),
+            T::EXPECTED
+        )
+    });
+    text::read(
+        io::Cursor::new(bytes).chain(reader),
+        origin,
+        out,
+        TEXT_CHUNK,
+        line,
+    )
 }
 
-/// A serde_json error without its message: serde quotes the offending value, which may
-/// be a token. I/O errors come from the reader and are passed through.
-fn json_error(e: serde_json::Error, expected: &str) -> FormatError {
+/// What is wrong with the JSON, in words that never quote it (serde's own messages
+/// quote the offending value, which may be a token).
+fn json_problem(e: &serde_json::Error) -> &'static str {
     use serde_json::error::Category;
-    let (line, column) = (e.line(), e.column());
-    let what = match e.classify() {
-        Category::Io => return FormatError::Io(e.into()),
-        Category::Eof => {
-            format!("unexpected end of input (truncated report?); expected {expected}")
-        }
-        Category::Syntax => format!("invalid JSON syntax; expected {expected}"),
-        Category::Data => format!("wrong JSON type or shape; expected {expected}"),
-    };
-    FormatError::Json { line, column, what }
+    match e.classify() {
+        Category::Eof => "unexpected end of input (truncated report?)",
+        Category::Syntax => "invalid JSON syntax",
+        Category::Data | Category::Io => "not the expected JSON shape",
+    }
 }
 
 #[cfg(test)]
@@ -108,69 +186,86 @@ mod tests {
     use std::rc::Rc;
 
     use super::super::testutil::*;
-    use super::super::{read_report, Format};
+    use super::super::{read_report, Format, ReadStats};
     use super::*;
     use crate::domain::token::PREFIX;
 
+    /// Every token found and the unstructured parts; the reading must succeed.
+    fn read_ok(input: &str, format: Format) -> (Vec<String>, ReadStats) {
+        let (all, stats) = read_all(input.as_bytes(), format, "r").unwrap();
+        (all.into_iter().map(|f| f.token).collect(), stats)
+    }
+
     #[test]
-    fn malformed_json_errors_never_show_the_token() {
-        let cases: Vec<(Format, String)> = vec![
-            // serde would quote the string in "invalid type: string \"…\"".
-            (Format::Github, format!("[\"{A}\"]")),
-            (Format::Github, format!("{{\"token\":\"{A}\"}}")),
-            (Format::Github, format!("\"{A}\"")),
-            (Format::Github, format!("[{{\"token\":\"{A}\"}} {{\"token\":\"{B}\"}}]")),
-            (Format::Github, format!("[{{\"token\":\"{A}\"}}] {B}")),
-            (Format::Github, format!("[{{\"token\":\"{A}\",")),
-            (Format::Github, format!("[{{\"token\":\"{A}\",\"type\":[\"{B}\"]}}]")),
-            (Format::Gitleaks, format!("[{{\"Secret\":\"{A}\",\"StartLine\":1}},\n{{\"Secret\":\"{B}\",\"File\":{{\"{C}\":1}}}}]")),
-            (Format::Gitleaks, format!("[{{\"Secret\":\"{A}\nx\"}}]")),
-            (Format::Gitleaks, format!("[\n {B}\n]")),
+    fn invalid_json_is_scanned_as_text_and_named_without_the_token() {
+        let cases: Vec<(Format, String, Vec<&str>)> = vec![
+            // Elements of another shape are swept as JSON, not refused.
+            (Format::Github, format!("[\"{A}\"]"), vec![A]),
+            // No array at all, a missing comma, trailing junk, a truncated file.
+            (Format::Github, format!("{{\"token\":\"{A}\"}}"), vec![A]),
+            (Format::Github, format!("\"{A}\""), vec![A]),
+            (Format::Github, format!("[{{\"token\":\"{A}\"}} {{\"token\":\"{B}\"}}]"), vec![A, B]),
+            (Format::Github, format!("[{{\"token\":\"{A}\"}}] {B}"), vec![A, B]),
+            (Format::Github, format!("[{{\"token\":\"{A}\","), vec![A]),
+            (Format::Github, format!("[{{\"token\":\"{A}\",\"type\":[\"{B}\"]}}]"), vec![A, B]),
+            (Format::Gitleaks, format!("[{{\"Secret\":\"{A}\",\"StartLine\":1}},\n{{\"Secret\":\"{B}\",\"File\":{{\"{C}\":1}}}}]"), vec![A, C, B]),
+            (Format::Gitleaks, format!("[{{\"Secret\":\"{A}\nx\"}}]"), vec![A]),
+            (Format::Gitleaks, format!("[\n {B}\n]"), vec![B]),
+            (Format::Github, format!("[1{A}]"), vec![A]),
         ];
-        for (format, input) in cases {
-            let mut seen = Vec::new();
-            let err = read_report(input.as_bytes(), format, "r", &mut |f| {
-                seen.push(f);
-                Ok(())
-            })
-            .unwrap_err();
-            assert!(
-                matches!(err, FormatError::Json { line, .. } if line >= 1),
-                "{err}"
-            );
-            let shown = format!("{err} {err:?}");
+        for (format, input, expected) in cases {
+            let (tokens, stats) = read_ok(&input, format);
+            assert_eq!(tokens, expected, "{input:?}");
+            assert!(stats.unstructured >= 1, "{input:?}");
+            let shown = format!("{stats:?}");
             for t in [A, B, C] {
-                assert!(!shown.contains(t), "{shown}");
                 assert!(
                     !shown.contains(&t[PREFIX.len()..PREFIX.len() + 20]),
                     "{shown}"
                 );
             }
         }
-        // The position is right: second line, after the first element.
-        let err = read_all(
-            format!("[{{\"token\":\"{A}\"}},\n  {A} ]").as_bytes(),
-            Format::Github,
-            "r",
-        )
-        .unwrap_err();
-        match err {
-            FormatError::Json { line, column, .. } => assert_eq!((line, column), (2, 3)),
-            other => panic!("{other}"),
-        }
+        // Named where it broke: the element on line 2 and everything after it, as text
+        // from its own line, after the first element was read as JSON.
+        let input = format!("[{{\"token\":\"{A}\",\"url\":\"u\"}},\n  {B} ]\n{C}\n");
+        let (all, stats) = read_all(input.as_bytes(), Format::Github, "r").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                found(A, "", "u", ""),
+                found(B, "cio_tp", "r:2", "text"),
+                found(C, "cio_tp", "r:3", "text"),
+            ]
+        );
+        assert_eq!(stats.unstructured, 1);
+        assert!(
+            stats.unstructured_at[0]
+                .starts_with("r:1 onwards (invalid JSON syntax at line 2, column 3;"),
+            "{stats:?}"
+        );
     }
 
     #[test]
-    fn elements_before_a_syntax_error_are_still_delivered() {
-        let input = format!("[{{\"token\":\"{A}\"}}, {{\"token\":\"{B}\"}}, oops]");
-        let mut seen = Vec::new();
-        let err = read_report(input.as_bytes(), Format::Github, "r", &mut |f| {
-            seen.push(f.token);
-            Ok(())
-        })
-        .unwrap_err();
-        assert!(matches!(err, FormatError::Json { .. }));
-        assert_eq!(seen, vec![A, B]);
+    fn tokens_outside_the_formats_fields_are_found_with_their_path() {
+        let input = format!(
+            r#"[{{"finding":{{"value":"{A}"}}}}, {{"token":"{B}","note":"also {C} and {B}","{D}":[[1,"{E}"]]}}, 7, null, {{"odd key":"x{F}y"}}]"#
+        );
+        let (all, stats) = read_all(input.as_bytes(), Format::Github, "r.json").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                found(A, "cio_tp", "r.json:[0].finding.value", "json"),
+                found(B, "", "", ""),
+                // Keys in sorted order (serde_json's map).
+                found(D, "cio_tp", "r.json:[1].cio_tp_[redacted]", "json"),
+                found(E, "cio_tp", "r.json:[1].cio_tp_[redacted][0][1]", "json"),
+                found(C, "cio_tp", "r.json:[1].note", "json"),
+                found(F, "cio_tp", "r.json:[4][\"odd key\"]", "json"),
+            ]
+        );
+        // Not in the github shape: the first, the number, the null, the last.
+        assert_eq!(stats.unstructured, 4);
+        assert_eq!(stats.unstructured_at[0], "r.json:[0]");
     }
 
     /// A JSON array of `n` GitHub items, generated on the fly.

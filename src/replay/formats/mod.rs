@@ -2,13 +2,14 @@
 //! occurrences ([`Found`]).
 //!
 //! Supported inputs (see [`Format`]), one file each:
-//! - **github** (`github.rs`): a GitHub secret-scanning webhook body, a JSON array of
-//!   `{"token", "type", "url", "source"}`; every element's `token` is taken as-is.
+//! - **github** (`github.rs`): a GitHub secret-scanning webhook body (a JSON array of
+//!   `{"token", "type", "url", "source"}`) or GitHub's REST export of its alerts (`secret`,
+//!   `html_url`, `secret_type`); every element's token is taken as-is.
 //! - **gitleaks** (`gitleaks.rs`): a gitleaks v8 JSON report (array of findings).
 //! - **trufflehog** (`trufflehog.rs`): trufflehog v3 `--json` output, one JSON object
-//!   per line; log noise mixed into the file is skipped and counted.
+//!   per line; other lines are scanned as text.
 //! - **text** (`text.rs`): anything else (log dumps, pasted incidents, binary junk);
-//!   every `cio_tp_[0-9A-Za-z]{36}` that is not part of a longer alphanumeric run.
+//!   every `cio_tp_[0-9A-Za-z]{36}`, whatever surrounds it.
 //!
 //! The two JSON-array formats share one streaming reader (`json_array.rs`).
 //!
@@ -22,6 +23,11 @@
 //!   trufflehog lines are capped at [`MAX_LINE`] bytes, and text is scanned in
 //!   [`TEXT_CHUNK`]-byte chunks with an overlap so a token across a chunk border is
 //!   found exactly once.
+//! - Nothing is skipped (tested as a property in `invariant.rs`): every token in the
+//!   bytes is an occurrence, and every token in a JSON string a reader decodes. What a
+//!   format's own fields do not yield is found by the JSON sweep ([`sweep_json`], located
+//!   by JSON path) or the text scan; parts not in the format's shape are counted and
+//!   named in [`ReadStats`].
 //! - Occurrences are yielded in file order. Strings with wrong check digits are still
 //!   yielded: classifying them (`not_ours`) is the caller's job.
 //! - No raw token ever appears in a [`FormatError`] (Display or Debug) or in the `Debug`
@@ -36,6 +42,8 @@ mod json_array;
 mod text;
 mod trufflehog;
 
+#[cfg(test)]
+mod invariant;
 #[cfg(test)]
 mod testutil;
 
@@ -131,9 +139,25 @@ impl fmt::Debug for Found {
 /// What a [`read_report`] call went through.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReadStats {
-    /// Trufflehog lines that were not JSON objects or were longer than [`MAX_LINE`];
-    /// GitHub-format elements without a `token` string.
-    pub skipped_lines: u64,
+    /// Parts of the report not in its format's shape (an array element without the
+    /// format's token field, a line that is not a JSON object or is longer than
+    /// [`MAX_LINE`], the rest of a file after invalid JSON). None is skipped: each was
+    /// scanned for tokens as JSON or text instead.
+    pub unstructured: u64,
+    /// Where the first [`NAMED_PARTS`] of them are (`file:[3]`, `file:12`, …).
+    pub unstructured_at: Vec<String>,
+}
+
+/// How many unstructured parts [`ReadStats`] names.
+pub const NAMED_PARTS: usize = 10;
+
+impl ReadStats {
+    fn unstructured(&mut self, place: impl FnOnce() -> String) {
+        self.unstructured += 1;
+        if self.unstructured_at.len() < NAMED_PARTS {
+            self.unstructured_at.push(place());
+        }
+    }
 }
 
 /// Why a report could not be read to the end. Never contains a token.
@@ -141,13 +165,6 @@ pub struct ReadStats {
 pub enum FormatError {
     #[error("could not read the report: {0}")]
     Io(#[from] std::io::Error),
-    /// `what` is a category, never text from the report.
-    #[error("malformed report at line {line}, column {column}: {what}")]
-    Json {
-        line: usize,
-        column: usize,
-        what: String,
-    },
     /// The sink refused an occurrence; reading stopped there.
     #[error("stopped while handling the report: {0}")]
     Sink(String),
@@ -266,7 +283,7 @@ pub fn read_report<R: BufRead>(
             json_array::read::<_, gitleaks::GitleaksFinding>(reader, origin, &mut out)?
         }
         Format::Trufflehog => trufflehog::read(reader, origin, &mut out, MAX_LINE)?,
-        Format::Text => text::read(reader, origin, &mut out, TEXT_CHUNK)?,
+        Format::Text => text::read(reader, origin, &mut out, TEXT_CHUNK, 1)?,
     }
     Ok(out.stats)
 }
@@ -327,28 +344,72 @@ fn token_regex() -> &'static Regex {
     })
 }
 
-/// A match `hay[start..end]` counts only if it is not part of a longer string: not
-/// preceded by `[0-9A-Za-z_]` and not followed by `[0-9A-Za-z]`.
-///
-/// Matches never overlap (the 36 characters after the prefix contain no `_`), so
-/// rejecting one never hides another.
-fn standalone(hay: &[u8], start: usize, end: usize) -> bool {
-    let before_ok =
-        start == 0 || !(hay[start - 1].is_ascii_alphanumeric() || hay[start - 1] == b'_');
-    let after_ok = hay.get(end).is_none_or(|b| !b.is_ascii_alphanumeric());
-    before_ok && after_ok
-}
-
-/// Every standalone token in a (small) string, in order.
+/// Every `cio_tp_[0-9A-Za-z]{36}` in a (small) string, in order: whatever surrounds it
+/// (a token glued to other text has still leaked; check digits decide whether it is
+/// ours). Matches never overlap: the 36 characters after the prefix contain no `_`.
 fn tokens_in(s: &str) -> impl Iterator<Item = &str> + '_ {
     token_regex()
         .find_iter(s.as_bytes())
-        .filter(move |m| standalone(s.as_bytes(), m.start(), m.end()))
         // The pattern is ASCII, so the match is on character boundaries.
         .map(move |m| &s[m.start()..m.end()])
 }
 
-/// The standalone tokens of the first field that has any (`Secret` before `Match`,
+/// Calls `f(token, path)` for every token in the strings of a decoded JSON value
+/// (object keys included), arrays in order, object keys sorted (serde_json's map); `path` is the string's place below
+/// `value`: `.key`, `["odd key"]`, `[3]`.
+fn json_tokens<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&'v str, &str)) {
+    match value {
+        Value::String(s) => tokens_in(s).for_each(|t| f(t, path)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                json_tokens(item, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = path.len();
+                let plain = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if plain {
+                    path.push('.');
+                    path.push_str(key);
+                } else {
+                    path.push_str(&format!("[{}]", Value::String(key.clone())));
+                }
+                tokens_in(key).for_each(|t| f(t, path));
+                json_tokens(item, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// The occurrences a structured reader did not take from a parsed JSON element: every
+/// token anywhere in it (see [`json_tokens`]) that is not among `out`'s tokens yet,
+/// once each, located at `place` plus its path (`report.json:[3].finding.value`).
+fn sweep_json(value: &Value, place: &str, out: &mut Vec<Found>) {
+    let mut seen: Vec<String> = out.iter().map(|f| f.token.clone()).collect();
+    let mut path = String::new();
+    json_tokens(value, &mut path, &mut |token, path| {
+        if !seen.iter().any(|t| t == token) {
+            seen.push(token.to_owned());
+            out.push(Found {
+                token: token.to_owned(),
+                token_type: "cio_tp".to_owned(),
+                url: format!("{place}{path}"),
+                source: "json".to_owned(),
+            });
+        }
+    });
+}
+
+/// The tokens of the first field that has any (`Secret` before `Match`,
 /// `Raw` before `RawV2`).
 fn tokens_in_first(fields: [&str; 2]) -> Vec<&str> {
     let [first, second] = fields;

@@ -2,20 +2,21 @@
 //!
 //! Invariants:
 //! - A line is never held beyond [`MAX_LINE`] bytes (plus one): a longer line is
-//!   consumed without being kept, skipped and counted.
-//! - Lines that are not JSON objects (banners, log lines, junk) are skipped and counted;
-//!   blank lines are passed over without counting.
-//! - The tokens are the standalone `cio_tp_…` strings of `Raw`, or of `RawV2` when `Raw`
-//!   has none. The location is the source's `link`, else a blob URL for an https
-//!   repository, else `file:line`, else the report's own `origin:line`.
+//!   scanned as text while it is read, and named as unstructured.
+//! - Lines that are not JSON objects (banners, log lines, junk) are scanned as text
+//!   (`origin:line`) and named as unstructured; blank lines are passed over.
+//! - The tokens are the `cio_tp_…` strings of `Raw`, or of `RawV2` when `Raw` has none;
+//!   any other token anywhere in the record is found by the JSON sweep
+//!   (`origin:line.path`). The location is the source's `link`, else a blob URL for an
+//!   https repository, else `file:line`, else the report's own `origin:line`.
 
 use std::io::{self, BufRead, Read};
 
 use serde_json::{Map, Value};
 
 use super::{
-    file_location, non_empty, scalar_text, tokens_in_first, without_bom, Emitter, FormatError,
-    Found,
+    file_location, non_empty, scalar_text, sweep_json, text, tokens_in_first, without_bom, Emitter,
+    FormatError, Found, TEXT_CHUNK,
 };
 
 /// Longest trufflehog line that is parsed; longer lines are skipped (and counted).
@@ -27,8 +28,8 @@ enum Line {
     TooLong,
 }
 
-/// Reads one line (without its `\n`) into `line`, holding at most `cap + 1` bytes; a
-/// longer line is consumed and dropped.
+/// Reads one line (without its `\n`) into `line`, holding at most `cap + 1` bytes; of a
+/// longer line, the rest is left unread ([`Line::TooLong`]).
 fn read_capped_line<R: BufRead>(
     reader: &mut R,
     line: &mut Vec<u8>,
@@ -49,29 +50,36 @@ fn read_capped_line<R: BufRead>(
     if line.len() <= cap {
         return Ok(Line::Complete); // the last line, without a newline
     }
-    // Too long: drop the rest of the line without keeping it.
-    line.clear();
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            break;
-        }
-        match memchr::memchr(b'\n', buf) {
-            Some(i) => {
-                reader.consume(i + 1);
-                break;
-            }
-            None => {
-                let len = buf.len();
-                reader.consume(len);
-            }
-        }
-    }
     Ok(Line::TooLong)
+}
+
+/// The rest of the current line of a `BufRead` (its `\n` included), then end of input.
+struct RestOfLine<'a, R> {
+    inner: &'a mut R,
+    done: bool,
+}
+
+impl<R: BufRead> Read for RestOfLine<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.done || out.is_empty() {
+            return Ok(0);
+        }
+        let buf = self.inner.fill_buf()?;
+        if buf.is_empty() {
+            self.done = true;
+            return Ok(0);
+        }
+        let len = match memchr::memchr(b'\n', buf) {
+            Some(i) => {
+                self.done = i < out.len();
+                (i + 1).min(out.len())
+            }
+            None => buf.len().min(out.len()),
+        };
+        out[..len].copy_from_slice(&buf[..len]);
+        self.inner.consume(len);
+        Ok(len)
+    }
 }
 
 /// Reads every line, parsing lines of at most `cap` bytes.
@@ -90,7 +98,14 @@ pub(super) fn read<R: BufRead>(
         match kind {
             Line::Eof => return Ok(()),
             Line::TooLong => {
-                out.stats.skipped_lines += 1;
+                // Scanned while it is read: the part held, then the rest of the line.
+                out.stats.unstructured(|| format!("{origin}:{line_no}"));
+                let held = io::Cursor::new(std::mem::take(&mut line));
+                let rest = RestOfLine {
+                    inner: &mut reader,
+                    done: false,
+                };
+                text::read(held.chain(rest), origin, out, TEXT_CHUNK, line_no)?;
                 continue;
             }
             Line::Complete => {}
@@ -98,11 +113,12 @@ pub(super) fn read<R: BufRead>(
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let Ok(record) = serde_json::from_slice::<Map<String, Value>>(&line) else {
-            out.stats.skipped_lines += 1;
+        let Ok(mut record) = serde_json::from_slice::<Map<String, Value>>(&line) else {
+            out.stats.unstructured(|| format!("{origin}:{line_no}"));
+            text::read(&line[..], origin, out, TEXT_CHUNK, line_no)?;
             continue;
         };
-        record_occurrences(&record, origin, line_no, out)?;
+        record_occurrences(&mut record, origin, line_no, out)?;
         if line.capacity() > 1024 * 1024 {
             line = Vec::new(); // do not keep a huge buffer after one big line
         }
@@ -111,15 +127,28 @@ pub(super) fn read<R: BufRead>(
 
 /// Emits the tokens of one parsed record (line `line_no` of the report).
 fn record_occurrences(
-    record: &Map<String, Value>,
+    record: &mut Map<String, Value>,
     origin: &str,
     line_no: u64,
     out: &mut Emitter<'_>,
 ) -> Result<(), FormatError> {
+    let mut batch = Vec::new();
+    structured(record, origin, line_no, &mut batch);
+    // Both the record's own fields and anything else in it.
+    let record = Value::Object(std::mem::take(record));
+    sweep_json(&record, &format!("{origin}:{line_no}"), &mut batch);
+    for found in batch {
+        out.emit(found)?;
+    }
+    Ok(())
+}
+
+/// The occurrences trufflehog's own fields name.
+fn structured(record: &Map<String, Value>, origin: &str, line_no: u64, out: &mut Vec<Found>) {
     let text = |key: &str| record.get(key).and_then(Value::as_str).unwrap_or("");
     let tokens = tokens_in_first([text("Raw"), text("RawV2")]);
     if tokens.is_empty() {
-        return Ok(());
+        return;
     }
     // SourceMetadata.Data.{Git|Github|Gitlab|Filesystem|…}: the one source object.
     let meta = record
@@ -158,15 +187,12 @@ fn record_occurrences(
         Some(name) => format!("trufflehog:{name}"),
         None => "trufflehog".to_owned(),
     };
-    for token in tokens {
-        out.emit(Found {
-            token: token.to_owned(),
-            token_type: token_type.to_owned(),
-            url: url.clone(),
-            source: source.clone(),
-        })?;
-    }
-    Ok(())
+    out.extend(tokens.into_iter().map(|token| Found {
+        token: token.to_owned(),
+        token_type: token_type.to_owned(),
+        url: url.clone(),
+        source: source.clone(),
+    }));
 }
 
 #[cfg(test)]
@@ -206,11 +232,11 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(stats.skipped_lines, 1, "the log line in the middle");
+        assert_eq!(stats.unstructured, 1, "the log line in the middle");
     }
 
     #[test]
-    fn trufflehog_noise_lines_are_skipped_and_counted() {
+    fn trufflehog_noise_lines_are_scanned_as_text_and_named() {
         let record = |raw: &str| {
             format!(
                 r#"{{"SourceMetadata":{{"Data":{{"Filesystem":{{"file":"a.env","line":2}}}}}},"SourceName":"trufflehog - filesystem","DetectorName":"CustomRegex","Raw":"{raw}"}}"#
@@ -235,13 +261,15 @@ mod tests {
                 "trufflehog:trufflehog - filesystem",
             )
         };
-        assert_eq!(all, vec![at(A), at(C)]);
+        // The line that is a record followed by text is scanned as text.
+        assert_eq!(all, vec![at(A), found(B, "cio_tp", "th:11", "text"), at(C)]);
         // banner, log line, 42, [1,2], "str", unterminated, binary, record + trailing text
-        assert_eq!(stats.skipped_lines, 8);
+        assert_eq!(stats.unstructured, 8);
+        assert_eq!(stats.unstructured_at[0], "th:1");
     }
 
     #[test]
-    fn trufflehog_overlong_lines_are_skipped_without_buffering() {
+    fn trufflehog_overlong_lines_are_scanned_without_buffering() {
         let small = |raw: &str| format!(r#"{{"DetectorName":"X","Raw":"{raw}"}}"#);
         let long = format!(
             r#"{{"DetectorName":"X","Raw":"{A}","pad":"{}"}}"#,
@@ -254,19 +282,22 @@ mod tests {
             all,
             vec![
                 found(B, "X", "big.jsonl:1", "trufflehog"),
+                found(A, "cio_tp", "big.jsonl:2", "text"),
                 found(C, "X", "big.jsonl:3", "trufflehog"),
+                found(A, "cio_tp", "big.jsonl:4", "text"),
             ]
         );
-        assert_eq!(stats.skipped_lines, 2);
+        assert_eq!(stats.unstructured, 2);
+        assert_eq!(stats.unstructured_at, ["big.jsonl:2", "big.jsonl:4"]);
 
         // A line of exactly the cap is still read.
         let exact = small(D);
         let (all, stats) = with_cap(format!("{exact}\n").as_bytes(), "e", exact.len());
         assert_eq!(all.len(), 1);
-        assert_eq!(stats.skipped_lines, 0);
+        assert_eq!(stats.unstructured, 0);
         let (all, stats) = with_cap(exact.as_bytes(), "e", exact.len() - 1);
-        assert!(all.is_empty());
-        assert_eq!(stats.skipped_lines, 1);
+        assert_eq!(all, vec![found(D, "cio_tp", "e:1", "text")]);
+        assert_eq!(stats.unstructured, 1);
     }
 
     #[test]
@@ -308,7 +339,7 @@ mod tests {
                 "user:pw",
                 &format!("{B} {C}"),
             ),
-            // Raw has a token: RawV2 is ignored.
+            // Raw has a token: RawV2 is not read as trufflehog's; the sweep finds E.
             rec(r#"{"Filesystem":{"file":"g.txt"}}"#, D, E),
         ];
         let input = lines.join("\n");
@@ -325,8 +356,9 @@ mod tests {
                 f(B, "f.txt:4"),
                 f(C, "f.txt:4"),
                 f(D, "g.txt"),
+                found(E, "cio_tp", "rep.jsonl:7.RawV2", "json"),
             ]
         );
-        assert_eq!(stats.skipped_lines, 0);
+        assert_eq!(stats.unstructured, 0);
     }
 }

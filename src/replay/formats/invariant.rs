@@ -1,0 +1,257 @@
+//! The promise of replay, as a property: every `cio_tp_[0-9A-Za-z]{36}` in a report's
+//! bytes is an occurrence, whatever format was detected or forced; so is every one
+//! inside a decoded JSON string, whenever a JSON reader parses the part it is in (the
+//! detected JSON formats, or a JSON format forced on JSON of its kind). Checked against
+//! a plain regex scan on generated JSON arrays, JSON lines, text, and JSON broken at a
+//! random place.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::{detect, read_report, token_regex, Format};
+
+/// A token-shaped string: the prefix and 36 characters (check digits not computed:
+/// the readers do not look at them).
+fn token() -> impl Strategy<Value = String> {
+    "[0-9A-Za-z]{36}".prop_map(|tail| format!("cio_tp_{tail}"))
+}
+
+/// Text around tokens: letters (which glue onto a token), separators, JSON's special
+/// characters, a newline, non-ASCII; occasionally a near-token.
+fn filler() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9 =:/._-]{0,12}",
+        1 => "[\"\\\\\n\t{}\\[\\],é]{0,4}",
+        1 => Just("cio_tp_short".to_owned()),
+        1 => Just(String::new()),
+    ]
+}
+
+/// A string with 0–2 tokens planted among filler.
+fn planted() -> impl Strategy<Value = String> {
+    (
+        filler(),
+        prop::option::of(token()),
+        filler(),
+        prop::option::of(token()),
+        filler(),
+    )
+        .prop_map(|(a, t1, b, t2, c)| {
+            format!(
+                "{a}{}{b}{}{c}",
+                t1.unwrap_or_default(),
+                t2.unwrap_or_default()
+            )
+        })
+}
+
+/// Keys the readers know and keys they do not.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "token", "type", "url", "source", "secret", "secret_type", "html_url",
+            "Secret", "Match", "RuleID", "File", "StartLine", "Raw", "RawV2",
+            "DetectorName", "SourceMetadata", "finding", "value", "note",
+        ])
+        .prop_map(str::to_owned),
+        1 => planted(),
+    ]
+}
+
+/// Any JSON value, tokens planted in strings and keys, nested a few levels.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        4 => planted().prop_map(Value::String),
+        1 => any::<i32>().prop_map(Value::from),
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::Bool),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(key(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A report and whether a JSON reader may be expected to decode its strings.
+#[derive(Debug, Clone)]
+struct Doc {
+    bytes: Vec<u8>,
+    /// Strings whose tokens count even when they are escaped in the bytes.
+    decoded: Vec<String>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Array,
+    Lines,
+    Text,
+    Broken,
+}
+
+/// Every string in a value, keys included.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| {
+            out.push(k.clone());
+            strings(x, out)
+        }),
+        _ => {}
+    }
+}
+
+/// JSON text with, now and then, a token's `c` written as `\u0063`: the token is then
+/// only in the decoded string, not in the bytes.
+fn to_json(v: &Value, escape: bool, pretty: bool) -> String {
+    let text = if pretty {
+        serde_json::to_string_pretty(v).unwrap()
+    } else {
+        serde_json::to_string(v).unwrap()
+    };
+    if escape {
+        text.replacen("cio_tp_", "\\u0063io_tp_", 1)
+    } else {
+        text
+    }
+}
+
+fn doc() -> impl Strategy<Value = Doc> {
+    let array = (
+        prop::collection::vec(json_value(), 0..8),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(items, escape, pretty)| {
+            let v = Value::Array(items);
+            let mut decoded = Vec::new();
+            strings(&v, &mut decoded);
+            Doc {
+                bytes: to_json(&v, escape, pretty).into_bytes(),
+                decoded,
+                kind: Kind::Array,
+            }
+        });
+    let line = prop_oneof![
+        3 => (prop::collection::btree_map(key(), json_value(), 0..5), any::<bool>())
+            .prop_map(|(m, escape)| (Value::Object(m.into_iter().collect()), escape)),
+        1 => planted().prop_map(|s| (Value::String(s), false)),
+        // Not JSON: a log line (`Null` marks it; its text is the planted string).
+        1 => planted().prop_map(|s| (Value::Array(vec![Value::Null, Value::String(s)]), false)),
+    ];
+    let lines = prop::collection::vec(line, 0..8).prop_map(|lines| {
+        let mut bytes = Vec::new();
+        let mut decoded = Vec::new();
+        for (value, escape) in lines {
+            match &value {
+                Value::Array(log) if log.first() == Some(&Value::Null) => {
+                    bytes.extend_from_slice(b"log: ");
+                    bytes.extend_from_slice(log[1].as_str().unwrap().as_bytes());
+                }
+                _ => {
+                    if value.is_object() {
+                        strings(&value, &mut decoded);
+                    }
+                    bytes.extend_from_slice(to_json(&value, escape, false).as_bytes());
+                }
+            }
+            bytes.push(b'\n');
+        }
+        Doc {
+            bytes,
+            decoded,
+            kind: Kind::Lines,
+        }
+    });
+    let text = prop::collection::vec(planted(), 0..10).prop_map(|parts| Doc {
+        bytes: parts.join("\n").into_bytes(),
+        decoded: Vec::new(),
+        kind: Kind::Text,
+    });
+    let broken = (
+        prop::collection::vec(json_value(), 1..6),
+        any::<prop::sample::Index>(),
+        prop_oneof![
+            Just(None),
+            Just(Some(b'x')),
+            Just(Some(b'{')),
+            Just(Some(b'"'))
+        ],
+    )
+        .prop_map(|(items, at, junk)| {
+            let mut bytes = to_json(&Value::Array(items), false, true).into_bytes();
+            let at = at.index(bytes.len() + 1);
+            match junk {
+                None => bytes.truncate(at),
+                Some(b) => bytes.insert(at, b),
+            }
+            Doc {
+                bytes,
+                decoded: Vec::new(),
+                kind: Kind::Broken,
+            }
+        });
+    prop_oneof![array, lines, text, broken]
+}
+
+/// What the reader must find: the regex over the bytes, plus the regex over decoded
+/// strings when `decoding`.
+fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = token_regex()
+        .find_iter(&doc.bytes)
+        .map(|m| String::from_utf8(m.as_bytes().to_vec()).unwrap())
+        .collect();
+    if decoding {
+        for s in &doc.decoded {
+            set.extend(
+                token_regex()
+                    .find_iter(s.as_bytes())
+                    .map(|m| String::from_utf8(m.as_bytes().to_vec()).unwrap()),
+            );
+        }
+    }
+    set
+}
+
+fn found(doc: &Doc, format: Format) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    read_report(&doc.bytes[..], format, "doc", &mut |f| {
+        set.insert(f.token);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{format}: {e}"));
+    set
+}
+
+/// Whether `format`'s reader parses this kind of document as JSON.
+fn decodes(format: Format, kind: Kind) -> bool {
+    matches!(
+        (format, kind),
+        (Format::Github | Format::Gitleaks, Kind::Array) | (Format::Trufflehog, Kind::Lines)
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn every_token_in_a_report_is_an_occurrence(doc in doc()) {
+        let detected = detect(&doc.bytes);
+        for &format in std::iter::once(&detected).chain(Format::ALL) {
+            let want = expected(&doc, decodes(format, doc.kind));
+            let got = found(&doc, format);
+            let missed: Vec<_> = want.difference(&got).collect();
+            prop_assert!(
+                missed.is_empty(),
+                "{format} (detected {detected}) missed {missed:?} in {:?}",
+                String::from_utf8_lossy(&doc.bytes)
+            );
+        }
+    }
+}
