@@ -557,3 +557,84 @@ async fn a_github_alerts_export_and_unknown_shapes_revoke_every_token() {
     assert!(stderr.contains(&element), "{stderr}");
     assert!(stdout.contains(&element), "{stdout}");
 }
+
+/// GitLab's secret detection report and a gitleaks SARIF log, detected and replayed:
+/// their tokens revoked with the locations the reports give, and the tokens outside
+/// their fields (a description, a rule's help text) found by JSON path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_and_sarif_reports_are_detected_and_revoked() {
+    let (_db, store) = local_store().await;
+    for raw in [A, B, C, D, E, F] {
+        as_minted(&store, raw, Ttl::minutes(30)).await;
+    }
+    let target = Target::Local {
+        store: Arc::clone(&store),
+        actor: "carol@security".into(),
+    };
+    let (s, out) = replay_to_string(
+        &target,
+        &opts(
+            &["gl-secret-detection-report.json", "gitleaks.sarif"],
+            false,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(s.occurrences, 6, "{out}");
+    assert_eq!(s.tokens_revoked, 6, "{out}");
+    for raw in [A, B, C, D, E, F] {
+        assert_eq!(outcomes_of(&out, raw), ["revoked"], "{out}");
+        assert!(!out.contains(raw));
+    }
+    assert!(
+        out.contains(".gitlab-ci.yml:14 @ 1f7c3a9e2b4d (gitlab)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("scripts/release.sh:12 @ 4be1d0c93a5f (sarif)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(".vulnerabilities[2].description (json)"),
+        "{out}"
+    );
+    assert_eq!(s.unstructured, 1, "the vulnerability without an extract");
+}
+
+/// A report that cannot be opened (missing) or read (a directory) does not stop the
+/// others: they are replayed, the failures are named on stderr and in the summary, and
+/// the command exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_report_fails_the_run_after_the_others_are_replayed() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    let token = mint_with_cli(db.url(), "acme/widget");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("incident.log");
+    std::fs::write(&good, format!("leaked: {token}\n")).unwrap();
+    let missing = dir.path().join("missing.json");
+    let out = revoker_command()
+        .args(["replay", "--actor", "sec@example.com"])
+        .arg(&missing)
+        .arg(dir.path()) // a directory: opens, cannot be read
+        .arg(&good)
+        .args(["--database-url", db.url()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let stored = store.token(&TokenHash::of(&token)).await.unwrap().unwrap();
+    assert!(
+        stored.revoked_at.is_some(),
+        "the readable report was replayed"
+    );
+    assert!(stderr.contains("missing.json: cannot open"), "{stderr}");
+    assert!(
+        stderr.contains("2 of 3 report(s) could not be read"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("NOT READ:"), "{stdout}");
+    assert!(stdout.contains("tokens revoked now: 1"), "{stdout}");
+}

@@ -42,8 +42,9 @@ pub enum Command {
     /// Mint or check cio_tp_ tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Revoke every token of ours found in leak reports (gitleaks, trufflehog, GitHub
-    /// alert JSON, or any text), with a per-token answer. Safe to run more than once.
+    /// Revoke every token of ours found in leak reports (GitHub alerts, gitleaks,
+    /// trufflehog, GitLab, SARIF, any JSON or text), with a per-token answer. Safe to
+    /// run more than once.
     Replay(ReplayArgs),
     /// Manage scanner signing keys.
     #[command(subcommand)]

@@ -17,7 +17,9 @@ pub struct ReplayArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 
-    /// Report format: github, gitleaks, trufflehog or text (default: detected per file).
+    /// Report format: github (webhook body or REST alert export), gitleaks, trufflehog,
+    /// gitlab (gl-secret-detection-report.json), sarif, json (any JSON document) or text
+    /// (default: detected per file). Whatever a format cannot read is scanned as text.
     #[arg(long)]
     pub format: Option<replay::formats::Format>,
 
@@ -87,8 +89,15 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    replay::run(&target, &opts, &mut out).await?;
+    let summary = replay::run(&target, &opts, &mut out).await?;
     use std::io::Write;
     out.flush()?;
+    if !summary.files_not_read.is_empty() {
+        anyhow::bail!(
+            "{} of {} report(s) could not be read (see above); the others were replayed",
+            summary.files_not_read.len(),
+            opts.files.len()
+        );
+    }
     Ok(())
 }

@@ -94,7 +94,20 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
     };
     output::write_header(out, opts.json)?;
     for path in &opts.files {
-        replay_file(target, opts, path, &mut summary, out).await?;
+        // A file that cannot be read does not stop the others; the run fails at the end
+        // (see `Summary::files_not_read`). Anything else (the database, the receiver)
+        // stops it here.
+        let name = redact_tokens(&path.display().to_string()).into_owned();
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                not_read(&mut summary, format!("{name}: cannot open: {e}"));
+                continue;
+            }
+        };
+        if let Some(failure) = replay_file(target, opts, path, file, &mut summary, out).await? {
+            not_read(&mut summary, format!("{name}: {failure}"));
+        }
         summary.files += 1;
     }
     let remote = matches!(target, Target::Remote { .. });
@@ -102,20 +115,30 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
     Ok(summary)
 }
 
+/// Notes a report that could not be read (whole or in part), on stderr at once.
+fn not_read(summary: &mut Summary, what: String) {
+    eprintln!("error: report not read: {what}; going on with the others");
+    summary.files_not_read.push(what);
+}
+
+/// Replays one opened report. `Ok(Some(why))` when reading it failed part-way (what was
+/// read before is replayed); errors are the target's.
 async fn replay_file(
     target: &Target,
     opts: &Options,
     path: &Path,
+    file: std::fs::File,
     summary: &mut Summary,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open report {}", path.display()))?;
+) -> anyhow::Result<Option<String>> {
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let format = match opts.format {
         Some(f) => f,
-        None => formats::detect(reader.fill_buf()?),
+        None => match reader.fill_buf() {
+            Ok(head) => formats::detect(head),
+            Err(e) => return Ok(Some(format!("cannot read: {e}"))),
+        },
     };
     // Shown in logs and output and stored as part of locations: no raw token in it.
     let origin = redact_tokens(&path.display().to_string()).into_owned();
@@ -135,10 +158,16 @@ async fn replay_file(
             bar.set_message(format!("{} tokens", summary.occurrences));
         }
     }
-    let stats = reading
-        .await
-        .context("report reader crashed")?
-        .with_context(|| format!("cannot read report {}", origin))?;
+    let stats = match reading.await.context("report reader crashed")? {
+        Ok(stats) => stats,
+        Err(formats::FormatError::Io(e)) => {
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
+            return Ok(Some(format!("reading failed part-way: {e}")));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read report {origin}")),
+    };
     for place in &stats.unstructured_at {
         tracing::warn!(part = %place, "not in the report's format; scanned for tokens as text or JSON instead");
     }
@@ -150,7 +179,7 @@ async fn replay_file(
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A bar of bytes read out of `total_bytes`, with the running token count as message.

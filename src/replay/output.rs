@@ -47,6 +47,9 @@ pub struct Summary {
     /// instead (see `formats::ReadStats`), and where the first ones are.
     pub unstructured: u64,
     pub unstructured_at: Vec<String>,
+    /// Reports that could not be opened or read to the end, with why (the rest of the
+    /// run went on; the command fails at the end).
+    pub files_not_read: Vec<String>,
     /// Report ids recorded (local, not dry-run).
     pub report_ids: Vec<i64>,
 }
@@ -166,6 +169,9 @@ impl Summary {
                 out,
                 "  nothing new: every token of ours in these reports was already revoked"
             )?;
+        }
+        for what in &self.files_not_read {
+            writeln!(out, "  NOT READ: {what}")?;
         }
         if self.unstructured > 0 {
             writeln!(

@@ -2,8 +2,8 @@
 //! bytes is an occurrence, whatever format was detected or forced; so is every one
 //! inside a decoded JSON string, whenever a JSON reader parses the part it is in (the
 //! detected JSON formats, or a JSON format forced on JSON of its kind). Checked against
-//! a plain regex scan on generated JSON arrays, JSON lines, text, and JSON broken at a
-//! random place.
+//! a plain regex scan on generated JSON arrays, JSON documents (objects with SARIF's
+//! and GitLab's keys among others), JSON lines, text, and JSON broken at a random place.
 
 use std::collections::BTreeSet;
 
@@ -89,6 +89,8 @@ struct Doc {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Array,
+    /// One JSON object: a SARIF log, a GitLab report, a chat export.
+    Document,
     Lines,
     Text,
     Broken,
@@ -169,6 +171,42 @@ fn doc() -> impl Strategy<Value = Doc> {
             kind: Kind::Lines,
         }
     });
+    let document = (
+        prop::collection::btree_map(
+            prop_oneof![
+                1 => Just("runs".to_owned()),
+                1 => Just("vulnerabilities".to_owned()),
+                1 => Just("$schema".to_owned()),
+                3 => key(),
+            ],
+            prop_oneof![
+                1 => prop::collection::vec(
+                    prop::collection::btree_map(
+                        prop_oneof![Just("results".to_owned()), key()],
+                        json_value(),
+                        0..4,
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    0..4,
+                )
+                .prop_map(Value::Array),
+                2 => json_value(),
+            ],
+            0..6,
+        ),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(m, escape, pretty)| {
+            let v = Value::Object(m.into_iter().collect());
+            let mut decoded = Vec::new();
+            strings(&v, &mut decoded);
+            Doc {
+                bytes: to_json(&v, escape, pretty).into_bytes(),
+                decoded,
+                kind: Kind::Document,
+            }
+        });
     let text = prop::collection::vec(planted(), 0..10).prop_map(|parts| Doc {
         bytes: parts.join("\n").into_bytes(),
         decoded: Vec::new(),
@@ -197,7 +235,7 @@ fn doc() -> impl Strategy<Value = Doc> {
                 kind: Kind::Broken,
             }
         });
-    prop_oneof![array, lines, text, broken]
+    prop_oneof![array, document, lines, text, broken]
 }
 
 /// What the reader must find: the regex over the bytes, plus the regex over decoded
@@ -231,10 +269,13 @@ fn found(doc: &Doc, format: Format) -> BTreeSet<String> {
 
 /// Whether `format`'s reader parses this kind of document as JSON.
 fn decodes(format: Format, kind: Kind) -> bool {
-    matches!(
-        (format, kind),
-        (Format::Github | Format::Gitleaks, Kind::Array) | (Format::Trufflehog, Kind::Lines)
-    )
+    let walks = matches!(format, Format::Gitlab | Format::Sarif | Format::Json);
+    match kind {
+        Kind::Array => walks || matches!(format, Format::Github | Format::Gitleaks),
+        Kind::Document => walks,
+        Kind::Lines => format == Format::Trufflehog,
+        Kind::Text | Kind::Broken => false,
+    }
 }
 
 proptest! {

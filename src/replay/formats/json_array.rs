@@ -38,14 +38,14 @@ pub(super) trait ReportItem: for<'de> Deserialize<'de> {
 /// before them, which the parser may have peeked at), with the line they start on: what
 /// is scanned as text if the parser gives up.
 #[derive(Default)]
-struct Taken {
+pub(super) struct Taken {
     bytes: Vec<u8>,
     line: u64,
 }
 
 impl Taken {
     /// An element is done: forget its bytes but the last.
-    fn element_done(&mut self) {
+    pub(super) fn element_done(&mut self) {
         let keep_from = self.bytes.len().saturating_sub(1);
         self.line += memchr::memchr_iter(b'\n', &self.bytes[..keep_from]).count() as u64;
         self.bytes.drain(..keep_from);
@@ -53,17 +53,80 @@ impl Taken {
 }
 
 /// The reader under the parser, recording into [`Taken`].
-struct Recorder<R> {
-    inner: R,
+pub(super) struct Recorder<'r> {
+    inner: &'r mut dyn Read,
     taken: Rc<RefCell<Taken>>,
 }
 
-impl<R: Read> Read for Recorder<R> {
+impl Read for Recorder<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.taken.borrow_mut().bytes.extend_from_slice(&buf[..n]);
         Ok(n)
     }
+}
+
+/// The parser the JSON readers drive.
+pub(super) type JsonDe<'r> = serde_json::Deserializer<serde_json::de::IoRead<Recorder<'r>>>;
+
+/// Runs `parse` over the JSON in `reader` (a leading BOM dropped, only whitespace
+/// allowed after it); `parse` calls [`Taken::element_done`] after each part it has
+/// handed on, and keeps a sink refusal in its last argument. If the JSON is invalid,
+/// the bytes from the last part handed on to the end are scanned as text and the place
+/// is named in the stats.
+pub(super) fn read_json<'s, R: Read>(
+    reader: R,
+    origin: &str,
+    out: &mut Emitter<'s>,
+    expected: &str,
+    parse: impl FnOnce(
+        &mut JsonDe<'_>,
+        &mut Emitter<'s>,
+        Rc<RefCell<Taken>>,
+        &mut Option<FormatError>,
+    ) -> Result<(), serde_json::Error>,
+) -> Result<(), FormatError> {
+    let mut reader = without_bom(reader)?;
+    let taken = Rc::new(RefCell::new(Taken {
+        bytes: Vec::new(),
+        line: 1,
+    }));
+    let mut stopped = None;
+    let result = {
+        let recorder = Recorder {
+            inner: &mut reader,
+            taken: Rc::clone(&taken),
+        };
+        let mut de = serde_json::Deserializer::from_reader(recorder);
+        parse(&mut de, &mut *out, Rc::clone(&taken), &mut stopped).and_then(|()| de.end())
+    };
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if e.classify() == serde_json::error::Category::Io {
+        return Err(FormatError::Io(e.into()));
+    }
+    // Not JSON from here on (or not the expected JSON at all): the part it happened
+    // in, and everything after it, as text.
+    let Taken { bytes, line } = std::mem::take(&mut *taken.borrow_mut());
+    out.stats.unstructured(|| {
+        format!(
+            "{origin}:{line} onwards ({} at line {}, column {}; expected {expected}), scanned as text",
+            json_problem(&e),
+            e.line(),
+            e.column(),
+        )
+    });
+    text::read(
+        io::Cursor::new(bytes).chain(reader),
+        origin,
+        out,
+        TEXT_CHUNK,
+        line,
+    )
 }
 
 /// Visits the top-level array, handing each element's occurrences to the sink as soon
@@ -117,54 +180,21 @@ pub(super) fn read<R: Read, T: ReportItem>(
     origin: &str,
     out: &mut Emitter<'_>,
 ) -> Result<(), FormatError> {
-    let mut reader = without_bom(reader)?;
-    let taken = Rc::new(RefCell::new(Taken {
-        bytes: Vec::new(),
-        line: 1,
-    }));
-    let mut stopped = None;
-    let result = {
-        let recorder = Recorder {
-            inner: &mut reader,
-            taken: Rc::clone(&taken),
-        };
-        let mut de = serde_json::Deserializer::from_reader(recorder);
-        let visitor = ArrayVisitor::<T> {
-            origin,
-            out: &mut *out,
-            taken: Rc::clone(&taken),
-            stopped: &mut stopped,
-            item: PhantomData,
-        };
-        serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|()| de.end())
-    };
-    if let Some(e) = stopped {
-        return Err(e);
-    }
-    let Err(e) = result else {
-        return Ok(());
-    };
-    if e.classify() == serde_json::error::Category::Io {
-        return Err(FormatError::Io(e.into()));
-    }
-    // Not JSON from here on (or not an array at all): the element it happened in, and
-    // everything after it, as text.
-    let Taken { bytes, line } = std::mem::take(&mut *taken.borrow_mut());
-    out.stats.unstructured(|| {
-        format!(
-            "{origin}:{line} onwards ({} at line {}, column {}; expected {}), scanned as text",
-            json_problem(&e),
-            e.line(),
-            e.column(),
-            T::EXPECTED
-        )
-    });
-    text::read(
-        io::Cursor::new(bytes).chain(reader),
+    read_json(
+        reader,
         origin,
         out,
-        TEXT_CHUNK,
-        line,
+        T::EXPECTED,
+        |de, out, taken, stopped| {
+            let visitor = ArrayVisitor::<T> {
+                origin,
+                out,
+                taken,
+                stopped,
+                item: PhantomData,
+            };
+            serde::Deserializer::deserialize_seq(de, visitor)
+        },
     )
 }
 

@@ -37,10 +37,13 @@
 //!   redacted before the sink sees it ([`Emitter::emit`]).
 
 mod github;
+mod gitlab;
 mod gitleaks;
 mod json_array;
+mod sarif;
 mod text;
 mod trufflehog;
+mod walk;
 
 #[cfg(test)]
 mod invariant;
@@ -73,6 +76,9 @@ pub enum Format {
     Github,
     Gitleaks,
     Trufflehog,
+    Gitlab,
+    Sarif,
+    Json,
     Text,
 }
 
@@ -180,7 +186,9 @@ pub enum FormatError {
 ///   line `[2024-05-17 …]`, is text.)
 /// - `{` whose first line is a JSON object with `SourceMetadata` or `DetectorName`:
 ///   trufflehog.
-/// - anything else: text.
+/// - one JSON object (as far as the head shows): sarif if it mentions `"runs"` and
+///   SARIF, gitlab if it mentions `"vulnerabilities"`, json otherwise.
+/// - anything else (JSON lines of logs among it): text.
 pub fn detect(head: &[u8]) -> Format {
     let s = skip_ws_and_bom(head);
     match s.first() {
@@ -248,16 +256,29 @@ fn detect_json_lines(s: &[u8]) -> Format {
     let has_keys =
         |m: &Map<String, Value>| m.contains_key("SourceMetadata") || m.contains_key("DetectorName");
     match serde_json::from_slice::<Map<String, Value>>(first_line) {
-        Ok(m) if has_keys(&m) => Format::Trufflehog,
-        Ok(_) => Format::Text,
+        Ok(m) if has_keys(&m) => return Format::Trufflehog,
         // A first line longer than the head: decide on the keys seen so far.
         Err(e)
             if e.is_eof()
                 && mentions_any(first_line, &["\"SourceMetadata\"", "\"DetectorName\""]) =>
         {
-            Format::Trufflehog
+            return Format::Trufflehog
         }
-        Err(_) => Format::Text,
+        _ => {}
+    }
+    // One JSON object (or the head of one), or something else: JSON lines of logs, or
+    // text that starts with `{`.
+    match serde_json::from_slice::<Map<String, Value>>(s) {
+        Ok(_) => {}
+        Err(e) if e.is_eof() => {}
+        Err(_) => return Format::Text,
+    }
+    if mentions_any(s, &["\"runs\""]) && mentions_any(s, &["sarif", "SARIF"]) {
+        Format::Sarif
+    } else if mentions_any(s, &["\"vulnerabilities\""]) {
+        Format::Gitlab
+    } else {
+        Format::Json
     }
 }
 
@@ -283,6 +304,9 @@ pub fn read_report<R: BufRead>(
             json_array::read::<_, gitleaks::GitleaksFinding>(reader, origin, &mut out)?
         }
         Format::Trufflehog => trufflehog::read(reader, origin, &mut out, MAX_LINE)?,
+        Format::Gitlab => walk::read::<_, gitlab::GitlabReport>(reader, origin, &mut out)?,
+        Format::Sarif => walk::read::<_, sarif::SarifLog>(reader, origin, &mut out)?,
+        Format::Json => walk::read::<_, walk::AnyJson>(reader, origin, &mut out)?,
         Format::Text => text::read(reader, origin, &mut out, TEXT_CHUNK, 1)?,
     }
     Ok(out.stats)
@@ -371,22 +395,28 @@ fn json_tokens<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&'v st
         Value::Object(map) => {
             for (key, item) in map {
                 let len = path.len();
-                let plain = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if plain {
-                    path.push('.');
-                    path.push_str(key);
-                } else {
-                    path.push_str(&format!("[{}]", Value::String(key.clone())));
-                }
+                push_key(path, key);
                 tokens_in(key).for_each(|t| f(t, path));
                 json_tokens(item, path, f);
                 path.truncate(len);
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Appends an object key to a JSON path: `.key`, or `["odd key"]` unless the key is
+/// letters, digits, `_` and `-`.
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        path.push('.');
+        path.push_str(key);
+    } else {
+        path.push_str(&format!("[{}]", Value::String(key.to_owned())));
     }
 }
 
@@ -470,10 +500,10 @@ mod tests {
         }
         assert_eq!("GitLeaks".parse::<Format>(), Ok(Format::Gitleaks));
         assert_eq!(" text\n".parse::<Format>(), Ok(Format::Text));
-        let err = "sarif".parse::<Format>().unwrap_err();
+        let err = "csv".parse::<Format>().unwrap_err();
         assert_eq!(
             err,
-            "unknown report format: expected one of github, gitleaks, trufflehog, text"
+            "unknown report format: expected one of github, gitleaks, trufflehog, gitlab, sarif, json, text"
         );
         let err = A.parse::<Format>().unwrap_err();
         assert!(!err.contains(A));
@@ -527,7 +557,20 @@ mod tests {
             detect(b"\xEF\xBB\xBF{\"SourceMetadata\":{}}"),
             Format::Trufflehog
         );
-        assert_eq!(detect(b"{\"level\":\"info\"}\n"), Format::Text);
+        assert_eq!(detect(b"{\"level\":\"info\"}\n"), Format::Json);
+        assert_eq!(
+            detect(b"{\"level\":\"info\"}\n{\"level\":\"warn\"}\n"),
+            Format::Text
+        );
+        assert_eq!(detect(b"{\"messages\": [{\"text\""), Format::Json);
+        assert_eq!(
+            detect(b"{\"version\":\"15.0.7\",\"vulnerabilities\":["),
+            Format::Gitlab
+        );
+        assert_eq!(
+            detect(b"{\"$schema\":\"https://json.schemastore.org/sarif-2.1.0.json\",\"runs\":["),
+            Format::Sarif
+        );
         assert_eq!(detect(b"{ not json\n"), Format::Text);
         assert_eq!(detect(b"\xff\xfe binary"), Format::Text);
         assert_eq!(detect(A.as_bytes()), Format::Text);

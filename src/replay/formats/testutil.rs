@@ -22,10 +22,12 @@ pub const W3: &str = "cio_tp_j2tjkXBuQiaUlctrjEt7hpZWULQcSo39yV6H";
 pub const KNOWN: &str = "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1yLcDB";
 
 /// Every report in fixtures/reports, one per format.
-pub const FIXTURES: [&str; 5] = [
+pub const FIXTURES: [&str; 7] = [
     "incident.txt",
     "github.json",
     "github-alerts.json",
+    "gl-secret-detection-report.json",
+    "gitleaks.sarif",
     "gitleaks.json",
     "trufflehog.jsonl",
 ];
