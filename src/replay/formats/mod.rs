@@ -368,6 +368,45 @@ fn token_regex() -> &'static Regex {
     })
 }
 
+/// A token written with JSON `\u00XX` escapes for some of its characters (as a JSON
+/// string holds it, read as text): each character literal or escaped, at least one
+/// escaped (matches without a backslash are [`token_regex`]'s). Only the escapes of
+/// `cio_tp_` and of letters and digits are allowed, so two matches never overlap.
+fn escaped_token_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        let unit = |c: char| {
+            let literal = regex::escape(&c.to_string());
+            format!(r"(?:{literal}|\\u00{:02x})", c as u32)
+        };
+        let prefix: String = PREFIX.chars().map(unit).collect();
+        let alnum = r"(?:[0-9A-Za-z]|\\u00(?:3[0-9]|4[1-9a-fA-F]|5[0-9aA]|6[1-9a-fA-F]|7[0-9aA]))";
+        let pattern = format!("(?i:{prefix}){alnum}{{{}}}", TOKEN_LEN - PREFIX.len());
+        Regex::new(&pattern).expect("the escaped token pattern is a valid regex")
+    })
+}
+
+/// The token an [`escaped_token_regex`] match stands for: every `\u00XX` decoded;
+/// `None` if the result is no `cio_tp_` token (an uppercase prefix, say).
+fn unescape_token(bytes: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(TOKEN_LEN);
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'\\' {
+            let hex = std::str::from_utf8(tail.get(1..5)?).ok()?;
+            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+            rest = &tail[5..];
+        } else {
+            out.push(char::from(b));
+            rest = tail;
+        }
+    }
+    token_regex()
+        .is_match(out.as_bytes())
+        .then_some(out)
+        .filter(|t| t.len() == TOKEN_LEN)
+}
+
 /// Every `cio_tp_[0-9A-Za-z]{36}` in a (small) string, in order: whatever surrounds it
 /// (a token glued to other text has still leaked; check digits decide whether it is
 /// ours). Matches never overlap: the 36 characters after the prefix contain no `_`.

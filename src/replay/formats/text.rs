@@ -4,21 +4,25 @@
 //!
 //! Invariants:
 //! - The input is read in [`TEXT_CHUNK`]-byte chunks; the buffer never holds more than
-//!   one chunk plus an overlap of a token and the byte before it, so a token across a
-//!   chunk border is found exactly once: the occurrences are those of one regex scan
-//!   over the whole input.
+//!   one chunk plus an overlap of the longest match, so a token across a chunk border is
+//!   found exactly once: the occurrences are those of one regex scan over the whole
+//!   input.
+//! - A token written with JSON `\u00XX` escapes (`\u0063io_tp_…`, a JSON string read
+//!   as text) is found too, decoded.
 //! - Locations are `origin:line` with 1-based line numbers counted over every `\n`
 //!   (from a given first line when the text is the rest of another report).
 
 use std::io::{self, Read};
 
-use super::{token_regex, Emitter, FormatError, Found};
+use super::{escaped_token_regex, token_regex, unescape_token, Emitter, FormatError, Found};
 use crate::domain::token::TOKEN_LEN;
 
 /// Size of one read when scanning free text.
 pub const TEXT_CHUNK: usize = 64 * 1024;
-/// Bytes kept from one text chunk to the next: a whole token plus one byte.
-const OVERLAP: usize = TOKEN_LEN + 1;
+/// The longest match: a token with every character written as a JSON `\u00XX` escape.
+const MAX_MATCH: usize = 6 * TOKEN_LEN;
+/// Bytes kept from one text chunk to the next: the longest match.
+const OVERLAP: usize = MAX_MATCH;
 
 fn count_newlines(bytes: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', bytes).count() as u64
@@ -50,7 +54,6 @@ pub(super) fn read<R: Read>(
     chunk: usize,
     first_line: u64,
 ) -> Result<(), FormatError> {
-    let re = token_regex();
     let chunk = chunk.max(1);
     let mut buf = vec![0u8; chunk + OVERLAP];
     let mut filled = 0usize;
@@ -59,22 +62,24 @@ pub(super) fn read<R: Read>(
     // `line` is the 1-based line number at `buf[line_pos]`.
     let mut line = first_line;
     let mut line_pos = 0usize;
+    let mut found = Vec::new();
     loop {
         let target = filled + chunk;
         let eof = fill(&mut reader, &mut buf, &mut filled, target)?;
         let hay = &buf[..filled];
-        for m in re.find_iter(hay) {
-            let (start, end) = (m.start(), m.end());
-            if start < scan_from {
-                continue;
-            }
-            if end >= filled && !eof {
-                break; // may run into the next round's bytes: decided there
-            }
+        // A match starting before `decided` is whole in `hay`; later ones wait for the
+        // next round, which keeps them.
+        let decided = if eof {
+            filled
+        } else {
+            filled.saturating_sub(MAX_MATCH)
+        };
+        matches(hay, scan_from..decided, &mut found);
+        for (start, token) in found.drain(..) {
             line += count_newlines(&hay[line_pos..start]);
             line_pos = start;
             out.emit(Found {
-                token: String::from_utf8_lossy(&hay[start..end]).into_owned(),
+                token,
                 token_type: "cio_tp".to_owned(),
                 url: format!("{origin}:{line}"),
                 source: "text".to_owned(),
@@ -83,8 +88,6 @@ pub(super) fn read<R: Read>(
         if eof {
             return Ok(());
         }
-        // Every match starting before `decided` had its following byte available.
-        let decided = filled.saturating_sub(TOKEN_LEN);
         let keep = filled.min(OVERLAP);
         let drop = filled - keep;
         if line_pos < drop {
@@ -95,6 +98,34 @@ pub(super) fn read<R: Read>(
         filled = keep;
         line_pos -= drop;
         scan_from = scan_from.max(decided).saturating_sub(drop);
+    }
+}
+
+/// The tokens starting in `starts`, as (start, token) in file order: plain ones, and
+/// (when the bytes hold a `\u00`) ones written with JSON escapes, decoded.
+fn matches(hay: &[u8], starts: std::ops::Range<usize>, found: &mut Vec<(usize, String)>) {
+    let wanted = |start: usize| starts.contains(&start);
+    for m in token_regex().find_iter(hay).filter(|m| wanted(m.start())) {
+        found.push((
+            m.start(),
+            String::from_utf8_lossy(m.as_bytes()).into_owned(),
+        ));
+    }
+    if memchr::memmem::find(hay, br"\u00").is_none()
+        && memchr::memmem::find(hay, br"\U00").is_none()
+    {
+        return;
+    }
+    let plain = found.len();
+    for m in escaped_token_regex().find_iter(hay) {
+        if wanted(m.start()) && m.as_bytes().contains(&b'\\') {
+            if let Some(token) = unescape_token(m.as_bytes()) {
+                found.push((m.start(), token));
+            }
+        }
+    }
+    if found.len() > plain {
+        found.sort_by_key(|&(start, _)| start);
     }
 }
 
@@ -260,6 +291,34 @@ mod tests {
             tokens_in(&input).collect::<Vec<_>>(),
             [A, A, A, A, A, KNOWN]
         );
+    }
+
+    #[test]
+    fn tokens_written_with_json_escapes_are_found_decoded() {
+        let escaped_c = A.replacen('c', "\\u0063", 1);
+        let escaped_tail = format!(
+            "{}\\u00{:02X}",
+            &B[..TOKEN_LEN - 1],
+            B.as_bytes()[TOKEN_LEN - 1]
+        );
+        let all_escaped: String = C.bytes().map(|b| format!("\\u{:04x}", b)).collect();
+        let input = format!(
+            "{{\"a\": \"{escaped_c}\"}}\nplain {D} and {escaped_tail}\n{all_escaped}\n\
+             not ours: \\u0063io_tp_short \\u0043IO_TP_{} {}\\u005fx\n",
+            &E[7..],
+            &F[..TOKEN_LEN - 1]
+        );
+        for chunk in [1, 7, 64, 300, TEXT_CHUNK] {
+            let got: Vec<(String, String)> = with_chunk(input.as_bytes(), chunk)
+                .into_iter()
+                .map(|f| (f.token, f.url))
+                .collect();
+            let want: Vec<(String, String)> = [(A, "t:1"), (D, "t:2"), (B, "t:2"), (C, "t:3")]
+                .iter()
+                .map(|(t, l)| (t.to_string(), l.to_string()))
+                .collect();
+            assert_eq!(got, want, "chunk {chunk}");
+        }
     }
 
     #[test]
