@@ -11,7 +11,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::notify::NotifySettings;
-use crate::signature::{CacheTiming, ScannerSpec};
+use crate::signature::{CacheTiming, HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use crate::store::PoolSettings;
 use crate::support::default_duration;
 
@@ -72,6 +72,10 @@ pub struct Settings {
     pub database_url: SecretString,
     pub pool: PoolSettings,
     pub scanners: Vec<ScannerSpec>,
+    /// Scanners that are not `github` (`--scanner-protocol NAME=gitlab`).
+    pub scanner_protocols: Vec<PerScanner<Protocol>>,
+    /// Scanners whose signature headers have another prefix (`--scanner-header-prefix`).
+    pub scanner_header_prefixes: Vec<PerScanner<HeaderPrefix>>,
     pub keys_ttl: Duration,
     pub keys_refetch_interval: Duration,
     pub keys_timeout: Duration,
@@ -110,6 +114,8 @@ impl Settings {
             database_url: SecretString::from(database_url.to_owned()),
             pool: PoolSettings::default(),
             scanners,
+            scanner_protocols: Vec::new(),
+            scanner_header_prefixes: Vec::new(),
             keys_ttl: default_duration(defaults::KEYS_TTL),
             keys_refetch_interval: default_duration(defaults::KEYS_REFETCH_INTERVAL),
             keys_timeout: default_duration(defaults::KEYS_TIMEOUT),

@@ -75,6 +75,11 @@ impl Application {
         store: Arc<dyn RevocationStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
+        let protocols = signature::protocols_for(
+            settings.scanners.iter().map(|s| s.name.as_str()),
+            &settings.scanner_protocols,
+            &settings.scanner_header_prefixes,
+        )?;
         let scanners = signature::caches_for(
             &settings.scanners,
             settings.key_timing(),
@@ -152,6 +157,7 @@ impl Application {
             state: AppState {
                 store,
                 scanners: Arc::new(scanners),
+                protocols: Arc::new(protocols),
                 max_body: settings.max_body,
                 retry_after: settings.retry_after,
                 request_timeout: settings.request_timeout,

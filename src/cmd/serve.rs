@@ -6,7 +6,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use revoker::config::{defaults, parse_size, Settings};
-use revoker::signature::ScannerSpec;
+use revoker::signature::{HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use revoker::startup::{shutdown_signal, Application};
 
 use super::db::DbArgs;
@@ -28,6 +28,27 @@ pub struct ServeArgs {
         default_value = defaults::SCANNER
     )]
     pub scanners: Vec<ScannerSpec>,
+
+    /// A scanner's protocol as NAME=PROTOCOL: `github` (the default: GitHub, deps.dev)
+    /// or `gitlab` (GitLab's Partner API: `Gitlab-` headers, answered 2xx once verified,
+    /// since GitLab retries anything else). Repeatable (env: comma-separated).
+    #[arg(
+        long = "scanner-protocol",
+        env = "REVOKER_SCANNER_PROTOCOLS",
+        value_delimiter = ','
+    )]
+    pub scanner_protocols: Vec<PerScanner<Protocol>>,
+
+    /// A scanner's signature header prefix as NAME=PREFIX: the headers become
+    /// PREFIX-Public-Key-Identifier and PREFIX-Public-Key-Signature (default by protocol:
+    /// Github, Gitlab; deps.dev uses GOSST for PyPI, DepsDev for RubyGems). Repeatable
+    /// (env: comma-separated).
+    #[arg(
+        long = "scanner-header-prefix",
+        env = "REVOKER_SCANNER_HEADER_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub scanner_header_prefixes: Vec<PerScanner<HeaderPrefix>>,
 
     /// How long fetched scanner keys are trusted before a background refresh.
     #[arg(long, env = "REVOKER_KEYS_TTL", default_value = defaults::KEYS_TTL, value_parser = humantime::parse_duration)]
@@ -127,6 +148,8 @@ impl ServeArgs {
             pool: a.db.pool_settings(true),
             database_url: a.db.database_url,
             scanners: a.scanners,
+            scanner_protocols: a.scanner_protocols,
+            scanner_header_prefixes: a.scanner_header_prefixes,
             keys_ttl: a.keys_ttl,
             keys_refetch_interval: a.keys_refetch_interval,
             keys_timeout: a.keys_timeout,

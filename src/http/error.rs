@@ -28,9 +28,9 @@ pub enum ApiError {
     #[error("method not allowed (alerts are POSTed)")]
     MethodNotAllowed,
     #[error("missing header {0}")]
-    MissingHeader(&'static str),
+    MissingHeader(String),
     #[error("header {0} is not valid ASCII")]
-    MalformedHeader(&'static str),
+    MalformedHeader(String),
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("unknown key identifier")]

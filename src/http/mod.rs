@@ -38,6 +38,8 @@ pub struct AppState {
     pub store: Arc<dyn RevocationStore>,
     /// Scanner name → its key cache.
     pub scanners: Arc<HashMap<String, Arc<KeyCache>>>,
+    /// Each scanner's protocol and signature header names (same keys as `scanners`).
+    pub protocols: Arc<HashMap<String, crate::signature::ScannerProtocol>>,
     pub max_body: usize,
     pub retry_after: Duration,
     /// Whole-delivery deadline: past it the scanner gets 503 and nothing is written.

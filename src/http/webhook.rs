@@ -13,6 +13,11 @@
 //! back; a body this scanner delivered before is answered from its first report) → 200
 //! with per-item feedback, streamed in 64 KiB pieces.
 //!
+//! The signature headers are the scanner's (`Github-…` unless its protocol or
+//! `--scanner-header-prefix` says otherwise, see [`crate::signature::protocol`]). A
+//! `gitlab` scanner's verified body that is no alert array is answered 200 after its
+//! raw bytes' tokens are revoked: GitLab retries every answer of 400 or more.
+//!
 //! Nothing a client without a scanner's private key can send takes a delivery slot
 //! or verified memory: unverified work is bounded by the connection cap, the header
 //! and body timeouts and the unverified body budget (see [`super::intake`]).
@@ -32,8 +37,9 @@ use super::{ApiError, AppState};
 use crate::domain::alert;
 use crate::domain::alert::Compact;
 use crate::domain::redact::redact_tokens;
+use crate::domain::token;
 use crate::domain::{Outcome, OutcomeCounts};
-use crate::signature::{self, KeyError, KEY_ID_HEADER, SIGNATURE_HEADER};
+use crate::signature::{self, KeyError, Protocol};
 use crate::store::{RecordOptions, StoreError};
 
 /// `POST /secret-scanning/{scanner}`.
@@ -41,12 +47,12 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new().route("/secret-scanning/{scanner}", axum::routing::post(receive))
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ApiError> {
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
     headers
         .get(name)
-        .ok_or(ApiError::MissingHeader(name))?
+        .ok_or_else(|| ApiError::MissingHeader(name.to_owned()))?
         .to_str()
-        .map_err(|_| ApiError::MalformedHeader(name))
+        .map_err(|_| ApiError::MalformedHeader(name.to_owned()))
 }
 
 /// Refuses from the Content-Length alone when it already says more than `limit`.
@@ -139,6 +145,14 @@ async fn receive(
     })
 }
 
+/// The alert items standing for an unparseable body: every token-shaped run in its
+/// bytes, typed `cio_tp`, source `unparsed_body`.
+fn salvage(body: &[u8]) -> Vec<serde_json::Value> {
+    token::find_in(body)
+        .map(|t| serde_json::json!({"token": t, "type": "cio_tp", "url": "", "source": "unparsed_body"}))
+        .collect()
+}
+
 /// The delivery slot, then the delivery's memory, both after the signature verified;
 /// either one missing: 503 `overloaded` at once (no queue to grow without bound, and
 /// the scanner retries on 503).
@@ -179,10 +193,11 @@ async fn handle(
     let cache = state.scanners.get(scanner).ok_or_else(|| {
         ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect())
     })?;
-    let key_id = header(headers, KEY_ID_HEADER)?;
+    let protocol = state.protocols.get(scanner).cloned().unwrap_or_default();
+    let key_id = header(headers, &protocol.key_id_header)?;
     let key_id = &key_id[..key_id.len().min(256)]; // bounded in logs and the database
     tracing::Span::current().record("key_id", redact_tokens(key_id).as_ref());
-    let signature = signature::decode_signature(header(headers, SIGNATURE_HEADER)?)?;
+    let signature = signature::decode_signature(header(headers, &protocol.signature_header)?)?;
     check_declared_length(headers, state.max_body)?;
 
     // The key first: a delivery under an unknown key is refused before its body is read.
@@ -197,7 +212,23 @@ async fn handle(
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
-    let (_slot, sizes, held) = admit(state, &body, capacity)?;
+    let (body, admitted) = match admit(state, &body, capacity) {
+        // GitLab retries any answer of 400 or more, forever: a verified body that is no
+        // alert array is answered 200 after revoking the tokens its bytes hold.
+        Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
+            let salvaged = salvage(&body);
+            tracing::warn!(
+                error = %e,
+                tokens = salvaged.len(),
+                "verified GitLab delivery is not an alert array; revoking the tokens in its raw bytes and answering 200 (GitLab retries anything else)"
+            );
+            let body = Bytes::from(serde_json::to_vec(&salvaged).expect("plain JSON"));
+            let admitted = admit(state, &body, body.len());
+            (body, admitted)
+        }
+        admitted => (body, admitted),
+    };
+    let (_slot, sizes, held) = admitted?;
     drop(unverified); // the verified reservation covers the body from here
 
     let received_at = chrono::Utc::now();

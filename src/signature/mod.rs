@@ -4,14 +4,18 @@
 //! base64 (standard alphabet) of an ASN.1 DER ECDSA P-256/SHA-256 signature over the
 //! **exact raw body bytes**. Nothing here parses or re-serialises the body.
 //!
+//! Other scanners send the same under other header names ([`protocol`]).
+//!
 //! [`source`] says where a scanner's keys come from and reads them; [`cache`] owns the
 //! per-scanner key cache (fetch, TTL, single-flight refetch on an unknown key id, stale
 //! keys kept when the source fails).
 
 pub mod cache;
+pub mod protocol;
 pub mod source;
 
 pub use cache::{caches_for, CacheTiming, KeyCache, KeyError};
+pub use protocol::{protocols_for, HeaderPrefix, PerScanner, Protocol, ScannerProtocol};
 pub use source::{generate_key_file, KeySource, ScannerKey, ScannerSpec};
 
 use base64::Engine;
