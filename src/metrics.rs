@@ -59,9 +59,16 @@ pub struct OperationLabels {
     pub operation: String,
 }
 
+/// Upper bounds of the latency buckets: 0.5 ms doubling to ~8 s, then GitHub's 15 s
+/// (the partner agreement's deadline for a 2xx) and 30 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0005, 2.0, 15)
+        .chain([15.0, 30.0])
+        .collect()
+}
+
 fn latency_histogram() -> Histogram {
-    // 0.5 ms … ~16 s
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new(latency_buckets())
 }
 
 /// The metrics of one receiver. Cheap to clone (shared handles).
@@ -269,5 +276,36 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_latency_has_a_bucket_at_githubs_15_seconds() {
+        let buckets = latency_buckets();
+        assert_eq!(buckets.first(), Some(&0.0005));
+        assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{buckets:?}");
+        assert!(buckets.contains(&15.0), "{buckets:?}");
+        let m = Metrics::new();
+        m.delivery("github", 200, 14.0);
+        m.delivery("github", 200, 16.0);
+        let text = m.render();
+        let line = |le: &str| {
+            let needle = format!(
+                "revoker_delivery_duration_seconds_bucket{{le=\"{le}\",scanner=\"github\"}}"
+            );
+            text.lines()
+                .find(|l| l.starts_with(&needle))
+                .unwrap_or_else(|| panic!("{needle} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(line("15.0"), "1");
+        assert_eq!(line("30.0"), "2");
     }
 }

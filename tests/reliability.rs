@@ -149,7 +149,7 @@ async fn three_processes_on_one_sqlite_file_revoke_each_token_exactly_once() {
 /// `--db-timeout` (1 s) for a connection, then gets `503 database_unavailable`, nothing
 /// written; once the lock goes, the first completes and the retry of the second too.
 /// Checked against the pool's acquire timeout not being set from `--db-timeout` (the
-/// second delivery then waits out `--request-timeout`, 25 s).
+/// second delivery then waits out `--request-timeout`, 12 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_busy_pool_waits_db_timeout_then_503() {
     let Some(db) = TestDb::new(Kind::Postgres).await else {

@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_RETRY_AFTER", default_value = defaults::RETRY_AFTER, value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
 
-    /// Deadline for a whole delivery (below GitHub's 30 s wait); past it: 503, nothing written.
+    /// Deadline for a whole delivery (below the 15 s in which GitHub's partner agreement
+    /// wants a 2xx); past it: 503, and the database has rolled the delivery back.
     #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
