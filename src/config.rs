@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(s.max_body, 8 << 20);
         assert_eq!(s.keys_ttl, Duration::from_secs(3600));
         assert_eq!(s.keys_refetch_interval, Duration::from_secs(60));
-        assert_eq!(s.request_timeout, Duration::from_secs(25));
+        assert_eq!(s.request_timeout, Duration::from_secs(12));
         assert_eq!(s.max_concurrent_deliveries, 128);
         assert_eq!(s.unverified_body_budget, 64 << 20);
         assert_eq!(s.verified_memory_budget, 256 << 20);
