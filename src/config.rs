@@ -65,6 +65,8 @@ pub mod defaults {
     pub const VERIFIED_MEMORY_BUDGET: &str = "256MiB";
     pub const MAX_CONNECTIONS: u32 = 4096;
     pub const HEADER_TIMEOUT: &str = "10s";
+    /// The type GitLab gives a gitleaks finding of the `cio_tp` rule.
+    pub const REVOCATION_API_TYPES: &str = "gitleaks_rule_id_cio_tp";
 }
 
 /// Everything `serve` needs.
@@ -104,6 +106,10 @@ pub struct Settings {
     /// Admin listener: /metrics, /api/stats, /dashboard, health.
     pub admin_listen: String,
     pub admin_token: Option<SecretString>,
+    /// GitLab's Token Revocation API: its tokens (none: the API is off) and the types
+    /// it offers.
+    pub revocation_api_tokens: Vec<SecretString>,
+    pub revocation_api_types: Vec<String>,
     /// Owner notifications: where and how to send them (`None`: queued, not sent).
     pub notify: Option<NotifySettings>,
 }
@@ -136,6 +142,8 @@ impl Settings {
             shutdown_timeout: default_duration(defaults::SHUTDOWN_TIMEOUT),
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
+            revocation_api_tokens: Vec::new(),
+            revocation_api_types: vec![defaults::REVOCATION_API_TYPES.to_owned()],
             notify: None,
         }
     }

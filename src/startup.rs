@@ -173,6 +173,16 @@ impl Application {
                     .as_ref()
                     .map(|t| SecretDigest::of(t.expose_secret().trim())),
                 notifier,
+                revocation_api: (!settings.revocation_api_tokens.is_empty()).then(|| {
+                    Arc::new(http::revocation_api::RevocationApi {
+                        tokens: settings
+                            .revocation_api_tokens
+                            .iter()
+                            .map(|t| SecretDigest::of(t.expose_secret().trim()))
+                            .collect(),
+                        types: settings.revocation_api_types.clone(),
+                    })
+                }),
             },
         })
     }

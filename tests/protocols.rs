@@ -241,3 +241,174 @@ fn serve_refuses_protocol_settings_for_unknown_scanners() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// GitLab self-managed's Token Revocation API, as GitLab calls it: raw
+/// `Authorization: <token>` (and `Bearer <token>`), `[{"type","token","location"}]`
+/// with extra fields. 204 once revoked (a report of scanner `gitlab-revocation-api`),
+/// 400 for a bad body or a type not offered, 401 without a valid token, 429 with
+/// Retry-After while the database is down (nothing recorded), 404 when not enabled.
+async fn revocation_api_end_to_end(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let server = ServeProcess::start(
+        db.url(),
+        &[
+            "--revocation-api-token",
+            "first-gitlab-secret",
+            "--revocation-api-token",
+            "second-gitlab-secret",
+            "--db-timeout",
+            "1s",
+            "--retry-after",
+            "7s",
+        ],
+        false,
+    );
+    let store = open_store(db.url()).await;
+    let tokens = mint_many(store.as_ref(), "acme/widget", 3, Ttl::hours(1)).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let finding = |t: &Token, kind: &str| {
+        serde_json::json!([{
+            "type": kind,
+            "token": t.expose_secret(),
+            "location": "https://gitlab.example.com/acme/widget/-/blob/main/.env#L3",
+            "pipeline_id": 42
+        }])
+        .to_string()
+    };
+    let revoke = |auth: Option<&'static str>, body: String| {
+        let mut req = client.post(url("/v1/revoke_tokens")).body(body);
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        req.send()
+    };
+
+    let types = client
+        .get(url("/v1/revocable_token_types"))
+        .header("Authorization", "second-gitlab-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(types.status(), 200);
+    let types: serde_json::Value = types.json().await.unwrap();
+    assert_eq!(
+        types,
+        serde_json::json!({"types": ["gitleaks_rule_id_cio_tp"]})
+    );
+    for auth in [None, Some("wrong"), Some("Bearer wrong")] {
+        let a = revoke(auth, finding(&tokens[0], "gitleaks_rule_id_cio_tp"))
+            .await
+            .unwrap();
+        assert_eq!(a.status(), 401, "{auth:?}");
+    }
+
+    let a = revoke(
+        Some("first-gitlab-secret"),
+        finding(&tokens[0], "gitleaks_rule_id_cio_tp"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 204);
+    let stored = store.token(&tokens[0].hash()).await.unwrap().unwrap();
+    let report = store
+        .report(stored.revoked_by.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.scanner, "gitlab-revocation-api");
+    let a = revoke(
+        Some("Bearer second-gitlab-secret"),
+        finding(&tokens[1], "gitleaks_rule_id_cio_tp"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 204);
+    assert!(store
+        .token(&tokens[1].hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+
+    let a = revoke(
+        Some("first-gitlab-secret"),
+        finding(&tokens[2], "aws_access_key"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 400);
+    let a = revoke(
+        Some("first-gitlab-secret"),
+        format!("{{\"token\":\"{}\"}}", tokens[2].expose_secret()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 400);
+    let text = a.text().await.unwrap();
+    assert!(!text.contains(tokens[2].expose_secret()), "{text}");
+
+    let outage = Outage::start(&db).await;
+    let a = revoke(
+        Some("first-gitlab-secret"),
+        finding(&tokens[2], "gitleaks_rule_id_cio_tp"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 429);
+    assert_eq!(a.headers()["retry-after"], "7");
+    outage.end(&db).await;
+    assert!(store
+        .token(&tokens[2].hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    let a = revoke(
+        Some("first-gitlab-secret"),
+        finding(&tokens[2], "gitleaks_rule_id_cio_tp"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), 204, "GitLab's retry");
+    assert!(store
+        .token(&tokens[2].hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+
+    let logs = server.stop();
+    for secret in ["first-gitlab-secret", "second-gitlab-secret"] {
+        assert!(!logs.contains(secret), "a revocation API token in the logs");
+    }
+    for t in &tokens {
+        assert!(!logs.contains(t.expose_secret()));
+    }
+    // Not enabled: 404.
+    let plain = ServeProcess::start(db.url(), &[], false);
+    let a = client
+        .get(format!("{}/v1/revocable_token_types", plain.base))
+        .header("Authorization", "first-gitlab-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 404);
+    plain.stop();
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_api_end_to_end_on_sqlite() {
+    revocation_api_end_to_end(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_api_end_to_end_on_postgres() {
+    revocation_api_end_to_end(Kind::Postgres).await;
+}

@@ -124,6 +124,23 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<SecretString>,
 
+    /// Enables GitLab's Token Revocation API on the webhook listener
+    /// (GET /v1/revocable_token_types, POST /v1/revoke_tokens) for a GitLab that sends
+    /// this token in its Authorization header. Repeatable (env: comma-separated); a
+    /// secret, never logged. Unset: those paths answer 404.
+    #[arg(
+        long = "revocation-api-token",
+        env = "REVOKER_REVOCATION_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub revocation_api_tokens: Vec<SecretString>,
+
+    /// Token types the Revocation API offers (comma-separated); a request naming
+    /// another type is answered 400.
+    #[arg(long = "revocation-api-types", env = "REVOKER_REVOCATION_API_TYPES", value_delimiter = ',', default_value = defaults::REVOCATION_API_TYPES)]
+    pub revocation_api_types: Vec<String>,
+
     #[command(flatten)]
     pub notify: NotifyArgs,
 
@@ -167,6 +184,8 @@ impl ServeArgs {
             shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,
             admin_token: a.admin_token,
+            revocation_api_tokens: a.revocation_api_tokens,
+            revocation_api_types: a.revocation_api_types,
         })
     }
 }

@@ -66,6 +66,15 @@ pub enum ApiError {
     /// Admin listener: `--admin-token` is set and the request does not carry it.
     #[error("this endpoint needs Authorization: Bearer <admin token>")]
     Unauthorized,
+    /// Token Revocation API: no valid `Authorization` token.
+    #[error("this endpoint needs Authorization: <revocation API token>")]
+    RevocationUnauthorized,
+    /// Token Revocation API: a body or a type it does not take (GitLab does not retry).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Token Revocation API: what would be a 503 elsewhere, as the 429 GitLab retries.
+    #[error("{why}")]
+    RetryLater { retry_after: Duration, why: String },
     /// Admin listener: `/api/stats` could not read the database.
     #[error("cannot read stats from the database")]
     StatsUnavailable(#[source] StoreError),
@@ -90,7 +99,10 @@ impl ApiError {
             | ApiError::MalformedHeader(_)
             | ApiError::Signature(_)
             | ApiError::UnknownKey
-            | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            | ApiError::Unauthorized
+            | ApiError::RevocationUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::RetryLater { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -103,9 +115,11 @@ impl ApiError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    /// The `Retry-After` this answer carries, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::KeysUnavailable { retry_after }
+            | ApiError::RetryLater { retry_after, .. }
             | ApiError::Timeout { retry_after, .. }
             | ApiError::Overloaded { retry_after }
             | ApiError::DatabaseUnavailable { retry_after, .. } => Some(*retry_after),
@@ -133,7 +147,9 @@ impl ApiError {
             ApiError::DatabaseUnavailable { .. } | ApiError::StatsUnavailable(_) => {
                 "database_unavailable"
             }
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::RevocationUnauthorized => "unauthorized",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::RetryLater { .. } => "retry_later",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod error;
 pub mod health;
 pub mod intake;
+pub mod revocation_api;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// `--admin-token`, if set.
     pub admin_token: Option<crate::support::SecretDigest>,
+    /// GitLab's Token Revocation API, when `--revocation-api-token` is set.
+    pub revocation_api: Option<Arc<revocation_api::RevocationApi>>,
     /// The owner-notification worker, when `--notify-webhook` is set; woken after a
     /// delivery revokes something.
     pub notifier: Option<Notifier>,
@@ -66,6 +69,7 @@ pub struct AppState {
 /// The public listener: the webhook, health, and a JSON 404/405 for everything else.
 pub fn public_router(state: AppState) -> Router {
     webhook::router()
+        .merge(revocation_api::router())
         .merge(health::public_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -156,7 +156,7 @@ fn salvage(body: &[u8]) -> Vec<serde_json::Value> {
 /// The delivery slot, then the delivery's memory, both after the signature verified;
 /// either one missing: 503 `overloaded` at once (no queue to grow without bound, and
 /// the scanner retries on 503).
-fn admit(
+pub(super) fn admit(
     state: &AppState,
     body: &[u8],
     capacity: usize,
@@ -228,9 +228,21 @@ async fn handle(
         }
         admitted => (body, admitted),
     };
-    let (_slot, sizes, held) = admitted?;
+    let admitted = admitted?;
     drop(unverified); // the verified reservation covers the body from here
+    process(state, scanner, key_id, body, admitted, started).await
+}
 
+/// A verified, admitted body: parse, classify, one store call (with the delivery's
+/// deadline, once per body), the feedback. Shared with the Token Revocation API.
+pub(super) async fn process(
+    state: &AppState,
+    scanner: &str,
+    key_id: &str,
+    body: Bytes,
+    (_slot, sizes, held): (tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held),
+    started: Instant,
+) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let received_at = chrono::Utc::now();
     let mut delivery = alert::compact(body, &sizes)?;
 

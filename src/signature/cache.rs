@@ -283,3 +283,46 @@ pub fn caches_for(
     }
     Ok(scanners)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_cache(ttl: Duration) -> KeyCache {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/keys/test-keys.json");
+        KeyCache::new(
+            "github",
+            KeySource::File(file),
+            ttl,
+            Duration::ZERO,
+            Metrics::new(),
+        )
+    }
+
+    /// What readiness relies on: `try_load` fetches when the interval allows.
+    /// Checked against `try_load` doing nothing (cargo mutants).
+    #[tokio::test]
+    async fn try_load_fetches_when_allowed() {
+        let cache = fixture_cache(Duration::from_secs(3600));
+        assert_eq!(cache.status().keys, 0);
+        cache.try_load().await;
+        assert_eq!(cache.status().keys, 1);
+    }
+
+    /// Keys younger than the TTL are fresh (no background refresh on every delivery);
+    /// older ones are not. Checked against `elapsed() == ttl` (cargo mutants).
+    #[tokio::test]
+    async fn keys_are_fresh_until_the_ttl() {
+        let cache = fixture_cache(Duration::from_secs(3600));
+        cache.load().await.unwrap();
+        let (key, fresh) = cache.lookup("revoker-test-key-1");
+        assert!(key.is_some());
+        assert!(fresh, "loaded just now, TTL one hour");
+        let stale = fixture_cache(Duration::ZERO);
+        stale.load().await.unwrap();
+        let (key, fresh) = stale.lookup("revoker-test-key-1");
+        assert!(key.is_some(), "stale keys are still used");
+        assert!(!fresh);
+    }
+}
