@@ -94,7 +94,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     out.flush()?;
     if !summary.files_not_read.is_empty() {
         anyhow::bail!(
-            "{} of {} report(s) could not be read (see above); the others were replayed",
+            "{} of {} report(s) could not be read, or not to the end (see above); the others were replayed",
             summary.files_not_read.len(),
             opts.files.len()
         );

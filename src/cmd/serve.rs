@@ -77,7 +77,8 @@ pub struct ServeArgs {
     pub retry_after: Duration,
 
     /// Deadline for a whole delivery (below the 15 s in which GitHub's partner agreement
-    /// wants a 2xx); past it: 503, and the database has rolled the delivery back.
+    /// wants a 2xx); past it: 503, nothing recorded unless a commit was already under
+    /// way (a resent body is then answered from that report).
     #[arg(long, env = "REVOKER_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 

@@ -573,6 +573,28 @@ mod tests {
         assert_eq!(fb[0].token_hash, TokenHash::of("junk").to_hex());
     }
 
+    /// What a candidate stores of the open strings: as sent, but with any token
+    /// redacted and NUL replaced. Checked against `storable` returning an empty or a
+    /// fixed string (cargo mutants).
+    #[test]
+    fn candidates_keep_their_strings_storable() {
+        let good = Token::generate();
+        let other = Token::generate();
+        let body = serde_json::json!([{
+            "token": good.expose_secret(),
+            "type": "cio_tp",
+            "url": format!("https://x.test/blob/a.env?t={}", other.expose_secret()),
+            "source": "con\u{0}tent",
+        }])
+        .to_string();
+        let items = parse(body.as_bytes()).unwrap();
+        let c = classify(&items);
+        let item = &c.candidates[0];
+        assert_eq!(item.token_type, "cio_tp");
+        assert_eq!(item.url, "https://x.test/blob/a.env?t=cio_tp_[redacted]");
+        assert_eq!(item.source, "con\u{FFFD}tent");
+    }
+
     #[test]
     fn compact_answers_exactly_like_the_whole_feedback_in_any_chunk_size() {
         let good = Token::generate();

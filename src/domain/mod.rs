@@ -6,10 +6,12 @@
 //! - [`alert`]: a scanner's alert from verified body bytes to candidates, the report to
 //!   record and the feedback body.
 //! - [`redact`]: what client-chosen text may show of itself in logs and storage.
+//! - [`scan`]: finding tokens in bytes nobody parsed (plain and JSON-escaped).
 
 pub mod alert;
 pub mod outcome;
 pub mod redact;
+pub mod scan;
 pub mod token;
 
 pub use outcome::{Label, Outcome, OutcomeCounts};

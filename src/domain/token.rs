@@ -94,19 +94,6 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Every token-shaped run in raw bytes: the prefix and the 36 letters or digits after
-/// it, whatever surrounds it (check digits not checked), in order.
-pub fn find_in(hay: &[u8]) -> impl Iterator<Item = &str> + '_ {
-    memchr::memmem::find_iter(hay, PREFIX.as_bytes()).filter_map(move |at| {
-        let run = hay.get(at..at + TOKEN_LEN)?;
-        run[PREFIX.len()..]
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
-            .then(|| std::str::from_utf8(run).ok())
-            .flatten()
-    })
-}
-
 /// Validates a candidate without allocating. `Ok(())` means `s` is a well-formed token.
 pub fn validate(s: &str) -> Result<(), TokenError> {
     let Some(rest) = s.strip_prefix(PREFIX) else {

@@ -37,7 +37,7 @@ use super::{ApiError, AppState};
 use crate::domain::alert;
 use crate::domain::alert::Compact;
 use crate::domain::redact::redact_tokens;
-use crate::domain::token;
+use crate::domain::scan;
 use crate::domain::{Outcome, OutcomeCounts};
 use crate::signature::{self, KeyError, Protocol};
 use crate::store::{RecordOptions, StoreError};
@@ -146,9 +146,11 @@ async fn receive(
 }
 
 /// The alert items standing for an unparseable body: every token-shaped run in its
-/// bytes, typed `cio_tp`, source `unparsed_body`.
+/// bytes (plain or JSON-escaped), typed `cio_tp`, source `unparsed_body`.
 fn salvage(body: &[u8]) -> Vec<serde_json::Value> {
-    token::find_in(body)
+    scan::all(body)
+        .into_iter()
+        .map(|(_, t)| t)
         .map(|t| serde_json::json!({"token": t, "type": "cio_tp", "url": "", "source": "unparsed_body"}))
         .collect()
 }

@@ -2,7 +2,8 @@
 //!
 //! This file is the orchestration: per file, detect the format, read it on a blocking
 //! thread, and run each batch through the target. The parts live beside it:
-//! - [`formats`]: reading reports (GitHub alert JSON, gitleaks, trufflehog, any text)
+//! - [`formats`]: reading reports (GitHub alerts, gitleaks, trufflehog, GitLab, SARIF,
+//!   any JSON or text)
 //!   into occurrences, one element or chunk at a time;
 //! - [`remote`]: signing and POSTing batches to a running receiver;
 //! - [`output`]: the table or JSON lines of rows, and the summary.
@@ -117,7 +118,7 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
 
 /// Notes a report that could not be read (whole or in part), on stderr at once.
 fn not_read(summary: &mut Summary, what: String) {
-    eprintln!("error: report not read: {what}; going on with the others");
+    eprintln!("error: report not read (to the end): {what}; going on with the others");
     summary.files_not_read.push(what);
 }
 
@@ -132,6 +133,7 @@ async fn replay_file(
     out: &mut dyn Write,
 ) -> anyhow::Result<Option<String>> {
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let occurrences_before = summary.occurrences;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let format = match opts.format {
         Some(f) => f,
@@ -164,7 +166,10 @@ async fn replay_file(
             if let Some(bar) = progress {
                 bar.finish_and_clear();
             }
-            return Ok(Some(format!("reading failed part-way: {e}")));
+            return Ok(Some(format!(
+                "reading failed part-way ({} occurrence(s) before it were replayed): {e}",
+                summary.occurrences - occurrences_before
+            )));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read report {origin}")),
     };

@@ -8,6 +8,8 @@
 //! - **gitleaks** (`gitleaks.rs`): a gitleaks v8 JSON report (array of findings).
 //! - **trufflehog** (`trufflehog.rs`): trufflehog v3 `--json` output, one JSON object
 //!   per line; other lines are scanned as text.
+//! - **gitlab** (`gitlab.rs`), **sarif** (`sarif.rs`), **json** (any other JSON
+//!   document): whole JSON documents, walked by `walk.rs`.
 //! - **text** (`text.rs`): anything else (log dumps, pasted incidents, binary junk);
 //!   every `cio_tp_[0-9A-Za-z]{36}`, whatever surrounds it.
 //!
@@ -15,11 +17,14 @@
 //!
 //! This file owns what every format shares: the [`Format`] names and [`detect`], the
 //! [`read_report`] dispatch, the [`Found`]/[`ReadStats`]/[`FormatError`] types, the
-//! redacting emitter, token matching and BOM removal.
+//! redacting emitter, the JSON sweep and BOM removal (token matching is
+//! [`crate::domain::scan`]).
 //!
 //! Invariants:
-//! - Memory is bounded whatever the report size: JSON arrays are streamed element by
-//!   element (serde `Visitor` + `SeqAccess`, never a `Vec` of the whole report),
+//! - Memory is bounded by the largest element, whatever the report size: JSON arrays
+//!   are streamed element by element (serde `Visitor` + `SeqAccess`, never a `Vec` of
+//!   the whole report; an element is held whole, as a `Value` and its bytes), JSON
+//!   documents walked with only their known elements held (`walk.rs`),
 //!   trufflehog lines are capped at [`MAX_LINE`] bytes, and text is scanned in
 //!   [`TEXT_CHUNK`]-byte chunks with an overlap so a token across a chunk border is
 //!   found exactly once.
@@ -28,8 +33,10 @@
 //!   format's own fields do not yield is found by the JSON sweep ([`sweep_json`], located
 //!   by JSON path) or the text scan; parts not in the format's shape are counted and
 //!   named in [`ReadStats`].
-//! - Occurrences are yielded in file order. Strings with wrong check digits are still
-//!   yielded: classifying them (`not_ours`) is the caller's job.
+//! - Occurrences are yielded in file order, element by element (within a JSON element:
+//!   the format's own fields first, then the sweep's, object keys in sorted order).
+//!   Strings with wrong check digits are still yielded: classifying them (`not_ours`)
+//!   is the caller's job.
 //! - No raw token ever appears in a [`FormatError`] (Display or Debug) or in the `Debug`
 //!   output of a [`Found`]: JSON errors carry a position and a category only, because
 //!   serde's own messages quote the offending value.
@@ -53,14 +60,12 @@ mod testutil;
 use std::fmt;
 use std::io::{self, BufRead, Read};
 use std::str::FromStr;
-use std::sync::OnceLock;
 
-use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::domain::redact::redact_tokens;
-use crate::domain::token::{TokenHash, PREFIX, TOKEN_LEN};
+use crate::domain::token::TokenHash;
 
 pub use text::TEXT_CHUNK;
 pub use trufflehog::MAX_LINE;
@@ -294,6 +299,8 @@ pub fn read_report<R: BufRead>(
     origin: &str,
     sink: &mut dyn FnMut(Found) -> Result<(), String>,
 ) -> Result<ReadStats, FormatError> {
+    // Locations and the unstructured parts' names carry it: no raw token in it.
+    let origin = &*redact_tokens(origin);
     let mut out = Emitter {
         sink,
         stats: ReadStats::default(),
@@ -356,65 +363,10 @@ fn without_bom<R: Read>(mut reader: R) -> io::Result<io::Chain<io::Cursor<Vec<u8
 // ---------------------------------------------------------------------------------------
 // Token matching and small field helpers
 
-fn token_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        let pattern = format!(
-            "{}[0-9A-Za-z]{{{}}}",
-            regex::escape(PREFIX),
-            TOKEN_LEN - PREFIX.len()
-        );
-        Regex::new(&pattern).expect("the token pattern is a valid regex")
-    })
-}
-
-/// A token written with JSON `\u00XX` escapes for some of its characters (as a JSON
-/// string holds it, read as text): each character literal or escaped, at least one
-/// escaped (matches without a backslash are [`token_regex`]'s). Only the escapes of
-/// `cio_tp_` and of letters and digits are allowed, so two matches never overlap.
-fn escaped_token_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        let unit = |c: char| {
-            let literal = regex::escape(&c.to_string());
-            format!(r"(?:{literal}|\\u00{:02x})", c as u32)
-        };
-        let prefix: String = PREFIX.chars().map(unit).collect();
-        let alnum = r"(?:[0-9A-Za-z]|\\u00(?:3[0-9]|4[1-9a-fA-F]|5[0-9aA]|6[1-9a-fA-F]|7[0-9aA]))";
-        let pattern = format!("(?i:{prefix}){alnum}{{{}}}", TOKEN_LEN - PREFIX.len());
-        Regex::new(&pattern).expect("the escaped token pattern is a valid regex")
-    })
-}
-
-/// The token an [`escaped_token_regex`] match stands for: every `\u00XX` decoded;
-/// `None` if the result is no `cio_tp_` token (an uppercase prefix, say).
-fn unescape_token(bytes: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(TOKEN_LEN);
-    let mut rest = bytes;
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'\\' {
-            let hex = std::str::from_utf8(tail.get(1..5)?).ok()?;
-            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
-            rest = &tail[5..];
-        } else {
-            out.push(char::from(b));
-            rest = tail;
-        }
-    }
-    token_regex()
-        .is_match(out.as_bytes())
-        .then_some(out)
-        .filter(|t| t.len() == TOKEN_LEN)
-}
-
-/// Every `cio_tp_[0-9A-Za-z]{36}` in a (small) string, in order: whatever surrounds it
-/// (a token glued to other text has still leaked; check digits decide whether it is
-/// ours). Matches never overlap: the 36 characters after the prefix contain no `_`.
+/// Every token in a (small) string, in order: see [`crate::domain::scan::plain`] (at
+/// every position, whatever surrounds it).
 fn tokens_in(s: &str) -> impl Iterator<Item = &str> + '_ {
-    token_regex()
-        .find_iter(s.as_bytes())
-        // The pattern is ASCII, so the match is on character boundaries.
-        .map(move |m| &s[m.start()..m.end()])
+    crate::domain::scan::plain(s.as_bytes()).map(|(_, t)| t)
 }
 
 /// Calls `f(token, path)` for every token in the strings of a decoded JSON value
@@ -447,6 +399,12 @@ fn json_tokens<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&'v st
 /// Appends an object key to a JSON path: `.key`, or `["odd key"]` unless the key is
 /// letters, digits, `_` and `-`.
 fn push_key(path: &mut String, key: &str) {
+    // A location is copied into every occurrence under it: a huge key is named by its
+    // size (its tokens are still found, at this path).
+    if key.len() > 100 {
+        path.push_str(&format!("[<key of {} bytes>]", key.len()));
+        return;
+    }
     let plain = !key.is_empty()
         && key
             .bytes()
@@ -463,11 +421,10 @@ fn push_key(path: &mut String, key: &str) {
 /// token anywhere in it (see [`json_tokens`]) that is not among `out`'s tokens yet,
 /// once each, located at `place` plus its path (`report.json:[3].finding.value`).
 fn sweep_json(value: &Value, place: &str, out: &mut Vec<Found>) {
-    let mut seen: Vec<String> = out.iter().map(|f| f.token.clone()).collect();
+    let mut seen: std::collections::HashSet<String> = out.iter().map(|f| f.token.clone()).collect();
     let mut path = String::new();
     json_tokens(value, &mut path, &mut |token, path| {
-        if !seen.iter().any(|t| t == token) {
-            seen.push(token.to_owned());
+        if seen.insert(token.to_owned()) {
             out.push(Found {
                 token: token.to_owned(),
                 token_type: "cio_tp".to_owned(),
@@ -515,6 +472,7 @@ fn file_location(file: &str, line: Option<&str>) -> String {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::domain::token::PREFIX;
     use std::io::Cursor;
 
     #[test]

@@ -14,13 +14,11 @@
 
 use std::io::{self, Read};
 
-use super::{escaped_token_regex, token_regex, unescape_token, Emitter, FormatError, Found};
-use crate::domain::token::TOKEN_LEN;
+use super::{Emitter, FormatError, Found};
+use crate::domain::scan::{self, MAX_MATCH};
 
 /// Size of one read when scanning free text.
 pub const TEXT_CHUNK: usize = 64 * 1024;
-/// The longest match: a token with every character written as a JSON `\u00XX` escape.
-const MAX_MATCH: usize = 6 * TOKEN_LEN;
 /// Bytes kept from one text chunk to the next: the longest match.
 const OVERLAP: usize = MAX_MATCH;
 
@@ -102,31 +100,13 @@ pub(super) fn read<R: Read>(
 }
 
 /// The tokens starting in `starts`, as (start, token) in file order: plain ones, and
-/// (when the bytes hold a `\u00`) ones written with JSON escapes, decoded.
+/// ones written with JSON escapes, decoded (see [`crate::domain::scan`]).
 fn matches(hay: &[u8], starts: std::ops::Range<usize>, found: &mut Vec<(usize, String)>) {
-    let wanted = |start: usize| starts.contains(&start);
-    for m in token_regex().find_iter(hay).filter(|m| wanted(m.start())) {
-        found.push((
-            m.start(),
-            String::from_utf8_lossy(m.as_bytes()).into_owned(),
-        ));
-    }
-    if memchr::memmem::find(hay, br"\u00").is_none()
-        && memchr::memmem::find(hay, br"\U00").is_none()
-    {
-        return;
-    }
-    let plain = found.len();
-    for m in escaped_token_regex().find_iter(hay) {
-        if wanted(m.start()) && m.as_bytes().contains(&b'\\') {
-            if let Some(token) = unescape_token(m.as_bytes()) {
-                found.push((m.start(), token));
-            }
-        }
-    }
-    if found.len() > plain {
-        found.sort_by_key(|&(start, _)| start);
-    }
+    found.extend(
+        scan::all(hay)
+            .into_iter()
+            .filter(|(start, _)| starts.contains(start)),
+    );
 }
 
 #[cfg(test)]
@@ -137,6 +117,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{read_report, tokens_in, Format};
     use super::*;
+    use crate::domain::token::TOKEN_LEN;
 
     fn with_chunk(input: &[u8], chunk: usize) -> Vec<Found> {
         collect(input, |reader, out| read(reader, "t", out, chunk, 1)).0
@@ -144,16 +125,35 @@ mod tests {
 
     /// (line, token) by a naive whole-buffer scan, for comparison.
     fn reference_scan(input: &[u8]) -> Vec<(u64, String)> {
-        token_regex()
-            .find_iter(input)
-            .map(|m| {
-                let line = 1 + input[..m.start()].iter().filter(|&&b| b == b'\n').count();
-                (
-                    line as u64,
-                    String::from_utf8(m.as_bytes().to_vec()).unwrap(),
-                )
+        scan::all(input)
+            .into_iter()
+            .map(|(start, token)| {
+                let line = 1 + input[..start].iter().filter(|&&b| b == b'\n').count();
+                (line as u64, token)
             })
             .collect()
+    }
+
+    /// A token with every character escaped (the longest match) at every offset
+    /// around the point where a round stops deciding (`filled - MAX_MATCH`) and
+    /// around the read border: found once, on its line.
+    #[test]
+    fn the_longest_escaped_token_across_the_decision_border_is_found_once() {
+        let every: String = A.bytes().map(|b| format!("\\u{b:04x}")).collect();
+        assert_eq!(every.len(), MAX_MATCH);
+        let around = |at: usize| at - 3..=at + 3;
+        for start in around(TEXT_CHUNK - MAX_MATCH).chain(around(TEXT_CHUNK - MAX_MATCH / 2)) {
+            let mut input = vec![b'.'; start];
+            input[0] = b'\n';
+            input.extend_from_slice(every.as_bytes());
+            input.extend_from_slice(b" tail\n");
+            let found = with_chunk(&input, TEXT_CHUNK);
+            let got: Vec<(&str, &str)> = found
+                .iter()
+                .map(|f| (f.token.as_str(), f.url.as_str()))
+                .collect();
+            assert_eq!(got, [(A, "t:2")], "escaped token at offset {start}");
+        }
     }
 
     fn as_pairs(found: &[Found]) -> Vec<(u64, String)> {

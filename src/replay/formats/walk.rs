@@ -164,6 +164,8 @@ impl<'de, D: Document> Visitor<'de> for &mut Walk<'_, '_, D> {
             } else {
                 seq.next_element_seed(&mut *self)?.is_some()
             };
+            // Also after containers: `[[],[],…]` must not pile up in `Taken`.
+            self.taken.borrow_mut().element_done();
             self.path.truncate(len);
             if !more {
                 return Ok(());
@@ -183,6 +185,7 @@ impl<'de, D: Document> Visitor<'de> for &mut Walk<'_, '_, D> {
             } else {
                 map.next_value_seed(&mut *self)?;
             }
+            self.taken.borrow_mut().element_done();
             self.path.truncate(len);
         }
         Ok(())
