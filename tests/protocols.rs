@@ -278,13 +278,28 @@ async fn revocation_api_end_to_end(kind: Kind) {
         }])
         .to_string()
     };
+    // The status of one POST /v1/revoke_tokens.
     let revoke = |auth: Option<&'static str>, body: String| {
         let mut req = client.post(url("/v1/revoke_tokens")).body(body);
         if let Some(auth) = auth {
             req = req.header("Authorization", auth);
         }
-        req.send()
+        async move { req.send().await.unwrap() }
     };
+    let ours = |t: &Token| finding(t, "gitleaks_rule_id_cio_tp");
+    let revoked = |t: &Token| {
+        let (store, hash) = (store.clone(), t.hash());
+        async move {
+            store
+                .token(&hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        }
+    };
+    const FIRST: Option<&str> = Some("first-gitlab-secret");
 
     let types = client
         .get(url("/v1/revocable_token_types"))
@@ -299,19 +314,14 @@ async fn revocation_api_end_to_end(kind: Kind) {
         serde_json::json!({"types": ["gitleaks_rule_id_cio_tp"]})
     );
     for auth in [None, Some("wrong"), Some("Bearer wrong")] {
-        let a = revoke(auth, finding(&tokens[0], "gitleaks_rule_id_cio_tp"))
-            .await
-            .unwrap();
-        assert_eq!(a.status(), 401, "{auth:?}");
+        assert_eq!(
+            revoke(auth, ours(&tokens[0])).await.status(),
+            401,
+            "{auth:?}"
+        );
     }
 
-    let a = revoke(
-        Some("first-gitlab-secret"),
-        finding(&tokens[0], "gitleaks_rule_id_cio_tp"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status(), 204);
+    assert_eq!(revoke(FIRST, ours(&tokens[0])).await.status(), 204);
     let stored = store.token(&tokens[0].hash()).await.unwrap().unwrap();
     let report = store
         .report(stored.revoked_by.unwrap())
@@ -319,69 +329,30 @@ async fn revocation_api_end_to_end(kind: Kind) {
         .unwrap()
         .unwrap();
     assert_eq!(report.scanner, "gitlab-revocation-api");
-    let a = revoke(
-        Some("Bearer second-gitlab-secret"),
-        finding(&tokens[1], "gitleaks_rule_id_cio_tp"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status(), 204);
-    assert!(store
-        .token(&tokens[1].hash())
-        .await
-        .unwrap()
-        .unwrap()
-        .revoked_at
-        .is_some());
+    let bearer = Some("Bearer second-gitlab-secret");
+    assert_eq!(revoke(bearer, ours(&tokens[1])).await.status(), 204);
+    assert!(revoked(&tokens[1]).await);
 
-    let a = revoke(
-        Some("first-gitlab-secret"),
-        finding(&tokens[2], "aws_access_key"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status(), 400);
-    let a = revoke(
-        Some("first-gitlab-secret"),
-        format!("{{\"token\":\"{}\"}}", tokens[2].expose_secret()),
-    )
-    .await
-    .unwrap();
+    let other_type = finding(&tokens[2], "aws_access_key");
+    assert_eq!(revoke(FIRST, other_type).await.status(), 400);
+    let not_an_array = format!("{{\"token\":\"{}\"}}", tokens[2].expose_secret());
+    let a = revoke(FIRST, not_an_array).await;
     assert_eq!(a.status(), 400);
     let text = a.text().await.unwrap();
     assert!(!text.contains(tokens[2].expose_secret()), "{text}");
 
     let outage = Outage::start(&db).await;
-    let a = revoke(
-        Some("first-gitlab-secret"),
-        finding(&tokens[2], "gitleaks_rule_id_cio_tp"),
-    )
-    .await
-    .unwrap();
+    let a = revoke(FIRST, ours(&tokens[2])).await;
     assert_eq!(a.status(), 429);
     assert_eq!(a.headers()["retry-after"], "7");
     outage.end(&db).await;
-    assert!(store
-        .token(&tokens[2].hash())
-        .await
-        .unwrap()
-        .unwrap()
-        .revoked_at
-        .is_none());
-    let a = revoke(
-        Some("first-gitlab-secret"),
-        finding(&tokens[2], "gitleaks_rule_id_cio_tp"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status(), 204, "GitLab's retry");
-    assert!(store
-        .token(&tokens[2].hash())
-        .await
-        .unwrap()
-        .unwrap()
-        .revoked_at
-        .is_some());
+    assert!(!revoked(&tokens[2]).await, "nothing recorded");
+    assert_eq!(
+        revoke(FIRST, ours(&tokens[2])).await.status(),
+        204,
+        "GitLab's retry"
+    );
+    assert!(revoked(&tokens[2]).await);
 
     let logs = server.stop();
     for secret in ["first-gitlab-secret", "second-gitlab-secret"] {
