@@ -640,6 +640,32 @@ mod tests {
         );
     }
 
+    /// Every item's `type` comes back in the answer as sent, escaped or not, and
+    /// `measure` counts the copies exactly. Checked against the text count summed
+    /// wrongly (cargo mutants: `+` as `-` or `*` in `measure`).
+    #[test]
+    fn types_come_back_as_sent_and_text_is_counted_exactly() {
+        let good = Token::generate();
+        let body = format!(
+            r#"[{{"token":"junk","type":"plain-type"}},{{"token":"x","type":"esc\u0061ped"}},{{"token":"{}","type":"t2","url":"uu","source":"sss"}}]"#,
+            good.expose_secret()
+        );
+        let sizes = measure(body.as_bytes()).unwrap();
+        // Every `type` is copied (serde never borrows into an `Option<Cow<str>>`), then
+        // the candidate's stored type, url and source.
+        let bound = |n: usize| n * 3 + 16;
+        assert_eq!(
+            sizes.text_bytes,
+            bound(10) + bound(7) + bound(2) + (bound(2) + bound(2) + bound(3))
+        );
+        let mut delivery = compact(bytes::Bytes::from(body), &sizes).unwrap();
+        delivery.set_outcomes(&[Outcome::Revoked]);
+        let mut chunks = delivery.feedback(1 << 16);
+        let answer: Vec<Feedback> = serde_json::from_slice(&chunks.next_chunk().unwrap()).unwrap();
+        let types: Vec<&str> = answer.iter().map(|f| f.token_type.as_str()).collect();
+        assert_eq!(types, ["plain-type", "escaped", "t2"]);
+    }
+
     #[test]
     fn no_candidates_means_no_report() {
         let items = parse(br#"[{"token":"junk"}]"#).unwrap();
