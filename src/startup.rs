@@ -74,6 +74,27 @@ impl Application {
         settings: Settings,
         store: Arc<dyn RevocationStore>,
     ) -> anyhow::Result<Self> {
+        // An empty token would let every request in (a trailing comma in
+        // REVOKER_REVOCATION_API_TOKENS, a variable that is set but empty).
+        if settings
+            .revocation_api_tokens
+            .iter()
+            .any(|t| t.expose_secret().trim().len() < 16)
+        {
+            anyhow::bail!(
+                "a --revocation-api-token (REVOKER_REVOCATION_API_TOKENS) is empty or shorter than 16 characters; every one must be a real secret"
+            );
+        }
+        if settings
+            .scanners
+            .iter()
+            .any(|s| s.name == http::revocation_api::SCANNER)
+        {
+            anyhow::bail!(
+                "scanner name {:?} is the Token Revocation API's own (its reports and metrics); choose another",
+                http::revocation_api::SCANNER
+            );
+        }
         let metrics = Metrics::new();
         let protocols = signature::protocols_for(
             settings.scanners.iter().map(|s| s.name.as_str()),

@@ -234,6 +234,14 @@ fn serve_refuses_protocol_settings_for_unknown_scanners() {
             vec!["--scanner-header-prefix", "github=Bad Prefix"],
             "not a valid value",
         ),
+        (
+            vec!["--revocation-api-token", " "],
+            "empty or shorter than 16 characters",
+        ),
+        (
+            vec!["--scanner", "gitlab-revocation-api=/dev/null"],
+            "the Token Revocation API's own",
+        ),
     ] {
         let out = serve_command(&db).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -329,8 +337,15 @@ async fn revocation_api_end_to_end(kind: Kind) {
         .unwrap()
         .unwrap();
     assert_eq!(report.scanner, "gitlab-revocation-api");
+    // `Bearer`, and a `token` that is the matched text around the token (a gitleaks rule
+    // without a secret group): the token in it is revoked.
     let bearer = Some("Bearer second-gitlab-secret");
-    assert_eq!(revoke(bearer, ours(&tokens[1])).await.status(), 204);
+    let matched_text = serde_json::json!([{
+        "type": "gitleaks_rule_id_cio_tp",
+        "token": format!("CIO_TOKEN={}", tokens[1].expose_secret()),
+    }])
+    .to_string();
+    assert_eq!(revoke(bearer, matched_text).await.status(), 204);
     assert!(revoked(&tokens[1]).await);
 
     let other_type = finding(&tokens[2], "aws_access_key");

@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{intake, webhook, ApiError, AppState};
+use crate::domain::{scan, token};
 use crate::support::SecretDigest;
 
 /// Scanner name of the reports this API records.
@@ -51,6 +52,7 @@ fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s Revocat
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim())
         .map(|v| v.strip_prefix("Bearer ").map_or(v, str::trim))
+        .filter(|v| !v.is_empty())
         .ok_or(ApiError::RevocationUnauthorized)?;
     // Every token is compared, so the time does not say which one matched.
     let matched = api
@@ -89,41 +91,70 @@ async fn revoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let api = authorize(&state, &headers)?;
-    let result = tokio::time::timeout(state.request_timeout, handle(&state, api, body, started))
+    let result = match authorize(&state, &headers) {
+        Ok(api) => tokio::time::timeout(
+            state.request_timeout,
+            handle(&state, api, &headers, body, started),
+        )
         .await
         .unwrap_or(Err(ApiError::Timeout {
             retry_after: state.retry_after,
             rolled_back: false,
-        }));
+        })),
+        Err(e) => Err(e),
+    };
+    // GitLab retries 429; what is a 503 elsewhere becomes one here (logged first: the
+    // 429 carries no cause).
+    let result = result.map_err(|e| match e.retry_after() {
+        Some(retry_after) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            if let ApiError::DatabaseUnavailable { source, .. } = &e {
+                tracing::error!(error = %crate::support::error_chain(source), "database unavailable, answering 429");
+            }
+            ApiError::RetryLater {
+                retry_after,
+                why: e.to_string(),
+            }
+        }
+        _ => e,
+    });
     let status = match &result {
         Ok(()) => 204,
-        Err(e) => e.status().as_u16(),
+        Err(e) => {
+            tracing::warn!(
+                status = e.status().as_u16(),
+                error = e.code(),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "revocation request refused: {e}"
+            );
+            e.status().as_u16()
+        }
     };
-    state
-        .metrics
-        .delivery(SCANNER, status, started.elapsed().as_secs_f64());
-    match result {
-        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-        // GitLab retries 429, and takes 5xx as final after its own retries.
-        Err(e) => Err(match e.retry_after() {
-            Some(retry_after) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                ApiError::RetryLater {
-                    retry_after,
-                    why: e.to_string(),
-                }
-            }
-            _ => e,
-        }),
+    if !matches!(result, Err(ApiError::NotFound)) {
+        state
+            .metrics
+            .delivery(SCANNER, status, started.elapsed().as_secs_f64());
     }
+    result.map(|()| StatusCode::NO_CONTENT.into_response())
+}
+
+/// One item of the alert array handed to the webhook's pipeline.
+#[derive(serde::Serialize)]
+struct AlertItem<'a> {
+    token: &'a str,
+    #[serde(rename = "type")]
+    token_type: &'a str,
+    url: &'a str,
+    source: &'static str,
 }
 
 async fn handle(
     state: &AppState,
     api: &RevocationApi,
+    headers: &HeaderMap,
     body: Body,
     started: Instant,
 ) -> Result<(), ApiError> {
+    webhook::check_declared_length(headers, state.max_body)?;
     let read = intake::read_body(body, state.max_body, &state.unverified_budget);
     let (body, _, unverified) = tokio::time::timeout(state.body_timeout, read)
         .await
@@ -136,6 +167,7 @@ async fn handle(
             e.column()
         ))
     })?;
+    drop(body);
     if let Some(f) = findings.iter().find(|f| !api.types.contains(&f.token_type)) {
         let shown: String = crate::domain::redact::redact_tokens(&f.token_type)
             .chars()
@@ -145,20 +177,37 @@ async fn handle(
             "token type {shown:?} is not offered (GET /v1/revocable_token_types)"
         )));
     }
-    // The webhook's pipeline, in GitHub's item shape.
-    let items: Vec<serde_json::Value> = findings
+    // The webhook's pipeline, in GitHub's item shape. A `token` that is no token as a
+    // whole (a gitleaks rule without a secret group sends the matched text) stands for
+    // every token in it.
+    let mut found = Vec::new();
+    for f in &findings {
+        if token::validate(&f.token).is_ok() {
+            found.push((f.token.clone(), f));
+        } else {
+            let inside = scan::all(f.token.as_bytes());
+            if inside.is_empty() {
+                found.push((f.token.clone(), f));
+            }
+            found.extend(inside.into_iter().map(|(_, t)| (t, f)));
+        }
+    }
+    let items: Vec<AlertItem<'_>> = found
         .iter()
-        .map(|f| {
-            serde_json::json!({
-                "token": f.token,
-                "type": f.token_type,
-                "url": f.location.as_deref().unwrap_or(""),
-                "source": "gitlab_pipeline",
-            })
+        .map(|(token, f)| AlertItem {
+            token,
+            token_type: &f.token_type,
+            url: f.location.as_deref().unwrap_or(""),
+            source: "gitlab_pipeline",
         })
         .collect();
-    let alerts = Bytes::from(serde_json::to_vec(&items).expect("plain JSON"));
-    let admitted = webhook::admit(state, &alerts, alerts.len())?;
+    let alerts = serde_json::to_vec(&items).expect("plain JSON");
+    drop(items);
+    drop(found);
+    drop(findings);
+    let capacity = alerts.capacity();
+    let alerts = Bytes::from(alerts);
+    let admitted = webhook::admit(state, &alerts, capacity)?;
     drop(unverified);
     webhook::process(state, SCANNER, "revocation-api", alerts, admitted, started).await?;
     Ok(())

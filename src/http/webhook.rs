@@ -56,7 +56,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
 }
 
 /// Refuses from the Content-Length alone when it already says more than `limit`.
-fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+pub(super) fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
