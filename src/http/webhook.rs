@@ -145,14 +145,28 @@ async fn receive(
     })
 }
 
-/// The alert items standing for an unparseable body: every token-shaped run in its
-/// bytes (plain or JSON-escaped), typed `cio_tp`, source `unparsed_body`.
-fn salvage(body: &[u8]) -> Vec<serde_json::Value> {
-    scan::all(body)
-        .into_iter()
-        .map(|(_, t)| t)
-        .map(|t| serde_json::json!({"token": t, "type": "cio_tp", "url": "", "source": "unparsed_body"}))
-        .collect()
+/// The alert array standing for an unparseable body: every token-shaped run in its
+/// bytes (plain or JSON-escaped), typed `cio_tp`, source `unparsed_body`; and how many.
+fn salvage(body: &[u8]) -> (Vec<u8>, usize) {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        token: &'a str,
+        #[serde(rename = "type")]
+        token_type: &'static str,
+        url: &'static str,
+        source: &'static str,
+    }
+    let found = scan::all(body);
+    let items: Vec<Item<'_>> = found
+        .iter()
+        .map(|(_, token)| Item {
+            token,
+            token_type: "cio_tp",
+            url: "",
+            source: "unparsed_body",
+        })
+        .collect();
+    (serde_json::to_vec(&items).expect("plain JSON"), found.len())
 }
 
 /// The delivery slot, then the delivery's memory, both after the signature verified;
@@ -218,14 +232,16 @@ async fn handle(
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
-            let salvaged = salvage(&body);
+            let (salvaged, tokens) = salvage(&body);
             tracing::warn!(
                 error = %e,
-                tokens = salvaged.len(),
+                tokens,
                 "verified GitLab delivery is not an alert array; revoking the tokens in its raw bytes and answering 200 (GitLab retries anything else)"
             );
-            let body = Bytes::from(serde_json::to_vec(&salvaged).expect("plain JSON"));
-            let admitted = admit(state, &body, body.len());
+            drop(body);
+            let capacity = salvaged.capacity();
+            let body = Bytes::from(salvaged);
+            let admitted = admit(state, &body, capacity);
             (body, admitted)
         }
         admitted => (body, admitted),
