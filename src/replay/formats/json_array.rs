@@ -23,7 +23,7 @@ use std::rc::Rc;
 use serde::de::{self, Deserialize, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{sweep_json, text, without_bom, Emitter, FormatError, Found, TEXT_CHUNK};
+use super::{text, without_bom, Emitter, FormatError, Found, TEXT_CHUNK};
 
 /// One element of a JSON-array report.
 pub(super) trait ReportItem: for<'de> Deserialize<'de> {
@@ -148,24 +148,16 @@ impl<'de, T: ReportItem> Visitor<'de> for ArrayVisitor<'_, '_, T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut batch = Vec::new();
         let mut index = 0usize;
         while let Some(value) = seq.next_element::<Value>()? {
             self.taken.borrow_mut().element_done();
             let place = format!("{}:[{index}]", self.origin);
-            let shaped = match T::deserialize(&value) {
-                Ok(item) => item.occurrences(self.origin, &mut batch),
-                Err(_) => false,
-            };
-            if !shaped {
-                self.out.stats.unstructured(|| place.clone());
-            }
-            sweep_json(&value, &place, &mut batch);
-            for found in batch.drain(..) {
-                if let Err(e) = self.out.emit(found) {
-                    *self.stopped = Some(e);
-                    return Err(de::Error::custom("stopped by the sink"));
-                }
+            let emitted = self.out.element(&value, &place, |batch| {
+                T::deserialize(&value).is_ok_and(|item| item.occurrences(self.origin, batch))
+            });
+            if let Err(e) = emitted {
+                *self.stopped = Some(e);
+                return Err(de::Error::custom("stopped by the sink"));
             }
             index += 1;
         }

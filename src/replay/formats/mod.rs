@@ -337,6 +337,28 @@ impl Emitter<'_> {
         }
         (self.sink)(found).map_err(FormatError::Sink)
     }
+
+    /// [`Self::emit`] for each, stopping at the first refusal.
+    fn emit_all(&mut self, batch: impl IntoIterator<Item = Found>) -> Result<(), FormatError> {
+        batch.into_iter().try_for_each(|found| self.emit(found))
+    }
+
+    /// One parsed JSON element at `place`: what `own` takes from the format's fields
+    /// (`false`: the element is not in the format's shape, and is named as
+    /// unstructured), then every other token in it ([`sweep_json`]), in that order.
+    fn element(
+        &mut self,
+        value: &Value,
+        place: &str,
+        own: impl FnOnce(&mut Vec<Found>) -> bool,
+    ) -> Result<(), FormatError> {
+        let mut batch = Vec::new();
+        if !own(&mut batch) {
+            self.stats.unstructured(|| place.to_owned());
+        }
+        sweep_json(value, place, &mut batch);
+        self.emit_all(batch)
+    }
 }
 
 /// Drops a leading UTF-8 byte-order mark (serde_json rejects it); everything else is

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, Read};
 use serde_json::{Map, Value};
 
 use super::{
-    file_location, non_empty, scalar_text, sweep_json, text, tokens_in_first, without_bom, Emitter,
+    file_location, non_empty, scalar_text, text, tokens_in_first, without_bom, Emitter,
     FormatError, Found, TEXT_CHUNK,
 };
 
@@ -132,15 +132,14 @@ fn record_occurrences(
     line_no: u64,
     out: &mut Emitter<'_>,
 ) -> Result<(), FormatError> {
-    let mut batch = Vec::new();
-    structured(record, origin, line_no, &mut batch);
     // Both the record's own fields and anything else in it.
     let record = Value::Object(std::mem::take(record));
-    sweep_json(&record, &format!("{origin}:{line_no}"), &mut batch);
-    for found in batch {
-        out.emit(found)?;
-    }
-    Ok(())
+    out.element(&record, &format!("{origin}:{line_no}"), |batch| {
+        if let Value::Object(fields) = &record {
+            structured(fields, origin, line_no, batch);
+        }
+        true
+    })
 }
 
 /// The occurrences trufflehog's own fields name.

@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::json_array::{read_json, Taken};
-use super::{sweep_json, tokens_in, Emitter, FormatError, Found};
+use super::{tokens_in, Emitter, FormatError, Found};
 
 /// What a JSON-document format knows of its document.
 pub(super) trait Document {
@@ -68,15 +68,12 @@ struct Walk<'a, 's, D> {
 }
 
 impl<D: Document> Walk<'_, '_, D> {
-    /// Emits `batch`; `false` (and the refusal kept) if the sink refused.
-    fn emit(&mut self, batch: Vec<Found>) -> bool {
-        for found in batch {
-            if let Err(e) = self.out.emit(found) {
-                *self.stopped = Some(e);
-                return false;
-            }
-        }
-        true
+    /// A sink refusal kept aside (serde only carries its own error type).
+    fn stop<E: de::Error>(&mut self, emitted: Result<(), FormatError>) -> Result<(), E> {
+        emitted.map_err(|e| {
+            *self.stopped = Some(e);
+            E::custom("stopped by the sink")
+        })
     }
 
     fn string<E: de::Error>(&mut self, s: &str) -> Result<(), E> {
@@ -89,26 +86,18 @@ impl<D: Document> Walk<'_, '_, D> {
             })
             .collect();
         self.taken.borrow_mut().element_done();
-        if self.emit(batch) {
-            Ok(())
-        } else {
-            Err(E::custom("stopped by the sink"))
-        }
+        let emitted = self.out.emit_all(batch);
+        self.stop(emitted)
     }
 
     fn item<E: de::Error>(&mut self, value: Value) -> Result<(), E> {
         self.taken.borrow_mut().element_done();
         let place = format!("{}:{}", self.origin, self.path);
-        let mut batch = Vec::new();
-        if !D::occurrences(&value, self.origin, &mut batch) {
-            self.out.stats.unstructured(|| place.clone());
-        }
-        sweep_json(&value, &place, &mut batch);
-        if self.emit(batch) {
-            Ok(())
-        } else {
-            Err(E::custom("stopped by the sink"))
-        }
+        let origin = self.origin;
+        let emitted = self.out.element(&value, &place, |batch| {
+            D::occurrences(&value, origin, batch)
+        });
+        self.stop(emitted)
     }
 }
 
