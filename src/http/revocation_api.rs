@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{intake, webhook, ApiError, AppState};
+use super::{webhook, ApiError, AppState};
 use crate::domain::{scan, token};
 use crate::support::SecretDigest;
 
@@ -155,10 +155,7 @@ async fn handle(
     started: Instant,
 ) -> Result<(), ApiError> {
     webhook::check_declared_length(headers, state.max_body)?;
-    let read = intake::read_body(body, state.max_body, &state.unverified_budget);
-    let (body, _, unverified) = tokio::time::timeout(state.body_timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout)??;
+    let (body, _, unverified) = webhook::read_body(state, body).await?;
     let findings: Vec<Finding> = serde_json::from_slice(&body).map_err(|e| {
         // serde's message may quote the token: only where it broke.
         ApiError::InvalidRequest(format!(

@@ -69,7 +69,10 @@ pub(super) fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result
 
 /// Reads the body within `timeout` (a client that trickles, or whose body waits too
 /// long for budget, gets 408).
-async fn read_body(state: &AppState, body: Body) -> Result<(Bytes, usize, Held), ApiError> {
+pub(super) async fn read_body(
+    state: &AppState,
+    body: Body,
+) -> Result<(Bytes, usize, Held), ApiError> {
     let read = intake::read_body(body, state.max_body, &state.unverified_budget);
     tokio::time::timeout(state.body_timeout, read)
         .await
@@ -206,10 +209,9 @@ async fn handle(
     body: Body,
     started: Instant,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
-    let cache = state.scanners.get(scanner).ok_or_else(|| {
-        ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect())
-    })?;
-    let protocol = state.protocols.get(scanner).cloned().unwrap_or_default();
+    let unknown = || ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect());
+    let cache = state.scanners.get(scanner).ok_or_else(unknown)?;
+    let protocol = state.protocols.get(scanner).ok_or_else(unknown)?;
     let key_id = header(headers, &protocol.key_id_header)?;
     let key_id = &key_id[..key_id.len().min(256)]; // bounded in logs and the database
     tracing::Span::current().record("key_id", redact_tokens(key_id).as_ref());
