@@ -110,37 +110,10 @@ fn bad_flags_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database URL"));
 }
 
-fn mint(db_url: &str, owner: &str) -> String {
-    let out = revoker()
-        .args([
-            "token",
-            "mint",
-            "--owner",
-            owner,
-            "--ttl",
-            "30m",
-            "--database-url",
-            db_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "stdout is only the token");
-    let token = stdout.trim().to_owned();
-    Token::parse(&token).expect("minted token is well-formed");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(&token));
-    token
-}
-
 async fn newcomer_flow(json_logs: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", dir.path().join("revoker.db").display());
-    let minted = mint(&db_url, "alice/my-crate");
+    let minted = mint_with_cli(&db_url, "alice/my-crate");
     let unknown = Token::generate();
     let server = ServeProcess::start(&db_url, &[], json_logs);
     let client = reqwest::Client::new();

@@ -472,21 +472,6 @@ fn replay_cli_needs_an_actor_and_explains_remote_flags() {
     let _: PathBuf = fixture("reports");
 }
 
-/// `revoker token mint` on `db_url`: the raw token.
-fn mint_with_cli(db_url: &str, owner: &str) -> String {
-    let out = revoker_command()
-        .args(["token", "mint", "--owner", owner, "--ttl", "30m"])
-        .args(["--database-url", db_url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// The issue-14 reproduction, as a user runs it: an export of GitHub's own
 /// secret-scanning alerts (`gh api …/secret-scanning/alerts`: the token in `secret`,
 /// the alert page in `html_url`) and a report of another shape

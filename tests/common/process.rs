@@ -18,6 +18,27 @@ pub fn revoker_command() -> std::process::Command {
     cmd
 }
 
+/// `revoker token mint --owner OWNER --ttl 30m` on `db_url`, as a user runs it: the
+/// raw token, checked to be all of stdout, well-formed, and absent from stderr.
+pub fn mint_with_cli(db_url: &str, owner: &str) -> String {
+    let out = revoker_command()
+        .args(["token", "mint", "--owner", owner, "--ttl", "30m"])
+        .args(["--database-url", db_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "stdout is only the token");
+    let token = stdout.trim().to_owned();
+    revoker::domain::token::Token::parse(&token).expect("minted token is well-formed");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&token));
+    token
+}
+
 /// `revoker serve` on `db_url`, both listeners on loopback port 0 (add the scanner
 /// and anything else).
 pub fn serve_command(db_url: &str) -> std::process::Command {
