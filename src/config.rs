@@ -14,6 +14,7 @@ use crate::notify::NotifySettings;
 use crate::signature::{CacheTiming, HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use crate::store::PoolSettings;
 use crate::support::default_duration;
+use crate::tls::TlsSettings;
 
 /// Parses a byte size: `1048576`, `512KiB`, `8MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -67,6 +68,8 @@ pub mod defaults {
     pub const HEADER_TIMEOUT: &str = "10s";
     /// The type GitLab gives a gitleaks finding of the `cio_tp` rule.
     pub const REVOCATION_API_TYPES: &str = "gitleaks_rule_id_cio_tp";
+    /// Certificates rotate every 60–90 days; a minute's lag costs nothing.
+    pub const TLS_CHECK_INTERVAL: &str = "30s";
 }
 
 /// Everything `serve` needs.
@@ -112,6 +115,8 @@ pub struct Settings {
     pub revocation_api_types: Vec<String>,
     /// Owner notifications: where and how to send them (`None`: queued, not sent).
     pub notify: Option<NotifySettings>,
+    /// HTTPS on the public listener (`None`: plain HTTP).
+    pub tls: Option<TlsSettings>,
 }
 
 impl Settings {
@@ -145,6 +150,7 @@ impl Settings {
             revocation_api_tokens: Vec::new(),
             revocation_api_types: vec![defaults::REVOCATION_API_TYPES.to_owned()],
             notify: None,
+            tls: None,
         }
     }
 

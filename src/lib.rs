@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | what they own |
 //! |---|---|---|
-//! | 0 | [`domain`], [`support`], [`telemetry`] | tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup |
+//! | 0 | [`domain`], [`support`], [`telemetry`], [`tls`] | tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup; the public listener's reloadable TLS |
 //! | 1 | [`metrics`] | the Prometheus registry of one instance |
 //! | 2 | [`signature`], [`store`] | ECDSA verification and scanner keys; all SQL |
 //! | 3 | [`notify`], [`replay`] | the owner-notification worker; leak-report import |
@@ -31,3 +31,4 @@ pub mod startup;
 pub mod store;
 pub mod support;
 pub mod telemetry;
+pub mod tls;

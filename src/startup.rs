@@ -8,8 +8,9 @@
 //! `--max-connections` connections are open (accept waits for a free permit), and a
 //! connection whose request head does not arrive within `--header-timeout` (counted
 //! from its start or from the previous answer, so idle keep-alive connections and
-//! connections that never send a byte are closed too) is closed. The admin listener
-//! is private and uses `axum::serve`.
+//! connections that never send a byte are closed too) is closed. With `--tls-cert` it
+//! speaks HTTPS ([`crate::tls`]); the TLS handshake counts against the same deadline. The
+//! admin listener is private, plain HTTP, and uses `axum::serve`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::notify::Notifier;
 use crate::signature;
 use crate::store::{self, RevocationStore};
 use crate::support::SecretDigest;
+use crate::tls::Tls;
 
 pub struct Application {
     listener: TcpListener,
@@ -34,6 +36,9 @@ pub struct Application {
     state: AppState,
     shutdown_timeout: Duration,
     limits: ConnectionLimits,
+    /// HTTPS on the public listener, and the SIGHUP stream that reloads its certificate
+    /// (installed at build, so a SIGHUP never ends the process).
+    tls: Option<(Arc<Tls>, tokio::signal::unix::Signal)>,
 }
 
 /// What the public listener's accept loop enforces.
@@ -123,6 +128,15 @@ impl Application {
                 let _ = cache.load().await;
             });
         }
+        let tls = match &settings.tls {
+            Some(t) => {
+                let tls = Tls::load(t).context("cannot serve HTTPS (--tls-cert, --tls-key)")?;
+                let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot listen for SIGHUP (TLS reload)")?;
+                Some((Arc::new(tls), hangup))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -171,6 +185,7 @@ impl Application {
             listener,
             admin_listener,
             shutdown_timeout: settings.shutdown_timeout,
+            tls,
             limits: ConnectionLimits {
                 max_connections: settings.max_connections.max(1),
                 header_timeout: settings.header_timeout,
@@ -258,11 +273,17 @@ impl Application {
                 None
             }
         };
-        tracing::info!(%addr, %admin, "listening");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, %admin, %scheme, "listening");
+        let tls = self.tls.map(|(tls, hangup)| {
+            tokio::spawn(Arc::clone(&tls).watch(Some(hangup), stopped(stop_rx.clone())));
+            tls
+        });
         let public = serve_public(
             self.listener,
             http::public_router(self.state.clone()),
             self.limits,
+            tls,
             stopped(stop_rx.clone()),
         );
         let admin = axum::serve(self.admin_listener, http::admin_router(self.state))
@@ -300,6 +321,7 @@ async fn serve_public(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -335,9 +357,36 @@ async fn serve_public(
         // The answer goes out in more than one write when it is streamed: no Nagle delay.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                // The handshake counts against the head's deadline: a client that stalls
+                // in it holds a connection no longer than one that stalls in its headers.
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake did not finish within --header-timeout");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
             drop(permit);

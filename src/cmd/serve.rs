@@ -1,5 +1,6 @@
 //! `revoker serve`: the receiver, until SIGTERM or SIGINT.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -8,6 +9,7 @@ use secrecy::SecretString;
 use revoker::config::{defaults, parse_size, Settings};
 use revoker::signature::{HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use revoker::startup::{shutdown_signal, Application};
+use revoker::tls::TlsSettings;
 
 use super::db::DbArgs;
 use super::notify::NotifyArgs;
@@ -142,6 +144,21 @@ pub struct ServeArgs {
     #[arg(long = "revocation-api-types", env = "REVOKER_REVOCATION_API_TYPES", value_delimiter = ',', default_value = defaults::REVOCATION_API_TYPES)]
     pub revocation_api_types: Vec<String>,
 
+    /// Serve the public listener over HTTPS with this certificate (PEM: the server's
+    /// certificate, then intermediates); needs --tls-key. TLS 1.2 and 1.3 only. Re-read
+    /// when the file changes or on SIGHUP, without dropping connections. Unset: plain
+    /// HTTP (terminate TLS in front). The admin listener stays plain HTTP.
+    #[arg(long, env = "REVOKER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "REVOKER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often --tls-cert and --tls-key are checked for a change.
+    #[arg(long, env = "REVOKER_TLS_CHECK_INTERVAL", default_value = defaults::TLS_CHECK_INTERVAL, value_parser = humantime::parse_duration)]
+    pub tls_check_interval: Duration,
+
     #[command(flatten)]
     pub notify: NotifyArgs,
 
@@ -187,6 +204,14 @@ impl ServeArgs {
             admin_token: a.admin_token,
             revocation_api_tokens: a.revocation_api_tokens,
             revocation_api_types: a.revocation_api_types,
+            tls: match (a.tls_cert, a.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsSettings {
+                    cert,
+                    key,
+                    check_interval: a.tls_check_interval,
+                }),
+                _ => None,
+            },
         })
     }
 }
