@@ -70,6 +70,8 @@ pub mod defaults {
     pub const REVOCATION_API_TYPES: &str = "gitleaks_rule_id_cio_tp";
     /// Certificates rotate every 60–90 days; a minute's lag costs nothing.
     pub const TLS_CHECK_INTERVAL: &str = "30s";
+    /// GitHub's partner agreement §7.1: url, source and type deleted within 30 days.
+    pub const RETENTION: &str = "30d";
 }
 
 /// Everything `serve` needs.
@@ -117,6 +119,8 @@ pub struct Settings {
     pub notify: Option<NotifySettings>,
     /// HTTPS on the public listener (`None`: plain HTTP).
     pub tls: Option<TlsSettings>,
+    /// url, source and type older than this are purged (see [`crate::retention`]).
+    pub retention: Duration,
 }
 
 impl Settings {
@@ -151,6 +155,7 @@ impl Settings {
             revocation_api_types: vec![defaults::REVOCATION_API_TYPES.to_owned()],
             notify: None,
             tls: None,
+            retention: default_duration(defaults::RETENTION),
         }
     }
 

@@ -12,7 +12,7 @@
 //! | 0 | [`domain`], [`support`], [`telemetry`], [`tls`] | tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup; the public listener's reloadable TLS |
 //! | 1 | [`metrics`] | the Prometheus registry of one instance |
 //! | 2 | [`signature`], [`store`] | ECDSA verification and scanner keys; all SQL |
-//! | 3 | [`notify`], [`replay`] | the owner-notification worker; leak-report import |
+//! | 3 | [`notify`], [`replay`], [`retention`] | the owner-notification worker; leak-report import; the 30-day purge of GitHub Metadata |
 //! | 4 | [`http`] | state, routers, `ApiError`, webhook, admin, health |
 //! | 5 | [`config`] | typed settings of `serve` |
 //! | 6 | [`startup`] | `Application`: build, bind, run until stopped |
@@ -26,6 +26,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod replay;
+pub mod retention;
 pub mod signature;
 pub mod startup;
 pub mod store;

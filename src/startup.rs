@@ -39,6 +39,7 @@ pub struct Application {
     /// HTTPS on the public listener, and the SIGHUP stream that reloads its certificate
     /// (installed at build, so a SIGHUP never ends the process).
     tls: Option<(Arc<Tls>, tokio::signal::unix::Signal)>,
+    retention: Duration,
 }
 
 /// What the public listener's accept loop enforces.
@@ -128,6 +129,17 @@ impl Application {
                 let _ = cache.load().await;
             });
         }
+        if settings.retention.is_zero() {
+            anyhow::bail!(
+                "--retention must be longer than 0 (GitHub's partner agreement: at most 30d)"
+            );
+        }
+        if settings.retention > Duration::from_secs(30 * 24 * 3600) {
+            tracing::warn!(
+                retention = %humantime::format_duration(settings.retention),
+                "--retention is longer than the 30 days GitHub's partner agreement allows for url, source and type"
+            );
+        }
         let tls = match &settings.tls {
             Some(t) => {
                 let tls = Tls::load(t).context("cannot serve HTTPS (--tls-cert, --tls-key)")?;
@@ -186,6 +198,7 @@ impl Application {
             admin_listener,
             shutdown_timeout: settings.shutdown_timeout,
             tls,
+            retention: settings.retention,
             limits: ConnectionLimits {
                 max_connections: settings.max_connections.max(1),
                 header_timeout: settings.header_timeout,
@@ -273,6 +286,11 @@ impl Application {
                 None
             }
         };
+        tokio::spawn(crate::retention::run(
+            Arc::clone(&self.state.store),
+            self.retention,
+            stopped(stop_rx.clone()),
+        ));
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, %admin, %scheme, "listening");
         let tls = self.tls.map(|(tls, hangup)| {

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain", "support", "telemetry", "tls"],
     &["metrics"],
     &["signature", "store"],
-    &["notify", "replay"],
+    &["notify", "replay", "retention"],
     &["http"],
     &["config"],
     &["startup"],

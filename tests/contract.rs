@@ -94,6 +94,7 @@ contract!(
     a_record_past_its_deadline_is_rolled_back_by_the_database,
     notification_ids_are_uuids_distinct_across_databases,
     migrating_a_database_with_notifications_gives_each_its_own_id,
+    the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -2487,4 +2488,133 @@ async fn postgres_leases_are_judged_by_the_database_clock() {
         "judged by the host clock: taken over"
     );
     db.cleanup().await;
+}
+
+async fn the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts(db: Arc<TestDb>) {
+    use revoker::store::{Purged, PURGED};
+    let (app, _keys) = app_for(&db).await;
+    let store = app.store.as_ref();
+    let (a1, a2) = (
+        app.mint("old/one", Ttl::hours(1)).await,
+        app.mint("old/two", Ttl::hours(1)).await,
+    );
+    let b = app.mint("new/one", Ttl::hours(1)).await;
+    let item = |t: &Token, n: u32| {
+        serde_json::json!({
+            "token": t.expose_secret(), "type": format!("old_type_{n}"),
+            "url": format!("https://github.com/old/repo/blob/main/leak{n}.txt"),
+            "source": format!("old_source_{n}"),
+        })
+    };
+    let deliver = |items: Vec<serde_json::Value>| {
+        let body = serde_json::to_vec(&items).unwrap();
+        let sig = Signer::test().sign(&body);
+        let app = &app;
+        async move { app.post("github", Some(KEY_ID), Some(&sig), body).await }
+    };
+    // Report A, 31 days old: two revocations and a re-report of one of them.
+    let a = deliver(vec![item(&a1, 1), item(&a2, 2), item(&a1, 3)]).await;
+    assert_eq!(a.labels(), ["true_positive"; 3]);
+    let report_a = store
+        .token(&a1.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_by
+        .unwrap();
+    // Report B, today.
+    let fresh = serde_json::json!({
+        "token": b.expose_secret(), "type": "new_type",
+        "url": "https://github.com/new/repo/blob/main/fresh.txt", "source": "new_source",
+    });
+    assert_eq!(deliver(vec![fresh]).await.labels(), ["true_positive"]);
+    db.age_report(report_a, 31).await;
+    let stats_before = store
+        .stats(chrono::Utc::now() - Ttl::days(60))
+        .await
+        .unwrap();
+
+    let purged = revoker::retention::purge(store, Duration::from_secs(30 * 86400))
+        .await
+        .unwrap();
+    assert_eq!(
+        purged,
+        Purged {
+            reports: 1,
+            items: 3,
+            notifications: 2
+        }
+    );
+
+    // Nothing of A's metadata is left in any row of any table; B's is whole.
+    let dump = db.dump().await;
+    for gone in ["old_type_", "old_source_", "github.com/old/repo"] {
+        assert!(!dump.contains(gone), "{gone} survived the purge:\n{dump}");
+    }
+    for kept in [
+        "new_type",
+        "new_source",
+        "github.com/new/repo/blob/main/fresh.txt",
+    ] {
+        assert!(dump.contains(kept), "{kept} was purged too early");
+    }
+    for i in store.report_items(report_a).await.unwrap() {
+        assert_eq!(
+            (i.token_type.as_str(), i.source.as_str(), i.url.as_str()),
+            (PURGED, PURGED, PURGED)
+        );
+    }
+    // The notifications of A (pending: no webhook) go without url and source if sent.
+    for t in [&a1, &a2] {
+        let n = notification_of(store, t).await.unwrap();
+        assert_eq!((n.url.as_str(), n.source.as_str()), (PURGED, PURGED));
+        let payload: serde_json::Value =
+            serde_json::from_slice(&revoker::notify::payload_body(&n)).unwrap();
+        assert!(payload["found"]["url"].is_null(), "{payload}");
+        assert!(payload["found"]["source"].is_null(), "{payload}");
+        assert_eq!(payload["found"]["scanner"], "github");
+    }
+    let n = notification_of(store, &b).await.unwrap();
+    assert_eq!(n.url, "https://github.com/new/repo/blob/main/fresh.txt");
+
+    // Hashes, outcomes, counts and timestamps stay: the stats' totals are the same.
+    let stats_after = store
+        .stats(chrono::Utc::now() - Ttl::days(60))
+        .await
+        .unwrap();
+    assert_eq!(stats_after.totals, stats_before.totals);
+    assert_eq!(stats_after.by_scanner, stats_before.by_scanner);
+    assert_eq!(stats_after.daily, stats_before.daily);
+    assert_eq!(stats_after.revocation_ages, stats_before.revocation_ages);
+    let purged_source = stats_after
+        .by_source
+        .iter()
+        .find(|s| s.source == PURGED)
+        .unwrap();
+    assert_eq!(purged_source.items, 3);
+    assert!(store
+        .token(&a1.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // A second pass finds nothing; a shorter retention reaches B.
+    let again = revoker::retention::purge(store, Duration::from_secs(30 * 86400)).await;
+    assert_eq!(again.unwrap(), Purged::default());
+    let now = revoker::retention::purge(store, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        now,
+        Purged {
+            reports: 1,
+            items: 1,
+            notifications: 1
+        }
+    );
+    app.stop().await;
 }

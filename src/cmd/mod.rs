@@ -6,6 +6,7 @@ pub mod db;
 pub mod keys;
 pub mod migrate;
 pub mod notify;
+pub mod purge;
 pub mod replay;
 pub mod serve;
 pub mod token;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 use db::DbArgs;
 use keys::KeysCommand;
 use notify::NotifyCommand;
+use purge::PurgeArgs;
 use replay::ReplayArgs;
 use serve::ServeArgs;
 use token::TokenCommand;
@@ -52,6 +54,9 @@ pub enum Command {
     /// Owner notifications (the outbox): send due ones now, list, re-queue.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Delete url, source and type older than --retention (GitHub's partner agreement:
+    /// 30 days) once and exit; `serve` does the same every hour.
+    Purge(PurgeArgs),
 }
 
 impl Command {
@@ -64,6 +69,7 @@ impl Command {
             Command::Replay(args) => replay::run(args).await,
             Command::Keys(command) => keys::run(command),
             Command::Notify(command) => notify::run(command).await,
+            Command::Purge(args) => purge::run(args).await,
         }
     }
 }

@@ -159,6 +159,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_TLS_CHECK_INTERVAL", default_value = defaults::TLS_CHECK_INTERVAL, value_parser = humantime::parse_duration)]
     pub tls_check_interval: Duration,
 
+    /// Overwrite url, source and type of report items and notifications older than
+    /// this with "(purged)", checked hourly (GitHub's partner agreement: within 30 days;
+    /// a longer value is warned about). `revoker purge` runs it once.
+    #[arg(long, env = "REVOKER_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
     #[command(flatten)]
     pub notify: NotifyArgs,
 
@@ -204,6 +210,7 @@ impl ServeArgs {
             admin_token: a.admin_token,
             revocation_api_tokens: a.revocation_api_tokens,
             revocation_api_types: a.revocation_api_types,
+            retention: a.retention,
             tls: match (a.tls_cert, a.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert,

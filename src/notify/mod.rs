@@ -166,9 +166,11 @@ pub struct TokenRef {
 pub struct Found<'a> {
     /// The scanner that reported it (`github`, …, or `replay`).
     pub scanner: &'a str,
-    /// Where: the scanner's link to the leak (tokens in it are redacted).
-    pub url: &'a str,
-    pub source: &'a str,
+    /// Where: the scanner's link to the leak (tokens in it are redacted). `null` once
+    /// the retention purge has passed (`--retention`): it is not kept longer.
+    pub url: Option<&'a str>,
+    /// `null` once purged, like `url`.
+    pub source: Option<&'a str>,
 }
 
 /// The exact body sent for `n`.
@@ -185,12 +187,17 @@ pub fn payload_body(n: &Notification) -> Vec<u8> {
         expired: n.expired,
         found: Found {
             scanner: &n.scanner,
-            url: &n.url,
-            source: &n.source,
+            url: unless_purged(&n.url),
+            source: unless_purged(&n.source),
         },
         report_id: n.report_id,
     };
     serde_json::to_vec(&payload).expect("a payload serialises")
+}
+
+/// `None` for a value the retention purge overwrote.
+fn unless_purged(value: &str) -> Option<&str> {
+    (value != crate::store::PURGED).then_some(value)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256 over `body` with `secret`.

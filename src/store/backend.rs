@@ -10,7 +10,8 @@
 //!   how a list of hashes is bound: one JSON text, or a `bytea[]`), connect, migrate,
 //!   ping and bulk token insert;
 //! - [`Record`] (`record.rs`): `record_report` (a transaction of several statements on
-//!   SQLite, ONE statement on PostgreSQL) and `preview`'s statement;
+//!   SQLite, ONE statement on PostgreSQL), `preview`'s statement and the retention purge
+//!   of recorded metadata;
 //! - [`StatsSql`] (`stats.rs`): the statements of `stats`;
 //! - [`Outbox`] (`outbox.rs`): the statements that read the clock (claim, finish,
 //!   re-queue: PostgreSQL's `now()`, SQLite's given instant), the claim's lock clause
@@ -116,6 +117,19 @@ pub(super) trait Record: Database {
         report: &NewReport,
         options: RecordOptions,
     ) -> impl Future<Output = Result<RecordedReport, StoreError>> + Send;
+
+    /// `before`, `limit` → rows changed: the `url` and `source` of up to `limit`
+    /// notifications revoked before `before` and not purged yet become `'(purged)'`.
+    const PURGE_NOTIFICATIONS_SQL: &'static str;
+
+    /// The reports' half of
+    /// [`RevocationStore::purge_metadata`](super::RevocationStore::purge_metadata):
+    /// `(reports, items)` purged.
+    fn purge_reports(
+        store: &Store<Self>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
 }
 
 /// The statements of `stats`, run in one transaction, in this order.

@@ -78,6 +78,27 @@ pub struct TokenRecord {
 /// again later (a history rescan) is a new report.
 pub const ONCE_PER_BODY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// What `url`, `source` and `type` read once the retention purge has passed over a
+/// report's items and its notifications (GitHub's partner agreement §7.1): the rows,
+/// their hashes, outcomes, counts and timestamps stay; the metadata does not.
+pub const PURGED: &str = "(purged)";
+
+/// What [`RevocationStore::purge_metadata`] overwrote with [`PURGED`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub reports: u64,
+    pub items: u64,
+    pub notifications: u64,
+}
+
+impl std::ops::AddAssign for Purged {
+    fn add_assign(&mut self, other: Purged) {
+        self.reports += other.reports;
+        self.items += other.items;
+        self.notifications += other.notifications;
+    }
+}
+
 /// How [`RevocationStore::record_report`] records a report.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordOptions {
@@ -398,6 +419,16 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     /// Re-queues every failed notification, due now (by `clock`); returns how many.
     async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError>;
+
+    /// One batch of the retention purge: the `type`, `source` and `url` of every item
+    /// of up to `limit` reports received before `before` (oldest first, not purged yet)
+    /// become [`PURGED`] and the reports are marked purged, in one transaction; then
+    /// the `url` and `source` of up to `limit` notifications of tokens revoked before
+    /// `before` (whatever their status), in one statement. On PostgreSQL rows another
+    /// purge holds are skipped (`SKIP LOCKED`), so instances purging at once share the
+    /// work. Call again until a batch comes back with fewer than `limit` of each.
+    async fn purge_metadata(&self, before: DateTime<Utc>, limit: u32)
+        -> Result<Purged, StoreError>;
 
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;

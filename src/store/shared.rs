@@ -32,9 +32,9 @@ use super::rows::{
 };
 use super::{
     AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
-    NotificationStatus, Outcome, OutcomeCounts, RecordOptions, RecordedReport, ReportItemRecord,
-    ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError,
-    TokenRecord,
+    NotificationStatus, Outcome, OutcomeCounts, Purged, RecordOptions, RecordedReport,
+    ReportItemRecord, ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats,
+    StoreError, TokenRecord,
 };
 use crate::domain::TokenHash;
 
@@ -220,6 +220,25 @@ where
             daily,
             revocation_ages: ages.into(),
             recent,
+        })
+    }
+
+    async fn purge_metadata(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Purged, StoreError> {
+        let (reports, items) = B::purge_reports(self, before, limit).await?;
+        self.statements.add(1);
+        let done = sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
+            .bind(B::encode_time(before))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(Purged {
+            reports,
+            items,
+            notifications: B::rows_affected(&done),
         })
     }
 

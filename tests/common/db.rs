@@ -171,6 +171,31 @@ impl TestDb {
         out
     }
 
+    /// Moves report `id`, the tokens it revoked and the notifications it queued `days` into
+    /// the past.
+    pub async fn age_report(&self, id: i64, days: i64) {
+        let shift = |column: &str| match self.kind() {
+            Kind::Sqlite => format!("{column} = {column} - {days} * 86400000"),
+            Kind::Postgres => format!("{column} = {column} - interval '{days} days'"),
+        };
+        let reports = format!(
+            "UPDATE reports SET {} WHERE id = {id}",
+            shift("received_at")
+        );
+        assert_eq!(self.execute(&reports).await, 1);
+        let tokens = format!(
+            "UPDATE tokens SET {}, {} WHERE revoked_by = {id}",
+            shift("revoked_at"),
+            shift("created_at")
+        );
+        self.execute(&tokens).await;
+        let notifications = format!(
+            "UPDATE notifications SET {} WHERE report_id = {id}",
+            shift("revoked_at")
+        );
+        self.execute(&notifications).await;
+    }
+
     /// Runs one statement on a connection of its own (to damage data on purpose).
     pub async fn execute(&self, sql: &str) -> u64 {
         with_conn!(self, |conn| sqlx::query(sql)

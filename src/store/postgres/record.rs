@@ -135,11 +135,57 @@ struct OutcomeRow<'r> {
     outcome: &'r str,
 }
 
+/// `before`, `limit` → one row: `reports`, `items` purged. One statement: the batch of
+/// reports is locked (`FOR NO KEY UPDATE`, which a token's `revoked_by` reference does
+/// not wait for; `SKIP LOCKED`: another instance's batch is left to it), their items
+/// overwritten and the reports marked, atomically.
+const PURGE_REPORTS_SQL: &str = "
+WITH batch AS (
+    SELECT id FROM reports
+    WHERE metadata_purged_at IS NULL AND received_at < $1
+    ORDER BY received_at
+    LIMIT $2
+    FOR NO KEY UPDATE SKIP LOCKED
+), items AS (
+    UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
+    WHERE report_id IN (SELECT id FROM batch)
+    RETURNING 1
+), marked AS (
+    UPDATE reports SET metadata_purged_at = now()
+    WHERE id IN (SELECT id FROM batch)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM marked) AS reports, (SELECT count(*) FROM items) AS items";
+
 impl Record for Postgres {
     /// `hashes` (`bytea[]`), `now` → `PreviewRow`s of the stored ones.
     const PREVIEW_SQL: &'static str =
         "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= $2 AS expired
              FROM tokens WHERE hash = ANY($1::bytea[])";
+
+    const PURGE_NOTIFICATIONS_SQL: &'static str = "
+UPDATE notifications SET url = '(purged)', source = '(purged)'
+WHERE id IN (
+    SELECT id FROM notifications
+    WHERE url <> '(purged)' AND revoked_at < $1
+    ORDER BY revoked_at
+    LIMIT $2
+    FOR NO KEY UPDATE SKIP LOCKED
+)";
+
+    async fn purge_reports(
+        store: &Store<Self>,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        store.statements.add(1);
+        let (reports, items): (i64, i64) = sqlx::query_as(PURGE_REPORTS_SQL)
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_one(&store.pool)
+            .await?;
+        Ok((reports as u64, items as u64))
+    }
 
     /// Runs [`RECORD_SQL`], again from the start (without a pause) when PostgreSQL
     /// aborted it for a deadlock or a serialization failure, up to [`MAX_ATTEMPTS`] times.

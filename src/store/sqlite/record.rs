@@ -41,11 +41,69 @@ struct Flipped<'r> {
     owner: &'r str,
 }
 
+/// The batch of the retention purge: `before`, `limit` (as `?1`, `?2`). Both statements
+/// of [`Record::purge_reports`] name it and run under one write lock, so they pick the
+/// same reports.
+macro_rules! purge_batch {
+    () => {
+        "SELECT id FROM reports WHERE metadata_purged_at IS NULL AND received_at < ?1
+         ORDER BY received_at LIMIT ?2"
+    };
+}
+
 impl Record for Sqlite {
     /// `hashes` (a JSON array of hex), `now` → `PreviewRow`s of the stored ones.
     const PREVIEW_SQL: &'static str =
         "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
              FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))";
+
+    const PURGE_NOTIFICATIONS_SQL: &'static str = "
+UPDATE notifications SET url = '(purged)', source = '(purged)'
+WHERE id IN (
+    SELECT id FROM notifications
+    WHERE url <> '(purged)' AND revoked_at < ?1
+    ORDER BY revoked_at
+    LIMIT ?2
+)";
+
+    /// One transaction that starts with a write, so it holds the write lock from its
+    /// first statement: the items of the batch overwritten, then the same batch marked.
+    async fn purge_reports(
+        store: &Store<Self>,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let before = Self::encode_time(before);
+        store.statements.add(1);
+        let mut tx = store.pool.begin().await?;
+        store.statements.add(1);
+        let items = sqlx::query(concat!(
+            "UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
+             WHERE report_id IN (",
+            purge_batch!(),
+            ")"
+        ))
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        store.statements.add(1);
+        let reports = sqlx::query(concat!(
+            "UPDATE reports SET metadata_purged_at = ?3 WHERE id IN (",
+            purge_batch!(),
+            ")"
+        ))
+        .bind(before)
+        .bind(i64::from(limit))
+        .bind(Self::encode_time(chrono::Utc::now()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        store.statements.add(1);
+        tx.commit().await?;
+        Ok((reports, items))
+    }
 
     async fn record_report(
         store: &Store<Self>,

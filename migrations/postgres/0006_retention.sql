@@ -1,0 +1,16 @@
+-- Retention of GitHub Metadata (GitHub's partner agreement §7.1: `url`, `source` and
+-- `type` deleted within 30 days). The purge (`revoker purge`, and `serve` hourly)
+-- overwrites them with '(purged)' in report_items and notifications; rows, hashes,
+-- outcomes, counts and timestamps stay.
+
+-- When a report's items were purged; NULL: not yet. (A nullable column without a
+-- default: no table rewrite.)
+ALTER TABLE reports ADD COLUMN metadata_purged_at timestamptz;
+
+-- What the purge looks for: reports not purged yet, oldest first. Purged reports, the
+-- bulk of the table over time, are not in it, so a purge with nothing to do is one
+-- index probe however long the history.
+CREATE INDEX reports_to_purge ON reports (received_at) WHERE metadata_purged_at IS NULL;
+
+-- The same for notifications, whose url/source are copies of an item's.
+CREATE INDEX notifications_to_purge ON notifications (revoked_at) WHERE url <> '(purged)';

@@ -1,0 +1,96 @@
+//! Retention of GitHub Metadata: GitHub's partner agreement (§7.1) requires `url`,
+//! `source` and `type` to be deleted within 30 days after the check and the revocation
+//! or notification. revoker overwrites them with [`PURGED`](crate::store::PURGED) in
+//! every report item and notification older than `--retention` (default 30 days); rows,
+//! token hashes, outcomes, counts and timestamps stay, so stats and metrics keep their
+//! totals. A notification still pending is purged too and, if it is ever sent, goes with
+//! `url` and `source` null.
+//!
+//! - [`purge`]: one pass, in batches of [`BATCH`] until nothing older is left
+//!   (`revoker purge`).
+//! - [`run`]: `serve`'s task: a pass a minute after start and then every [`interval`]. Each pass
+//!   purges what will be older than `--retention` by the next pass, so nothing outlives
+//!   the retention by the gap between passes. Every instance may run it: on PostgreSQL
+//!   concurrent passes skip each other's rows, on SQLite they take turns; a pass with
+//!   nothing to do is two index probes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::store::{Purged, RevocationStore, StoreError};
+
+/// Reports (and notifications) purged per transaction: small enough that SQLite's one
+/// writer is not held from deliveries for long, large enough that a month of backlog
+/// takes few round trips.
+pub const BATCH: u32 = 200;
+
+/// When `serve`'s first pass runs, at the latest.
+const FIRST_PASS: Duration = Duration::from_secs(60);
+
+/// The gap between two of `serve`'s passes for a `retention`: an hour, or a quarter of a
+/// shorter retention.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600))
+}
+
+/// Purges everything received (or revoked) before now − `older_than`; returns what was
+/// purged. Between batches it yields for a moment so deliveries get the database.
+pub async fn purge(
+    store: &dyn RevocationStore,
+    older_than: Duration,
+) -> Result<Purged, StoreError> {
+    let before =
+        Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let mut total = Purged::default();
+    loop {
+        let batch = store.purge_metadata(before, BATCH).await?;
+        total += batch;
+        if batch.reports < u64::from(BATCH) && batch.notifications < u64::from(BATCH) {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `serve`'s retention task, until `stop` resolves. A pass that fails (database down)
+/// is logged and tried again at the next one.
+pub async fn run(
+    store: Arc<dyn RevocationStore>,
+    retention: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let every = interval(retention);
+    let mut stop = std::pin::pin!(stop);
+    // The first pass a minute after start (sooner for a short retention), not during it:
+    // start-up stays one migration and one ping, and a restart loop still purges.
+    tokio::select! {
+        () = &mut stop => return,
+        () = tokio::time::sleep(every.min(FIRST_PASS)) => {}
+    }
+    loop {
+        // What will pass the retention before the next pass goes now.
+        match purge(store.as_ref(), retention.saturating_sub(every)).await {
+            Ok(p) if p == Purged::default() => {
+                tracing::debug!("retention: nothing to purge");
+            }
+            Ok(p) => tracing::info!(
+                reports = p.reports,
+                items = p.items,
+                notifications = p.notifications,
+                retention = %humantime::format_duration(retention),
+                "retention: purged url, source and type"
+            ),
+            Err(e) => tracing::warn!(
+                error = %crate::support::error_chain(&e),
+                retry_in = %humantime::format_duration(every),
+                "retention: purge failed; trying again at the next pass"
+            ),
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
