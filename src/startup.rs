@@ -36,9 +36,11 @@ pub struct Application {
     state: AppState,
     shutdown_timeout: Duration,
     limits: ConnectionLimits,
-    /// HTTPS on the public listener, and the SIGHUP stream that reloads its certificate
-    /// (installed at build, so a SIGHUP never ends the process).
-    tls: Option<(Arc<Tls>, tokio::signal::unix::Signal)>,
+    /// HTTPS on the public listener.
+    tls: Option<Arc<Tls>>,
+    /// SIGHUP, installed at build so it never ends the process (its default): it reloads
+    /// the TLS certificate, and without TLS it is only logged.
+    hangup: tokio::signal::unix::Signal,
     retention: Duration,
 }
 
@@ -91,15 +93,19 @@ impl Application {
                 "a --revocation-api-token (REVOKER_REVOCATION_API_TOKENS) is empty or shorter than 16 characters; every one must be a real secret"
             );
         }
-        if settings
-            .scanners
-            .iter()
-            .any(|s| s.name == http::revocation_api::SCANNER)
-        {
-            anyhow::bail!(
-                "scanner name {:?} is the Token Revocation API's own (its reports and metrics); choose another",
-                http::revocation_api::SCANNER
-            );
+        // Names whose reports come from elsewhere: a scanner named so would mix with them.
+        for (name, whose) in [
+            (http::revocation_api::SCANNER, "the Token Revocation API's"),
+            (
+                crate::domain::alert::MANUAL_SCANNER,
+                "`revoker token revoke`'s",
+            ),
+        ] {
+            if settings.scanners.iter().any(|s| s.name == name) {
+                anyhow::bail!(
+                    "scanner name {name:?} is {whose} own (its reports and metrics); choose another"
+                );
+            }
         }
         let metrics = Metrics::new();
         let protocols = signature::protocols_for(
@@ -141,14 +147,13 @@ impl Application {
             );
         }
         let tls = match &settings.tls {
-            Some(t) => {
-                let tls = Tls::load(t).context("cannot serve HTTPS (--tls-cert, --tls-key)")?;
-                let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                    .context("cannot listen for SIGHUP (TLS reload)")?;
-                Some((Arc::new(tls), hangup))
-            }
+            Some(t) => Some(Arc::new(
+                Tls::load(t).context("cannot serve HTTPS (--tls-cert, --tls-key)")?,
+            )),
             None => None,
         };
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -198,6 +203,7 @@ impl Application {
             admin_listener,
             shutdown_timeout: settings.shutdown_timeout,
             tls,
+            hangup,
             retention: settings.retention,
             limits: ConnectionLimits {
                 max_connections: settings.max_connections.max(1),
@@ -293,10 +299,15 @@ impl Application {
         ));
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, %admin, %scheme, "listening");
-        let tls = self.tls.map(|(tls, hangup)| {
-            tokio::spawn(Arc::clone(&tls).watch(Some(hangup), stopped(stop_rx.clone())));
-            tls
-        });
+        match &self.tls {
+            Some(tls) => {
+                tokio::spawn(Arc::clone(tls).watch(self.hangup, stopped(stop_rx.clone())));
+            }
+            None => {
+                tokio::spawn(log_hangups(self.hangup));
+            }
+        }
+        let tls = self.tls;
         let public = serve_public(
             self.listener,
             http::public_router(self.state.clone()),
@@ -413,6 +424,14 @@ async fn serve_public(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Without TLS there is nothing to reload: a SIGHUP (a habit of `systemctl reload`) is
+/// logged and otherwise ignored, rather than ending the process.
+async fn log_hangups(mut hangup: tokio::signal::unix::Signal) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: nothing to reload (no --tls-cert); still serving");
+    }
 }
 
 /// A failed accept: a connection reset before it was accepted is nothing; anything

@@ -142,7 +142,7 @@ impl Tls {
     /// the SIGHUP stream, installed at start so a SIGHUP never ends the process.
     pub async fn watch(
         self: Arc<Self>,
-        mut hangup: Option<tokio::signal::unix::Signal>,
+        mut hangup: tokio::signal::unix::Signal,
         stop: impl std::future::Future<Output = ()>,
     ) {
         let mut stop = std::pin::pin!(stop);
@@ -151,15 +151,9 @@ impl Tls {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = &mut stop => return,
-                Some(()) = hup => {
+                Some(()) = hangup.recv() => {
                     self.reload("SIGHUP");
                 }
                 _ = tick.tick() => {

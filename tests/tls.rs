@@ -1,7 +1,8 @@
 //! HTTPS on the public listener (`--tls-cert`, `--tls-key`) through the `revoker` binary:
 //! TLS 1.2 and 1.3 carry signed deliveries, TLS 1.1 and 1.0 are refused by the server's
 //! alert, and a rotated certificate is served without a restart (after
-//! a file change and after SIGHUP) while connections opened before keep working.
+//! a file change and after SIGHUP) while connections opened before keep working; without
+//! TLS a SIGHUP is logged and ends nothing.
 //! Certificates are made by OpenSSL's command line: a CA per certificate, a leaf for
 //! `127.0.0.1` and `localhost` signed by it, so a client that trusts one CA accepts
 //! exactly one of them.
@@ -345,4 +346,19 @@ fn a_key_that_does_not_fit_refuses_to_start_and_says_which_files() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+}
+
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(db.url(), &[], false);
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.wait_for_log("SIGHUP received: nothing to reload");
+    let answer = server.deliver(&Signer::test(), alert_body(&["junk"])).await;
+    assert_eq!(answer.labels(), ["false_positive"]);
+    server.stop(); // exits 0 after a SIGTERM: SIGHUP did not end it
 }
