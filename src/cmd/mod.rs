@@ -60,16 +60,18 @@ pub enum Command {
 }
 
 impl Command {
-    /// Runs the command inside the async runtime.
-    pub async fn run(self) -> anyhow::Result<()> {
-        match self {
+    /// Runs the command inside the async runtime; the exit code it asks for (a
+    /// command that answers a question, like `token show`, exits 1 for "no").
+    pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let done = match self {
             Command::Serve(args) => serve::run(*args).await,
             Command::Migrate(db) => migrate::run(db).await,
-            Command::Token(command) => token::run(command).await,
+            Command::Token(command) => return token::run(command).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Keys(command) => keys::run(command),
             Command::Notify(command) => notify::run(command).await,
             Command::Purge(args) => purge::run(args).await,
-        }
+        };
+        done.map(|()| std::process::ExitCode::SUCCESS)
     }
 }

@@ -55,6 +55,39 @@ pub struct NewReport {
     pub candidates: Vec<CandidateItem>,
 }
 
+/// The scanner name of reports made by hand (`revoker token revoke`).
+pub const MANUAL_SCANNER: &str = "manual";
+
+impl NewReport {
+    /// A report of one token revoked by hand by `actor` (`revoker token revoke`): scanner
+    /// [`MANUAL_SCANNER`], the actor as its key id, source `manual`, no url. Its body
+    /// hash digests the token's hash, the actor and the time, so it is a report of its
+    /// own.
+    pub fn manual(hash: TokenHash, actor: &str, at: DateTime<Utc>) -> NewReport {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        digest.update(b"revoker token revoke\0");
+        digest.update(hash.as_bytes());
+        digest.update(actor.as_bytes());
+        digest.update(at.to_rfc3339().as_bytes());
+        NewReport {
+            scanner: MANUAL_SCANNER.to_owned(),
+            key_id: actor.to_owned(),
+            received_at: at,
+            body_sha256: digest.finalize().into(),
+            item_count: 1,
+            not_ours: 0,
+            candidates: vec![CandidateItem {
+                position: 0,
+                hash,
+                token_type: "cio_tp".to_owned(),
+                source: MANUAL_SCANNER.to_owned(),
+                url: String::new(),
+            }],
+        }
+    }
+}
+
 /// Why a body is not a JSON array of alert objects. Never contains body text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("body is not a JSON array of alert objects with a string `token` ({kind} at line {line}, column {column})")]

@@ -60,6 +60,35 @@ pub struct NewToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Where a token stands, judged at some instant.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum TokenStatus {
+    /// Not revoked, not expired: it still works.
+    Live,
+    /// Revoked (whether or not it has expired since).
+    Revoked,
+    /// Past its expiry, never revoked.
+    Expired,
+}
+
+impl TokenStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// A stored token, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -70,6 +99,19 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Id of the report that revoked it.
     pub revoked_by: Option<i64>,
+}
+
+impl TokenRecord {
+    /// Its status at `now`.
+    pub fn status(&self, now: DateTime<Utc>) -> TokenStatus {
+        if self.revoked_at.is_some() {
+            TokenStatus::Revoked
+        } else if self.expires_at <= now {
+            TokenStatus::Expired
+        } else {
+            TokenStatus::Live
+        }
+    }
 }
 
 /// How long a delivered body counts as delivered: the same scanner sending the same
@@ -346,6 +388,33 @@ pub trait RevocationStore: Send + Sync + 'static {
     ) -> Result<RecordedReport, StoreError>;
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Tokens whose hash starts with `prefix`, in hash order, at most `limit` (a range
+    /// read of the primary key: `revoker token show --hash 3f9a0c12d4e5`).
+    async fn tokens_by_prefix(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Tokens, newest first: only `owner`'s if given, only those in `status` at `now`
+    /// if given; at most `limit`. Reads the whole table when filtered by owner (no
+    /// index on owner: an operator's command, not a hot path).
+    async fn list_tokens(
+        &self,
+        owner: Option<&str>,
+        status: Option<TokenStatus>,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The owner notification of this token, if it was ever revoked through a report.
+    /// A scan of the outbox (nothing indexes it by token: every index there is paid for
+    /// by every revoked token).
+    async fn notification_of_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<Notification>, StoreError>;
 
     async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError>;
 

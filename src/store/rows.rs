@@ -60,6 +60,21 @@ impl<B: Backend> TokenRow<B> {
     }
 }
 
+/// A token with its hash (a listing).
+#[derive(FromRow)]
+pub(super) struct HashedTokenRow<B: Backend> {
+    hash: Vec<u8>,
+    #[sqlx(flatten)]
+    token: TokenRow<B>,
+}
+
+impl<B: Backend> HashedTokenRow<B> {
+    pub(super) fn into_record(self) -> Result<TokenRecord, StoreError> {
+        let hash = hash_from(&self.hash)?;
+        self.token.into_record(hash)
+    }
+}
+
 /// The outcome counts of a report row.
 #[derive(FromRow)]
 pub(super) struct CountsRow<B: Backend> {

@@ -27,14 +27,14 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
     hash_from, notification_counts, parse_outcome, preview_map, recent_reports, sum_totals,
-    AgesRow, DayRow, ItemRow, NotificationRow, PreviewRow, RecentRow, ReportRow, StatusCount,
-    TokenRow,
+    AgesRow, DayRow, HashedTokenRow, ItemRow, NotificationRow, PreviewRow, RecentRow, ReportRow,
+    StatusCount, TokenRow,
 };
 use super::{
     AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
     NotificationStatus, Outcome, OutcomeCounts, Purged, RecordOptions, RecordedReport,
     ReportItemRecord, ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats,
-    StoreError, TokenRecord,
+    StoreError, TokenRecord, TokenStatus,
 };
 use crate::domain::TokenHash;
 
@@ -48,6 +48,22 @@ const INSERT_TOKEN_SQL: &str =
 const TOKEN_SQL: &str =
     "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = $1";
 
+/// `from` (bytes), `limit` → `HashedTokenRow`s with a hash `>= from`, in hash order.
+const TOKENS_FROM_SQL: &str = "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by
+             FROM tokens WHERE hash >= $1 ORDER BY hash LIMIT $2";
+
+/// `owner` (NULL: any), `status` (NULL: any; `live`, `revoked`, `expired`), `now`,
+/// `limit` → `HashedTokenRow`s, newest first.
+const LIST_TOKENS_SQL: &str = "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by
+             FROM tokens
+             WHERE (CAST($1 AS TEXT) IS NULL OR owner = $1)
+               AND (CAST($2 AS TEXT) IS NULL
+                    OR ($2 = 'revoked' AND revoked_at IS NOT NULL)
+                    OR ($2 = 'live' AND revoked_at IS NULL AND expires_at > $3)
+                    OR ($2 = 'expired' AND revoked_at IS NULL AND expires_at <= $3))
+             ORDER BY created_at DESC, hash
+             LIMIT $4";
+
 /// `id` → `ReportRow`.
 const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, item_count,
                     revoked, already_revoked, expired, unknown, not_ours
@@ -56,6 +72,13 @@ const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, 
 /// `report_id` → `ItemRow`s, by position.
 const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome
              FROM report_items WHERE report_id = $1 ORDER BY position";
+
+/// `token_hash` → the `NotificationRow` of that token, if any.
+const NOTIFICATION_OF_TOKEN_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE token_hash = $1"
+);
 
 /// `id, error, claimed locked_until`.
 const FAILED_SQL: &str = "UPDATE notifications
@@ -128,6 +151,59 @@ where
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| r.into_record(*hash)).transpose()
+    }
+
+    async fn tokens_by_prefix(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.statements.add(1);
+        // The primary key from `prefix` on: the matching hashes come first.
+        let rows: Vec<HashedTokenRow<B>> = sqlx::query_as(TOKENS_FROM_SQL)
+            .bind(prefix)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tokens = Vec::new();
+        for row in rows {
+            let token = row.into_record()?;
+            if !token.hash.as_bytes().starts_with(prefix) {
+                break;
+            }
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    async fn list_tokens(
+        &self,
+        owner: Option<&str>,
+        status: Option<TokenStatus>,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.statements.add(1);
+        let rows: Vec<HashedTokenRow<B>> = sqlx::query_as(LIST_TOKENS_SQL)
+            .bind(owner)
+            .bind(status.map(TokenStatus::as_str))
+            .bind(B::encode_time(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(HashedTokenRow::into_record).collect()
+    }
+
+    async fn notification_of_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<Notification>, StoreError> {
+        self.statements.add(1);
+        let row: Option<NotificationRow<B>> = sqlx::query_as(NOTIFICATION_OF_TOKEN_SQL)
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(NotificationRow::into_notification).transpose()
     }
 
     async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError> {
