@@ -194,3 +194,97 @@ async fn newcomer_flow_with_the_binary_logs_no_raw_token() {
 async fn json_logs_are_one_object_per_line_and_hold_no_raw_token() {
     newcomer_flow(true).await;
 }
+
+/// `openssl dgst -sha256 -sign KEY` over `body`, base64: a signature as GitHub makes it.
+fn openssl_sign(key: &std::path::Path, body: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+}
+
+#[tokio::test]
+async fn keys_generate_prints_or_extends_a_key_file_that_serve_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f);
+    // Printed: a whole key file, saved as is.
+    let out = revoker()
+        .args(["keys", "generate", "--key-id", "team-1", "--out"])
+        .arg(path("a.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["public_keys"][0]["key_identifier"], "team-1");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE"));
+    std::fs::write(path("keys.json"), &out.stdout).unwrap();
+
+    // --key-file: the second key added beside the first.
+    let out = revoker()
+        .args(["keys", "generate", "--key-id", "team-2", "--out"])
+        .arg(path("b.pem"))
+        .arg("--key-file")
+        .arg(path("keys.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("keys.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = file["public_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["team-1", "team-2"]);
+
+    // The same id again: refused before any private key is written; the file unchanged.
+    let before = std::fs::read(path("keys.json")).unwrap();
+    let out = revoker()
+        .args(["keys", "generate", "--key-id", "team-2", "--out"])
+        .arg(path("c.pem"))
+        .arg("--key-file")
+        .arg(path("keys.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has a key \"team-2\""));
+    assert!(!path("c.pem").exists());
+    assert_eq!(std::fs::read(path("keys.json")).unwrap(), before);
+
+    // serve trusts both keys of the file: a delivery signed with the second is accepted.
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let scanner = format!("team={}", path("keys.json").display());
+    let server = ServeProcess::start(db.url(), &["--scanner", &scanner], false);
+    let body = alert_body(&["junk"]);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/secret-scanning/team", server.base))
+        .header("Github-Public-Key-Identifier", "team-2")
+        .header(
+            "Github-Public-Key-Signature",
+            openssl_sign(&path("b.pem"), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    server.stop();
+}

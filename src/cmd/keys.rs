@@ -1,13 +1,14 @@
 //! `revoker keys generate`: a P-256 key pair for a team that replays remotely.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Write a new P-256 private key (PKCS#8 PEM, mode 0600) and print the key-JSON
-    /// entry to add to the scanner's key file on the receiver.
+    /// Write a new P-256 private key (PKCS#8 PEM, mode 0600) and print a complete key
+    /// file for the receiver (`{"public_keys":[…]}`, usable as `--scanner NAME=FILE`), or
+    /// add its entry to one with --key-file.
     Generate {
         /// Where to write the private key (never overwritten).
         #[arg(long)]
@@ -15,21 +16,54 @@ pub enum KeysCommand {
         /// Key identifier to publish (default: derived from the public key).
         #[arg(long)]
         key_id: Option<String>,
+        /// Add the public key to this key file (created if missing; its other keys are
+        /// kept, the same key id refused) instead of printing one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
 pub fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Generate { out, key_id } => generate_key(&out, key_id),
+        KeysCommand::Generate {
+            out,
+            key_id,
+            key_file,
+        } => generate_key(&out, key_id, key_file.as_deref()),
     }
 }
 
-fn generate_key(out: &std::path::Path, key_id: Option<String>) -> anyhow::Result<()> {
+fn generate_key(out: &Path, key_id: Option<String>, key_file: Option<&Path>) -> anyhow::Result<()> {
+    // A key file that cannot take the entry (not one, or the id taken) is refused before
+    // a private key is written. (A derived id is new: it hashes a new key.)
+    if let Some(file) = key_file {
+        revoker::signature::check_key_file_takes(file, key_id.as_deref().unwrap_or_default())?;
+    }
     let entry = revoker::signature::generate_key_file(out, key_id.as_deref())?;
-    println!("{}", serde_json::to_string_pretty(&entry)?);
-    eprintln!(
-        "wrote {} (keep it secret); add the entry above to the scanner's key file on the receiver",
-        out.display()
-    );
+    let id = entry["key_identifier"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match key_file {
+        Some(file) => {
+            revoker::signature::add_to_key_file(file, &entry)?;
+            eprintln!(
+                "wrote {} (keep it secret) and added its public key {id:?} to {}; \
+                 serve it with --scanner NAME={}",
+                out.display(),
+                file.display(),
+                file.display()
+            );
+        }
+        None => {
+            let file = serde_json::json!({ "public_keys": [entry] });
+            println!("{}", serde_json::to_string_pretty(&file)?);
+            eprintln!(
+                "wrote {} (keep it secret); the key file above holds its public key {id:?}: \
+                 save it on the receiver and add --scanner NAME=FILE (or use --key-file)",
+                out.display()
+            );
+        }
+    }
     Ok(())
 }

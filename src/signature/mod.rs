@@ -16,7 +16,9 @@ pub mod source;
 
 pub use cache::{caches_for, CacheTiming, KeyCache, KeyError};
 pub use protocol::{protocols_for, HeaderPrefix, PerScanner, Protocol, ScannerProtocol};
-pub use source::{generate_key_file, KeySource, ScannerKey, ScannerSpec};
+pub use source::{
+    add_to_key_file, check_key_file_takes, generate_key_file, KeySource, ScannerKey, ScannerSpec,
+};
 
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;

@@ -4,7 +4,7 @@
 //! Also [`generate_key_file`], which makes a key pair for a team that replays remotely.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -185,6 +185,58 @@ pub fn generate_key_file(
         "key": public_pem,
         "is_current": true,
     }))
+}
+
+/// Adds `entry` (as [`generate_key_file`] returns it) to the key file at `path`, GitHub's
+/// shape `{"public_keys": [...]}`: created if missing; otherwise its entries are kept and
+/// one with the same `key_identifier` refuses. Written whole (a new file renamed over the
+/// old), so a `serve` reading it never sees half of it.
+pub fn add_to_key_file(path: &Path, entry: &serde_json::Value) -> anyhow::Result<()> {
+    let id = entry["key_identifier"].as_str().unwrap_or_default();
+    let mut file = key_file_taking(path, id)?;
+    file["public_keys"]
+        .as_array_mut()
+        .expect("checked by key_file_taking")
+        .push(entry.clone());
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    let tmp = path.with_extension("json.new");
+    std::fs::write(&tmp, text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Whether [`add_to_key_file`] would take a key `id` at `path` (checked before a private
+/// key is written for it).
+pub fn check_key_file_takes(path: &Path, id: &str) -> anyhow::Result<()> {
+    key_file_taking(path, id).map(drop)
+}
+
+/// The key file at `path` (an empty one if missing), if it has no key `id`.
+fn key_file_taking(path: &Path, id: &str) -> anyhow::Result<serde_json::Value> {
+    let file = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a key file (JSON: {e})", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            serde_json::json!({ "public_keys": [] })
+        }
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let Some(keys) = file["public_keys"].as_array() else {
+        anyhow::bail!(
+            "{} has no \"public_keys\" array: not a key file in GitHub's shape",
+            path.display()
+        );
+    };
+    if keys.iter().any(|k| k["key_identifier"] == id) {
+        anyhow::bail!(
+            "{} already has a key {id:?}; choose another --key-id (nothing written)",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Where a scanner's keys come from.
