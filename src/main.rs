@@ -4,13 +4,11 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use cmd::token::TokenCommand;
 use cmd::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // Offline and instant: no runtime, no logging.
     if let Command::Token(TokenCommand::Check { token }) = &cli.command {
         return cmd::token::check(token);

@@ -69,6 +69,12 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let url = settings.database_url.expose_secret();
         let store = open_and_migrate(url, &settings.pool).await?;
+        tracing::info!(
+            backend = %store::backend_name(url),
+            database = %redact_url(url),
+            pool = settings.pool.max_connections,
+            "database opened and migrated"
+        );
         // A database that cannot take writes would answer every delivery 503: say so now.
         store
             .ping()

@@ -10,6 +10,14 @@ use tracing_subscriber::EnvFilter;
 pub fn init(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // PostgreSQL's NOTICE that `_sqlx_migrations` already exists comes at every start;
+    // notices stay visible at `debug` when asked for by name.
+    let filter = match "sqlx::postgres::notice=warn".parse() {
+        Ok(quiet) if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) => {
+            filter.add_directive(quiet)
+        }
+        _ => filter,
+    };
     let json = std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

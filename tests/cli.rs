@@ -288,3 +288,178 @@ async fn keys_generate_prints_or_extends_a_key_file_that_serve_accepts() {
     assert_eq!(answer.status(), 200);
     server.stop();
 }
+
+/// `revoker ARGS… --help`, stdout, its whitespace (line wrapping) made single spaces.
+fn help(args: &[&str]) -> String {
+    let out = revoker().args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{args:?} --help");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn each_help_shows_the_flags_its_command_uses_and_says_true_things() {
+    let commands: &[&[&str]] = &[
+        &["serve"],
+        &["migrate"],
+        &["purge"],
+        &["replay"],
+        &["token", "mint"],
+        &["token", "show"],
+        &["token", "revoke"],
+        &["token", "list"],
+        &["keys", "generate"],
+        &["notify", "run"],
+        &["notify", "list"],
+        &["notify", "retry"],
+    ];
+    for args in commands {
+        let text = help(args);
+        // Variables as `[env: NAME]`, never `NAME=` (an empty-looking default).
+        assert!(!text.contains("=]"), "{args:?}: {text}");
+        assert!(!text.contains("(file created if missing)"), "{args:?}");
+        let pool = text.contains("--db-timeout") || text.contains("--db-max-connections");
+        assert_eq!(
+            pool,
+            *args == ["serve"],
+            "{args:?}: pool flags are serve's only"
+        );
+        let poll = text.contains("--notify-poll-interval");
+        assert_eq!(
+            poll,
+            *args == ["serve"],
+            "{args:?}: the poll interval is serve's"
+        );
+    }
+    assert!(help(&["serve"]).contains("[env: REVOKER_LISTEN]"));
+    let run = help(&["notify", "run"]);
+    assert!(!run.contains("once (what"), "{run}");
+    assert!(run.contains("not retried by this run"), "{run}");
+    assert!(
+        !run.contains("queued in the database but not sent"),
+        "{run}"
+    );
+    assert!(help(&["replay"]).contains("refuse a database that does not exist"));
+}
+
+#[test]
+fn migrate_says_how_many_migrations_it_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let run = || {
+        let out = revoker()
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let migrations = std::fs::read_dir(fixture("../migrations/sqlite"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        run(),
+        format!("applied {migrations} migration(s) ({migrations} applied in all)\n")
+    );
+    assert_eq!(
+        run(),
+        format!("no migrations pending ({migrations} applied)\n")
+    );
+}
+
+#[tokio::test]
+async fn a_503_is_one_warn_line_and_no_error_and_logs_are_tidy() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    // Scanner `down` fetches its keys from a port nothing listens on.
+    let server = ServeProcess::start(
+        db.url(),
+        &[
+            "--scanner",
+            "down=http://127.0.0.1:9/keys",
+            "--keys-timeout",
+            "1s",
+        ],
+        false,
+    );
+    let start = server.logs();
+    assert!(start.contains("backend=sqlite"), "{start}");
+    let body = alert_body(&["junk"]);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/secret-scanning/down", server.base))
+        .header("Github-Public-Key-Identifier", KEY_ID)
+        .header("Github-Public-Key-Signature", Signer::test().sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    // Readiness polls while not ready.
+    for _ in 0..3 {
+        let r = reqwest::get(format!("{}/readyz", server.admin))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    // A delivery that works, for its duration.
+    let ok = server.deliver(&Signer::test(), alert_body(&["junk"])).await;
+    assert_eq!(ok.status, 200);
+    server.wait_for_log("delivery processed");
+    let logs = server.stop();
+    assert!(!logs.contains("ERROR"), "{logs}");
+    // At info and above (the server runs at debug; tower-http's per-request debug
+    // line carries the status too).
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("status=503") && !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logs}");
+    assert!(refusals[0].contains("WARN") && refusals[0].contains("keys_unavailable"));
+    // Durations to the microsecond.
+    for line in logs.lines().filter(|l| l.contains("duration_ms=")) {
+        let value = line.split("duration_ms=").nth(1).unwrap();
+        let value = value.split_whitespace().next().unwrap();
+        let decimals = value.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "{line}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_start_is_quiet_and_names_the_database_without_its_password() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    // Trust authentication ignores the password, so the URL works with one in it.
+    let with_password = db.url().replacen("postgres@", "postgres:hunter2secret@", 1);
+    assert_ne!(with_password, db.url());
+    let first = ServeProcess::start(&with_password, &[], false).stop();
+    let second = ServeProcess::start(&with_password, &[], false).stop();
+    for logs in [&first, &second] {
+        assert!(!logs.contains("hunter2secret"), "{logs}");
+        assert!(!logs.contains("sqlx::postgres::notice"), "{logs}");
+        assert!(logs.contains("backend=postgres"), "{logs}");
+    }
+    // Token mint logs its expiry in RFC 3339.
+    let out = revoker()
+        .args([
+            "token",
+            "mint",
+            "--owner",
+            "o/p",
+            "--database-url",
+            db.url(),
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expires = stderr
+        .split("expires_at=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let expires = expires.split_whitespace().next().unwrap().trim_matches('"');
+    chrono::DateTime::parse_from_rfc3339(expires).unwrap_or_else(|e| panic!("{expires}: {e}"));
+}

@@ -13,7 +13,9 @@ use revoker::store::{self, defaults, PoolSettings, RevocationStore};
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Database URL: sqlite://PATH (file created if missing) or postgres://USER@HOST/DB.
+    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST[:PORT]/DB. `serve`,
+    /// `migrate` and `token mint` create a missing SQLite file; the other commands
+    /// refuse a database that does not exist (a mistyped path must not look empty).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -21,24 +23,39 @@ pub struct DbArgs {
         hide_env_values = true
     )]
     pub database_url: SecretString,
+}
 
+/// The connection pool of `serve`, which answers requests from it (one-shot commands
+/// use the defaults).
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
     /// Maximum database connections in the pool.
     #[arg(long, env = "REVOKER_DB_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub db_max_connections: u32,
 
-    /// How long to wait for a database connection before answering 503.
+    /// How long a delivery waits for a database connection (SQLite: also for the write
+    /// lock) before answering 503.
     #[arg(long, env = "REVOKER_DB_TIMEOUT", default_value = defaults::ACQUIRE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
 }
 
-impl DbArgs {
-    /// Pool settings from these flags; `create_if_missing` is off for tools that must
-    /// find an existing database.
+impl PoolArgs {
     pub fn pool_settings(&self, create_if_missing: bool) -> PoolSettings {
         PoolSettings {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_timeout,
             create_if_missing,
+        }
+    }
+}
+
+impl DbArgs {
+    /// The default pool; `create_if_missing` is off for tools that must find an existing
+    /// database.
+    pub fn pool_settings(&self, create_if_missing: bool) -> PoolSettings {
+        PoolSettings {
+            create_if_missing,
+            ..PoolSettings::default()
         }
     }
 }

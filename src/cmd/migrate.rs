@@ -1,9 +1,23 @@
-//! `revoker migrate`: apply pending migrations and exit.
+//! `revoker migrate`: apply pending migrations, say how many, and exit.
 
-use super::db::{open, DbArgs};
+use anyhow::Context;
+use secrecy::ExposeSecret;
+
+use revoker::domain::redact::redact_url;
+
+use super::db::DbArgs;
 
 pub async fn run(db: DbArgs) -> anyhow::Result<()> {
-    open(&db).await?;
-    tracing::info!("migrations applied");
+    let url = db.database_url.expose_secret();
+    let store = revoker::store::connect(url, &db.pool_settings(true))
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    let before = store.applied_migrations().await?;
+    store.migrate().await.context("cannot migrate database")?;
+    let after = store.applied_migrations().await?;
+    match after - before {
+        0 => println!("no migrations pending ({after} applied)"),
+        n => println!("applied {n} migration(s) ({after} applied in all)"),
+    }
     Ok(())
 }

@@ -59,6 +59,22 @@ pub enum Command {
     Purge(PurgeArgs),
 }
 
+impl Cli {
+    /// Parses the command line. Every flag's help shows its variable as
+    /// `[env: NAME]`: clap would print `NAME=` (and the value, where one is set),
+    /// which reads as an empty default.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        fn hide_env_values(command: clap::Command) -> clap::Command {
+            command
+                .mut_args(|arg| arg.hide_env_values(true))
+                .mut_subcommands(hide_env_values)
+        }
+        let matches = hide_env_values(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 impl Command {
     /// Runs the command inside the async runtime; the exit code it asks for (a
     /// command that answers a question, like `token show`, exits 1 for "no").

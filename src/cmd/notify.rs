@@ -13,8 +13,10 @@ use super::db::{open_existing, DbArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum NotifyCommand {
-    /// Send every due notification once (what the worker in `serve` does), print what
-    /// happened and exit. Exit 1 if any notification is still pending or failed.
+    /// Send every notification that is due now, print what happened and exit (one pass
+    /// of what the worker in `serve` does all the time). A failed attempt is due again
+    /// only after its backoff, so it is not retried by this run. Exit 1 if any
+    /// notification is still pending or failed.
     Run {
         #[command(flatten)]
         notify: NotifyArgs,
@@ -59,8 +61,8 @@ pub enum NotifyCommand {
 #[derive(Debug, Clone, Args)]
 pub struct NotifyArgs {
     /// Owner-notification webhook: each revoked token's owner is told once, by a
-    /// signed JSON POST here (https, or http to localhost). Unset: notifications are
-    /// queued in the database but not sent.
+    /// signed JSON POST here (https, or http to localhost). `serve` without it queues
+    /// notifications in the database and sends none; `notify run` needs it.
     #[arg(long, env = "REVOKER_NOTIFY_WEBHOOK")]
     pub notify_webhook: Option<String>,
 
@@ -85,7 +87,11 @@ pub struct NotifyArgs {
     /// Longest delay between two attempts (at most 30d).
     #[arg(long, env = "REVOKER_NOTIFY_BACKOFF_MAX", default_value = defaults::BACKOFF_MAX, value_parser = humantime::parse_duration)]
     pub notify_backoff_max: Duration,
+}
 
+/// `serve`'s own notification flag.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyPollArgs {
     /// How often `serve` looks for due notifications (it also looks right after a
     /// delivery revoked something).
     #[arg(long, env = "REVOKER_NOTIFY_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = humantime::parse_duration)]
@@ -93,8 +99,9 @@ pub struct NotifyArgs {
 }
 
 impl NotifyArgs {
-    /// `None` when no webhook is configured; an error when only half is.
-    pub fn settings(&self) -> anyhow::Result<Option<NotifySettings>> {
+    /// `None` when no webhook is configured; an error when only half is. `poll` is
+    /// `serve`'s --notify-poll-interval (the default for `notify run`, which never polls).
+    pub fn settings(&self, poll: Option<Duration>) -> anyhow::Result<Option<NotifySettings>> {
         use secrecy::ExposeSecret;
         let (webhook, secret) = match (&self.notify_webhook, &self.notify_secret) {
             (None, None) => return Ok(None),
@@ -111,7 +118,9 @@ impl NotifyArgs {
         settings.max_attempts = self.notify_max_attempts;
         settings.backoff_base = self.notify_backoff;
         settings.backoff_max = self.notify_backoff_max;
-        settings.poll_interval = self.notify_poll_interval;
+        if let Some(poll) = poll {
+            settings.poll_interval = poll;
+        }
         settings.validate()?;
         Ok(Some(settings))
     }
@@ -121,7 +130,7 @@ impl NotifyArgs {
 pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
     match command {
         NotifyCommand::Run { notify, db } => {
-            let settings = notify.settings()?.context(
+            let settings = notify.settings(None)?.context(
                 "--notify-webhook (REVOKER_NOTIFY_WEBHOOK) is required: where to send notifications",
             )?;
             let store = open_existing(&db).await?;

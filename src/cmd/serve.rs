@@ -11,8 +11,8 @@ use revoker::signature::{HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use revoker::startup::{shutdown_signal, Application};
 use revoker::tls::TlsSettings;
 
-use super::db::DbArgs;
-use super::notify::NotifyArgs;
+use super::db::{DbArgs, PoolArgs};
+use super::notify::{NotifyArgs, NotifyPollArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -169,7 +169,13 @@ pub struct ServeArgs {
     pub notify: NotifyArgs,
 
     #[command(flatten)]
+    pub notify_poll: NotifyPollArgs,
+
+    #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -185,9 +191,11 @@ impl ServeArgs {
     fn into_settings(self) -> anyhow::Result<Settings> {
         let a = self;
         Ok(Settings {
-            notify: a.notify.settings()?,
+            notify: a
+                .notify
+                .settings(Some(a.notify_poll.notify_poll_interval))?,
             listen: a.listen,
-            pool: a.db.pool_settings(true),
+            pool: a.pool.pool_settings(true),
             database_url: a.db.database_url,
             scanners: a.scanners,
             scanner_protocols: a.scanner_protocols,

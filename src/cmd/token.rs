@@ -371,7 +371,7 @@ async fn mint(args: MintArgs) -> anyhow::Result<()> {
         })
         .await
         .context("cannot store the token")?;
-    tracing::info!(token = %token.hash().prefix(), owner, %expires_at, "minted token");
+    tracing::info!(token = %token.hash().prefix(), owner, expires_at = rfc3339(expires_at), "minted token");
     println!("{}", token.expose_secret());
     Ok(())
 }

@@ -154,17 +154,29 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The chain of the internal error behind this answer, for the log (never sent).
+    pub fn cause(&self) -> Option<String> {
+        match self {
+            ApiError::DatabaseUnavailable { source, .. } => Some(error_chain(source)),
+            ApiError::StatsUnavailable(source) => Some(error_chain(source)),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            ApiError::DatabaseUnavailable { source, .. } => {
-                tracing::error!(error = %error_chain(source), "database unavailable, answering 503");
-            }
-            ApiError::StatsUnavailable(source) => {
-                tracing::error!(error = %error_chain(source), "cannot read stats");
-            }
-            _ => {}
+        // The webhook and the Revocation API log their refusals themselves (one WARN
+        // with status, reason, cause and duration); the admin listener's are logged here.
+        if let ApiError::StatsUnavailable(source) = &self {
+            tracing::warn!(
+                status = status.as_u16(),
+                error = self.code(),
+                cause = %error_chain(source),
+                "cannot read stats"
+            );
         }
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();

@@ -74,14 +74,18 @@ pub fn public_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                tracing::info_span!("http", method = %req.method(), route)
-            }),
+            // No `on_failure` line: a 5xx is logged once, as a WARN with its reason, by
+            // `ApiError` (an ERROR per readiness poll or per 503 would drown real ones).
+            TraceLayer::new_for_http()
+                .on_failure(())
+                .make_span_with(|req: &Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    tracing::info_span!("http", method = %req.method(), route)
+                }),
         )
         .with_state(state)
 }
@@ -92,6 +96,12 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(health::router())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// A duration in milliseconds rounded to the microsecond, for logs (`1.493`, not
+/// `1.4929679999999999`).
+pub fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// JSON 404 for every path that is not a route.

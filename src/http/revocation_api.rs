@@ -107,8 +107,8 @@ async fn revoke(
     // 429 carries no cause).
     let result = result.map_err(|e| match e.retry_after() {
         Some(retry_after) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
-            if let ApiError::DatabaseUnavailable { source, .. } = &e {
-                tracing::error!(error = %crate::support::error_chain(source), "database unavailable, answering 429");
+            if let Some(cause) = e.cause() {
+                tracing::warn!(cause, "database unavailable, answering 429");
             }
             ApiError::RetryLater {
                 retry_after,
@@ -123,7 +123,7 @@ async fn revoke(
             tracing::warn!(
                 status = e.status().as_u16(),
                 error = e.code(),
-                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                duration_ms = super::millis(started.elapsed()),
                 "revocation request refused: {e}"
             );
             e.status().as_u16()

@@ -33,7 +33,7 @@ use axum::response::IntoResponse;
 use sha2::{Digest, Sha256};
 
 use super::intake::{self, FeedbackBody, Held, FEEDBACK_CHUNK};
-use super::{ApiError, AppState};
+use super::{millis, ApiError, AppState};
 use crate::domain::alert;
 use crate::domain::alert::Compact;
 use crate::domain::redact::redact_tokens;
@@ -125,7 +125,8 @@ async fn receive(
             tracing::warn!(
                 status = e.status().as_u16(),
                 error = e.code(),
-                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                cause = e.cause(),
+                duration_ms = millis(started.elapsed()),
                 "delivery refused: {e}"
             );
             e.status().as_u16()
@@ -330,7 +331,7 @@ pub(super) async fn process(
         expired = counts.expired,
         unknown = counts.unknown,
         not_ours = counts.not_ours,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        duration_ms = millis(started.elapsed()),
         "delivery processed"
     );
     Ok((delivery, counts, held))

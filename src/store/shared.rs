@@ -116,6 +116,20 @@ where
         B::migrate(&self.pool).await
     }
 
+    async fn applied_migrations(&self) -> Result<i64, StoreError> {
+        self.statements.add(1);
+        let applied = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await;
+        match applied {
+            Ok(n) => Ok(n),
+            // No table yet: nothing was ever applied. (Anything else is the database's
+            // error, and `migrate` will say so.)
+            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         B::ping(self).await
     }

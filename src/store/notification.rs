@@ -1,0 +1,127 @@
+//! The owner-notification outbox's model: a notification row, its status, the clock
+//! outbox statements judge time by, what an attempt came to, and counts.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::TokenHash;
+
+/// Where an owner notification stands. Its name (stored, shown, `--status`) is derived
+/// once, snake_case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum NotificationStatus {
+    /// Waiting for its first or next attempt (`next_attempt_at`).
+    Pending,
+    /// The owner webhook answered 2xx.
+    Delivered,
+    /// Gave up after the attempt limit; `revoker notify retry` re-queues it.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+/// One owner notification (a row of the outbox): which token of whose was revoked,
+/// where it was found, and how sending it is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The row id: counts per database, so it is never shown to the owner's webhook.
+    pub id: i64,
+    /// The public id, a UUIDv7 (lower-case, hyphenated) minted by the database with the
+    /// row: the webhook's `Idempotency-Key` and the body's `id`, unique across databases
+    /// and restores.
+    pub public_id: String,
+    pub token_hash: TokenHash,
+    /// The report (delivery) that revoked the token.
+    pub report_id: i64,
+    pub owner: String,
+    pub scanner: String,
+    /// Where it was found: url and source of the first item of the delivery naming it.
+    pub url: String,
+    pub source: String,
+    /// When it was revoked (the delivery's `received_at`).
+    pub revoked_at: DateTime<Utc>,
+    /// The token had already expired when it was reported (revoked anyway).
+    pub expired: bool,
+    pub status: NotificationStatus,
+    /// Attempts started so far (each claim counts one).
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// End of the lease of the worker sending it, as the database stored it; `None`
+    /// when nobody holds it. A claim's own value identifies that claim to
+    /// [`RevocationStore::finish_notification`].
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// The clock an outbox statement judges and stamps time by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The database's own clock: PostgreSQL's `now()`, so instances whose clocks are
+    /// skewed still agree on every lease and never send one notification at once. On
+    /// SQLite, the clock of the host (every process on a SQLite file runs on that one
+    /// host, so there is one clock anyway). What the worker and `revoker notify` use.
+    Database,
+    /// A given instant, taken as "now" (tests step through time with it).
+    At(DateTime<Utc>),
+}
+
+impl From<DateTime<Utc>> for Clock {
+    fn from(at: DateTime<Utc>) -> Self {
+        Clock::At(at)
+    }
+}
+
+/// What became of one attempt to send a claimed notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Delivered now (by the clock [`RevocationStore::finish_notification`] is given).
+    Delivered,
+    /// Not delivered; try again `retry_in` from now.
+    Retry { error: String, retry_in: Duration },
+    /// Not delivered and out of attempts: marked failed.
+    Failed { error: String },
+}
+
+/// Notifications per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NotificationCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// What `requeue_notification` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    Requeued,
+    NotFound,
+    /// Delivered notifications are not sent again.
+    AlreadyDelivered,
+    /// A worker holds it (is sending it) until the given time; re-queuing now could
+    /// have a second worker send it at the same time.
+    InFlight(DateTime<Utc>),
+}
