@@ -95,6 +95,7 @@ contract!(
     notification_ids_are_uuids_distinct_across_databases,
     migrating_a_database_with_notifications_gives_each_its_own_id,
     the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
+    the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -2616,5 +2617,59 @@ async fn the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_count
             notifications: 1
         }
     );
+    app.stop().await;
+}
+
+async fn the_retention_purge_goes_in_batches_bounded_by_reports_and_items(db: Arc<TestDb>) {
+    use revoker::store::Purged;
+    let (app, _keys) = app_for(&db).await;
+    let store = app.store.as_ref();
+    let mut reports = Vec::new();
+    for _ in 0..5 {
+        let t = [
+            app.mint("o/p", Ttl::hours(1)).await,
+            app.mint("o/p", Ttl::hours(1)).await,
+        ];
+        let body = alert_body(&[t[0].expose_secret(), t[1].expose_secret()]);
+        assert_eq!(app.deliver(&Signer::test(), body).await.labels().len(), 2);
+        let id = store
+            .token(&t[0].hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_by
+            .unwrap();
+        reports.push(id);
+    }
+    for id in &reports {
+        db.age_report(*id, 31).await;
+    }
+    let before = chrono::Utc::now() - Ttl::days(30);
+    // Items: reports of 2 items each, at most 3 items before the last report: 2 reports.
+    let batch = store.purge_metadata(before, 200, 3).await.unwrap();
+    assert_eq!((batch.reports, batch.items), (2, 4));
+    // Reports: at most 1.
+    let batch = store.purge_metadata(before, 1, 1000).await.unwrap();
+    assert_eq!((batch.reports, batch.items), (1, 2));
+    // A report larger than the item bound still goes, alone.
+    let batch = store.purge_metadata(before, 200, 1).await.unwrap();
+    assert_eq!((batch.reports, batch.items), (1, 2));
+    // The oldest went first: the last report is the one left.
+    for id in &reports[..4] {
+        assert_eq!(
+            store.report_items(*id).await.unwrap()[0].url,
+            revoker::store::PURGED
+        );
+    }
+    assert_ne!(
+        store.report_items(reports[4]).await.unwrap()[0].url,
+        revoker::store::PURGED
+    );
+    let rest = store.purge_metadata(before, 200, 1000).await.unwrap();
+    assert_eq!(rest.reports, 1);
+    let none = store.purge_metadata(before, 200, 1000).await.unwrap();
+    assert_eq!(none, Purged::default());
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
     app.stop().await;
 }

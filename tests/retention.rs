@@ -113,6 +113,19 @@ async fn purge_once(kind: Kind) {
     let out = String::from_utf8(out.stdout).unwrap();
     assert!(out.contains("older than 28days: 1 report(s)"), "{out}");
     assert_eq!(store.report_items(reports[1]).await.unwrap()[0].url, PURGED);
+
+    // A database behind this binary's schema is refused, not migrated behind the
+    // operator's back (older instances may still run on it).
+    let newest =
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)";
+    assert_eq!(db.execute(newest).await, 1);
+    let out = revoker_command()
+        .args(["purge", "--database-url", db.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run `revoker migrate` first"), "{stderr}");
 }
 
 #[tokio::test]

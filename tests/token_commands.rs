@@ -99,7 +99,8 @@ async fn show_revoke_list(kind: Kind) {
     assert_eq!(n.owner, "alice/widget");
     let payload: serde_json::Value =
         serde_json::from_slice(&revoker::notify::payload_body(&n)).unwrap();
-    assert!(payload["found"]["url"].is_null(), "{payload}");
+    assert_eq!(payload["found"]["url"], "", "{payload}");
+    assert_eq!(payload["found"]["source"], "manual");
     assert_eq!(payload["found"]["scanner"], "manual");
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
@@ -143,15 +144,22 @@ async fn show_revoke_list(kind: Kind) {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("nothing revoked"));
     let out = token_cmd(&db, &["show", "--hash", "3f9a"], None);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(3), "cannot tell: not 1 (unknown)");
     assert!(
         text(&out).1.contains("12 to 64 hex digits"),
         "{:?}",
         text(&out)
     );
     let out = token_cmd(&db, &["show", "cio_tp_not_a_token"], None);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).1.contains("not a cio_tp_ token"));
+
+    // An odd number of digits (13) finds it too.
+    let odd = &hash.to_hex()[..13];
+    let out = token_cmd(&db, &["show", "--hash", odd, "--json"], None);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let json: serde_json::Value = serde_json::from_str(&clean(&out, &raw)).unwrap();
+    assert_eq!(json["hash"], hash.to_hex());
 
     // Lists: by owner, by status, as JSON lines.
     let out = token_cmd(&db, &["list", "--owner", "alice/widget"], None);
@@ -161,7 +169,12 @@ async fn show_revoke_list(kind: Kind) {
         3,
         "header and two tokens:\n{stdout}"
     );
-    assert!(!stdout.contains(&second) && !stdout.contains("bob/other"));
+    let second = Token::parse(&second).unwrap().hash().prefix();
+    assert!(
+        stdout.contains(&second) && stdout.contains(&hash.prefix()),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("bob/other"));
     let out = token_cmd(&db, &["list", "--status", "revoked", "--json"], None);
     let rows: Vec<serde_json::Value> = clean(&out, &raw)
         .lines()

@@ -3,6 +3,10 @@
 -- overwrites them with '(purged)' in report_items and notifications; rows, hashes,
 -- outcomes, counts and timestamps stay.
 
+-- On a large database, build the two indexes first without blocking deliveries
+-- (`CREATE INDEX CONCURRENTLY IF NOT EXISTS …` with the definitions below); this
+-- migration then finds them. Built here, each blocks writes to its table while it builds.
+
 -- When a report's items were purged; NULL: not yet. (A nullable column without a
 -- default: no table rewrite.)
 ALTER TABLE reports ADD COLUMN metadata_purged_at timestamptz;
@@ -10,7 +14,9 @@ ALTER TABLE reports ADD COLUMN metadata_purged_at timestamptz;
 -- What the purge looks for: reports not purged yet, oldest first. Purged reports, the
 -- bulk of the table over time, are not in it, so a purge with nothing to do is one
 -- index probe however long the history.
-CREATE INDEX reports_to_purge ON reports (received_at) WHERE metadata_purged_at IS NULL;
+CREATE INDEX IF NOT EXISTS reports_to_purge ON reports (received_at) WHERE metadata_purged_at IS NULL;
 
--- The same for notifications, whose url/source are copies of an item's.
-CREATE INDEX notifications_to_purge ON notifications (revoked_at) WHERE url <> '(purged)';
+-- The same for notifications, whose url/source are copies of an item's. (A scanner's
+-- own url "(purged)" leaves the row in the index until its source is purged too.)
+CREATE INDEX IF NOT EXISTS notifications_to_purge ON notifications (revoked_at)
+    WHERE url <> '(purged)' OR source <> '(purged)';

@@ -80,6 +80,21 @@ pub async fn open_existing(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStor
     Ok(store)
 }
 
+/// [`open_existing`], refused unless every migration this binary knows is applied: a
+/// command that writes must not run on half its schema, and migrating is `revoker
+/// migrate`'s (other instances may still run an older binary that a newer schema stops).
+pub async fn open_current(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    let store = open_existing(db).await?;
+    let (applied, known) = (store.applied_migrations().await?, store.known_migrations());
+    if applied < known {
+        anyhow::bail!(
+            "{} has {applied} of this binary's {known} migrations applied: run `revoker migrate` first",
+            redact_url(db.database_url.expose_secret())
+        );
+    }
+    Ok(store)
+}
+
 /// Opens (creating a SQLite file if missing) and migrates.
 pub async fn open(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
     open_and_migrate(db.database_url.expose_secret(), &db.pool_settings(true)).await

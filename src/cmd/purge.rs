@@ -6,7 +6,7 @@ use clap::Args;
 
 use revoker::config::defaults;
 
-use super::db::{open_existing, DbArgs};
+use super::db::{open_current, DbArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct PurgeArgs {
@@ -21,9 +21,10 @@ pub struct PurgeArgs {
 }
 
 pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
-    let store = open_existing(&args.db).await?;
-    // The purge needs this binary's schema (a database last run by an older one).
-    store.migrate().await?;
+    if args.retention.is_zero() {
+        anyhow::bail!("--retention must be longer than 0");
+    }
+    let store = open_current(&args.db).await?;
     let purged = revoker::retention::purge(store.as_ref(), args.retention).await?;
     let retention = humantime::format_duration(args.retention);
     println!(

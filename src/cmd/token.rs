@@ -17,7 +17,7 @@ use revoker::store::{
     NewToken, NotificationStatus, RecordOptions, RevocationStore, TokenRecord, TokenStatus,
 };
 
-use super::db::{open, open_existing, DbArgs};
+use super::db::{open, open_current, open_existing, DbArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -32,12 +32,13 @@ pub enum TokenCommand {
     },
     /// Show one token: status (live, revoked, expired, unknown), owner, created,
     /// expires, when and by which report and scanner it was revoked, and its owner
-    /// notification. Exit 0 if the database knows it, 1 if not.
+    /// notification. Exit 0 if the database knows it, 1 if not, 3 if it cannot tell
+    /// (database unreachable, malformed input).
     Show(ShowArgs),
     /// Revoke one token by hand (an owner reported a leak by email): the same
     /// one-statement revocation as a delivery, recorded as a report of scanner `manual`
     /// with --actor, the owner notification queued. Exit 0 if revoked now or already
-    /// revoked, 1 if unknown.
+    /// revoked, 1 if unknown, 3 if it cannot tell (nothing revoked).
     Revoke(RevokeArgs),
     /// List tokens, newest first.
     List(ListArgs),
@@ -122,10 +123,19 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Mint(args) => mint(args).await.map(|()| ExitCode::SUCCESS),
         TokenCommand::Check { .. } => unreachable!("`main` runs it before the runtime starts"),
-        TokenCommand::Show(args) => show(args).await,
-        TokenCommand::Revoke(args) => revoke(args).await,
+        TokenCommand::Show(args) => cannot_tell(show(args).await),
+        TokenCommand::Revoke(args) => cannot_tell(revoke(args).await),
         TokenCommand::List(args) => list(args).await.map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `show` and `revoke` answer a question with their exit code (1: unknown), so an error
+/// (database down, bad input) gets its own, 3: a script must not take it for "unknown".
+fn cannot_tell(answer: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    answer.or_else(|e| {
+        eprintln!("error: {e:#}");
+        Ok(ExitCode::from(3))
+    })
 }
 
 /// The hash named by `which`, looked up: `Ok(None)` when no token has it.
@@ -138,15 +148,19 @@ async fn find(
         if hex.len() < 12 || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             anyhow::bail!("--hash takes 12 to 64 hex digits of the token's SHA-256");
         }
-        // An odd digit count: the range of the even prefix, then the last digit checked.
-        let even = &hex[..hex.len() & !1];
-        let prefix = hex::decode(even).expect("hex digits");
+        // The smallest hash with these digits (an odd count padded with 0): the hashes
+        // that start with them come first from there, in order; two tell "ambiguous".
+        let padded = if hex.len() % 2 == 1 {
+            format!("{hex}0")
+        } else {
+            hex.clone()
+        };
+        let from = hex::decode(&padded).expect("hex digits");
         let found: Vec<TokenRecord> = store
-            .tokens_by_prefix(&prefix, 17)
+            .tokens_from(&from, 2)
             .await?
             .into_iter()
             .filter(|t| t.hash.to_hex().starts_with(&hex))
-            .take(2)
             .collect();
         return match found.as_slice() {
             [] => Ok((hex, None)),
@@ -260,9 +274,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     if actor.is_empty() || actor.len() > 200 || actor.chars().any(char::is_control) {
         anyhow::bail!("--actor must be 1 to 200 printable characters");
     }
-    let store = open_existing(&args.db).await?;
-    // The schema this binary records with (a database last run by an older one).
-    store.migrate().await?;
+    let store = open_current(&args.db).await?;
     let (named, token) = find(store.as_ref(), &args.which).await?;
     let Some(token) = token else {
         eprintln!("{named}: unknown (no token with this hash in the database); nothing revoked");

@@ -167,8 +167,8 @@ pub struct Found<'a> {
     /// The scanner that reported it (`github`, …, or `replay`).
     pub scanner: &'a str,
     /// Where: the scanner's link to the leak (tokens in it are redacted). `null` once
-    /// the retention purge has passed (`--retention`): it is not kept longer; `null`
-    /// too when there is none (revoked by hand: `revoker token revoke`).
+    /// the retention purge has passed (`--retention`): it is not kept longer. Empty
+    /// when the scanner gave none (and for a token revoked by hand).
     pub url: Option<&'a str>,
     /// `null` once purged, like `url`.
     pub source: Option<&'a str>,
@@ -196,10 +196,9 @@ pub fn payload_body(n: &Notification) -> Vec<u8> {
     serde_json::to_vec(&payload).expect("a payload serialises")
 }
 
-/// `None` for a value the retention purge overwrote, or none was given (a token
-/// revoked by hand has no url).
+/// `None` for a value the retention purge overwrote.
 fn unless_purged(value: &str) -> Option<&str> {
-    (value != crate::store::PURGED && !value.is_empty()).then_some(value)
+    (value != crate::store::PURGED).then_some(value)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256 over `body` with `secret`.

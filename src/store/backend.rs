@@ -93,6 +93,9 @@ pub(super) trait Backend: Database + Record + StatsSql + Outbox {
         settings: &PoolSettings,
     ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
 
+    /// How many migrations this binary embeds for this backend.
+    fn known_migrations() -> usize;
+
     /// Applies this backend's embedded migrations.
     fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -119,7 +122,8 @@ pub(super) trait Record: Database {
     ) -> impl Future<Output = Result<RecordedReport, StoreError>> + Send;
 
     /// `before`, `limit` → rows changed: the `url` and `source` of up to `limit`
-    /// notifications revoked before `before` and not purged yet become `'(purged)'`.
+    /// notifications revoked before `before` and not purged yet (either not `'(purged)'`)
+    /// become `'(purged)'`.
     const PURGE_NOTIFICATIONS_SQL: &'static str;
 
     /// The reports' half of
@@ -129,6 +133,7 @@ pub(super) trait Record: Database {
         store: &Store<Self>,
         before: DateTime<Utc>,
         limit: u32,
+        max_items: u32,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
 }
 

@@ -259,6 +259,10 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// Migrations recorded as applied (0 on a database that has none yet).
     async fn applied_migrations(&self) -> Result<i64, StoreError>;
 
+    /// Migrations this binary embeds for this backend (a database with fewer applied
+    /// lacks part of the schema it uses).
+    fn known_migrations(&self) -> i64;
+
     /// Cheap round trip: is the database reachable and does it take writes?
     /// [`StoreError::ReadOnly`] when it answers but would refuse a revocation.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -277,13 +281,10 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Tokens whose hash starts with `prefix`, in hash order, at most `limit` (a range
-    /// read of the primary key: `revoker token show --hash 3f9a0c12d4e5`).
-    async fn tokens_by_prefix(
-        &self,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Tokens whose hash is `from` or after it, in hash order, at most `limit` (a range
+    /// read of the primary key: `revoker token show --hash 3f9a0c12d4e5` starts at the
+    /// smallest hash with those digits).
+    async fn tokens_from(&self, from: &[u8], limit: u32) -> Result<Vec<TokenRecord>, StoreError>;
 
     /// Tokens, newest first: only `owner`'s if given, only those in `status` at `now`
     /// if given; at most `limit`. Reads the whole table when filtered by owner (no
@@ -378,14 +379,20 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError>;
 
     /// One batch of the retention purge: the `type`, `source` and `url` of every item
-    /// of up to `limit` reports received before `before` (oldest first, not purged yet)
-    /// become [`PURGED`] and the reports are marked purged, in one transaction; then
-    /// the `url` and `source` of up to `limit` notifications of tokens revoked before
-    /// `before` (whatever their status), in one statement. On PostgreSQL rows another
-    /// purge holds are skipped (`SKIP LOCKED`), so instances purging at once share the
-    /// work. Call again until a batch comes back with fewer than `limit` of each.
-    async fn purge_metadata(&self, before: DateTime<Utc>, limit: u32)
-        -> Result<Purged, StoreError>;
+    /// of up to `limit` reports received before `before` (oldest first, not purged yet,
+    /// as many as hold fewer than `max_items` items before the last: a transaction
+    /// stays short on SQLite's one writer however large the reports) become [`PURGED`]
+    /// and the reports are marked purged, in one transaction; then the `url` and
+    /// `source` of up to `limit` notifications of tokens revoked before `before`
+    /// (whatever their status), in one statement. On PostgreSQL rows another purge
+    /// holds are skipped (`SKIP LOCKED`), so instances purging at once share the work.
+    /// Call again until a batch purges no report and fewer than `limit` notifications.
+    async fn purge_metadata(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+        max_items: u32,
+    ) -> Result<Purged, StoreError>;
 
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;

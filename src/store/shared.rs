@@ -130,6 +130,10 @@ where
         }
     }
 
+    fn known_migrations(&self) -> i64 {
+        B::known_migrations() as i64
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         B::ping(self).await
     }
@@ -167,27 +171,14 @@ where
         row.map(|r| r.into_record(*hash)).transpose()
     }
 
-    async fn tokens_by_prefix(
-        &self,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+    async fn tokens_from(&self, from: &[u8], limit: u32) -> Result<Vec<TokenRecord>, StoreError> {
         self.statements.add(1);
-        // The primary key from `prefix` on: the matching hashes come first.
         let rows: Vec<HashedTokenRow<B>> = sqlx::query_as(TOKENS_FROM_SQL)
-            .bind(prefix)
+            .bind(from)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        let mut tokens = Vec::new();
-        for row in rows {
-            let token = row.into_record()?;
-            if !token.hash.as_bytes().starts_with(prefix) {
-                break;
-            }
-            tokens.push(token);
-        }
-        Ok(tokens)
+        rows.into_iter().map(HashedTokenRow::into_record).collect()
     }
 
     async fn list_tokens(
@@ -317,8 +308,9 @@ where
         &self,
         before: DateTime<Utc>,
         limit: u32,
+        max_items: u32,
     ) -> Result<Purged, StoreError> {
-        let (reports, items) = B::purge_reports(self, before, limit).await?;
+        let (reports, items) = B::purge_reports(self, before, limit, max_items).await?;
         self.statements.add(1);
         let done = sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
             .bind(B::encode_time(before))

@@ -68,6 +68,10 @@ impl Backend for Postgres {
             .await?)
     }
 
+    fn known_migrations() -> usize {
+        sqlx::migrate!("./migrations/postgres").iter().count()
+    }
+
     async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres").run(pool).await?;
         Ok(())

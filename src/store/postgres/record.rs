@@ -135,16 +135,25 @@ struct OutcomeRow<'r> {
     outcome: &'r str,
 }
 
-/// `before`, `limit` → one row: `reports`, `items` purged. One statement: the batch of
-/// reports is locked (`FOR NO KEY UPDATE`, which a token's `revoked_by` reference does
-/// not wait for; `SKIP LOCKED`: another instance's batch is left to it), their items
-/// overwritten and the reports marked, atomically.
+/// `before`, `limit` reports, `max_items` → one row: `reports`, `items` purged. One
+/// statement: the oldest reports not purged yet, as many as fit under `max_items` items
+/// (the first whatever its size), are locked (`FOR NO KEY UPDATE`, which a token's
+/// `revoked_by` reference does not wait for; `SKIP LOCKED`: another instance's batch is
+/// left to it), their items overwritten and the reports marked, atomically.
 const PURGE_REPORTS_SQL: &str = "
-WITH batch AS (
+WITH picked AS (
+    SELECT id FROM (
+        SELECT id, item_count,
+               sum(item_count) OVER (ORDER BY received_at, id ROWS UNBOUNDED PRECEDING) AS running
+        FROM reports
+        WHERE metadata_purged_at IS NULL AND received_at < $1
+        ORDER BY received_at, id
+        LIMIT $2
+    ) w
+    WHERE running - item_count < $3
+), batch AS (
     SELECT id FROM reports
-    WHERE metadata_purged_at IS NULL AND received_at < $1
-    ORDER BY received_at
-    LIMIT $2
+    WHERE id IN (SELECT id FROM picked) AND metadata_purged_at IS NULL
     FOR NO KEY UPDATE SKIP LOCKED
 ), items AS (
     UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
@@ -167,7 +176,7 @@ impl Record for Postgres {
 UPDATE notifications SET url = '(purged)', source = '(purged)'
 WHERE id IN (
     SELECT id FROM notifications
-    WHERE url <> '(purged)' AND revoked_at < $1
+    WHERE (url <> '(purged)' OR source <> '(purged)') AND revoked_at < $1
     ORDER BY revoked_at
     LIMIT $2
     FOR NO KEY UPDATE SKIP LOCKED
@@ -177,11 +186,13 @@ WHERE id IN (
         store: &Store<Self>,
         before: chrono::DateTime<chrono::Utc>,
         limit: u32,
+        max_items: u32,
     ) -> Result<(u64, u64), StoreError> {
         store.statements.add(1);
         let (reports, items): (i64, i64) = sqlx::query_as(PURGE_REPORTS_SQL)
             .bind(before)
             .bind(i64::from(limit))
+            .bind(i64::from(max_items))
             .fetch_one(&store.pool)
             .await?;
         Ok((reports as u64, items as u64))

@@ -140,6 +140,10 @@ impl Backend for Sqlite {
         Ok(pool)
     }
 
+    fn known_migrations() -> usize {
+        sqlx::migrate!("./migrations/sqlite").iter().count()
+    }
+
     async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         // sqlx takes no lock for SQLite migrations, so processes starting together on
         // a fresh file race, and the loser fails on a table the winner has just

@@ -41,13 +41,18 @@ struct Flipped<'r> {
     owner: &'r str,
 }
 
-/// The batch of the retention purge: `before`, `limit` (as `?1`, `?2`). Both statements
-/// of [`Record::purge_reports`] name it and run under one write lock, so they pick the
-/// same reports.
+/// The batch of the retention purge: `before`, `limit` reports, `max_items` (as `?1`,
+/// `?2`, `?3`): the oldest reports not purged yet, as many as fit under `max_items`
+/// items (the first one whatever its size). Both statements of [`Record::purge_reports`]
+/// name it and run under one write lock, so they pick the same reports.
 macro_rules! purge_batch {
     () => {
-        "SELECT id FROM reports WHERE metadata_purged_at IS NULL AND received_at < ?1
-         ORDER BY received_at LIMIT ?2"
+        "SELECT id FROM (
+             SELECT id, item_count,
+                    sum(item_count) OVER (ORDER BY received_at, id ROWS UNBOUNDED PRECEDING) AS running
+             FROM reports WHERE metadata_purged_at IS NULL AND received_at < ?1
+             ORDER BY received_at, id LIMIT ?2
+         ) WHERE running - item_count < ?3"
     };
 }
 
@@ -61,7 +66,7 @@ impl Record for Sqlite {
 UPDATE notifications SET url = '(purged)', source = '(purged)'
 WHERE id IN (
     SELECT id FROM notifications
-    WHERE url <> '(purged)' AND revoked_at < ?1
+    WHERE (url <> '(purged)' OR source <> '(purged)') AND revoked_at < ?1
     ORDER BY revoked_at
     LIMIT ?2
 )";
@@ -72,6 +77,7 @@ WHERE id IN (
         store: &Store<Self>,
         before: chrono::DateTime<chrono::Utc>,
         limit: u32,
+        max_items: u32,
     ) -> Result<(u64, u64), StoreError> {
         let before = Self::encode_time(before);
         store.statements.add(1);
@@ -85,17 +91,19 @@ WHERE id IN (
         ))
         .bind(before)
         .bind(i64::from(limit))
+        .bind(i64::from(max_items))
         .execute(&mut *tx)
         .await?
         .rows_affected();
         store.statements.add(1);
         let reports = sqlx::query(concat!(
-            "UPDATE reports SET metadata_purged_at = ?3 WHERE id IN (",
+            "UPDATE reports SET metadata_purged_at = ?4 WHERE id IN (",
             purge_batch!(),
             ")"
         ))
         .bind(before)
         .bind(i64::from(limit))
+        .bind(i64::from(max_items))
         .bind(Self::encode_time(chrono::Utc::now()))
         .execute(&mut *tx)
         .await?
