@@ -365,6 +365,8 @@ async fn serve_public(
 
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Turns true when accepting ends: TLS handshakes still going give up.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -394,6 +396,8 @@ async fn serve_public(
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), tls.clone());
+        let accepted_at = tokio::time::Instant::now();
+        let mut stopping = stopping_rx.clone();
         tokio::spawn(async move {
             let served = match tls {
                 None => {
@@ -401,11 +405,25 @@ async fn serve_public(
                         .watch(builder.serve_connection(TokioIo::new(stream), service))
                         .await
                 }
-                // The handshake counts against the head's deadline: a client that stalls
-                // in it holds a connection no longer than one that stalls in its headers.
+                // The handshake and the first request head share one deadline counted
+                // from accept: a client that stalls in either holds its connection no
+                // longer than --header-timeout, as without TLS.
                 Some(tls) => {
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                    tracing::debug!("TLS handshake started");
+                    let deadline = accepted_at + limits.header_timeout;
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout_at(deadline, tls.accept(stream)) => h,
+                        // Shutting down: a handshake still going is dropped, not waited for.
+                        _ = stopping.wait_for(|stop| *stop) => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                    };
+                    match handshake {
                         Ok(Ok(stream)) => {
+                            // What is left of the deadline (later heads on this connection
+                            // get no more: a slow handshake buys no slack).
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            let mut builder = builder;
+                            builder.header_read_timeout(left.max(Duration::from_millis(1)));
                             watcher
                                 .watch(builder.serve_connection(TokioIo::new(stream), service))
                                 .await
@@ -427,6 +445,7 @@ async fn serve_public(
             drop(permit);
         });
     }
+    let _ = stopping_tx.send(true);
     drop(listener);
     graceful.shutdown().await;
     Ok(())

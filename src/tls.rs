@@ -9,7 +9,7 @@
 //! it starts ([`Reloading`] is the rustls certificate resolver), so connections already
 //! open keep theirs and nothing is dropped. A reload that fails (a file half written, a new
 //! key beside the old certificate) keeps serving the previous pair and logs a WARN; the
-//! next change or SIGHUP tries again. Only paths and fingerprints are logged, never key
+//! next check (every `--tls-check-interval`, until a read succeeds) or SIGHUP tries again. Only paths and fingerprints are logged, never key
 //! material.
 
 use std::path::{Path, PathBuf};
@@ -53,9 +53,12 @@ struct Reloading {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The files as they were when last read (whether or not that read succeeded), so a
-    /// broken pair is not re-read every check until one of them changes again.
+    /// The files as they were when last read.
     seen: Mutex<Option<Stamp>>,
+    /// The last read failed: the next check reads again even if the stamp looks the same
+    /// (a second file written within the same clock tick, at the same size, as the
+    /// first is invisible to the stamp).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// What tells that a file changed: inode, size and modification time of both files.
@@ -85,6 +88,7 @@ impl Tls {
             key: settings.key.clone(),
             current: RwLock::new(Arc::new(pair)),
             seen: Mutex::new(seen),
+            failed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -109,7 +113,10 @@ impl Tls {
     pub fn reload(&self, why: &str) -> bool {
         let r = &self.resolver;
         *r.seen.lock().expect("never poisoned") = Stamp::of(&r.cert, &r.key);
-        match read_pair(&r.cert, &r.key, &r.provider) {
+        let read = read_pair(&r.cert, &r.key, &r.provider);
+        r.failed
+            .store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match read {
             Ok((pair, fingerprint)) => {
                 *r.current.write().expect("never poisoned") = Arc::new(pair);
                 tracing::info!(
@@ -131,11 +138,13 @@ impl Tls {
         }
     }
 
-    /// Whether either file differs from when it was last read.
+    /// Whether either file differs from when it was last read, or that read failed.
     fn changed(&self) -> bool {
         let r = &self.resolver;
         let now = Stamp::of(&r.cert, &r.key);
-        now.is_some() && *r.seen.lock().expect("never poisoned") != now
+        now.is_some()
+            && (r.failed.load(std::sync::atomic::Ordering::Relaxed)
+                || *r.seen.lock().expect("never poisoned") != now)
     }
 
     /// Reloads when the files change or SIGHUP arrives, until `stop` resolves. `hangup` is

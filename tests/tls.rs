@@ -201,6 +201,10 @@ async fn tls_1_2_and_1_3_carry_deliveries_and_older_versions_are_refused() {
         .expect("a stalled handshake is closed, not held");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "held past the timeout"
+    );
 
     // Plain HTTP on the TLS port gets no HTTP answer.
     let plain = reqwest::Client::new()
@@ -233,7 +237,12 @@ async fn a_rotated_certificate_is_served_without_restart_and_open_connections_st
     };
     install(&a, &served.cert, &served.key);
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let server = serve_tls(&db, &served, &["--tls-check-interval", "100ms"]);
+    // A long --header-timeout: the pooled connection must outlive the rotation.
+    let server = serve_tls(
+        &db,
+        &served,
+        &["--tls-check-interval", "100ms", "--header-timeout", "60s"],
+    );
     let v13 = reqwest::tls::Version::TLS_1_3;
     let trusts_a = client(&a.ca, v13);
     let healthz = |c: &reqwest::Client| {
@@ -361,4 +370,71 @@ async fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
     let answer = server.deliver(&Signer::test(), alert_body(&["junk"])).await;
     assert_eq!(answer.labels(), ["false_positive"]);
     server.stop(); // exits 0 after a SIGTERM: SIGHUP did not end it
+}
+
+/// A TLS client of `ca` (tokio-rustls, the server's own library).
+fn connector(ca: &Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn the_handshake_and_the_first_head_share_one_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a");
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = serve_tls(&db, &a, &["--header-timeout", "2s"]);
+    let connected = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    // 1.5 s before the handshake starts (the client's choice), then no request at all.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector(&a.ca).connect(name, tcp).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("closed, not held");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Closed at 2 s from accept; a fresh 2 s after the handshake would be 3.5 s.
+    let held = connected.elapsed();
+    assert!(
+        held < std::time::Duration::from_millis(2900),
+        "held {held:?}"
+    );
+    assert!(
+        held >= std::time::Duration::from_millis(1900),
+        "held {held:?}"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_a_stalled_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a");
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = serve_tls(&db, &a, &["--header-timeout", "20s"]);
+    // A connection that never starts its handshake.
+    let _stalled = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    server.wait_for_log("TLS handshake started");
+    let started = std::time::Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "exit took {took:?}"
+    );
 }
