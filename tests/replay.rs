@@ -182,6 +182,13 @@ async fn dry_run_looks_up_without_writing() {
     assert_eq!(outcomes_of(&out, A), ["would_revoke", "would_revoke"]);
     assert_eq!(outcomes_of(&out, B), ["unknown"]);
     assert!(out.contains("dry run: nothing written"));
+    // Two occurrences, one token.
+    assert!(
+        out.contains("tokens of ours: 1 distinct, 1 would be revoked"),
+        "{out}"
+    );
+    assert!(out.contains("would revoke 2"), "{out}");
+    assert_eq!((s.distinct_tokens, s.distinct_would_revoke), (1, 1));
     assert!(s.report_ids.is_empty());
     assert_eq!(store.count_reports().await.unwrap(), 0);
     let a = store
@@ -621,5 +628,24 @@ async fn an_unreadable_report_fails_the_run_after_the_others_are_replayed() {
         "{stderr}"
     );
     assert!(stdout.contains("NOT READ:"), "{stdout}");
-    assert!(stdout.contains("tokens revoked now: 1"), "{stdout}");
+    assert!(
+        stdout.contains("tokens revoked now: 1 (of 1 distinct"),
+        "{stdout}"
+    );
+    let report = stored.revoked_by.unwrap();
+    assert!(
+        stdout.contains(&format!("recorded as report(s) {report}")),
+        "{stdout}"
+    );
+
+    // Nothing readable: no table header at all, only the errors and the summary.
+    let out = revoker_command()
+        .args(["replay", "--actor", "sec@example.com"])
+        .arg(&missing)
+        .args(["--database-url", db.url()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("token hash"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json: cannot open"));
 }

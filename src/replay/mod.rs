@@ -93,7 +93,6 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
         dry_run: opts.dry_run,
         ..Summary::default()
     };
-    output::write_header(out, opts.json)?;
     for path in &opts.files {
         // A file that cannot be read does not stop the others; the run fails at the end
         // (see `Summary::files_not_read`). Anything else (the database, the receiver)
@@ -290,6 +289,12 @@ async fn process_batch(
 
     for ((found, hash), (outcome, label)) in batch.iter().zip(&classified.hashes).zip(results) {
         summary.add(outcome, label);
+        summary.note_token(hash, outcome);
+        // The header with the first row: an error about a report that cannot be opened
+        // comes before any table.
+        if !std::mem::replace(&mut summary.header_written, true) {
+            output::write_header(out, opts.json)?;
+        }
         let row = Row {
             token_hash_prefix: hash.prefix(),
             outcome,

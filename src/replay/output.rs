@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - A row names an occurrence by its token-hash prefix; no raw token is ever printed.
-//! - Text output is a header, one fixed-width row per occurrence, a blank line and the
-//!   summary; `--json` output is one `{"row": …}` line per occurrence and a last
+//! - Text output is a header and one fixed-width row per occurrence (the header comes
+//!   with the first row, so errors about reports that cannot be opened come first), a
+//!   blank line and the summary; `--json` output is one `{"row": …}` line per occurrence and a last
 //!   `{"summary": …}` line, with the same fields.
 
 use std::io::Write;
@@ -52,6 +53,17 @@ pub struct Summary {
     pub files_not_read: Vec<String>,
     /// Report ids recorded (local, not dry-run).
     pub report_ids: Vec<i64>,
+    /// Distinct tokens of ours named (revoked now or before, expired), however often
+    /// each occurs (local runs).
+    pub distinct_tokens: u64,
+    /// Of those, distinct tokens a dry run would revoke (live or expired, not revoked).
+    pub distinct_would_revoke: u64,
+    #[serde(skip)]
+    pub(super) seen: std::collections::HashSet<crate::domain::TokenHash>,
+    #[serde(skip)]
+    pub(super) would_revoke: std::collections::HashSet<crate::domain::TokenHash>,
+    #[serde(skip)]
+    pub(super) header_written: bool,
 }
 
 /// The table header (nothing for JSON lines).
@@ -113,6 +125,20 @@ impl Summary {
         }
     }
 
+    /// Counts a token of ours once, however often it occurs.
+    pub(super) fn note_token(&mut self, hash: &crate::domain::TokenHash, outcome: Option<Outcome>) {
+        use Outcome::{AlreadyRevoked, Expired, Revoked};
+        if matches!(outcome, Some(Revoked | Expired | AlreadyRevoked)) && self.seen.insert(*hash) {
+            self.distinct_tokens += 1;
+        }
+        if self.dry_run
+            && matches!(outcome, Some(Revoked | Expired))
+            && self.would_revoke.insert(*hash)
+        {
+            self.distinct_would_revoke += 1;
+        }
+    }
+
     /// Writes the summary as text lines or as one `{"summary": …}` JSON line. `remote`:
     /// the outcomes were decided by a receiver (only the labels are known).
     pub(super) fn write(
@@ -150,11 +176,20 @@ impl Summary {
             if self.dry_run {
                 writeln!(
                     out,
+                    "  tokens of ours: {} distinct, {} would be revoked",
+                    self.distinct_tokens, self.distinct_would_revoke
+                )?;
+                writeln!(
+                    out,
                     "  occurrences: would revoke {}  expired (would revoke): {}  already revoked: {}  unknown: {}  not ours: {}",
                     c.revoked, c.expired, c.already_revoked, c.unknown, c.not_ours
                 )?;
             } else {
-                writeln!(out, "  tokens revoked now: {}", self.tokens_revoked)?;
+                writeln!(
+                    out,
+                    "  tokens revoked now: {} (of {} distinct tokens of ours named)",
+                    self.tokens_revoked, self.distinct_tokens
+                )?;
                 writeln!(
                     out,
                     "  occurrences: revoked {}  expired (revoked too) {}  already revoked {}  unknown {}  not ours {}",
@@ -168,6 +203,25 @@ impl Summary {
             writeln!(
                 out,
                 "  nothing new: every token of ours in these reports was already revoked"
+            )?;
+        }
+        if !self.report_ids.is_empty() {
+            let shown: Vec<String> = self
+                .report_ids
+                .iter()
+                .take(10)
+                .map(i64::to_string)
+                .collect();
+            let more = self.report_ids.len().saturating_sub(10);
+            writeln!(
+                out,
+                "  recorded as report(s) {}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             )?;
         }
         for what in &self.files_not_read {
