@@ -649,3 +649,38 @@ async fn an_unreadable_report_fails_the_run_after_the_others_are_replayed() {
     assert!(!stdout.contains("token hash"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json: cannot open"));
 }
+
+#[test]
+fn a_report_piped_into_replay_dash_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let token = mint_with_cli(&url, "acme/widget");
+    let mut child = revoker_command()
+        .args([
+            "replay",
+            "-",
+            "--actor",
+            "sec@example.com",
+            "--database-url",
+            &url,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "build log: export TOKEN={token}").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tokens revoked now: 1"), "{stdout}");
+    assert!(stdout.contains("(stdin)"), "{stdout}");
+    assert!(!stdout.contains(&token));
+}

@@ -13,7 +13,7 @@ use super::db::{open_existing, DbArgs};
 #[derive(Debug, Clone, Args)]
 #[command(group(clap::ArgGroup::new("remote").args(["url"]).requires_all(["key", "key_id"])))]
 pub struct ReplayArgs {
-    /// Leak reports to read.
+    /// Leak reports to read; `-` reads one from standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 

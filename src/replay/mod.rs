@@ -98,14 +98,24 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
         // (see `Summary::files_not_read`). Anything else (the database, the receiver)
         // stops it here.
         let name = redact_tokens(&path.display().to_string()).into_owned();
-        let file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) => {
-                not_read(&mut summary, format!("{name}: cannot open: {e}"));
-                continue;
+        // `-`: standard input (a report piped in: `gh api … | revoker replay -`).
+        let (file, size): (Box<dyn std::io::Read + Send>, u64) = if path == Path::new("-") {
+            (Box::new(std::io::stdin()), 0)
+        } else {
+            match std::fs::File::open(path) {
+                Ok(file) => {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    (Box::new(file), size)
+                }
+                Err(e) => {
+                    not_read(&mut summary, format!("{name}: cannot open: {e}"));
+                    continue;
+                }
             }
         };
-        if let Some(failure) = replay_file(target, opts, path, file, &mut summary, out).await? {
+        if let Some(failure) =
+            replay_file(target, opts, path, file, size, &mut summary, out).await?
+        {
             not_read(&mut summary, format!("{name}: {failure}"));
         }
         summary.files += 1;
@@ -127,11 +137,11 @@ async fn replay_file(
     target: &Target,
     opts: &Options,
     path: &Path,
-    file: std::fs::File,
+    file: Box<dyn std::io::Read + Send>,
+    total_bytes: u64,
     summary: &mut Summary,
     out: &mut dyn Write,
 ) -> anyhow::Result<Option<String>> {
-    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let occurrences_before = summary.occurrences;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let format = match opts.format {
@@ -142,7 +152,11 @@ async fn replay_file(
         },
     };
     // Shown in logs and output and stored as part of locations: no raw token in it.
-    let origin = redact_tokens(&path.display().to_string()).into_owned();
+    let origin = if path == Path::new("-") {
+        "(stdin)".to_owned()
+    } else {
+        redact_tokens(&path.display().to_string()).into_owned()
+    };
     tracing::info!(file = %origin, format = format.as_str(), "replaying report");
 
     let progress = opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
