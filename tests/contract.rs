@@ -96,6 +96,7 @@ contract!(
     migrating_a_database_with_notifications_gives_each_its_own_id,
     the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
     the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
+    a_scanner_url_that_reads_purged_does_not_keep_the_source,
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -2671,5 +2672,35 @@ async fn the_retention_purge_goes_in_batches_bounded_by_reports_and_items(db: Ar
     assert_eq!(none, Purged::default());
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
+    app.stop().await;
+}
+
+/// A scanner's own url "(purged)" must not hide the notification's source from the purge.
+async fn a_scanner_url_that_reads_purged_does_not_keep_the_source(db: Arc<TestDb>) {
+    use revoker::store::PURGED;
+    let (app, _keys) = app_for(&db).await;
+    let store = app.store.as_ref();
+    let t = app.mint("o/p", Ttl::hours(1)).await;
+    let a = deliver_items(
+        &app,
+        "github",
+        &[(t.expose_secret(), "secret_source", PURGED)],
+    )
+    .await;
+    assert_eq!(a.labels(), ["true_positive"]);
+    let report = store
+        .token(&t.hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_by
+        .unwrap();
+    db.age_report(report, 31).await;
+    revoker::retention::purge(store, Duration::from_secs(30 * 86400))
+        .await
+        .unwrap();
+    let n = notification_of(store, &t).await.unwrap();
+    assert_eq!(n.source, PURGED);
+    assert!(!db.dump().await.contains("secret_source"));
     app.stop().await;
 }
