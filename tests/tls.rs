@@ -216,6 +216,17 @@ async fn tls_1_2_and_1_3_carry_deliveries_and_older_versions_are_refused() {
     assert!(!logs.contains("PRIVATE KEY"), "{logs}");
 }
 
+/// The files `serve` is given, holding `a`'s pair for a start.
+fn served_as(dir: &Path, a: &Cert) -> Cert {
+    let served = Cert {
+        ca: a.ca.clone(),
+        cert: dir.join("served-cert.pem"),
+        key: dir.join("served-key.pem"),
+    };
+    install(a, &served.cert, &served.key);
+    served
+}
+
 /// Writes `from`'s certificate and key over the served files by rename (as certbot and
 /// Kubernetes secret mounts do: each file is whole when it appears).
 fn install(from: &Cert, cert: &Path, key: &Path) {
@@ -230,12 +241,7 @@ fn install(from: &Cert, cert: &Path, key: &Path) {
 async fn a_rotated_certificate_is_served_without_restart_and_open_connections_stay() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (make_cert(dir.path(), "a"), make_cert(dir.path(), "b"));
-    let served = Cert {
-        ca: a.ca.clone(),
-        cert: dir.path().join("served-cert.pem"),
-        key: dir.path().join("served-key.pem"),
-    };
-    install(&a, &served.cert, &served.key);
+    let served = served_as(dir.path(), &a);
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     // A long --header-timeout: the pooled connection must outlive the rotation.
     let server = serve_tls(
@@ -283,12 +289,7 @@ async fn a_rotated_certificate_is_served_without_restart_and_open_connections_st
 async fn sighup_reloads_and_a_broken_pair_keeps_the_served_one() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (make_cert(dir.path(), "a"), make_cert(dir.path(), "b"));
-    let served = Cert {
-        ca: a.ca.clone(),
-        cert: dir.path().join("served-cert.pem"),
-        key: dir.path().join("served-key.pem"),
-    };
-    install(&a, &served.cert, &served.key);
+    let served = served_as(dir.path(), &a);
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     // Checked for changes once an hour: only SIGHUP can reload within this test.
     let server = serve_tls(&db, &served, &["--tls-check-interval", "1h"]);

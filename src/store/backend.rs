@@ -233,7 +233,28 @@ macro_rules! claim_sql {
     };
 }
 
-pub(super) use {by_scanner_sql, by_source_sql, claim_sql, notification_columns};
+/// The notifications' half of the retention purge (`$1` before, `$2` limit); `$lock` as
+/// for [`claim_sql`] (`FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL: another purge's
+/// rows are left to it). A row is purged while either value is not `'(purged)'` yet (a
+/// scanner may send that url itself).
+macro_rules! purge_notifications_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE notifications SET url = '(purged)', source = '(purged)'
+             WHERE id IN (
+                 SELECT id FROM notifications
+                 WHERE (url <> '(purged)' OR source <> '(purged)') AND revoked_at < $1
+                 ORDER BY revoked_at
+                 LIMIT $2",
+            $lock,
+            ")"
+        )
+    };
+}
+
+pub(super) use {
+    by_scanner_sql, by_source_sql, claim_sql, notification_columns, purge_notifications_sql,
+};
 
 /// The notification (outbox) statements, and the one operation on it whose statements
 /// differ.

@@ -38,7 +38,7 @@ use std::time::Duration;
 use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
-use crate::store::backend::{Record, Store};
+use crate::store::backend::{purge_notifications_sql, Record, Store};
 use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 use crate::support::retry;
@@ -172,15 +172,8 @@ impl Record for Postgres {
         "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= $2 AS expired
              FROM tokens WHERE hash = ANY($1::bytea[])";
 
-    const PURGE_NOTIFICATIONS_SQL: &'static str = "
-UPDATE notifications SET url = '(purged)', source = '(purged)'
-WHERE id IN (
-    SELECT id FROM notifications
-    WHERE (url <> '(purged)' OR source <> '(purged)') AND revoked_at < $1
-    ORDER BY revoked_at
-    LIMIT $2
-    FOR NO KEY UPDATE SKIP LOCKED
-)";
+    const PURGE_NOTIFICATIONS_SQL: &'static str =
+        purge_notifications_sql!(" FOR NO KEY UPDATE SKIP LOCKED");
 
     async fn purge_reports(
         store: &Store<Self>,

@@ -26,7 +26,7 @@ use sqlx::{FromRow, Row, Sqlite};
 use super::{hex_array, primary_code};
 use crate::domain::alert::CandidateItem;
 use crate::domain::{Outcome, TokenHash};
-use crate::store::backend::{Backend, Record, Store};
+use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
 use crate::store::rows::hash_from;
 use crate::store::shared::{
     database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
@@ -62,14 +62,7 @@ impl Record for Sqlite {
         "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
              FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))";
 
-    const PURGE_NOTIFICATIONS_SQL: &'static str = "
-UPDATE notifications SET url = '(purged)', source = '(purged)'
-WHERE id IN (
-    SELECT id FROM notifications
-    WHERE (url <> '(purged)' OR source <> '(purged)') AND revoked_at < ?1
-    ORDER BY revoked_at
-    LIMIT ?2
-)";
+    const PURGE_NOTIFICATIONS_SQL: &'static str = purge_notifications_sql!("");
 
     /// One transaction that starts with a write, so it holds the write lock from its
     /// first statement: the items of the batch overwritten, then the same batch marked.
