@@ -182,6 +182,17 @@ async fn dry_run_looks_up_without_writing() {
     assert_eq!(outcomes_of(&out, A), ["would_revoke", "would_revoke"]);
     assert_eq!(outcomes_of(&out, B), ["unknown"]);
     assert!(out.contains("dry run: nothing written"));
+    // The owner column: whom to tell for ours, `-` for a token nobody here has.
+    let row = |raw: &str| {
+        let prefix = TokenHash::of(raw).prefix();
+        out.lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(row(A).split_whitespace().nth(3), Some("fixture"), "{out}");
+    assert_eq!(row(B).split_whitespace().nth(3), Some("-"), "{out}");
+    assert!(out.lines().next().unwrap().contains("owner"), "{out}");
     // Two occurrences, one token.
     assert!(
         out.contains("tokens of ours: 1 distinct, 1 would be revoked"),
@@ -217,6 +228,8 @@ async fn json_lines_give_one_row_per_occurrence_then_a_summary() {
     assert_eq!(lines.len(), 6, "5 rows + summary");
     assert_eq!(lines[0]["row"]["outcome"], "revoked");
     assert_eq!(lines[0]["row"]["label"], "true_positive");
+    assert_eq!(lines[0]["row"]["owner"], "fixture");
+    assert!(lines[1]["row"]["owner"].is_null());
     assert_eq!(
         lines[0]["row"]["token_hash_prefix"],
         TokenHash::of(H).prefix()

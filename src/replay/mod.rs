@@ -259,6 +259,18 @@ async fn process_batch(
     let classified = alert::classify(&items);
     summary.batches += 1;
 
+    // Whose tokens they are (local: one read statement when there are candidates).
+    let owners = match target {
+        Target::Local { store, .. } => {
+            let hashes: Vec<_> = classified.candidates.iter().map(|c| c.hash).collect();
+            store
+                .owners(&hashes)
+                .await
+                .context("cannot look owners up in the database")?
+        }
+        Target::Remote { .. } => HashMap::new(),
+    };
+
     // (outcome if known, label if known) per item.
     let results: Vec<(Option<Outcome>, Option<Label>)> = match target {
         Target::Local { store, actor } => {
@@ -314,6 +326,7 @@ async fn process_batch(
             outcome,
             label,
             dry_run: opts.dry_run,
+            owner: owners.get(hash).map(String::as_str),
             file,
             url: &found.url,
             source: &found.source,

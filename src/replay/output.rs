@@ -25,6 +25,8 @@ pub struct Row<'a> {
     pub label: Option<Label>,
     /// Dry runs: `revoked` means "would be revoked".
     pub dry_run: bool,
+    /// Whose token it is, when it is ours (local replays: whom to tell).
+    pub owner: Option<&'a str>,
     pub file: &'a str,
     pub url: &'a str,
     pub source: &'a str,
@@ -71,8 +73,8 @@ pub(super) fn write_header(out: &mut dyn Write, json: bool) -> anyhow::Result<()
     if !json {
         writeln!(
             out,
-            "{:<12}  {:<15}  {:<14}  where found",
-            "token hash", "outcome", "label"
+            "{:<12}  {:<15}  {:<14}  {:<20}  where found",
+            "token hash", "outcome", "label", "owner"
         )?;
     }
     Ok(())
@@ -102,10 +104,11 @@ impl Row<'_> {
         } else {
             self.url
         };
+        let owner: String = self.owner.unwrap_or("-").chars().take(20).collect();
         writeln!(
             out,
-            "{:<12}  {:<15}  {:<14}  {} ({})",
-            self.token_hash_prefix, outcome, label, place, self.source
+            "{:<12}  {:<15}  {:<14}  {:<20}  {} ({})",
+            self.token_hash_prefix, outcome, label, owner, place, self.source
         )?;
         Ok(())
     }

@@ -112,6 +112,7 @@ pub(super) trait Backend: Database + Record + StatsSql + Outbox {
 /// How a backend records a delivery, and what `preview` asks it.
 pub(super) trait Record: Database {
     /// `hashes` ([`Backend::HashList`]), `now` → `PreviewRow`s of the stored ones.
+    /// (`owners` reads the same statement's `hash` and `owner` as an `OwnerRow`.)
     const PREVIEW_SQL: &'static str;
 
     /// See [`RevocationStore::record_report`](super::RevocationStore::record_report).

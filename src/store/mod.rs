@@ -320,6 +320,13 @@ pub trait RevocationStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<std::collections::HashMap<TokenHash, Outcome>, StoreError>;
 
+    /// The owners of those of `hashes` that are stored, in one read statement (replay's
+    /// owner column). Nothing for no hashes: no statement.
+    async fn owners(
+        &self,
+        hashes: &[TokenHash],
+    ) -> Result<std::collections::HashMap<TokenHash, String>, StoreError>;
+
     /// Aggregates for `/api/stats`; `daily` covers reports received at or after `since`.
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
 

@@ -154,6 +154,13 @@ pub(super) struct PreviewRow<'r> {
     expired: bool,
 }
 
+/// A stored token's owner (`owners`).
+#[derive(FromRow)]
+pub(super) struct OwnerRow {
+    pub(super) hash: Vec<u8>,
+    pub(super) owner: String,
+}
+
 /// `preview`'s answer: every distinct input hash gets an entry, `Unknown` when no row
 /// names it; a live token would be `Revoked`, a revoked one is `AlreadyRevoked`, an
 /// expired one not yet revoked `Expired`.

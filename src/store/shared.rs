@@ -27,8 +27,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
     hash_from, notification_counts, parse_outcome, preview_map, recent_reports, sum_totals,
-    AgesRow, DayRow, HashedTokenRow, ItemRow, NotificationRow, PreviewRow, RecentRow, ReportRow,
-    StatusCount, TokenRow,
+    AgesRow, DayRow, HashedTokenRow, ItemRow, NotificationRow, OwnerRow, PreviewRow, RecentRow,
+    ReportRow, StatusCount, TokenRow,
 };
 use super::{
     AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
@@ -252,6 +252,22 @@ where
             .fetch_all(&self.pool)
             .await?;
         preview_map(rows.iter().map(PreviewRow::from_row), distinct)
+    }
+
+    async fn owners(&self, hashes: &[TokenHash]) -> Result<HashMap<TokenHash, String>, StoreError> {
+        let distinct = distinct_hashes(hashes.iter().copied());
+        if distinct.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.statements.add(1);
+        let rows: Vec<OwnerRow> = sqlx::query_as(B::PREVIEW_SQL)
+            .bind(B::hash_list(&distinct))
+            .bind(B::encode_time(Utc::now()))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((hash_from(&r.hash)?, r.owner)))
+            .collect()
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {

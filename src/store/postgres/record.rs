@@ -169,7 +169,7 @@ SELECT (SELECT count(*) FROM marked) AS reports, (SELECT count(*) FROM items) AS
 impl Record for Postgres {
     /// `hashes` (`bytea[]`), `now` → `PreviewRow`s of the stored ones.
     const PREVIEW_SQL: &'static str =
-        "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= $2 AS expired
+        "SELECT hash, owner, revoked_at IS NOT NULL AS revoked, expires_at <= $2 AS expired
              FROM tokens WHERE hash = ANY($1::bytea[])";
 
     const PURGE_NOTIFICATIONS_SQL: &'static str =

@@ -59,7 +59,7 @@ macro_rules! purge_batch {
 impl Record for Sqlite {
     /// `hashes` (a JSON array of hex), `now` → `PreviewRow`s of the stored ones.
     const PREVIEW_SQL: &'static str =
-        "SELECT hash, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
+        "SELECT hash, owner, revoked_at IS NOT NULL AS revoked, expires_at <= ?2 AS expired
              FROM tokens WHERE hash IN (SELECT unhex(value) FROM json_each(?1))";
 
     const PURGE_NOTIFICATIONS_SQL: &'static str = purge_notifications_sql!("");
