@@ -294,6 +294,20 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
 
     let (s, out) = replay_to_string(&target, &opts(&["incident.txt"], false, false)).await;
     assert_eq!(s.true_positive, 3, "{out}");
+    // Each sent token shows what the receiver answered.
+    let e_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with(&TokenHash::of(E).prefix()))
+        .collect();
+    assert!(!e_rows.is_empty());
+    for row in e_rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[1..3], ["sent", "true_positive"], "{out}");
+    }
+    assert!(
+        out.contains("the receiver's answer: 3 true positive"),
+        "{out}"
+    );
     // W2 (not ours) and G (well-formed, glued to more text, never minted here).
     assert_eq!(s.false_positive, 2, "{out}");
     let e = app

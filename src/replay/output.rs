@@ -92,7 +92,8 @@ impl Row<'_> {
             (Some(Outcome::Revoked), true) => "would_revoke",
             (Some(o), _) => o.as_str(),
             (None, true) => "not_sent",
-            (None, false) => "-",
+            // Remote: the receiver decided; its label is in the next column.
+            (None, false) => "sent",
         };
         let label = match self.label {
             Some(Label::TruePositive) => "true_positive",
@@ -200,7 +201,13 @@ impl Summary {
                 )?;
             }
         } else if !self.dry_run {
-            writeln!(out, "  not ours (decided offline): {}", c.not_ours)?;
+            writeln!(
+                out,
+                "  the receiver's answer: {} true positive (its tokens: revoked now or before), {} false positive; not ours (decided offline, not sent): {}",
+                self.true_positive,
+                self.false_positive.saturating_sub(u64::from(c.not_ours)),
+                c.not_ours
+            )?;
         }
         if !self.dry_run && !remote && self.tokens_revoked == 0 && self.true_positive > 0 {
             writeln!(
