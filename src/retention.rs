@@ -47,11 +47,15 @@ pub async fn purge(
     store: &dyn RevocationStore,
     older_than: Duration,
 ) -> Result<Purged, StoreError> {
-    // A retention longer than the calendar: nothing is that old.
+    // A cutoff before 1970 (a retention of centuries): nothing revoker stored is that
+    // old, and PostgreSQL refuses timestamps far enough back.
     let before = chrono::Duration::from_std(older_than)
         .ok()
         .and_then(|d| Utc::now().checked_sub_signed(d))
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        .filter(|b| *b > chrono::DateTime::UNIX_EPOCH);
+    let Some(before) = before else {
+        return Ok(Purged::default());
+    };
     let mut total = Purged::default();
     loop {
         let started = std::time::Instant::now();

@@ -114,8 +114,9 @@ impl Tls {
         let r = &self.resolver;
         *r.seen.lock().expect("never poisoned") = Stamp::of(&r.cert, &r.key);
         let read = read_pair(&r.cert, &r.key, &r.provider);
-        r.failed
-            .store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
+        let failed_before = r
+            .failed
+            .swap(read.is_err(), std::sync::atomic::Ordering::Relaxed);
         match read {
             Ok((pair, fingerprint)) => {
                 *r.current.write().expect("never poisoned") = Arc::new(pair);
@@ -126,6 +127,14 @@ impl Tls {
                     "TLS certificate reloaded; new connections get it"
                 );
                 true
+            }
+            // Retried at every check: said once, then at debug until it loads.
+            Err(e) if failed_before && why != "SIGHUP" => {
+                tracing::debug!(
+                    error = format!("{e:#}"),
+                    "TLS certificate still not reloadable"
+                );
+                false
             }
             Err(e) => {
                 tracing::warn!(

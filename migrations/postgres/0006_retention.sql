@@ -3,13 +3,17 @@
 -- overwrites them with '(purged)' in report_items and notifications; rows, hashes,
 -- outcomes, counts and timestamps stay.
 
--- On a large database, build the two indexes first without blocking deliveries
--- (`CREATE INDEX CONCURRENTLY IF NOT EXISTS …` with the definitions below); this
--- migration then finds them. Built here, each blocks writes to its table while it builds.
+-- On a large database, prepare it first without blocking deliveries: add the column
+-- (`ALTER TABLE reports ADD COLUMN IF NOT EXISTS metadata_purged_at timestamptz`, instant),
+-- then build both indexes with `CREATE INDEX CONCURRENTLY IF NOT EXISTS …` and the
+-- definitions below (check `pg_index.indisvalid` afterwards: an interrupted concurrent
+-- build leaves an invalid index, which this migration would take as built). This
+-- migration then finds all three. Built here instead, its transaction holds
+-- `reports` exclusively (reads too) while the indexes build.
 
 -- When a report's items were purged; NULL: not yet. (A nullable column without a
 -- default: no table rewrite.)
-ALTER TABLE reports ADD COLUMN metadata_purged_at timestamptz;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS metadata_purged_at timestamptz;
 
 -- What the purge looks for: reports not purged yet, oldest first. Purged reports, the
 -- bulk of the table over time, are not in it, so a purge with nothing to do is one

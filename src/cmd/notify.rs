@@ -13,10 +13,10 @@ use super::db::{open_existing, DbArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum NotifyCommand {
-    /// Send every notification that is due now, print what happened and exit (one pass
-    /// of what the worker in `serve` does all the time). A failed attempt is due again
-    /// only after its backoff, so it is not retried by this run. Exit 1 if any
-    /// notification is still pending or failed.
+    /// Send every notification that is due, round after round until none is due, print
+    /// what happened and exit (what the worker in `serve` does all the time). A failed
+    /// attempt is due again after its backoff: retried by this run only if that ends
+    /// before the run does. Exit 1 if any notification is still pending or failed.
     Run {
         #[command(flatten)]
         notify: NotifyArgs,

@@ -28,22 +28,53 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The URL with any password replaced, for logs.
+/// The URL with any password replaced, for logs: the one in `user:password@` and a
+/// `password=` query parameter (which the PostgreSQL driver reads too).
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable URL>".into(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<unparseable URL>".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::token::Token;
+
+    #[test]
+    fn redact_url_hides_a_password_wherever_the_driver_reads_one() {
+        for url in [
+            "postgres://revoker:hunter2@db:5432/revoker",
+            "postgres://revoker@db/revoker?password=hunter2",
+            "postgres://revoker@db/revoker?sslmode=require&PASSWORD=hunter2",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***") && shown.contains("db"), "{shown}");
+        }
+        assert_eq!(redact_url("sqlite://revoker.db"), "sqlite://revoker.db");
+        assert!(redact_url("postgres://u@h/d?sslmode=require").ends_with("?sslmode=require"));
+    }
 
     #[test]
     fn redact_hides_every_token_run() {

@@ -103,13 +103,11 @@ async fn revoke(
         })),
         Err(e) => Err(e),
     };
-    // GitLab retries 429; what is a 503 elsewhere becomes one here (logged first: the
-    // 429 carries no cause).
+    // GitLab retries 429; what is a 503 elsewhere becomes one here (its cause kept for
+    // the one log line below: the 429 carries none).
+    let cause = result.as_ref().err().and_then(ApiError::cause);
     let result = result.map_err(|e| match e.retry_after() {
         Some(retry_after) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
-            if let Some(cause) = e.cause() {
-                tracing::warn!(cause, "database unavailable, answering 429");
-            }
             ApiError::RetryLater {
                 retry_after,
                 why: e.to_string(),
@@ -123,6 +121,7 @@ async fn revoke(
             tracing::warn!(
                 status = e.status().as_u16(),
                 error = e.code(),
+                cause,
                 duration_ms = super::millis(started.elapsed()),
                 "revocation request refused: {e}"
             );

@@ -97,10 +97,31 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
         // A file that cannot be read does not stop the others; the run fails at the end
         // (see `Summary::files_not_read`). Anything else (the database, the receiver)
         // stops it here.
-        let name = redact_tokens(&path.display().to_string()).into_owned();
-        // `-`: standard input (a report piped in: `gh api … | revoker replay -`).
-        let (file, size): (Box<dyn std::io::Read + Send>, u64) = if path == Path::new("-") {
-            (Box::new(std::io::stdin()), 0)
+        let stdin = path == Path::new("-");
+        let name = if stdin {
+            "(stdin)".to_owned()
+        } else {
+            redact_tokens(&path.display().to_string()).into_owned()
+        };
+        // `-`: standard input (a report piped in: `gh api … | revoker replay -`). Its
+        // first 64 KiB (or all of it) are read before the format is detected: a pipe's
+        // first read may hold a single byte.
+        let (file, size): (Box<dyn std::io::Read + Send>, u64) = if stdin {
+            let mut head = Vec::new();
+            use std::io::Read;
+            if let Err(e) = std::io::stdin()
+                .lock()
+                .take(64 * 1024)
+                .read_to_end(&mut head)
+            {
+                not_read(&mut summary, format!("{name}: cannot read: {e}"));
+                continue;
+            }
+            let size = head.len() as u64;
+            (
+                Box::new(std::io::Cursor::new(head).chain(std::io::stdin())),
+                size,
+            )
         } else {
             match std::fs::File::open(path) {
                 Ok(file) => {

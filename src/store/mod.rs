@@ -392,7 +392,8 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// and the reports are marked purged, in one transaction; then the `url` and
     /// `source` of up to `limit` notifications of tokens revoked before `before`
     /// (whatever their status), in one statement. On PostgreSQL rows another purge
-    /// holds are skipped (`SKIP LOCKED`), so instances purging at once share the work.
+    /// holds are skipped (`SKIP LOCKED`): passes running at once never purge a row
+    /// twice, and one that finds the oldest reports taken ends (the other goes on).
     /// Call again until a batch purges no report and fewer than `limit` notifications.
     async fn purge_metadata(
         &self,

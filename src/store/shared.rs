@@ -125,7 +125,13 @@ where
             Ok(n) => Ok(n),
             // No table yet: nothing was ever applied. (Anything else is the database's
             // error, and `migrate` will say so.)
-            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Ok(0),
+            // PostgreSQL 42P01 (undefined_table); SQLite says "no such table".
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().starts_with("no such table") =>
+            {
+                Ok(0)
+            }
             Err(e) => Err(e.into()),
         }
     }
