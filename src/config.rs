@@ -120,7 +120,9 @@ pub struct Settings {
     /// HTTPS on the public listener (`None`: plain HTTP).
     pub tls: Option<TlsSettings>,
     /// url, source and type older than this are purged (see [`crate::retention`]).
-    pub retention: Duration,
+    /// `None`: this process runs no purge (`revoker serve` always sets it; an embedder or
+    /// a measurement that counts every statement may leave it to another process).
+    pub retention: Option<Duration>,
 }
 
 impl Settings {
@@ -155,7 +157,7 @@ impl Settings {
             revocation_api_types: vec![defaults::REVOCATION_API_TYPES.to_owned()],
             notify: None,
             tls: None,
-            retention: default_duration(defaults::RETENTION),
+            retention: Some(default_duration(defaults::RETENTION)),
         }
     }
 

@@ -41,7 +41,7 @@ pub struct Application {
     /// SIGHUP, installed at build so it never ends the process (its default): it reloads
     /// the TLS certificate, and without TLS it is only logged.
     hangup: tokio::signal::unix::Signal,
-    retention: Duration,
+    retention: Option<Duration>,
 }
 
 /// What the public listener's accept loop enforces.
@@ -141,14 +141,17 @@ impl Application {
                 let _ = cache.load().await;
             });
         }
-        if settings.retention.is_zero() {
+        if settings.retention.is_some_and(|r| r.is_zero()) {
             anyhow::bail!(
                 "--retention must be longer than 0 (GitHub's partner agreement: at most 30d)"
             );
         }
-        if settings.retention > Duration::from_secs(30 * 24 * 3600) {
+        if let Some(retention) = settings
+            .retention
+            .filter(|r| *r > Duration::from_secs(30 * 24 * 3600))
+        {
             tracing::warn!(
-                retention = %humantime::format_duration(settings.retention),
+                retention = %humantime::format_duration(retention),
                 "--retention is longer than the 30 days GitHub's partner agreement allows for url, source and type"
             );
         }
@@ -298,11 +301,13 @@ impl Application {
                 None
             }
         };
-        tokio::spawn(crate::retention::run(
-            Arc::clone(&self.state.store),
-            self.retention,
-            stopped(stop_rx.clone()),
-        ));
+        if let Some(retention) = self.retention {
+            tokio::spawn(crate::retention::run(
+                Arc::clone(&self.state.store),
+                retention,
+                stopped(stop_rx.clone()),
+            ));
+        }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, %admin, %scheme, "listening");
         match &self.tls {

@@ -218,7 +218,7 @@ impl ServeArgs {
             admin_token: a.admin_token,
             revocation_api_tokens: a.revocation_api_tokens,
             revocation_api_types: a.revocation_api_types,
-            retention: a.retention,
+            retention: Some(a.retention),
             tls: match (a.tls_cert, a.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert,
