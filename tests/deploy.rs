@@ -30,7 +30,7 @@ fn the_systemd_unit_is_hardened_and_sets_only_what_serve_reads() {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
     // Every variable it sets is one `serve --help` names.
-    let help = Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let help = revoker_command()
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -54,8 +54,8 @@ fn systemd_analyze_verifies_the_unit_without_a_warning() {
     // The unit as installed, but pointing at this build's binary (verify checks that
     // ExecStart is executable).
     let dir = tempfile::tempdir().unwrap();
-    let unit =
-        deploy("revoker.service").replace("/usr/local/bin/revoker", env!("CARGO_BIN_EXE_revoker"));
+    let unit = deploy("revoker.service")
+        .replace("/usr/local/bin/revoker", revoker_bin().to_str().unwrap());
     let path = dir.path().join("revoker.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

@@ -391,14 +391,14 @@ fn a_million_line_report_streams_with_bounded_memory() {
     assert!(size_mib >= 80, "report is {size_mib} MiB");
 
     let db = dir.path().join("r.db");
-    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let migrated = revoker_command()
         .arg("migrate")
         .arg("--database-url")
         .arg(format!("sqlite://{}", db.display()))
         .output()
         .unwrap();
     assert!(migrated.status.success());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let mut child = revoker_command()
         .args(["replay", "--json", "--actor", "bench"])
         .arg(&report)
         .arg("--database-url")
@@ -445,7 +445,7 @@ fn replay_never_creates_or_migrates_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let typo = dir.path().join("typo.db");
     for dry in [true, false] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"));
+        let mut cmd = revoker_command();
         cmd.args(["replay", "--actor", "eve"])
             .arg(fixture("reports/incident.txt"))
             .arg("--database-url")
@@ -461,7 +461,7 @@ fn replay_never_creates_or_migrates_a_database() {
     }
     // An existing SQLite file without revoker tables is refused too.
     std::fs::write(&typo, b"").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let out = revoker_command()
         .args(["replay", "--dry-run"])
         .arg(fixture("reports/incident.txt"))
         .arg("--database-url")
@@ -484,14 +484,14 @@ fn remote_replay_refuses_cleartext_to_other_hosts() {
 
 #[test]
 fn replay_cli_needs_an_actor_and_explains_remote_flags() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let out = revoker_command()
         .args(["replay", "x.json", "--database-url", "sqlite::memory:"])
         .env_remove("REVOKER_ACTOR")
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--actor"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"))
+    let out = revoker_command()
         .args([
             "replay",
             "x.json",
@@ -710,4 +710,92 @@ fn a_report_piped_into_replay_dash_is_replayed() {
     assert!(stdout.contains("tokens revoked now: 1"), "{stdout}");
     assert!(stdout.contains("(stdin)"), "{stdout}");
     assert!(!stdout.contains(&token));
+}
+
+/// Through the binary: a report naming two of ours (one of them twice), a token
+/// nobody minted and a malformed one. The dry run and the real run count distinct
+/// tokens beside occurrences and show each token's owner; `--json` carries the owner;
+/// the rerun says nothing new; no raw token is printed.
+#[test]
+fn replay_through_the_binary_counts_distinct_tokens_and_names_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let alice = mint_with_cli(&url, "alice@example.com");
+    let bob = mint_with_cli(&url, "bob@example.com");
+    let stranger = Token::generate();
+    let report = dir.path().join("leak.log");
+    std::fs::write(
+        &report,
+        format!(
+            "ci: export A={alice}\nagain: {alice}\nthen B={bob}\nnot ours: {}\n",
+            stranger.expose_secret()
+        ),
+    )
+    .unwrap();
+    let replay = |extra: &[&str]| {
+        let mut cmd = revoker_command();
+        cmd.args([
+            "replay",
+            "--actor",
+            "sec@example.com",
+            "--database-url",
+            &url,
+        ])
+        .arg(&report)
+        .args(extra);
+        let out = run_ok(&mut cmd);
+        for raw in [alice.as_str(), bob.as_str(), stranger.expose_secret()] {
+            assert!(!out.contains(raw), "raw token printed: {out}");
+        }
+        out
+    };
+    let owner_of = |out: &str, raw: &str| -> Vec<String> {
+        let prefix = TokenHash::of(raw).prefix();
+        out.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
+            .collect()
+    };
+
+    let dry = replay(&["--dry-run"]);
+    assert!(
+        dry.contains("tokens of ours: 2 distinct, 2 would be revoked"),
+        "{dry}"
+    );
+    assert!(dry.contains("would revoke 3"), "three occurrences: {dry}");
+    assert_eq!(owner_of(&dry, &alice), ["alice@example.com"; 2], "{dry}");
+    assert_eq!(owner_of(&dry, &bob), ["bob@example.com"], "{dry}");
+    assert_eq!(owner_of(&dry, stranger.expose_secret()), ["-"], "{dry}");
+
+    let real = replay(&[]);
+    assert!(
+        real.contains("tokens revoked now: 2 (of 2 distinct tokens of ours named)"),
+        "{real}"
+    );
+    // Every occurrence of a token revoked by this run reads `revoked`.
+    assert!(real.contains("occurrences: revoked 3"), "{real}");
+    assert!(real.contains("recorded as report(s) "), "{real}");
+    assert_eq!(owner_of(&real, &bob), ["bob@example.com"], "{real}");
+
+    let json = replay(&["--json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let owners: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["row"]["owner"].as_str())
+        .collect();
+    assert_eq!(
+        owners,
+        ["alice@example.com", "alice@example.com", "bob@example.com"],
+        "{json}"
+    );
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["distinct_tokens"], 2, "{json}");
+    assert_eq!(
+        summary["tokens_revoked"], 0,
+        "a rerun revokes nothing: {json}"
+    );
+    assert_eq!(summary["counts"]["already_revoked"], 3, "{json}");
 }

@@ -7,15 +7,40 @@ use std::time::{Duration, Instant};
 
 use super::{fixture, Endpoints};
 
-/// `revoker` as a child process, with the variables a developer's shell may hold
-/// removed.
+/// The binary the tests run: the one `cargo test` built, or `REVOKER_TEST_BIN` when set
+/// (`REVOKER_TEST_BIN=target/release/revoker cargo test --test cli` checks a release
+/// build through the same tests).
+pub fn revoker_bin() -> std::path::PathBuf {
+    match std::env::var_os("REVOKER_TEST_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_revoker")),
+    }
+}
+
+/// `revoker` as a child process ([`revoker_bin`]), with the variables a developer's
+/// shell may hold removed.
 pub fn revoker_command() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_revoker"));
+    let mut cmd = std::process::Command::new(revoker_bin());
     cmd.env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
         .env_remove("RUST_LOG_FORMAT")
         .env_remove("GITHUB_TOKEN");
     cmd
+}
+
+/// Runs `cmd` to its end and returns its stdout, failing the test with its stderr if
+/// it did not exit 0.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} exited {:?}: {}{}",
+        cmd,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `revoker token mint --owner OWNER --ttl 30m` on `db_url`, as a user runs it: the
