@@ -85,6 +85,12 @@ async fn show_revoke_list(kind: Kind) {
     let stdout = clean(&out, &raw);
     assert!(stdout.contains("revoked (report"), "{stdout}");
     assert!(stdout.contains("owner alice/widget"), "{stdout}");
+    // The log names the actor as a plain value, as every other field.
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("revoked by hand") && stderr.contains("actor=sec@example.com"),
+        "{stderr}"
+    );
     let row = store.token(&hash).await.unwrap().unwrap();
     let report = store
         .report(row.revoked_by.unwrap())

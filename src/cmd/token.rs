@@ -288,7 +288,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let prefix = token.hash.prefix();
     match recorded.outcomes.first() {
         Some(Outcome::Revoked | Outcome::Expired) => {
-            tracing::info!(token = %prefix, report_id = recorded.report_id, actor, "revoked by hand");
+            tracing::info!(token = %prefix, report_id = recorded.report_id, actor = %actor, "revoked by hand");
             println!(
                 "{prefix}: revoked (report {}, owner {}); owner notification queued",
                 recorded.report_id, token.owner

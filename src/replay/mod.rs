@@ -178,7 +178,7 @@ async fn replay_file(
     } else {
         redact_tokens(&path.display().to_string()).into_owned()
     };
-    tracing::info!(file = %origin, format = format.as_str(), "replaying report");
+    tracing::info!(file = %origin, format = %format.as_str(), "replaying report");
 
     let progress = opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = progress.then(|| progress_bar(total_bytes));
