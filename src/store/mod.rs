@@ -421,15 +421,16 @@ pub async fn connect(
     url: &str,
     settings: &PoolSettings,
 ) -> Result<Arc<dyn RevocationStore>, StoreError> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme {
+    match backend_name(url) {
         "sqlite" => Ok(Arc::new(
             Store::<sqlx::Sqlite>::connect(url, settings).await?,
         )),
-        "postgres" | "postgresql" => Ok(Arc::new(
+        "postgres" => Ok(Arc::new(
             Store::<sqlx::Postgres>::connect(url, settings).await?,
         )),
-        other => Err(StoreError::UnsupportedScheme(other.to_owned())),
+        _ => Err(StoreError::UnsupportedScheme(
+            url.split(':').next().unwrap_or_default().to_owned(),
+        )),
     }
 }
 
