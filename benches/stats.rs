@@ -136,7 +136,9 @@ impl Plan {
 
     /// First-time revocations per report: half the tokens are revoked over the history.
     fn fresh_per_report(&self) -> usize {
-        (self.tokens / 2).div_ceil(self.reports).min(ITEMS_PER_REPORT / 4)
+        (self.tokens / 2)
+            .div_ceil(self.reports)
+            .min(ITEMS_PER_REPORT / 4)
     }
 
     fn received_at(&self, report: usize) -> DateTime<Utc> {

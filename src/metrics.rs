@@ -161,8 +161,9 @@ impl Metrics {
         let notifications = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "notifications",
-            "Owner notifications in the database by status (pending, failed), \
-             as of this instance's last delivery-worker pass",
+            "Owner notifications in the database by status (pending, delivered, failed), \
+             read from the database's rollups at each scrape (whether or not this \
+             instance sends them); absent only while the database cannot be read",
             notifications.clone(),
         );
         let notify_worker_restarts = Counter::default();
@@ -201,15 +202,24 @@ impl Metrics {
         self.notify_worker_restarts.inc();
     }
 
-    /// Pending and failed notifications, as the worker last counted them.
-    pub fn notifications_outstanding(&self, pending: i64, failed: i64) {
-        for (status, n) in [("pending", pending), ("failed", failed)] {
+    /// Notifications by status, as the database counts them now.
+    pub fn notifications(&self, pending: i64, delivered: i64, failed: i64) {
+        for (status, n) in [
+            ("pending", pending),
+            ("delivered", delivered),
+            ("failed", failed),
+        ] {
             self.notifications
                 .get_or_create(&StatusLabels {
                     status: status.to_owned(),
                 })
                 .set(n);
         }
+    }
+
+    /// The counts could not be read: no notification series rather than stale ones.
+    pub fn notifications_unknown(&self) {
+        self.notifications.clear();
     }
 
     pub fn delivery(&self, scanner: &str, status: u16, seconds: f64) {

@@ -96,6 +96,11 @@ async fn metrics_count_exactly_what_happened() {
             r#"revoker_db_statement_duration_seconds_count{operation="record_report"}"#,
             3.0,
         ),
+        // The database's outbox, though this app sends nothing (no --notify-webhook):
+        // one notification per token revoked, both waiting.
+        (r#"revoker_notifications{status="pending"}"#, 2.0),
+        (r#"revoker_notifications{status="delivered"}"#, 0.0),
+        (r#"revoker_notifications{status="failed"}"#, 0.0),
     ];
     for (series, value) in expect {
         assert_eq!(sample(page, series), Some(value), "{series} in\n{page}");
@@ -252,9 +257,17 @@ async fn stats_answer_503_while_the_database_is_down() {
         return;
     };
     assert_eq!(app.admin_get("/api/stats", None).await.status, 200);
+    let pending = r#"revoker_notifications{status="pending"}"#;
+    let m = app.admin_get("/metrics", None).await;
+    assert_eq!(sample(&m.text, pending), Some(0.0), "{}", m.text);
     let outage = Outage::start(app.db()).await;
     let s = app.admin_get("/api/stats", None).await;
+    // Metrics still answer, without notification counts they cannot read (never stale
+    // ones).
+    let m = app.admin_get("/metrics", None).await;
     outage.end(app.db()).await;
+    assert_eq!(m.status, 200);
+    assert!(!m.text.contains("revoker_notifications{"), "{}", m.text);
     assert_eq!(s.status, 503, "{}", s.text);
     assert_eq!(
         s.json,
@@ -267,6 +280,8 @@ async fn stats_answer_503_while_the_database_is_down() {
     // Back once the database is.
     let s = app.admin_get("/api/stats", None).await;
     assert_eq!(s.status, 200, "{}", s.text);
+    let m = app.admin_get("/metrics", None).await;
+    assert_eq!(sample(&m.text, pending), Some(0.0), "{}", m.text);
     app.stop().await;
 }
 

@@ -114,7 +114,7 @@ async fn three_processes_revoke_each_token_exactly_once(kind: Kind) {
     // Across all reports, 100 items say `revoked` (one per token) and the other
     // mentions of live tokens say `already_revoked`.
     let stats = store
-        .stats(chrono::Utc::now() - Ttl::days(1))
+        .stats((chrono::Utc::now() - Ttl::days(1)).date_naive())
         .await
         .unwrap();
     assert_eq!(stats.totals.revoked, 100);

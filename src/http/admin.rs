@@ -18,6 +18,9 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::store::{DayTotals, NotificationCounts, Stats, StoreError, Totals};
 
+/// How long a `/metrics` scrape waits for the notification counts.
+const NOTIFICATION_COUNT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Days in the `/api/stats` daily series (today included).
 pub const DAYS: i64 = 30;
 
@@ -57,6 +60,21 @@ async fn metrics_handler(
         state
             .metrics
             .key_cache(name, status.keys, status.age.map(|a| a.as_secs_f64()));
+    }
+    // Owner notifications by status, whether or not this instance sends them: one read
+    // of the rollups, bounded so a database that hangs does not hold the scrape.
+    let counts = tokio::time::timeout(NOTIFICATION_COUNT_BUDGET, state.store.notification_counts())
+        .await
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match counts {
+        Ok(c) => state
+            .metrics
+            .notifications(c.pending, c.delivered, c.failed),
+        Err(reason) => {
+            tracing::debug!(%reason, "metrics: notification counts not read");
+            state.metrics.notifications_unknown();
+        }
     }
     Ok((
         [(
@@ -108,12 +126,8 @@ async fn stats_handler(
     authorize(&state, &headers)?;
     let now = Utc::now();
     let start = series_start(now);
-    let since = start
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight exists")
-        .and_utc();
     let read = async {
-        let stats = state.store.stats(since).await?;
+        let stats = state.store.stats(start).await?;
         let notifications = state.store.notification_counts().await?;
         Ok::<_, StoreError>((stats, notifications))
     };

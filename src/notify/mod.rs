@@ -344,10 +344,6 @@ impl Notifier {
                 return Err(e);
             }
         }
-        if let Some(m) = &self.metrics {
-            let (pending, failed) = self.store.outstanding_notifications().await?;
-            m.notifications_outstanding(pending, failed);
-        }
         Ok(summary)
     }
 

@@ -147,10 +147,8 @@ pub(super) trait StatsSql: Database {
     /// → `SourceTotals`: the top 20 by items, then source name (byte order); see
     /// [`by_source_sql`].
     const BY_SOURCE_SQL: &'static str;
-    /// `since` → `DayRow`s, ascending.
+    /// `since` (a day, as `YYYY-MM-DD` text) → `DayRow`s, ascending.
     const DAILY_SQL: &'static str;
-    /// → one `AgesRow`: nearest-rank percentiles in whole milliseconds.
-    const AGES_SQL: &'static str;
     /// → `RecentRow`s: the last 20 reports, newest first, each with its first 20 items.
     const RECENT_SQL: &'static str;
 }
@@ -162,13 +160,46 @@ macro_rules! by_scanner_sql {
     ($collate:literal) => {
         concat!(
             "
-SELECT scanner, count(*) AS reports, sum(item_count) AS items, sum(revoked) AS revoked,
-       sum(already_revoked) AS already_revoked, sum(expired) AS expired,
-       sum(unknown) AS unknown, sum(not_ours) AS not_ours
-FROM reports
+SELECT scanner, ",
+            $crate::store::backend::rollup_sums!(),
+            "
+FROM stats_daily
 GROUP BY scanner
 ORDER BY scanner",
             $collate
+        )
+    };
+}
+
+/// The sums of `stats_daily`'s counters, named as `Totals`' fields. (`CAST`: PostgreSQL
+/// sums `bigint` to `numeric`.)
+macro_rules! rollup_sums {
+    () => {
+        "CAST(sum(reports) AS BIGINT) AS reports, CAST(sum(items) AS BIGINT) AS items,
+       CAST(sum(revoked) AS BIGINT) AS revoked,
+       CAST(sum(already_revoked) AS BIGINT) AS already_revoked,
+       CAST(sum(expired) AS BIGINT) AS expired, CAST(sum(unknown) AS BIGINT) AS unknown,
+       CAST(sum(not_ours) AS BIGINT) AS not_ours,
+       CAST(sum(tokens_revoked) AS BIGINT) AS tokens_revoked,
+       CAST(sum(tokens_expired) AS BIGINT) AS tokens_expired"
+    };
+}
+
+/// `stats`' per-day statement; `$since` is the day parameter as the backend compares it
+/// with its `day` column.
+macro_rules! daily_sql {
+    ($since:literal) => {
+        concat!(
+            "
+SELECT day, ",
+            $crate::store::backend::rollup_sums!(),
+            "
+FROM stats_daily
+WHERE day >= ",
+            $since,
+            "
+GROUP BY day
+ORDER BY day"
         )
     };
 }
@@ -178,12 +209,10 @@ macro_rules! by_source_sql {
     ($collate:literal) => {
         concat!(
             "
-SELECT source, count(*) AS items,
-       count(*) FILTER (WHERE outcome = 'revoked') AS revoked,
-       count(*) FILTER (WHERE outcome = 'already_revoked') AS already_revoked,
-       count(*) FILTER (WHERE outcome = 'expired') AS expired,
-       count(*) FILTER (WHERE outcome = 'unknown') AS unknown
-FROM report_items
+SELECT source, CAST(sum(items) AS BIGINT) AS items, CAST(sum(revoked) AS BIGINT) AS revoked,
+       CAST(sum(already_revoked) AS BIGINT) AS already_revoked,
+       CAST(sum(expired) AS BIGINT) AS expired, CAST(sum(unknown) AS BIGINT) AS unknown
+FROM stats_sources
 GROUP BY source
 ORDER BY items DESC, source",
             $collate,
@@ -254,7 +283,8 @@ macro_rules! purge_notifications_sql {
 }
 
 pub(super) use {
-    by_scanner_sql, by_source_sql, claim_sql, notification_columns, purge_notifications_sql,
+    by_scanner_sql, by_source_sql, claim_sql, daily_sql, notification_columns,
+    purge_notifications_sql, rollup_sums,
 };
 
 /// The notification (outbox) statements, and the one operation on it whose statements

@@ -203,22 +203,35 @@ impl<B: Backend> DayRow<B> {
     }
 }
 
-/// Token ages at revocation in whole milliseconds (percentiles NULL when there are none).
+/// A bucket of the token-age histogram: its bounds in milliseconds (`hi_ms` NULL for
+/// the last) and the tokens in it.
 #[derive(FromRow)]
-pub(super) struct AgesRow {
-    count: i64,
-    median_ms: Option<i64>,
-    p95_ms: Option<i64>,
+pub(super) struct AgeBucketRow {
+    hi_ms: Option<i64>,
+    lo_ms: i64,
+    tokens: i64,
 }
 
-impl From<AgesRow> for RevocationAges {
-    fn from(row: AgesRow) -> Self {
-        let seconds = |ms: i64| ms as f64 / 1000.0;
-        RevocationAges {
-            count: row.count,
-            median_seconds: row.median_ms.map(seconds),
-            p95_seconds: row.p95_ms.map(seconds),
+/// Nearest-rank median and 95th percentile from the histogram's buckets (in bucket
+/// order): the upper bound of the bucket holding rank ceil(p·n), the last bucket's lower
+/// bound for the open last bucket.
+pub(super) fn ages_from_buckets(buckets: &[AgeBucketRow]) -> RevocationAges {
+    let count: i64 = buckets.iter().map(|b| b.tokens).sum();
+    let at = |num: i64, den: i64| -> Option<f64> {
+        if count <= 0 {
+            return None;
         }
+        let rank = (num * count + den - 1) / den; // ceil(p·n), exact
+        let mut seen = 0;
+        buckets.iter().find_map(|b| {
+            seen += b.tokens;
+            (seen >= rank).then(|| b.hi_ms.unwrap_or(b.lo_ms) as f64 / 1000.0)
+        })
+    };
+    RevocationAges {
+        count,
+        median_seconds: at(1, 2),
+        p95_seconds: at(19, 20),
     }
 }
 
@@ -289,6 +302,8 @@ pub(super) fn sum_totals<'a>(parts: impl Iterator<Item = &'a Totals>) -> Totals 
         t.expired += p.expired;
         t.unknown += p.unknown;
         t.not_ours += p.not_ours;
+        t.tokens_revoked += p.tokens_revoked;
+        t.tokens_expired += p.tokens_expired;
         t
     })
 }
@@ -339,23 +354,20 @@ impl<B: Backend> NotificationRow<B> {
     }
 }
 
-/// `status, n`: notifications per status.
+/// The notification rollups: queued ever, delivered and failed now.
 #[derive(FromRow)]
-pub(super) struct StatusCount {
-    status: String,
-    n: i64,
+pub(super) struct NotificationRollup {
+    queued: i64,
+    delivered: i64,
+    failed: i64,
 }
 
-pub(super) fn notification_counts(
-    rows: Vec<StatusCount>,
-) -> Result<NotificationCounts, StoreError> {
-    let mut counts = NotificationCounts::default();
-    for r in rows {
-        match parse_status(&r.status)? {
-            NotificationStatus::Pending => counts.pending = r.n,
-            NotificationStatus::Delivered => counts.delivered = r.n,
-            NotificationStatus::Failed => counts.failed = r.n,
+impl From<NotificationRollup> for NotificationCounts {
+    fn from(r: NotificationRollup) -> Self {
+        NotificationCounts {
+            pending: r.queued - r.delivered - r.failed,
+            delivered: r.delivered,
+            failed: r.failed,
         }
     }
-    Ok(counts)
 }

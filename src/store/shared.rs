@@ -26,9 +26,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
-    hash_from, notification_counts, parse_outcome, preview_map, recent_reports, sum_totals,
-    AgesRow, DayRow, HashedTokenRow, ItemRow, NotificationRow, OwnerRow, PreviewRow, RecentRow,
-    ReportRow, StatusCount, TokenRow,
+    ages_from_buckets, hash_from, parse_outcome, preview_map, recent_reports, sum_totals,
+    AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow,
+    PreviewRow, RecentRow, ReportRow, TokenRow,
 };
 use super::{
     AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
@@ -84,6 +84,22 @@ const NOTIFICATION_OF_TOKEN_SQL: &str = concat!(
 const FAILED_SQL: &str = "UPDATE notifications
                  SET status = 'failed', last_error = $2, locked_until = NULL
                  WHERE id = $1 AND status = 'pending' AND locked_until = $3";
+
+/// → `AgeBucketRow`s of the token-age histogram, in bucket order (buckets are numbered
+/// consecutively, so a bucket's upper bound is the next one's lower bound).
+const AGES_SQL: &str =
+    "SELECT b.lo_ms AS lo_ms, n.lo_ms AS hi_ms, CAST(sum(a.tokens) AS BIGINT) AS tokens
+             FROM stats_ages a
+             JOIN stats_age_buckets b ON b.bucket = a.bucket
+             LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
+             GROUP BY a.bucket, b.lo_ms, n.lo_ms
+             ORDER BY a.bucket";
+
+/// → one `NotificationRollup` (one statement: one snapshot of both tables).
+const NOTIFICATION_COUNTS_SQL: &str = "SELECT
+        CAST(coalesce((SELECT sum(notifications) FROM stats_daily), 0) AS BIGINT) AS queued,
+        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'delivered'), 0) AS BIGINT) AS delivered,
+        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'failed'), 0) AS BIGINT) AS failed";
 
 /// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
 const LIST_SQL: &str = concat!(
@@ -276,7 +292,7 @@ where
             .collect()
     }
 
-    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+    async fn stats(&self, since: chrono::NaiveDate) -> Result<Stats, StoreError> {
         // One transaction: every section sees the same snapshot.
         self.statements.add(1);
         let mut tx = match B::STATS_BEGIN {
@@ -297,8 +313,9 @@ where
             sqlx::query_as(B::BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
 
         self.statements.add(1);
+        let since = since.format("%Y-%m-%d").to_string();
         let daily: Vec<DayRow<B>> = sqlx::query_as(B::DAILY_SQL)
-            .bind(B::encode_time(since))
+            .bind(since.as_str())
             .fetch_all(&mut *tx)
             .await?;
         let daily = daily
@@ -307,7 +324,7 @@ where
             .collect::<Result<Vec<_>, _>>()?;
 
         self.statements.add(1);
-        let ages: AgesRow = sqlx::query_as(B::AGES_SQL).fetch_one(&mut *tx).await?;
+        let ages: Vec<AgeBucketRow> = sqlx::query_as(AGES_SQL).fetch_all(&mut *tx).await?;
 
         self.statements.add(1);
         let recent: Vec<RecentRow<B>> = sqlx::query_as(B::RECENT_SQL).fetch_all(&mut *tx).await?;
@@ -321,7 +338,7 @@ where
             by_scanner,
             by_source,
             daily,
-            revocation_ages: ages.into(),
+            revocation_ages: ages_from_buckets(&ages),
             recent,
         })
     }
@@ -333,6 +350,13 @@ where
         max_items: u32,
     ) -> Result<Purged, StoreError> {
         let (reports, items) = B::purge_reports(self, before, limit, max_items).await?;
+        if reports > 0 {
+            // Sources whose every item was purged: their emptied rollup rows go too.
+            self.statements.add(1);
+            sqlx::query("DELETE FROM stats_sources WHERE items = 0 AND source <> '(purged)'")
+                .execute(&self.pool)
+                .await?;
+        }
         self.statements.add(1);
         let done = sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
             .bind(B::encode_time(before))
@@ -402,21 +426,10 @@ where
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
         self.statements.add(1);
-        let rows: Vec<StatusCount> =
-            sqlx::query_as("SELECT status, count(*) AS n FROM notifications GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        notification_counts(rows)
-    }
-
-    async fn outstanding_notifications(&self) -> Result<(i64, i64), StoreError> {
-        self.statements.add(1);
-        Ok(sqlx::query_as(
-            "SELECT (SELECT count(*) FROM notifications WHERE status = 'pending'),
-                    (SELECT count(*) FROM notifications WHERE status = 'failed')",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        let rollup: NotificationRollup = sqlx::query_as(NOTIFICATION_COUNTS_SQL)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(rollup.into())
     }
 
     async fn list_notifications(

@@ -125,7 +125,7 @@ impl TestDb {
     }
 
     /// The one text column of every row `sql` selects.
-    async fn texts(&self, sql: &str) -> Vec<String> {
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
         let rows: Vec<(String,)> = with_conn!(self, |conn| sqlx::query_as(sql)
             .fetch_all(&mut conn)
             .await

@@ -94,3 +94,21 @@ pub async fn eventually<T: std::fmt::Debug>(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The upper bound, in seconds, of the histogram bucket holding an age of `ms`: the
+/// E24 series (1.0, 1.1, 1.2 … 9.1) from 10 ms to 9.1e11 ms; under 10 ms, 10 ms.
+pub fn bucket_upper_seconds(ms: i64) -> f64 {
+    const E24: [i64; 24] = [
+        10, 11, 12, 13, 15, 16, 18, 20, 22, 24, 27, 30, 33, 36, 39, 43, 47, 51, 56, 62, 68, 75, 82,
+        91,
+    ];
+    let bounds: Vec<i64> = (0..11)
+        .flat_map(|d| E24.iter().map(move |m| m * 10i64.pow(d)))
+        .collect();
+    let upper = bounds
+        .iter()
+        .copied()
+        .find(|b| *b > ms)
+        .unwrap_or(*bounds.last().unwrap());
+    upper as f64 / 1000.0
+}

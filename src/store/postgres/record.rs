@@ -86,7 +86,11 @@ WITH rid AS (
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM (SELECT hash FROM input ORDER BY hash) l
     WHERE t.hash = l.hash AND t.revoked_at IS NULL AND (SELECT fresh FROM go)
-    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner
+    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner,
+              -- Its age at revocation, in whole milliseconds of both instants (as the
+              -- SQLite backend stores them).
+              (floor(extract(epoch FROM $6::timestamptz) * 1000)
+               - floor(extract(epoch FROM t.created_at) * 1000))::int8 AS age_ms
 ), outcome AS (
     -- The existence probe runs only for rows that did not flip (CASE is lazy).
     SELECT i.hash,
@@ -106,6 +110,54 @@ WITH rid AS (
            count(*) FILTER (WHERE o.outcome = 'unknown')
     FROM item JOIN outcome o USING (hash)
     HAVING (SELECT fresh FROM go)
+    RETURNING item_count, not_ours, revoked, already_revoked, expired, unknown
+), daily AS (
+    -- The stats rollups (migration 0007), in this same statement: exactly what it wrote.
+    -- Slot: the report id modulo 16, so concurrent deliveries update different rows.
+    INSERT INTO stats_daily AS s (day, scanner, slot, reports, items, revoked, already_revoked,
+                                  expired, unknown, not_ours, tokens_revoked, tokens_expired,
+                                  notifications)
+    SELECT ($6::timestamptz AT TIME ZONE 'UTC')::date, $7, (SELECT id FROM rid) % 16, 1,
+           r.item_count, r.revoked, r.already_revoked, r.expired, r.unknown, r.not_ours,
+           (SELECT count(*) FROM flipped WHERE NOT was_expired),
+           (SELECT count(*) FROM flipped WHERE was_expired),
+           (SELECT count(*) FROM flipped)
+    FROM report r
+    ON CONFLICT (day, scanner, slot) DO UPDATE SET
+        reports = s.reports + 1, items = s.items + EXCLUDED.items,
+        revoked = s.revoked + EXCLUDED.revoked,
+        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
+        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown,
+        not_ours = s.not_ours + EXCLUDED.not_ours,
+        tokens_revoked = s.tokens_revoked + EXCLUDED.tokens_revoked,
+        tokens_expired = s.tokens_expired + EXCLUDED.tokens_expired,
+        notifications = s.notifications + EXCLUDED.notifications
+), sources AS (
+    INSERT INTO stats_sources AS s (source, slot, items, revoked, already_revoked, expired, unknown)
+    SELECT item.source, (SELECT id FROM rid) % 16, count(*),
+           count(*) FILTER (WHERE o.outcome = 'revoked'),
+           count(*) FILTER (WHERE o.outcome = 'already_revoked'),
+           count(*) FILTER (WHERE o.outcome = 'expired'),
+           count(*) FILTER (WHERE o.outcome = 'unknown')
+    FROM item JOIN outcome o USING (hash)
+    WHERE (SELECT fresh FROM go)
+    GROUP BY item.source
+    ORDER BY item.source
+    ON CONFLICT (source, slot) DO UPDATE SET
+        items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
+        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
+        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown
+), ages AS (
+    -- Each flipped token's age into its histogram bucket (the last bound at or below it).
+    INSERT INTO stats_ages AS s (bucket, slot, tokens)
+    SELECT b.bucket, (SELECT id FROM rid) % 16, count(*)
+    FROM flipped f
+    CROSS JOIN LATERAL (
+        SELECT bucket FROM stats_age_buckets WHERE lo_ms <= f.age_ms ORDER BY lo_ms DESC LIMIT 1
+    ) b
+    GROUP BY b.bucket
+    ORDER BY b.bucket
+    ON CONFLICT (bucket, slot) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens
 ), items AS (
     INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
     SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
@@ -155,6 +207,39 @@ WITH picked AS (
     SELECT id FROM reports
     WHERE id IN (SELECT id FROM picked) AND metadata_purged_at IS NULL
     FOR NO KEY UPDATE SKIP LOCKED
+), moved AS (
+    -- The batch's items by source as they read before this statement (every CTE sees
+    -- that snapshot), in the slot their delivery counted them in.
+    SELECT source, report_id % 16 AS slot, count(*) AS items,
+           count(*) FILTER (WHERE outcome = 'revoked') AS revoked,
+           count(*) FILTER (WHERE outcome = 'already_revoked') AS already_revoked,
+           count(*) FILTER (WHERE outcome = 'expired') AS expired,
+           count(*) FILTER (WHERE outcome = 'unknown') AS unknown
+    FROM report_items
+    WHERE report_id IN (SELECT id FROM batch) AND source <> '(purged)'
+    GROUP BY 1, 2
+), taken AS (
+    -- The per-source rollup follows the items: their counts leave their source…
+    UPDATE stats_sources s
+    SET items = s.items - m.items, revoked = s.revoked - m.revoked,
+        already_revoked = s.already_revoked - m.already_revoked,
+        expired = s.expired - m.expired, unknown = s.unknown - m.unknown
+    FROM moved m
+    WHERE s.source = m.source AND s.slot = m.slot
+    RETURNING 1
+), given AS (
+    -- …for '(purged)' (rows emptied here are deleted by the next statement).
+    INSERT INTO stats_sources AS s (source, slot, items, revoked, already_revoked, expired, unknown)
+    SELECT '(purged)', slot, sum(items), sum(revoked), sum(already_revoked), sum(expired),
+           sum(unknown)
+    FROM moved
+    GROUP BY slot
+    ORDER BY slot
+    ON CONFLICT (source, slot) DO UPDATE SET
+        items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
+        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
+        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown
+    RETURNING 1
 ), items AS (
     UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
     WHERE report_id IN (SELECT id FROM batch)

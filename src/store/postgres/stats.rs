@@ -7,7 +7,7 @@
 
 use sqlx::Postgres;
 
-use crate::store::backend::{by_scanner_sql, by_source_sql, StatsSql};
+use crate::store::backend::{by_scanner_sql, by_source_sql, daily_sql, StatsSql};
 
 impl StatsSql for Postgres {
     const STATS_BEGIN: Option<&'static str> =
@@ -17,31 +17,7 @@ impl StatsSql for Postgres {
 
     const BY_SOURCE_SQL: &'static str = by_source_sql!(r#" COLLATE "C""#);
 
-    const DAILY_SQL: &'static str = "
-SELECT (received_at AT TIME ZONE 'UTC')::date AS day, count(*) AS reports,
-       sum(item_count) AS items, sum(revoked) AS revoked,
-       sum(already_revoked) AS already_revoked, sum(expired) AS expired,
-       sum(unknown) AS unknown, sum(not_ours) AS not_ours
-FROM reports
-WHERE received_at >= $1
-GROUP BY day
-ORDER BY day";
-
-    /// Ages in whole milliseconds, each timestamp floored to the millisecond first,
-    /// exactly as the SQLite backend stores them, so both backends give identical ages
-    /// for the same instants. `percentile_disc` is the nearest-rank percentile (rank
-    /// ceil(p·n)); NULL when there are no rows.
-    const AGES_SQL: &'static str = "
-WITH ages AS (
-    SELECT (floor(extract(epoch FROM revoked_at) * 1000)
-            - floor(extract(epoch FROM created_at) * 1000))::int8 AS ms
-    FROM tokens
-    WHERE revoked_by IS NOT NULL AND revoked_at IS NOT NULL
-)
-SELECT count(*) AS count,
-       percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms,
-       percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms
-FROM ages";
+    const DAILY_SQL: &'static str = daily_sql!("CAST($1 AS date)");
 
     /// The last 20 reports, each with its first 20 items by position (NULL item columns
     /// for a report without items).

@@ -39,6 +39,8 @@ struct Flipped<'r> {
     hash: &'r [u8],
     was_expired: bool,
     owner: &'r str,
+    /// Its age at revocation in milliseconds.
+    age_ms: i64,
 }
 
 /// The batch of the retention purge: `before`, `limit` reports, `max_items` (as `?1`,
@@ -75,6 +77,30 @@ impl Record for Sqlite {
         let before = Self::encode_time(before);
         store.statements.add(1);
         let mut tx = store.pool.begin().await?;
+        // The per-source rollup follows the items: the batch's counts leave their sources
+        // for '(purged)' (rows emptied here are deleted by the caller's next statement).
+        for (source, sign) in [("source", "-"), ("'(purged)'", "")] {
+            store.statements.add(1);
+            sqlx::query(&format!(
+                "INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
+                 SELECT {source}, 0, {sign}count(*), {sign}sum(outcome = 'revoked'),
+                        {sign}sum(outcome = 'already_revoked'), {sign}sum(outcome = 'expired'),
+                        {sign}sum(outcome = 'unknown')
+                 FROM report_items
+                 WHERE source <> '(purged)' AND report_id IN ({batch})
+                 GROUP BY 1
+                 ON CONFLICT (source, slot) DO UPDATE SET
+                     items = items + excluded.items, revoked = revoked + excluded.revoked,
+                     already_revoked = already_revoked + excluded.already_revoked,
+                     expired = expired + excluded.expired, unknown = unknown + excluded.unknown",
+                batch = purge_batch!()
+            ))
+            .bind(before)
+            .bind(i64::from(limit))
+            .bind(i64::from(max_items))
+            .execute(&mut *tx)
+            .await?;
+        }
         store.statements.add(1);
         let items = sqlx::query(concat!(
             "UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
@@ -209,7 +235,7 @@ async fn record(
         "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
                  WHERE revoked_at IS NULL
                    AND hash IN (SELECT unhex(value) FROM json_each(?3))
-                 RETURNING hash, expires_at <= ?1 AS was_expired, owner",
+                 RETURNING hash, expires_at <= ?1 AS was_expired, owner, ?1 - created_at AS age_ms",
     )
     .bind(now)
     .bind(report_id)
@@ -234,12 +260,17 @@ async fn record(
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
     // One owner notification per flipped token: [hash, owner, url, source, expired].
     let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
+    let mut ages: Vec<i64> = Vec::with_capacity(flipped.len());
+    let mut flipped_expired = 0i64;
     for row in &flipped {
         let Flipped {
             hash,
             was_expired,
             owner,
+            age_ms,
         } = Flipped::from_row(row)?;
+        ages.push(age_ms);
+        flipped_expired += i64::from(was_expired);
         let hash = hash_from(hash)?;
         let o = if was_expired {
             Outcome::Expired
@@ -344,6 +375,66 @@ async fn record(
     .bind(counts.unknown)
     .execute(&mut *tx)
     .await?;
+
+    // The stats rollups (migration 0007), in this transaction: exactly what it wrote.
+    store.statements.add(1);
+    sqlx::query(
+        "INSERT INTO stats_daily (day, scanner, slot, reports, items, revoked, already_revoked,
+                                  expired, unknown, not_ours, tokens_revoked, tokens_expired,
+                                  notifications)
+         VALUES (date(?1 / 1000.0, 'unixepoch'), ?2, 0, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (day, scanner, slot) DO UPDATE SET
+             reports = reports + 1, items = items + excluded.items,
+             revoked = revoked + excluded.revoked,
+             already_revoked = already_revoked + excluded.already_revoked,
+             expired = expired + excluded.expired, unknown = unknown + excluded.unknown,
+             not_ours = not_ours + excluded.not_ours,
+             tokens_revoked = tokens_revoked + excluded.tokens_revoked,
+             tokens_expired = tokens_expired + excluded.tokens_expired,
+             notifications = notifications + excluded.notifications",
+    )
+    .bind(now)
+    .bind(&report.scanner)
+    .bind(report.item_count)
+    .bind(counts.revoked)
+    .bind(counts.already_revoked)
+    .bind(counts.expired)
+    .bind(counts.unknown)
+    .bind(report.not_ours)
+    .bind(flipped.len() as i64 - flipped_expired)
+    .bind(flipped_expired)
+    .bind(flipped.len() as i64)
+    .execute(&mut *tx)
+    .await?;
+    store.statements.add(1);
+    sqlx::query(
+        "INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
+         SELECT source, 0, count(*), sum(outcome = 'revoked'), sum(outcome = 'already_revoked'),
+                sum(outcome = 'expired'), sum(outcome = 'unknown')
+         FROM report_items WHERE report_id = ?1
+         GROUP BY source
+         ON CONFLICT (source, slot) DO UPDATE SET
+             items = items + excluded.items, revoked = revoked + excluded.revoked,
+             already_revoked = already_revoked + excluded.already_revoked,
+             expired = expired + excluded.expired, unknown = unknown + excluded.unknown",
+    )
+    .bind(report_id)
+    .execute(&mut *tx)
+    .await?;
+    if !ages.is_empty() {
+        // Each flipped token's age into its histogram bucket (the last bound at or below).
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO stats_ages (bucket, slot, tokens)
+             SELECT (SELECT max(bucket) FROM stats_age_buckets WHERE lo_ms <= value) AS b, 0, count(*)
+             FROM json_each(?1)
+             GROUP BY b
+             ON CONFLICT (bucket, slot) DO UPDATE SET tokens = tokens + excluded.tokens",
+        )
+        .bind(serde_json::Value::from(ages).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
 
     store.statements.add(1);
     tx.commit().await?;

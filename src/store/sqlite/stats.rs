@@ -6,7 +6,7 @@
 
 use sqlx::Sqlite;
 
-use crate::store::backend::{by_scanner_sql, by_source_sql, StatsSql};
+use crate::store::backend::{by_scanner_sql, by_source_sql, daily_sql, StatsSql};
 
 impl StatsSql for Sqlite {
     const STATS_BEGIN: Option<&'static str> = None;
@@ -15,31 +15,8 @@ impl StatsSql for Sqlite {
 
     const BY_SOURCE_SQL: &'static str = by_source_sql!("");
 
-    /// `/ 1000.0` rather than integer division so that times before 1970 fall on the
-    /// right day.
-    const DAILY_SQL: &'static str = "
-SELECT date(received_at / 1000.0, 'unixepoch') AS day, count(*) AS reports,
-       sum(item_count) AS items, sum(revoked) AS revoked,
-       sum(already_revoked) AS already_revoked, sum(expired) AS expired,
-       sum(unknown) AS unknown, sum(not_ours) AS not_ours
-FROM reports
-WHERE received_at >= ?1
-GROUP BY day
-ORDER BY day";
-
-    /// Nearest-rank percentiles in milliseconds: the age at 1-based rank ceil(p·n), in
-    /// exact integer arithmetic: ceil(n/2) = (n+1)/2 and ceil(19n/20) = (19n+19)/20. This
-    /// is what PostgreSQL's `percentile_disc` answers. No row (NULL) when n = 0.
-    const AGES_SQL: &'static str = "
-WITH ages AS (
-    SELECT revoked_at - created_at AS ms FROM tokens
-    WHERE revoked_by IS NOT NULL AND revoked_at IS NOT NULL
-), ranked AS (
-    SELECT ms, row_number() OVER (ORDER BY ms) AS rn, count(*) OVER () AS n FROM ages
-)
-SELECT (SELECT count(*) FROM ages) AS count,
-       (SELECT ms FROM ranked WHERE rn = (n + 1) / 2) AS median_ms,
-       (SELECT ms FROM ranked WHERE rn = (19 * n + 19) / 20) AS p95_ms";
+    /// Days are `YYYY-MM-DD` text, which compares as the days do.
+    const DAILY_SQL: &'static str = daily_sql!("$1");
 
     /// The last 20 reports, each with its first 20 items by position (NULL item columns
     /// for a report without items).
