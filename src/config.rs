@@ -72,6 +72,8 @@ pub mod defaults {
     pub const TLS_CHECK_INTERVAL: &str = "30s";
     /// GitHub's partner agreement §7.1: url, source and type deleted within 30 days.
     pub const RETENTION: &str = "30d";
+    /// A scanner silent this long is flagged on the dashboard.
+    pub const SCANNER_QUIET_AFTER: &str = "7d";
 }
 
 /// Everything `serve` needs.
@@ -123,6 +125,8 @@ pub struct Settings {
     /// `None`: this process runs no purge (`revoker serve` always sets it; an embedder or
     /// a measurement that counts every statement may leave it to another process).
     pub retention: Option<Duration>,
+    /// The dashboard warns about a scanner with no report or delivery for this long.
+    pub scanner_quiet_after: Duration,
 }
 
 impl Settings {
@@ -158,6 +162,7 @@ impl Settings {
             notify: None,
             tls: None,
             retention: Some(default_duration(defaults::RETENTION)),
+            scanner_quiet_after: default_duration(defaults::SCANNER_QUIET_AFTER),
         }
     }
 

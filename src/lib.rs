@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | what they own |
 //! |---|---|---|
-//! | 0 | [`domain`], [`support`], [`telemetry`], [`tls`] | tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup; the public listener's reloadable TLS |
+//! | 0 | [`activity`], [`domain`], [`support`], [`telemetry`], [`tls`] | what an instance saw of each scanner's deliveries (on-call); tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup; the public listener's reloadable TLS |
 //! | 1 | [`metrics`] | the Prometheus registry of one instance |
 //! | 2 | [`signature`], [`store`] | ECDSA verification and scanner keys; all SQL |
 //! | 3 | [`notify`], [`replay`], [`retention`] | the owner-notification worker; leak-report import; the 30-day purge of GitHub Metadata |
@@ -20,6 +20,7 @@
 //! The binary (`src/main.rs`, `src/cmd/`) sits above all of them and is the only place
 //! that knows clap.
 
+pub mod activity;
 pub mod config;
 pub mod domain;
 pub mod http;

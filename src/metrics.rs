@@ -19,7 +19,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::activity::Activity;
 use crate::domain::Outcome;
+
+/// The `scanner` label of a delivery to a name no scanner is configured under.
+pub const UNKNOWN_SCANNER: &str = "_unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
@@ -86,6 +90,9 @@ pub struct Metrics {
     notification_attempts: Family<ResultLabels, Counter>,
     notifications: Family<StatusLabels, Gauge>,
     notify_worker_restarts: Counter,
+    /// The on-call view of the same deliveries (not a metric: last delivery, slow days,
+    /// the last hour).
+    activity: Arc<Activity>,
 }
 
 impl Default for Metrics {
@@ -185,7 +192,13 @@ impl Metrics {
             key_cache_age,
             key_cache_keys,
             db_duration,
+            activity: Arc::new(Activity::default()),
         }
+    }
+
+    /// What this instance saw of each scanner's deliveries.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// One owner-notification attempt: `delivered`, `retry` or `failed`.
@@ -234,6 +247,10 @@ impl Metrics {
                 scanner: scanner.to_owned(),
             })
             .observe(seconds);
+        if scanner != UNKNOWN_SCANNER {
+            self.activity
+                .record(scanner, status, seconds, chrono::Utc::now());
+        }
     }
 
     pub fn item(&self, scanner: &str, outcome: Outcome, n: u64) {

@@ -56,6 +56,47 @@ async fn run_chromium(bin: &PathBuf, url: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The visible text of an HTML fragment: tags dropped, entities for `<>&"` decoded,
+/// whitespace collapsed.
+fn visible(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    let out = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The `<tr>` elements of the table with this id in a dumped DOM (header row first).
+fn rows_of<'a>(dom: &'a str, id: &str) -> Vec<&'a str> {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let table = &dom[at..at + dom[at..].find("</table>").unwrap()];
+    table.split("<tr").skip(1).collect()
+}
+
+/// The visible text of each cell of a row.
+fn cells(row: &str) -> Vec<String> {
+    row.split("<td")
+        .skip(1)
+        .map(|c| visible(&format!("<td{c}")))
+        .collect()
+}
+
 /// The text inside the element with this id in a dumped DOM.
 fn text_of(dom: &str, id: &str) -> Option<String> {
     let at = dom.find(&format!("id=\"{id}\""))?;
@@ -72,7 +113,12 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         skip_unless_ci(&NOTICE, "dashboard browser test: no chromium", how);
         return;
     };
-    let app = TestApp::sqlite().admin_token("dash-token").start().await;
+    // A second scanner whose key endpoint answers nothing: on call, it has no keys.
+    let app = TestApp::sqlite()
+        .admin_token("dash-token")
+        .scanner("gitlab", "http://127.0.0.1:9/no-keys-here")
+        .start()
+        .await;
     let signer = Signer::test();
     let mut minted = Vec::new();
     for i in 0..5 {
@@ -99,6 +145,55 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
     }]))
     .unwrap();
     assert_eq!(app.deliver(&signer, hostile).await.status, 200);
+    // A re-report of a token revoked before (an occurrence, not a token).
+    let again = alert_body(&[raw[0]]);
+    assert_eq!(app.deliver(&signer, again).await.status, 200);
+    // A replay run by a person: labelled as such, not as a signing key.
+    let replayed = app.mint("team/replayed", Ttl::minutes(30)).await;
+    let report = revoker::domain::alert::NewReport {
+        scanner: "replay".into(),
+        key_id: "alice@security".into(),
+        received_at: chrono::Utc::now(),
+        body_sha256: [9; 32],
+        item_count: 1,
+        not_ours: 0,
+        candidates: vec![revoker::domain::alert::CandidateItem {
+            position: 0,
+            hash: replayed.hash(),
+            token_type: "cio_tp".into(),
+            source: "ci-log".into(),
+            url: String::new(),
+        }],
+    };
+    let options = revoker::store::RecordOptions {
+        deadline: None,
+        once_per_body: false,
+    };
+    app.store.record_report(&report, options).await.unwrap();
+    // One notification failed for good (no webhook here: the rest wait).
+    let claimed = app
+        .store
+        .claim_notifications(
+            revoker::store::Clock::Database,
+            std::time::Duration::from_secs(60),
+            1,
+        )
+        .await
+        .unwrap();
+    let failed = revoker::store::AttemptResult::Failed {
+        error: "HTTP 410 from the owner's webhook".into(),
+    };
+    app.store
+        .finish_notification(&claimed[0], &failed, revoker::store::Clock::Database)
+        .await
+        .unwrap();
+
+    // The page as served: a visible loading state, nothing that reads as a number.
+    let page = app.admin_get("/dashboard", None).await.text;
+    let tiles = &page[page.find("class=\"tiles\"").unwrap()..];
+    let tiles = &tiles[..tiles.find("</section>").unwrap()];
+    assert_eq!(tiles.matches("loading…").count(), 11, "{tiles}");
+    assert!(!tiles.contains('—') && !tiles.contains(">0<"), "{tiles}");
 
     let stats = app.admin_get("/api/stats", Some("dash-token")).await;
     assert_eq!(stats.status, 200);
@@ -110,6 +205,11 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         dom.contains("data-loaded=\"true\""),
         "page never loaded data:\n{dom}"
     );
+    let tokens =
+        totals["tokens_revoked"].as_i64().unwrap() + totals["tokens_expired"].as_i64().unwrap();
+    assert_eq!(text_of(&dom, "total-tokens").unwrap(), tokens.to_string());
+    assert_eq!(tokens, 7, "5 + 1 expired + 1 replayed, each once");
+    assert!(dom.contains("(1 had expired)"), "tokens hint");
     for (id, field) in [
         ("total-reports", "reports"),
         ("total-items", "items"),
@@ -132,24 +232,137 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         let shown = text_of(&dom, id).unwrap_or_else(|| panic!("no #{id} on the page"));
         assert_eq!(shown, notifications[field].to_string(), "#{id}");
     }
-    assert_eq!(notifications["pending"], 6, "5 revoked + 1 expired");
+    assert_eq!(
+        notifications["pending"], 6,
+        "5 revoked + 1 expired + 1 replayed − 1 failed"
+    );
+    assert_eq!(notifications["failed"], 1);
     let tp = totals["revoked"].as_i64().unwrap()
         + totals["already_revoked"].as_i64().unwrap()
         + totals["expired"].as_i64().unwrap();
     assert_eq!(text_of(&dom, "true-positives").unwrap(), tp.to_string());
     // Sanity of the seeded numbers themselves.
-    assert_eq!(totals["revoked"], 5);
-    assert_eq!(totals["already_revoked"], 1);
+    assert_eq!(totals["revoked"], 6, "five delivered, one replayed");
+    assert_eq!(totals["already_revoked"], 2);
     assert_eq!(totals["expired"], 1);
     assert_eq!(totals["unknown"], 1);
-    // One table row per recent report; hostile strings escaped, not interpreted.
-    let table = &dom[dom.find("id=\"recent-reports\"").expect("recent table")..];
-    let body = &table[..table.find("</table>").unwrap()];
-    assert_eq!(
-        body.matches("<tr").count() - 1,
-        4,
-        "header + 4 reports:\n{body}"
+    // Every day of the series: distinct tokens revoked and re-reports, as the API says.
+    let daily = stats.json["daily"].as_array().unwrap();
+    assert_eq!(daily.len(), 30);
+    for d in daily {
+        let tokens = d["tokens_revoked"].as_i64().unwrap() + d["tokens_expired"].as_i64().unwrap();
+        let bar = format!(
+            "data-day=\"{}\" data-tokens=\"{tokens}\" data-rereports=\"{}\"",
+            d["day"].as_str().unwrap(),
+            d["already_revoked"]
+        );
+        assert!(dom.contains(&bar), "no bar {bar}");
+    }
+    // By scanner: every number of every row.
+    let by_scanner = stats.json["by_scanner"].as_array().unwrap();
+    let rows = rows_of(&dom, "by-scanner");
+    assert_eq!(rows.len() - 1, by_scanner.len());
+    for (row, s) in rows[1..].iter().zip(by_scanner) {
+        let mut expected = vec![
+            s["scanner"].as_str().unwrap().to_owned(),
+            (s["tokens_revoked"].as_i64().unwrap() + s["tokens_expired"].as_i64().unwrap())
+                .to_string(),
+        ];
+        for k in [
+            "reports",
+            "items",
+            "revoked",
+            "already_revoked",
+            "expired",
+            "unknown",
+            "not_ours",
+        ] {
+            expected.push(s[k].to_string());
+        }
+        assert_eq!(cells(row), expected);
+    }
+    // Recent revocations: whom to tell, newest first.
+    let revocations = stats.json["recent_revocations"].as_array().unwrap();
+    assert_eq!(revocations.len(), 7);
+    let rows = rows_of(&dom, "recent-revocations");
+    assert_eq!(rows.len() - 1, revocations.len());
+    for (row, r) in rows[1..].iter().zip(revocations) {
+        let c = cells(row);
+        assert!(
+            c[1].starts_with(r["token_hash_prefix"].as_str().unwrap()),
+            "{c:?}"
+        );
+        assert_eq!(c[2], r["owner"].as_str().unwrap());
+        assert_eq!(c[4], r["notification"].as_str().unwrap());
+    }
+    assert_eq!(revocations[0]["owner"], "team/replayed");
+    assert!(
+        cells(rows[1])[3].contains("replayed by alice@security"),
+        "{:?}",
+        cells(rows[1])
     );
+    // The failed notification, with its error.
+    let failed_list = stats.json["failed_notifications"].as_array().unwrap();
+    assert_eq!(failed_list.len(), 1);
+    let rows = rows_of(&dom, "notification-problems");
+    assert_eq!(rows.len() - 1, 1);
+    let c = cells(rows[1]);
+    assert_eq!(c[0], "failed");
+    assert_eq!(c[1], failed_list[0]["token_hash_prefix"].as_str().unwrap());
+    assert_eq!(c[2], failed_list[0]["owner"].as_str().unwrap());
+    assert_eq!(c[3], failed_list[0]["attempts"].to_string());
+    assert_eq!(c[4], "HTTP 410 from the owner's webhook");
+    assert!(
+        dom.contains("no --notify-webhook"),
+        "says notifications are not sent here"
+    );
+    // On call: github has its key and this instance's deliveries; gitlab has no keys,
+    // and the page says so in a banner too.
+    let scanners = stats.json["on_call"]["scanners"].as_array().unwrap();
+    let rows = rows_of(&dom, "oncall");
+    assert_eq!(rows.len() - 1, 2);
+    for (row, s) in rows[1..].iter().zip(scanners) {
+        let c = cells(row);
+        assert_eq!(c[0], s["scanner"].as_str().unwrap());
+        assert_eq!(c[1], s["keys"].to_string());
+        let here = &s["this_instance"];
+        let (errors, total) = (
+            here["last_hour_server_errors"].as_i64().unwrap_or(0),
+            here["last_hour_deliveries"].as_i64().unwrap_or(0),
+        );
+        assert!(c[6].starts_with(&format!("{errors} of {total}")), "{c:?}");
+        assert_eq!(
+            c[5],
+            here["slow_days"].as_array().map_or(0, Vec::len).to_string()
+        );
+    }
+    assert_eq!(scanners[0]["scanner"], "github");
+    // Five deliveries, and any the helper retried after a 503 while keys loaded.
+    let here = &scanners[0]["this_instance"];
+    assert_eq!(
+        here["last_hour_deliveries"].as_i64().unwrap()
+            - here["last_hour_server_errors"].as_i64().unwrap(),
+        5
+    );
+    assert!(
+        cells(rows[1])[4].contains("HTTP 200"),
+        "{:?}",
+        cells(rows[1])
+    );
+    assert_eq!(scanners[1]["keys"], 0);
+    assert!(
+        cells(rows[2])[7].contains("no keys"),
+        "{:?}",
+        cells(rows[2])
+    );
+    assert!(text_of(&dom, "oncall-banner")
+        .unwrap()
+        .contains("gitlab: no keys"));
+    // One table row per recent report; hostile strings escaped, not interpreted.
+    let rows = rows_of(&dom, "recent-reports");
+    assert_eq!(rows.len() - 1, 6, "header + 6 reports");
+    assert!(dom.contains("replayed by alice@security"));
+    assert!(!dom.contains("key alice@security"));
     assert!(!dom.contains("<img src=\"x\""), "hostile URL became markup");
     assert!(dom.contains("&lt;b&gt;npm&lt;/b&gt;") || dom.contains("&lt;b&gt;npm"));
     for t in &minted {
@@ -164,6 +377,8 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         "missing token must show an error:\n{dom}"
     );
     assert!(!dom.contains("data-loaded=\"true\""));
+    assert!(!dom.contains("loading…"), "a loading state that never ends");
+    assert!(dom.contains("unavailable"));
 
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     let _ = std::fs::remove_file(&shot);

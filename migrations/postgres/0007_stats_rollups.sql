@@ -27,6 +27,8 @@ CREATE TABLE stats_daily (
     tokens_expired  bigint   NOT NULL DEFAULT 0,
     -- Owner notifications queued (one per token flipped since 0003).
     notifications   bigint   NOT NULL DEFAULT 0,
+    -- The latest report of the day (the on-call panel's "last report").
+    last_received_at timestamptz,
     PRIMARY KEY (day, scanner, slot)
 );
 
@@ -102,9 +104,10 @@ CREATE TRIGGER notifications_status_stats
 
 -- The history so far, once, each report in its slot as if the deliveries had written it.
 INSERT INTO stats_daily (day, scanner, slot, reports, items, revoked, already_revoked,
-                         expired, unknown, not_ours)
+                         expired, unknown, not_ours, last_received_at)
 SELECT (received_at AT TIME ZONE 'UTC')::date, scanner, id % 16, count(*), sum(item_count),
-       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours)
+       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours),
+       max(received_at)
 FROM reports
 GROUP BY 1, 2, 3;
 

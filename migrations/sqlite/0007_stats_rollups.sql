@@ -16,6 +16,7 @@ CREATE TABLE stats_daily (
     tokens_revoked  INTEGER NOT NULL DEFAULT 0,
     tokens_expired  INTEGER NOT NULL DEFAULT 0,
     notifications   INTEGER NOT NULL DEFAULT 0,
+    last_received_at INTEGER,
     PRIMARY KEY (day, scanner, slot)
 ) WITHOUT ROWID;
 
@@ -75,9 +76,10 @@ END;
 -- stats_sources reads as `report_items` does now: the retention purge moves what it
 -- rewrites to '(purged)' there too (no source value outlives its items, §7.1).
 INSERT INTO stats_daily (day, scanner, slot, reports, items, revoked, already_revoked,
-                         expired, unknown, not_ours)
+                         expired, unknown, not_ours, last_received_at)
 SELECT date(received_at / 1000.0, 'unixepoch'), scanner, 0, count(*), sum(item_count),
-       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours)
+       sum(revoked), sum(already_revoked), sum(expired), sum(unknown), sum(not_ours),
+       max(received_at)
 FROM reports
 GROUP BY 1, 2;
 

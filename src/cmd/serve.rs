@@ -165,6 +165,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REVOKER_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
+    /// The dashboard's on-call panel warns about a scanner that has had no report (nor
+    /// a delivery to this instance) for this long.
+    #[arg(long, env = "REVOKER_SCANNER_QUIET_AFTER", default_value = defaults::SCANNER_QUIET_AFTER, value_parser = humantime::parse_duration)]
+    pub scanner_quiet_after: Duration,
+
     #[command(flatten)]
     pub notify: NotifyArgs,
 
@@ -219,6 +224,7 @@ impl ServeArgs {
             revocation_api_tokens: a.revocation_api_tokens,
             revocation_api_types: a.revocation_api_types,
             retention: Some(a.retention),
+            scanner_quiet_after: a.scanner_quiet_after,
             tls: match (a.tls_cert, a.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert,

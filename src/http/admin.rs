@@ -92,9 +92,102 @@ pub struct StatsDocument {
     pub generated_at: DateTime<Utc>,
     /// Owner notifications by status (`failed` ones wait for `revoker notify retry`).
     pub notifications: NotificationCounts,
+    /// Whether this instance sends notifications (`--notify-webhook`); without one they
+    /// all wait.
+    pub notify_webhook: bool,
+    /// Failed notifications, newest first, and pending ones that failed an attempt or
+    /// have waited over an hour, soonest due first (up to 20 each).
+    pub failed_notifications: Vec<NotificationSummary>,
+    pub waiting_notifications: Vec<NotificationSummary>,
+    /// What on-call looks at first: each configured scanner's keys, last report and
+    /// delivery, slow days and last hour, and what is wrong with it.
+    pub on_call: OnCall,
     /// With `daily` holding exactly [`DAYS`] entries, oldest first, zeros included.
     #[serde(flatten)]
     pub stats: Stats,
+}
+
+/// A notification as the dashboard lists it (hash prefix, never the token).
+#[derive(Debug, Serialize)]
+pub struct NotificationSummary {
+    pub id: String,
+    pub token_hash_prefix: String,
+    pub owner: String,
+    pub scanner: String,
+    pub status: crate::store::NotificationStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub revoked_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+impl From<&crate::store::Notification> for NotificationSummary {
+    fn from(n: &crate::store::Notification) -> Self {
+        NotificationSummary {
+            id: n.public_id.clone(),
+            token_hash_prefix: n.token_hash.prefix(),
+            owner: n.owner.clone(),
+            scanner: n.scanner.clone(),
+            status: n.status,
+            attempts: n.attempts,
+            last_error: n.last_error.clone(),
+            revoked_at: n.revoked_at,
+            next_attempt_at: n.next_attempt_at,
+        }
+    }
+}
+
+/// The on-call panel.
+#[derive(Debug, Serialize)]
+pub struct OnCall {
+    /// `--scanner-quiet-after`, in seconds.
+    pub quiet_after_seconds: u64,
+    /// Since when this instance has counted its own deliveries.
+    pub instance_since: DateTime<Utc>,
+    /// Configured scanners, by name.
+    pub scanners: Vec<ScannerStatus>,
+}
+
+/// One scanner, for on-call.
+#[derive(Debug, Serialize)]
+pub struct ScannerStatus {
+    pub scanner: String,
+    /// Keys in the cache, and how long ago they were fetched.
+    pub keys: usize,
+    pub keys_age_seconds: Option<f64>,
+    /// The latest report recorded for it (any instance: the database's view).
+    pub last_report_at: Option<DateTime<Utc>>,
+    /// What this instance saw (since `instance_since`).
+    pub this_instance: Option<crate::activity::ScannerActivity>,
+    /// What is wrong, in words (empty: nothing).
+    pub warnings: Vec<String>,
+}
+
+/// The warnings of one scanner: no keys; silent (no report, no delivery here) for longer
+/// than `quiet_after` (counted from this instance's start when it never delivered).
+fn warnings(
+    keys: usize,
+    last_heard: Option<DateTime<Utc>>,
+    since: DateTime<Utc>,
+    quiet_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if keys == 0 {
+        out.push("no keys: every delivery is refused until its keys load".to_owned());
+    }
+    let quiet = ChronoDuration::from_std(quiet_after).unwrap_or(ChronoDuration::MAX);
+    let heard = last_heard.unwrap_or(since);
+    if now - heard > quiet {
+        let silent = humantime::format_duration(std::time::Duration::from_secs(
+            (now - heard).num_seconds().max(0) as u64,
+        ));
+        out.push(match last_heard {
+            Some(_) => format!("no delivery for {silent}"),
+            None => format!("no delivery ever (this instance has run {silent})"),
+        });
+    }
+    out
 }
 
 /// The first day of the series ending today (UTC).
@@ -133,9 +226,50 @@ async fn stats_handler(
     };
     let (mut stats, notifications) = read.await.map_err(ApiError::StatsUnavailable)?;
     stats.daily = fill_days(start, std::mem::take(&mut stats.daily));
+    let activity = state.metrics.activity();
+    let mut names: Vec<&String> = state.scanners.keys().collect();
+    names.sort();
+    let scanners = names
+        .into_iter()
+        .map(|name| {
+            let cache = state.scanners[name].status();
+            let last_report_at = stats
+                .last_reports
+                .iter()
+                .find(|r| &r.scanner == name)
+                .map(|r| r.received_at);
+            let this_instance = activity.scanner(name, now);
+            let delivered = this_instance
+                .as_ref()
+                .and_then(|a| a.last_delivery)
+                .map(|d| d.at);
+            ScannerStatus {
+                scanner: name.clone(),
+                keys: cache.keys,
+                keys_age_seconds: cache.age.map(|a| a.as_secs_f64()),
+                last_report_at,
+                warnings: warnings(
+                    cache.keys,
+                    last_report_at.max(delivered),
+                    activity.since(),
+                    state.scanner_quiet_after,
+                    now,
+                ),
+                this_instance,
+            }
+        })
+        .collect();
     Ok(Json(StatsDocument {
         generated_at: now,
         notifications,
+        notify_webhook: state.notifier.is_some(),
+        failed_notifications: stats.failed_notifications.iter().map(Into::into).collect(),
+        waiting_notifications: stats.waiting_notifications.iter().map(Into::into).collect(),
+        on_call: OnCall {
+            quiet_after_seconds: state.scanner_quiet_after.as_secs(),
+            instance_since: activity.since(),
+            scanners,
+        },
         stats,
     }))
 }
@@ -179,5 +313,27 @@ mod tests {
         assert_eq!(days[29].day, NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
         assert_eq!(days[28], one);
         assert_eq!(days.iter().map(|d| d.totals.reports).sum::<i64>(), 2);
+    }
+
+    #[test]
+    fn a_scanner_without_keys_or_silent_too_long_is_flagged() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        let now = t("2026-03-10T00:00:00Z");
+        let started = t("2026-03-09T00:00:00Z");
+        // Heard from yesterday, keys loaded: nothing.
+        assert!(warnings(2, Some(started), started, week, now).is_empty());
+        // Eight days without a delivery.
+        let w = warnings(2, Some(t("2026-03-02T00:00:00Z")), started, week, now);
+        assert_eq!(w, ["no delivery for 8days"]);
+        // Never heard, but the instance is only a day old: only the missing keys.
+        let w = warnings(0, None, started, week, now);
+        assert_eq!(
+            w,
+            ["no keys: every delivery is refused until its keys load"]
+        );
+        // Never heard, running for ten days.
+        let w = warnings(1, None, t("2026-02-28T00:00:00Z"), week, now);
+        assert_eq!(w, ["no delivery ever (this instance has run 10days)"]);
     }
 }

@@ -64,6 +64,8 @@ pub struct AppState {
     /// The owner-notification worker, when `--notify-webhook` is set; woken after a
     /// delivery revokes something.
     pub notifier: Option<Notifier>,
+    /// `--scanner-quiet-after`: the on-call panel flags a scanner silent this long.
+    pub scanner_quiet_after: Duration,
 }
 
 /// The public listener: the webhook, health, and a JSON 404/405 for everything else.

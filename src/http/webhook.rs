@@ -110,7 +110,7 @@ async fn receive(
     let label = if state.scanners.contains_key(&scanner) {
         scanner.as_str()
     } else {
-        "_unknown"
+        crate::metrics::UNKNOWN_SCANNER
     };
     let status = match &result {
         Ok((_, counts, _)) => {

@@ -17,8 +17,8 @@ use sqlx::FromRow;
 use super::backend::Backend;
 use super::{
     DayTotals, Notification, NotificationCounts, NotificationStatus, Outcome, OutcomeCounts,
-    RecentItem, RecentReport, ReportItemRecord, ReportRecord, RevocationAges, StoreError,
-    TokenRecord, Totals,
+    RecentItem, RecentReport, RecentRevocation, ReportItemRecord, ReportRecord, RevocationAges,
+    StoreError, TokenRecord, Totals,
 };
 use crate::domain::TokenHash;
 
@@ -350,6 +350,34 @@ impl<B: Backend> NotificationRow<B> {
             last_error: self.last_error,
             delivered_at: self.delivered_at.map(B::decode_time).transpose()?,
             locked_until: self.locked_until.map(B::decode_time).transpose()?,
+        })
+    }
+}
+
+/// A row of the recent-revocations statement.
+#[derive(FromRow)]
+pub(super) struct RecentRevocationRow<B: Backend> {
+    token_hash: Vec<u8>,
+    owner: String,
+    revoked_at: B::Time,
+    scanner: String,
+    key_id: String,
+    report_id: i64,
+    expired: bool,
+    status: String,
+}
+
+impl<B: Backend> RecentRevocationRow<B> {
+    pub(super) fn into_revocation(self) -> Result<RecentRevocation, StoreError> {
+        Ok(RecentRevocation {
+            token_hash_prefix: hash_from(&self.token_hash)?.prefix(),
+            owner: self.owner,
+            revoked_at: B::decode_time(self.revoked_at)?,
+            scanner: self.scanner,
+            key_id: self.key_id,
+            report_id: self.report_id,
+            expired: self.expired,
+            notification: parse_status(&self.status)?,
         })
     }
 }

@@ -28,10 +28,10 @@ use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
     ages_from_buckets, hash_from, parse_outcome, preview_map, recent_reports, sum_totals,
     AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow,
-    PreviewRow, RecentRow, ReportRow, TokenRow,
+    PreviewRow, RecentRevocationRow, RecentRow, ReportRow, TokenRow,
 };
 use super::{
-    AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
+    AttemptResult, Clock, LastReport, NewReport, NewToken, Notification, NotificationCounts,
     NotificationStatus, Outcome, OutcomeCounts, Purged, RecordOptions, RecordedReport,
     ReportItemRecord, ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats,
     StoreError, TokenRecord, TokenStatus,
@@ -94,6 +94,37 @@ const AGES_SQL: &str =
              LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
              GROUP BY a.bucket, b.lo_ms, n.lo_ms
              ORDER BY a.bucket";
+
+/// → `RecentRevocationRow`s: the last 20 tokens revoked (by their notification rows, one
+/// per revoked token), newest first.
+const RECENT_REVOCATIONS_SQL: &str =
+    "SELECT n.token_hash, n.owner, n.revoked_at, n.scanner, r.key_id,
+                    n.report_id, n.expired, n.status
+             FROM notifications n JOIN reports r ON r.id = n.report_id
+             ORDER BY n.id DESC LIMIT 20";
+
+/// → `NotificationRow`s: the last 20 failed (the `notifications_failed` index).
+const FAILED_NOTIFICATIONS_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE status = 'failed' ORDER BY id DESC LIMIT 20"
+);
+
+/// `waited since` → `NotificationRow`s: up to 20 pending ones that failed an attempt or
+/// were queued before then, soonest due first (the `notifications_due` index).
+const WAITING_NOTIFICATIONS_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE status = 'pending' AND (last_error IS NOT NULL OR revoked_at <= $1)
+      ORDER BY next_attempt_at, id LIMIT 20"
+);
+
+/// → `(scanner, latest received_at)` per scanner.
+const LAST_REPORTS_SQL: &str =
+    "SELECT scanner, max(last_received_at) FROM stats_daily GROUP BY scanner ORDER BY scanner";
+
+/// How long a pending notification waits before the dashboard lists it.
+const LONG_PENDING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// → one `NotificationRollup` (one statement: one snapshot of both tables).
 const NOTIFICATION_COUNTS_SQL: &str = "SELECT
@@ -331,9 +362,53 @@ where
         let recent = recent_reports(recent)?;
 
         self.statements.add(1);
+        let revocations: Vec<RecentRevocationRow<B>> = sqlx::query_as(RECENT_REVOCATIONS_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        let recent_revocations = revocations
+            .into_iter()
+            .map(RecentRevocationRow::into_revocation)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        self.statements.add(1);
+        let failed: Vec<NotificationRow<B>> = sqlx::query_as(FAILED_NOTIFICATIONS_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        self.statements.add(1);
+        let waiting: Vec<NotificationRow<B>> = sqlx::query_as(WAITING_NOTIFICATIONS_SQL)
+            .bind(B::encode_time(Utc::now() - LONG_PENDING))
+            .fetch_all(&mut *tx)
+            .await?;
+        let [failed_notifications, waiting_notifications] = [failed, waiting].map(|rows| {
+            rows.into_iter()
+                .map(NotificationRow::into_notification)
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let (failed_notifications, waiting_notifications) =
+            (failed_notifications?, waiting_notifications?);
+
+        self.statements.add(1);
+        let last: Vec<(String, Option<B::Time>)> =
+            sqlx::query_as(LAST_REPORTS_SQL).fetch_all(&mut *tx).await?;
+        let last_reports = last
+            .into_iter()
+            .filter_map(|(scanner, at)| Some((scanner, at?)))
+            .map(|(scanner, at)| {
+                Ok(LastReport {
+                    scanner,
+                    received_at: B::decode_time(at)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        self.statements.add(1);
         tx.commit().await?;
 
         Ok(Stats {
+            recent_revocations,
+            failed_notifications,
+            waiting_notifications,
+            last_reports,
             totals,
             by_scanner,
             by_source,

@@ -116,12 +116,12 @@ WITH rid AS (
     -- Slot: the report id modulo 16, so concurrent deliveries update different rows.
     INSERT INTO stats_daily AS s (day, scanner, slot, reports, items, revoked, already_revoked,
                                   expired, unknown, not_ours, tokens_revoked, tokens_expired,
-                                  notifications)
+                                  notifications, last_received_at)
     SELECT ($6::timestamptz AT TIME ZONE 'UTC')::date, $7, (SELECT id FROM rid) % 16, 1,
            r.item_count, r.revoked, r.already_revoked, r.expired, r.unknown, r.not_ours,
            (SELECT count(*) FROM flipped WHERE NOT was_expired),
            (SELECT count(*) FROM flipped WHERE was_expired),
-           (SELECT count(*) FROM flipped)
+           (SELECT count(*) FROM flipped), $6
     FROM report r
     ON CONFLICT (day, scanner, slot) DO UPDATE SET
         reports = s.reports + 1, items = s.items + EXCLUDED.items,
@@ -131,7 +131,8 @@ WITH rid AS (
         not_ours = s.not_ours + EXCLUDED.not_ours,
         tokens_revoked = s.tokens_revoked + EXCLUDED.tokens_revoked,
         tokens_expired = s.tokens_expired + EXCLUDED.tokens_expired,
-        notifications = s.notifications + EXCLUDED.notifications
+        notifications = s.notifications + EXCLUDED.notifications,
+        last_received_at = greatest(s.last_received_at, EXCLUDED.last_received_at)
 ), sources AS (
     INSERT INTO stats_sources AS s (source, slot, items, revoked, already_revoked, expired, unknown)
     SELECT item.source, (SELECT id FROM rid) % 16, count(*),

@@ -381,8 +381,8 @@ async fn record(
     sqlx::query(
         "INSERT INTO stats_daily (day, scanner, slot, reports, items, revoked, already_revoked,
                                   expired, unknown, not_ours, tokens_revoked, tokens_expired,
-                                  notifications)
-         VALUES (date(?1 / 1000.0, 'unixepoch'), ?2, 0, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                  notifications, last_received_at)
+         VALUES (date(?1 / 1000.0, 'unixepoch'), ?2, 0, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)
          ON CONFLICT (day, scanner, slot) DO UPDATE SET
              reports = reports + 1, items = items + excluded.items,
              revoked = revoked + excluded.revoked,
@@ -391,7 +391,8 @@ async fn record(
              not_ours = not_ours + excluded.not_ours,
              tokens_revoked = tokens_revoked + excluded.tokens_revoked,
              tokens_expired = tokens_expired + excluded.tokens_expired,
-             notifications = notifications + excluded.notifications",
+             notifications = notifications + excluded.notifications,
+             last_received_at = max(coalesce(last_received_at, 0), excluded.last_received_at)",
     )
     .bind(now)
     .bind(&report.scanner)
