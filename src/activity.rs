@@ -5,8 +5,8 @@
 //!
 //! In memory, per instance, since it started: with several instances each shows its own
 //! share (Prometheus, summed over instances, has the fleet: README "Metrics"). Bounded:
-//! 31 days and 60 minutes per configured scanner name; unconfigured names are never
-//! recorded.
+//! 31 days and 60 minutes per name; the names are the configured scanners and the
+//! Revocation API's fixed one (a name no scanner has is never recorded).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,6 +30,8 @@ pub struct Activity {
 #[derive(Debug, Default)]
 struct Seen {
     last: Option<LastDelivery>,
+    /// The last 2xx answer: a delivery that passed its signature check.
+    last_accepted: Option<DateTime<Utc>>,
     /// Deliveries over the budget per UTC day (days with none are absent).
     slow: BTreeMap<NaiveDate, u64>,
     /// (minute since the epoch, answers, 5xx answers), oldest first.
@@ -47,7 +49,11 @@ pub struct LastDelivery {
 /// One scanner as this instance saw it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ScannerActivity {
+    /// The last request answered, whatever its status (a forged one too).
     pub last_delivery: Option<LastDelivery>,
+    /// The last one answered 2xx: signed by the scanner's key. Only this says the
+    /// scanner is alive (anyone can make the public listener answer 401).
+    pub last_accepted_at: Option<DateTime<Utc>>,
     /// UTC days (of the last 31) with a delivery answered in more than 15 s, and how many.
     pub slow_days: Vec<SlowDay>,
     /// Answers in the last 60 minutes, and how many of them were 5xx.
@@ -85,6 +91,9 @@ impl Activity {
             status,
             seconds,
         });
+        if (200..300).contains(&status) {
+            seen.last_accepted = Some(at);
+        }
         if seconds > BUDGET_SECONDS {
             *seen.slow.entry(at.date_naive()).or_default() += 1;
             while seen.slow.len() > DAYS {
@@ -122,6 +131,7 @@ impl Activity {
             .filter(|(m, _, _)| *m > minute - MINUTES && *m <= minute);
         Some(ScannerActivity {
             last_delivery: seen.last,
+            last_accepted_at: seen.last_accepted,
             slow_days: seen
                 .slow
                 .range(first_day..)
@@ -154,6 +164,7 @@ mod tests {
         a.record("github", 200, 0.1, at("2026-03-01T09:30:00Z"));
         a.record("github", 503, 30.0, at("2026-03-01T09:59:30Z"));
         let s = a.scanner("github", at("2026-03-01T10:00:00Z")).unwrap();
+        assert_eq!(s.last_accepted_at, Some(at("2026-03-01T09:30:00Z")));
         assert_eq!(
             s.last_delivery,
             Some(LastDelivery {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as Ttl, NaiveDate, Utc};
 use common::*;
 use revoker::domain::alert::{CandidateItem, NewReport};
-use revoker::domain::token::Token;
+use revoker::domain::token::{Token, TokenHash};
 use revoker::domain::Outcome;
 use revoker::store::{
     AttemptResult, Clock, DayTotals, NewToken, NotificationCounts, NotificationStatus,
@@ -30,6 +30,167 @@ async fn sqlite_rollups_equal_the_history_they_summarise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rollups_equal_the_history_they_summarise() {
     rollups_equal_the_history(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_source_of_any_length_is_recorded() {
+    a_source_of_any_length_is_recorded(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_source_of_any_length_is_recorded() {
+    a_source_of_any_length_is_recorded(Kind::Postgres).await;
+}
+
+/// A source keys the per-source rollup, whose index PostgreSQL caps at about 2.7 KB a
+/// row: a 6,400-character source must still revoke (it is stored cut to 200
+/// characters), never fail the delivery on every retry.
+async fn a_source_of_any_length_is_recorded(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    let t = Token::generate();
+    let now = ms(Utc::now());
+    store
+        .insert_tokens(&[NewToken {
+            hash: t.hash(),
+            owner: "o".into(),
+            created_at: now,
+            expires_at: now + Ttl::hours(1),
+        }])
+        .await
+        .unwrap();
+    // 6,400 characters that do not compress (PostgreSQL compresses a long index entry
+    // before it measures it), with a two-byte one in front to cut at a character.
+    let long: String = std::iter::once("ü".to_owned())
+        .chain((0..100).map(|i| TokenHash::of(&i.to_string()).to_hex()))
+        .collect();
+    let report = NewReport {
+        scanner: "github".into(),
+        key_id: "k".into(),
+        received_at: now,
+        body_sha256: [1; 32],
+        item_count: 1,
+        not_ours: 0,
+        candidates: vec![CandidateItem {
+            position: 0,
+            hash: t.hash(),
+            token_type: "cio_tp".into(),
+            source: long.clone(),
+            url: String::new(),
+        }],
+    };
+    let options = RecordOptions {
+        deadline: None,
+        once_per_body: false,
+    };
+    let recorded = store.record_report(&report, options).await.unwrap();
+    assert_eq!(recorded.tokens_revoked, 1);
+    let stored = store.report_items(recorded.report_id).await.unwrap();
+    let cut: String = long.chars().take(200).collect();
+    assert_eq!(stored[0].source, cut);
+    let stats = store.stats(now.date_naive()).await.unwrap();
+    assert_eq!(stats.by_source[0].source, cut);
+    assert_eq!(stats.by_source[0].revoked, 1);
+    db.cleanup().await;
+}
+
+/// PostgreSQL: the purge's batch locks its reports, then the per-source rollup rows; a
+/// delivery (here, a session standing in for one) holding such a row and then waiting
+/// for one of those reports makes a deadlock. PostgreSQL aborts the purge (this session
+/// waits a minute before checking for deadlocks, the purge one second); the batch runs
+/// again and purges, instead of failing the pass for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_purge_aborted_by_a_deadlock_runs_again() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    let tokens: Vec<Token> = (0..2).map(|_| Token::generate()).collect();
+    let old = ms(Utc::now() - Ttl::days(40));
+    let rows: Vec<NewToken> = tokens
+        .iter()
+        .map(|t| NewToken {
+            hash: t.hash(),
+            owner: "o".into(),
+            created_at: old - Ttl::hours(1),
+            expires_at: old + Ttl::days(400),
+        })
+        .collect();
+    store.insert_tokens(&rows).await.unwrap();
+    let old_report = report(0, &tokens, old + Ttl::days(35));
+    let recorded = store
+        .record_report(
+            &old_report,
+            RecordOptions {
+                deadline: None,
+                once_per_body: false,
+            },
+        )
+        .await
+        .unwrap();
+
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    for sql in [
+        "BEGIN",
+        "SET LOCAL deadlock_timeout = '60s'",
+        "SELECT 1 FROM stats_sources WHERE source = 'content' FOR UPDATE",
+    ] {
+        sqlx::query(sql).execute(&mut other).await.unwrap();
+    }
+    let purging = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .purge_metadata(Utc::now() - Ttl::days(30), 200, 5_000)
+                .await
+        })
+    };
+    // The purge holds its report and waits for the row this session holds.
+    let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%WITH picked AS%'";
+    let started = std::time::Instant::now();
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap()
+        == 0
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            let rows: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity WHERE datname = current_database()",
+            )
+            .fetch_all(&mut watch)
+            .await
+            .unwrap();
+            panic!(
+                "the purge never waited: {rows:?} {:?}",
+                purging.is_finished()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now wait for the purge's report: a cycle, which the purge detects first.
+    sqlx::query("UPDATE reports SET key_id = key_id WHERE id = $1")
+        .bind(recorded.report_id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let purged = purging.await.unwrap().expect("the batch ran again");
+    assert_eq!(purged.reports, 1);
+    let stats = store.stats(Utc::now().date_naive()).await.unwrap();
+    assert!(
+        stats.by_source.iter().all(|s| s.source == "(purged)"),
+        "{:?}",
+        stats.by_source
+    );
+    db.cleanup().await;
 }
 
 /// At the millisecond, as both backends store instants.

@@ -2,8 +2,8 @@
 -- `report_items` and `tokens` on every call (0.83 s at 2 M items, growing with every
 -- alert). These tables are kept by the revoking statement itself (record.rs), in the same
 -- statement and snapshot as the rows they count, so they are exactly the database's view
--- on every instance, and the retention purge (which rewrites url/source/type) leaves
--- them alone.
+-- on every instance. The retention purge leaves the totals alone; it only moves the
+-- per-source counts of what it purges to '(purged)'.
 --
 -- Slots: each table is split by `slot` = report id (or notification id) modulo 16, so
 -- concurrent deliveries on many instances update different rows instead of queueing
@@ -127,7 +127,8 @@ GROUP BY 1, 2, 3
 ON CONFLICT (day, scanner, slot) DO UPDATE SET notifications = EXCLUDED.notifications;
 
 INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
-SELECT source, report_id % 16, count(*),
+-- Sources as deliveries now store them: at most 200 characters (the index's limit).
+SELECT left(source, 200), report_id % 16, count(*),
        count(*) FILTER (WHERE outcome = 'revoked'),
        count(*) FILTER (WHERE outcome = 'already_revoked'),
        count(*) FILTER (WHERE outcome = 'expired'),

@@ -98,10 +98,10 @@ GROUP BY 1, 2
 ON CONFLICT (day, scanner, slot) DO UPDATE SET notifications = excluded.notifications;
 
 INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
-SELECT source, 0, count(*), sum(outcome = 'revoked'), sum(outcome = 'already_revoked'),
+SELECT substr(source, 1, 200), 0, count(*), sum(outcome = 'revoked'), sum(outcome = 'already_revoked'),
        sum(outcome = 'expired'), sum(outcome = 'unknown')
 FROM report_items
-GROUP BY source;
+GROUP BY 1;
 
 INSERT INTO stats_ages (bucket, slot, tokens)
 SELECT (SELECT max(bucket) FROM stats_age_buckets WHERE lo_ms <= t.revoked_at - t.created_at) AS b,

@@ -239,10 +239,9 @@ async fn stats_handler(
                 .find(|r| &r.scanner == name)
                 .map(|r| r.received_at);
             let this_instance = activity.scanner(name, now);
-            let delivered = this_instance
-                .as_ref()
-                .and_then(|a| a.last_delivery)
-                .map(|d| d.at);
+            // Heard from: a report recorded, or a delivery accepted here (2xx: signed by
+            // its key). A 401 to a forged POST says nothing about the scanner.
+            let delivered = this_instance.as_ref().and_then(|a| a.last_accepted_at);
             ScannerStatus {
                 scanner: name.clone(),
                 keys: cache.keys,

@@ -214,6 +214,7 @@ SELECT source, CAST(sum(items) AS BIGINT) AS items, CAST(sum(revoked) AS BIGINT)
        CAST(sum(expired) AS BIGINT) AS expired, CAST(sum(unknown) AS BIGINT) AS unknown
 FROM stats_sources
 GROUP BY source
+HAVING sum(items) > 0
 ORDER BY items DESC, source",
             $collate,
             "

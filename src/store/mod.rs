@@ -394,9 +394,12 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// of up to `limit` reports received before `before` (oldest first, not purged yet,
     /// as many as hold fewer than `max_items` items before the last: a transaction
     /// stays short on SQLite's one writer however large the reports) become [`PURGED`]
-    /// and the reports are marked purged, in one transaction; then the `url` and
-    /// `source` of up to `limit` notifications of tokens revoked before `before`
-    /// (whatever their status), in one statement. On PostgreSQL rows another purge
+    /// and the reports are marked purged, in one transaction that also moves those
+    /// items' per-source rollup counts to [`PURGED`] (PostgreSQL retries it when
+    /// aborted for a deadlock with a delivery); then one statement deletes the rollup
+    /// rows of sources left without items; then the `url` and `source` of up to `limit`
+    /// notifications of tokens revoked before `before` (whatever their status), in one
+    /// statement. On PostgreSQL rows another purge
     /// holds are skipped (`SKIP LOCKED`): passes running at once never purge a row
     /// twice, and one that finds the oldest reports taken ends (the other goes on).
     /// Call again until a batch purges no report and fewer than `limit` notifications.

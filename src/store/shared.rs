@@ -123,6 +123,20 @@ const WAITING_NOTIFICATIONS_SQL: &str = concat!(
 const LAST_REPORTS_SQL: &str =
     "SELECT scanner, max(last_received_at) FROM stats_daily GROUP BY scanner ORDER BY scanner";
 
+/// The longest `source` stored, in characters: it keys the per-source rollup, whose
+/// index PostgreSQL limits to about 2.7 KB a row. (Migration 0007's backfill and the
+/// purge's rollup statements cut older rows at the same 200.) Scanners send short names (`content`,
+/// `commit`); a longer one is cut, never refused (a delivery must not fail on it).
+pub(super) const SOURCE_MAX_CHARS: usize = 200;
+
+/// `source` as stored (see [`SOURCE_MAX_CHARS`]).
+pub(super) fn stored_source(source: &str) -> &str {
+    match source.char_indices().nth(SOURCE_MAX_CHARS) {
+        Some((end, _)) => &source[..end],
+        None => source,
+    }
+}
+
 /// How long a pending notification waits before the dashboard lists it.
 const LONG_PENDING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
@@ -425,13 +439,13 @@ where
         max_items: u32,
     ) -> Result<Purged, StoreError> {
         let (reports, items) = B::purge_reports(self, before, limit, max_items).await?;
-        if reports > 0 {
-            // Sources whose every item was purged: their emptied rollup rows go too.
-            self.statements.add(1);
-            sqlx::query("DELETE FROM stats_sources WHERE items = 0 AND source <> '(purged)'")
-                .execute(&self.pool)
-                .await?;
-        }
+        // Sources whose every item was purged: their emptied rollup rows go too. Every
+        // batch, whether or not it purged anything, so rows a failed or interrupted
+        // batch left behind go with the next one (a scan of the small rollup table).
+        self.statements.add(1);
+        sqlx::query("DELETE FROM stats_sources WHERE items = 0 AND source <> '(purged)'")
+            .execute(&self.pool)
+            .await?;
         self.statements.add(1);
         let done = sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
             .bind(B::encode_time(before))

@@ -39,7 +39,9 @@ use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Record, Store};
-use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
+use crate::store::shared::{
+    database_budget, duplicate_answer, outcomes_for, stored_source, DELIVERED_BODY_SQL,
+};
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 use crate::support::retry;
 
@@ -211,7 +213,7 @@ WITH picked AS (
 ), moved AS (
     -- The batch's items by source as they read before this statement (every CTE sees
     -- that snapshot), in the slot their delivery counted them in.
-    SELECT source, report_id % 16 AS slot, count(*) AS items,
+    SELECT left(source, 200) AS source, report_id % 16 AS slot, count(*) AS items,
            count(*) FILTER (WHERE outcome = 'revoked') AS revoked,
            count(*) FILTER (WHERE outcome = 'already_revoked') AS already_revoked,
            count(*) FILTER (WHERE outcome = 'expired') AS expired,
@@ -267,13 +269,30 @@ impl Record for Postgres {
         limit: u32,
         max_items: u32,
     ) -> Result<(u64, u64), StoreError> {
-        store.statements.add(1);
-        let (reports, items): (i64, i64) = sqlx::query_as(PURGE_REPORTS_SQL)
-            .bind(before)
-            .bind(i64::from(limit))
-            .bind(i64::from(max_items))
-            .fetch_one(&store.pool)
-            .await?;
+        // Its per-source rollup rows are locked in no particular order, so a delivery
+        // naming two of those sources may deadlock with it; PostgreSQL aborts one, and
+        // the batch (one statement, rolled back whole) simply runs again.
+        let retryable = |e: &sqlx::Error, attempt: u32| {
+            let retry = is_retryable(e);
+            if retry {
+                tracing::warn!(attempt, error = %e, "retention batch aborted, retrying");
+            }
+            retry
+        };
+        let (reports, items): (i64, i64) = retry(
+            MAX_ATTEMPTS,
+            |_| Duration::ZERO,
+            retryable,
+            || {
+                store.statements.add(1);
+                sqlx::query_as(PURGE_REPORTS_SQL)
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .bind(i64::from(max_items))
+                    .fetch_one(&store.pool)
+            },
+        )
+        .await?;
         Ok((reports as u64, items as u64))
     }
 
@@ -358,7 +377,7 @@ async fn try_record(
         positions.push(c.position as i32);
         hashes.push(c.hash.as_bytes().as_slice());
         types.push(c.token_type.as_str());
-        sources.push(c.source.as_str());
+        sources.push(stored_source(&c.source));
         urls.push(c.url.as_str());
     }
     let query = sqlx::query(RECORD_SQL)

@@ -2,7 +2,9 @@
 //!
 //! `record_report` is one transaction, committed whole or not at all: the report row,
 //! the one revoking `UPDATE` of every live candidate, the outbox rows of the tokens it
-//! flipped, the existence probe of the rest, the item rows and the report's counts. It
+//! flipped, the existence probe of the rest, the item rows, the report's counts and the
+//! stats rollups (per day and scanner, per source, and the age histogram when it
+//! flipped something: two or three statements). It
 //! starts with a write (the report row), so it holds SQLite's one write lock from its
 //! first statement and everything it reads inside the transaction is consistent. A token
 //! flips once (`WHERE revoked_at IS NULL`), so it gets exactly one notification.
@@ -29,7 +31,8 @@ use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
 use crate::store::rows::hash_from;
 use crate::store::shared::{
-    database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
+    database_budget, distinct_hashes, duplicate_answer, outcomes_for, stored_source,
+    DELIVERED_BODY_SQL,
 };
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 
@@ -79,7 +82,7 @@ impl Record for Sqlite {
         let mut tx = store.pool.begin().await?;
         // The per-source rollup follows the items: the batch's counts leave their sources
         // for '(purged)' (rows emptied here are deleted by the caller's next statement).
-        for (source, sign) in [("source", "-"), ("'(purged)'", "")] {
+        for (source, sign) in [("substr(source, 1, 200)", "-"), ("'(purged)'", "")] {
             store.statements.add(1);
             sqlx::query(&format!(
                 "INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
@@ -285,7 +288,7 @@ async fn record(
             hash.to_hex(),
             owner,
             item.url,
-            item.source,
+            stored_source(&item.source),
             was_expired
         ]));
     }
@@ -344,7 +347,7 @@ async fn record(
                 c.position,
                 c.hash.to_hex(),
                 c.token_type,
-                c.source,
+                stored_source(&c.source),
                 c.url,
                 o.as_str()
             ])
