@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers of `src/lib.rs`, lowest first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["domain", "support", "telemetry", "tls"],
+    &["activity", "domain", "support", "telemetry", "tls"],
     &["metrics"],
     &["signature", "store"],
     &["notify", "replay", "retention"],

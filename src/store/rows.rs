@@ -16,9 +16,9 @@ use sqlx::FromRow;
 
 use super::backend::Backend;
 use super::{
-    DayTotals, Notification, NotificationCounts, NotificationStatus, Outcome, OutcomeCounts,
-    RecentItem, RecentReport, RecentRevocation, ReportItemRecord, ReportRecord, RevocationAges,
-    StoreError, TokenRecord, Totals,
+    DayTotals, LastReport, Notification, NotificationCounts, NotificationStatus, Outcome,
+    OutcomeCounts, RecentItem, RecentReport, RecentRevocation, ReportItemRecord, ReportRecord,
+    RevocationAges, StoreError, TokenRecord, Totals,
 };
 use crate::domain::TokenHash;
 
@@ -380,6 +380,22 @@ impl<B: Backend> RecentRevocationRow<B> {
             notification: parse_status(&self.status)?,
         })
     }
+}
+
+/// `(scanner, latest received_at)` rows as [`LastReport`]s (a scanner whose rollup rows
+/// predate the column has none).
+pub(super) fn last_reports<B: Backend>(
+    rows: Vec<(String, Option<B::Time>)>,
+) -> Result<Vec<LastReport>, StoreError> {
+    rows.into_iter()
+        .filter_map(|(scanner, at)| Some((scanner, at?)))
+        .map(|(scanner, at)| {
+            Ok(LastReport {
+                scanner,
+                received_at: B::decode_time(at)?,
+            })
+        })
+        .collect()
 }
 
 /// The notification rollups: queued ever, delivered and failed now.

@@ -26,12 +26,16 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 
 use super::backend::{notification_columns, Backend, Store};
 use super::rows::{
-    ages_from_buckets, hash_from, parse_outcome, preview_map, recent_reports, sum_totals,
-    AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow,
-    PreviewRow, RecentRevocationRow, RecentRow, ReportRow, TokenRow,
+    ages_from_buckets, hash_from, last_reports, parse_outcome, preview_map, recent_reports,
+    sum_totals, AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow,
+    OwnerRow, PreviewRow, RecentRevocationRow, RecentRow, ReportRow, TokenRow,
+};
+use super::stats::{
+    AGES_SQL, FAILED_NOTIFICATIONS_SQL, LAST_REPORTS_SQL, LONG_PENDING, NOTIFICATION_COUNTS_SQL,
+    RECENT_REVOCATIONS_SQL, WAITING_NOTIFICATIONS_SQL,
 };
 use super::{
-    AttemptResult, Clock, LastReport, NewReport, NewToken, Notification, NotificationCounts,
+    AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
     NotificationStatus, Outcome, OutcomeCounts, Purged, RecordOptions, RecordedReport,
     ReportItemRecord, ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats,
     StoreError, TokenRecord, TokenStatus,
@@ -84,67 +88,6 @@ const NOTIFICATION_OF_TOKEN_SQL: &str = concat!(
 const FAILED_SQL: &str = "UPDATE notifications
                  SET status = 'failed', last_error = $2, locked_until = NULL
                  WHERE id = $1 AND status = 'pending' AND locked_until = $3";
-
-/// → `AgeBucketRow`s of the token-age histogram, in bucket order (buckets are numbered
-/// consecutively, so a bucket's upper bound is the next one's lower bound).
-const AGES_SQL: &str =
-    "SELECT b.lo_ms AS lo_ms, n.lo_ms AS hi_ms, CAST(sum(a.tokens) AS BIGINT) AS tokens
-             FROM stats_ages a
-             JOIN stats_age_buckets b ON b.bucket = a.bucket
-             LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
-             GROUP BY a.bucket, b.lo_ms, n.lo_ms
-             ORDER BY a.bucket";
-
-/// → `RecentRevocationRow`s: the last 20 tokens revoked (by their notification rows, one
-/// per revoked token), newest first.
-const RECENT_REVOCATIONS_SQL: &str =
-    "SELECT n.token_hash, n.owner, n.revoked_at, n.scanner, r.key_id,
-                    n.report_id, n.expired, n.status
-             FROM notifications n JOIN reports r ON r.id = n.report_id
-             ORDER BY n.id DESC LIMIT 20";
-
-/// → `NotificationRow`s: the last 20 failed (the `notifications_failed` index).
-const FAILED_NOTIFICATIONS_SQL: &str = concat!(
-    "SELECT ",
-    notification_columns!(),
-    " FROM notifications WHERE status = 'failed' ORDER BY id DESC LIMIT 20"
-);
-
-/// `waited since` → `NotificationRow`s: up to 20 pending ones that failed an attempt or
-/// were queued before then, soonest due first (the `notifications_due` index).
-const WAITING_NOTIFICATIONS_SQL: &str = concat!(
-    "SELECT ",
-    notification_columns!(),
-    " FROM notifications WHERE status = 'pending' AND (last_error IS NOT NULL OR revoked_at <= $1)
-      ORDER BY next_attempt_at, id LIMIT 20"
-);
-
-/// → `(scanner, latest received_at)` per scanner.
-const LAST_REPORTS_SQL: &str =
-    "SELECT scanner, max(last_received_at) FROM stats_daily GROUP BY scanner ORDER BY scanner";
-
-/// The longest `source` stored, in characters: it keys the per-source rollup, whose
-/// index PostgreSQL limits to about 2.7 KB a row. (Migration 0007's backfill and the
-/// purge's rollup statements cut older rows at the same 200.) Scanners send short names (`content`,
-/// `commit`); a longer one is cut, never refused (a delivery must not fail on it).
-pub(super) const SOURCE_MAX_CHARS: usize = 200;
-
-/// `source` as stored (see [`SOURCE_MAX_CHARS`]).
-pub(super) fn stored_source(source: &str) -> &str {
-    match source.char_indices().nth(SOURCE_MAX_CHARS) {
-        Some((end, _)) => &source[..end],
-        None => source,
-    }
-}
-
-/// How long a pending notification waits before the dashboard lists it.
-const LONG_PENDING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-/// → one `NotificationRollup` (one statement: one snapshot of both tables).
-const NOTIFICATION_COUNTS_SQL: &str = "SELECT
-        CAST(coalesce((SELECT sum(notifications) FROM stats_daily), 0) AS BIGINT) AS queued,
-        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'delivered'), 0) AS BIGINT) AS delivered,
-        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'failed'), 0) AS BIGINT) AS failed";
 
 /// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
 const LIST_SQL: &str = concat!(
@@ -404,16 +347,7 @@ where
         self.statements.add(1);
         let last: Vec<(String, Option<B::Time>)> =
             sqlx::query_as(LAST_REPORTS_SQL).fetch_all(&mut *tx).await?;
-        let last_reports = last
-            .into_iter()
-            .filter_map(|(scanner, at)| Some((scanner, at?)))
-            .map(|(scanner, at)| {
-                Ok(LastReport {
-                    scanner,
-                    received_at: B::decode_time(at)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let last_reports = last_reports::<B>(last)?;
 
         self.statements.add(1);
         tx.commit().await?;

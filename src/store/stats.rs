@@ -1,10 +1,76 @@
 //! What `stats` reads: totals, by scanner, source and day, token ages, recent reports
-//! and revocations, and the notifications that need a look (the types of `/api/stats`).
+//! and revocations, and the notifications that need a look (the types of `/api/stats`),
+//! and the statements that read them alike on both backends.
 
 use chrono::{DateTime, Utc};
 
+use super::backend::notification_columns;
 use super::{Notification, NotificationStatus, OutcomeCounts};
 use crate::domain::Outcome;
+
+// The statements of `stats` that read the same on both backends (the rest are the
+// backend's `StatsSql`).
+
+/// → `AgeBucketRow`s of the token-age histogram, in bucket order (buckets are numbered
+/// consecutively, so a bucket's upper bound is the next one's lower bound).
+pub(super) const AGES_SQL: &str =
+    "SELECT b.lo_ms AS lo_ms, n.lo_ms AS hi_ms, CAST(sum(a.tokens) AS BIGINT) AS tokens
+             FROM stats_ages a
+             JOIN stats_age_buckets b ON b.bucket = a.bucket
+             LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
+             GROUP BY a.bucket, b.lo_ms, n.lo_ms
+             ORDER BY a.bucket";
+
+/// → `RecentRevocationRow`s: the last 20 tokens revoked (by their notification rows, one
+/// per revoked token), newest first.
+pub(super) const RECENT_REVOCATIONS_SQL: &str =
+    "SELECT n.token_hash, n.owner, n.revoked_at, n.scanner, r.key_id,
+                    n.report_id, n.expired, n.status
+             FROM notifications n JOIN reports r ON r.id = n.report_id
+             ORDER BY n.id DESC LIMIT 20";
+
+/// → `NotificationRow`s: the last 20 failed (the `notifications_failed` index).
+pub(super) const FAILED_NOTIFICATIONS_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE status = 'failed' ORDER BY id DESC LIMIT 20"
+);
+
+/// `waited since` → `NotificationRow`s: up to 20 pending ones that failed an attempt or
+/// were queued before then, soonest due first (the `notifications_due` index).
+pub(super) const WAITING_NOTIFICATIONS_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE status = 'pending' AND (last_error IS NOT NULL OR revoked_at <= $1)
+      ORDER BY next_attempt_at, id LIMIT 20"
+);
+
+/// → `(scanner, latest received_at)` per scanner.
+pub(super) const LAST_REPORTS_SQL: &str =
+    "SELECT scanner, max(last_received_at) FROM stats_daily GROUP BY scanner ORDER BY scanner";
+
+/// The longest `source` stored, in characters: it keys the per-source rollup, whose
+/// index PostgreSQL limits to about 2.7 KB a row. (Migration 0007's backfill and the
+/// purge's rollup statements cut older rows at the same 200.) Scanners send short names (`content`,
+/// `commit`); a longer one is cut, never refused (a delivery must not fail on it).
+pub(super) const SOURCE_MAX_CHARS: usize = 200;
+
+/// `source` as stored (see [`SOURCE_MAX_CHARS`]).
+pub(super) fn stored_source(source: &str) -> &str {
+    match source.char_indices().nth(SOURCE_MAX_CHARS) {
+        Some((end, _)) => &source[..end],
+        None => source,
+    }
+}
+
+/// How long a pending notification waits before the dashboard lists it.
+pub(super) const LONG_PENDING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// → one `NotificationRollup` (one statement: one snapshot of both tables).
+pub(super) const NOTIFICATION_COUNTS_SQL: &str = "SELECT
+        CAST(coalesce((SELECT sum(notifications) FROM stats_daily), 0) AS BIGINT) AS queued,
+        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'delivered'), 0) AS BIGINT) AS delivered,
+        CAST(coalesce((SELECT sum(n) FROM stats_notifications WHERE status = 'failed'), 0) AS BIGINT) AS failed";
 
 /// Item and report totals (all-time or per group). `revoked` … `not_ours` count
 /// occurrences (report items: a token named twice, or re-reported, counts each time);

@@ -39,9 +39,8 @@ use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Record, Store};
-use crate::store::shared::{
-    database_budget, duplicate_answer, outcomes_for, stored_source, DELIVERED_BODY_SQL,
-};
+use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
+use crate::store::stats::stored_source;
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 use crate::support::retry;
 
@@ -150,16 +149,18 @@ WITH rid AS (
         items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
         already_revoked = s.already_revoked + EXCLUDED.already_revoked,
         expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown
+), bounds AS (
+    -- The histogram's lower bounds in bucket order, read once per statement.
+    SELECT array_agg(lo_ms ORDER BY bucket) AS lo FROM stats_age_buckets WHERE bucket > 0
 ), ages AS (
-    -- Each flipped token's age into its histogram bucket (the last bound at or below it).
+    -- Each flipped token's age into its histogram bucket: `width_bucket` counts the
+    -- bounds at or below it (a binary search), which is the bucket's number (0: under
+    -- the first bound).
     INSERT INTO stats_ages AS s (bucket, slot, tokens)
-    SELECT b.bucket, (SELECT id FROM rid) % 16, count(*)
+    SELECT width_bucket(f.age_ms, (SELECT lo FROM bounds)), (SELECT id FROM rid) % 16, count(*)
     FROM flipped f
-    CROSS JOIN LATERAL (
-        SELECT bucket FROM stats_age_buckets WHERE lo_ms <= f.age_ms ORDER BY lo_ms DESC LIMIT 1
-    ) b
-    GROUP BY b.bucket
-    ORDER BY b.bucket
+    GROUP BY 1
+    ORDER BY 1
     ON CONFLICT (bucket, slot) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens
 ), items AS (
     INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)

@@ -31,9 +31,9 @@ use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
 use crate::store::rows::hash_from;
 use crate::store::shared::{
-    database_budget, distinct_hashes, duplicate_answer, outcomes_for, stored_source,
-    DELIVERED_BODY_SQL,
+    database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
 };
+use crate::store::stats::stored_source;
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 
 /// A token the revoking `UPDATE` flipped.
