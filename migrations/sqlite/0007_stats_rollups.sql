@@ -104,7 +104,8 @@ FROM report_items
 GROUP BY 1;
 
 INSERT INTO stats_ages (bucket, slot, tokens)
-SELECT (SELECT max(bucket) FROM stats_age_buckets WHERE lo_ms <= t.revoked_at - t.created_at) AS b,
+SELECT (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= t.revoked_at - t.created_at
+        ORDER BY lo_ms DESC LIMIT 1) AS b,
        0, count(*)
 FROM tokens t
 WHERE t.revoked_by IS NOT NULL AND t.revoked_at IS NOT NULL

@@ -410,19 +410,37 @@ async fn record(
     .bind(flipped.len() as i64)
     .execute(&mut *tx)
     .await?;
+    // Per source, counted here from what was just written: [source, items, revoked,
+    // already_revoked, expired, unknown].
+    let mut by_source: std::collections::BTreeMap<&str, [u32; 5]> = Default::default();
+    for (c, o) in report.candidates.iter().zip(&outcomes) {
+        let n = by_source.entry(stored_source(&c.source)).or_default();
+        n[0] += 1;
+        match o {
+            Outcome::Revoked => n[1] += 1,
+            Outcome::AlreadyRevoked => n[2] += 1,
+            Outcome::Expired => n[3] += 1,
+            Outcome::Unknown => n[4] += 1,
+            Outcome::NotOurs => {}
+        }
+    }
+    let by_source: Vec<serde_json::Value> = by_source
+        .into_iter()
+        .map(|(source, n)| serde_json::json!([source, n[0], n[1], n[2], n[3], n[4]]))
+        .collect();
     store.statements.add(1);
     sqlx::query(
         "INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
-         SELECT source, 0, count(*), sum(outcome = 'revoked'), sum(outcome = 'already_revoked'),
-                sum(outcome = 'expired'), sum(outcome = 'unknown')
-         FROM report_items WHERE report_id = ?1
-         GROUP BY source
+         SELECT json_extract(value, '$[0]'), 0, json_extract(value, '$[1]'),
+                json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                json_extract(value, '$[4]'), json_extract(value, '$[5]')
+         FROM json_each(?1) WHERE true
          ON CONFLICT (source, slot) DO UPDATE SET
              items = items + excluded.items, revoked = revoked + excluded.revoked,
              already_revoked = already_revoked + excluded.already_revoked,
              expired = expired + excluded.expired, unknown = unknown + excluded.unknown",
     )
-    .bind(report_id)
+    .bind(serde_json::Value::Array(by_source).to_string())
     .execute(&mut *tx)
     .await?;
     if !ages.is_empty() {
@@ -430,7 +448,8 @@ async fn record(
         store.statements.add(1);
         sqlx::query(
             "INSERT INTO stats_ages (bucket, slot, tokens)
-             SELECT (SELECT max(bucket) FROM stats_age_buckets WHERE lo_ms <= value) AS b, 0, count(*)
+             SELECT (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= value
+                     ORDER BY lo_ms DESC LIMIT 1) AS b, 0, count(*)
              FROM json_each(?1)
              GROUP BY b
              ON CONFLICT (bucket, slot) DO UPDATE SET tokens = tokens + excluded.tokens",
