@@ -22,8 +22,8 @@
 //!
 //! Seeding 10 M tokens takes minutes, so the seeded database is kept and reused by the
 //! next run with the same volume and schema (PostgreSQL: database
-//! `revoker_bench_stats_<N>_<M>_m<migrations>`; SQLite: a file of that name under
-//! `target/bench/`); `--reseed` starts over. PostgreSQL: `REVOKER_BENCH_POSTGRES_URL`
+//! `revoker_bench_stats_<N>_<M>_m<migrations>_<digest of their text>`; SQLite: a file of
+//! that name under `target/bench/`); `--reseed` starts over. PostgreSQL: `REVOKER_BENCH_POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`) is where the database is created.
 //!
 //! Target: p50 ≤ 50 ms on both backends at their default volumes. Printed, not asserted.
@@ -268,7 +268,32 @@ async fn seed(store: &Arc<dyn RevocationStore>, plan: &Plan, concurrency: usize)
 }
 
 /// The database to use: `(url, already seeded)`.
-async fn database(args: &Args, migrations: i64) -> (String, bool) {
+/// The schema's version as the reusable database's name carries it: how many
+/// migrations, and a digest of their text (an edited migration reseeds too, rather than
+/// meeting sqlx's refusal of a changed one).
+fn schema_version(backend: Backend) -> String {
+    use sha2::{Digest, Sha256};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(match backend {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    });
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut digest = Sha256::new();
+    for f in &files {
+        digest.update(std::fs::read(f).unwrap());
+    }
+    let hex: String = digest.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}_{hex}", files.len())
+}
+
+async fn database(args: &Args, migrations: String) -> (String, bool) {
     let name = format!(
         "revoker_bench_stats_{}_{}_m{migrations}",
         args.tokens, args.items
@@ -410,16 +435,7 @@ fn main() {
 
 async fn run(args: Args) {
     let dir = tempfile::tempdir().unwrap();
-    let migrations = {
-        // The schema's version names the reusable database: a new migration reseeds.
-        let probe = store::connect(
-            &format!("sqlite://{}", dir.path().join("probe.db").display()),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-        probe.known_migrations()
-    };
+    let migrations = schema_version(args.backend);
     let (db_url, seeded) = database(&args, migrations).await;
     let plan = Plan::new(args.tokens, args.items);
     let mut settings = Settings::new(

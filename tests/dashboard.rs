@@ -365,9 +365,55 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
     assert!(text_of(&dom, "oncall-banner")
         .unwrap()
         .contains("gitlab: no keys"));
-    // One table row per recent report; hostile strings escaped, not interpreted.
+    // Outcomes and top sources: each bar's count, as the API says.
+    for key in [
+        "revoked",
+        "expired",
+        "already_revoked",
+        "unknown",
+        "not_ours",
+    ] {
+        let bar = format!("data-outcome=\"{key}\" data-count=\"{}\"", totals[key]);
+        assert!(dom.contains(&bar), "no outcome bar {bar}");
+    }
+    let sources = stats.json["by_source"].as_array().unwrap();
+    assert!(!sources.is_empty());
+    for src in sources.iter().take(12) {
+        let name = src["source"].as_str().unwrap();
+        // Serialised with `&` escaped, and `<` `>` too in newer browsers.
+        let amp = name.replace('&', "&amp;");
+        let both = amp.replace('<', "&lt;").replace('>', "&gt;");
+        let found = [amp, both].iter().any(|v| {
+            dom.contains(&format!(
+                "data-source=\"{v}\" data-items=\"{}\"",
+                src["items"]
+            ))
+        });
+        assert!(
+            found,
+            "no bar for source {name:?} with {} items",
+            src["items"]
+        );
+    }
+    // One table row per recent report, every count as the API says; hostile strings
+    // escaped, not interpreted.
+    let recent = stats.json["recent"].as_array().unwrap();
     let rows = rows_of(&dom, "recent-reports");
     assert_eq!(rows.len() - 1, 6, "header + 6 reports");
+    for (row, r) in rows[1..].iter().zip(recent) {
+        let c = cells(row);
+        let counts = &r["counts"];
+        let expected: Vec<String> = [
+            r["item_count"].to_string(),
+            counts["revoked"].to_string(),
+            counts["already_revoked"].to_string(),
+            counts["expired"].to_string(),
+            counts["unknown"].to_string(),
+            counts["not_ours"].to_string(),
+        ]
+        .into();
+        assert_eq!(c[2..8], expected[..], "{c:?}");
+    }
     assert!(dom.contains("replayed by alice@security"));
     assert!(!dom.contains("key alice@security"));
     assert!(!dom.contains("<img src=\"x\""), "hostile URL became markup");

@@ -49,7 +49,7 @@ CREATE TABLE stats_sources (
 
 -- Token ages at revocation as a histogram. Bucket N > 0 holds ages from its lo_ms up to
 -- the next bucket's; bounds follow the E24 series (1.0, 1.1, 1.2, 1.3, 1.5 … 9.1 per
--- decade, steps of at most 10 %) from 10 ms to 9.1e11 ms (29 years); bucket 0 is
+-- decade, steps of at most 15.4 %) from 10 ms to 9.1e11 ms (29 years); bucket 0 is
 -- everything under 10 ms (negative ages too: a token minted on a host whose clock runs
 -- ahead).
 CREATE TABLE stats_age_buckets (

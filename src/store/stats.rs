@@ -121,9 +121,10 @@ pub struct DayTotals {
 }
 
 /// Token age at revocation (`revoked_at - created_at`) over tokens revoked by a report.
-/// Percentiles are nearest-rank over a histogram whose buckets step by at most 10 %
-/// (the E24 series, from 10 ms): each is the upper bound of the bucket holding that
-/// rank, so the true value is at most it and more than 10/11 of it (under 10 ms:
+/// Percentiles are nearest-rank over a histogram whose buckets step by at most 15.4 %
+/// (the E24 series, from 10 ms; 13 → 15 is the widest step): each is the upper bound of
+/// the bucket holding that rank, so the true value is at most it and at least 13/15 of
+/// it (under 10 ms:
 /// 0.01 s; past 29 years, the last bound).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RevocationAges {
