@@ -21,6 +21,10 @@
 //! Exits non-zero if the junk flood caused any database statement (the CI smoke check);
 //! timings are printed and compared with the targets, never asserted.
 
+mod common;
+
+use common::{ms, percentile, Backend};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,12 +42,6 @@ use revoker::signature::ScannerSpec;
 use revoker::startup::Application;
 use revoker::store::{NewToken, RecordOptions, RevocationStore};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 struct Args {
     backend: Backend,
     quick: bool,
@@ -60,11 +58,7 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => {
-                args.backend = match it.next().as_deref() {
-                    Some("sqlite") => Backend::Sqlite,
-                    Some("postgres") => Backend::Postgres,
-                    other => panic!("--backend sqlite|postgres, got {other:?}"),
-                }
+                args.backend = Backend::parse(it.next().as_deref());
             }
             "--quick" => args.quick = true,
             "--tokens" => args.tokens = it.next().and_then(|n| n.parse().ok()).expect("--tokens N"),
@@ -159,14 +153,6 @@ async fn hostile_connections(base: &str, max_body: usize) -> Vec<tokio::task::Jo
     tasks
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Genuine deliveries from `concurrency` workers until `deadline`, the pre-signed bodies
 /// taken in turn (past the end of `signed` they come round again: repeats, answered from
 /// their first report): the sorted latencies in ms, the answers other than 200, and the
@@ -206,10 +192,6 @@ async fn genuine_load(
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
     (lat, errors.load(Ordering::Relaxed), elapsed)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 struct Bench {
@@ -449,23 +431,13 @@ async fn run(args: Args) -> bool {
             None,
         ),
         Backend::Postgres => {
-            let admin = std::env::var("REVOKER_BENCH_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let admin = common::postgres_admin_url();
             let name = format!("revoker_bench_{}", std::process::id());
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .expect("PostgreSQL reachable");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path(&name);
-            (url.to_string(), Some((admin, name)))
+            common::recreate_database(&mut conn, &name).await;
+            (common::postgres_url(&admin, &name), Some((admin, name)))
         }
     };
 
@@ -824,10 +796,7 @@ async fn run(args: Args) -> bool {
     );
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(format!(
-        "receiver-{}.json",
-        format!("{:?}", args.backend).to_lowercase()
-    ));
+    let out = out_dir.join(format!("receiver-{}.json", args.backend.name()));
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("\nwritten to {}", out.display());
     if flood_statements != 0 {

@@ -28,8 +28,12 @@
 //!
 //! Target: p50 ≤ 50 ms on both backends at their default volumes. Printed, not asserted.
 
+mod common;
+
+use common::{ms, percentile, Backend};
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -55,12 +59,6 @@ const SOURCES: [&str; 8] = [
 ];
 const HISTORY_DAYS: i64 = 90;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 struct Args {
     backend: Backend,
     tokens: usize,
@@ -81,11 +79,7 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => {
-                backend = match it.next().as_deref() {
-                    Some("sqlite") => Backend::Sqlite,
-                    Some("postgres") => Backend::Postgres,
-                    other => panic!("--backend sqlite|postgres, got {other:?}"),
-                }
+                backend = Backend::parse(it.next().as_deref());
             }
             "--tokens" => tokens = number(&mut it, "--tokens"),
             "--items" => items = number(&mut it, "--items"),
@@ -313,8 +307,7 @@ async fn database(args: &Args, migrations: String) -> (String, bool) {
             (url, seeded)
         }
         Backend::Postgres => {
-            let admin = std::env::var("REVOKER_BENCH_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let admin = common::postgres_admin_url();
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .expect("PostgreSQL reachable");
@@ -324,20 +317,11 @@ async fn database(args: &Args, migrations: String) -> (String, bool) {
                     .fetch_one(&mut conn)
                     .await
                     .unwrap();
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path(&name);
-            let url = url.to_string();
+            let url = common::postgres_url(&admin, &name);
             if exists && !args.reseed && marker(&url).await {
                 return (url, true);
             }
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            common::recreate_database(&mut conn, &name).await;
             (url, false)
         }
     }
@@ -413,15 +397,6 @@ fn history_statements(backend: Backend) -> [&'static str; 4] {
              SELECT (SELECT ms FROM r WHERE rn = (n + 1) / 2), (SELECT ms FROM r WHERE rn = (19 * n + 19) / 20)",
         ],
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1_000.0
 }
 
 fn main() {
@@ -540,10 +515,7 @@ async fn run(args: Args) {
 
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    let backend = match args.backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let backend = args.backend.name();
     let file = out.join(format!("stats-{backend}.json"));
     std::fs::write(
         &file,
