@@ -81,6 +81,9 @@ pub mod defaults {
 pub struct Settings {
     pub listen: String,
     pub database_url: SecretString,
+    /// Where migrations run when not over `database_url` (a direct connection beside a
+    /// pooled one).
+    pub migrate_database_url: Option<SecretString>,
     pub pool: PoolSettings,
     pub scanners: Vec<ScannerSpec>,
     /// Scanners that are not `github` (`--scanner-protocol NAME=gitlab`).
@@ -135,6 +138,7 @@ impl Settings {
         Settings {
             listen: "127.0.0.1:0".into(),
             database_url: SecretString::from(database_url.to_owned()),
+            migrate_database_url: None,
             pool: PoolSettings::default(),
             scanners,
             scanner_protocols: Vec::new(),

@@ -55,12 +55,30 @@ struct ConnectionLimits {
 /// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
 pub async fn open_and_migrate(
     url: &str,
+    migrate_url: Option<&str>,
     pool: &store::PoolSettings,
 ) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    if let Some(direct) = migrate_url {
+        // Migrations need a session of their own (an advisory lock, prepared
+        // statements): over their own URL, on one connection closed afterwards.
+        let one = store::PoolSettings {
+            max_connections: 1,
+            ..pool.clone()
+        };
+        let migrator = store::connect(direct, &one)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(direct)))?;
+        migrator
+            .migrate()
+            .await
+            .with_context(|| format!("cannot migrate database {}", redact_url(direct)))?;
+    }
     let store = store::connect(url, pool)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(url)))?;
-    store.migrate().await.context("cannot migrate database")?;
+    if migrate_url.is_none() {
+        store.migrate().await.context("cannot migrate database")?;
+    }
     Ok(store)
 }
 
@@ -68,7 +86,11 @@ impl Application {
     /// Connects and migrates the database named in the settings, then binds.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let url = settings.database_url.expose_secret();
-        let store = open_and_migrate(url, &settings.pool).await?;
+        let migrate_url = settings
+            .migrate_database_url
+            .as_ref()
+            .map(|u| u.expose_secret());
+        let store = open_and_migrate(url, migrate_url, &settings.pool).await?;
         tracing::info!(
             backend = %store::backend_name(url),
             database = %redact_url(url),

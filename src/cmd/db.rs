@@ -25,6 +25,25 @@ pub struct DbArgs {
     pub database_url: SecretString,
 }
 
+/// `--migrate-database-url`, for the commands that migrate (`serve`, `migrate`, `token
+/// mint`).
+#[derive(Debug, Clone, Args)]
+pub struct MigrateUrlArgs {
+    /// PostgreSQL: run migrations over this URL instead of --database-url. Set it to a
+    /// direct connection when --database-url goes through a connection pooler in
+    /// transaction mode (PgBouncer): migrations need a session of their own.
+    #[arg(long, env = "REVOKER_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    pub migrate_database_url: Option<SecretString>,
+}
+
+impl MigrateUrlArgs {
+    pub fn url(&self) -> Option<&str> {
+        self.migrate_database_url
+            .as_ref()
+            .map(|u| u.expose_secret())
+    }
+}
+
 /// The connection pool of `serve`, which answers requests from it (one-shot commands
 /// use the defaults).
 #[derive(Debug, Clone, Args)]
@@ -95,7 +114,16 @@ pub async fn open_current(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore
     Ok(store)
 }
 
-/// Opens (creating a SQLite file if missing) and migrates.
-pub async fn open(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStore>> {
-    open_and_migrate(db.database_url.expose_secret(), &db.pool_settings(true)).await
+/// Opens (creating a SQLite file if missing) and migrates (over `--migrate-database-url`
+/// when set).
+pub async fn open(
+    db: &DbArgs,
+    migrate: &MigrateUrlArgs,
+) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    open_and_migrate(
+        db.database_url.expose_secret(),
+        migrate.url(),
+        &db.pool_settings(true),
+    )
+    .await
 }

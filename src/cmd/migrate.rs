@@ -5,10 +5,24 @@ use secrecy::ExposeSecret;
 
 use revoker::domain::redact::redact_url;
 
-use super::db::DbArgs;
+use super::db::{DbArgs, MigrateUrlArgs};
 
-pub async fn run(db: DbArgs) -> anyhow::Result<()> {
-    let url = db.database_url.expose_secret();
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub migrate: MigrateUrlArgs,
+}
+
+/// Migrates over `--migrate-database-url` when set, else `--database-url`.
+pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    let db = &args.db;
+    let url = args
+        .migrate
+        .url()
+        .unwrap_or(db.database_url.expose_secret());
     let store = revoker::store::connect(url, &db.pool_settings(true))
         .await
         .with_context(|| format!("cannot open database {}", redact_url(url)))?;

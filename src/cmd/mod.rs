@@ -13,8 +13,8 @@ pub mod token;
 
 use clap::{Parser, Subcommand};
 
-use db::DbArgs;
 use keys::KeysCommand;
+use migrate::MigrateArgs;
 use notify::NotifyCommand;
 use purge::PurgeArgs;
 use replay::ReplayArgs;
@@ -40,7 +40,7 @@ pub enum Command {
     /// Run the receiver (applies pending migrations first).
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Mint or check cio_tp_ tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -81,7 +81,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         let done = match self {
             Command::Serve(args) => serve::run(*args).await,
-            Command::Migrate(db) => migrate::run(db).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Token(command) => return token::run(command).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Keys(command) => keys::run(command),

@@ -11,7 +11,7 @@ use revoker::signature::{HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use revoker::startup::{shutdown_signal, Application};
 use revoker::tls::TlsSettings;
 
-use super::db::{DbArgs, PoolArgs};
+use super::db::{DbArgs, MigrateUrlArgs, PoolArgs};
 use super::notify::{NotifyArgs, NotifyPollArgs};
 
 #[derive(Debug, Clone, Args)]
@@ -180,6 +180,9 @@ pub struct ServeArgs {
     pub db: DbArgs,
 
     #[command(flatten)]
+    pub migrate: MigrateUrlArgs,
+
+    #[command(flatten)]
     pub pool: PoolArgs,
 }
 
@@ -202,6 +205,7 @@ impl ServeArgs {
             listen: a.listen,
             pool: a.pool.pool_settings(true),
             database_url: a.db.database_url,
+            migrate_database_url: a.migrate.migrate_database_url,
             scanners: a.scanners,
             scanner_protocols: a.scanner_protocols,
             scanner_header_prefixes: a.scanner_header_prefixes,

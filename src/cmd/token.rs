@@ -17,7 +17,7 @@ use revoker::store::{
     NewToken, NotificationStatus, RecordOptions, RevocationStore, TokenRecord, TokenStatus,
 };
 
-use super::db::{open, open_current, open_existing, DbArgs};
+use super::db::{open, open_current, open_existing, DbArgs, MigrateUrlArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -117,6 +117,9 @@ pub struct MintArgs {
 
     #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub migrate: MigrateUrlArgs,
 }
 
 pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -370,7 +373,7 @@ async fn mint(args: MintArgs) -> anyhow::Result<()> {
     if ttl <= chrono::Duration::zero() {
         anyhow::bail!("--ttl must be greater than 0");
     }
-    let store = open(&args.db).await?;
+    let store = open(&args.db, &args.migrate).await?;
     let token = Token::generate();
     let now = chrono::Utc::now();
     let expires_at = now.checked_add_signed(ttl).context("--ttl is too large")?;

@@ -210,9 +210,20 @@ pub enum StoreError {
     /// The database could not be reached or the statement failed; the caller should
     /// answer 503 so the scanner retries.
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("database migration failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// PostgreSQL reached through a pooler in transaction mode (PgBouncer), which hands
+    /// each transaction any server connection: sqlx's named prepared statements are not
+    /// where it left them. Said in words instead of `prepared statement "sqlx_s_1"
+    /// already exists`.
+    #[error(
+        "the database URL goes through a connection pooler in transaction mode (such as \
+         PgBouncer), which does not keep prepared statements between transactions: connect \
+         revoker to PostgreSQL directly for now, and run migrations over a direct URL \
+         (--migrate-database-url / REVOKER_MIGRATE_DATABASE_URL)"
+    )]
+    Pooler,
     #[error("unsupported database URL scheme {0:?} (use sqlite:// or postgres://)")]
     UnsupportedScheme(String),
     #[error("stored data is inconsistent: {0}")]
@@ -225,6 +236,41 @@ pub enum StoreError {
     /// rolled the work back: nothing was written.
     #[error("the database did not finish before the deadline; nothing was written")]
     DeadlineExceeded,
+}
+
+/// sqlx's named prepared statement (`sqlx_s_N`) missing (26000) or already there
+/// (42P05): the server connection changed under the client, as behind a
+/// transaction-mode pooler.
+fn lost_prepared_statement(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("26000" | "42P05"))
+                && db.message().contains("sqlx_s_")
+        }
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if lost_prepared_statement(&e) {
+            StoreError::Pooler
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
+        match &e {
+            Execute(inner) | ExecuteMigration(inner, _) if lost_prepared_statement(inner) => {
+                StoreError::Pooler
+            }
+            _ => StoreError::Migrate(e),
+        }
+    }
 }
 
 /// Connection settings shared by both backends.

@@ -25,11 +25,13 @@
 mod app;
 mod db;
 mod keys;
+mod pgbouncer;
 mod process;
 
 pub use app::*;
 pub use db::*;
 pub use keys::*;
+pub use pgbouncer::*;
 pub use process::*;
 
 use std::io::Write;

@@ -1,0 +1,111 @@
+//! A real PgBouncer (Debian's `pgbouncer`, which `.ci/run` installs) on a free loopback
+//! port, in transaction mode, in front of the test PostgreSQL server.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running PgBouncer; killed on drop.
+pub struct PgBouncer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl PgBouncer {
+    /// PgBouncer in `pool_mode = transaction` with `default_pool_size = pool_size`, in
+    /// front of the server `direct_url` names (trust authentication, as the test server).
+    /// `None` when the binary is missing (the caller decides whether that is a skip).
+    pub fn start(direct_url: &str, pool_size: u32) -> Option<PgBouncer> {
+        let bin = binary()?;
+        let server = url::Url::parse(direct_url).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgbouncer.ini");
+        let users = dir.path().join("userlist.txt");
+        std::fs::write(&users, format!("\"{}\" \"\"\n", server.username())).unwrap();
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
+                 pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 1000\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                server.host_str().unwrap(),
+                server.port().unwrap_or(5432),
+                users.display()
+            ),
+        )
+        .unwrap();
+        // PgBouncer refuses to run as root: it drops to `postgres`, which must read the
+        // files.
+        let root = runs_as_root();
+        if root {
+            use std::os::unix::fs::PermissionsExt;
+            for p in [dir.path(), ini.as_path(), users.as_path()] {
+                let mode = if p.is_dir() { 0o755 } else { 0o644 };
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+        let mut cmd = Command::new(bin);
+        if root {
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pgbouncer starts");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "pgbouncer did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(PgBouncer {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// `direct_url` with its host and port replaced by this pooler's.
+    pub fn url(&self, direct_url: &str) -> String {
+        let mut url = url::Url::parse(direct_url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+}
+
+/// Whether this process runs as root (from `/proc/self/status`, no libc call).
+fn runs_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
