@@ -76,8 +76,20 @@ pub async fn open_and_migrate(
     let store = store::connect(url, pool)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(url)))?;
-    if migrate_url.is_none() {
-        store.migrate().await.context("cannot migrate database")?;
+    match migrate_url {
+        None => store.migrate().await.context("cannot migrate database")?,
+        // Migrated elsewhere: check that it was this database.
+        Some(direct) => {
+            let (applied, known) = (store.applied_migrations().await?, store.known_migrations());
+            if applied < known {
+                anyhow::bail!(
+                    "{} has {applied} of this binary's {known} migrations applied after migrating {}: \
+                     --migrate-database-url must name the same database as --database-url",
+                    redact_url(url),
+                    redact_url(direct)
+                );
+            }
+        }
     }
     Ok(store)
 }

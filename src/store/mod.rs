@@ -238,13 +238,15 @@ pub enum StoreError {
     DeadlineExceeded,
 }
 
-/// sqlx's named prepared statement (`sqlx_s_N`) missing (26000) or already there
-/// (42P05): the server connection changed under the client, as behind a
-/// transaction-mode pooler.
+/// sqlx's named prepared statement (`sqlx_s_N`) missing (26000), already there (42P05)
+/// or another one under its name (08P01, parameters that do not fit): the server
+/// connection changed under the client, as behind a transaction-mode pooler. (When
+/// another client's statement of the same name happens to fit, nothing tells: one more
+/// reason not to run through such a pooler yet.)
 fn lost_prepared_statement(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("26000" | "42P05"))
+            matches!(db.code().as_deref(), Some("26000" | "42P05" | "08P01"))
                 && db.message().contains("sqlx_s_")
         }
         _ => false,

@@ -122,11 +122,13 @@ where
 
     async fn applied_migrations(&self) -> Result<i64, StoreError> {
         self.statements.add(1);
-        let applied = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        // The simple query protocol (no prepared statement, one round trip): this is
+        // the check that runs through a connection pooler beside a direct migrate URL.
+        let applied = sqlx::raw_sql("SELECT count(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.pool)
             .await;
         match applied {
-            Ok(n) => Ok(n),
+            Ok(row) => Ok(sqlx::Row::try_get::<i64, usize>(&row, 0)?),
             // No table yet: nothing was ever applied. (Anything else is the database's
             // error, and `migrate` will say so.)
             // PostgreSQL 42P01 (undefined_table); SQLite says "no such table".

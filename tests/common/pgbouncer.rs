@@ -25,6 +25,22 @@ impl PgBouncer {
     /// `None` when the binary is missing (the caller decides whether that is a skip).
     pub fn start(direct_url: &str, pool_size: u32) -> Option<PgBouncer> {
         let bin = binary()?;
+        // From 1.21 PgBouncer can keep prepared statements (from 1.24 by default): these
+        // tests want the pooler that does not, as Debian's 1.18.
+        let version = Command::new(&bin).arg("--version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        let minor: u32 = version
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.strip_prefix("1."))
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let keep_none = if minor >= 21 {
+            "max_prepared_statements = 0\n"
+        } else {
+            ""
+        };
         let server = url::Url::parse(direct_url).unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -40,7 +56,7 @@ impl PgBouncer {
                 "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
                  listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
                  pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 1000\n\
-                 ignore_startup_parameters = extra_float_digits\n",
+                 ignore_startup_parameters = extra_float_digits\n{keep_none}",
                 server.host_str().unwrap(),
                 server.port().unwrap_or(5432),
                 users.display()
@@ -57,6 +73,7 @@ impl PgBouncer {
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
             }
         }
+        let log = dir.path().join("pgbouncer.log");
         let mut cmd = Command::new(bin);
         if root {
             cmd.args(["-u", "postgres"]);
@@ -64,22 +81,28 @@ impl PgBouncer {
         let child = cmd
             .arg(&ini)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("pgbouncer starts");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "pgbouncer did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(PgBouncer {
+        let mut bouncer = PgBouncer {
             child,
             port,
             _dir: dir,
-        })
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let why = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(status) = bouncer.child.try_wait().unwrap() {
+                panic!("pgbouncer exited {status}: {}", why());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "pgbouncer did not listen on {port}: {}",
+                why()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(bouncer)
     }
 
     /// `direct_url` with its host and port replaced by this pooler's.

@@ -24,6 +24,7 @@ pub fn revoker_command() -> std::process::Command {
     cmd.env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
         .env_remove("RUST_LOG_FORMAT")
+        .env_remove("REVOKER_MIGRATE_DATABASE_URL")
         .env_remove("GITHUB_TOKEN");
     cmd
 }
