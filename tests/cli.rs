@@ -216,35 +216,25 @@ async fn keys_generate_prints_or_extends_a_key_file_that_serve_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let path = |f: &str| dir.path().join(f);
     // Printed: a whole key file, saved as is.
-    let out = revoker()
-        .args(["keys", "generate", "--key-id", "team-1", "--out"])
-        .arg(path("a.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        revoker()
+            .args(["keys", "generate", "--key-id", "team-1", "--out"])
+            .arg(path("a.pem")),
     );
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(printed["public_keys"][0]["key_identifier"], "team-1");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE"));
-    std::fs::write(path("keys.json"), &out.stdout).unwrap();
+    assert!(!stdout.contains("PRIVATE"));
+    std::fs::write(path("keys.json"), &stdout).unwrap();
 
     // --key-file: the second key added beside the first.
-    let out = revoker()
-        .args(["keys", "generate", "--key-id", "team-2", "--out"])
-        .arg(path("b.pem"))
-        .arg("--key-file")
-        .arg(path("keys.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        revoker()
+            .args(["keys", "generate", "--key-id", "team-2", "--out"])
+            .arg(path("b.pem"))
+            .arg("--key-file")
+            .arg(path("keys.json")),
     );
-    assert!(out.stdout.is_empty());
+    assert!(stdout.is_empty());
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path("keys.json")).unwrap()).unwrap();
     let ids: Vec<&str> = file["public_keys"]
@@ -346,18 +336,7 @@ fn each_help_shows_the_flags_its_command_uses_and_says_true_things() {
 fn migrate_says_how_many_migrations_it_applied() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("r.db").display());
-    let run = || {
-        let out = revoker()
-            .args(["migrate", "--database-url", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = || run_ok(revoker().args(["migrate", "--database-url", &url]));
     let migrations = std::fs::read_dir(fixture("../migrations/sqlite"))
         .unwrap()
         .count();

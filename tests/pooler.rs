@@ -78,20 +78,15 @@ async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
         return;
     };
     let pooled_url = bouncer.url(db.url());
-    let out = revoker_command()
-        .args(["token", "mint", "--owner", "team", "--ttl", "1h"])
-        .args([
-            "--database-url",
-            &pooled_url,
-            "--migrate-database-url",
-            db.url(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        revoker_command()
+            .args(["token", "mint", "--owner", "team", "--ttl", "1h"])
+            .args([
+                "--database-url",
+                &pooled_url,
+                "--migrate-database-url",
+                db.url(),
+            ]),
     );
     let minted = db.texts("SELECT count(*)::text FROM tokens").await;
     assert_eq!(minted, ["1"]);

@@ -50,17 +50,11 @@ async fn serve_purges_on_its_own_on_postgres() {
 }
 
 fn purge(db: &TestDb, extra: &[&str]) -> String {
-    let out = revoker_command()
-        .args(["purge", "--database-url", db.url()])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(
+        revoker_command()
+            .args(["purge", "--database-url", db.url()])
+            .args(extra),
+    )
 }
 
 /// `revoker purge` with the default 30 days: a report of 31 days ago is purged, one of
