@@ -55,6 +55,15 @@ fn is_retryable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// [`is_retryable`], and a WARN saying that `what` runs again.
+fn run_again(what: &'static str, err: &sqlx::Error, attempt: u32) -> bool {
+    let retry = is_retryable(err);
+    if retry {
+        tracing::warn!(attempt, error = %err, "{what} aborted, retrying");
+    }
+    retry
+}
+
 /// One delivery in one statement. All sub-statements share one snapshot: the `tokens`
 /// read in `outcome` sees rows as they were before `flipped` ran, so a row that exists
 /// but was not flipped was already revoked. Foreign keys are checked at the end of the
@@ -273,13 +282,7 @@ impl Record for Postgres {
         // Its per-source rollup rows are locked in no particular order, so a delivery
         // naming two of those sources may deadlock with it; PostgreSQL aborts one, and
         // the batch (one statement, rolled back whole) simply runs again.
-        let retryable = |e: &sqlx::Error, attempt: u32| {
-            let retry = is_retryable(e);
-            if retry {
-                tracing::warn!(attempt, error = %e, "retention batch aborted, retrying");
-            }
-            retry
-        };
+        let retryable = |e: &sqlx::Error, attempt| run_again("retention batch", e, attempt);
         let (reports, items): (i64, i64) = retry(
             MAX_ATTEMPTS,
             |_| Duration::ZERO,
@@ -304,14 +307,7 @@ impl Record for Postgres {
         report: &NewReport,
         options: RecordOptions,
     ) -> Result<RecordedReport, StoreError> {
-        let retryable = |e: &TryError, attempt: u32| {
-            let TryError::Sql(e) = e else { return false };
-            let retry = is_retryable(e);
-            if retry {
-                tracing::warn!(attempt, error = %e, "revocation transaction aborted, retrying");
-            }
-            retry
-        };
+        let retryable = |e: &TryError, attempt| matches!(e, TryError::Sql(e) if run_again("revocation transaction", e, attempt));
         let recorded = retry(
             MAX_ATTEMPTS,
             |_| Duration::ZERO,
