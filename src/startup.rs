@@ -51,6 +51,16 @@ struct ConnectionLimits {
     header_timeout: Duration,
 }
 
+/// Opens the store at `url`; an error names the database (password masked).
+pub async fn connect(
+    url: &str,
+    pool: &store::PoolSettings,
+) -> anyhow::Result<Arc<dyn RevocationStore>> {
+    store::connect(url, pool)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(url)))
+}
+
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
 /// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
 pub async fn open_and_migrate(
@@ -65,17 +75,13 @@ pub async fn open_and_migrate(
             max_connections: 1,
             ..pool.clone()
         };
-        let migrator = store::connect(direct, &one)
-            .await
-            .with_context(|| format!("cannot open database {}", redact_url(direct)))?;
-        migrator
+        connect(direct, &one)
+            .await?
             .migrate()
             .await
             .with_context(|| format!("cannot migrate database {}", redact_url(direct)))?;
     }
-    let store = store::connect(url, pool)
-        .await
-        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    let store = connect(url, pool).await?;
     match migrate_url {
         None => store.migrate().await.context("cannot migrate database")?,
         // Migrated elsewhere: check that it was this database.

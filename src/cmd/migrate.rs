@@ -3,8 +3,6 @@
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
-use revoker::domain::redact::redact_url;
-
 use super::db::{DbArgs, MigrateUrlArgs};
 
 #[derive(Debug, clap::Args)]
@@ -23,9 +21,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         .migrate
         .url()
         .unwrap_or(db.database_url.expose_secret());
-    let store = revoker::store::connect(url, &db.pool_settings(true))
-        .await
-        .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    let store = revoker::startup::connect(url, &db.pool_settings(true)).await?;
     let before = store.applied_migrations().await?;
     store.migrate().await.context("cannot migrate database")?;
     let after = store.applied_migrations().await?;
