@@ -27,7 +27,7 @@ use sqlx::{FromRow, Row, Sqlite};
 
 use super::{hex_array, primary_code};
 use crate::domain::alert::CandidateItem;
-use crate::domain::{Outcome, TokenHash};
+use crate::domain::{Outcome, OutcomeCounts, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
 use crate::store::rows::hash_from;
 use crate::store::shared::{
@@ -44,6 +44,17 @@ struct Flipped<'r> {
     owner: &'r str,
     /// Its age at revocation in milliseconds.
     age_ms: i64,
+}
+
+/// What adding a row to `stats_sources` does to the one already there: sums every
+/// counter (the recording and the purge alike).
+macro_rules! add_to_source {
+    () => {
+        "ON CONFLICT (source, slot) DO UPDATE SET
+             items = items + excluded.items, revoked = revoked + excluded.revoked,
+             already_revoked = already_revoked + excluded.already_revoked,
+             expired = expired + excluded.expired, unknown = unknown + excluded.unknown"
+    };
 }
 
 /// The batch of the retention purge: `before`, `limit` reports, `max_items` (as `?1`,
@@ -92,11 +103,9 @@ impl Record for Sqlite {
                  FROM report_items
                  WHERE source <> '(purged)' AND report_id IN ({batch})
                  GROUP BY 1
-                 ON CONFLICT (source, slot) DO UPDATE SET
-                     items = items + excluded.items, revoked = revoked + excluded.revoked,
-                     already_revoked = already_revoked + excluded.already_revoked,
-                     expired = expired + excluded.expired, unknown = unknown + excluded.unknown",
-                batch = purge_batch!()
+                 {add}",
+                batch = purge_batch!(),
+                add = add_to_source!()
             ))
             .bind(before)
             .bind(i64::from(limit))
@@ -412,34 +421,35 @@ async fn record(
     .await?;
     // Per source, counted here from what was just written: [source, items, revoked,
     // already_revoked, expired, unknown].
-    let mut by_source: std::collections::BTreeMap<&str, [u32; 5]> = Default::default();
+    let mut by_source: std::collections::BTreeMap<&str, (u32, OutcomeCounts)> = Default::default();
     for (c, o) in report.candidates.iter().zip(&outcomes) {
-        let n = by_source.entry(stored_source(&c.source)).or_default();
-        n[0] += 1;
-        match o {
-            Outcome::Revoked => n[1] += 1,
-            Outcome::AlreadyRevoked => n[2] += 1,
-            Outcome::Expired => n[3] += 1,
-            Outcome::Unknown => n[4] += 1,
-            Outcome::NotOurs => {}
-        }
+        let (items, counts) = by_source.entry(stored_source(&c.source)).or_default();
+        *items += 1;
+        counts.add(*o);
     }
     let by_source: Vec<serde_json::Value> = by_source
         .into_iter()
-        .map(|(source, n)| serde_json::json!([source, n[0], n[1], n[2], n[3], n[4]]))
+        .map(|(source, (items, n))| {
+            serde_json::json!([
+                source,
+                items,
+                n.revoked,
+                n.already_revoked,
+                n.expired,
+                n.unknown
+            ])
+        })
         .collect();
     store.statements.add(1);
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO stats_sources (source, slot, items, revoked, already_revoked, expired, unknown)
          SELECT json_extract(value, '$[0]'), 0, json_extract(value, '$[1]'),
                 json_extract(value, '$[2]'), json_extract(value, '$[3]'),
                 json_extract(value, '$[4]'), json_extract(value, '$[5]')
          FROM json_each(?1) WHERE true
-         ON CONFLICT (source, slot) DO UPDATE SET
-             items = items + excluded.items, revoked = revoked + excluded.revoked,
-             already_revoked = already_revoked + excluded.already_revoked,
-             expired = expired + excluded.expired, unknown = unknown + excluded.unknown",
-    )
+         ",
+        add_to_source!()
+    ))
     .bind(serde_json::Value::Array(by_source).to_string())
     .execute(&mut *tx)
     .await?;
