@@ -64,11 +64,23 @@ fn run_again(what: &'static str, err: &sqlx::Error, attempt: u32) -> bool {
     retry
 }
 
+/// What adding a row to `stats_sources` (aliased `s`) does to the one already there:
+/// sums every counter (the recording and the purge alike).
+macro_rules! add_to_source {
+    () => {
+        "    ON CONFLICT (source, slot) DO UPDATE SET
+        items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
+        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
+        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown"
+    };
+}
+
 /// One delivery in one statement. All sub-statements share one snapshot: the `tokens`
 /// read in `outcome` sees rows as they were before `flipped` ran, so a row that exists
 /// but was not flipped was already revoked. Foreign keys are checked at the end of the
 /// statement, when the report row exists.
-const RECORD_SQL: &str = "
+const RECORD_SQL: &str = concat!(
+    "
 WITH rid AS (
     SELECT nextval(pg_get_serial_sequence('reports', 'id')) AS id
 ), claim AS (
@@ -154,10 +166,9 @@ WITH rid AS (
     WHERE (SELECT fresh FROM go)
     GROUP BY item.source
     ORDER BY item.source
-    ON CONFLICT (source, slot) DO UPDATE SET
-        items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
-        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
-        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown
+",
+    add_to_source!(),
+    "
 ), bounds AS (
     -- The histogram's lower bounds in bucket order, read once per statement.
     SELECT array_agg(lo_ms ORDER BY bucket) AS lo FROM stats_age_buckets WHERE bucket > 0
@@ -189,7 +200,8 @@ WITH rid AS (
     FROM flipped f JOIN first_item fi USING (hash)
 )
 SELECT (SELECT id FROM rid) AS report_id, (SELECT fresh FROM go) AS fresh, hash, outcome
-FROM outcome";
+FROM outcome"
+);
 
 /// A row of [`RECORD_SQL`]'s answer: one per distinct candidate.
 #[derive(FromRow)]
@@ -205,7 +217,8 @@ struct OutcomeRow<'r> {
 /// (the first whatever its size), are locked (`FOR NO KEY UPDATE`, which a token's
 /// `revoked_by` reference does not wait for; `SKIP LOCKED`: another instance's batch is
 /// left to it), their items overwritten and the reports marked, atomically.
-const PURGE_REPORTS_SQL: &str = "
+const PURGE_REPORTS_SQL: &str = concat!(
+    "
 WITH picked AS (
     SELECT id FROM (
         SELECT id, item_count,
@@ -248,10 +261,9 @@ WITH picked AS (
     FROM moved
     GROUP BY slot
     ORDER BY slot
-    ON CONFLICT (source, slot) DO UPDATE SET
-        items = s.items + EXCLUDED.items, revoked = s.revoked + EXCLUDED.revoked,
-        already_revoked = s.already_revoked + EXCLUDED.already_revoked,
-        expired = s.expired + EXCLUDED.expired, unknown = s.unknown + EXCLUDED.unknown
+",
+    add_to_source!(),
+    "
     RETURNING 1
 ), items AS (
     UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
@@ -262,7 +274,8 @@ WITH picked AS (
     WHERE id IN (SELECT id FROM batch)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM marked) AS reports, (SELECT count(*) FROM items) AS items";
+SELECT (SELECT count(*) FROM marked) AS reports, (SELECT count(*) FROM items) AS items"
+);
 
 impl Record for Postgres {
     /// `hashes` (`bytea[]`), `now` → `PreviewRow`s of the stored ones.
