@@ -85,7 +85,11 @@ impl Activity {
     /// One delivery to `scanner` answered `status` after `seconds`, finished `at`.
     pub fn record(&self, scanner: &str, status: u16, seconds: f64, at: DateTime<Utc>) {
         let mut scanners = self.scanners.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = scanners.entry(scanner.to_owned()).or_default();
+        // The name is allocated once per scanner, not per delivery.
+        if !scanners.contains_key(scanner) {
+            scanners.insert(scanner.to_owned(), Seen::default());
+        }
+        let seen = scanners.get_mut(scanner).expect("inserted above");
         seen.last = Some(LastDelivery {
             at,
             status,
