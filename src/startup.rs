@@ -61,6 +61,15 @@ pub async fn connect(
         .with_context(|| format!("cannot open database {}", redact_url(url)))
 }
 
+/// `pool` for a direct connection: the settings of a migrate URL, which never goes
+/// through a pooler.
+pub fn direct(pool: &store::PoolSettings) -> store::PoolSettings {
+    store::PoolSettings {
+        pooler: store::Pooler::None,
+        ..pool.clone()
+    }
+}
+
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
 /// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
 pub async fn open_and_migrate(
@@ -68,21 +77,35 @@ pub async fn open_and_migrate(
     migrate_url: Option<&str>,
     pool: &store::PoolSettings,
 ) -> anyhow::Result<Arc<dyn RevocationStore>> {
-    if let Some(direct) = migrate_url {
+    if let Some(migrate_url) = migrate_url {
         // Migrations need a session of their own (an advisory lock, prepared
         // statements): over their own URL, on one connection closed afterwards.
         let one = store::PoolSettings {
             max_connections: 1,
-            ..pool.clone()
+            ..direct(pool)
         };
-        connect(direct, &one)
+        connect(migrate_url, &one)
             .await?
             .migrate()
             .await
-            .with_context(|| format!("cannot migrate database {}", redact_url(direct)))?;
+            .with_context(|| format!("cannot migrate database {}", redact_url(migrate_url)))?;
     }
     let store = connect(url, pool).await?;
     match migrate_url {
+        None if pool.pooler == store::Pooler::Transaction => {
+            // Nothing can migrate through the pooler; an operator who migrated over a
+            // direct URL beforehand (`revoker migrate`) needs none here.
+            let (applied, known) = (store.applied_migrations().await?, store.known_migrations());
+            if applied < known {
+                anyhow::bail!(
+                    "{} has {applied} of this binary's {known} migrations applied, and migrations \
+                     cannot run through a pooler in transaction mode (--db-pooler transaction): \
+                     give a direct URL to PostgreSQL with --migrate-database-url \
+                     (REVOKER_MIGRATE_DATABASE_URL), or run `revoker migrate` over one first",
+                    redact_url(url)
+                );
+            }
+        }
         None => store.migrate().await.context("cannot migrate database")?,
         // Migrated elsewhere: check that it was this database.
         Some(direct) => {
@@ -113,6 +136,7 @@ impl Application {
             backend = %store::backend_name(url),
             database = %redact_url(url),
             pool = settings.pool.max_connections,
+            pooler = settings.pool.pooler.as_str(),
             "database opened and migrated"
         );
         // A database that cannot take writes would answer every delivery 503: say so now.

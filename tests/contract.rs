@@ -31,6 +31,28 @@ where
     let Some(db) = TestDb::new(kind).await else {
         return;
     };
+    run_on(db, test).await
+}
+
+/// PostgreSQL behind a real PgBouncer in transaction mode with two server connections
+/// (so the app's and the test's pools meet on them), revoker told so (`--db-pooler
+/// transaction`, migrations over the direct URL).
+async fn run_pooled<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(db) = TestDb::pooled(2).await else {
+        return;
+    };
+    run_on(db, test).await
+}
+
+async fn run_on<F, Fut>(db: TestDb, test: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let db = Arc::new(db);
     test(Arc::clone(&db)).await;
     if let Ok(db) = Arc::try_unwrap(db) {
@@ -58,6 +80,52 @@ macro_rules! contract {
         }
     };
 }
+
+/// The contract tests that also run behind a transaction-mode pooler
+/// (`pooled::name`): every one that touches the database, except those about migrating
+/// (which goes over a direct URL: tests/pooler.rs), about two databases, and those that
+/// take PostgreSQL down (`Outage`): behind a pooler the database coming back is the
+/// pooler's to notice (`server_login_retry`), and the pooler going away and coming
+/// back is tests/pooler.rs's.
+macro_rules! behind_a_pooler {
+    ($($name:ident),* $(,)?) => {
+        mod pooled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run_pooled(super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+behind_a_pooler!(
+    bulk_insert_is_all_or_nothing,
+    nul_characters_in_open_strings_never_block_revocation,
+    revokes_minted_token_and_labels_every_item,
+    second_identical_delivery_revokes_nothing_twice,
+    expired_token_is_revoked_as_true_positive,
+    same_token_twice_in_one_batch_is_revoked_once,
+    non_candidates_never_reach_the_database,
+    two_instances_racing_revoke_each_token_exactly_once,
+    no_raw_token_is_stored,
+    preview_reports_without_writing,
+    stats_match_a_known_sequence_of_deliveries,
+    stats_cap_recent_reports_items_and_sources,
+    stats_on_an_empty_database,
+    a_delivery_queues_one_notification_per_token_it_flips,
+    claims_lease_due_notifications_and_count_attempts,
+    finished_and_requeued_notifications_change_what_claims_see,
+    after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
+    concurrent_claimers_on_two_stores_never_share_a_notification,
+    a_repeated_body_is_one_report_within_the_window,
+    identical_bodies_racing_on_two_instances_leave_one_report,
+    a_record_past_its_deadline_is_rolled_back_by_the_database,
+    the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
+    the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
+    a_scanner_url_that_reads_purged_does_not_keep_the_source,
+);
 
 contract!(
     bulk_insert_is_all_or_nothing,
@@ -101,7 +169,7 @@ contract!(
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
     let keys = KeyServer::with_test_keys().await;
-    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let app = spawn_app(db, &keys, TestOptions::default()).await;
     (app, keys)
 }
 
@@ -406,7 +474,7 @@ async fn unknown_scanner_paths_and_methods_get_json_errors(db: Arc<TestDb>) {
 async fn oversized_bodies_get_413_without_being_read(db: Arc<TestDb>) {
     let keys = KeyServer::with_test_keys().await;
     let app = spawn_app(
-        db.url(),
+        &*db,
         &keys,
         TestOptions {
             max_body: 64 * 1024,
@@ -463,7 +531,7 @@ async fn oversized_bodies_get_413_without_being_read(db: Arc<TestDb>) {
 
 async fn key_source_down_without_cached_keys_gets_503(db: Arc<TestDb>) {
     let keys = KeyServer::start(KeyMode::Status(502)).await;
-    let app = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let app = spawn_app(&*db, &keys, TestOptions::default()).await;
     let t = app.mint("gina/pkg", Ttl::minutes(30)).await;
     let a = app
         .deliver(&Signer::test(), alert_body(&[t.expose_secret()]))
@@ -478,7 +546,7 @@ async fn key_source_down_without_cached_keys_gets_503(db: Arc<TestDb>) {
 async fn database_unavailable_gets_503_then_retry_gets_full_answer(db: Arc<TestDb>) {
     let keys = KeyServer::with_test_keys().await;
     let app = spawn_app(
-        db.url(),
+        &*db,
         &keys,
         TestOptions {
             db_timeout: Duration::from_millis(700),
@@ -515,7 +583,7 @@ async fn database_unavailable_gets_503_then_retry_gets_full_answer(db: Arc<TestD
 async fn openssl_signed_fixture_is_accepted_from_a_key_file(db: Arc<TestDb>) {
     let keys = KeyServer::start(KeyMode::Status(500)).await;
     let app = spawn_app(
-        db.url(),
+        &*db,
         &keys,
         TestOptions {
             extra_scanners: vec![ScannerSpec {
@@ -561,8 +629,8 @@ async fn openssl_signed_fixture_is_accepted_from_a_key_file(db: Arc<TestDb>) {
 
 async fn two_instances_racing_revoke_each_token_exactly_once(db: Arc<TestDb>) {
     let keys = KeyServer::with_test_keys().await;
-    let a = spawn_app(db.url(), &keys, TestOptions::default()).await;
-    let b = spawn_app(db.url(), &keys, TestOptions::default()).await;
+    let a = spawn_app(&*db, &keys, TestOptions::default()).await;
+    let b = spawn_app(&*db, &keys, TestOptions::default()).await;
     let signer = Signer::test();
     for round in 0..5 {
         let mut tokens = Vec::new();
@@ -725,7 +793,7 @@ async fn preview_reports_without_writing(db: Arc<TestDb>) {
         .unwrap();
     assert_eq!(
         app.store.statements(),
-        statements + 1,
+        statements + db.counted(1),
         "preview is one statement"
     );
     let expected: HashMap<TokenHash, Outcome> = [
@@ -757,7 +825,7 @@ async fn preview_reports_without_writing(db: Arc<TestDb>) {
 async fn stats_match_a_known_sequence_of_deliveries(db: Arc<TestDb>) {
     let keys = KeyServer::with_test_keys().await;
     let app = spawn_app(
-        db.url(),
+        &*db,
         &keys,
         TestOptions {
             extra_scanners: vec![ScannerSpec {
@@ -1105,8 +1173,7 @@ async fn stats_on_an_empty_database(db: Arc<TestDb>) {
 }
 
 async fn bulk_insert_is_all_or_nothing(db: Arc<TestDb>) {
-    let store = open_store(db.url()).await;
-    store.migrate().await.unwrap();
+    let store = open_migrated_store(&*db).await;
     let now = chrono::Utc::now();
     let new = |t: &Token| revoker::store::NewToken {
         hash: t.hash(),
@@ -1118,7 +1185,7 @@ async fn bulk_insert_is_all_or_nothing(db: Arc<TestDb>) {
     let rows: Vec<_> = tokens.iter().map(new).collect();
     let before = store.statements();
     store.insert_tokens(&rows).await.unwrap();
-    assert_eq!(store.statements(), before + 1, "one statement");
+    assert_eq!(store.statements(), before + db.counted(1), "one statement");
     for t in &tokens {
         let stored = store.token(&t.hash()).await.unwrap().expect("inserted");
         assert_eq!(stored.owner, "bulk/owner");
@@ -1160,7 +1227,7 @@ async fn nul_characters_in_open_strings_never_block_revocation(db: Arc<TestDb>) 
 async fn a_delivery_past_its_deadline_gets_503_and_writes_nothing(db: Arc<TestDb>) {
     let keys = KeyServer::with_test_keys().await;
     let app = spawn_app(
-        db.url(),
+        &*db,
         &keys,
         TestOptions {
             request_timeout: Duration::from_millis(600),
@@ -1200,9 +1267,7 @@ fn now_ms() -> chrono::DateTime<chrono::Utc> {
 
 /// A migrated store of its own on the test database.
 async fn notification_store(db: &TestDb) -> Arc<dyn RevocationStore> {
-    let store = open_store(db.url()).await;
-    store.migrate().await.unwrap();
-    store
+    open_migrated_store(db).await
 }
 
 /// Records a delivery of `tokens` (item i at position i, url `https://example.com/i`)
@@ -1501,7 +1566,7 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
         .unwrap();
     assert_eq!(
         store.statements(),
-        statements + 1,
+        statements + db.counted(1),
         "a claim is one statement"
     );
     assert_eq!(ids(&a), due_first[..2]);
@@ -1692,7 +1757,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
         )
         .await
         .unwrap();
-    assert_eq!(store.statements(), statements + 1);
+    assert_eq!(store.statements(), statements + db.counted(1));
     store
         .finish_notification(
             &held(n1),
@@ -1963,7 +2028,7 @@ async fn finished_and_requeued_notifications_change_what_claims_see(db: Arc<Test
 
 async fn concurrent_claimers_on_two_stores_never_share_a_notification(db: Arc<TestDb>) {
     let first = notification_store(&db).await;
-    let second = open_store(db.url()).await;
+    let second = open_store(&*db).await;
     let tokens = mint_many(first.as_ref(), "race/pkg", 200, Ttl::hours(2)).await;
     let refs: Vec<&Token> = tokens.iter().collect();
     let t0 = now_ms();
@@ -2214,7 +2279,7 @@ async fn a_repeated_body_is_one_report_within_the_window(db: Arc<TestDb>) {
 /// revocation and one notification per token, and every answer the same.
 async fn identical_bodies_racing_on_two_instances_leave_one_report(db: Arc<TestDb>) {
     let a = notification_store(&db).await;
-    let b = open_store(db.url()).await;
+    let b = open_store(&*db).await;
     let tokens = Arc::new(mint_many(a.as_ref(), "race/pkg", 40, Ttl::hours(2)).await);
     let at = now_ms();
     let runs: Vec<_> = (0..8)
@@ -2451,7 +2516,7 @@ async fn postgres_leases_are_judged_by_the_database_clock() {
         return;
     };
     let a = notification_store(&db).await;
-    let b = open_store(db.url()).await;
+    let b = open_store(&db).await;
     let tokens = mint_many(a.as_ref(), "clock/pkg", 1, Ttl::hours(1)).await;
     record_at(a.as_ref(), &[&tokens[0]], now_ms()).await;
 

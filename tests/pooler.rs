@@ -139,6 +139,7 @@ async fn through_the_pooler_alone_the_error_says_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("--migrate-database-url"), "{stderr}");
+    assert!(stderr.contains("--db-pooler transaction"), "{stderr}");
     assert!(!stderr.contains("sqlx_s_"), "the raw error: {stderr}");
     db.cleanup().await;
 }

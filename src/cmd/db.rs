@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use revoker::domain::redact::redact_url;
 use revoker::startup::open_and_migrate;
-use revoker::store::{self, defaults, PoolSettings, RevocationStore};
+use revoker::store::{self, defaults, PoolSettings, Pooler, RevocationStore};
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
@@ -23,6 +23,29 @@ pub struct DbArgs {
         hide_env_values = true
     )]
     pub database_url: SecretString,
+
+    /// What stands between revoker and PostgreSQL. `none`: a direct connection (or a
+    /// pooler in session mode). `transaction`: a pooler in transaction mode, such as
+    /// PgBouncer with `pool_mode = transaction`: every statement is sent unnamed inside a
+    /// transaction of its own, and migrations need --migrate-database-url.
+    #[arg(long, env = "REVOKER_DB_POOLER", value_enum, default_value_t = PoolerArg::None)]
+    pub db_pooler: PoolerArg,
+}
+
+/// `--db-pooler`'s values (see [`Pooler`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolerArg {
+    None,
+    Transaction,
+}
+
+impl From<PoolerArg> for Pooler {
+    fn from(p: PoolerArg) -> Pooler {
+        match p {
+            PoolerArg::None => Pooler::None,
+            PoolerArg::Transaction => Pooler::Transaction,
+        }
+    }
 }
 
 /// `--migrate-database-url`, for the commands that migrate (`serve`, `migrate`, `token
@@ -31,7 +54,7 @@ pub struct DbArgs {
 pub struct MigrateUrlArgs {
     /// PostgreSQL: run migrations over this URL instead of --database-url. Set it to a
     /// direct connection when --database-url goes through a connection pooler in
-    /// transaction mode (PgBouncer): migrations need a session of their own.
+    /// transaction mode (--db-pooler transaction): migrations need a session of their own.
     #[arg(long, env = "REVOKER_MIGRATE_DATABASE_URL", hide_env_values = true)]
     pub migrate_database_url: Option<SecretString>,
 }
@@ -59,11 +82,12 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
-    pub fn pool_settings(&self, create_if_missing: bool) -> PoolSettings {
+    pub fn pool_settings(&self, db: &DbArgs, create_if_missing: bool) -> PoolSettings {
         PoolSettings {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_timeout,
             create_if_missing,
+            pooler: db.db_pooler.into(),
         }
     }
 }
@@ -74,6 +98,7 @@ impl DbArgs {
     pub fn pool_settings(&self, create_if_missing: bool) -> PoolSettings {
         PoolSettings {
             create_if_missing,
+            pooler: self.db_pooler.into(),
             ..PoolSettings::default()
         }
     }

@@ -14,14 +14,16 @@ pub struct MigrateArgs {
     pub migrate: MigrateUrlArgs,
 }
 
-/// Migrates over `--migrate-database-url` when set, else `--database-url`.
+/// Migrates over `--migrate-database-url` when set, else `--database-url` (refused
+/// behind a transaction-mode pooler: see `--db-pooler`).
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let db = &args.db;
-    let url = args
-        .migrate
-        .url()
-        .unwrap_or(db.database_url.expose_secret());
-    let store = revoker::startup::connect(url, &db.pool_settings(true)).await?;
+    // A migrate URL is a direct connection, whatever --db-pooler says of --database-url.
+    let (url, settings) = match args.migrate.url() {
+        Some(direct) => (direct, revoker::startup::direct(&db.pool_settings(true))),
+        None => (db.database_url.expose_secret(), db.pool_settings(true)),
+    };
+    let store = revoker::startup::connect(url, &settings).await?;
     let before = store.applied_migrations().await?;
     store.migrate().await.context("cannot migrate database")?;
     let after = store.applied_migrations().await?;

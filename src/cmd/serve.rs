@@ -203,7 +203,7 @@ impl ServeArgs {
                 .notify
                 .settings(Some(a.notify_poll.notify_poll_interval))?,
             listen: a.listen,
-            pool: a.pool.pool_settings(true),
+            pool: a.pool.pool_settings(&a.db, true),
             database_url: a.db.database_url,
             migrate_database_url: a.migrate.migrate_database_url,
             scanners: a.scanners,

@@ -31,10 +31,11 @@
 use std::future::Future;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::database::HasStatementCache;
 use sqlx::{Database, Decode, Encode, Pool, Type};
 
 use super::{
-    Clock, NewReport, NewToken, PoolSettings, RecordOptions, RecordedReport, Requeue,
+    Clock, NewReport, NewToken, PoolSettings, Pooler, RecordOptions, RecordedReport, Requeue,
     StatementCounter, StoreError,
 };
 use crate::domain::TokenHash;
@@ -43,6 +44,9 @@ use crate::domain::TokenHash;
 pub(super) struct Store<B: Database> {
     pub(super) pool: Pool<B>,
     pub(super) statements: StatementCounter,
+    /// PostgreSQL reached through a pooler in transaction mode ([`Pooler::Transaction`]):
+    /// see [`send!`].
+    pub(super) pooled: bool,
 }
 
 impl<B: Backend> Store<B> {
@@ -51,13 +55,53 @@ impl<B: Backend> Store<B> {
         Ok(Store {
             pool: B::connect(url, settings).await?,
             statements: StatementCounter::default(),
+            pooled: settings.pooler == Pooler::Transaction,
         })
+    }
+
+    /// Whether a statement may be a named prepared statement, kept on its connection
+    /// and reused (sqlx's statement cache): not behind a transaction-mode pooler, where
+    /// the next transaction may run on another server connection. For statements sent
+    /// inside a transaction the caller opened; [`send!`] sends the others.
+    pub(super) fn persistent(&self) -> bool {
+        !self.pooled
     }
 }
 
+/// Sends ONE statement through store `$store` and evaluates to
+/// `$query.$fetch(…).await?` (`$fetch`: `execute`, `fetch_one`, `fetch_optional`,
+/// `fetch_all`), counting what it sends.
+///
+/// Directly connected: the statement goes straight to the pool, as a named prepared
+/// statement sqlx caches on the connection (one round trip once prepared).
+///
+/// Behind a pooler in transaction mode (PgBouncer `pool_mode = transaction`), which
+/// may hand each transaction another server connection, a named statement prepared on
+/// one is missing on the next (or another client's is there under its name). So the
+/// statement is unnamed (`persistent(false)`) and runs inside `BEGIN … COMMIT`: sqlx
+/// parses an unnamed statement and binds it in two exchanges, each ending in a `Sync`,
+/// and the pooler would be free to switch server connections between them unless a
+/// transaction is open. Three statements are counted (`BEGIN`, it, `COMMIT`).
+macro_rules! send {
+    ($store:expr, $query:expr, $fetch:ident) => {{
+        let store = $store;
+        if store.pooled {
+            store.statements.add(3);
+            let mut tx = store.pool.begin().await?;
+            let result = $query.persistent(false).$fetch(&mut *tx).await?;
+            tx.commit().await?;
+            result
+        } else {
+            store.statements.add(1);
+            $query.$fetch(&store.pool).await?
+        }
+    }};
+}
+pub(super) use send;
+
 /// One database: its column codec, its connection and token statements, and (through
 /// the supertraits) the rest of what differs; see the module docs.
-pub(super) trait Backend: Database + Record + StatsSql + Outbox {
+pub(super) trait Backend: Database + HasStatementCache + Record + StatsSql + Outbox {
     /// How an instant is stored.
     type Time: for<'q> Encode<'q, Self>
         + for<'r> Decode<'r, Self>

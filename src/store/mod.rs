@@ -219,11 +219,21 @@ pub enum StoreError {
     /// already exists`.
     #[error(
         "the database URL goes through a connection pooler in transaction mode (such as \
-         PgBouncer), which does not keep prepared statements between transactions: connect \
-         revoker to PostgreSQL directly for now, and run migrations over a direct URL \
-         (--migrate-database-url / REVOKER_MIGRATE_DATABASE_URL)"
+         PgBouncer), which does not keep prepared statements between transactions: start \
+         revoker with --db-pooler transaction (REVOKER_DB_POOLER=transaction), and run \
+         migrations over a direct URL (--migrate-database-url / REVOKER_MIGRATE_DATABASE_URL)"
     )]
     Pooler,
+    /// Migrations asked of a store behind a transaction-mode pooler ([`Pooler::Transaction`]).
+    #[error(
+        "migrations need a session of their own (a lock held across transactions), which a \
+         pooler in transaction mode does not keep: give a direct URL to PostgreSQL with \
+         --migrate-database-url (REVOKER_MIGRATE_DATABASE_URL)"
+    )]
+    MigrateThroughPooler,
+    /// [`Pooler::Transaction`] with a database that is not PostgreSQL.
+    #[error("--db-pooler transaction is for PostgreSQL behind a pooler; {0} has none")]
+    PoolerNeedsPostgres(&'static str),
     #[error("unsupported database URL scheme {0:?} (use sqlite:// or postgres://)")]
     UnsupportedScheme(String),
     #[error("stored data is inconsistent: {0}")]
@@ -240,9 +250,9 @@ pub enum StoreError {
 
 /// sqlx's named prepared statement (`sqlx_s_N`) missing (26000), already there (42P05)
 /// or another one under its name (08P01, parameters that do not fit): the server
-/// connection changed under the client, as behind a transaction-mode pooler. (When
-/// another client's statement of the same name happens to fit, nothing tells: one more
-/// reason not to run through such a pooler yet.)
+/// connection changed under the client, as behind a transaction-mode pooler that
+/// revoker was not told about (`--db-pooler`). (When another client's statement of the
+/// same name happens to fit, nothing tells: the word-level error is a courtesy.)
 fn lost_prepared_statement(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
@@ -284,6 +294,34 @@ pub struct PoolSettings {
     /// SQLite: create the file if it does not exist (off for tools that must find an
     /// existing database, such as replay).
     pub create_if_missing: bool,
+    /// What stands between revoker and PostgreSQL (`--db-pooler`).
+    pub pooler: Pooler,
+}
+
+/// What stands between revoker and its PostgreSQL server (`--db-pooler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: each connection revoker opens is one
+    /// server session for as long as it lives. Statements are prepared once per
+    /// connection and reused.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer's `pool_mode = transaction`, and managed
+    /// proxies that behave the same): each transaction may run on another server
+    /// connection. Every statement is sent unnamed inside a transaction of its own, and
+    /// migrations (which hold a session lock) refuse to run: they need a direct URL
+    /// (`--migrate-database-url`). PostgreSQL only.
+    Transaction,
+}
+
+impl Pooler {
+    /// As `--db-pooler` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooler::None => "none",
+            Pooler::Transaction => "transaction",
+        }
+    }
 }
 
 /// The defaults of `--db-max-connections` and `--db-timeout`, as the command line
@@ -299,6 +337,7 @@ impl Default for PoolSettings {
             max_connections: defaults::MAX_CONNECTIONS,
             acquire_timeout: default_duration(defaults::ACQUIRE_TIMEOUT),
             create_if_missing: true,
+            pooler: Pooler::None,
         }
     }
 }
@@ -307,6 +346,7 @@ impl Default for PoolSettings {
 #[async_trait]
 pub trait RevocationStore: Send + Sync + 'static {
     /// Applies the embedded migrations of this backend.
+    /// [`StoreError::MigrateThroughPooler`] behind a transaction-mode pooler.
     async fn migrate(&self) -> Result<(), StoreError>;
 
     /// Migrations recorded as applied (0 on a database that has none yet).
@@ -478,6 +518,9 @@ pub async fn connect(
     settings: &PoolSettings,
 ) -> Result<Arc<dyn RevocationStore>, StoreError> {
     match backend_name(url) {
+        "sqlite" if settings.pooler != Pooler::None => {
+            Err(StoreError::PoolerNeedsPostgres("SQLite"))
+        }
         "sqlite" => Ok(Arc::new(
             Store::<sqlx::Sqlite>::connect(url, settings).await?,
         )),

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::backend::{notification_columns, Backend, Store};
+use super::backend::{notification_columns, send, Backend, Store};
 use super::rows::{
     ages_from_buckets, hash_from, last_reports, parse_outcome, preview_map, recent_reports,
     sum_totals, AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow,
@@ -117,6 +117,9 @@ where
     for<'r> bool: Decode<'r, B> + Type<B>,
 {
     async fn migrate(&self) -> Result<(), StoreError> {
+        if self.pooled {
+            return Err(StoreError::MigrateThroughPooler);
+        }
         B::migrate(&self.pool).await
     }
 
@@ -151,14 +154,15 @@ where
     }
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {
-        self.statements.add(1);
-        sqlx::query(INSERT_TOKEN_SQL)
-            .bind(token.hash.as_bytes().as_slice())
-            .bind(token.owner.as_str())
-            .bind(B::encode_time(token.created_at))
-            .bind(B::encode_time(token.expires_at))
-            .execute(&self.pool)
-            .await?;
+        send!(
+            self,
+            sqlx::query(INSERT_TOKEN_SQL)
+                .bind(token.hash.as_bytes().as_slice())
+                .bind(token.owner.as_str())
+                .bind(B::encode_time(token.created_at))
+                .bind(B::encode_time(token.expires_at)),
+            execute
+        );
         Ok(())
     }
 
@@ -175,21 +179,22 @@ where
     }
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        self.statements.add(1);
-        let row: Option<TokenRow<B>> = sqlx::query_as(TOKEN_SQL)
-            .bind(hash.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<TokenRow<B>> = send!(
+            self,
+            sqlx::query_as(TOKEN_SQL).bind(hash.as_bytes().as_slice()),
+            fetch_optional
+        );
         row.map(|r| r.into_record(*hash)).transpose()
     }
 
     async fn tokens_from(&self, from: &[u8], limit: u32) -> Result<Vec<TokenRecord>, StoreError> {
-        self.statements.add(1);
-        let rows: Vec<HashedTokenRow<B>> = sqlx::query_as(TOKENS_FROM_SQL)
-            .bind(from)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<HashedTokenRow<B>> = send!(
+            self,
+            sqlx::query_as(TOKENS_FROM_SQL)
+                .bind(from)
+                .bind(i64::from(limit)),
+            fetch_all
+        );
         rows.into_iter().map(HashedTokenRow::into_record).collect()
     }
 
@@ -200,14 +205,15 @@ where
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.statements.add(1);
-        let rows: Vec<HashedTokenRow<B>> = sqlx::query_as(LIST_TOKENS_SQL)
-            .bind(owner)
-            .bind(status.map(TokenStatus::as_str))
-            .bind(B::encode_time(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<HashedTokenRow<B>> = send!(
+            self,
+            sqlx::query_as(LIST_TOKENS_SQL)
+                .bind(owner)
+                .bind(status.map(TokenStatus::as_str))
+                .bind(B::encode_time(now))
+                .bind(i64::from(limit)),
+            fetch_all
+        );
         rows.into_iter().map(HashedTokenRow::into_record).collect()
     }
 
@@ -215,37 +221,35 @@ where
         &self,
         hash: &TokenHash,
     ) -> Result<Option<Notification>, StoreError> {
-        self.statements.add(1);
-        let row: Option<NotificationRow<B>> = sqlx::query_as(NOTIFICATION_OF_TOKEN_SQL)
-            .bind(hash.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<NotificationRow<B>> = send!(
+            self,
+            sqlx::query_as(NOTIFICATION_OF_TOKEN_SQL).bind(hash.as_bytes().as_slice()),
+            fetch_optional
+        );
         row.map(NotificationRow::into_notification).transpose()
     }
 
     async fn report(&self, id: i64) -> Result<Option<ReportRecord>, StoreError> {
-        self.statements.add(1);
-        let row: Option<ReportRow<B>> = sqlx::query_as(REPORT_SQL)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<ReportRow<B>> =
+            send!(self, sqlx::query_as(REPORT_SQL).bind(id), fetch_optional);
         row.map(ReportRow::into_record).transpose()
     }
 
     async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError> {
-        self.statements.add(1);
-        let rows: Vec<ItemRow<B>> = sqlx::query_as(REPORT_ITEMS_SQL)
-            .bind(report_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<ItemRow<B>> = send!(
+            self,
+            sqlx::query_as(REPORT_ITEMS_SQL).bind(report_id),
+            fetch_all
+        );
         rows.into_iter().map(ItemRow::into_record).collect()
     }
 
     async fn count_reports(&self) -> Result<i64, StoreError> {
-        self.statements.add(1);
-        Ok(sqlx::query_scalar("SELECT count(*) FROM reports")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(send!(
+            self,
+            sqlx::query_scalar("SELECT count(*) FROM reports"),
+            fetch_one
+        ))
     }
 
     async fn preview(
@@ -257,12 +261,13 @@ where
         if distinct.is_empty() {
             return Ok(HashMap::new());
         }
-        self.statements.add(1);
-        let rows = sqlx::query(B::PREVIEW_SQL)
-            .bind(B::hash_list(&distinct))
-            .bind(B::encode_time(now))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = send!(
+            self,
+            sqlx::query(B::PREVIEW_SQL)
+                .bind(B::hash_list(&distinct))
+                .bind(B::encode_time(now)),
+            fetch_all
+        );
         preview_map(rows.iter().map(PreviewRow::from_row), distinct)
     }
 
@@ -271,12 +276,13 @@ where
         if distinct.is_empty() {
             return Ok(HashMap::new());
         }
-        self.statements.add(1);
-        let rows: Vec<OwnerRow> = sqlx::query_as(B::PREVIEW_SQL)
-            .bind(B::hash_list(&distinct))
-            .bind(B::encode_time(Utc::now()))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<OwnerRow> = send!(
+            self,
+            sqlx::query_as(B::PREVIEW_SQL)
+                .bind(B::hash_list(&distinct))
+                .bind(B::encode_time(Utc::now())),
+            fetch_all
+        );
         rows.into_iter()
             .map(|r| Ok((hash_from(&r.hash)?, r.owner)))
             .collect()
@@ -292,6 +298,7 @@ where
 
         self.statements.add(1);
         let by_scanner: Vec<ScannerTotals> = sqlx::query_as(B::BY_SCANNER_SQL)
+            .persistent(self.persistent())
             .fetch_all(&mut *tx)
             .await?;
         // The all-time totals are the sum of the per-scanner rows (same snapshot, and
@@ -299,12 +306,15 @@ where
         let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
 
         self.statements.add(1);
-        let by_source: Vec<SourceTotals> =
-            sqlx::query_as(B::BY_SOURCE_SQL).fetch_all(&mut *tx).await?;
+        let by_source: Vec<SourceTotals> = sqlx::query_as(B::BY_SOURCE_SQL)
+            .persistent(self.persistent())
+            .fetch_all(&mut *tx)
+            .await?;
 
         self.statements.add(1);
         let since = since.format("%Y-%m-%d").to_string();
         let daily: Vec<DayRow<B>> = sqlx::query_as(B::DAILY_SQL)
+            .persistent(self.persistent())
             .bind(since.as_str())
             .fetch_all(&mut *tx)
             .await?;
@@ -314,14 +324,21 @@ where
             .collect::<Result<Vec<_>, _>>()?;
 
         self.statements.add(1);
-        let ages: Vec<AgeBucketRow> = sqlx::query_as(AGES_SQL).fetch_all(&mut *tx).await?;
+        let ages: Vec<AgeBucketRow> = sqlx::query_as(AGES_SQL)
+            .persistent(self.persistent())
+            .fetch_all(&mut *tx)
+            .await?;
 
         self.statements.add(1);
-        let recent: Vec<RecentRow<B>> = sqlx::query_as(B::RECENT_SQL).fetch_all(&mut *tx).await?;
+        let recent: Vec<RecentRow<B>> = sqlx::query_as(B::RECENT_SQL)
+            .persistent(self.persistent())
+            .fetch_all(&mut *tx)
+            .await?;
         let recent = recent_reports(recent)?;
 
         self.statements.add(1);
         let revocations: Vec<RecentRevocationRow<B>> = sqlx::query_as(RECENT_REVOCATIONS_SQL)
+            .persistent(self.persistent())
             .fetch_all(&mut *tx)
             .await?;
         let recent_revocations = revocations
@@ -331,10 +348,12 @@ where
 
         self.statements.add(1);
         let failed: Vec<NotificationRow<B>> = sqlx::query_as(FAILED_NOTIFICATIONS_SQL)
+            .persistent(self.persistent())
             .fetch_all(&mut *tx)
             .await?;
         self.statements.add(1);
         let waiting: Vec<NotificationRow<B>> = sqlx::query_as(WAITING_NOTIFICATIONS_SQL)
+            .persistent(self.persistent())
             .bind(B::encode_time(Utc::now() - LONG_PENDING))
             .fetch_all(&mut *tx)
             .await?;
@@ -347,8 +366,10 @@ where
             (failed_notifications?, waiting_notifications?);
 
         self.statements.add(1);
-        let last: Vec<(String, Option<B::Time>)> =
-            sqlx::query_as(LAST_REPORTS_SQL).fetch_all(&mut *tx).await?;
+        let last: Vec<(String, Option<B::Time>)> = sqlx::query_as(LAST_REPORTS_SQL)
+            .persistent(self.persistent())
+            .fetch_all(&mut *tx)
+            .await?;
         let last_reports = last_reports::<B>(last)?;
 
         self.statements.add(1);
@@ -378,16 +399,18 @@ where
         // Sources whose every item was purged: their emptied rollup rows go too. Every
         // batch, whether or not it purged anything, so rows a failed or interrupted
         // batch left behind go with the next one (a scan of the small rollup table).
-        self.statements.add(1);
-        sqlx::query("DELETE FROM stats_sources WHERE items = 0 AND source <> '(purged)'")
-            .execute(&self.pool)
-            .await?;
-        self.statements.add(1);
-        let done = sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
-            .bind(B::encode_time(before))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
+        send!(
+            self,
+            sqlx::query("DELETE FROM stats_sources WHERE items = 0 AND source <> '(purged)'"),
+            execute
+        );
+        let done = send!(
+            self,
+            sqlx::query(B::PURGE_NOTIFICATIONS_SQL)
+                .bind(B::encode_time(before))
+                .bind(i64::from(limit)),
+            execute
+        );
         Ok(Purged {
             reports,
             items,
@@ -404,13 +427,14 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.statements.add(1);
-        let rows: Vec<NotificationRow<B>> = sqlx::query_as(B::CLAIM_SQL)
-            .bind(B::clock(clock).map(B::encode_time))
-            .bind(millis(lease))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<NotificationRow<B>> = send!(
+            self,
+            sqlx::query_as(B::CLAIM_SQL)
+                .bind(B::clock(clock).map(B::encode_time))
+                .bind(millis(lease))
+                .bind(i64::from(limit)),
+            fetch_all
+        );
         let mut claimed = rows
             .into_iter()
             .map(NotificationRow::into_notification)
@@ -444,16 +468,13 @@ where
                 .bind(error.as_str())
                 .bind(held_until),
         };
-        self.statements.add(1);
-        query.execute(&self.pool).await?;
+        send!(self, query, execute);
         Ok(())
     }
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
-        self.statements.add(1);
-        let rollup: NotificationRollup = sqlx::query_as(NOTIFICATION_COUNTS_SQL)
-            .fetch_one(&self.pool)
-            .await?;
+        let rollup: NotificationRollup =
+            send!(self, sqlx::query_as(NOTIFICATION_COUNTS_SQL), fetch_one);
         Ok(rollup.into())
     }
 
@@ -462,12 +483,13 @@ where
         status: Option<NotificationStatus>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        self.statements.add(1);
-        let rows: Vec<NotificationRow<B>> = sqlx::query_as(LIST_SQL)
-            .bind(status.map(NotificationStatus::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<NotificationRow<B>> = send!(
+            self,
+            sqlx::query_as(LIST_SQL)
+                .bind(status.map(NotificationStatus::as_str))
+                .bind(i64::from(limit)),
+            fetch_all
+        );
         rows.into_iter()
             .map(NotificationRow::into_notification)
             .collect()
@@ -480,11 +502,11 @@ where
         let Some(public_id) = canonical_uuid(public_id) else {
             return Ok(None);
         };
-        self.statements.add(1);
-        let row: Option<NotificationRow<B>> = sqlx::query_as(B::BY_PUBLIC_ID_SQL)
-            .bind(public_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<NotificationRow<B>> = send!(
+            self,
+            sqlx::query_as(B::BY_PUBLIC_ID_SQL).bind(public_id.as_str()),
+            fetch_optional
+        );
         row.map(NotificationRow::into_notification).transpose()
     }
 
@@ -493,11 +515,11 @@ where
     }
 
     async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError> {
-        self.statements.add(1);
-        let done = sqlx::query(B::REQUEUE_FAILED_SQL)
-            .bind(B::clock(clock).map(B::encode_time))
-            .execute(&self.pool)
-            .await?;
+        let done = send!(
+            self,
+            sqlx::query(B::REQUEUE_FAILED_SQL).bind(B::clock(clock).map(B::encode_time)),
+            execute
+        );
         Ok(B::rows_affected(&done))
     }
 

@@ -15,7 +15,7 @@ use revoker::startup::Application;
 use revoker::store::{NewToken, RevocationStore};
 use tokio::io::AsyncWriteExt;
 
-use super::{eventually, KeyMode, KeyServer, Kind, Signer, TestDb, KEY_ID};
+use super::{eventually, DbTarget, KeyMode, KeyServer, Kind, Signer, TestDb, KEY_ID};
 
 // ---------------------------------------------------------------- options
 
@@ -58,13 +58,15 @@ impl Default for TestOptions {
 impl TestOptions {
     /// The receiver's settings on `db_url`, with scanner `github` reading keys from
     /// `keys`, at most 5 database connections and `Retry-After: 7`.
-    pub fn settings(self, db_url: &str, keys: &KeyServer) -> Settings {
+    pub fn settings(self, db: &(impl DbTarget + ?Sized), keys: &KeyServer) -> Settings {
         let mut scanners = vec![ScannerSpec {
             name: "github".into(),
             source: keys.url(),
         }];
         scanners.extend(self.extra_scanners);
-        let mut settings = Settings::new(db_url, scanners);
+        let mut settings = Settings::new(db.target_url(), scanners);
+        settings.pool.pooler = db.pooler();
+        settings.migrate_database_url = db.migrate_url().map(secrecy::SecretString::from);
         settings.keys_ttl = self.keys_ttl;
         settings.keys_refetch_interval = self.keys_refetch_interval;
         settings.keys_timeout = self.keys_timeout;
@@ -214,8 +216,12 @@ pub struct TestApp {
 /// Starts the real receiver on port 0 against `db_url`, with scanner `github` reading
 /// keys from `keys`. For apps that share a database or key server on the caller's
 /// terms; otherwise [`TestApp::builder`].
-pub async fn spawn_app(db_url: &str, keys: &KeyServer, opts: TestOptions) -> TestApp {
-    TestApp::from_settings(opts.settings(db_url, keys)).await
+pub async fn spawn_app(
+    db: &(impl DbTarget + ?Sized),
+    keys: &KeyServer,
+    opts: TestOptions,
+) -> TestApp {
+    TestApp::from_settings(opts.settings(db, keys)).await
 }
 
 impl TestApp {

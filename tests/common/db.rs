@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use revoker::domain::token::Token;
-use revoker::store::{self, NewToken, RevocationStore};
+use revoker::store::{self, NewToken, Pooler, RevocationStore};
+
+use super::PgBouncer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -20,11 +22,62 @@ pub enum TestDb {
         _dir: tempfile::TempDir,
         url: String,
     },
+    /// `url` is always the direct one; with `pooled`, [`TestDb::url`] is the pooler's.
     Postgres {
         admin_url: String,
         name: String,
         url: String,
+        pooled: Option<Box<Pooled>>,
     },
+}
+
+/// A PgBouncer in transaction mode in front of a test database, and its URL.
+pub struct Pooled {
+    bouncer: PgBouncer,
+    url: String,
+}
+
+/// Where a test's app or store connects: a URL (directly) or a [`TestDb`] (through its
+/// pooler when it has one, migrating over the direct URL).
+pub trait DbTarget {
+    fn target_url(&self) -> &str;
+    /// `--db-pooler`.
+    fn pooler(&self) -> Pooler {
+        Pooler::None
+    }
+    /// `--migrate-database-url`.
+    fn migrate_url(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl DbTarget for str {
+    fn target_url(&self) -> &str {
+        self
+    }
+}
+
+impl DbTarget for String {
+    fn target_url(&self) -> &str {
+        self
+    }
+}
+
+impl DbTarget for TestDb {
+    fn target_url(&self) -> &str {
+        self.url()
+    }
+    fn pooler(&self) -> Pooler {
+        match self {
+            TestDb::Postgres {
+                pooled: Some(_), ..
+            } => Pooler::Transaction,
+            _ => Pooler::None,
+        }
+    }
+    fn migrate_url(&self) -> Option<&str> {
+        (self.pooler() == Pooler::Transaction).then(|| self.direct_url())
+    }
 }
 
 pub fn postgres_admin_url() -> String {
@@ -83,8 +136,67 @@ impl TestDb {
                     admin_url,
                     name,
                     url: url.to_string(),
+                    pooled: None,
                 })
             }
+        }
+    }
+
+    /// A fresh PostgreSQL database behind a real PgBouncer in transaction mode with
+    /// `default_pool_size = pool_size`; [`TestDb::url`] is the pooler's. `None` means
+    /// "skip" (no PostgreSQL, or no `pgbouncer` outside CI).
+    pub async fn pooled(pool_size: u32) -> Option<TestDb> {
+        static NO_POOLER: Once = Once::new();
+        let db = TestDb::new(Kind::Postgres).await?;
+        let Some(bouncer) = PgBouncer::start(db.url(), pool_size) else {
+            super::skip_unless_ci(&NO_POOLER, "no pgbouncer", "apt-get install pgbouncer");
+            db.cleanup().await;
+            return None;
+        };
+        let TestDb::Postgres {
+            admin_url,
+            name,
+            url,
+            ..
+        } = db
+        else {
+            unreachable!()
+        };
+        let pooled = Pooled {
+            url: bouncer.url(&url),
+            bouncer,
+        };
+        Some(TestDb::Postgres {
+            admin_url,
+            name,
+            url,
+            pooled: Some(Box::new(pooled)),
+        })
+    }
+
+    /// How the store counts `statements` single statements sent outside a transaction:
+    /// behind a transaction-mode pooler each goes inside a `BEGIN … COMMIT` of its own.
+    pub fn counted(&self, statements: u64) -> u64 {
+        match self.pooler() {
+            Pooler::Transaction => statements * 3,
+            Pooler::None => statements,
+        }
+    }
+
+    /// The pooler in front, if any.
+    pub fn bouncer(&self) -> Option<&PgBouncer> {
+        match self {
+            TestDb::Postgres {
+                pooled: Some(p), ..
+            } => Some(&p.bouncer),
+            _ => None,
+        }
+    }
+
+    /// The database itself, never through the pooler (for raw access and migrations).
+    pub fn direct_url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
         }
     }
 
@@ -97,9 +209,13 @@ impl TestDb {
         None
     }
 
+    /// Where the app connects: the pooler's URL when there is one.
     pub fn url(&self) -> &str {
         match self {
-            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+            TestDb::Postgres {
+                pooled: Some(p), ..
+            } => &p.url,
+            _ => self.direct_url(),
         }
     }
 
@@ -113,9 +229,13 @@ impl TestDb {
     /// Drops a PostgreSQL test database (the SQLite one goes with its temp dir).
     pub async fn cleanup(self) {
         if let TestDb::Postgres {
-            admin_url, name, ..
+            admin_url,
+            name,
+            pooled,
+            ..
         } = self
         {
+            drop(pooled);
             if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&mut conn)
@@ -277,10 +397,24 @@ fn rand_suffix() -> String {
 }
 
 /// Opens a second store on the same database (e.g. to look without the app's counter).
-pub async fn open_store(url: &str) -> Arc<dyn RevocationStore> {
-    store::connect(url, &store::PoolSettings::default())
-        .await
-        .unwrap()
+pub async fn open_store(db: &(impl DbTarget + ?Sized)) -> Arc<dyn RevocationStore> {
+    let settings = store::PoolSettings {
+        pooler: db.pooler(),
+        ..store::PoolSettings::default()
+    };
+    store::connect(db.target_url(), &settings).await.unwrap()
+}
+
+/// [`open_store`], migrated (behind a pooler: over the direct URL first).
+pub async fn open_migrated_store(db: &(impl DbTarget + ?Sized)) -> Arc<dyn RevocationStore> {
+    if let Some(direct) = db.migrate_url() {
+        open_store(direct).await.migrate().await.unwrap();
+    }
+    let store = open_store(db).await;
+    if db.pooler() == Pooler::None {
+        store.migrate().await.unwrap();
+    }
+    store
 }
 
 /// Mints `n` tokens owned by `owner` in one statement; they expire after `ttl`.
@@ -378,7 +512,7 @@ impl LockHolder {
         use sqlx::Connection;
         match db.kind() {
             Kind::Postgres => {
-                let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+                let mut c = sqlx::PgConnection::connect(db.direct_url()).await.unwrap();
                 sqlx::query("BEGIN").execute(&mut c).await.unwrap();
                 sqlx::query("SELECT 1 FROM tokens WHERE hash = $1 FOR UPDATE")
                     .bind(hash.as_bytes().as_slice())

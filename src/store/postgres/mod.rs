@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::backend::{Backend, Store};
+use super::backend::{send, Backend, Store};
 use super::{NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 
@@ -78,12 +78,13 @@ impl Backend for Postgres {
     }
 
     async fn ping(store: &Store<Self>) -> Result<(), StoreError> {
-        store.statements.add(1);
-        let read_only: bool = sqlx::query_scalar(
-            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool",
-        )
-        .fetch_one(&store.pool)
-        .await?;
+        let read_only: bool = send!(
+            store,
+            sqlx::query_scalar(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool",
+            ),
+            fetch_one
+        );
         if read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -101,17 +102,18 @@ impl Backend for Postgres {
         let owners: Vec<&str> = tokens.iter().map(|t| t.owner.as_str()).collect();
         let created: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.created_at).collect();
         let expires: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.expires_at).collect();
-        store.statements.add(1);
-        sqlx::query(
-            "INSERT INTO tokens (hash, owner, created_at, expires_at)
+        send!(
+            store,
+            sqlx::query(
+                "INSERT INTO tokens (hash, owner, created_at, expires_at)
              SELECT * FROM unnest($1::bytea[], $2::text[], $3::timestamptz[], $4::timestamptz[])",
-        )
-        .bind(&hashes)
-        .bind(&owners)
-        .bind(&created)
-        .bind(&expires)
-        .execute(&store.pool)
-        .await?;
+            )
+            .bind(&hashes)
+            .bind(&owners)
+            .bind(&created)
+            .bind(&expires),
+            execute
+        );
         Ok(())
     }
 }

@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres};
 
-use crate::store::backend::{claim_sql, notification_columns, Outbox, Store};
+use crate::store::backend::{claim_sql, notification_columns, send, Outbox, Store};
 use crate::store::{Clock, Requeue, StoreError};
 
 /// The row as it was (NULL status: no row) and whether the re-queue changed it.
@@ -70,9 +70,10 @@ impl Outbox for Postgres {
         id: i64,
         clock: Clock,
     ) -> Result<Requeue, StoreError> {
-        store.statements.add(1);
-        let row: RequeueRow = sqlx::query_as(
-            "WITH before AS (
+        let row: RequeueRow = send!(
+            store,
+            sqlx::query_as(
+                "WITH before AS (
                      SELECT status, locked_until FROM notifications WHERE id = $1
                  ), requeued AS (
                      UPDATE notifications
@@ -87,11 +88,11 @@ impl Outbox for Postgres {
                  SELECT (SELECT status FROM before) AS status,
                         EXISTS (SELECT 1 FROM requeued) AS requeued,
                         (SELECT locked_until FROM before) AS locked_until",
-        )
-        .bind(id)
-        .bind(Self::clock(clock))
-        .fetch_one(&store.pool)
-        .await?;
+            )
+            .bind(id)
+            .bind(Self::clock(clock)),
+            fetch_one
+        );
         Ok(match (row.status.as_deref(), row.requeued) {
             (_, true) => Requeue::Requeued,
             (None, false) => Requeue::NotFound,

@@ -38,7 +38,7 @@ use std::time::Duration;
 use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
-use crate::store::backend::{purge_notifications_sql, Record, Store};
+use crate::store::backend::{purge_notifications_sql, send, Record, Store};
 use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
 use crate::store::stats::stored_source;
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
@@ -300,13 +300,15 @@ impl Record for Postgres {
             MAX_ATTEMPTS,
             |_| Duration::ZERO,
             retryable,
-            || {
-                store.statements.add(1);
-                sqlx::query_as(PURGE_REPORTS_SQL)
-                    .bind(before)
-                    .bind(i64::from(limit))
-                    .bind(i64::from(max_items))
-                    .fetch_one(&store.pool)
+            || async {
+                Ok::<_, sqlx::Error>(send!(
+                    store,
+                    sqlx::query_as(PURGE_REPORTS_SQL)
+                        .bind(before)
+                        .bind(i64::from(limit))
+                        .bind(i64::from(max_items)),
+                    fetch_one
+                ))
             },
         )
         .await?;
@@ -332,12 +334,13 @@ impl Record for Postgres {
             Ok(Some(recorded)) => Ok(recorded),
             // The body was recorded before: answer from that report.
             Ok(None) => {
-                store.statements.add(1);
-                let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(DELIVERED_BODY_SQL)
-                    .bind(&report.scanner)
-                    .bind(report.body_sha256.as_slice())
-                    .fetch_all(&store.pool)
-                    .await?;
+                let rows: Vec<(i64, Vec<u8>, String)> = send!(
+                    store,
+                    sqlx::query_as(DELIVERED_BODY_SQL)
+                        .bind(&report.scanner)
+                        .bind(report.body_sha256.as_slice()),
+                    fetch_all
+                );
                 duplicate_answer(report, &rows)
             }
             Err(TryError::Store(e)) => Err(e),
@@ -405,27 +408,29 @@ async fn try_record(
         .bind(options.once_per_body)
         .bind(cutoff);
     let rows = match options.deadline {
-        None => {
+        None if !store.pooled => {
             store.statements.add(1);
             query.fetch_all(&store.pool).await?
         }
-        Some(_) => {
+        // Behind a transaction-mode pooler the statement is unnamed and needs a
+        // transaction around it (see `send!`): the one below, with or without a timeout.
+        _ => {
             // The budget is what is left once a connection is had (waiting for one
             // counts). One round trip for both: a simple query may hold several statements.
             let mut conn = store.pool.acquire().await?;
-            let budget = database_budget(options.deadline)
-                .map_err(TryError::Store)?
-                .unwrap_or_default();
-            store.statements.add(3);
-            let mut tx = sqlx::Connection::begin_with(
-                &mut *conn,
-                format!(
+            let begin = match database_budget(options.deadline).map_err(TryError::Store)? {
+                Some(budget) => format!(
                     "BEGIN; SET LOCAL statement_timeout = {}",
                     budget.as_millis().max(1)
                 ),
-            )
-            .await?;
-            let rows = query.fetch_all(&mut *tx).await?;
+                None => "BEGIN".to_owned(),
+            };
+            store.statements.add(3);
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
+            let rows = query
+                .persistent(store.persistent())
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
             rows
         }
