@@ -193,6 +193,33 @@ impl TestDb {
         }
     }
 
+    /// The pooler in front, to stop and restart it.
+    pub fn bouncer_mut(&mut self) -> Option<&mut PgBouncer> {
+        match self {
+            TestDb::Postgres {
+                pooled: Some(p), ..
+            } => Some(&mut p.bouncer),
+            _ => None,
+        }
+    }
+
+    /// `SHOW what` on the pooler's admin console, the rows of this database's pools.
+    pub async fn pooler_show(&self, what: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let TestDb::Postgres { name, .. } = self else {
+            panic!("no pooler on SQLite")
+        };
+        let bouncer = self.bouncer().expect("a pooled database");
+        bouncer.show(self.direct_url(), what, name).await
+    }
+
+    /// The database's name on the server (PostgreSQL).
+    pub fn name(&self) -> &str {
+        match self {
+            TestDb::Postgres { name, .. } => name,
+            TestDb::Sqlite { .. } => panic!("a SQLite database has no server name"),
+        }
+    }
+
     /// The database itself, never through the pooler (for raw access and migrations).
     pub fn direct_url(&self) -> &str {
         match self {

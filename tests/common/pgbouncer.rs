@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 pub struct PgBouncer {
     child: Child,
     port: u16,
+    bin: PathBuf,
+    ini: PathBuf,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -56,10 +59,11 @@ impl PgBouncer {
                 "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
                  listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
                  pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 1000\n\
-                 ignore_startup_parameters = extra_float_digits\n{keep_none}",
+                 ignore_startup_parameters = extra_float_digits\nadmin_users = {user}\n{keep_none}",
                 server.host_str().unwrap(),
                 server.port().unwrap_or(5432),
-                users.display()
+                users.display(),
+                user = server.username(),
             ),
         )
         .unwrap();
@@ -74,35 +78,81 @@ impl PgBouncer {
             }
         }
         let log = dir.path().join("pgbouncer.log");
-        let mut cmd = Command::new(bin);
-        if root {
-            cmd.args(["-u", "postgres"]);
-        }
-        let child = cmd
-            .arg(&ini)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("pgbouncer starts");
+        let child = spawn(&bin, &ini, &log);
         let mut bouncer = PgBouncer {
             child,
             port,
+            bin,
+            ini,
+            log,
             _dir: dir,
         };
+        bouncer.wait_until_listening();
+        Some(bouncer)
+    }
+
+    /// One `SHOW …` of PgBouncer's admin console (`SHOW POOLS`, `SHOW CLIENTS`): each
+    /// row as column name → value, for the pools of `database` only.
+    pub async fn show(
+        &self,
+        direct_url: &str,
+        what: &str,
+        database: &str,
+    ) -> Vec<std::collections::HashMap<String, String>> {
+        use sqlx::{Column, Connection, Row};
+        let mut url = url::Url::parse(&self.url(direct_url)).unwrap();
+        url.set_path("pgbouncer");
+        let mut conn = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+        // The console speaks only the simple query protocol, in text.
+        let rows = sqlx::raw_sql(&format!("SHOW {what}"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| {
+                row.columns()
+                    .iter()
+                    .map(|c| {
+                        let raw = row.try_get_raw(c.ordinal()).unwrap();
+                        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(raw)
+                            .map(str::to_owned)
+                            .unwrap_or_default();
+                        (c.name().to_owned(), text)
+                    })
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|r| r.get("database").map(String::as_str) == Some(database))
+            .collect()
+    }
+
+    /// Kills PgBouncer (SIGKILL: every client and server connection drops at once).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts PgBouncer again, on the same port with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.bin, &self.ini, &self.log);
+        self.wait_until_listening();
+    }
+
+    fn wait_until_listening(&mut self) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let why = || std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(status) = bouncer.child.try_wait().unwrap() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let why = || std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("pgbouncer exited {status}: {}", why());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "pgbouncer did not listen on {port}: {}",
+                "pgbouncer did not listen on {}: {}",
+                self.port,
                 why()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(bouncer)
     }
 
     /// `direct_url` with its host and port replaced by this pooler's.
@@ -112,6 +162,25 @@ impl PgBouncer {
         url.set_port(Some(self.port)).unwrap();
         url.to_string()
     }
+}
+
+/// PgBouncer on `ini`, its stderr appended to `log`. As root it drops to `postgres`
+/// (it refuses to run as root), which must read the files.
+fn spawn(bin: &std::path::Path, ini: &std::path::Path, log: &std::path::Path) -> Child {
+    let mut cmd = Command::new(bin);
+    if runs_as_root() {
+        cmd.args(["-u", "postgres"]);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.arg(ini)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("pgbouncer starts")
 }
 
 /// Whether this process runs as root (from `/proc/self/status`, no libc call).
