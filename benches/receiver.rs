@@ -17,11 +17,20 @@
 //!
 //! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
+//! With a `pgbouncer` binary (Debian's package), the PostgreSQL run adds the pooler
+//! rounds: the 1-token load at c=32 on the direct server, on one with `--db-pooler
+//! transaction` straight to PostgreSQL, and on one through a real PgBouncer in
+//! transaction mode, in turn, three rounds each, with each mode's median over the direct
+//! one's.
 //!
 //! Exits non-zero if the junk flood caused any database statement (the CI smoke check);
 //! timings are printed and compared with the targets, never asserted.
 
 mod common;
+// The tests' PgBouncer harness (a real `pgbouncer` on a free loopback port).
+#[allow(dead_code)]
+#[path = "../tests/common/pgbouncer.rs"]
+mod pgbouncer;
 
 use common::{ms, percentile, Backend};
 
@@ -153,12 +162,13 @@ async fn hostile_connections(base: &str, max_body: usize) -> Vec<tokio::task::Jo
     tasks
 }
 
-/// Genuine deliveries from `concurrency` workers until `deadline`, the pre-signed bodies
-/// taken in turn (past the end of `signed` they come round again: repeats, answered from
-/// their first report): the sorted latencies in ms, the answers other than 200, and the
-/// seconds it ran.
+/// Genuine deliveries to the server at `base` from `concurrency` workers until
+/// `deadline`, the pre-signed bodies taken in turn (past the end of `signed` they come
+/// round again: repeats, answered from their first report): the sorted latencies in ms,
+/// the answers other than 200, and the seconds it ran.
 async fn genuine_load(
     bench: &Arc<Bench>,
+    base: &str,
     signed: &Arc<Vec<(Vec<u8>, String)>>,
     next_signed: &Arc<AtomicUsize>,
     concurrency: usize,
@@ -170,12 +180,14 @@ async fn genuine_load(
         .map(|_| {
             let (bench, errors) = (Arc::clone(bench), Arc::clone(&errors));
             let (signed, next_signed) = (Arc::clone(signed), Arc::clone(next_signed));
+            let base = base.to_owned();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let idx = next_signed.fetch_add(1, Ordering::Relaxed);
                     let (body, sig) = &signed[idx % signed.len()];
-                    let (status, took) = bench.deliver_signed(body.clone(), sig.clone()).await;
+                    let (status, took) =
+                        bench.deliver_signed(&base, body.clone(), sig.clone()).await;
                     if status != 200 {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -248,15 +260,16 @@ impl Bench {
     /// Signs and POSTs a delivery; returns (status, latency). Signing is not timed.
     async fn deliver(&self, body: Vec<u8>) -> (u16, Duration) {
         let sig = self.sign(&body);
-        self.deliver_signed(body, sig).await
+        self.deliver_signed(&self.base, body, sig).await
     }
 
     /// POSTs an already signed delivery; returns (status, latency).
-    async fn deliver_signed(&self, body: Vec<u8>, sig: String) -> (u16, Duration) {
+    /// A signed delivery to the server at `base`.
+    async fn deliver_signed(&self, base: &str, body: Vec<u8>, sig: String) -> (u16, Duration) {
         let started = Instant::now();
         let resp = self
             .client
-            .post(format!("{}/secret-scanning/github", self.base))
+            .post(format!("{base}/secret-scanning/github"))
             .header("Github-Public-Key-Identifier", "bench-key")
             .header("Github-Public-Key-Signature", sig)
             .body(body)
@@ -411,6 +424,114 @@ struct Row {
     target: String,
 }
 
+/// One way of reaching the database, measured in rounds.
+struct Mode {
+    name: &'static str,
+    base: String,
+    bodies: Arc<Vec<(Vec<u8>, String)>>,
+    next: Arc<AtomicUsize>,
+    rps: Vec<f64>,
+    lat: Vec<f64>,
+}
+
+/// Starts a server with `settings` in this process; its base URL and its stop.
+async fn start_server(settings: Settings) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = Application::build(settings).await.expect("server starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+    (base, stop_tx)
+}
+
+/// Two more servers on the same database, both with `--db-pooler transaction`: one
+/// through PgBouncer (transaction mode, as many server connections as the direct pool),
+/// one straight to PostgreSQL (what the unnamed statements and their transactions cost
+/// without the pooler's hop). Then `rounds` rounds of each mode in turn (direct,
+/// unnamed direct, pooled) on a third of `signed`'s bodies each. `None` without a
+/// `pgbouncer` binary.
+async fn pooler_rounds_compared(
+    bench: &Arc<Bench>,
+    settings: Settings,
+    db_url: &str,
+    mut signed: Vec<(Vec<u8>, String)>,
+    rounds: usize,
+    secs: u64,
+) -> Option<(Row, serde_json::Value)> {
+    let server_connections = settings.pool.max_connections;
+    let bouncer = pgbouncer::PgBouncer::start(db_url, server_connections)?;
+    let mut unnamed = settings.clone();
+    unnamed.pool.pooler = revoker::store::Pooler::Transaction;
+    let mut pooled = unnamed.clone();
+    pooled.database_url = bouncer.url(db_url).into();
+    let (unnamed_base, stop_unnamed) = start_server(unnamed).await;
+    let (pooled_base, stop_pooled) = start_server(pooled).await;
+
+    let third = signed.len() / 3;
+    let mut modes: Vec<Mode> = [
+        ("direct", bench.base.clone()),
+        ("unnamed direct", unnamed_base),
+        ("pooled", pooled_base),
+    ]
+    .into_iter()
+    .map(|(name, base)| Mode {
+        name,
+        base,
+        bodies: Arc::new(signed.drain(..third).collect()),
+        next: Arc::new(AtomicUsize::new(0)),
+        rps: Vec::new(),
+        lat: Vec::new(),
+    })
+    .collect();
+    let mut errors = 0;
+    for _ in 0..rounds {
+        for m in &mut modes {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let (lat, errs, elapsed) =
+                genuine_load(bench, &m.base, &m.bodies, &m.next, 32, deadline).await;
+            m.rps.push(lat.len() as f64 / elapsed);
+            m.lat.extend(lat);
+            errors += errs;
+        }
+    }
+    let _ = stop_unnamed.send(());
+    let _ = stop_pooled.send(());
+    drop(bouncer);
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let direct_median = median(&modes[0].rps);
+    let mut parts = Vec::new();
+    let mut value = serde_json::json!({
+        "rounds": rounds, "seconds_per_round": secs, "concurrency": 32,
+        "server_connections": server_connections, "errors": errors,
+    });
+    for m in &mut modes {
+        m.lat.sort_by(f64::total_cmp);
+        let ratio = median(&m.rps) / direct_median;
+        let list: Vec<String> = m.rps.iter().map(|r| format!("{r:.0}")).collect();
+        parts.push(format!(
+            "{} {} req/s (p99 {:.1} ms, {ratio:.2}x)",
+            m.name,
+            list.join("/"),
+            percentile(&m.lat, 0.99)
+        ));
+        value[m.name.replace(' ', "_")] = serde_json::json!({
+            "rps": m.rps, "p50_ms": percentile(&m.lat, 0.5), "p99_ms": percentile(&m.lat, 0.99),
+            "median_rps_over_direct": ratio,
+        });
+    }
+    let row = Row {
+        name: format!("pooler rounds, 1-token c=32, {rounds}x{secs}s"),
+        value: format!("{} | errors {errors}", parts.join(" | ")),
+        target: "(report)".into(),
+    };
+    Some((row, value))
+}
+
 fn main() {
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -470,6 +591,7 @@ async fn run(args: Args) -> bool {
     settings.verified_memory_budget = 1 << 30;
     let settings_max_body = settings.max_body;
     settings.pool.max_connections = 16;
+    let pooled_settings = settings.clone();
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let store = Arc::clone(&app.state().store);
@@ -488,7 +610,14 @@ async fn run(args: Args) -> bool {
     let batch_tokens: usize = sizes.iter().zip(iterations).map(|(s, i)| s * i).sum();
     let throughput_secs = if args.quick { 3 } else { 10 };
     let throughput_tokens = if args.quick { 10_000 } else { 40_000 };
-    let pool_size = 4 * batch_tokens + throughput_tokens;
+    // Through the pooler (PostgreSQL): direct and pooled rounds of `throughput_secs`,
+    // alternating, on fresh tokens (~2,500 req/s at most on this machine).
+    let pooler_rounds = 3;
+    let pooler_tokens = match args.backend {
+        Backend::Postgres => 3 * pooler_rounds * throughput_secs as usize * 2_500,
+        Backend::Sqlite => 0,
+    };
+    let pool_size = 4 * batch_tokens + throughput_tokens + pooler_tokens;
     let filler = args.tokens.saturating_sub(pool_size);
     let seed_started = Instant::now();
     seed(&store, filler, false).await;
@@ -637,6 +766,17 @@ async fn run(args: Args) -> bool {
     drop(junk);
     phase("after flood");
 
+    // The pooler rounds' bodies, set aside before the throughput takes the rest.
+    let pooler_signed: Vec<(Vec<u8>, String)> = bench
+        .take(pooler_tokens)
+        .iter()
+        .map(|t| {
+            let body = Bench::body(&[t.expose_secret()]);
+            let sig = bench.sign(&body);
+            (body, sig)
+        })
+        .collect();
+
     // 3. Throughput: 1-token deliveries at concurrency 32. Bodies are signed before the
     // clock starts (the scanner signs on its own machines, not on ours).
     let concurrency = 32;
@@ -653,8 +793,15 @@ async fn run(args: Args) -> bool {
     );
     let next_signed = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(throughput_secs);
-    let (lat, errors, elapsed) =
-        genuine_load(&bench, &signed, &next_signed, concurrency, deadline).await;
+    let (lat, errors, elapsed) = genuine_load(
+        &bench,
+        &bench.base,
+        &signed,
+        &next_signed,
+        concurrency,
+        deadline,
+    )
+    .await;
     let rps = lat.len() as f64 / elapsed;
     let (t50, t99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     rows.push(Row {
@@ -673,6 +820,29 @@ async fn run(args: Args) -> bool {
 
     phase("after throughput");
 
+    // 3a. Through a connection pooler (PostgreSQL): the same 1-token load at c=32 on
+    // servers in this process on the same database with `--db-pooler transaction`,
+    // through PgBouncer in transaction mode and straight to PostgreSQL, in rounds
+    // alternating with the direct server.
+    if args.backend == Backend::Postgres {
+        match pooler_rounds_compared(
+            &bench,
+            pooled_settings,
+            &db_url,
+            pooler_signed,
+            pooler_rounds,
+            throughput_secs,
+        )
+        .await
+        {
+            Some((row, value)) => {
+                rows.push(row);
+                json.insert("pooler".into(), value);
+            }
+            None => println!("no pgbouncer on this machine: the pooler rounds are skipped"),
+        }
+    }
+
     // 3b. Under attack: genuine 1-token deliveries at concurrency 4 while 1,000 hostile
     // connections are held open (they need no key: the key id is public).
     let (_, rss_before) = rss_mib();
@@ -680,7 +850,8 @@ async fn run(args: Args) -> bool {
     let held = hostile.len();
     let attack_secs = throughput_secs;
     let deadline = Instant::now() + Duration::from_secs(attack_secs);
-    let (lat, errors, elapsed) = genuine_load(&bench, &signed, &next_signed, 4, deadline).await;
+    let (lat, errors, elapsed) =
+        genuine_load(&bench, &bench.base, &signed, &next_signed, 4, deadline).await;
     let (peak_attack, rss_attack) = rss_mib();
     for h in hostile {
         h.abort();
