@@ -60,111 +60,97 @@ where
     }
 }
 
+/// Every test on SQLite (`sqlite::name`) and PostgreSQL (`postgres::name`); those
+/// under `pooled` also on PostgreSQL behind a real PgBouncer in transaction mode
+/// (`pooled::name`): every one whose subject is what the database does (not the HTTP
+/// front, signatures or keys), except those about migrating (which goes over a direct
+/// URL: tests/pooler.rs), about two databases, and those that take PostgreSQL down
+/// (`Outage`): behind a pooler the database coming back is the pooler's to notice
+/// (`server_login_retry`), and the pooler going away and coming back is
+/// tests/pooler.rs's.
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
+    (pooled: [$($p:ident),* $(,)?], direct: [$($d:ident),* $(,)?] $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(super::Kind::Sqlite, super::$name).await
+                async fn $p() {
+                    super::run(super::Kind::Sqlite, super::$p).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $d() {
+                    super::run(super::Kind::Sqlite, super::$d).await
                 }
             )*
         }
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(super::Kind::Postgres, super::$name).await
+                async fn $p() {
+                    super::run(super::Kind::Postgres, super::$p).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $d() {
+                    super::run(super::Kind::Postgres, super::$d).await
                 }
             )*
         }
-    };
-}
-
-/// The contract tests that also run behind a transaction-mode pooler
-/// (`pooled::name`): every one that touches the database, except those about migrating
-/// (which goes over a direct URL: tests/pooler.rs), about two databases, and those that
-/// take PostgreSQL down (`Outage`): behind a pooler the database coming back is the
-/// pooler's to notice (`server_login_retry`), and the pooler going away and coming
-/// back is tests/pooler.rs's.
-macro_rules! behind_a_pooler {
-    ($($name:ident),* $(,)?) => {
         mod pooled {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run_pooled(super::$name).await
+                async fn $p() {
+                    super::run_pooled(super::$p).await
                 }
             )*
         }
     };
 }
 
-behind_a_pooler!(
-    bulk_insert_is_all_or_nothing,
-    nul_characters_in_open_strings_never_block_revocation,
-    revokes_minted_token_and_labels_every_item,
-    second_identical_delivery_revokes_nothing_twice,
-    expired_token_is_revoked_as_true_positive,
-    same_token_twice_in_one_batch_is_revoked_once,
-    non_candidates_never_reach_the_database,
-    two_instances_racing_revoke_each_token_exactly_once,
-    no_raw_token_is_stored,
-    preview_reports_without_writing,
-    stats_match_a_known_sequence_of_deliveries,
-    stats_cap_recent_reports_items_and_sources,
-    stats_on_an_empty_database,
-    a_delivery_queues_one_notification_per_token_it_flips,
-    claims_lease_due_notifications_and_count_attempts,
-    finished_and_requeued_notifications_change_what_claims_see,
-    after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
-    concurrent_claimers_on_two_stores_never_share_a_notification,
-    a_repeated_body_is_one_report_within_the_window,
-    identical_bodies_racing_on_two_instances_leave_one_report,
-    a_record_past_its_deadline_is_rolled_back_by_the_database,
-    the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
-    the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
-    a_scanner_url_that_reads_purged_does_not_keep_the_source,
-);
-
 contract!(
-    bulk_insert_is_all_or_nothing,
-    nul_characters_in_open_strings_never_block_revocation,
-    a_delivery_past_its_deadline_gets_503_and_writes_nothing,
-    revokes_minted_token_and_labels_every_item,
-    second_identical_delivery_revokes_nothing_twice,
-    expired_token_is_revoked_as_true_positive,
-    same_token_twice_in_one_batch_is_revoked_once,
-    non_candidates_never_reach_the_database,
-    empty_array_is_answered_with_empty_feedback,
-    forged_deliveries_get_401_and_record_nothing,
-    missing_or_malformed_signature_headers_get_401,
-    signed_but_malformed_body_gets_400_and_records_nothing,
-    unknown_scanner_paths_and_methods_get_json_errors,
-    oversized_bodies_get_413_without_being_read,
-    key_source_down_without_cached_keys_gets_503,
-    database_unavailable_gets_503_then_retry_gets_full_answer,
-    openssl_signed_fixture_is_accepted_from_a_key_file,
-    two_instances_racing_revoke_each_token_exactly_once,
-    no_raw_token_is_stored,
-    preview_reports_without_writing,
-    stats_match_a_known_sequence_of_deliveries,
-    stats_cap_recent_reports_items_and_sources,
-    stats_on_an_empty_database,
-    a_delivery_queues_one_notification_per_token_it_flips,
-    claims_lease_due_notifications_and_count_attempts,
-    finished_and_requeued_notifications_change_what_claims_see,
-    after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
-    concurrent_claimers_on_two_stores_never_share_a_notification,
-    a_failed_record_report_queues_no_notification,
-    a_repeated_body_is_one_report_within_the_window,
-    identical_bodies_racing_on_two_instances_leave_one_report,
-    a_record_past_its_deadline_is_rolled_back_by_the_database,
-    notification_ids_are_uuids_distinct_across_databases,
-    migrating_a_database_with_notifications_gives_each_its_own_id,
-    the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
-    the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
-    a_scanner_url_that_reads_purged_does_not_keep_the_source,
+    pooled: [
+        bulk_insert_is_all_or_nothing,
+        nul_characters_in_open_strings_never_block_revocation,
+        revokes_minted_token_and_labels_every_item,
+        second_identical_delivery_revokes_nothing_twice,
+        expired_token_is_revoked_as_true_positive,
+        same_token_twice_in_one_batch_is_revoked_once,
+        non_candidates_never_reach_the_database,
+        two_instances_racing_revoke_each_token_exactly_once,
+        no_raw_token_is_stored,
+        preview_reports_without_writing,
+        stats_match_a_known_sequence_of_deliveries,
+        stats_cap_recent_reports_items_and_sources,
+        stats_on_an_empty_database,
+        a_delivery_queues_one_notification_per_token_it_flips,
+        claims_lease_due_notifications_and_count_attempts,
+        finished_and_requeued_notifications_change_what_claims_see,
+        after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
+        concurrent_claimers_on_two_stores_never_share_a_notification,
+        a_repeated_body_is_one_report_within_the_window,
+        identical_bodies_racing_on_two_instances_leave_one_report,
+        a_record_past_its_deadline_is_rolled_back_by_the_database,
+        the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
+        the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
+        a_scanner_url_that_reads_purged_does_not_keep_the_source,
+    ],
+    direct: [
+        a_delivery_past_its_deadline_gets_503_and_writes_nothing,
+        empty_array_is_answered_with_empty_feedback,
+        forged_deliveries_get_401_and_record_nothing,
+        missing_or_malformed_signature_headers_get_401,
+        signed_but_malformed_body_gets_400_and_records_nothing,
+        unknown_scanner_paths_and_methods_get_json_errors,
+        oversized_bodies_get_413_without_being_read,
+        key_source_down_without_cached_keys_gets_503,
+        database_unavailable_gets_503_then_retry_gets_full_answer,
+        openssl_signed_fixture_is_accepted_from_a_key_file,
+        a_failed_record_report_queues_no_notification,
+        notification_ids_are_uuids_distinct_across_databases,
+        migrating_a_database_with_notifications_gives_each_its_own_id,
+    ],
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {

@@ -24,12 +24,21 @@ async fn pooled() -> Option<TestDb> {
     TestDb::pooled(1).await
 }
 
+/// The stderr of a command that must have failed.
+fn refused(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    stderr
+}
+
+fn migrate_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = revoker_command();
+    cmd.arg("migrate").args(args);
+    cmd
+}
+
 fn migrate(args: &[&str]) -> std::process::Output {
-    revoker_command()
-        .arg("migrate")
-        .args(args)
-        .output()
-        .unwrap()
+    migrate_command(args).output().unwrap()
 }
 
 #[tokio::test]
@@ -70,9 +79,9 @@ async fn migrations_go_over_the_direct_url_beside_a_pooled_one() {
     db.cleanup().await;
 }
 
-/// `token mint` through the pooler, migrated over the direct URL: the pooler's first
-/// client meets no one's statements, so it works (what does not yet is in README); and
-/// a migrate URL that names another database is refused, not taken for this one.
+/// `token mint` through the pooler (`--db-pooler transaction`), migrated over the direct
+/// URL; and a migrate URL that names another database is refused, not taken for this
+/// one.
 #[tokio::test]
 async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
     let Some(db) = pooled().await else {
@@ -85,6 +94,8 @@ async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
             .args([
                 "--database-url",
                 &pooled_url,
+                "--db-pooler",
+                "transaction",
                 "--migrate-database-url",
                 db.direct_url(),
             ]),
@@ -105,8 +116,7 @@ async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
         ])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(
         stderr.contains("must name the same database as --database-url"),
         "{stderr}"
@@ -133,8 +143,7 @@ async fn through_the_pooler_alone_the_error_says_what_to_do() {
     drop(other);
 
     let out = migrate(&["--database-url", &pooled_url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&out);
     assert!(
         stderr.contains("connection pooler in transaction mode"),
         "{stderr}"
@@ -142,6 +151,18 @@ async fn through_the_pooler_alone_the_error_says_what_to_do() {
     assert!(stderr.contains("--migrate-database-url"), "{stderr}");
     assert!(stderr.contains("--db-pooler transaction"), "{stderr}");
     assert!(!stderr.contains("sqlx_s_"), "the raw error: {stderr}");
+
+    // A command that opens an existing (migrated) database says the same, not "no
+    // revoker tables". (The other client's statements are still on the server
+    // connection.)
+    run_ok(&mut migrate_command(&["--database-url", db.direct_url()]));
+    let out = revoker_command()
+        .args(["token", "list", "--database-url", &pooled_url])
+        .output()
+        .unwrap();
+    let stderr = refused(&out);
+    assert!(stderr.contains("--db-pooler transaction"), "{stderr}");
+    assert!(!stderr.contains("no revoker tables"), "{stderr}");
     db.cleanup().await;
 }
 
@@ -157,8 +178,7 @@ async fn behind_the_pooler_commands_work_and_migrations_need_the_direct_url() {
     let no_schema = "SELECT coalesce(to_regclass('_sqlx_migrations')::text, 'none')";
 
     let out = migrate(&pooled_args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&out);
     assert!(stderr.contains("--migrate-database-url"), "{stderr}");
     assert!(stderr.contains("pooler in transaction mode"), "{stderr}");
     assert_eq!(db.texts(no_schema).await, ["none"]);
@@ -172,8 +192,7 @@ async fn behind_the_pooler_commands_work_and_migrations_need_the_direct_url() {
             .unwrap()
     };
     let out = mint(&[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&out);
     assert!(
         stderr.contains("0 of this binary's 7 migrations"),
         "{stderr}"
@@ -221,6 +240,43 @@ async fn behind_the_pooler_commands_work_and_migrations_need_the_direct_url() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("live"), "{shown}");
     assert!(shown.contains("pooled/team"), "{shown}");
+
+    // An up-to-date database needs no migrate URL; a replay revokes through the pooler
+    // and its notification is listed.
+    let up_to_date = run_ok(&mut migrate_command(&pooled_args));
+    assert!(
+        up_to_date.starts_with("no migrations pending (7 applied)"),
+        "{up_to_date}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let leak = dir.path().join("leak.log");
+    std::fs::write(&leak, format!("deploy log: {token}\n")).unwrap();
+    let replayed = run_ok(
+        revoker_command()
+            .args(["replay", "--actor", "sec@example.com"])
+            .args(pooled_args)
+            .arg(&leak),
+    );
+    assert!(replayed.contains("tokens revoked now: 1"), "{replayed}");
+    assert!(!replayed.contains(&token), "the raw token in: {replayed}");
+    assert_eq!(
+        db.texts("SELECT count(*)::text FROM tokens WHERE revoked_at IS NOT NULL")
+            .await,
+        ["1"]
+    );
+    let notifications = run_ok(revoker_command().args(["notify", "list"]).args(pooled_args));
+    assert!(notifications.contains("pending"), "{notifications}");
+    assert!(notifications.contains("pooled/team"), "{notifications}");
+
+    // A schema from a newer release (a migration this binary does not know) is refused,
+    // as sqlx's migrator refuses it on a direct connection.
+    db.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99990101000000, 'from a newer release', true, '\\x00', 0)",
+    )
+    .await;
+    let stderr = refused(&mint(&[]));
+    assert!(stderr.contains("belongs to a newer release"), "{stderr}");
     db.cleanup().await;
 }
 
@@ -238,8 +294,7 @@ fn sqlite_with_db_pooler_transaction_is_refused() {
         ])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(
         stderr.contains("--db-pooler transaction is for PostgreSQL"),
         "{stderr}"
@@ -408,6 +463,10 @@ async fn six_instances_behind_four_server_connections_revoke_each_token_once() {
     let (max_server_connections, samples) = sampler.finish().await;
     let pools = db.pooler_show("POOLS").await;
     let clients = db.pooler_show("CLIENTS").await;
+    // Stopped before the webhook's count is read: a late second send would be in it.
+    for instance in instances {
+        instance.stop();
+    }
 
     assert_eq!(
         db.texts("SELECT count(*)::text FROM reports").await,
@@ -458,12 +517,9 @@ async fn six_instances_behind_four_server_connections_revoke_each_token_once() {
         "PostgreSQL saw {max_server_connections} connections behind a pooler of 4"
     );
     assert!(
-        clients_seen > 4,
-        "the instances opened only {clients_seen} connections: nothing to pool"
+        (5..=60).contains(&clients_seen),
+        "{clients_seen} client connections from six pools of ten"
     );
-    for instance in instances {
-        instance.stop();
-    }
     db.cleanup().await;
 }
 
@@ -471,8 +527,9 @@ async fn six_instances_behind_four_server_connections_revoke_each_token_once() {
 /// waits for a row lock another session holds (inside its transaction, as every
 /// statement behind a transaction-mode pooler), PgBouncer is killed under it: the
 /// answer is 503 and nothing is recorded (the server session, its client gone, never
-/// sees a COMMIT). While the pooler is down deliveries get 503 at once; once it is
-/// back, the scanner's retry of the same body gets the whole answer.
+/// sees a COMMIT). While the pooler is down deliveries get 503 (after `--db-timeout`:
+/// connecting is retried until then); once it is back, the scanner's retry of the same
+/// body gets the whole answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry_completes() {
     let Some(mut db) = TestDb::pooled(2).await else {
@@ -548,7 +605,7 @@ async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry
         ["0"]
     );
 
-    // The pooler is down: a delivery is answered 503 at once, nothing recorded.
+    // The pooler is down: a delivery is answered 503, nothing recorded.
     let down = app.deliver(&Signer::test(), body.clone()).await;
     assert_eq!(down.status, 503, "{}", down.text);
     assert_eq!(down.error_code(), "database_unavailable");

@@ -115,12 +115,15 @@ pub async fn open_existing(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStor
             redact_url(url)
         )
     })?;
-    store.count_reports().await.map_err(|_| {
-        anyhow::anyhow!(
+    match store.count_reports().await {
+        Ok(_) => {}
+        // Through a transaction-mode pooler without --db-pooler: say that, not "no tables".
+        Err(e @ store::StoreError::Pooler) => return Err(e.into()),
+        Err(_) => anyhow::bail!(
             "{} has no revoker tables: check --database-url (this command never creates or migrates a database)",
             redact_url(url)
-        )
-    })?;
+        ),
+    }
     Ok(store)
 }
 

@@ -1,6 +1,7 @@
 //! `revoker migrate`: apply pending migrations, say how many, and exit.
 
 use anyhow::Context;
+use revoker::store::Pooler;
 use secrecy::ExposeSecret;
 
 use super::db::{DbArgs, MigrateUrlArgs};
@@ -25,6 +26,12 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     };
     let store = revoker::startup::connect(url, &settings).await?;
     let before = store.applied_migrations().await?;
+    // Behind a transaction-mode pooler nothing can migrate; an up-to-date database
+    // needs nothing (anything else is refused by `migrate`, saying what to do).
+    if settings.pooler == Pooler::Transaction && before == store.known_migrations() {
+        println!("no migrations pending ({before} applied)");
+        return Ok(());
+    }
     store.migrate().await.context("cannot migrate database")?;
     let after = store.applied_migrations().await?;
     match after - before {

@@ -46,6 +46,7 @@ use crate::support::default_duration;
 mod backend;
 mod notification;
 mod postgres;
+mod recording;
 mod rows;
 mod shared;
 mod sqlite;

@@ -45,14 +45,20 @@ impl PgBouncer {
             ""
         };
         let server = url::Url::parse(direct_url).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("pgbouncer.ini");
         let users = dir.path().join("userlist.txt");
-        std::fs::write(&users, format!("\"{}\" \"\"\n", server.username())).unwrap();
+        // Clients log in by trust; PgBouncer logs in to PostgreSQL with this password.
+        std::fs::write(
+            &users,
+            format!(
+                "\"{}\" \"{}\"\n",
+                server.username(),
+                server.password().unwrap_or_default()
+            ),
+        )
+        .unwrap();
         std::fs::write(
             &ini,
             format!(
@@ -161,6 +167,20 @@ impl PgBouncer {
         url.set_host(Some("127.0.0.1")).unwrap();
         url.set_port(Some(self.port)).unwrap();
         url.to_string()
+    }
+}
+
+/// A free loopback port below Linux's ephemeral range (32768 and up), so that no
+/// outgoing connection of the tests takes it while PgBouncer is down between a kill and
+/// a restart.
+fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! Timestamps are `timestamptz`; hash lists are bound as one `bytea[]`. A whole delivery
 //! is ONE statement (see `record.rs`), and notifications are claimed with
 //! `FOR UPDATE SKIP LOCKED` (see `outbox.rs`), so any number of instances can share the
-//! database.
+//! database. Behind a pooler in transaction mode (`--db-pooler transaction`, PgBouncer)
+//! every statement is sent unnamed inside a transaction of its own (`send!` in
+//! `backend.rs`; the revoking statement takes the deadline's transaction), and
+//! migrations, which need a session, refuse (`StoreError::MigrateThroughPooler`).
 //!
 //! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
 //! statements). `record.rs`: the revoking statement and `preview`. `stats.rs`: the stats

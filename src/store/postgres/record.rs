@@ -27,7 +27,9 @@
 //! and writes nothing; it is answered from the first report (one more read).
 //!
 //! With a deadline the statement runs inside `BEGIN; SET LOCAL statement_timeout = …`
-//! and an explicit `COMMIT` (two more round trips): PostgreSQL cancels the work when the
+//! and an explicit `COMMIT` (two more round trips; behind a transaction-mode pooler
+//! `BEGIN`, then the `SET LOCAL` once the pooler has given it a server connection, and
+//! a transaction even without a deadline): PostgreSQL cancels the work when the
 //! budget runs out (a lock held by another session, a slow disk), and if the caller gives
 //! up first, the transaction is rolled back, never committed late. The statement alone
 //! in autocommit would commit whenever it finished, after the caller had answered 503.
@@ -39,7 +41,9 @@ use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
 use crate::store::backend::{purge_notifications_sql, send, Record, Store};
-use crate::store::shared::{database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL};
+use crate::store::recording::{
+    database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
+};
 use crate::store::stats::stored_source;
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 use crate::support::retry;
@@ -415,18 +419,36 @@ async fn try_record(
         // Behind a transaction-mode pooler the statement is unnamed and needs a
         // transaction around it (see `send!`): the one below, with or without a timeout.
         _ => {
-            // The budget is what is left once a connection is had (waiting for one
-            // counts). One round trip for both: a simple query may hold several statements.
-            let mut conn = store.pool.acquire().await?;
-            let begin = match database_budget(options.deadline).map_err(TryError::Store)? {
-                Some(budget) => format!(
-                    "BEGIN; SET LOCAL statement_timeout = {}",
-                    budget.as_millis().max(1)
-                ),
-                None => "BEGIN".to_owned(),
+            // The budget is what is left once a server connection is had (waiting for one
+            // counts): directly, once the pool gives a connection, and then one round trip
+            // for both (a simple query may hold several statements); behind a pooler,
+            // after `BEGIN`, which is what waits in the pooler's queue.
+            let timeout = |deadline| {
+                database_budget(deadline)
+                    .map(|b| {
+                        b.map(|b| format!("SET LOCAL statement_timeout = {}", b.as_millis().max(1)))
+                    })
+                    .map_err(TryError::Store)
             };
-            store.statements.add(3);
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
+            let mut conn = store.pool.acquire().await?;
+            let mut tx = if store.pooled {
+                store.statements.add(1);
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                if let Some(set) = timeout(options.deadline)? {
+                    store.statements.add(1);
+                    // A query without parameters goes by the simple protocol.
+                    sqlx::Executor::execute(&mut *tx, set.as_str()).await?;
+                }
+                tx
+            } else {
+                let begin = match timeout(options.deadline)? {
+                    Some(set) => format!("BEGIN; {set}"),
+                    None => "BEGIN".to_owned(),
+                };
+                store.statements.add(1);
+                sqlx::Connection::begin_with(&mut *conn, begin).await?
+            };
+            store.statements.add(2);
             let rows = query
                 .persistent(store.persistent())
                 .fetch_all(&mut *tx)

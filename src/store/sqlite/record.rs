@@ -29,10 +29,10 @@ use super::{hex_array, primary_code};
 use crate::domain::alert::CandidateItem;
 use crate::domain::{Outcome, OutcomeCounts, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
-use crate::store::rows::hash_from;
-use crate::store::shared::{
+use crate::store::recording::{
     database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
 };
+use crate::store::rows::hash_from;
 use crate::store::stats::stored_source;
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 

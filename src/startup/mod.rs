@@ -30,6 +30,10 @@ use crate::store::{self, RevocationStore};
 use crate::support::SecretDigest;
 use crate::tls::Tls;
 
+mod database;
+
+pub use database::{connect, direct, open_and_migrate};
+
 pub struct Application {
     listener: TcpListener,
     admin_listener: TcpListener,
@@ -49,78 +53,6 @@ pub struct Application {
 struct ConnectionLimits {
     max_connections: usize,
     header_timeout: Duration,
-}
-
-/// Opens the store at `url`; an error names the database (password masked).
-pub async fn connect(
-    url: &str,
-    pool: &store::PoolSettings,
-) -> anyhow::Result<Arc<dyn RevocationStore>> {
-    store::connect(url, pool)
-        .await
-        .with_context(|| format!("cannot open database {}", redact_url(url)))
-}
-
-/// `pool` for a direct connection: the settings of a migrate URL, which never goes
-/// through a pooler.
-pub fn direct(pool: &store::PoolSettings) -> store::PoolSettings {
-    store::PoolSettings {
-        pooler: store::Pooler::None,
-        ..pool.clone()
-    }
-}
-
-/// Opens the database at `url` (a SQLite file is created if `pool` says so) and
-/// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
-pub async fn open_and_migrate(
-    url: &str,
-    migrate_url: Option<&str>,
-    pool: &store::PoolSettings,
-) -> anyhow::Result<Arc<dyn RevocationStore>> {
-    if let Some(migrate_url) = migrate_url {
-        // Migrations need a session of their own (an advisory lock, prepared
-        // statements): over their own URL, on one connection closed afterwards.
-        let one = store::PoolSettings {
-            max_connections: 1,
-            ..direct(pool)
-        };
-        connect(migrate_url, &one)
-            .await?
-            .migrate()
-            .await
-            .with_context(|| format!("cannot migrate database {}", redact_url(migrate_url)))?;
-    }
-    let store = connect(url, pool).await?;
-    match migrate_url {
-        None if pool.pooler == store::Pooler::Transaction => {
-            // Nothing can migrate through the pooler; an operator who migrated over a
-            // direct URL beforehand (`revoker migrate`) needs none here.
-            let (applied, known) = (store.applied_migrations().await?, store.known_migrations());
-            if applied < known {
-                anyhow::bail!(
-                    "{} has {applied} of this binary's {known} migrations applied, and migrations \
-                     cannot run through a pooler in transaction mode (--db-pooler transaction): \
-                     give a direct URL to PostgreSQL with --migrate-database-url \
-                     (REVOKER_MIGRATE_DATABASE_URL), or run `revoker migrate` over one first",
-                    redact_url(url)
-                );
-            }
-        }
-        None => store.migrate().await.context("cannot migrate database")?,
-        // Migrated elsewhere: check that it was this database.
-        Some(direct) => {
-            let (applied, known) = (store.applied_migrations().await?, store.known_migrations());
-            if applied < known {
-                anyhow::bail!(
-                    "{} has {applied} of this binary's {known} migrations applied after migrating {}: \
-                     --migrate-database-url must name the same database as --database-url",
-                    redact_url(url),
-                    redact_url(direct)
-                );
-            }
-        }
-    }
-    Ok(store)
 }
 
 impl Application {
