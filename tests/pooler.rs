@@ -622,3 +622,87 @@ async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry
     app.stop().await;
     db.cleanup().await;
 }
+
+/// Behind a pooler the wait for a server connection happens in the pooler's queue; the
+/// database's share of the deadline is what is left after it. A delivery that queued
+/// for most of its time and then meets a held row lock is cancelled by PostgreSQL before
+/// its deadline, and nothing is recorded. (Here the wait is sqlx's check of the idle
+/// connection when the pool hands it out, before the budget is taken; a connection the
+/// pool opens afresh waits at `BEGIN` instead, which is why pooled mode takes the budget
+/// after `BEGIN`. This test does not isolate that second case.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_in_the_poolers_queue_counts_against_the_deadline() {
+    use revoker::domain::alert::{CandidateItem, NewReport};
+    use revoker::store::{RecordOptions, StoreError};
+    use sqlx::Connection;
+    let Some(db) = TestDb::pooled(1).await else {
+        return;
+    };
+    let store = open_migrated_store(&db).await;
+    let t = mint_many(
+        store.as_ref(),
+        "queued/pkg",
+        1,
+        chrono::Duration::minutes(30),
+    )
+    .await
+    .remove(0);
+    // Another client holds the pooler's one server connection in a transaction; the
+    // token's row is locked directly, past the deadline.
+    let mut holder = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let lock = LockHolder::take(&db, &t.hash()).await;
+
+    // A store of its own, on the pooler.
+    let fresh = open_store(&db).await;
+    let report = NewReport {
+        scanner: "github".into(),
+        key_id: KEY_ID.into(),
+        received_at: chrono::Utc::now(),
+        body_sha256: [9; 32],
+        item_count: 1,
+        not_ours: 0,
+        candidates: vec![CandidateItem {
+            position: 0,
+            hash: t.hash(),
+            token_type: "cio_tp".into(),
+            source: "content".into(),
+            url: "https://example.com/queued".into(),
+        }],
+    };
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_secs(3);
+    let options = RecordOptions {
+        deadline: Some(started + deadline),
+        once_per_body: true,
+    };
+    let (recorded, ()) = tokio::join!(fresh.record_report(&report, options), async {
+        eventually(
+            Duration::from_secs(5),
+            "the delivery queued in the pooler",
+            async || db.pooler_show("POOLS").await[0]["cl_waiting"].clone(),
+            |waiting| waiting == "1",
+        )
+        .await;
+        // Most of the deadline spent in the queue, then the server connection.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    });
+    let took = started.elapsed();
+    assert!(
+        matches!(recorded, Err(StoreError::DeadlineExceeded)),
+        "{recorded:?}"
+    );
+    assert!(took < deadline, "PostgreSQL gave up after {took:?}");
+    lock.release().await;
+    assert_eq!(db.texts("SELECT count(*)::text FROM reports").await, ["0"]);
+    let retried = fresh
+        .record_report(&report, RecordOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(retried.tokens_revoked, 1);
+    db.cleanup().await;
+}

@@ -15,8 +15,9 @@ pub struct MigrateArgs {
     pub migrate: MigrateUrlArgs,
 }
 
-/// Migrates over `--migrate-database-url` when set, else `--database-url` (refused
-/// behind a transaction-mode pooler: see `--db-pooler`).
+/// Migrates over `--migrate-database-url` when set, else `--database-url` (behind a
+/// transaction-mode pooler: only "nothing pending" is answered, anything else refused;
+/// see `--db-pooler`).
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let db = &args.db;
     // A migrate URL is a direct connection, whatever --db-pooler says of --database-url.
@@ -27,8 +28,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let store = revoker::startup::connect(url, &settings).await?;
     let before = store.applied_migrations().await?;
     // Behind a transaction-mode pooler nothing can migrate; an up-to-date database
-    // needs nothing (anything else is refused by `migrate`, saying what to do).
-    if settings.pooler == Pooler::Transaction && before == store.known_migrations() {
+    // needs nothing, and one from a newer release no direct URL would help (anything
+    // else is refused by `migrate`, saying what to do).
+    let known = store.known_migrations();
+    if settings.pooler == Pooler::Transaction && before >= known {
+        if before > known {
+            anyhow::bail!(
+                "{} has {before} migrations applied, more than the {known} this binary \
+                 knows: it belongs to a newer release of revoker",
+                revoker::domain::redact::redact_url(url)
+            );
+        }
         println!("no migrations pending ({before} applied)");
         return Ok(());
     }

@@ -1,6 +1,6 @@
 //! Opening the database for a command: [`connect`] (an error names the database,
-//! password masked), and [`open_and_migrate`], what `serve`, `migrate` and `token mint`
-//! start with: migrations over `--migrate-database-url` when set (a direct connection,
+//! password masked), and [`open_and_migrate`], what `serve` and `token mint` start with
+//! (`revoker migrate` connects and migrates on its own): migrations over `--migrate-database-url` when set (a direct connection,
 //! whatever `--db-pooler` says), and behind a transaction-mode pooler without one, a
 //! check that the database is already migrated (nothing can migrate through it).
 
@@ -31,7 +31,7 @@ pub fn direct(pool: &store::PoolSettings) -> store::PoolSettings {
 }
 
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
-/// applies pending migrations: what `serve`, `migrate` and `token mint` start with.
+/// applies pending migrations: what `serve` and `token mint` start with.
 pub async fn open_and_migrate(
     url: &str,
     migrate_url: Option<&str>,

@@ -1,6 +1,7 @@
 //! What the two backends' recording code shares besides the statements of `shared.rs`:
 //! the answer to a body recorded before, the database's share of a deadline, and the
-//! outcome bookkeeping of a delivery.
+//! outcome bookkeeping of a delivery; and two input helpers of `shared.rs` (distinct
+//! hashes, a canonical UUID).
 
 use std::collections::HashMap;
 use std::time::Duration;

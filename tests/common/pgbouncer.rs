@@ -24,7 +24,8 @@ fn binary() -> Option<PathBuf> {
 
 impl PgBouncer {
     /// PgBouncer in `pool_mode = transaction` with `default_pool_size = pool_size`, in
-    /// front of the server `direct_url` names (trust authentication, as the test server).
+    /// front of the server `direct_url` names: clients log in by trust, PgBouncer logs in
+    /// to the server as `direct_url`'s user with its password, if any.
     /// `None` when the binary is missing (the caller decides whether that is a skip).
     pub fn start(direct_url: &str, pool_size: u32) -> Option<PgBouncer> {
         let bin = binary()?;
@@ -49,14 +50,16 @@ impl PgBouncer {
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("pgbouncer.ini");
         let users = dir.path().join("userlist.txt");
-        // Clients log in by trust; PgBouncer logs in to PostgreSQL with this password.
+        // The URL's user and password, decoded, quoted as PgBouncer reads them (a `"`
+        // doubled).
+        let quoted = |s: &str| {
+            let s = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            format!("\"{}\"", s.replace('"', "\"\""))
+        };
+        let user = quoted(server.username());
         std::fs::write(
             &users,
-            format!(
-                "\"{}\" \"{}\"\n",
-                server.username(),
-                server.password().unwrap_or_default()
-            ),
+            format!("{user} {}\n", quoted(server.password().unwrap_or_default())),
         )
         .unwrap();
         std::fs::write(
@@ -69,7 +72,7 @@ impl PgBouncer {
                 server.host_str().unwrap(),
                 server.port().unwrap_or(5432),
                 users.display(),
-                user = server.username(),
+                user = percent_encoding::percent_decode_str(server.username()).decode_utf8_lossy(),
             ),
         )
         .unwrap();
