@@ -422,7 +422,8 @@ async fn try_record(
             // The budget is what is left once a server connection is had (waiting for one
             // counts): directly, once the pool gives a connection, and then one round trip
             // for both (a simple query may hold several statements); behind a pooler,
-            // after `BEGIN`, which is what waits in the pooler's queue.
+            // after `BEGIN`, which waits in the pooler's queue on a connection the pool has
+            // just opened (sqlx's check of an idle one waits there before, in `acquire`).
             let timeout = |deadline| {
                 database_budget(deadline)
                     .map(|b| {
