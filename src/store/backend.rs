@@ -58,14 +58,6 @@ impl<B: Backend> Store<B> {
             pooled: settings.pooler == Pooler::Transaction,
         })
     }
-
-    /// Whether a statement may be a named prepared statement, kept on its connection
-    /// and reused (sqlx's statement cache): not behind a transaction-mode pooler, where
-    /// the next transaction may run on another server connection. For statements sent
-    /// inside a transaction the caller opened; [`send!`] sends the others.
-    pub(super) fn persistent(&self) -> bool {
-        !self.pooled
-    }
 }
 
 /// Sends ONE statement through store `$store` and evaluates to
@@ -98,6 +90,21 @@ macro_rules! send {
     }};
 }
 pub(super) use send;
+
+/// Sends ONE statement inside transaction `$tx`, which the caller opened on store
+/// `$store`, and evaluates to `$query.$fetch(…).await?`, counting it: a named prepared
+/// statement, kept on its connection and reused (sqlx's statement cache), unless the
+/// store is behind a transaction-mode pooler, where the next transaction may run on
+/// another server connection and the statement is unnamed (see [`send!`]). The
+/// transaction holds one server connection until it ends, so it needs nothing else.
+macro_rules! send_in {
+    ($store:expr, $tx:expr, $query:expr, $fetch:ident) => {{
+        let store = $store;
+        store.statements.add(1);
+        $query.persistent(!store.pooled).$fetch(&mut *$tx).await?
+    }};
+}
+pub(super) use send_in;
 
 /// One database: its column codec, its connection and token statements, and (through
 /// the supertraits) the rest of what differs; see the module docs.

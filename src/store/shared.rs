@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::backend::{notification_columns, send, Backend, Store};
+use super::backend::{notification_columns, send, send_in, Backend, Store};
 use super::recording::{canonical_uuid, distinct_hashes};
 use super::rows::{
     ages_from_buckets, hash_from, last_reports, preview_map, recent_reports, sum_totals,
@@ -297,67 +297,53 @@ where
             None => self.pool.begin().await?,
         };
 
-        self.statements.add(1);
-        let by_scanner: Vec<ScannerTotals> = sqlx::query_as(B::BY_SCANNER_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let by_scanner: Vec<ScannerTotals> =
+            send_in!(self, tx, sqlx::query_as(B::BY_SCANNER_SQL), fetch_all);
         // The all-time totals are the sum of the per-scanner rows (same snapshot, and
         // they always add up).
         let totals = sum_totals(by_scanner.iter().map(|s| &s.totals));
 
-        self.statements.add(1);
-        let by_source: Vec<SourceTotals> = sqlx::query_as(B::BY_SOURCE_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let by_source: Vec<SourceTotals> =
+            send_in!(self, tx, sqlx::query_as(B::BY_SOURCE_SQL), fetch_all);
 
-        self.statements.add(1);
         let since = since.format("%Y-%m-%d").to_string();
-        let daily: Vec<DayRow<B>> = sqlx::query_as(B::DAILY_SQL)
-            .persistent(self.persistent())
-            .bind(since.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+        let daily: Vec<DayRow<B>> = send_in!(
+            self,
+            tx,
+            sqlx::query_as(B::DAILY_SQL).bind(since.as_str()),
+            fetch_all
+        );
         let daily = daily
             .into_iter()
             .map(DayRow::into_totals)
             .collect::<Result<Vec<_>, _>>()?;
 
-        self.statements.add(1);
-        let ages: Vec<AgeBucketRow> = sqlx::query_as(AGES_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let ages: Vec<AgeBucketRow> = send_in!(self, tx, sqlx::query_as(AGES_SQL), fetch_all);
 
-        self.statements.add(1);
-        let recent: Vec<RecentRow<B>> = sqlx::query_as(B::RECENT_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let recent: Vec<RecentRow<B>> =
+            send_in!(self, tx, sqlx::query_as(B::RECENT_SQL), fetch_all);
         let recent = recent_reports(recent)?;
 
-        self.statements.add(1);
-        let revocations: Vec<RecentRevocationRow<B>> = sqlx::query_as(RECENT_REVOCATIONS_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let revocations: Vec<RecentRevocationRow<B>> =
+            send_in!(self, tx, sqlx::query_as(RECENT_REVOCATIONS_SQL), fetch_all);
         let recent_revocations = revocations
             .into_iter()
             .map(RecentRevocationRow::into_revocation)
             .collect::<Result<Vec<_>, _>>()?;
 
-        self.statements.add(1);
-        let failed: Vec<NotificationRow<B>> = sqlx::query_as(FAILED_NOTIFICATIONS_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
-        self.statements.add(1);
-        let waiting: Vec<NotificationRow<B>> = sqlx::query_as(WAITING_NOTIFICATIONS_SQL)
-            .persistent(self.persistent())
-            .bind(B::encode_time(Utc::now() - LONG_PENDING))
-            .fetch_all(&mut *tx)
-            .await?;
+        let failed: Vec<NotificationRow<B>> = send_in!(
+            self,
+            tx,
+            sqlx::query_as(FAILED_NOTIFICATIONS_SQL),
+            fetch_all
+        );
+        let waiting: Vec<NotificationRow<B>> = send_in!(
+            self,
+            tx,
+            sqlx::query_as(WAITING_NOTIFICATIONS_SQL)
+                .bind(B::encode_time(Utc::now() - LONG_PENDING)),
+            fetch_all
+        );
         let [failed_notifications, waiting_notifications] = [failed, waiting].map(|rows| {
             rows.into_iter()
                 .map(NotificationRow::into_notification)
@@ -366,11 +352,8 @@ where
         let (failed_notifications, waiting_notifications) =
             (failed_notifications?, waiting_notifications?);
 
-        self.statements.add(1);
-        let last: Vec<(String, Option<B::Time>)> = sqlx::query_as(LAST_REPORTS_SQL)
-            .persistent(self.persistent())
-            .fetch_all(&mut *tx)
-            .await?;
+        let last: Vec<(String, Option<B::Time>)> =
+            send_in!(self, tx, sqlx::query_as(LAST_REPORTS_SQL), fetch_all);
         let last_reports = last_reports::<B>(last)?;
 
         self.statements.add(1);

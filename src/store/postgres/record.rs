@@ -40,7 +40,7 @@ use std::time::Duration;
 use sqlx::{FromRow, Postgres};
 
 use crate::domain::{Outcome, TokenHash};
-use crate::store::backend::{purge_notifications_sql, send, Record, Store};
+use crate::store::backend::{purge_notifications_sql, send, send_in, Record, Store};
 use crate::store::recording::{
     database_budget, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
 };
@@ -449,11 +449,8 @@ async fn try_record(
                 store.statements.add(1);
                 sqlx::Connection::begin_with(&mut *conn, begin).await?
             };
-            store.statements.add(2);
-            let rows = query
-                .persistent(store.persistent())
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows = send_in!(store, tx, query, fetch_all);
+            store.statements.add(1);
             tx.commit().await?;
             rows
         }
