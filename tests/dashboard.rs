@@ -153,17 +153,7 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
     let report = revoker::domain::alert::NewReport {
         scanner: "replay".into(),
         key_id: "alice@security".into(),
-        received_at: chrono::Utc::now(),
-        body_sha256: [9; 32],
-        item_count: 1,
-        not_ours: 0,
-        candidates: vec![revoker::domain::alert::CandidateItem {
-            position: 0,
-            hash: replayed.hash(),
-            token_type: "cio_tp".into(),
-            source: "ci-log".into(),
-            url: String::new(),
-        }],
+        ..one_item_report(replayed.hash(), "ci-log", chrono::Utc::now())
     };
     let options = revoker::store::RecordOptions {
         deadline: None,

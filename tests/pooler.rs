@@ -632,7 +632,6 @@ async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry
 /// after `BEGIN`. This test does not isolate that second case.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_in_the_poolers_queue_counts_against_the_deadline() {
-    use revoker::domain::alert::{CandidateItem, NewReport};
     use revoker::store::{RecordOptions, StoreError};
     use sqlx::Connection;
     let Some(db) = TestDb::pooled(1).await else {
@@ -658,21 +657,7 @@ async fn the_wait_in_the_poolers_queue_counts_against_the_deadline() {
 
     // A store of its own, on the pooler.
     let fresh = open_store(&db).await;
-    let report = NewReport {
-        scanner: "github".into(),
-        key_id: KEY_ID.into(),
-        received_at: chrono::Utc::now(),
-        body_sha256: [9; 32],
-        item_count: 1,
-        not_ours: 0,
-        candidates: vec![CandidateItem {
-            position: 0,
-            hash: t.hash(),
-            token_type: "cio_tp".into(),
-            source: "content".into(),
-            url: "https://example.com/queued".into(),
-        }],
-    };
+    let report = one_item_report(t.hash(), "content", chrono::Utc::now());
     let started = std::time::Instant::now();
     let deadline = Duration::from_secs(3);
     let options = RecordOptions {

@@ -67,21 +67,7 @@ async fn a_source_of_any_length_is_recorded(kind: Kind) {
     let long: String = std::iter::once("ü".to_owned())
         .chain((0..100).map(|i| TokenHash::of(&i.to_string()).to_hex()))
         .collect();
-    let report = NewReport {
-        scanner: "github".into(),
-        key_id: "k".into(),
-        received_at: now,
-        body_sha256: [1; 32],
-        item_count: 1,
-        not_ours: 0,
-        candidates: vec![CandidateItem {
-            position: 0,
-            hash: t.hash(),
-            token_type: "cio_tp".into(),
-            source: long.clone(),
-            url: String::new(),
-        }],
-    };
+    let report = one_item_report(t.hash(), &long, now);
     let options = RecordOptions {
         deadline: None,
         once_per_body: false,

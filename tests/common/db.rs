@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use revoker::domain::token::Token;
+use revoker::domain::alert::{CandidateItem, NewReport};
+use revoker::domain::token::{Token, TokenHash};
 use revoker::store::{self, NewToken, Pooler, RevocationStore};
 
 use super::PgBouncer;
@@ -442,6 +443,31 @@ pub async fn open_migrated_store(db: &(impl DbTarget + ?Sized)) -> Arc<dyn Revoc
         store.migrate().await.unwrap();
     }
     store
+}
+
+/// A report of one item naming `hash` (found in `source`, no URL), as scanner `github`
+/// signed with the test key sends it, received at `at`; its body's digest is the hash
+/// (a report per token). Override what differs with `NewReport { …, ..one_item_report() }`.
+pub fn one_item_report(
+    hash: TokenHash,
+    source: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> NewReport {
+    NewReport {
+        scanner: "github".into(),
+        key_id: super::KEY_ID.into(),
+        received_at: at,
+        body_sha256: hash.0,
+        item_count: 1,
+        not_ours: 0,
+        candidates: vec![CandidateItem {
+            position: 0,
+            hash,
+            token_type: "cio_tp".into(),
+            source: source.into(),
+            url: String::new(),
+        }],
+    }
 }
 
 /// Mints `n` tokens owned by `owner` in one statement; they expire after `ttl`.
