@@ -277,6 +277,8 @@ async fn behind_the_pooler_commands_work_and_migrations_need_the_direct_url() {
     .await;
     let stderr = refused(&mint(&[]));
     assert!(stderr.contains("belongs to a newer release"), "{stderr}");
+    let stderr = refused(&migrate(&pooled_args));
+    assert!(stderr.contains("belongs to a newer release"), "{stderr}");
     db.cleanup().await;
 }
 

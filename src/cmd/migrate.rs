@@ -32,13 +32,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     // else is refused by `migrate`, saying what to do).
     let known = store.known_migrations();
     if settings.pooler == Pooler::Transaction && before >= known {
-        if before > known {
-            anyhow::bail!(
-                "{} has {before} migrations applied, more than the {known} this binary \
-                 knows: it belongs to a newer release of revoker",
-                revoker::domain::redact::redact_url(url)
-            );
-        }
+        revoker::startup::refuse_newer_schema(url, before, known)?;
         println!("no migrations pending ({before} applied)");
         return Ok(());
     }

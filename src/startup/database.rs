@@ -1,8 +1,9 @@
 //! Opening the database for a command: [`connect`] (an error names the database,
 //! password masked), and [`open_and_migrate`], what `serve` and `token mint` start with
-//! (`revoker migrate` connects and migrates on its own): migrations over `--migrate-database-url` when set (a direct connection,
-//! whatever `--db-pooler` says), and behind a transaction-mode pooler without one, a
-//! check that the database is already migrated (nothing can migrate through it).
+//! (`revoker migrate` connects and migrates on its own): migrations over
+//! `--migrate-database-url` when set (a direct connection, whatever `--db-pooler` says),
+//! and behind a transaction-mode pooler without one, a check that the database is
+//! already migrated (nothing can migrate through it).
 
 use std::sync::Arc;
 
@@ -28,6 +29,20 @@ pub fn direct(pool: &store::PoolSettings) -> store::PoolSettings {
         pooler: store::Pooler::None,
         ..pool.clone()
     }
+}
+
+/// Refuses a database with more migrations applied than this binary knows: a schema
+/// from a newer release, which sqlx's migrator refuses on a direct connection, checked
+/// here where nothing migrates (behind a transaction-mode pooler).
+pub fn refuse_newer_schema(url: &str, applied: i64, known: i64) -> anyhow::Result<()> {
+    if applied > known {
+        anyhow::bail!(
+            "{} has {applied} migrations applied, more than the {known} this binary knows: \
+             it belongs to a newer release of revoker",
+            redact_url(url)
+        );
+    }
+    Ok(())
 }
 
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
@@ -65,15 +80,7 @@ pub async fn open_and_migrate(
                     redact_url(url)
                 );
             }
-            // What sqlx's migrator refuses on a direct connection: a schema from a newer
-            // release, which this binary does not know.
-            if applied > known {
-                anyhow::bail!(
-                    "{} has {applied} migrations applied, more than the {known} this binary \
-                     knows: it belongs to a newer release of revoker",
-                    redact_url(url)
-                );
-            }
+            refuse_newer_schema(url, applied, known)?;
         }
         None => store.migrate().await.context("cannot migrate database")?,
         // Migrated elsewhere: check that it was this database.

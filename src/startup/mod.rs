@@ -32,7 +32,7 @@ use crate::tls::Tls;
 
 mod database;
 
-pub use database::{connect, direct, open_and_migrate};
+pub use database::{connect, direct, open_and_migrate, refuse_newer_schema};
 
 pub struct Application {
     listener: TcpListener,
