@@ -190,6 +190,7 @@ impl Plan {
                 token_type: "cio_tp".into(),
                 source: SOURCES[(r + i) % SOURCES.len()].into(),
                 url: format!("https://github.com/org/repo-{}/blob/main/ci.yml", r % 97),
+                found_in: None,
             });
         }
         let scanner = match r % 10 {

@@ -1272,6 +1272,7 @@ async fn record_at(
             token_type: "cio_tp".into(),
             source: "content".into(),
             url: format!("https://example.com/{i}"),
+            found_in: None,
         })
         .collect::<Vec<_>>();
     store
@@ -2093,6 +2094,7 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
         token_type: "cio_tp".into(),
         source: "content".into(),
         url: format!("https://example.com/{position}"),
+        found_in: None,
     };
     let nothing_written = || async {
         assert_eq!(store.count_reports().await.unwrap(), 0);
@@ -2174,6 +2176,7 @@ fn body_report(
             token_type: "cio_tp".into(),
             source: "content".into(),
             url: format!("https://example.com/{i}"),
+            found_in: None,
         })
         .collect();
     NewReport {

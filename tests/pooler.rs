@@ -73,7 +73,7 @@ async fn migrations_go_over_the_direct_url_beside_a_pooled_one() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("no migrations pending (7 applied)"),
+        stdout.starts_with("no migrations pending (8 applied)"),
         "{stdout}"
     );
     db.cleanup().await;
@@ -245,7 +245,7 @@ async fn behind_the_pooler_commands_work_and_migrations_need_the_direct_url() {
     // and its notification is listed.
     let up_to_date = run_ok(&mut migrate_command(&pooled_args));
     assert!(
-        up_to_date.starts_with("no migrations pending (7 applied)"),
+        up_to_date.starts_with("no migrations pending (8 applied)"),
         "{up_to_date}"
     );
     let dir = tempfile::tempdir().unwrap();

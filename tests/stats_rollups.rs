@@ -216,6 +216,7 @@ fn report(r: usize, tokens: &[Token], now: DateTime<Utc>) -> NewReport {
             token_type: "cio_tp".into(),
             source,
             url: format!("https://example.com/{r}/{i}"),
+            found_in: None,
         })
         .collect();
     let not_ours = (r % 3) as u32;

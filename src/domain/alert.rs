@@ -6,6 +6,14 @@
 //!
 //! Error messages never quote the body: a JSON error names only its kind and position,
 //! because the offending text may be a token.
+//!
+//! A token of ours anywhere else in an item (its `url`, `source`, `type`, GitLab's
+//! `location`, or inside a `token` that is not one token as a whole), plain or under
+//! percent-encoding and JSON escapes ([`scan::all`]), has leaked all the same: it
+//! becomes a candidate of its own, after the items the scanner sent (position
+//! `item count + k`), with [`CandidateItem::found_in`] saying where (`items[3].url`),
+//! once per delivery. The answer keeps one entry per item sent; the report counts the
+//! found ones as items too.
 
 use std::borrow::Cow;
 
@@ -14,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::outcome::{Label, Outcome};
 use super::redact::redact_tokens;
+use super::scan;
 use super::token::{self, TokenHash};
 
 /// One item of a delivery. Unknown fields are ignored; `type`, `url` and `source` are
@@ -28,6 +37,38 @@ pub struct AlertItem<'a> {
     pub url: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub source: Option<Cow<'a, str>>,
+    /// GitLab's Token Revocation API names the place `location`: stored as the `url`
+    /// when there is none.
+    #[serde(default, borrow)]
+    pub location: Option<Cow<'a, str>>,
+}
+
+impl AlertItem<'_> {
+    /// Where the leak is: `url`, else `location`.
+    fn place(&self) -> Option<&str> {
+        self.url.as_deref().or(self.location.as_deref())
+    }
+
+    /// Every valid token of ours inside this item's strings other than its own whole
+    /// `token` (`own_is_candidate`: the `token` is one, so there is nothing else in it),
+    /// with the field it was found in.
+    fn tokens_inside(&self, own_is_candidate: bool, mut f: impl FnMut(&'static str, String)) {
+        let fields = [
+            ("token", (!own_is_candidate).then_some(&*self.token)),
+            ("type", self.token_type.as_deref()),
+            ("url", self.url.as_deref()),
+            ("source", self.source.as_deref()),
+            ("location", self.location.as_deref()),
+        ];
+        for (name, text) in fields {
+            let Some(text) = text else { continue };
+            for (_, found) in scan::all(text.as_bytes()) {
+                if token::validate(&found).is_ok() {
+                    f(name, found);
+                }
+            }
+        }
+    }
 }
 
 /// One candidate item of a delivery (a well-formed `cio_tp_` token).
@@ -39,6 +80,9 @@ pub struct CandidateItem {
     pub token_type: String,
     pub source: String,
     pub url: String,
+    /// `None` for an item's own `token`; for a token found elsewhere in the delivery,
+    /// where (`items[3].url`): its position is then past the items the scanner sent.
+    pub found_in: Option<String>,
 }
 
 /// An accepted delivery that has at least one candidate, ready to be recorded.
@@ -48,7 +92,8 @@ pub struct NewReport {
     pub key_id: String,
     pub received_at: DateTime<Utc>,
     pub body_sha256: [u8; 32],
-    /// Number of items in the delivery, candidates or not.
+    /// Number of items: those the scanner sent, candidates or not, and the tokens found
+    /// inside them (see the module docs).
     pub item_count: u32,
     /// Number of items that were not candidates (answered without the database).
     pub not_ours: u32,
@@ -83,6 +128,7 @@ impl NewReport {
                 token_type: "cio_tp".to_owned(),
                 source: MANUAL_SCANNER.to_owned(),
                 url: String::new(),
+                found_in: None,
             }],
         }
     }
@@ -110,8 +156,11 @@ pub struct Classified {
     /// For each item: `None` if it is not ours (decided offline), else its index in
     /// `candidates`.
     pub candidate_index: Vec<Option<usize>>,
+    /// The item's own tokens, then those found inside items (see the module docs).
     pub candidates: Vec<CandidateItem>,
     pub not_ours: u32,
+    /// How many of `candidates` were found inside items (the last ones).
+    pub found_inside: u32,
 }
 
 /// An open string from the body (url, source, type), made storable everywhere: any
@@ -127,30 +176,77 @@ fn storable(s: Option<&str>) -> String {
     }
 }
 
-/// Decides offline which items are candidates: prefix, length, alphabet, check digits.
+/// An item's own token as a candidate, its strings made storable.
+fn candidate(item: &AlertItem<'_>, position: usize, hash: TokenHash) -> CandidateItem {
+    CandidateItem {
+        position: position as u32,
+        hash,
+        token_type: storable(item.token_type.as_deref()),
+        source: storable(item.source.as_deref()),
+        url: storable(item.place()),
+        found_in: None,
+    }
+}
+
+/// Tokens found inside items ([`AlertItem::tokens_inside`]), kept until every item's
+/// own token is known: then each becomes a candidate once, unless the delivery sends it
+/// as an item's token anyway.
+#[derive(Default)]
+struct Inside(Vec<CandidateItem>);
+
+impl Inside {
+    fn collect(&mut self, item: &AlertItem<'_>, position: usize, own_is_candidate: bool) {
+        item.tokens_inside(own_is_candidate, |field, found| {
+            let mut c = candidate(item, position, TokenHash::of(&found));
+            c.found_in = Some(format!("items[{position}].{field}"));
+            self.0.push(c);
+        });
+    }
+
+    /// The found candidates not already among `candidates`, numbered from `items` on,
+    /// appended to them; how many.
+    fn append_to(self, candidates: &mut Vec<CandidateItem>, items: usize) -> u32 {
+        if self.0.is_empty() {
+            return 0;
+        }
+        let mut seen: std::collections::HashSet<TokenHash> =
+            candidates.iter().map(|c| c.hash).collect();
+        let mut appended = 0;
+        for mut c in self.0 {
+            if seen.insert(c.hash) {
+                c.position = items as u32 + appended;
+                candidates.push(c);
+                appended += 1;
+            }
+        }
+        appended
+    }
+}
+
+/// Decides offline which items are candidates: prefix, length, alphabet, check digits;
+/// then the tokens found inside the items (see the module docs).
 pub fn classify(items: &[AlertItem<'_>]) -> Classified {
     let mut hashes = Vec::with_capacity(items.len());
     let mut candidate_index = Vec::with_capacity(items.len());
     let mut candidates = Vec::new();
+    let mut inside = Inside::default();
     let mut not_ours = 0;
     for (position, item) in items.iter().enumerate() {
         let hash = TokenHash::of(&item.token);
         hashes.push(hash);
-        if token::validate(&item.token).is_ok() {
+        let own = token::validate(&item.token).is_ok();
+        if own {
             candidate_index.push(Some(candidates.len()));
-            candidates.push(CandidateItem {
-                position: position as u32,
-                hash,
-                token_type: storable(item.token_type.as_deref()),
-                source: storable(item.source.as_deref()),
-                url: storable(item.url.as_deref()),
-            });
+            candidates.push(candidate(item, position, hash));
         } else {
             candidate_index.push(None);
             not_ours += 1;
         }
+        inside.collect(item, position, own);
     }
+    let found_inside = inside.append_to(&mut candidates, items.len());
     Classified {
+        found_inside,
         hashes,
         candidate_index,
         candidates,
@@ -176,7 +272,7 @@ impl Classified {
             key_id: key_id.to_owned(),
             received_at,
             body_sha256: body_sha256(),
-            item_count: self.hashes.len() as u32,
+            item_count: self.hashes.len() as u32 + self.found_inside,
             not_ours: self.not_ours,
             candidates: self.candidates.clone(),
         })
@@ -283,6 +379,23 @@ fn each_item<'b>(body: &'b [u8], f: impl FnMut(AlertItem<'b>)) -> Result<(), Par
         .map_err(parse_error)
 }
 
+/// The `type` of the first item for which `refused` holds (`None` inside: the item has
+/// no `type`), read one item at a time without building them; `None` when every item
+/// passes. Errors as [`parse`]'s.
+#[allow(clippy::type_complexity)]
+pub fn first_type_where(
+    body: &[u8],
+    refused: impl Fn(Option<&str>) -> bool,
+) -> Result<Option<Option<String>>, ParseError> {
+    let mut first = None;
+    each_item(body, |item| {
+        if first.is_none() && refused(item.token_type.as_deref()) {
+            first = Some(item.token_type.as_deref().map(str::to_owned));
+        }
+    })?;
+    Ok(first)
+}
+
 fn parse_error(e: serde_json::Error) -> ParseError {
     ParseError {
         kind: match e.classify() {
@@ -302,6 +415,9 @@ fn stored_bound(s: Option<&str>) -> usize {
     s.map_or(0, |s| s.len() * 3 + 16)
 }
 
+/// Heap bytes of a found candidate's `found_in` (`items[4294967295].location`).
+const FOUND_IN_BYTES: usize = 48;
+
 /// First pass over a verified body: validates its shape and counts what [`compact`]
 /// will allocate, so the caller can reserve memory before any of it is allocated.
 pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
@@ -311,12 +427,18 @@ pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
         if matches!(item.token_type, Some(Cow::Owned(_))) {
             sizes.text_bytes += stored_bound(item.token_type.as_deref());
         }
-        if token::validate(&item.token).is_ok() {
+        let own = token::validate(&item.token).is_ok();
+        let stored = stored_bound(item.token_type.as_deref())
+            + stored_bound(item.place())
+            + stored_bound(item.source.as_deref());
+        if own {
             sizes.candidates += 1;
-            sizes.text_bytes += stored_bound(item.token_type.as_deref())
-                + stored_bound(item.url.as_deref())
-                + stored_bound(item.source.as_deref());
+            sizes.text_bytes += stored;
         }
+        item.tokens_inside(own, |_, _| {
+            sizes.candidates += 1;
+            sizes.text_bytes += stored + FOUND_IN_BYTES;
+        });
     })?;
     Ok(sizes)
 }
@@ -347,8 +469,11 @@ pub struct Compact {
     owned_types: Vec<Box<str>>,
     /// Index in `items` of each candidate, in order.
     positions: Vec<u32>,
+    /// The items' own tokens, then those found inside items (see the module docs).
     pub candidates: Vec<CandidateItem>,
     pub not_ours: u32,
+    /// How many of `candidates` were found inside items (the last ones).
+    pub found_inside: u32,
 }
 
 /// The heap bytes [`compact`] allocates for a body of these [`Sizes`] (beyond the
@@ -373,6 +498,7 @@ pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError>
     let mut owned_types = Vec::new();
     let mut positions = Vec::with_capacity(sizes.candidates);
     let mut candidates = Vec::with_capacity(sizes.candidates);
+    let mut inside = Inside::default();
     each_item(&body, |item| {
         let hash = TokenHash::of(&item.token);
         let token_type = match &item.token_type {
@@ -382,16 +508,12 @@ pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError>
                 TypeRef::Owned(owned_types.len() as u32 - 1)
             }
         };
-        if token::validate(&item.token).is_ok() {
+        let own = token::validate(&item.token).is_ok();
+        if own {
             positions.push(items.len() as u32);
-            candidates.push(CandidateItem {
-                position: items.len() as u32,
-                hash,
-                token_type: storable(item.token_type.as_deref()),
-                source: storable(item.source.as_deref()),
-                url: storable(item.url.as_deref()),
-            });
+            candidates.push(candidate(&item, items.len(), hash));
         }
+        inside.collect(&item, items.len(), own);
         items.push(ItemRef {
             hash,
             token_type,
@@ -399,7 +521,9 @@ pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError>
         });
     })?;
     let not_ours = (items.len() - candidates.len()) as u32;
+    let found_inside = inside.append_to(&mut candidates, items.len());
     Ok(Compact {
+        found_inside,
         body,
         items,
         owned_types,
@@ -435,7 +559,7 @@ impl Compact {
             key_id: key_id.to_owned(),
             received_at,
             body_sha256: body_sha256(&self.body),
-            item_count: self.items.len() as u32,
+            item_count: self.items.len() as u32 + self.found_inside,
             not_ours: self.not_ours,
             candidates: std::mem::take(&mut self.candidates),
         })
@@ -680,6 +804,109 @@ mod tests {
         let answer: Vec<Feedback> = serde_json::from_slice(&chunks.next_chunk().unwrap()).unwrap();
         let types: Vec<&str> = answer.iter().map(|f| f.token_type.as_str()).collect();
         assert_eq!(types, ["plain-type", "escaped", "t2"]);
+    }
+
+    /// A token of ours anywhere in an item, encoded or not, is a candidate of its own
+    /// after the items sent (once per delivery), and no stored string keeps it.
+    #[test]
+    fn tokens_found_inside_items_are_candidates_after_the_items() {
+        let [a, b, c, d] = [(); 4].map(|()| Token::generate());
+        let secret = |t: &Token| t.expose_secret()[7..].to_owned();
+        let body = serde_json::json!([
+            {"token": a.expose_secret(), "type": "t", "source": "content",
+             "url": format!("https://x/?q=cio%5Ftp%5F{}", secret(&b))},
+            {"token": format!("junk %63io_tp_{}", secret(&c)),
+             "location": format!("\\u0063io_tp_{}", secret(&d))},
+            {"token": b.expose_secret(), "url": format!("see {}", d.expose_secret())},
+        ])
+        .to_string();
+        let sizes = measure(body.as_bytes()).unwrap();
+        assert!(sizes.candidates >= 4, "{sizes:?}");
+        let mut delivery = compact(bytes::Bytes::from(body.clone()), &sizes).unwrap();
+        let found: Vec<(u32, TokenHash, Option<String>)> = delivery
+            .candidates
+            .iter()
+            .map(|c| (c.position, c.hash, c.found_in.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (0, a.hash(), None),
+                (2, b.hash(), None),
+                (3, c.hash(), Some("items[1].token".to_owned())),
+                (4, d.hash(), Some("items[1].location".to_owned())),
+            ]
+        );
+        for stored in &delivery.candidates {
+            for t in [&a, &b, &c, &d] {
+                assert!(!stored.url.contains(&secret(t)), "{}", stored.url);
+            }
+        }
+        assert_eq!(delivery.candidates[0].url, "https://x/?q=cio_tp_[redacted]");
+        assert_eq!(delivery.candidates[3].url, "cio_tp_[redacted]");
+        let report = delivery
+            .take_report("github", "k", Utc::now(), |_| [0; 32])
+            .unwrap();
+        assert_eq!((report.item_count, report.not_ours), (5, 1));
+        delivery.set_outcomes(&[Outcome::Revoked; 4]);
+        let answer: Vec<Feedback> =
+            serde_json::from_slice(&delivery.feedback(1 << 16).next_chunk().unwrap()).unwrap();
+        let labels: Vec<Label> = answer.iter().map(|f| f.label).collect();
+        assert_eq!(
+            labels,
+            [
+                Label::TruePositive,
+                Label::FalsePositive,
+                Label::TruePositive
+            ]
+        );
+        // The borrowing path (replay) finds the same.
+        let items = parse(body.as_bytes()).unwrap();
+        let classified = classify(&items);
+        let same: Vec<(u32, TokenHash, Option<String>)> = classified
+            .candidates
+            .iter()
+            .map(|c| (c.position, c.hash, c.found_in.clone()))
+            .collect();
+        assert_eq!(same, found);
+        let report = classified
+            .into_report("replay", "k", Utc::now(), || [0; 32])
+            .unwrap();
+        assert_eq!(report.item_count, 5);
+    }
+
+    proptest::proptest! {
+        /// Deliveries: a token planted in any field, in any mix of encodings within
+        /// `scan::MAX_LAYERS`, among other text, is found; no stored string of any
+        /// candidate keeps its secret part, in any encoding.
+        #[test]
+        fn every_planted_token_is_found_and_none_is_stored(
+            (ways, outer) in crate::domain::scan::planted::encoding(),
+            field in 0..5usize,
+            pre in "[ a-z/?=&.:]{0,8}",
+            post in "[ /?=&.:][ a-z/?=&.:]{0,7}",
+        ) {
+            let t = Token::generate();
+            let hidden = format!(
+                "{pre}{}{post}",
+                crate::domain::scan::planted::write(t.expose_secret(), &ways, outer)
+            );
+            let name = ["token", "type", "url", "source", "location"][field];
+            let mut item = serde_json::json!({"token": "junk"});
+            item[name] = serde_json::Value::String(hidden.clone());
+            let body = serde_json::json!([item]).to_string();
+            let sizes = measure(body.as_bytes()).unwrap();
+            let delivery = compact(bytes::Bytes::from(body), &sizes).unwrap();
+            proptest::prop_assert!(sizes.candidates >= delivery.candidates.len());
+            let c = delivery.candidates.iter().find(|c| c.hash == t.hash());
+            proptest::prop_assert!(c.is_some(), "{hidden:?} not found");
+            let c = c.unwrap();
+            proptest::prop_assert_eq!(c.found_in.clone(), Some(format!("items[0].{name}")));
+            for stored in [&c.url, &c.source, &c.token_type] {
+                proptest::prop_assert!(!stored.contains(&t.expose_secret()[7..]));
+                proptest::prop_assert!(crate::domain::scan::all(stored.as_bytes()).is_empty(), "{stored:?}");
+            }
+        }
     }
 
     #[test]

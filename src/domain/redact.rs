@@ -1,30 +1,37 @@
-//! Redaction: what may reach a log line, an error message or the database when the
-//! text came from a client. Any `cio_tp_…` run becomes `cio_tp_[redacted]`; a URL's
-//! password becomes `***`.
+//! Redaction: what may reach a log line, an error message, a terminal, the database or
+//! an outbound payload when the text came from a client. Every `cio_tp_…` run becomes
+//! `cio_tp_[redacted]`, however it is written (percent-encoded, JSON-escaped, any mix:
+//! see [`crate::domain::scan::runs`]); a URL's password becomes `***`.
+//!
+//! [`redact_tokens`] is the one redaction of client text: every boundary where such a
+//! string is stored or sent (a delivery's `type`, `url` and `source`, a replayed
+//! finding's fields, a path segment, a key id) calls it.
 
 use std::borrow::Cow;
 
-use super::token;
+use super::scan;
 
-/// `s` with every `cio_tp_…` run (the prefix and the letters and digits after it)
-/// replaced by `cio_tp_[redacted]`: for client-chosen strings outside the body (a path
-/// segment, a key id) that end up in logs or error messages.
+/// What a redacted run is replaced with.
+pub const REDACTED: &str = "cio_tp_[redacted]";
+
+/// `s` with every `cio_tp_…` run (the prefix and the letters and digits after it, in
+/// `s` or in any layer of percent-encoding and JSON escapes of it) replaced by
+/// `cio_tp_[redacted]`. Borrowed when there is nothing to redact.
 pub fn redact_tokens(s: &str) -> Cow<'_, str> {
-    if !s.contains(token::PREFIX) {
+    let runs = scan::runs(s.as_bytes());
+    if runs.is_empty() {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find(token::PREFIX) {
-        out.push_str(&rest[..at]);
-        out.push_str("cio_tp_[redacted]");
-        let after = &rest[at + token::PREFIX.len()..];
-        let run = after
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(after.len());
-        rest = &after[run..];
+    let mut from = 0;
+    for run in runs {
+        // Runs start at an ASCII byte (`c`, `%`, `\`) and end after one: char
+        // boundaries of `s`.
+        out.push_str(&s[from..run.start]);
+        out.push_str(REDACTED);
+        from = run.end;
     }
-    out.push_str(rest);
+    out.push_str(&s[from..]);
     Cow::Owned(out)
 }
 
@@ -59,7 +66,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::token::Token;
+    use crate::domain::token::{self, Token};
 
     #[test]
     fn redact_url_hides_a_password_wherever_the_driver_reads_one() {
@@ -88,6 +95,27 @@ mod tests {
             std::borrow::Cow::Borrowed("github")
         ));
         assert_eq!(redact_tokens("cio_tp_"), "cio_tp_[redacted]");
+    }
+
+    #[test]
+    fn redact_hides_every_encoding_of_a_token() {
+        let t = Token::generate();
+        let secret = &t.expose_secret()[token::PREFIX.len()..];
+        for s in [
+            format!("https://x/?q=cio%5Ftp%5F{secret}&b=1"),
+            format!("%63io_tp_{secret}"),
+            format!("\\u0063io_tp_{secret}"),
+            format!("cio%255Ftp%255F{secret}"),
+        ] {
+            let r = redact_tokens(&s);
+            assert!(!r.contains(&secret[..20]), "{r}");
+            assert!(r.contains(REDACTED), "{r}");
+        }
+        assert_eq!(
+            redact_tokens(&format!("a cio%5Ftp%5F{secret}&b=1")),
+            "a cio_tp_[redacted]&b=1"
+        );
+        assert_eq!(redact_tokens("100% sure \\ é"), "100% sure \\ é");
     }
 
     #[test]

@@ -1,25 +1,38 @@
-//! Finding tokens in bytes nobody parsed: a report read as text, a scanner's body that
-//! is no alert array.
+//! Finding tokens in bytes nobody parsed (a report read as text, a scanner's body that
+//! is no alert array) and in every string of a delivery, whatever encoding hides them.
 //!
 //! - [`plain`]: every `cio_tp_` followed by 36 letters or digits, at **every** position
 //!   where the prefix starts (a token cut short and followed by a whole one yields both:
 //!   a scan that stops after each match would swallow the second's first letters).
 //!   Whatever surrounds it: a token glued to other text has leaked all the same; the
 //!   check digits decide later whether it is ours.
-//! - [`escaped`]: the same written with JSON `\u00XX` escapes for some characters (a
-//!   JSON string read as text), decoded.
-//! - [`all`]: both, by position.
+//! - [`all`]: [`plain`] in the bytes as they are and in up to [`MAX_LAYERS`] layers of
+//!   decoding, each undoing percent-encoding (`%XX`, either case) and JSON escapes
+//!   (`\u00XX`, `\\`) wherever they appear, in any mix and any subset of the
+//!   characters: `cio%5Ftp%5F…`, `%63io_tp_…`, `\u0063io_tp_…`, `%5Cu0063io_tp_…`,
+//!   `cio%255Ftp…` (twice encoded). Each token once per place (its start in the input),
+//!   decoded.
+//! - [`runs`]: where in the input every `cio_tp_` and the letters and digits after it
+//!   are, in any of those layers: what [`crate::domain::redact`] replaces.
 //!
-//! Check digits are not looked at here.
+//! A decoded layer remembers, for each of its bytes, the input bytes it stands for, so
+//! a token found three layers down is placed (and redacted) in the input. Check digits
+//! are not looked at here.
 
-use std::sync::OnceLock;
-
-use regex::bytes::Regex;
+use std::ops::Range;
 
 use super::token::{PREFIX, TOKEN_LEN};
 
-/// Bytes of the longest match: a token with every character escaped (`\u0063…`).
-pub const MAX_MATCH: usize = 6 * TOKEN_LEN;
+/// Layers of encoding undone beyond the input itself: a URL encoded twice inside a
+/// JSON string read as text is three.
+pub const MAX_LAYERS: usize = 3;
+
+/// Bytes one decoded byte stands for at most in a layer (`\u00XX`).
+const WIDEST_ESCAPE: usize = 6;
+
+/// Bytes of the longest match in the input: a token with every character escaped in
+/// every layer.
+pub const MAX_MATCH: usize = TOKEN_LEN * WIDEST_ESCAPE.pow(MAX_LAYERS as u32);
 
 /// Every plain token-shaped run, as (start, token), in order (runs may overlap).
 pub fn plain(hay: &[u8]) -> impl Iterator<Item = (usize, &str)> + '_ {
@@ -32,74 +45,148 @@ pub fn plain(hay: &[u8]) -> impl Iterator<Item = (usize, &str)> + '_ {
     })
 }
 
-/// A token with some characters written as JSON `\u00XX` escapes: each character
-/// literal or escaped. Only the escapes of `cio_tp_` and of letters and digits match.
-fn escaped_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        let unit = |c: char| {
-            let literal = regex::escape(&c.to_string());
-            format!(r"(?:{literal}|\\u00{:02x})", c as u32)
-        };
-        let prefix: String = PREFIX.chars().map(unit).collect();
-        let alnum = r"(?:[0-9A-Za-z]|\\u00(?:3[0-9]|4[1-9a-fA-F]|5[0-9aA]|6[1-9a-fA-F]|7[0-9aA]))";
-        let pattern = format!("(?i:{prefix}){alnum}{{{}}}", TOKEN_LEN - PREFIX.len());
-        Regex::new(&pattern).expect("the escaped token pattern is a valid regex")
-    })
+/// Whether `hay` may hold an escape any layer could undo: a `%` or a `\`. Without
+/// one, the input is its only layer.
+fn may_be_encoded(hay: &[u8]) -> bool {
+    memchr::memchr2(b'%', b'\\', hay).is_some()
 }
 
-/// Every token written with at least one escape, decoded, as (start, token), in order;
-/// one per position where such a run starts.
-pub fn escaped(hay: &[u8]) -> Vec<(usize, String)> {
-    let mut found = Vec::new();
-    if memchr::memmem::find(hay, br"\u00").is_none()
-        && memchr::memmem::find(hay, br"\U00").is_none()
-    {
-        return found;
+/// One decoded layer: its bytes, and for each the input range it stands for.
+struct Layer {
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The value of `n` hex digits at `at`, if they are all there.
+fn hex_at(bytes: &[u8], at: usize, n: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + n)?;
+    digits
+        .iter()
+        .try_fold(0u32, |v, &b| Some(v * 16 + u32::from(hex_value(b)?)))
+}
+
+/// `bytes` with one layer of escapes undone, or `None` when it holds none. `span(i)`
+/// is the input range byte `i` stands for.
+fn decode(bytes: &[u8], span: impl Fn(usize) -> (u32, u32)) -> Option<Layer> {
+    if !may_be_encoded(bytes) {
+        return None;
     }
-    let re = escaped_regex();
-    let mut from = 0;
-    while let Some(m) = re.find_at(hay, from) {
-        if m.as_bytes().contains(&b'\\') {
-            if let Some(token) = unescape(m.as_bytes()) {
-                found.push((m.start(), token));
+    let mut out = Layer {
+        bytes: Vec::with_capacity(bytes.len()),
+        spans: Vec::with_capacity(bytes.len()),
+    };
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (decoded, width): (Option<char>, usize) = match bytes[i] {
+            b'%' => (hex_at(bytes, i + 1, 2).and_then(char::from_u32), 3),
+            b'\\' => match bytes.get(i + 1) {
+                Some(b'u' | b'U') => (hex_at(bytes, i + 2, 4).and_then(char::from_u32), 6),
+                Some(b'\\') => (Some('\\'), 2),
+                _ => (None, 1),
+            },
+            _ => (None, 1),
+        };
+        let (from, to) = (span(i).0, span(i + width.min(bytes.len() - i) - 1).1);
+        match decoded {
+            // A `%XX` above 0x7F is one byte of a UTF-8 sequence, kept as that byte.
+            Some(c) if bytes[i] == b'%' => {
+                out.bytes.push(c as u32 as u8);
+                out.spans.push((from, to));
+                changed = true;
+                i += width;
+            }
+            Some(c) => {
+                let mut utf8 = [0u8; 4];
+                for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                    out.bytes.push(b);
+                    out.spans.push((from, to));
+                }
+                changed = true;
+                i += width;
+            }
+            None => {
+                out.bytes.push(bytes[i]);
+                out.spans.push(span(i));
+                i += 1;
             }
         }
-        from = m.start() + 1;
     }
-    found
+    changed.then_some(out)
 }
 
-/// [`plain`] and [`escaped`] together, by position.
-pub fn all(hay: &[u8]) -> Vec<(usize, String)> {
-    let mut found: Vec<(usize, String)> = plain(hay).map(|(at, t)| (at, t.to_owned())).collect();
-    let escaped = escaped(hay);
-    if !escaped.is_empty() {
-        found.extend(escaped);
-        found.sort_by_key(|&(at, _)| at);
-    }
-    found
-}
-
-/// The token an escaped match stands for; `None` unless it decodes to `cio_tp_` and 36
-/// letters or digits (an uppercase prefix, say).
-fn unescape(bytes: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(TOKEN_LEN);
-    let mut rest = bytes;
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'\\' {
-            let hex = std::str::from_utf8(tail.get(1..5)?).ok()?;
-            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
-            rest = &tail[5..];
-        } else {
-            out.push(char::from(b));
-            rest = tail;
+/// Calls `f(layer bytes, span of byte i)` for the input and each decoded layer below
+/// it, at most [`MAX_LAYERS`] of them, stopping when one holds no escape.
+fn each_layer(hay: &[u8], mut f: impl FnMut(&[u8], &dyn Fn(usize) -> (u32, u32))) {
+    let identity = |i: usize| (i as u32, i as u32 + 1);
+    f(hay, &identity);
+    let Some(mut layer) = decode(hay, identity) else {
+        return;
+    };
+    for depth in 1..=MAX_LAYERS {
+        let spans = std::mem::take(&mut layer.spans);
+        let span = |i: usize| spans[i];
+        f(&layer.bytes, &span);
+        if depth == MAX_LAYERS {
+            return;
+        }
+        match decode(&layer.bytes, span) {
+            Some(next) => layer = next,
+            None => return,
         }
     }
-    let whole = plain(out.as_bytes())
-        .next()
-        .is_some_and(|(at, t)| at == 0 && t.len() == out.len());
-    whole.then_some(out)
+}
+
+/// Every token in `hay`, plain or under up to [`MAX_LAYERS`] layers of percent-encoding
+/// and JSON escapes, decoded, as (start in `hay`, token), by start; one per start.
+pub fn all(hay: &[u8]) -> Vec<(usize, String)> {
+    if !may_be_encoded(hay) {
+        return plain(hay).map(|(at, t)| (at, t.to_owned())).collect();
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    each_layer(hay, |bytes, span| {
+        for (at, token) in plain(bytes) {
+            found.push((span(at).0 as usize, token.to_owned()));
+        }
+    });
+    found.sort_by_key(|&(at, _)| at);
+    found.dedup_by(|a, b| a.0 == b.0);
+    found
+}
+
+/// Where every `cio_tp_` and the letters and digits right after it are in `hay`, in
+/// the input or in any decoded layer: input ranges, sorted and merged.
+pub fn runs(hay: &[u8]) -> Vec<Range<usize>> {
+    let mut found: Vec<Range<usize>> = Vec::new();
+    let prefix = PREFIX.as_bytes();
+    let mut in_layer = |bytes: &[u8], span: &dyn Fn(usize) -> (u32, u32)| {
+        for at in memchr::memmem::find_iter(bytes, prefix) {
+            let after = at + prefix.len();
+            let run = bytes[after..]
+                .iter()
+                .position(|b| !b.is_ascii_alphanumeric())
+                .unwrap_or(bytes.len() - after);
+            found.push(span(at).0 as usize..span(after + run - 1).1 as usize);
+        }
+    };
+    if may_be_encoded(hay) {
+        each_layer(hay, in_layer);
+    } else {
+        in_layer(hay, &|i| (i as u32, i as u32 + 1));
+    }
+    found.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
+    for r in found {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -107,6 +194,18 @@ mod tests {
     use super::*;
 
     const A: &str = "cio_tp_ACAyMYNZERnTTS1iqvGWBaE8Nt8Ebu052fSx";
+
+    fn tokens(hay: &str) -> Vec<String> {
+        all(hay.as_bytes()).into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Every byte of `s` written as `%XX` (upper-case hex) or `\u00XX`.
+    fn percent(s: &str) -> String {
+        s.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+    fn json(s: &str) -> String {
+        s.bytes().map(|b| format!("\\u{b:04x}")).collect()
+    }
 
     #[test]
     fn a_token_after_a_cut_off_one_is_found() {
@@ -129,9 +228,113 @@ mod tests {
         let found = all(hay.as_bytes());
         let tokens: Vec<&str> = found.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(tokens, [A, A], "{found:?}");
-        assert!(found[0].0 < found[1].0);
-        let every: String = A.bytes().map(|b| format!("\\u{b:04x}")).collect();
-        assert_eq!(every.len(), MAX_MATCH);
-        assert_eq!(escaped(every.as_bytes()), [(0, A.to_owned())]);
+        assert_eq!(found[0].0, 2);
+        assert_eq!(found[1].0, hay.find(A).unwrap());
+        assert_eq!(all(json(A).as_bytes()), [(0, A.to_owned())]);
+    }
+
+    #[test]
+    fn percent_encoded_tokens_in_any_subset_and_case_are_found() {
+        let secret = &A[7..];
+        for hay in [
+            format!("https://x/?q=cio%5Ftp%5F{secret}"),
+            format!("https://x/?q=cio%5ftp%5f{secret}&z=1"),
+            format!("%63io_tp_{secret}"),
+            format!("a={}", percent(A)),
+            format!("cio_tp_{}{}", &secret[..10], percent(&secret[10..])),
+            // Twice encoded (a URL in a URL's parameter), and percent over JSON.
+            format!("u=cio%255Ftp%255F{secret}"),
+            format!("%5Cu0063io_tp_{secret}"),
+            // A JSON string escaped twice (`\\u0063` read as text).
+            format!("\\\\u0063io_tp_{secret}"),
+        ] {
+            assert_eq!(tokens(&hay), [A], "{hay}");
+        }
+        // Not an encoding of ours: an upper-case prefix, a bad escape, a short run.
+        for hay in [
+            format!("%43IO_TP_{secret}"),
+            format!("cio%5Gtp_{secret}"),
+            format!("cio%5Ftp%5F{}", &secret[1..]),
+        ] {
+            assert!(tokens(&hay).is_empty(), "{hay}");
+        }
+    }
+
+    #[test]
+    fn a_token_encoded_in_every_layer_fits_the_longest_match() {
+        let deepest = json(&json(&json(A)));
+        assert_eq!(deepest.len(), MAX_MATCH);
+        assert_eq!(all(deepest.as_bytes()), [(0, A.to_owned())]);
+        let mixed = percent(&json(&percent(A)));
+        assert!(mixed.len() <= MAX_MATCH);
+        assert_eq!(tokens(&mixed), [A]);
+        // One layer more than is undone: not found.
+        assert!(tokens(&percent(&percent(&percent(&percent(A))))).is_empty());
+    }
+
+    #[test]
+    fn runs_are_input_ranges_of_every_layer_merged() {
+        let hay = format!("a cio%5Ftp%5F{} b {A}. cio_tp_ %63io_tp_x", &A[7..]);
+        let runs = runs(hay.as_bytes());
+        let shown: Vec<&str> = runs.iter().map(|r| &hay[r.clone()]).collect();
+        assert_eq!(
+            shown,
+            [
+                &format!("cio%5Ftp%5F{}", &A[7..]),
+                A,
+                "cio_tp_",
+                "%63io_tp_x"
+            ]
+        );
+        assert!(super::runs(b"nothing here").is_empty());
+    }
+}
+
+/// Tokens planted in encodings, for the property tests of everything that must find or
+/// redact them (deliveries, replay, redaction).
+#[cfg(test)]
+pub(crate) mod planted {
+    use proptest::prelude::*;
+
+    /// How one character of a planted token is written.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Way {
+        Plain,
+        PercentUpper,
+        PercentLower,
+        Json,
+    }
+
+    /// `token` with each character written its own way (`ways` cycles), then `outer`
+    /// more layers that percent-encode each `%` and `\` of that (`%25`, `%5C`).
+    pub fn write(token: &str, ways: &[Way], outer: u8) -> String {
+        let mut s: String = token
+            .bytes()
+            .zip(ways.iter().cycle())
+            .map(|(b, way)| match way {
+                Way::Plain => char::from(b).to_string(),
+                Way::PercentUpper => format!("%{b:02X}"),
+                Way::PercentLower => format!("%{b:02x}"),
+                Way::Json => format!("\\u{b:04x}"),
+            })
+            .collect();
+        for _ in 0..outer {
+            s = s.replace('%', "%25").replace('\\', "%5C");
+        }
+        s
+    }
+
+    /// An encoding [`write`] takes: within [`super::MAX_LAYERS`] layers.
+    pub fn encoding() -> impl Strategy<Value = (Vec<Way>, u8)> {
+        let way = prop_oneof![
+            Just(Way::Plain),
+            Just(Way::PercentUpper),
+            Just(Way::PercentLower),
+            Just(Way::Json),
+        ];
+        (
+            prop::collection::vec(way, 1..12),
+            0..=(super::MAX_LAYERS as u8 - 1),
+        )
     }
 }

@@ -15,17 +15,15 @@
 
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use super::{webhook, ApiError, AppState};
+use crate::domain::alert;
+use crate::support::SecretDigest;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-
-use super::{webhook, ApiError, AppState};
-use crate::domain::{scan, token};
-use crate::support::SecretDigest;
 
 /// Scanner name of the reports this API records.
 pub const SCANNER: &str = "gitlab-revocation-api";
@@ -72,16 +70,6 @@ async fn types(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let api = authorize(&state, &headers)?;
     Ok(Json(serde_json::json!({ "types": api.types })))
-}
-
-/// One finding as GitLab sends it.
-#[derive(Deserialize)]
-struct Finding {
-    #[serde(rename = "type")]
-    token_type: String,
-    token: String,
-    #[serde(default)]
-    location: Option<String>,
 }
 
 #[tracing::instrument(name = "revocation_api", skip_all)]
@@ -136,16 +124,13 @@ async fn revoke(
     result.map(|()| StatusCode::NO_CONTENT.into_response())
 }
 
-/// One item of the alert array handed to the webhook's pipeline.
-#[derive(serde::Serialize)]
-struct AlertItem<'a> {
-    token: &'a str,
-    #[serde(rename = "type")]
-    token_type: &'a str,
-    url: &'a str,
-    source: &'static str,
-}
+/// The source recorded for this API's items (GitLab sends none).
+const SOURCE: &str = "gitlab_pipeline";
 
+/// GitLab's body goes through the webhook's pipeline as it is (`location` is read as the
+/// `url`; a `token` that is no token as a whole, such as a gitleaks rule's whole match,
+/// yields every token inside it, see [`crate::domain::alert`]): the slot and the memory
+/// are reserved by `admit` before anything is parsed into memory, and nothing is copied.
 async fn handle(
     state: &AppState,
     api: &RevocationApi,
@@ -154,57 +139,47 @@ async fn handle(
     started: Instant,
 ) -> Result<(), ApiError> {
     webhook::check_declared_length(headers, state.max_body)?;
-    let (body, _, unverified) = webhook::read_body(state, body).await?;
-    let findings: Vec<Finding> = serde_json::from_slice(&body).map_err(|e| {
-        // serde's message may quote the token: only where it broke.
+    let (body, capacity, unverified) = webhook::read_body(state, body).await?;
+    // serde's message may quote the token: only where it broke.
+    let invalid = |e: alert::ParseError| {
         ApiError::InvalidRequest(format!(
-            "the body is not a JSON array of {{\"type\", \"token\", \"location\"}} objects (line {}, column {})",
-            e.line(),
-            e.column()
+            "the body is not a JSON array of {{\"type\", \"token\", \"location\"}} objects ({} at line {}, column {})",
+            e.kind, e.line, e.column
         ))
+    };
+    let admitted = webhook::admit(state, &body, capacity).map_err(|e| match e {
+        ApiError::Parse(e) => invalid(e),
+        e => e,
     })?;
-    drop(body);
-    if let Some(f) = findings.iter().find(|f| !api.types.contains(&f.token_type)) {
-        let shown: String = crate::domain::redact::redact_tokens(&f.token_type)
-            .chars()
-            .take(100)
-            .collect();
+    drop(unverified); // the verified reservation covers the body from here
+    let refused = alert::first_type_where(&body, |t| {
+        !t.is_some_and(|t| api.types.iter().any(|a| a == t))
+    })
+    .map_err(invalid)?;
+    if let Some(refused) = refused {
+        let shown: String = match refused {
+            Some(t) => format!(
+                "{:?}",
+                crate::domain::redact::redact_tokens(&t)
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            ),
+            None => "(none)".to_owned(),
+        };
         return Err(ApiError::InvalidRequest(format!(
-            "token type {shown:?} is not offered (GET /v1/revocable_token_types)"
+            "token type {shown} is not offered (GET /v1/revocable_token_types)"
         )));
     }
-    // The webhook's pipeline, in GitHub's item shape. A `token` that is no token as a
-    // whole (a gitleaks rule without a secret group sends the matched text) stands for
-    // every token in it.
-    let mut found = Vec::new();
-    for f in &findings {
-        if token::validate(&f.token).is_ok() {
-            found.push((f.token.clone(), f));
-        } else {
-            let inside = scan::all(f.token.as_bytes());
-            if inside.is_empty() {
-                found.push((f.token.clone(), f));
-            }
-            found.extend(inside.into_iter().map(|(_, t)| (t, f)));
-        }
-    }
-    let items: Vec<AlertItem<'_>> = found
-        .iter()
-        .map(|(token, f)| AlertItem {
-            token,
-            token_type: &f.token_type,
-            url: f.location.as_deref().unwrap_or(""),
-            source: "gitlab_pipeline",
-        })
-        .collect();
-    let alerts = serde_json::to_vec(&items).expect("plain JSON");
-    drop(items);
-    drop(found);
-    drop(findings);
-    let capacity = alerts.capacity();
-    let alerts = Bytes::from(alerts);
-    let admitted = webhook::admit(state, &alerts, capacity)?;
-    drop(unverified);
-    webhook::process(state, SCANNER, "revocation-api", alerts, admitted, started).await?;
+    webhook::process(
+        state,
+        SCANNER,
+        "revocation-api",
+        body,
+        admitted,
+        started,
+        Some(SOURCE),
+    )
+    .await?;
     Ok(())
 }

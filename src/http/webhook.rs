@@ -251,11 +251,12 @@ async fn handle(
     };
     let admitted = admitted?;
     drop(unverified); // the verified reservation covers the body from here
-    process(state, scanner, key_id, body, admitted, started).await
+    process(state, scanner, key_id, body, admitted, started, None).await
 }
 
 /// A verified, admitted body: parse, classify, one store call (with the delivery's
-/// deadline, once per body), the feedback. Shared with the Token Revocation API.
+/// deadline, once per body), the feedback. Shared with the Token Revocation API, whose
+/// items have no `source`: `default_source` is recorded for an item without one.
 pub(super) async fn process(
     state: &AppState,
     scanner: &str,
@@ -263,9 +264,19 @@ pub(super) async fn process(
     body: Bytes,
     (_slot, sizes, held): (tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held),
     started: Instant,
+    default_source: Option<&'static str>,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let received_at = chrono::Utc::now();
     let mut delivery = alert::compact(body, &sizes)?;
+    if let Some(source) = default_source {
+        for c in delivery
+            .candidates
+            .iter_mut()
+            .filter(|c| c.source.is_empty())
+        {
+            c.source = source.to_owned();
+        }
+    }
 
     let (report_id, counts) = match delivery.take_report(scanner, key_id, received_at, |body| {
         Sha256::digest(body).into()

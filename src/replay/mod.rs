@@ -275,6 +275,7 @@ async fn process_batch(
             token_type: Some(Cow::Borrowed(f.token_type.as_str())),
             url: Some(Cow::Borrowed(f.url.as_str())),
             source: Some(Cow::Borrowed(f.source.as_str())),
+            location: None,
         })
         .collect();
     let classified = alert::classify(&items);

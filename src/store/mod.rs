@@ -204,6 +204,9 @@ pub struct ReportItemRecord {
     pub source: String,
     pub url: String,
     pub outcome: Outcome,
+    /// Where a token found inside the delivery's other strings was (`items[3].url`);
+    /// `None` for an item's own token.
+    pub found_in: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

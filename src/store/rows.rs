@@ -131,6 +131,7 @@ pub(super) struct ItemRow<B: Backend> {
     source: String,
     url: String,
     outcome: String,
+    found_in: Option<String>,
 }
 
 impl<B: Backend> ItemRow<B> {
@@ -142,6 +143,7 @@ impl<B: Backend> ItemRow<B> {
             source: self.source,
             url: self.url,
             outcome: parse_outcome(&self.outcome)?,
+            found_in: self.found_in,
         })
     }
 }

@@ -75,7 +75,8 @@ const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, 
              FROM reports WHERE id = $1";
 
 /// `report_id` → `ItemRow`s, by position.
-const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome
+const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome,
+                    found_in
              FROM report_items WHERE report_id = $1 ORDER BY position";
 
 /// `token_hash` → the `NotificationRow` of that token, if any.

@@ -466,6 +466,7 @@ pub fn one_item_report(
             token_type: "cio_tp".into(),
             source: source.into(),
             url: String::new(),
+            found_in: None,
         }],
     }
 }

@@ -53,7 +53,7 @@ impl Document for GitlabReport {
         let name = item.get("name").and_then(Value::as_str);
         let token_type = non_empty(rule).or(non_empty(name)).unwrap_or("gitlab");
         out.extend(tokens_in(extract).map(|token| Found {
-            token: token.to_owned(),
+            token,
             token_type: token_type.to_owned(),
             url: url.clone(),
             source: "gitlab".to_owned(),

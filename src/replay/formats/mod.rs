@@ -385,16 +385,18 @@ fn without_bom<R: Read>(mut reader: R) -> io::Result<io::Chain<io::Cursor<Vec<u8
 // ---------------------------------------------------------------------------------------
 // Token matching and small field helpers
 
-/// Every token in a (small) string, in order: see [`crate::domain::scan::plain`] (at
-/// every position, whatever surrounds it).
-fn tokens_in(s: &str) -> impl Iterator<Item = &str> + '_ {
-    crate::domain::scan::plain(s.as_bytes()).map(|(_, t)| t)
+/// Every token in a (small) string, in order: see [`crate::domain::scan::all`] (at
+/// every position, whatever surrounds it, plain, percent-encoded or JSON-escaped).
+fn tokens_in(s: &str) -> impl Iterator<Item = String> {
+    crate::domain::scan::all(s.as_bytes())
+        .into_iter()
+        .map(|(_, t)| t)
 }
 
 /// Calls `f(token, path)` for every token in the strings of a decoded JSON value
 /// (object keys included), arrays in order, object keys sorted (serde_json's map); `path` is the string's place below
 /// `value`: `.key`, `["odd key"]`, `[3]`.
-fn json_tokens<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&'v str, &str)) {
+fn json_tokens(value: &Value, path: &mut String, f: &mut dyn FnMut(String, &str)) {
     match value {
         Value::String(s) => tokens_in(s).for_each(|t| f(t, path)),
         Value::Array(items) => {
@@ -446,9 +448,9 @@ fn sweep_json(value: &Value, place: &str, out: &mut Vec<Found>) {
     let mut seen: std::collections::HashSet<String> = out.iter().map(|f| f.token.clone()).collect();
     let mut path = String::new();
     json_tokens(value, &mut path, &mut |token, path| {
-        if seen.insert(token.to_owned()) {
+        if seen.insert(token.clone()) {
             out.push(Found {
-                token: token.to_owned(),
+                token,
                 token_type: "cio_tp".to_owned(),
                 url: format!("{place}{path}"),
                 source: "json".to_owned(),
@@ -459,9 +461,9 @@ fn sweep_json(value: &Value, place: &str, out: &mut Vec<Found>) {
 
 /// The tokens of the first field that has any (`Secret` before `Match`,
 /// `Raw` before `RawV2`).
-fn tokens_in_first(fields: [&str; 2]) -> Vec<&str> {
+fn tokens_in_first(fields: [&str; 2]) -> Vec<String> {
     let [first, second] = fields;
-    let tokens: Vec<&str> = tokens_in(first).collect();
+    let tokens: Vec<String> = tokens_in(first).collect();
     if tokens.is_empty() {
         tokens_in(second).collect()
     } else {

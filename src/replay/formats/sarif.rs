@@ -36,7 +36,7 @@ impl Document for SarifLog {
                     .and_then(Value::as_str)
             })
             .collect();
-        let mut tokens: Vec<&str> = snippets.iter().flat_map(|s| tokens_in(s)).collect();
+        let mut tokens: Vec<String> = snippets.iter().flat_map(|s| tokens_in(s)).collect();
         if tokens.is_empty() {
             let message = item.pointer("/message/text").and_then(Value::as_str);
             tokens = tokens_in(message.unwrap_or("")).collect();

@@ -8,7 +8,8 @@
 //!   found exactly once: the occurrences are those of one regex scan over the whole
 //!   input.
 //! - A token written with JSON `\u00XX` escapes (`\u0063io_tp_…`, a JSON string read
-//!   as text) is found too, decoded.
+//!   as text) or percent-encoded (`cio%5Ftp%5F…`), in any mix of up to
+//!   [`MAX_LAYERS`](crate::domain::scan::MAX_LAYERS) layers, is found too, decoded.
 //! - Locations are `origin:line` with 1-based line numbers counted over every `\n`
 //!   (from a given first line when the text is the rest of another report).
 
@@ -134,12 +135,13 @@ mod tests {
             .collect()
     }
 
-    /// A token with every character escaped (the longest match) at every offset
-    /// around the point where a round stops deciding (`filled - MAX_MATCH`) and
-    /// around the read border: found once, on its line.
+    /// A token with every character escaped in every layer (the longest match) at
+    /// every offset around the point where a round stops deciding (`filled -
+    /// MAX_MATCH`) and around the read border: found once, on its line.
     #[test]
     fn the_longest_escaped_token_across_the_decision_border_is_found_once() {
-        let every: String = A.bytes().map(|b| format!("\\u{b:04x}")).collect();
+        let escape = |s: &str| -> String { s.bytes().map(|b| format!("\\u{b:04x}")).collect() };
+        let every = escape(&escape(&escape(A)));
         assert_eq!(every.len(), MAX_MATCH);
         let around = |at: usize| at - 3..=at + 3;
         for start in around(TEXT_CHUNK - MAX_MATCH).chain(around(TEXT_CHUNK - MAX_MATCH / 2)) {

@@ -101,8 +101,10 @@ WITH rid AS (
     -- Whether this statement records anything at all.
     SELECT NOT $12::boolean OR EXISTS (SELECT 1 FROM claim) AS fresh
 ), item AS (
-    SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::text[])
-        AS u(position, hash, token_type, source, url)
+    -- $14, where a token found inside the delivery was found, is empty unless there is
+    -- one (unnest pads it with NULLs).
+    SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::text[], $14::text[])
+        AS u(position, hash, token_type, source, url, found_in)
 ), input AS (
     SELECT DISTINCT hash FROM item
 ), flipped AS (
@@ -187,9 +189,10 @@ WITH rid AS (
     ORDER BY 1
     ON CONFLICT (bucket, slot) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens
 ), items AS (
-    INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
+    INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome,
+                              found_in)
     SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
-           item.url, o.outcome
+           item.url, o.outcome, item.found_in
     FROM item JOIN outcome o USING (hash)
     WHERE (SELECT fresh FROM go)
 ), first_item AS (
@@ -397,6 +400,16 @@ async fn try_record(
         sources.push(stored_source(&c.source));
         urls.push(c.url.as_str());
     }
+    // Only a delivery with a token found inside its items sends where (the rest are NULL).
+    let found_in: Vec<Option<&str>> = if report.candidates.iter().any(|c| c.found_in.is_some()) {
+        report
+            .candidates
+            .iter()
+            .map(|c| c.found_in.as_deref())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let query = sqlx::query(RECORD_SQL)
         .bind(&positions)
         .bind(&hashes)
@@ -410,7 +423,8 @@ async fn try_record(
         .bind(report.item_count as i32)
         .bind(report.not_ours as i32)
         .bind(options.once_per_body)
-        .bind(cutoff);
+        .bind(cutoff)
+        .bind(&found_in);
     let rows = match options.deadline {
         None if !store.pooled => {
             store.statements.add(1);

@@ -346,7 +346,8 @@ async fn record(
 
     let (outcomes, counts) = outcomes_for(report, &by_hash)?;
 
-    // All item rows in one statement, as one JSON array of [pos, hash, type, source, url, outcome].
+    // All item rows in one statement, as one JSON array of [pos, hash, type, source, url,
+    // outcome, found_in].
     let items: Vec<serde_json::Value> = report
         .candidates
         .iter()
@@ -358,16 +359,18 @@ async fn record(
                 c.token_type,
                 stored_source(&c.source),
                 c.url,
-                o.as_str()
+                o.as_str(),
+                c.found_in
             ])
         })
         .collect();
     store.statements.add(1);
     sqlx::query(
-            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)
+            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome, found_in)
                  SELECT ?1, json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')),
                         json_extract(value, '$[2]'), json_extract(value, '$[3]'),
-                        json_extract(value, '$[4]'), json_extract(value, '$[5]')
+                        json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                        json_extract(value, '$[6]')
                  FROM json_each(?2)",
         )
         .bind(report_id)
