@@ -16,7 +16,8 @@ fn deliver(body: &[u8]) -> Option<usize> {
     let classified = alert::classify(&items);
     assert_eq!(classified.hashes.len(), items.len());
     assert_eq!(
-        classified.candidates.len() + classified.not_ours as usize,
+        classified.candidates.len() - classified.found_inside as usize
+            + classified.not_ours as usize,
         items.len()
     );
     let outcomes = classified.outcomes(&vec![
