@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.command.run()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", cmd::error_line(&e));
             ExitCode::FAILURE
         }
     }

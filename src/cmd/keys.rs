@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
+use revoker::domain::terminal::terminal_safe;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -40,28 +41,28 @@ fn generate_key(out: &Path, key_id: Option<String>, key_file: Option<&Path>) -> 
         revoker::signature::check_key_file_takes(file, key_id.as_deref().unwrap_or_default())?;
     }
     let entry = revoker::signature::generate_key_file(out, key_id.as_deref())?;
-    let id = entry["key_identifier"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    // Shown quoted and escaped, as every name in this output (the operator's own).
+    let id = format!(
+        "\"{}\"",
+        terminal_safe(entry["key_identifier"].as_str().unwrap_or_default())
+    );
     match key_file {
         Some(file) => {
             revoker::signature::add_to_key_file(file, &entry)?;
+            let file = terminal_safe(&file.display().to_string()).into_owned();
             eprintln!(
-                "wrote {} (keep it secret) and added its public key {id:?} to {}; \
-                 serve it with --scanner NAME={}",
-                out.display(),
-                file.display(),
-                file.display()
+                "wrote {} (keep it secret) and added its public key {id} to {file}; \
+                 serve it with --scanner NAME={file}",
+                terminal_safe(&out.display().to_string()),
             );
         }
         None => {
             let file = serde_json::json!({ "public_keys": [entry] });
             println!("{}", serde_json::to_string_pretty(&file)?);
             eprintln!(
-                "wrote {} (keep it secret); the key file above holds its public key {id:?}: \
+                "wrote {} (keep it secret); the key file above holds its public key {id}: \
                  save it on the receiver and add --scanner NAME=FILE (or use --key-file)",
-                out.display()
+                terminal_safe(&out.display().to_string())
             );
         }
     }

@@ -1,6 +1,10 @@
 //! The command line (clap): one file per subcommand, each owning its flags and what it
 //! does. The only place in revoker that knows clap types; each command turns its
 //! flags into the library's typed settings and calls the library.
+//!
+//! Human-readable output shows text from outside (urls, sources, owners, file names,
+//! report fields, errors that quote input) through
+//! [`revoker::domain::terminal::terminal_safe`]; `--json` output is left to serde.
 
 pub mod db;
 pub mod keys;
@@ -12,6 +16,7 @@ pub mod serve;
 pub mod token;
 
 use clap::{Parser, Subcommand};
+use revoker::domain::terminal::{needs_escape, terminal_safe};
 
 use keys::KeysCommand;
 use migrate::MigrateArgs;
@@ -57,6 +62,26 @@ pub enum Command {
     /// Delete url, source and type older than --retention (GitHub's partner agreement:
     /// 30 days) once and exit; `serve` does the same every hour.
     Purge(PurgeArgs),
+}
+
+/// `value` trimmed, if it is 1 to 200 bytes and holds nothing a terminal would act on
+/// (a control character or a bidi control: [`needs_escape`]); else an error naming
+/// `flag`. For names that are stored and shown later (`--owner`, `--actor`).
+pub fn printable<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > 200 || value.chars().any(needs_escape) {
+        anyhow::bail!(
+            "{flag} must be 1 to 200 printable characters \
+             (no control characters, no bidi controls such as U+202E)"
+        );
+    }
+    Ok(value)
+}
+
+/// The line an error is printed as on stderr: `error: ` and its chain, escaped (an
+/// error may quote a file name, a URL, an id as given).
+pub fn error_line(e: &anyhow::Error) -> String {
+    format!("error: {}", terminal_safe(&format!("{e:#}")))
 }
 
 impl Cli {

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use secrecy::SecretString;
 
+use revoker::domain::terminal::terminal_safe;
 use revoker::notify::{defaults, Notifier, NotifySettings};
 use revoker::store::{Clock, NotificationStatus, Requeue};
 
@@ -205,7 +206,7 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                     )?;
                     writeln!(out)?;
                 } else {
-                    let detail = n.last_error.clone().unwrap_or_else(|| n.url.clone());
+                    let detail = terminal_safe(n.last_error.as_deref().unwrap_or(&n.url));
                     writeln!(
                         out,
                         "{:<36}  {:<9}  {:>8}  {:<12}  {:<24}  {:<20}  {}",
@@ -213,7 +214,7 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                         n.status.as_str(),
                         n.attempts,
                         n.token_hash.prefix(),
-                        n.owner.chars().take(24).collect::<String>(),
+                        terminal_safe(&n.owner.chars().take(24).collect::<String>()),
                         n.revoked_at.format("%Y-%m-%d %H:%M:%S"),
                         detail
                     )?;
@@ -231,8 +232,10 @@ pub async fn run(command: NotifyCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let given = id.expect("clap requires an id or --failed");
-            // Echoed in messages: whatever was pasted, never a raw token.
+            // Echoed in messages: whatever was pasted, never a raw token nor a control
+            // character.
             let id_shown = revoker::domain::redact::redact_tokens(given.trim());
+            let id_shown = terminal_safe(&id_shown);
             // The public id (a UUID), or the row number for scripts written before it.
             let id = match given.trim().parse::<i64>() {
                 Ok(row) => row,

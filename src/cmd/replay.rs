@@ -67,7 +67,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
         None => {
             let actor = match (&args.actor, args.dry_run) {
-                (Some(a), _) if !a.trim().is_empty() => a.trim().to_owned(),
+                (Some(a), _) if !a.trim().is_empty() => super::printable("--actor", a)?.to_owned(),
                 (_, true) => "dry-run".to_owned(),
                 _ => anyhow::bail!(
                     "say who is replaying: --actor NAME (or REVOKER_ACTOR); it is recorded with the report"

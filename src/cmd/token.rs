@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use chrono::Utc;
 
 use revoker::domain::alert::{NewReport, MANUAL_SCANNER};
+use revoker::domain::terminal::terminal_safe;
 use revoker::domain::{Outcome, Token};
 use revoker::replay::REPLAY_SCANNER;
 use revoker::store::{
@@ -136,7 +137,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
 /// (database down, bad input) gets its own, 3: a script must not take it for "unknown".
 fn cannot_tell(answer: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     answer.or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("{}", super::error_line(&e));
         Ok(ExitCode::from(3))
     })
 }
@@ -231,7 +232,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         token.hash.to_hex()
     );
     println!("status        {}", token.status(now).as_str());
-    println!("owner         {}", token.owner);
+    println!("owner         {}", terminal_safe(&token.owner));
     println!("created       {}", rfc3339(token.created_at));
     println!("expires       {}", rfc3339(token.expires_at));
     match (token.revoked_at, &report) {
@@ -239,13 +240,13 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             "revoked       {} by report {} (scanner {}, {} {})",
             rfc3339(at),
             r.id,
-            r.scanner,
+            terminal_safe(&r.scanner),
             if r.scanner == MANUAL_SCANNER || r.scanner == REPLAY_SCANNER {
                 "actor"
             } else {
                 "key"
             },
-            r.key_id
+            terminal_safe(&r.key_id)
         ),
         (Some(at), None) => println!("revoked       {} (no report)", rfc3339(at)),
         (None, _) => println!("revoked       no"),
@@ -254,7 +255,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         Some(n) => {
             let detail = match (n.status, &n.delivered_at, &n.last_error) {
                 (NotificationStatus::Delivered, Some(at), _) => format!("at {}", rfc3339(*at)),
-                (_, _, Some(error)) => format!("last error: {error}"),
+                (_, _, Some(error)) => format!("last error: {}", terminal_safe(error)),
                 (NotificationStatus::Pending, _, None) => {
                     format!("next attempt {}", rfc3339(n.next_attempt_at))
                 }
@@ -273,10 +274,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let actor = args.actor.trim();
-    if actor.is_empty() || actor.len() > 200 || actor.chars().any(char::is_control) {
-        anyhow::bail!("--actor must be 1 to 200 printable characters");
-    }
+    let actor = super::printable("--actor", &args.actor)?;
     let store = open_current(&args.db).await?;
     let (named, token) = find(store.as_ref(), &args.which).await?;
     let Some(token) = token else {
@@ -294,7 +292,8 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(token = %prefix, report_id = recorded.report_id, actor = %actor, "revoked by hand");
             println!(
                 "{prefix}: revoked (report {}, owner {}); owner notification queued",
-                recorded.report_id, token.owner
+                recorded.report_id,
+                terminal_safe(&token.owner)
             );
         }
         Some(Outcome::AlreadyRevoked) => println!(
@@ -347,7 +346,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 "{:<12}  {:<7}  {:<24}  {:<20}  {:<20}  {}",
                 t.hash.prefix(),
                 t.status(now).as_str(),
-                t.owner.chars().take(24).collect::<String>(),
+                terminal_safe(&t.owner.chars().take(24).collect::<String>()),
                 t.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 t.expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 t.revoked_at
@@ -365,10 +364,7 @@ fn rfc3339(at: chrono::DateTime<Utc>) -> String {
 }
 
 async fn mint(args: MintArgs) -> anyhow::Result<()> {
-    let owner = args.owner.trim();
-    if owner.is_empty() || owner.len() > 200 || owner.chars().any(char::is_control) {
-        anyhow::bail!("--owner must be 1 to 200 printable characters");
-    }
+    let owner = super::printable("--owner", &args.owner)?;
     let ttl = chrono::Duration::from_std(args.ttl).context("--ttl is too large")?;
     if ttl <= chrono::Duration::zero() {
         anyhow::bail!("--ttl must be greater than 0");

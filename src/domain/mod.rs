@@ -7,11 +7,13 @@
 //!   record and the feedback body.
 //! - [`redact`]: what client-chosen text may show of itself in logs and storage.
 //! - [`scan`]: finding tokens in bytes nobody parsed (plain and JSON-escaped).
+//! - [`terminal`]: what client-chosen text may show of itself on an operator's terminal.
 
 pub mod alert;
 pub mod outcome;
 pub mod redact;
 pub mod scan;
+pub mod terminal;
 pub mod token;
 
 pub use outcome::{Label, Outcome, OutcomeCounts};

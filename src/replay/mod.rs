@@ -18,6 +18,8 @@
 //! - `--dry-run` writes nothing: locally it looks tokens up with one read statement per
 //!   batch; remotely it only classifies offline and sends nothing.
 //! - Raw tokens never appear in the output or the logs (file names are redacted too).
+//! - Names and places from a report or its file name reach the terminal (table,
+//!   summary, stderr, log lines) escaped by `domain::terminal::terminal_safe`.
 //! - Progress goes to stderr, only when asked for and stderr is a terminal.
 
 pub mod formats;
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::alert::{self, AlertItem, Classified};
 use crate::domain::redact::redact_tokens;
+use crate::domain::terminal::terminal_safe;
 use crate::domain::{Label, Outcome};
 use crate::store::{RecordOptions, RevocationStore};
 use formats::{Format, Found, ReadStats};
@@ -148,7 +151,10 @@ pub async fn run(target: &Target, opts: &Options, out: &mut dyn Write) -> anyhow
 
 /// Notes a report that could not be read (whole or in part), on stderr at once.
 fn not_read(summary: &mut Summary, what: String) {
-    eprintln!("error: report not read (to the end): {what}; going on with the others");
+    eprintln!(
+        "error: report not read (to the end): {}; going on with the others",
+        terminal_safe(&what)
+    );
     summary.files_not_read.push(what);
 }
 
@@ -178,7 +184,8 @@ async fn replay_file(
     } else {
         redact_tokens(&path.display().to_string()).into_owned()
     };
-    tracing::info!(file = %origin, format = %format.as_str(), "replaying report");
+    // The log line is plain text too: the name escaped as in the output.
+    tracing::info!(file = %terminal_safe(&origin), format = %format.as_str(), "replaying report");
 
     let progress = opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = progress.then(|| progress_bar(total_bytes));
@@ -208,7 +215,7 @@ async fn replay_file(
         Err(e) => return Err(e).with_context(|| format!("cannot read report {origin}")),
     };
     for place in &stats.unstructured_at {
-        tracing::warn!(part = %place, "not in the report's format; scanned for tokens as text or JSON instead");
+        tracing::warn!(part = %terminal_safe(place), "not in the report's format; scanned for tokens as text or JSON instead");
     }
     summary.unstructured += stats.unstructured;
     let room = formats::NAMED_PARTS.saturating_sub(summary.unstructured_at.len());

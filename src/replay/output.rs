@@ -4,6 +4,10 @@
 //!
 //! Invariants:
 //! - A row names an occurrence by its token-hash prefix; no raw token is ever printed.
+//! - Text output shows what came from the report or the database (owner, file, url,
+//!   source, the parts not read) through [`terminal_safe`]: a control or bidi character
+//!   in a report cannot drive the terminal or forge a row. JSON output has the exact
+//!   values (serde escapes what JSON must).
 //! - Text output is a header and one fixed-width row per occurrence (the header comes
 //!   with the first row, so errors about reports that cannot be opened come first), a
 //!   blank line and the summary; `--json` output is one `{"row": …}` line per occurrence and a last
@@ -13,6 +17,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::domain::terminal::terminal_safe;
 use crate::domain::{Label, Outcome, OutcomeCounts};
 
 /// One output row: an occurrence, never the token itself.
@@ -109,7 +114,12 @@ impl Row<'_> {
         writeln!(
             out,
             "{:<12}  {:<15}  {:<14}  {:<20}  {} ({})",
-            self.token_hash_prefix, outcome, label, owner, place, self.source
+            self.token_hash_prefix,
+            outcome,
+            label,
+            terminal_safe(&owner),
+            terminal_safe(place),
+            terminal_safe(self.source)
         )?;
         Ok(())
     }
@@ -235,7 +245,7 @@ impl Summary {
             )?;
         }
         for what in &self.files_not_read {
-            writeln!(out, "  NOT READ: {what}")?;
+            writeln!(out, "  NOT READ: {}", terminal_safe(what))?;
         }
         if self.unstructured > 0 {
             writeln!(
@@ -244,7 +254,7 @@ impl Summary {
                 self.unstructured
             )?;
             for place in &self.unstructured_at {
-                writeln!(out, "    {place}")?;
+                writeln!(out, "    {}", terminal_safe(place))?;
             }
             let unnamed = self.unstructured - self.unstructured_at.len() as u64;
             if unnamed > 0 {
