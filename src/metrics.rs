@@ -59,6 +59,12 @@ pub struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    pub scanner: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
 }
@@ -80,6 +86,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Arc<Registry>,
     deliveries: Family<DeliveryLabels, Counter>,
+    rejected: Family<RejectedLabels, Counter>,
     items: Family<ItemLabels, Counter>,
     revocations: Counter,
     request_duration: Family<ScannerLabels, Histogram, fn() -> Histogram>,
@@ -109,6 +116,15 @@ impl Metrics {
             "deliveries",
             "Alert deliveries answered, by scanner and HTTP status code",
             deliveries.clone(),
+        );
+        let rejected = Family::<RejectedLabels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests refused before their signature or credentials verified (no or bad \
+             signature headers, bad signature, unknown key id, unknown scanner, a body too \
+             large, too slow or unreadable, a wrong Revocation API token), by scanner and \
+             reason: anyone can send these, so they are not deliveries",
+            rejected.clone(),
         );
         let items = Family::<ItemLabels, Counter>::default();
         registry.register(
@@ -185,6 +201,7 @@ impl Metrics {
             notification_attempts,
             notifications,
             deliveries,
+            rejected,
             items,
             revocations,
             request_duration,
@@ -251,6 +268,18 @@ impl Metrics {
             self.activity
                 .record(scanner, status, seconds, chrono::Utc::now());
         }
+    }
+
+    /// A request refused before it proved to be the scanner's (see `rejected_requests`):
+    /// not a delivery, so neither `deliveries`, the latency histogram nor the on-call
+    /// panel move.
+    pub fn rejected(&self, scanner: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&RejectedLabels {
+                scanner: scanner.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn item(&self, scanner: &str, outcome: Outcome, n: u64) {

@@ -8,6 +8,8 @@
 //!   redirects are followed), for key fetches, owner notifications and remote replay.
 //! - [`retry`]: the one bounded retry loop with a growing pause.
 //! - [`default_duration`]: a default written as on the command line, parsed.
+//! - [`credentials`]: the credentials of an `Authorization` header in a scheme, the
+//!   scheme's case ignored.
 //! - [`SecretDigest`]: the one comparison of a presented bearer secret with a
 //!   configured one (constant time, blind to length).
 
@@ -21,6 +23,16 @@ use sha2::Digest;
 /// types parse the same strings their flags show as defaults.
 pub fn default_duration(text: &str) -> Duration {
     humantime::parse_duration(text).expect("a default duration parses")
+}
+
+/// The credentials of an `Authorization` value in `scheme` (`Bearer`, `Basic`): the
+/// scheme compared case-insensitively (RFC 9110 §11.1), the credentials trimmed;
+/// `None` for another scheme or nothing after it.
+pub fn credentials<'v>(value: &'v str, scheme: &str) -> Option<&'v str> {
+    let value = value.trim_start();
+    let (given, rest) = value.split_once([' ', '\t'])?;
+    let rest = rest.trim();
+    (given.eq_ignore_ascii_case(scheme) && !rest.is_empty()).then_some(rest)
 }
 
 /// A configured bearer secret (the admin token), kept as its SHA-256 digest so that

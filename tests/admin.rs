@@ -53,17 +53,21 @@ async fn metrics_count_exactly_what_happened() {
     let m = app.admin_get("/metrics", None).await;
     assert_eq!(m.status, 200);
     let page = &m.text;
+    // Neither the forgery (401) nor the misaddressed request (404) is a delivery.
+    assert!(!page.contains(r#"status="401""#), "{page}");
+    assert!(!page.contains(r#"status="404""#), "{page}");
     let expect = [
         (
             r#"revoker_deliveries_total{scanner="github",status="200"}"#,
             3.0,
         ),
+        // Forged and misaddressed requests are no deliveries (issue 26).
         (
-            r#"revoker_deliveries_total{scanner="github",status="401"}"#,
+            r#"revoker_rejected_requests_total{scanner="github",reason="bad_signature"}"#,
             1.0,
         ),
         (
-            r#"revoker_deliveries_total{scanner="_unknown",status="404"}"#,
+            r#"revoker_rejected_requests_total{scanner="_unknown",reason="unknown_scanner"}"#,
             1.0,
         ),
         (
@@ -90,7 +94,7 @@ async fn metrics_count_exactly_what_happened() {
         (r#"revoker_key_cache_keys{scanner="github"}"#, 1.0),
         (
             r#"revoker_delivery_duration_seconds_count{scanner="github"}"#,
-            4.0,
+            3.0,
         ),
         (
             r#"revoker_db_statement_duration_seconds_count{operation="record_report"}"#,

@@ -43,9 +43,9 @@ async fn an_undecodable_scanner_path_gets_json_404() {
         a.text
     );
     let m = app.admin_get("/metrics", None).await;
-    assert!(m
-        .text
-        .contains(r#"revoker_deliveries_total{scanner="_unknown",status="404"} 1"#));
+    assert!(m.text.contains(
+        r#"revoker_rejected_requests_total{scanner="_unknown",reason="unknown_scanner"} 1"#
+    ));
     app.stop().await;
 }
 

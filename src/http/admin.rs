@@ -43,9 +43,9 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| crate::support::credentials(v, "Bearer"));
     match presented {
-        Some(p) if expected.matches(p.trim()) => Ok(()),
+        Some(p) if expected.matches(p) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }

@@ -53,8 +53,15 @@ pub enum ApiError {
     Overloaded { retry_after: Duration },
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// `unconfirmed`: the keys are healthy (the last fetch worked) and the id is not
+    /// among them; only the refetch interval kept revoker from asking again. Most likely
+    /// a forgery, possibly a rotation too fresh to see: 503, so a genuine scanner's retry
+    /// finds it, but counted as a rejected request, not a failed delivery.
     #[error("scanner keys are unavailable; try again later")]
-    KeysUnavailable { retry_after: Duration },
+    KeysUnavailable {
+        retry_after: Duration,
+        unconfirmed: bool,
+    },
     #[error(
         "database is unavailable; try again later: a body is recorded once, so resending it is safe"
     )]
@@ -115,10 +122,43 @@ impl ApiError {
         }
     }
 
+    /// Whether this refusal came before the request proved to be the scanner's (or
+    /// the Revocation API's caller): anyone can cause it, so it is counted in
+    /// `revoker_rejected_requests_total` and logged at debug, never as a delivery.
+    /// A 503 for key trouble is not one: the request may be genuine.
+    pub fn is_unverified(&self) -> bool {
+        matches!(
+            self,
+            ApiError::UnknownScanner(_)
+                | ApiError::MissingHeader(_)
+                | ApiError::MalformedHeader(_)
+                | ApiError::Signature(_)
+                | ApiError::UnknownKey
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::BodyRead
+                | ApiError::BodyTimeout
+                | ApiError::RevocationUnauthorized
+                | ApiError::KeysUnavailable {
+                    unconfirmed: true,
+                    ..
+                }
+        )
+    }
+
+    /// Why a request was rejected ([`Self::is_unverified`]), for the metric's label.
+    pub fn rejection_reason(&self) -> &'static str {
+        match self {
+            ApiError::KeysUnavailable {
+                unconfirmed: true, ..
+            } => "unknown_key_unconfirmed",
+            e => e.code(),
+        }
+    }
+
     /// The `Retry-After` this answer carries, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::KeysUnavailable { retry_after }
+            ApiError::KeysUnavailable { retry_after, .. }
             | ApiError::RetryLater { retry_after, .. }
             | ApiError::Timeout { retry_after, .. }
             | ApiError::Overloaded { retry_after }

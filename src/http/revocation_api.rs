@@ -49,7 +49,7 @@ fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s Revocat
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim())
-        .map(|v| v.strip_prefix("Bearer ").map_or(v, str::trim))
+        .map(|v| crate::support::credentials(v, "Bearer").unwrap_or(v))
         .filter(|v| !v.is_empty())
         .ok_or(ApiError::RevocationUnauthorized)?;
     // Every token is compared, so the time does not say which one matched.
@@ -104,7 +104,17 @@ async fn revoke(
         _ => e,
     });
     let status = match &result {
-        Ok(()) => 204,
+        Ok(()) => Some(204),
+        Err(ApiError::NotFound) => None,
+        Err(e) if e.is_unverified() => {
+            tracing::debug!(
+                status = e.status().as_u16(),
+                error = e.code(),
+                "revocation request refused before its token verified: {e}"
+            );
+            state.metrics.rejected(SCANNER, e.rejection_reason());
+            None
+        }
         Err(e) => {
             tracing::warn!(
                 status = e.status().as_u16(),
@@ -113,10 +123,10 @@ async fn revoke(
                 duration_ms = super::millis(started.elapsed()),
                 "revocation request refused: {e}"
             );
-            e.status().as_u16()
+            Some(e.status().as_u16())
         }
     };
-    if !matches!(result, Err(ApiError::NotFound)) {
+    if let Some(status) = status {
         state
             .metrics
             .delivery(SCANNER, status, started.elapsed().as_secs_f64());

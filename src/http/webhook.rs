@@ -119,7 +119,18 @@ async fn receive(
                     .metrics
                     .item(label, outcome, u64::from(counts.get(outcome)));
             }
-            200
+            Some(200)
+        }
+        // Anyone can send these: counted, logged at debug (a flood of them is no flood
+        // of lines), and not a delivery of the scanner's.
+        Err(e) if e.is_unverified() => {
+            tracing::debug!(
+                status = e.status().as_u16(),
+                error = e.code(),
+                "request refused before its signature verified: {e}"
+            );
+            state.metrics.rejected(label, e.rejection_reason());
+            None
         }
         Err(e) => {
             tracing::warn!(
@@ -129,12 +140,14 @@ async fn receive(
                 duration_ms = millis(started.elapsed()),
                 "delivery refused: {e}"
             );
-            e.status().as_u16()
+            Some(e.status().as_u16())
         }
     };
-    state
-        .metrics
-        .delivery(label, status, started.elapsed().as_secs_f64());
+    if let Some(status) = status {
+        state
+            .metrics
+            .delivery(label, status, started.elapsed().as_secs_f64());
+    }
     result.map(|(delivery, _, held)| {
         let mut chunks = delivery.feedback(FEEDBACK_CHUNK);
         let first = chunks.next_chunk().unwrap_or_default();
@@ -224,6 +237,10 @@ async fn handle(
         KeyError::Unknown => ApiError::UnknownKey,
         KeyError::Unavailable => ApiError::KeysUnavailable {
             retry_after: state.retry_after,
+            unconfirmed: {
+                let status = cache.status();
+                status.last_fetch_ok == Some(true) && status.keys > 0
+            },
         },
     })?;
     let (body, capacity, unverified) = read_body(state, body).await?;
