@@ -4,7 +4,11 @@
 //! `\u00XX` escapes is decoded by the text scan). Checked against
 //! a scan of every position on generated JSON arrays, JSON documents (objects with SARIF's
 //! and GitLab's keys among others), JSON lines, text, and JSON broken at a random place.
+//! Tokens are also planted percent-encoded and JSON-escaped in any mix (issue 26): each
+//! such token, wherever its encoded form is whole in the bytes or in a decoded string,
+//! must be found too.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
@@ -16,6 +20,23 @@ use super::{detect, read_report, Format};
 /// the readers do not look at them).
 fn token() -> impl Strategy<Value = String> {
     "[0-9A-Za-z]{36}".prop_map(|tail| format!("cio_tp_{tail}"))
+}
+
+thread_local! {
+    /// Every token planted encoded by [`hidden_token`] since the last case ended: (its
+    /// encoded form, the token). Shrinking regenerates values, so stale ones are kept
+    /// out by [`expected`], which takes only those whose encoded form is in the document.
+    static HIDDEN: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A token written with some characters percent-encoded or JSON-escaped (one layer:
+/// serde's escaping of the JSON string, or the text scan reading it, adds the next).
+fn hidden_token() -> impl Strategy<Value = String> {
+    (token(), crate::domain::scan::planted::encoding()).prop_map(|(t, (ways, _))| {
+        let encoded = crate::domain::scan::planted::write(&t, &ways, 0);
+        HIDDEN.with(|h| h.borrow_mut().push((encoded.clone(), t)));
+        encoded
+    })
 }
 
 /// Text around tokens: letters (which glue onto a token), separators, JSON's special
@@ -35,6 +56,7 @@ fn filler() -> impl Strategy<Value = String> {
 
 /// A string with 0–2 tokens planted among filler.
 fn planted() -> impl Strategy<Value = String> {
+    let token = || prop_oneof![3 => token(), 1 => hidden_token()];
     (
         filler(),
         prop::option::of(token()),
@@ -261,6 +283,18 @@ fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
             set.extend(every_token(s.as_bytes()));
         }
     }
+    let whole_in = |encoded: &str| {
+        let bytes = encoded.as_bytes();
+        doc.bytes.windows(bytes.len()).any(|w| w == bytes)
+            || (decoding && doc.decoded.iter().any(|s| s.contains(encoded)))
+    };
+    HIDDEN.with(|h| {
+        for (encoded, token) in h.borrow().iter() {
+            if whole_in(encoded) {
+                set.insert(token.clone());
+            }
+        }
+    });
     set
 }
 
@@ -297,5 +331,6 @@ proptest! {
                 String::from_utf8_lossy(&doc.bytes)
             );
         }
+        HIDDEN.with(|h| h.borrow_mut().clear());
     }
 }
