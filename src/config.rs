@@ -65,6 +65,8 @@ pub mod defaults {
     pub const UNVERIFIED_BODY_BUDGET: &str = "64MiB";
     pub const VERIFIED_MEMORY_BUDGET: &str = "256MiB";
     pub const MAX_CONNECTIONS: u32 = 4096;
+    /// A scraper, a dashboard or two and probes need a handful; the rest is headroom.
+    pub const ADMIN_MAX_CONNECTIONS: u32 = 64;
     pub const HEADER_TIMEOUT: &str = "10s";
     /// The type GitLab gives a gitleaks finding of the `cio_tp` rule.
     pub const REVOCATION_API_TYPES: &str = "gitleaks_rule_id_cio_tp";
@@ -108,8 +110,10 @@ pub struct Settings {
     pub verified_memory_budget: usize,
     /// Open connections on the public listener; accept waits when all are taken.
     pub max_connections: usize,
-    /// Deadline for a request head (from the connection's start or the previous
-    /// answer); past it the connection is closed.
+    /// Open connections on the admin listener; accept waits when all are taken.
+    pub admin_max_connections: usize,
+    /// Deadline for a request head on either listener (from the connection's start or
+    /// the previous answer); past it the connection is closed.
     pub header_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take before the process exits.
     pub shutdown_timeout: Duration,
@@ -157,6 +161,7 @@ impl Settings {
             verified_memory_budget: parse_size(defaults::VERIFIED_MEMORY_BUDGET)
                 .expect("the default size parses"),
             max_connections: defaults::MAX_CONNECTIONS as usize,
+            admin_max_connections: defaults::ADMIN_MAX_CONNECTIONS as usize,
             header_timeout: default_duration(defaults::HEADER_TIMEOUT),
             shutdown_timeout: default_duration(defaults::SHUTDOWN_TIMEOUT),
             admin_listen: "127.0.0.1:0".into(),
@@ -206,6 +211,7 @@ mod tests {
         assert_eq!(s.unverified_body_budget, 64 << 20);
         assert_eq!(s.verified_memory_budget, 256 << 20);
         assert_eq!(s.max_connections, 4096);
+        assert_eq!(s.admin_max_connections, 64);
         assert_eq!(s.header_timeout, Duration::from_secs(10));
     }
 }

@@ -321,7 +321,15 @@ fn each_help_shows_the_flags_its_command_uses_and_says_true_things() {
             "{args:?}: the poll interval is serve's"
         );
     }
-    assert!(help(&["serve"]).contains("[env: REVOKER_LISTEN]"));
+    let serve = help(&["serve"]);
+    assert!(serve.contains("[env: REVOKER_LISTEN]"));
+    for says in [
+        "--admin-max-connections <ADMIN_MAX_CONNECTIONS>",
+        "no number of admin connections can take the descriptors deliveries need",
+        "[env: REVOKER_ADMIN_MAX_CONNECTIONS] [default: 64]",
+    ] {
+        assert!(serve.contains(says), "{says:?} in {serve}");
+    }
     let run = help(&["notify", "run"]);
     assert!(!run.contains("once (what"), "{run}");
     assert!(run.contains("round after round until none is due"), "{run}");

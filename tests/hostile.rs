@@ -1,5 +1,8 @@
 //! Hostile clients against the real binary: they cannot keep a genuine delivery from
 //! being answered, and a verified delivery's memory stays within the documented bound.
+//! Both listeners close connections that bring no request head in time, answer a head
+//! over 64 KiB with 431 and cap their connections; admin connections cannot take the
+//! file descriptors a delivery needs.
 //!
 //! Every hostile client here needs no private key: GitHub's key ids are public and any
 //! DER-shaped base64 passes the header check.
@@ -218,22 +221,26 @@ async fn closed_after(mut s: TcpStream) -> Duration {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_without_a_request_head_in_time_are_closed() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let server = ServeProcess::start(db.url(), &["--header-timeout", "700ms"], false);
-    let addr = host(&server);
-
+/// Connections to `addr` that bring no complete request head within the server's
+/// `--header-timeout` (well under 5 s) are closed by the server: one that never sends a
+/// byte, one with part of a head, one with 60 KiB of a head (under the 64 KiB that gets
+/// 431), and one idle after an answer (keep-alive).
+async fn heads_are_due_within_the_header_timeout(addr: &str) {
     // Never sends a byte.
-    let silent = TcpStream::connect(&addr).await.unwrap();
+    let silent = TcpStream::connect(addr).await.unwrap();
     // Sends part of a head.
-    let mut partial = TcpStream::connect(&addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
     partial
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
+    // Sends most of what the server will buffer of a head.
+    let mut long = TcpStream::connect(addr).await.unwrap();
+    long.write_all(format!("GET /healthz HTTP/1.1\r\nX-Long: {}", "a".repeat(60 << 10)).as_bytes())
+        .await
+        .unwrap();
     // Idle after one answer (keep-alive).
-    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -244,6 +251,7 @@ async fn connections_without_a_request_head_in_time_are_closed() {
     for (what, s) in [
         ("silent", silent),
         ("partial head", partial),
+        ("60 KiB partial head", long),
         ("idle", idle),
     ] {
         let after = closed_after(s).await;
@@ -252,26 +260,60 @@ async fn connections_without_a_request_head_in_time_are_closed() {
             "{what}: closed after {after:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_head_in_time_are_closed() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(db.url(), &["--header-timeout", "700ms"], false);
+    heads_are_due_within_the_header_timeout(&host(&server)).await;
     // A complete request in time is answered as before.
     assert_eq!(server.get("/healthz").await.status, 200);
     server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_for_a_free_one() {
+async fn admin_connections_without_a_request_head_in_time_are_closed() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let server = ServeProcess::start(
-        db.url(),
-        &["--max-connections", "20", "--header-timeout", "60s"],
-        false,
-    );
-    let addr = host(&server);
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        held.push(TcpStream::connect(&addr).await.unwrap());
+    let server = ServeProcess::start(db.url(), &["--header-timeout", "700ms"], false);
+    heads_are_due_within_the_header_timeout(&server.admin_addr()).await;
+    assert_eq!(server.admin_get("/healthz", None).await.status, 200);
+    server.stop();
+}
+
+/// The answer to a request head of exactly 64 KiB that never ends (all of it is read,
+/// so the server closes with nothing unread and the answer is not lost to a reset).
+async fn answer_to_an_oversized_head(listener: &str, addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let start = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ";
+    let head = format!("{start}{}", "a".repeat((64 << 10) - start.len()));
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await {
+        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(_) => panic!("no answer within 5 s to a 64 KiB head on the {listener} listener"),
     }
-    // The 21st is queued by the kernel, not served.
-    let mut queued = TcpStream::connect(&addr).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_gets_431_on_both_listeners() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(db.url(), &[], false);
+    for (listener, addr) in [("webhook", host(&server)), ("admin", server.admin_addr())] {
+        let answer = answer_to_an_oversized_head(listener, &addr).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{listener}: {answer}");
+    }
+    server.stop();
+}
+
+/// `cap` connections to `addr` are held; one more is queued by the kernel, not served,
+/// until one of them closes.
+async fn connections_beyond_the_cap_wait(addr: &str, cap: usize) {
+    let mut held = Vec::new();
+    for _ in 0..cap {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut queued = TcpStream::connect(addr).await.unwrap();
     queued
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
@@ -290,6 +332,117 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
         "{}",
         String::from_utf8_lossy(&buf)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_one() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(
+        db.url(),
+        &["--max-connections", "20", "--header-timeout", "60s"],
+        false,
+    );
+    connections_beyond_the_cap_wait(&host(&server), 20).await;
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_beyond_the_admin_cap_wait_for_a_free_one() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let server = ServeProcess::start(
+        db.url(),
+        &["--admin-max-connections", "20", "--header-timeout", "60s"],
+        false,
+    );
+    connections_beyond_the_cap_wait(&server.admin_addr(), 20).await;
+    // The public listener is not bound by the admin cap.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    server.stop();
+}
+
+/// Raises this test process's own soft open-file limit to its hard limit (it holds a
+/// thousand connections and more).
+fn raise_own_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_connections_cannot_take_the_file_descriptors_a_delivery_needs() {
+    raise_own_open_file_limit();
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    // 1,024 open files, soft and hard: `serve` cannot raise it. Idle admin connections
+    // are kept for the whole test (60 s header timeout).
+    let server =
+        ServeProcess::start_with_open_file_limit(db.url(), &["--header-timeout", "60s"], 1024);
+    let store = open_store(db.url()).await;
+    let live = mint_many(store.as_ref(), "fd/pkg", 1, Ttl::hours(1)).await;
+    // Idle admin connections, one after another, until one is not accepted within 3 s
+    // (the kernel's accept queue is full and drops its SYN; a dropped SYN is sent again
+    // after 1 s, so 3 s is not a slow server) or 1,100 are open. Without a cap, the server
+    // accepts them all and runs out of descriptors.
+    let admin = server.admin_addr();
+    let mut held = Vec::new();
+    while held.len() < 1100 {
+        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&admin)).await {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => panic!("admin connection {} refused: {e}", held.len()),
+            Err(_) => break,
+        }
+    }
+    assert!(held.len() > 64, "only {} admin connections", held.len());
+    let opened = held.len();
+    // The rest keep trying in the background (the kernel sends their SYNs again) while
+    // the delivery is made.
+    let trying: Vec<_> = (opened..1100)
+        .map(|_| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let _s = TcpStream::connect(&admin).await;
+                std::future::pending::<()>().await
+            })
+        })
+        .collect();
+    let pid = server.pid();
+    eprintln!(
+        "{opened} admin connections open, the server holds {} descriptors",
+        open_files(pid)
+    );
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        send_delivery(
+            &reqwest::Client::new(),
+            &server.base,
+            alert_body(&[live[0].expose_secret()]),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no answer within 5 s with {opened} admin connections open ({} descriptors):\n{}",
+            open_files(pid),
+            server.logs()
+        )
+    })
+    .expect("an HTTP answer");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.labels(), ["true_positive"]);
+    let logs = server.logs();
+    assert!(!logs.contains("cannot accept a connection"), "{logs}");
+    // The open-file limit cannot hold the default --max-connections: lowered, and said.
+    assert!(logs.contains("lowered --max-connections"), "{logs}");
+    for task in trying {
+        task.abort();
+    }
     drop(held);
     server.stop();
 }
@@ -408,4 +561,40 @@ async fn memory_of_verified_deliveries_stays_within_the_documented_bound() {
         server.logs()
     );
     server.stop();
+}
+
+#[test]
+fn serve_refuses_an_open_file_limit_that_leaves_no_room_for_the_public_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    // 100 descriptors: the admin cap (64) and the reserve (64 with the defaults) do not fit.
+    let mut cmd = serve_command(&url);
+    limit_open_files(&mut cmd, 100);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still serving after 30 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the open-file limit (100) leaves no room for the public listener"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--admin-max-connections"), "{stderr}");
+    // Nothing was started: not even the database file was created.
+    assert!(!dir.path().join("r.db").exists());
 }

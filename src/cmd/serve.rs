@@ -101,12 +101,22 @@ pub struct ServeArgs {
     pub verified_memory_budget: usize,
 
     /// Open connections on the public listener; when all are taken, new connections
-    /// wait in the kernel's accept queue.
+    /// wait in the kernel's accept queue. Lowered at start (with a warning) when the
+    /// open-file limit cannot hold it beside --admin-max-connections and a reserve.
     #[arg(long, env = "REVOKER_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Deadline for a request's head (request line and headers), counted from the
-    /// connection's start or the previous answer; past it the connection is closed.
+    /// Open connections on the admin listener (/metrics, /api/stats, /dashboard,
+    /// probes); when all are taken, new ones wait in the kernel's accept queue. Kept
+    /// apart from --max-connections within the open-file limit, so no number of admin
+    /// connections can take the descriptors deliveries need. --header-timeout and the
+    /// 64 KiB head limit (431) apply as on the public listener.
+    #[arg(long, env = "REVOKER_ADMIN_MAX_CONNECTIONS", default_value_t = defaults::ADMIN_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub admin_max_connections: u32,
+
+    /// Deadline for a request's head (request line and headers) on either listener,
+    /// counted from the connection's start or the previous answer; past it the
+    /// connection is closed.
     #[arg(long, env = "REVOKER_HEADER_TIMEOUT", default_value = defaults::HEADER_TIMEOUT, value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
@@ -187,8 +197,9 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    revoker::startup::raise_open_file_limit(args.max_connections as u64);
-    let app = Application::build(args.into_settings()?).await?;
+    let mut settings = args.into_settings()?;
+    revoker::startup::fit_open_file_limit(&mut settings)?;
+    let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -221,6 +232,7 @@ impl ServeArgs {
             unverified_body_budget: a.unverified_body_budget,
             verified_memory_budget: a.verified_memory_budget,
             max_connections: a.max_connections as usize,
+            admin_max_connections: a.admin_max_connections as usize,
             header_timeout: a.header_timeout,
             shutdown_timeout: a.shutdown_timeout,
             admin_listen: a.admin_listen,

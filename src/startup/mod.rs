@@ -4,13 +4,16 @@
 //! [`Application::run_until_stopped`] serves until a shutdown future resolves, then
 //! lets in-flight work finish within `--shutdown-timeout`.
 //!
-//! The public listener runs its own accept loop ([`serve_public`]): at most
-//! `--max-connections` connections are open (accept waits for a free permit), and a
-//! connection whose request head does not arrive within `--header-timeout` (counted
-//! from its start or from the previous answer, so idle keep-alive connections and
-//! connections that never send a byte are closed too) is closed. With `--tls-cert` it
-//! speaks HTTPS ([`crate::tls`]); the TLS handshake counts against the same deadline. The
-//! admin listener is private, plain HTTP, and uses `axum::serve`.
+//! Both listeners run the same accept loop (`listen.rs`): at most `--max-connections`
+//! (public) or `--admin-max-connections` (admin) connections are open (accept waits for
+//! a free permit), a connection whose request head does not arrive within
+//! `--header-timeout` (counted from its start or from the previous answer, so idle
+//! keep-alive connections and connections that never send a byte are closed too) is
+//! closed, and a head over 64 KiB is answered 431. [`fit_open_file_limit`] keeps both
+//! caps and a reserve within the open-file limit, so admin connections cannot take the
+//! descriptors the public listener needs. With `--tls-cert` the public listener speaks
+//! HTTPS ([`crate::tls`]); the TLS handshake counts against the same deadline. The admin
+//! listener is private and plain HTTP.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,8 +34,12 @@ use crate::support::SecretDigest;
 use crate::tls::Tls;
 
 mod database;
+mod listen;
 
 pub use database::{connect, direct, open_and_migrate, refuse_newer_schema};
+pub use listen::{fd_reserve, fit_open_file_limit};
+
+use listen::ConnectionLimits;
 
 pub struct Application {
     listener: TcpListener,
@@ -40,19 +47,13 @@ pub struct Application {
     state: AppState,
     shutdown_timeout: Duration,
     limits: ConnectionLimits,
+    admin_limits: ConnectionLimits,
     /// HTTPS on the public listener.
     tls: Option<Arc<Tls>>,
     /// SIGHUP, installed at build so it never ends the process (its default): it reloads
     /// the TLS certificate, and without TLS it is only logged.
     hangup: tokio::signal::unix::Signal,
     retention: Option<Duration>,
-}
-
-/// What the public listener's accept loop enforces.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    max_connections: usize,
-    header_timeout: Duration,
 }
 
 impl Application {
@@ -211,7 +212,13 @@ impl Application {
             hangup,
             retention: settings.retention,
             limits: ConnectionLimits {
+                name: "public",
                 max_connections: settings.max_connections.max(1),
+                header_timeout: settings.header_timeout,
+            },
+            admin_limits: ConnectionLimits {
+                name: "admin",
+                max_connections: settings.admin_max_connections.max(1),
                 header_timeout: settings.header_timeout,
             },
             state: AppState {
@@ -316,15 +323,20 @@ impl Application {
             }
         }
         let tls = self.tls;
-        let public = serve_public(
+        let public = listen::serve(
             self.listener,
             http::public_router(self.state.clone()),
             self.limits,
             tls,
             stopped(stop_rx.clone()),
         );
-        let admin = axum::serve(self.admin_listener, http::admin_router(self.state))
-            .with_graceful_shutdown(stopped(stop_rx));
+        let admin = listen::serve(
+            self.admin_listener,
+            http::admin_router(self.state),
+            self.admin_limits,
+            None,
+            stopped(stop_rx),
+        );
         // The notification worker records the round it is sending before it stops;
         // all of it within the same grace.
         let all = async {
@@ -349,170 +361,11 @@ impl Application {
     }
 }
 
-/// The public listener: one task per connection, each holding one of
-/// `max_connections` permits; when none is free, accept waits (new connections queue
-/// in the kernel's backlog). On `stop`, accepting ends and every connection is told to
-/// close after its in-flight request; resolves when all have closed (the caller caps
-/// that wait with `--shutdown-timeout`).
-async fn serve_public(
-    listener: TcpListener,
-    router: axum::Router,
-    limits: ConnectionLimits,
-    tls: Option<Arc<Tls>>,
-    stop: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Turns true when accepting ends: TLS handshakes still going give up.
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // hyper's read buffer would otherwise grow to ~400 KiB for a request head that
-        // never ends; 64 KiB per connection is what the memory bound counts (a head
-        // longer than that is refused with 431).
-        .max_buf_size(64 << 10);
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-            () = &mut stop => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        // The answer goes out in more than one write when it is streamed: no Nagle delay.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        let (builder, tls) = (builder.clone(), tls.clone());
-        let accepted_at = tokio::time::Instant::now();
-        let mut stopping = stopping_rx.clone();
-        tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                // The handshake and the first request head share one deadline counted
-                // from accept: a client that stalls in either holds its connection no
-                // longer than --header-timeout, as without TLS.
-                Some(tls) => {
-                    tracing::debug!("TLS handshake started");
-                    let deadline = accepted_at + limits.header_timeout;
-                    let handshake = tokio::select! {
-                        h = tokio::time::timeout_at(deadline, tls.accept(stream)) => h,
-                        // Shutting down: a handshake still going is dropped, not waited for.
-                        _ = stopping.wait_for(|stop| *stop) => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            // What is left of the deadline (later heads on this connection
-                            // get no more: a slow handshake buys no slack).
-                            let left =
-                                deadline.saturating_duration_since(tokio::time::Instant::now());
-                            let mut builder = builder;
-                            builder.header_read_timeout(left.max(Duration::from_millis(1)));
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake did not finish within --header-timeout");
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection closed with an error");
-            }
-            drop(permit);
-        });
-    }
-    let _ = stopping_tx.send(true);
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
-}
-
 /// Without TLS there is nothing to reload: a SIGHUP (a habit of `systemctl reload`) is
 /// logged and otherwise ignored, rather than ending the process.
 async fn log_hangups(mut hangup: tokio::signal::unix::Signal) {
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP received: nothing to reload (no --tls-cert); still serving");
-    }
-}
-
-/// A failed accept: a connection reset before it was accepted is nothing; anything
-/// else (out of file descriptors) is logged and accepting pauses briefly instead of
-/// spinning.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// Raises the soft limit of open files to the hard limit, so `--max-connections`
-/// (plus database and key connections) can be reached; warns when even the hard
-/// limit is below `max_connections` + 64.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
-pub fn raise_open_file_limit(max_connections: u64) {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return;
-        }
-        let before = limit.rlim_cur;
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            // SAFETY: as above.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-                limit.rlim_cur = before;
-            }
-        }
-        let needed = max_connections.saturating_add(64);
-        if (limit.rlim_cur as u64) < needed {
-            tracing::warn!(
-                open_files = limit.rlim_cur as u64,
-                needed,
-                "the open-file limit is below --max-connections; raise it (ulimit -n) or lower the flag"
-            );
-        } else if limit.rlim_cur != before {
-            tracing::debug!(
-                from = before as u64,
-                to = limit.rlim_cur as u64,
-                "raised the open-file limit"
-            );
-        }
     }
 }
 

@@ -412,6 +412,11 @@ impl Endpoints {
         self.base.trim_start_matches("http://").to_owned()
     }
 
+    /// `host:port` of the admin listener, for raw TCP.
+    pub fn admin_addr(&self) -> String {
+        self.admin.trim_start_matches("http://").to_owned()
+    }
+
     /// A delivery to `github` whose body never completes: signed headers for `[]` and
     /// `Content-Length: 1000`, then one byte. Holds its connection while kept.
     pub async fn unfinished_delivery(&self) -> tokio::net::TcpStream {

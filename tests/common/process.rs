@@ -65,6 +65,26 @@ pub fn mint_with_cli(db_url: &str, owner: &str) -> String {
     token
 }
 
+/// Sets the open-file limit (`RLIMIT_NOFILE`, soft and hard, so the binary cannot raise
+/// it) of the process `cmd` starts to `limit`, in the child before it runs.
+pub fn limit_open_files(cmd: &mut std::process::Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
+    };
+    // SAFETY: runs in the forked child before exec and calls only setrlimit, which is
+    // async-signal-safe; `limit` is a plain value copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `revoker serve` on `db_url`, both listeners on loopback port 0 (add the scanner
 /// and anything else).
 pub fn serve_command(db_url: &str) -> std::process::Command {
@@ -101,6 +121,21 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(db_url: &str, extra_args: &[&str], json_logs: bool) -> ServeProcess {
+        Self::spawn(Self::command(db_url, extra_args, json_logs))
+    }
+
+    /// [`ServeProcess::start`] under an open-file limit ([`limit_open_files`]).
+    pub fn start_with_open_file_limit(
+        db_url: &str,
+        extra_args: &[&str],
+        limit: u64,
+    ) -> ServeProcess {
+        let mut cmd = Self::command(db_url, extra_args, false);
+        limit_open_files(&mut cmd, limit);
+        Self::spawn(cmd)
+    }
+
+    fn command(db_url: &str, extra_args: &[&str], json_logs: bool) -> std::process::Command {
         let mut cmd = serve_command(db_url);
         cmd.args([
             "--scanner",
@@ -113,6 +148,10 @@ impl ServeProcess {
         if json_logs {
             cmd.env("RUST_LOG_FORMAT", "json");
         }
+        cmd
+    }
+
+    fn spawn(mut cmd: std::process::Command) -> ServeProcess {
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Log::default());
