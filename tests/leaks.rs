@@ -104,6 +104,27 @@ async fn hidden_tokens_are_revoked_and_stored_nowhere(kind: Kind) {
         }
         places.push((format!("notify list (json: {json})"), run_ok(&mut cmd)));
     }
+    // Each owner's notification, as their webhook gets it (A's owner is told of the
+    // url that held B).
+    let hook = Webhook::start().await;
+    run_ok(
+        revoker_command()
+            .args(["notify", "run", "--database-url", db.url()])
+            .args(["--notify-webhook", &hook.url, "--notify-secret", SECRET]),
+    );
+    let sent = hook.wait_for(4).await;
+    for (i, n) in sent.iter().enumerate() {
+        assert!(n.signature_ok);
+        places.push((
+            format!("owner notification {i}"),
+            String::from_utf8_lossy(&n.body).into_owned(),
+        ));
+    }
+    assert!(
+        sent.iter()
+            .any(|n| String::from_utf8_lossy(&n.body).contains("https://x/?q=cio_tp_[redacted]")),
+        "A's owner is told where (redacted)"
+    );
     places.push(("the logs".into(), server.stop()));
     for (place, text) in &places {
         for t in [&a, &b, &c, &d] {

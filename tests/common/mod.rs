@@ -27,12 +27,14 @@ mod db;
 mod keys;
 mod pgbouncer;
 mod process;
+mod webhook;
 
 pub use app::*;
 pub use db::*;
 pub use keys::*;
 pub use pgbouncer::*;
 pub use process::*;
+pub use webhook::*;
 
 use std::io::Write;
 use std::sync::Once;
