@@ -23,6 +23,7 @@ use secrecy::SecretString;
 use super::source::{FetchError, KeySource, ScannerKey, ScannerSpec};
 use crate::domain::redact::redact_tokens;
 use crate::metrics::Metrics;
+use crate::support::error_chain;
 
 /// Why no key could be found for a key id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,13 +225,24 @@ impl KeyCache {
                 tracing::warn!(
                     scanner = %self.scanner,
                     source = %self.source.describe(),
-                    error = %e,
+                    error = %redact_tokens(&fetch_error_chain(&e)),
                     keys_held = held,
                     "fetching scanner keys failed; keeping the keys already held"
                 );
                 Err(e)
             }
         }
+    }
+}
+
+/// A fetch error and its causes on one line. Each variant's text already shows its
+/// direct cause (`{0}`), so the chain goes on from the cause's own causes (a refused
+/// redirect's reason, under reqwest's "error following redirect").
+fn fetch_error_chain(e: &FetchError) -> String {
+    use std::error::Error as _;
+    match e.source().and_then(|cause| cause.source()) {
+        Some(deeper) => format!("{e}: {}", error_chain(deeper)),
+        None => e.to_string(),
     }
 }
 
