@@ -1,5 +1,5 @@
 //! The scanner key cache seen from outside: rotation, refetch limits, outages, hangs,
-//! redirects of a key URL.
+//! redirects of a key URL, a caller dropped mid-fetch.
 //! Store-independent, so these run on SQLite only.
 
 mod common;
@@ -400,4 +400,38 @@ async fn key_fetches_follow_redirects_to_https_or_loopback_only() {
     );
     assert_eq!(hits.load(Ordering::SeqCst) - hits_before, MAX_REDIRECTS + 1);
     assert_eq!(keys.fetches(), 1);
+}
+
+/// A delivery's key lookup that starts the shared fetch and is then dropped (its
+/// deadline passed) does not cancel the fetch: a delivery waiting on it gets the key once
+/// the endpoint answers, with no second fetch. Before, the fetch died with its caller,
+/// and the waiter, counting it as done, answered 503 until the next refetch interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_fetch_does_not_cancel_the_shared_fetch() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let keys = KeyServer::start(KeyMode::Gated(
+        std::sync::Arc::clone(&gate),
+        fixture_string("keys/test-keys.json"),
+    ))
+    .await;
+    let cache = url_cache(&keys.url(), None, Duration::from_secs(3600));
+    let lookup = |cache: &std::sync::Arc<KeyCache>| {
+        let cache = std::sync::Arc::clone(cache);
+        tokio::spawn(async move { cache.key(KEY_ID).await.map(|_| ()) })
+    };
+
+    let first = lookup(&cache);
+    keys.wait_for_fetches(1).await; // the fetch is at the endpoint, held there
+    let second = lookup(&cache);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.notify_one();
+    let got = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the waiting lookup ends")
+        .unwrap();
+    assert_eq!(got, Ok(()), "the waiter gets the fetch's real result");
+    assert_eq!(cache.status().keys, 1);
+    assert_eq!(lookup(&cache).await.unwrap(), Ok(()));
+    assert_eq!(keys.fetches(), 1, "one fetch, not cancelled, not repeated");
 }

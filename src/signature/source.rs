@@ -76,6 +76,9 @@ pub enum FetchError {
     Io(#[from] std::io::Error),
     #[error("key document is not valid key JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The fetch's task was stopped before it ended (the runtime is shutting down).
+    #[error("the key fetch was stopped before it ended")]
+    Interrupted,
     /// Every entry was refused; each reason names its `key_identifier`.
     #[error("key document lists no usable P-256 public key{}", refused_keys(.0))]
     NoUsableKeys(Vec<String>),
