@@ -4,8 +4,8 @@
 //! - [`error_chain`]: an error and its causes on one log line.
 //! - [`require_https`]: the one rule for URLs that carry something secret (https, or
 //!   plain http to this machine only).
-//! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, whether
-//!   redirects are followed), for key fetches, owner notifications and remote replay.
+//! - [`http_client`]: the one outbound HTTP client setup (timeouts, user agent, which
+//!   [`Redirects`] are followed), for key fetches, owner notifications and remote replay.
 //! - [`retry`]: the one bounded retry loop with a growing pause.
 //! - [`default_duration`]: a default written as on the command line, parsed.
 //! - [`credentials`]: the credentials of an `Authorization` header in a scheme, the
@@ -86,14 +86,24 @@ pub fn is_loopback_url(url: &url::Url) -> bool {
     }
 }
 
+/// The https-or-loopback rule on a parsed URL: `https://…`, or `http://…` to this machine.
+pub fn is_https_or_loopback(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => is_loopback_url(url),
+        _ => false,
+    }
+}
+
 /// Accepts `https://…`, or `http://…` to a loopback address only. `flag` names the
 /// option in the error (`--url`), `what` is the error's subject (`--url "x"`), and
 /// `cleartext` says what plain http would expose (empty: say nothing).
 pub fn require_https(url: &str, flag: &str, what: &str, cleartext: &str) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("{what} is not a URL"))?;
+    if is_https_or_loopback(&parsed) {
+        return Ok(());
+    }
     match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback_url(&parsed) => Ok(()),
         "http" if cleartext.is_empty() => {
             bail!("{flag} must use https; plain http is allowed only to localhost")
         }
@@ -104,19 +114,71 @@ pub fn require_https(url: &str, flag: &str, what: &str, cleartext: &str) -> anyh
     }
 }
 
-/// The outbound HTTP client: `timeout` per request (and to connect) and revoker's user
-/// agent. With `follow_redirects` off a redirect is an answer like any other (owner
-/// notifications: a redirect could carry the signed body somewhere else).
-pub fn http_client(timeout: Duration, follow_redirects: bool) -> reqwest::Result<reqwest::Client> {
-    let redirects = if follow_redirects {
-        reqwest::redirect::Policy::default()
-    } else {
-        reqwest::redirect::Policy::none()
+/// Which redirects an outbound client follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirects {
+    /// None: a 3xx is an answer like any other, handed to the caller (owner
+    /// notifications, remote replay: a redirect could carry a signed body, raw tokens
+    /// inside, somewhere else).
+    Never,
+    /// Up to [`MAX_REDIRECTS`] hops, each to `https://…` or to plain `http://` on this
+    /// machine, never from https down to http ([`redirect_refusal`]); anything else is
+    /// an error, decided before any connection to the new URL (key fetches).
+    HttpsOrLoopback,
+}
+
+/// The most redirect hops [`Redirects::HttpsOrLoopback`] follows in one request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Why a redirect to `next` is not followed after the URLs of `previous` (the first
+/// URL, then each hop so far), or `None` when it may be: at most [`MAX_REDIRECTS`]
+/// hops, each to a URL [`is_https_or_loopback`] accepts, never from https to http.
+/// The reason names `next` by scheme, host and port only (reqwest's error names the
+/// URL that redirected).
+pub fn redirect_refusal(next: &url::Url, previous: &[url::Url]) -> Option<String> {
+    let origin = || {
+        let port = next.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "{}://{}{port}",
+            next.scheme(),
+            next.host_str().unwrap_or("")
+        )
+    };
+    if previous.len() > MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if !is_https_or_loopback(next) {
+        return Some(format!(
+            "a redirect to {} is not followed: only to https, or to plain http on this machine",
+            origin()
+        ));
+    }
+    let from_https = previous.last().is_some_and(|p| p.scheme() == "https");
+    if from_https && next.scheme() != "https" {
+        return Some(format!(
+            "a redirect from https down to {} is not followed",
+            origin()
+        ));
+    }
+    None
+}
+
+/// The outbound HTTP client: `timeout` per request (and to connect), revoker's user
+/// agent, and the `redirects` it follows.
+pub fn http_client(timeout: Duration, redirects: Redirects) -> reqwest::Result<reqwest::Client> {
+    let policy = match redirects {
+        Redirects::Never => reqwest::redirect::Policy::none(),
+        Redirects::HttpsOrLoopback => reqwest::redirect::Policy::custom(|attempt| {
+            match redirect_refusal(attempt.url(), attempt.previous()) {
+                None => attempt.follow(),
+                Some(reason) => attempt.error(reason),
+            }
+        }),
     };
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(redirects)
+        .redirect(policy)
         .user_agent(concat!("revoker/", env!("CARGO_PKG_VERSION")))
         .build()
 }
@@ -191,6 +253,52 @@ mod tests {
         );
         assert!(check("ftp://hooks.example.com/x").is_err());
         assert!(check("not a url").is_err());
+    }
+
+    /// The redirect rule of key fetches: https, or plain http to this machine; never
+    /// down from https; at most `MAX_REDIRECTS` hops.
+    #[test]
+    fn redirects_go_to_https_or_loopback_only() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let from_http = [u("http://127.0.0.1:1/keys")];
+        let from_https = [u("https://api.github.com/meta")];
+        for ok in [
+            "https://keys.example/x",
+            "http://127.0.0.1:2/keys",
+            "http://127.0.0.2:2/keys",
+            "http://[::1]:2/keys",
+            "http://localhost/keys",
+        ] {
+            assert_eq!(redirect_refusal(&u(ok), &from_http), None, "{ok}");
+        }
+        assert_eq!(
+            redirect_refusal(&u("https://keys.example/x"), &from_https),
+            None
+        );
+        for (refused, origin) in [
+            ("http://192.0.2.1/keys?x=1", "http://192.0.2.1"),
+            ("http://keys.example:81/x", "http://keys.example:81"),
+            ("ftp://127.0.0.1/keys", "ftp://127.0.0.1"),
+            ("file:///etc/passwd", "file://"),
+        ] {
+            let reason = redirect_refusal(&u(refused), &from_http);
+            assert_eq!(
+                reason,
+                Some(format!("a redirect to {origin} is not followed: only to https, or to plain http on this machine")),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            redirect_refusal(&u("http://127.0.0.1:2/keys"), &from_https).as_deref(),
+            Some("a redirect from https down to http://127.0.0.1:2 is not followed")
+        );
+        let hops = |n: usize| vec![u("https://a.example/"); n];
+        let next = u("https://b.example/");
+        assert_eq!(redirect_refusal(&next, &hops(MAX_REDIRECTS)), None);
+        assert_eq!(
+            redirect_refusal(&next, &hops(MAX_REDIRECTS + 1)).as_deref(),
+            Some("more than 5 redirects")
+        );
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The scanner key cache seen from outside: rotation, refetch limits, outages, hangs.
+//! The scanner key cache seen from outside: rotation, refetch limits, outages, hangs,
+//! redirects of a key URL, a caller dropped mid-fetch.
 //! Store-independent, so these run on SQLite only.
 
 mod common;
@@ -6,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use revoker::signature::{KeyCache, KeySource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_key_is_picked_up_by_one_refetch() {
@@ -298,4 +300,138 @@ fn serve_starts_when_a_key_url_is_down() {
     let server = ServeProcess::start(&db, &["--scanner", "down=http://127.0.0.1:1/keys"], false);
     server.wait_for_log("fetching scanner keys failed");
     server.stop();
+}
+
+/// A key cache over a key URL, as `serve` builds one: `refetch_interval` between
+/// fetches, keys fresh for an hour.
+fn url_cache(
+    url: &str,
+    bearer: Option<&str>,
+    refetch_interval: Duration,
+) -> std::sync::Arc<KeyCache> {
+    let source = KeySource::new(
+        url,
+        Duration::from_secs(5),
+        bearer.map(|b| secrecy::SecretString::from(b.to_owned())),
+    )
+    .unwrap();
+    std::sync::Arc::new(KeyCache::new(
+        "github",
+        source,
+        Duration::from_secs(3600),
+        refetch_interval,
+        revoker::metrics::Metrics::new(),
+    ))
+}
+
+/// A loopback server answering every path with `307 Location: <what route gives>`;
+/// returns its base URL and the number of requests it received.
+async fn redirector(
+    to: impl Fn(&str) -> String + Clone + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (to, counted) = (to.clone(), std::sync::Arc::clone(&counted));
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [("location", to(uri.path()))],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, hits)
+}
+
+/// Key fetches follow a redirect from loopback to loopback (and drop the bearer token on
+/// the way to another port), and refuse one to plain http off this machine, or past
+/// `MAX_REDIRECTS` hops. The refusal is reqwest's redirect policy deciding on the URL, so
+/// nothing connects to 192.0.2.1; the rule itself (https, no https→http) is
+/// `support::tests::redirects_go_to_https_or_loopback_only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_fetches_follow_redirects_to_https_or_loopback_only() {
+    use revoker::support::{error_chain, MAX_REDIRECTS};
+    use std::sync::atomic::Ordering;
+    let keys = KeyServer::with_test_keys().await;
+    let keys_url = keys.url();
+    let (base, hits) = redirector(move |path| match path {
+        "/to-keys" => keys_url.clone(),
+        "/offsite" => "http://192.0.2.1/keys".to_owned(),
+        _ => "/loop".to_owned(),
+    })
+    .await;
+
+    let followed = url_cache(
+        &format!("{base}/to-keys"),
+        Some("ghs_exampletoken"),
+        Duration::ZERO,
+    );
+    assert_eq!(followed.load().await.unwrap(), 1);
+    assert!(followed.key(KEY_ID).await.is_ok());
+    assert_eq!(keys.fetches(), 1);
+    assert_eq!(
+        keys.last_authorization(),
+        None,
+        "the bearer stays with its host"
+    );
+
+    let offsite = url_cache(&format!("{base}/offsite"), None, Duration::ZERO);
+    let err = error_chain(&offsite.load().await.unwrap_err());
+    assert!(
+        err.contains(&format!("error following redirect for url ({base}/offsite)"))
+            && err.contains("a redirect to http://192.0.2.1 is not followed: only to https, or to plain http on this machine"),
+        "{err}"
+    );
+    assert_eq!(offsite.status().keys, 0);
+
+    let hits_before = hits.load(Ordering::SeqCst);
+    let looping = url_cache(&format!("{base}/loop"), None, Duration::ZERO);
+    let err = error_chain(&looping.load().await.unwrap_err());
+    assert!(
+        err.contains(&format!("more than {MAX_REDIRECTS} redirects")),
+        "{err}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst) - hits_before, MAX_REDIRECTS + 1);
+    assert_eq!(keys.fetches(), 1);
+}
+
+/// A delivery's key lookup that starts the shared fetch and is then dropped (its
+/// deadline passed) does not cancel the fetch: a delivery waiting on it gets the key once
+/// the endpoint answers, with no second fetch. Before, the fetch died with its caller,
+/// and the waiter, counting it as done, answered 503 until the next refetch interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_fetch_does_not_cancel_the_shared_fetch() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let keys = KeyServer::start(KeyMode::Gated(
+        std::sync::Arc::clone(&gate),
+        fixture_string("keys/test-keys.json"),
+    ))
+    .await;
+    let cache = url_cache(&keys.url(), None, Duration::from_secs(3600));
+    let lookup = |cache: &std::sync::Arc<KeyCache>| {
+        let cache = std::sync::Arc::clone(cache);
+        tokio::spawn(async move { cache.key(KEY_ID).await.map(|_| ()) })
+    };
+
+    let first = lookup(&cache);
+    keys.wait_for_fetches(1).await; // the fetch is at the endpoint, held there
+    let second = lookup(&cache);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.notify_one();
+    let got = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the waiting lookup ends")
+        .unwrap();
+    assert_eq!(got, Ok(()), "the waiter gets the fetch's real result");
+    assert_eq!(cache.status().keys, 1);
+    assert_eq!(lookup(&cache).await.unwrap(), Ok(()));
+    assert_eq!(keys.fetches(), 1, "one fetch, not cancelled, not repeated");
 }

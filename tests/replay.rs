@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,12 +280,12 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
     for raw in [E, F] {
         as_minted(&app.store, raw, Ttl::minutes(30)).await;
     }
-    let target = Target::Remote {
-        url: format!("{}/secret-scanning/team", app.base),
-        key: replay::load_signing_key(&pem).unwrap(),
-        key_id: "team-1".into(),
-        client: reqwest::Client::new(),
-    };
+    let target = Target::remote(
+        format!("{}/secret-scanning/team", app.base),
+        replay::load_signing_key(&pem).unwrap(),
+        "team-1".into(),
+    )
+    .unwrap();
 
     // Dry run: nothing is sent.
     let (_, out) = replay_to_string(&target, &opts(&["incident.txt"], true, false)).await;
@@ -328,12 +328,12 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
     // A key the receiver does not trust is refused with a clear error.
     let other_pem = dir.path().join("other.pem");
     revoker::signature::generate_key_file(&other_pem, Some("team-1")).unwrap();
-    let forged = Target::Remote {
-        url: format!("{}/secret-scanning/team", app.base),
-        key: replay::load_signing_key(&other_pem).unwrap(),
-        key_id: "team-1".into(),
-        client: reqwest::Client::new(),
-    };
+    let forged = Target::remote(
+        format!("{}/secret-scanning/team", app.base),
+        replay::load_signing_key(&other_pem).unwrap(),
+        "team-1".into(),
+    )
+    .unwrap();
     let err = replay::run(
         &forged,
         &opts(&["incident.txt"], false, false),
@@ -343,6 +343,122 @@ async fn remote_replay_signs_like_github_for_a_team_scanner() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("401"), "{err:#}");
     app.stop().await;
+}
+
+/// The issue-26 reproduction, through the binary: the receiver at `--url` answers
+/// `307 Location: http://127.0.0.2:Q/collect?t=<a token>`, a real listener on another
+/// host. Before: the signed body, raw tokens inside, was POSTed again to that listener.
+/// Now the command exits non-zero naming the Location (the token in it redacted), and
+/// the listener gets no connection at all: after the command has exited, a sentinel
+/// connection is accepted and nothing came before it (one accepting thread, the
+/// kernel's queue is first in, first out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_replay_never_follows_a_redirect() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The other host: reads a request (head and body) and answers 500, so a client that
+    // follows fails fast. Each connection: its peer address and the bytes it sent.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in elsewhere.incoming().map_while(Result::ok) {
+            let peer = stream.peer_addr().ok();
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = std::io::BufReader::new(&stream);
+            let (mut received, mut body_len, mut line) = (0, 0, String::new());
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                received += line.len();
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        body_len = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                if line == "\r\n" {
+                    let mut body = vec![0; body_len];
+                    if reader.read_exact(&mut body).is_ok() {
+                        received += body_len;
+                    }
+                    break;
+                }
+                line.clear();
+            }
+            let _ = (&stream).write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            let _ = seen_tx.send((peer, received));
+        }
+    });
+
+    // The receiver at --url: 307 to the other host, for any request.
+    let location = format!("http://{elsewhere_addr}/collect?t={E}");
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&posts);
+    let redirect_to = location.clone();
+    let receiver = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let to = redirect_to.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [("location", to)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/secret-scanning/team",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, receiver).await;
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("team.pem");
+    revoker::signature::generate_key_file(&pem, Some("team-1")).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        revoker_command()
+            .arg("replay")
+            .arg(fixture("reports/incident.txt"))
+            .args(["--url", &url, "--key-id", "team-1", "--key"])
+            .arg(&pem)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "exited 0: {stdout}{stderr}");
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "one POST, to --url");
+    // The sentinel sends nothing: shut its writing side so the reader sees the end.
+    let sentinel = std::net::TcpStream::connect(elsewhere_addr).unwrap();
+    sentinel.shutdown(std::net::Shutdown::Write).unwrap();
+    let mark = Some(sentinel.local_addr().unwrap());
+    let mut before_sentinel = Vec::new();
+    loop {
+        let (peer, received) = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sentinel connection is accepted");
+        if peer == mark {
+            break;
+        }
+        before_sentinel.push(format!("{peer:?} sent {received} bytes"));
+    }
+    assert_eq!(
+        before_sentinel,
+        Vec::<String>::new(),
+        "connections to the redirect's host"
+    );
+    let named = format!(
+        "the receiver answered HTTP 307 Temporary Redirect, a redirect to \"http://{elsewhere_addr}/collect?t=cio_tp_[redacted]\": not followed, nothing was sent there"
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+    for raw in [E, F] {
+        assert!(!stdout.contains(&raw[7..]) && !stderr.contains(&raw[7..]));
+    }
 }
 
 /// Peak resident memory of a running child, read from /proc until it exits.

@@ -39,7 +39,7 @@ pub use worker::WorkerStatus;
 
 use crate::metrics::Metrics;
 use crate::store::{AttemptResult, Clock, Notification, RevocationStore, StoreError};
-use crate::support::{default_duration, error_chain, http_client, require_https};
+use crate::support::{default_duration, error_chain, http_client, require_https, Redirects};
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Revoker-Signature";
@@ -249,7 +249,7 @@ impl Notifier {
         settings.validate()?;
         // A redirect could carry the notification somewhere else; it is not followed
         // (it counts as a failed attempt).
-        let client = http_client(settings.timeout, false)
+        let client = http_client(settings.timeout, Redirects::Never)
             .context("cannot build the notification HTTP client")?;
         Ok(Notifier {
             store,

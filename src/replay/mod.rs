@@ -45,7 +45,7 @@ use crate::store::{RecordOptions, RevocationStore};
 use formats::{Format, Found, ReadStats};
 
 pub use output::{Row, Summary};
-pub use remote::{check_remote_url, load_signing_key, sign_body};
+pub use remote::{check_remote_url, load_signing_key, sign_body, ReplayClient};
 
 /// Scanner name of reports recorded by a local replay.
 pub const REPLAY_SCANNER: &str = "replay";
@@ -62,12 +62,13 @@ pub enum Target {
         url: String,
         key: SigningKey,
         key_id: String,
-        client: reqwest::Client,
+        client: ReplayClient,
     },
 }
 
 impl Target {
-    /// A remote target with the replay client (60 s per request, redirects followed).
+    /// A remote target with the replay client (60 s per request, redirects never
+    /// followed: a 3xx fails the replay).
     /// Check the URL with [`check_remote_url`] first.
     pub fn remote(url: String, key: SigningKey, key_id: String) -> anyhow::Result<Target> {
         Ok(Target::Remote {

@@ -1,11 +1,14 @@
 //! Remote replay: sending batches to a running receiver exactly as GitHub would.
 //!
 //! Owns the signing key ([`load_signing_key`]), the signature ([`sign_body`]), the URL
-//! rule ([`check_remote_url`]), the HTTP client ([`client`]) and one signed POST per
-//! batch ([`post_batch`]).
+//! rule ([`check_remote_url`]), the HTTP client ([`ReplayClient`]) and one signed POST
+//! per batch ([`post_batch`]).
 //!
 //! Invariants:
 //! - Raw tokens only ever travel over https, or plain http to this machine.
+//! - They go to `--url` and nowhere else: a redirect is never followed. A 3xx answer is
+//!   an error naming its `Location` (tokens redacted, cut to 200 characters), and the
+//!   replay stops there.
 //! - The body is the GitHub alert shape (`[{"token", "type", "url", "source"}]`) and is
 //!   signed with the team's P-256 key under the GitHub header names, so the receiver
 //!   treats a replay like any scanner delivery.
@@ -24,8 +27,10 @@ use serde::Serialize;
 
 use super::formats::Found;
 use crate::domain::alert::Feedback;
+use crate::domain::redact::redact_tokens;
 use crate::domain::Label;
 use crate::signature::{KEY_ID_HEADER, SIGNATURE_HEADER};
+use crate::support::Redirects;
 
 /// How long one POST (and its connection) may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,14 +64,49 @@ pub fn check_remote_url(url: &str) -> anyhow::Result<()> {
     )
 }
 
-/// The client for remote replays: 60 s per request, redirects followed.
-pub(super) fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(crate::support::http_client(TIMEOUT, true)?)
+/// The client of remote replays: 60 s per request, redirects never followed (a 3xx is
+/// an error, see [`post_batch`]). [`client`] is the only way to make one, so a replay
+/// cannot be handed a client that follows them.
+#[derive(Clone)]
+pub struct ReplayClient(reqwest::Client);
+
+/// The one [`ReplayClient`].
+pub(super) fn client() -> anyhow::Result<ReplayClient> {
+    Ok(ReplayClient(crate::support::http_client(
+        TIMEOUT,
+        Redirects::Never,
+    )?))
 }
 
-/// Signs and POSTs one batch; returns one label per occurrence.
+/// The longest part of a redirect's `Location` an error quotes.
+const MAX_LOCATION: usize = 200;
+
+/// The error for a 3xx answer: where the receiver pointed (tokens redacted, then cut to
+/// [`MAX_LOCATION`] characters, quoted with control characters escaped), and that
+/// nothing went there.
+fn redirect_error(status: reqwest::StatusCode, location: Option<&[u8]>) -> anyhow::Error {
+    let target = match location {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            let redacted = redact_tokens(&text);
+            let mut cut: String = redacted.chars().take(MAX_LOCATION).collect();
+            if redacted.chars().nth(MAX_LOCATION).is_some() {
+                cut.push('…');
+            }
+            format!("to {cut:?}")
+        }
+        None => "without a Location".to_owned(),
+    };
+    anyhow::anyhow!(
+        "the receiver answered HTTP {status}, a redirect {target}: not followed, nothing was \
+         sent there (the body carries raw tokens; give --url the receiver's alert URL itself)"
+    )
+}
+
+/// Signs and POSTs one batch; returns one label per occurrence. A 3xx answer is an
+/// error ([`redirect_error`]).
 pub(super) async fn post_batch(
-    client: &reqwest::Client,
+    client: &ReplayClient,
     url: &str,
     key: &SigningKey,
     key_id: &str,
@@ -94,6 +134,7 @@ pub(super) async fn post_batch(
     )?;
     let signature = sign_body(key, &body);
     let resp = client
+        .0
         .post(url)
         .header("content-type", "application/json")
         .header(KEY_ID_HEADER, key_id)
@@ -103,6 +144,10 @@ pub(super) async fn post_batch(
         .await
         .with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
+    if status.is_redirection() {
+        let location = resp.headers().get(reqwest::header::LOCATION);
+        return Err(redirect_error(status, location.map(|l| l.as_bytes())));
+    }
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {
         // Only the receiver's own JSON message: a raw body could echo the request.
@@ -127,4 +172,35 @@ pub(super) async fn post_batch(
         );
     }
     Ok(feedback.into_iter().map(|f| f.label).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A redirect's error names the Location, tokens redacted, cut to 200 characters,
+    /// control characters escaped.
+    #[test]
+    fn a_redirect_error_names_the_location_redacted_and_bounded() {
+        let token = "cio_tp_ACAyMYNZERnTTS1iqvGWBaE8Nt8Ebu052fSx";
+        let status = reqwest::StatusCode::TEMPORARY_REDIRECT;
+        let location = format!("http://127.0.0.2:9/collect?t={token}");
+        let err = redirect_error(status, Some(location.as_bytes())).to_string();
+        assert!(
+            err.contains(r#"to "http://127.0.0.2:9/collect?t=cio_tp_[redacted]""#),
+            "{err}"
+        );
+        assert!(!err.contains(&token[7..]), "{err}");
+        assert!(err.starts_with("the receiver answered HTTP 307 Temporary Redirect"));
+
+        let long = format!("https://x.example/{}{token}", "a".repeat(190));
+        let err = redirect_error(status, Some(long.as_bytes())).to_string();
+        assert!(err.contains(&format!(r#"/{}…""#, "a".repeat(182))), "{err}");
+        assert!(!err.contains("cio_tp_"), "cut after redaction: {err}");
+
+        let err = redirect_error(status, Some(b"http://h/\x1b[2J\xff")).to_string();
+        assert!(err.contains("\"http://h/\\u{1b}[2J\u{fffd}\""), "{err}");
+        let err = redirect_error(reqwest::StatusCode::MOVED_PERMANENTLY, None).to_string();
+        assert!(err.contains("301 Moved Permanently, a redirect without a Location"));
+    }
 }

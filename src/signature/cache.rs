@@ -8,6 +8,9 @@
 //!   arrived never starts another) and start at most once per `refetch_interval`,
 //!   counted from the end of the last fetch as well as its start, so a flood of random
 //!   key ids cannot turn into a flood of fetches, even against a slow source.
+//! - A fetch runs in a task of its own, holding the single-flight lock until it ends: a
+//!   caller dropped mid-fetch (a delivery past its deadline, a readiness probe whose
+//!   client left) does not cancel it, and everyone waiting gets its real result.
 //! - A failed fetch never discards keys already held.
 //! - Lookups answer [`KeyError::Unknown`] only when keys fetched after the delivery
 //!   arrived do not list the id ("forged or foreign", final). When no such fetch could
@@ -19,10 +22,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
+use tokio::sync::OwnedMutexGuard;
 
 use super::source::{FetchError, KeySource, ScannerKey, ScannerSpec};
 use crate::domain::redact::redact_tokens;
 use crate::metrics::Metrics;
+use crate::support::error_chain;
 
 /// Why no key could be found for a key id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,16 +103,16 @@ impl KeyCache {
     }
 
     /// Fetches now (used at start-up), regardless of the refetch interval.
-    pub async fn load(&self) -> Result<usize, FetchError> {
-        let _guard = self.fetch_lock.lock().await;
-        self.fetch_and_store().await
+    pub async fn load(self: &Arc<Self>) -> Result<usize, FetchError> {
+        let guard = self.fetch_lock.clone().lock_owned().await;
+        self.fetch_in_task(guard).await
     }
 
     /// Fetches if the refetch interval allows it (readiness checks use this).
-    pub async fn try_load(&self) {
-        let _guard = self.fetch_lock.lock().await;
+    pub async fn try_load(self: &Arc<Self>) {
+        let guard = self.fetch_lock.clone().lock_owned().await;
         if self.may_fetch() {
-            let _ = self.fetch_and_store().await;
+            let _ = self.fetch_in_task(guard).await;
         }
     }
 
@@ -123,7 +128,7 @@ impl KeyCache {
         }
 
         // Unknown id, or nothing loaded yet: one refetch at a time.
-        let _guard = self.fetch_lock.lock().await;
+        let guard = self.fetch_lock.clone().lock_owned().await;
         if let (Some(key), _) = self.lookup(key_id) {
             return Ok(key); // fetched by the task we waited for
         }
@@ -136,7 +141,9 @@ impl KeyCache {
             .is_some_and(|started| started >= arrived);
         if !answered && self.may_fetch() {
             tracing::info!(scanner = %self.scanner, key_id = %redact_tokens(key_id), "unknown key id, refetching keys");
-            let _ = self.fetch_and_store().await;
+            let _ = self.fetch_in_task(guard).await;
+        } else {
+            drop(guard);
         }
         if let (Some(key), _) = self.lookup(key_id) {
             return Ok(key);
@@ -171,16 +178,39 @@ impl KeyCache {
         let Ok(guard) = self.fetch_lock.clone().try_lock_owned() else {
             return; // a fetch is already running
         };
+        if self.may_fetch() {
+            drop(self.spawn_fetch(guard));
+        }
+    }
+
+    /// One fetch in a task of its own that holds `guard` (the fetch lock) until the
+    /// fetch has ended and its result is stored; dropping the handle does not stop it.
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        guard: OwnedMutexGuard<()>,
+    ) -> tokio::task::JoinHandle<Result<usize, FetchError>> {
         let cache = Arc::clone(self);
         tokio::spawn(async move {
             let _guard = guard;
-            if cache.may_fetch() {
-                let _ = cache.fetch_and_store().await;
-            }
-        });
+            cache.fetch_and_store().await
+        })
     }
 
-    /// Call with `fetch_lock` held.
+    /// [`Self::spawn_fetch`], waiting for its result. The caller may be dropped while
+    /// it waits: the fetch goes on, and whoever waits on the lock sees its result.
+    async fn fetch_in_task(
+        self: &Arc<Self>,
+        guard: OwnedMutexGuard<()>,
+    ) -> Result<usize, FetchError> {
+        match self.spawn_fetch(guard).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => Err(FetchError::Interrupted),
+        }
+    }
+
+    /// Run only by [`Self::spawn_fetch`], which holds `fetch_lock`.
     async fn fetch_and_store(&self) -> Result<usize, FetchError> {
         let started = Instant::now();
         self.state
@@ -224,13 +254,24 @@ impl KeyCache {
                 tracing::warn!(
                     scanner = %self.scanner,
                     source = %self.source.describe(),
-                    error = %e,
+                    error = %redact_tokens(&fetch_error_chain(&e)),
                     keys_held = held,
                     "fetching scanner keys failed; keeping the keys already held"
                 );
                 Err(e)
             }
         }
+    }
+}
+
+/// A fetch error and its causes on one line. Each variant's text already shows its
+/// direct cause (`{0}`), so the chain goes on from the cause's own causes (a refused
+/// redirect's reason, under reqwest's "error following redirect").
+fn fetch_error_chain(e: &FetchError) -> String {
+    use std::error::Error as _;
+    match e.source().and_then(|cause| cause.source()) {
+        Some(deeper) => format!("{e}: {}", error_chain(deeper)),
+        None => e.to_string(),
     }
 }
 
@@ -288,16 +329,16 @@ pub fn caches_for(
 mod tests {
     use super::*;
 
-    fn fixture_cache(ttl: Duration) -> KeyCache {
+    fn fixture_cache(ttl: Duration) -> Arc<KeyCache> {
         let file =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/keys/test-keys.json");
-        KeyCache::new(
+        Arc::new(KeyCache::new(
             "github",
             KeySource::File(file),
             ttl,
             Duration::ZERO,
             Metrics::new(),
-        )
+        ))
     }
 
     /// What readiness relies on: `try_load` fetches when the interval allows.

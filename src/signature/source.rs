@@ -2,6 +2,9 @@
 //! [`KeySource`] (an http(s) URL or a file) and the key document, in GitHub's shape:
 //! `{"public_keys":[{"key_identifier": "...", "key": "-----BEGIN PUBLIC KEY-----…", "is_current": true}]}`.
 //! Also [`generate_key_file`], which makes a key pair for a team that replays remotely.
+//!
+//! A key URL's redirects are followed only to https or to plain http on this machine
+//! (see [`KeySource::new`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,8 @@ use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::DecodePublicKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::support::Redirects;
 
 /// `NAME=SOURCE` from `--scanner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,9 @@ pub enum FetchError {
     Io(#[from] std::io::Error),
     #[error("key document is not valid key JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The fetch's task was stopped before it ended (the runtime is shutting down).
+    #[error("the key fetch was stopped before it ended")]
+    Interrupted,
     /// Every entry was refused; each reason names its `key_identifier`.
     #[error("key document lists no usable P-256 public key{}", refused_keys(.0))]
     NoUsableKeys(Vec<String>),
@@ -265,6 +273,10 @@ impl std::fmt::Debug for KeySource {
 
 impl KeySource {
     /// `http://…`/`https://…` is fetched with `timeout`; anything else is a file path.
+    /// A key URL's redirects are followed only to https or to plain http on this
+    /// machine, never from https down to http, at most `support::MAX_REDIRECTS` hops
+    /// ([`Redirects::HttpsOrLoopback`]); reqwest drops the bearer token on a hop to
+    /// another host or port.
     pub fn new(
         spec: &str,
         timeout: Duration,
@@ -272,7 +284,7 @@ impl KeySource {
     ) -> Result<Self, String> {
         if spec.starts_with("http://") || spec.starts_with("https://") {
             url::Url::parse(spec).map_err(|e| format!("invalid key URL {spec:?}: {e}"))?;
-            let client = crate::support::http_client(timeout, true)
+            let client = crate::support::http_client(timeout, Redirects::HttpsOrLoopback)
                 .map_err(|e| format!("cannot build HTTP client: {e}"))?;
             Ok(KeySource::Http {
                 url: spec.to_owned(),

@@ -29,6 +29,8 @@ pub enum KeyMode {
     Hang,
     /// 200 with this JSON document, after this delay.
     Slow(Duration, String),
+    /// 200 with this JSON document once the test releases the gate (`notify_one`).
+    Gated(Arc<tokio::sync::Notify>, String),
 }
 
 impl KeyMode {
@@ -124,6 +126,10 @@ async fn serve_keys(State(state): State<Arc<KeyServerState>>, headers: HeaderMap
         }
         KeyMode::Slow(delay, doc) => {
             tokio::time::sleep(delay).await;
+            (StatusCode::OK, [("content-type", "application/json")], doc).into_response()
+        }
+        KeyMode::Gated(gate, doc) => {
+            gate.notified().await;
             (StatusCode::OK, [("content-type", "application/json")], doc).into_response()
         }
     }
