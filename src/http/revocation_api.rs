@@ -106,25 +106,7 @@ async fn revoke(
     let status = match &result {
         Ok(()) => Some(204),
         Err(ApiError::NotFound) => None,
-        Err(e) if e.is_unverified() => {
-            tracing::debug!(
-                status = e.status().as_u16(),
-                error = e.code(),
-                "revocation request refused before its token verified: {e}"
-            );
-            state.metrics.rejected(SCANNER, e.rejection_reason());
-            None
-        }
-        Err(e) => {
-            tracing::warn!(
-                status = e.status().as_u16(),
-                error = e.code(),
-                cause,
-                duration_ms = super::millis(started.elapsed()),
-                "revocation request refused: {e}"
-            );
-            Some(e.status().as_u16())
-        }
+        Err(e) => webhook::refusal(&state, SCANNER, e, cause, started),
     };
     if let Some(status) = status {
         state

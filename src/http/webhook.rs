@@ -121,27 +121,7 @@ async fn receive(
             }
             Some(200)
         }
-        // Anyone can send these: counted, logged at debug (a flood of them is no flood
-        // of lines), and not a delivery of the scanner's.
-        Err(e) if e.is_unverified() => {
-            tracing::debug!(
-                status = e.status().as_u16(),
-                error = e.code(),
-                "request refused before its signature verified: {e}"
-            );
-            state.metrics.rejected(label, e.rejection_reason());
-            None
-        }
-        Err(e) => {
-            tracing::warn!(
-                status = e.status().as_u16(),
-                error = e.code(),
-                cause = e.cause(),
-                duration_ms = millis(started.elapsed()),
-                "delivery refused: {e}"
-            );
-            Some(e.status().as_u16())
-        }
+        Err(e) => refusal(&state, label, e, e.cause(), started),
     };
     if let Some(status) = status {
         state
@@ -160,6 +140,38 @@ async fn receive(
         };
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     })
+}
+
+/// What a refusal counts as, logged once: a request refused before it proved to be the
+/// scanner's (anyone can send those) is counted in `revoker_rejected_requests_total` and
+/// logged at debug, so a flood of them is no flood of lines, and it is no delivery
+/// (`None`); any other is one WARN line with its `cause`, and a failed delivery (its
+/// status). Shared with the Token Revocation API.
+pub(super) fn refusal(
+    state: &AppState,
+    label: &str,
+    e: &ApiError,
+    cause: Option<String>,
+    started: Instant,
+) -> Option<u16> {
+    let status = e.status().as_u16();
+    if e.is_unverified() {
+        tracing::debug!(
+            status,
+            error = e.code(),
+            "request refused before its signature or token verified: {e}"
+        );
+        state.metrics.rejected(label, e.rejection_reason());
+        return None;
+    }
+    tracing::warn!(
+        status,
+        error = e.code(),
+        cause,
+        duration_ms = millis(started.elapsed()),
+        "delivery refused: {e}"
+    );
+    Some(status)
 }
 
 /// The alert array standing for an unparseable body: every token-shaped run in its

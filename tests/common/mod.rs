@@ -116,3 +116,36 @@ pub fn bucket_upper_seconds(ms: i64) -> f64 {
         .unwrap_or(*bounds.last().unwrap());
     upper as f64 / 1000.0
 }
+
+/// `text` and what it reads as with up to `layers` layers of percent-encoding and JSON
+/// escapes undone, in every mix, by decoders that are not the service's
+/// (`percent-encoding`, and a `\u00XX`/`\\` replacement).
+pub fn decodings(text: &str, layers: usize) -> Vec<String> {
+    let percent = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let escape = regex::Regex::new(r"\\[uU]00([0-9a-fA-F]{2})").unwrap();
+    let json = |s: &str| {
+        escape
+            .replace_all(&s.replace("\\\\", "\\"), |c: &regex::Captures<'_>| {
+                char::from(u8::from_str_radix(&c[1], 16).unwrap()).to_string()
+            })
+            .into_owned()
+    };
+    let mut all = vec![text.to_owned()];
+    let mut last = all.clone();
+    for _ in 0..layers {
+        last = last.iter().flat_map(|s| [percent(s), json(s)]).collect();
+        all.extend(last.iter().cloned());
+    }
+    all
+}
+
+/// Whether any of [`decodings`] of `text` (three layers) holds the 30 random characters
+/// of `token`.
+pub fn holds_secret(text: &str, token: &revoker::domain::token::Token) -> bool {
+    let random = &token.expose_secret()[7..37];
+    decodings(text, 3).iter().any(|d| d.contains(random))
+}
