@@ -71,14 +71,22 @@ async fn forgeries_get_401_and_record_nothing() {
     assert!(!app.is_revoked(&t).await);
     let m = app.admin_get("/metrics", None).await.text;
     assert!(!m.contains(r#"status="200""#), "{m}");
-    assert!(
-        m.contains(r#"revoker_deliveries_total{scanner="github",status="401"} 3"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"revoker_deliveries_total{scanner="partner",status="401"} 1"#),
-        "{m}"
-    );
+    // Forgeries are not deliveries (issue 26): counted as rejected requests, by reason.
+    assert!(!m.contains("revoker_deliveries_total{"), "{m}");
+    let rejected = |scanner: &str, reason: &str| {
+        format!(r#"revoker_rejected_requests_total{{scanner="{scanner}",reason="{reason}"}} 1"#)
+    };
+    for (scanner, reason) in [
+        ("github", "bad_signature_header"),
+        ("github", "unknown_key"),
+        ("github", "bad_signature"),
+        ("partner", "bad_signature"),
+    ] {
+        assert!(
+            m.contains(&rejected(scanner, reason)),
+            "{scanner} {reason}: {m}"
+        );
+    }
 
     // Each scanner still accepts its own genuine deliveries.
     let a = app

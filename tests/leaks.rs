@@ -196,7 +196,7 @@ async fn forged_requests_are_no_deliveries_and_log_no_warning() {
     let logs = server.stop();
     assert!(!logs.contains("WARN"), "{logs}");
     assert_eq!(
-        logs.matches("refused before its signature verified")
+        logs.matches("refused before its signature or token verified")
             .count(),
         9,
         "each refusal is one debug line"

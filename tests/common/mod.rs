@@ -149,3 +149,14 @@ pub fn holds_secret(text: &str, token: &revoker::domain::token::Token) -> bool {
     let random = &token.expose_secret()[7..37];
     decodings(text, 3).iter().any(|d| d.contains(random))
 }
+
+/// How many PostgreSQL migrations this build embeds (the files in `migrations/postgres`).
+pub fn postgres_migrations() -> usize {
+    std::fs::read_dir(fixture("../migrations/postgres"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count()
+}
