@@ -130,6 +130,7 @@ contract!(
         after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
         concurrent_claimers_on_two_stores_never_share_a_notification,
         a_repeated_body_is_one_report_within_the_window,
+        a_repeat_recorded_without_its_tokens_found_inside_records_them,
         identical_bodies_racing_on_two_instances_leave_one_report,
         a_record_past_its_deadline_is_rolled_back_by_the_database,
         the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
@@ -2188,6 +2189,38 @@ fn body_report(
         not_ours: 1,
         candidates,
     }
+}
+
+/// A body an older release recorded without looking inside its items, delivered again
+/// within the window: the tokens found inside are recorded and revoked now, as a report
+/// of their own (not a 503 for a week), and a further repeat is answered from both.
+async fn a_repeat_recorded_without_its_tokens_found_inside_records_them(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "inside/pkg", 2, Ttl::hours(2)).await;
+    let older = body_report("github", &tokens[..1], 7, now_ms());
+    let first = store.record_report(&older, ONCE).await.unwrap();
+    assert!(!first.duplicate);
+    let mut now_with = body_report("github", &tokens[..1], 7, now_ms());
+    let mut inside = now_with.candidates[0].clone();
+    inside.hash = tokens[1].hash();
+    inside.position = now_with.item_count;
+    inside.found_in = Some("items[1].url".into());
+    now_with.candidates.push(inside);
+    now_with.item_count += 1;
+    let repeat = store.record_report(&now_with, ONCE).await.unwrap();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.report_id, first.report_id);
+    assert_eq!(repeat.outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert_eq!(repeat.tokens_revoked, 1);
+    assert!(repeat.unrecorded.is_empty());
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+    let again = store.record_report(&now_with, ONCE).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert_eq!(again.tokens_revoked, 0);
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+    assert_eq!(all_notifications(store.as_ref()).await.len(), 2);
+    assert!(db.inconsistencies().await.is_empty());
 }
 
 /// The same scanner's same bytes within [`ONCE_PER_BODY_WINDOW`] are answered from the

@@ -181,6 +181,11 @@ pub struct RecordedReport {
     /// One outcome per entry of `NewReport::candidates`, same order.
     pub outcomes: Vec<Outcome>,
     pub counts: OutcomeCounts,
+    /// A repeated body only: the candidates (indices) found inside items that the report
+    /// the body was first recorded as does not list, because a release that did not look
+    /// inside items recorded it. `RevocationStore::record_report` records them as a report
+    /// of their own and returns this empty.
+    pub unrecorded: Vec<usize>,
 }
 
 /// A stored report row.

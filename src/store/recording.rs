@@ -30,6 +30,18 @@ pub(super) fn duplicate_answer(
     for (_, hash, outcome) in rows {
         by_hash.insert(hash_from(hash)?, parse_outcome(outcome)?);
     }
+    // Found inside items, but not by the release that recorded the body: answered for
+    // now (the answer has no entry for them), recorded by `record_report` next.
+    let unrecorded: Vec<usize> = report
+        .candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.found_in.is_some() && !by_hash.contains_key(&c.hash))
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &unrecorded {
+        by_hash.insert(report.candidates[i].hash, Outcome::Unknown);
+    }
     let (outcomes, counts) = outcomes_for(report, &by_hash)?;
     Ok(RecordedReport {
         report_id,
@@ -37,7 +49,31 @@ pub(super) fn duplicate_answer(
         tokens_revoked: 0,
         outcomes,
         counts,
+        unrecorded,
     })
+}
+
+/// The report that records `report`'s [`RecordedReport::unrecorded`] candidates on their
+/// own: same scanner, key id and time, once per body under a body hash derived from the
+/// body's (so a further repeat is answered from it).
+pub(super) fn unrecorded_report(report: &NewReport, unrecorded: &[usize]) -> NewReport {
+    use sha2::{Digest, Sha256};
+    let candidates: Vec<_> = unrecorded
+        .iter()
+        .map(|&i| report.candidates[i].clone())
+        .collect();
+    let mut digest = Sha256::new();
+    digest.update(b"tokens found inside items, first recorded without them\0");
+    digest.update(report.body_sha256);
+    NewReport {
+        scanner: report.scanner.clone(),
+        key_id: report.key_id.clone(),
+        received_at: report.received_at,
+        body_sha256: digest.finalize().into(),
+        item_count: candidates.len() as u32,
+        not_ours: 0,
+        candidates,
+    }
 }
 
 /// What is left of `deadline` for the database: nine tenths of the time remaining, so it

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::backend::{notification_columns, send, send_in, Backend, Store};
-use super::recording::{canonical_uuid, distinct_hashes};
+use super::recording::{canonical_uuid, distinct_hashes, unrecorded_report};
 use super::rows::{
     ages_from_buckets, hash_from, last_reports, preview_map, recent_reports, sum_totals,
     AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow,
@@ -177,7 +177,19 @@ where
         report: &NewReport,
         options: RecordOptions,
     ) -> Result<RecordedReport, StoreError> {
-        B::record_report(self, report, options).await
+        let mut recorded = B::record_report(self, report, options).await?;
+        if !recorded.unrecorded.is_empty() {
+            // A repeated body whose tokens found inside items an older release did not
+            // record: they are recorded (and revoked) now, as a report of their own.
+            let unrecorded = std::mem::take(&mut recorded.unrecorded);
+            let late = unrecorded_report(report, &unrecorded);
+            let late = B::record_report(self, &late, options).await?;
+            for (&i, &outcome) in unrecorded.iter().zip(&late.outcomes) {
+                recorded.outcomes[i] = outcome;
+            }
+            recorded.tokens_revoked += late.tokens_revoked;
+        }
+        Ok(recorded)
     }
 
     async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {

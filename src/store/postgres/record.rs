@@ -498,5 +498,6 @@ async fn try_record(
         tokens_revoked,
         outcomes,
         counts,
+        unrecorded: Vec::new(),
     }))
 }

@@ -481,5 +481,6 @@ async fn record(
         tokens_revoked: flipped.len() as u32,
         outcomes,
         counts,
+        unrecorded: Vec::new(),
     })
 }
