@@ -29,7 +29,9 @@ use super::scan;
 use super::token::{self, TokenHash};
 
 mod compact;
-pub use compact::{compact, compact_bytes, measure, Compact, FeedbackChunks, ItemRef, Sizes};
+pub use compact::{
+    compact, compact_bytes, measure, Compact, FeedbackChunks, ItemRef, Sizes, FOUND_INSIDE_TEXT,
+};
 
 /// One item of a delivery. Unknown fields are ignored; `type`, `url` and `source` are
 /// open strings and may be missing or null.
@@ -68,8 +70,13 @@ impl AlertItem<'_> {
         ];
         for (name, text) in fields {
             let Some(text) = text else { continue };
+            if !scan::may_hold_token(text.as_bytes()) {
+                continue; // most urls, sources and types: nothing to decode
+            }
             for (_, found) in scan::all(text.as_bytes()) {
-                if token::validate(&found).is_ok() {
+                // A `token` that is token-shaped as a whole was checked already.
+                let whole_token = name == "token" && found.len() == text.len();
+                if !whole_token && token::validate(&found).is_ok() {
                     f(name, found);
                 }
             }
@@ -200,10 +207,36 @@ fn candidate(item: &AlertItem<'_>, position: usize, hash: TokenHash) -> Candidat
 #[derive(Default)]
 struct Inside(Vec<CandidateItem>);
 
+/// Bytes of each of `type`, `url` and `source` a token found inside an item keeps (cut at
+/// a character boundary after redaction): one item can hold a token every 43 bytes, and
+/// each copying the item's whole strings would cost the square of their size.
+pub const FOUND_TEXT_MAX: usize = 128;
+
+/// `s` cut to at most `max` bytes at a character boundary, in a string of its own size.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 impl Inside {
     fn collect(&mut self, item: &AlertItem<'_>, position: usize, own_is_candidate: bool) {
+        // The item's strings made storable once, then cut, for every token found in it.
+        let mut base: Option<CandidateItem> = None;
         item.tokens_inside(own_is_candidate, |field, found| {
-            let mut c = candidate(item, position, TokenHash::of(&found));
+            let base = base.get_or_insert_with(|| {
+                let whole = candidate(item, position, TokenHash::of(""));
+                CandidateItem {
+                    token_type: cut(&whole.token_type, FOUND_TEXT_MAX),
+                    source: cut(&whole.source, FOUND_TEXT_MAX),
+                    url: cut(&whole.url, FOUND_TEXT_MAX),
+                    ..whole
+                }
+            });
+            let mut c = base.clone();
+            c.hash = TokenHash::of(&found);
             c.found_in = Some(format!("items[{position}].{field}"));
             self.0.push(c);
         });
@@ -634,6 +667,23 @@ mod tests {
             .into_report("replay", "k", Utc::now(), || [0; 32])
             .unwrap();
         assert_eq!(report.item_count, 5);
+    }
+
+    /// A field that is a token of ours as a whole is found too; a `token` that is
+    /// token-shaped as a whole but not ours is not looked at twice.
+    #[test]
+    fn a_field_that_is_a_token_as_a_whole_is_found() {
+        let t = Token::generate();
+        let body = serde_json::json!([
+            {"token": "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000", "url": t.expose_secret()},
+        ])
+        .to_string();
+        let items = parse(body.as_bytes()).unwrap();
+        let c = classify(&items);
+        assert_eq!(c.candidates.len(), 1);
+        assert_eq!(c.candidates[0].hash, t.hash());
+        assert_eq!(c.candidates[0].found_in.as_deref(), Some("items[0].url"));
+        assert_eq!(c.candidates[0].url, "cio_tp_[redacted]");
     }
 
     proptest::proptest! {

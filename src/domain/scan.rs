@@ -15,13 +15,23 @@
 //! - [`runs`]: where in the input every `cio_tp_` and the letters and digits after it
 //!   are, in any of those layers: what [`crate::domain::redact`] replaces.
 //!
+//! One pass undoes both kinds of escape, so an escape of one kind can swallow the `c`
+//! of a prefix whose other characters are escaped the other way (`%4cio\u005ftp_…`:
+//! one JSON pass alone gives `%4cio_tp_…`, both together `Lio_tp_…`; `c` is the only
+//! hex digit in the prefix). So `io_tp_` and 36 letters or digits after anything but a
+//! `c` counts too: [`all`] takes it when `c` and it pass the check digits, [`runs`]
+//! redacts it from the escape that swallowed the `c`.
+//!
 //! A decoded layer remembers, for each of its bytes, the input bytes it stands for, so
 //! a token found three layers down is placed (and redacted) in the input. Check digits
 //! are not looked at here.
 
 use std::ops::Range;
 
-use super::token::{PREFIX, TOKEN_LEN};
+use super::token::{self, PREFIX, TOKEN_LEN};
+
+/// The prefix without its `c`, which an escape before it can swallow.
+const AFTER_C: &str = "io_tp_";
 
 /// Layers of encoding undone beyond the input itself: a URL encoded twice inside a
 /// JSON string read as text is three.
@@ -141,42 +151,149 @@ fn each_layer(hay: &[u8], mut f: impl FnMut(&[u8], &dyn Fn(usize) -> (u32, u32))
     }
 }
 
+/// Every `io_tp_` followed by 36 letters or digits in `bytes` whose `c` is not there
+/// (swallowed by an escape before it, see the module docs), as (where the swallowed `c`
+/// was, or the `i`; the `i`; the 42 characters).
+fn without_c(bytes: &[u8]) -> impl Iterator<Item = (usize, usize, &str)> + '_ {
+    let after = AFTER_C.as_bytes();
+    memchr::memmem::find_iter(bytes, after).filter_map(move |at| {
+        if at > 0 && bytes[at - 1] == b'c' {
+            return None; // a plain prefix: `plain` has it
+        }
+        let run = bytes.get(at..at + TOKEN_LEN - 1)?;
+        if !run[after.len()..].iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        Some((at.saturating_sub(1), at, std::str::from_utf8(run).ok()?))
+    })
+}
+
+/// Bytes decoded at once: a longer input is decoded in windows of this size that
+/// overlap by [`MAX_MATCH`], so what decoding holds at a time (its layers and the input
+/// range of each of their bytes, about 20 times the window) stays bounded whatever the
+/// size of the string (`--max-body` is 8 MiB by default).
+pub const DECODE_WINDOW: usize = 128 << 10;
+
+/// The memory [`all`] and [`runs`] may hold at once for decoding, at most.
+pub const DECODE_SCRATCH: usize = 20 * (DECODE_WINDOW + MAX_MATCH);
+
+/// `hay` in windows of [`DECODE_WINDOW`] bytes overlapping by [`MAX_MATCH`], with their
+/// offsets (one window when it is shorter).
+fn windows(hay: &[u8]) -> impl Iterator<Item = (usize, &[u8])> + '_ {
+    (0..hay.len().max(1)).step_by(DECODE_WINDOW).map(move |at| {
+        (
+            at,
+            &hay[at..(at + DECODE_WINDOW + MAX_MATCH).min(hay.len())],
+        )
+    })
+}
+
+/// Whether `hay` may hold a token in any form [`all`] finds: the prefix's `io_tp_`, or
+/// an escape. A cheap test that lets a string without either go unscanned.
+pub fn may_hold_token(hay: &[u8]) -> bool {
+    may_be_encoded(hay) || memchr::memmem::find(hay, AFTER_C.as_bytes()).is_some()
+}
+
 /// Every token in `hay`, plain or under up to [`MAX_LAYERS`] layers of percent-encoding
-/// and JSON escapes, decoded, as (start in `hay`, token), by start; one per start.
+/// and JSON escapes, decoded, as (start in `hay`, token), by start; one per place (a
+/// token found in several layers, or with its `c` swallowed in one, or in two windows,
+/// ends at the same input byte: the earliest start is kept).
 pub fn all(hay: &[u8]) -> Vec<(usize, String)> {
+    all_placed(hay)
+        .into_iter()
+        .map(|(start, _, token)| (start, token))
+        .collect()
+}
+
+/// [`all`] with where each token ends in `hay` too: (start, end, token), by start. The
+/// end is where a token is the same token whatever came before it (the text reader
+/// tells a token it emitted from another by it).
+pub fn all_placed(hay: &[u8]) -> Vec<(usize, usize, String)> {
     if !may_be_encoded(hay) {
-        return plain(hay).map(|(at, t)| (at, t.to_owned())).collect();
+        return plain(hay)
+            .map(|(at, t)| (at, at + TOKEN_LEN, t.to_owned()))
+            .collect();
     }
-    let mut found: Vec<(usize, String)> = Vec::new();
+    // (end in `hay`, start in `hay`, token)
+    let mut found: Vec<(usize, usize, String)> = Vec::new();
+    for (offset, window) in windows(hay) {
+        all_in(window, offset, &mut found);
+    }
+    found.sort_by(|a, b| (a.0, &a.2, a.1).cmp(&(b.0, &b.2, b.1)));
+    found.dedup_by(|later, first| later.0 == first.0 && later.2 == first.2);
+    let mut found: Vec<(usize, usize, String)> = found
+        .into_iter()
+        .map(|(end, start, token)| (start, end, token))
+        .collect();
+    found.sort_by_key(|&(at, _, _)| at);
+    found
+}
+
+/// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`.
+fn all_in(hay: &[u8], offset: usize, found: &mut Vec<(usize, usize, String)>) {
+    let at_input = |n: u32| offset + n as usize;
     each_layer(hay, |bytes, span| {
         for (at, token) in plain(bytes) {
-            found.push((span(at).0 as usize, token.to_owned()));
+            found.push((
+                at_input(span(at + TOKEN_LEN - 1).1),
+                at_input(span(at).0),
+                token.to_owned(),
+            ));
+        }
+        for (from, at, rest) in without_c(bytes) {
+            let token = format!("c{rest}");
+            // Only a token of ours is taken this way: `io_tp_` after other text is not
+            // made into an occurrence.
+            if token::validate(&token).is_ok() {
+                found.push((
+                    at_input(span(at + TOKEN_LEN - 2).1),
+                    at_input(span(from).0),
+                    token,
+                ));
+            }
         }
     });
-    found.sort_by_key(|&(at, _)| at);
-    found.dedup_by(|a, b| a.0 == b.0);
-    found
+}
+
+/// [`runs`] of one layer of a window at `offset`: input ranges, unsorted.
+fn runs_in(
+    bytes: &[u8],
+    span: &dyn Fn(usize) -> (u32, u32),
+    offset: usize,
+    found: &mut Vec<Range<usize>>,
+) {
+    let run_after = |after: usize| {
+        bytes[after..]
+            .iter()
+            .position(|b| !b.is_ascii_alphanumeric())
+            .unwrap_or(bytes.len() - after)
+    };
+    let range =
+        |from: usize, last: usize| offset + span(from).0 as usize..offset + span(last).1 as usize;
+    for at in memchr::memmem::find_iter(bytes, PREFIX.as_bytes()) {
+        let after = at + PREFIX.len();
+        found.push(range(at, after + run_after(after) - 1));
+    }
+    // A prefix whose `c` an escape swallowed, before a whole secret part: redacted from
+    // that escape on.
+    for (from, at, _) in without_c(bytes) {
+        let after = at + AFTER_C.len();
+        found.push(range(from, after + run_after(after) - 1));
+    }
 }
 
 /// Where every `cio_tp_` and the letters and digits right after it are in `hay`, in
 /// the input or in any decoded layer: input ranges, sorted and merged.
 pub fn runs(hay: &[u8]) -> Vec<Range<usize>> {
     let mut found: Vec<Range<usize>> = Vec::new();
-    let prefix = PREFIX.as_bytes();
-    let mut in_layer = |bytes: &[u8], span: &dyn Fn(usize) -> (u32, u32)| {
-        for at in memchr::memmem::find_iter(bytes, prefix) {
-            let after = at + prefix.len();
-            let run = bytes[after..]
-                .iter()
-                .position(|b| !b.is_ascii_alphanumeric())
-                .unwrap_or(bytes.len() - after);
-            found.push(span(at).0 as usize..span(after + run - 1).1 as usize);
-        }
-    };
     if may_be_encoded(hay) {
-        each_layer(hay, in_layer);
+        for (offset, window) in windows(hay) {
+            each_layer(window, |bytes, span| {
+                runs_in(bytes, &|i| span(i), offset, &mut found)
+            });
+        }
     } else {
-        in_layer(hay, &|i| (i as u32, i as u32 + 1));
+        runs_in(hay, &|i| (i as u32, i as u32 + 1), 0, &mut found);
     }
     found.sort_by_key(|r| r.start);
     let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
@@ -257,6 +374,41 @@ mod tests {
             format!("cio%5Ftp%5F{}", &secret[1..]),
         ] {
             assert!(tokens(&hay).is_empty(), "{hay}");
+        }
+    }
+
+    /// An escape of one kind swallowing the `c` of a prefix escaped the other way: still
+    /// the token (the review's inputs).
+    #[test]
+    fn a_c_swallowed_by_an_escape_before_it_is_still_found() {
+        let b = crate::domain::token::Token::generate();
+        let secret = &b.expose_secret()[7..];
+        for hay in [
+            format!("https://x/?q=\\u123cio%5Ftp_{secret}"),
+            format!("%4cio\\u005ftp_{secret}"),
+            format!("%2c%69%6F%5F%74%70_{secret}"),
+        ] {
+            assert_eq!(tokens(&hay), [b.expose_secret()], "{hay}");
+            let runs = runs(hay.as_bytes());
+            assert_eq!(runs.len(), 1, "{hay}");
+            assert_eq!(runs[0].end, hay.len(), "{hay}");
+        }
+        // `io_tp_` after other text is no occurrence unless it is a token of ours.
+        assert!(tokens(&format!("radio_tp_{}%20", "a".repeat(36))).is_empty());
+    }
+
+    /// A string longer than a decoding window: a token across the border of two
+    /// windows is found once and redacted whole.
+    #[test]
+    fn tokens_across_decoding_windows_are_found_once() {
+        for at in [DECODE_WINDOW - 30, DECODE_WINDOW - 3, DECODE_WINDOW + 2] {
+            let mut hay = "%".to_owned() + &".".repeat(at - 1);
+            hay.push_str(&percent(A));
+            hay.push_str(&".".repeat(DECODE_WINDOW));
+            let found = all(hay.as_bytes());
+            assert_eq!(found, [(at, A.to_owned())], "at {at}");
+            let runs = super::runs(hay.as_bytes());
+            assert_eq!(runs, vec![at..at + 3 * A.len()], "at {at}");
         }
     }
 

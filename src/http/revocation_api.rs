@@ -106,7 +106,12 @@ async fn revoke(
     let status = match &result {
         Ok(()) => Some(204),
         Err(ApiError::NotFound) => None,
-        Err(e) => webhook::refusal(&state, SCANNER, e, cause, started),
+        // Its token is checked before the body is read: a 413, 408 or broken body comes
+        // from an authenticated caller, a failed delivery like any other.
+        Err(e) => {
+            let unverified = matches!(e, ApiError::RevocationUnauthorized);
+            webhook::refusal(&state, SCANNER, e, unverified, cause, started)
+        }
     };
     if let Some(status) = status {
         state

@@ -92,9 +92,12 @@ async fn receive(
     // The path segment is the client's: bounded, and any token in it redacted.
     let shown: String = redact_tokens(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
+    // Set once the signature verified: a request still unverified at the deadline (a
+    // body trickled by anyone) is no delivery either.
+    let verified = std::sync::atomic::AtomicBool::new(false);
     let result = match tokio::time::timeout(
         state.request_timeout,
-        handle(&state, &scanner, &headers, body, started),
+        handle(&state, &scanner, &headers, body, started, &verified),
     )
     .await
     {
@@ -121,7 +124,12 @@ async fn receive(
             }
             Some(200)
         }
-        Err(e) => refusal(&state, label, e, e.cause(), started),
+        Err(e) => {
+            let unverified = e.is_unverified()
+                || (matches!(e, ApiError::Timeout { .. })
+                    && !verified.load(std::sync::atomic::Ordering::Relaxed));
+            refusal(&state, label, e, unverified, e.cause(), started)
+        }
     };
     if let Some(status) = status {
         state
@@ -143,19 +151,20 @@ async fn receive(
 }
 
 /// What a refusal counts as, logged once: a request refused before it proved to be the
-/// scanner's (anyone can send those) is counted in `revoker_rejected_requests_total` and
-/// logged at debug, so a flood of them is no flood of lines, and it is no delivery
-/// (`None`); any other is one WARN line with its `cause`, and a failed delivery (its
-/// status). Shared with the Token Revocation API.
+/// scanner's (`unverified`: anyone can send those) is counted in
+/// `revoker_rejected_requests_total` and logged at debug, so a flood of them is no flood
+/// of lines, and it is no delivery (`None`); any other is one WARN line with its `cause`,
+/// and a failed delivery (its status). Shared with the Token Revocation API.
 pub(super) fn refusal(
     state: &AppState,
     label: &str,
     e: &ApiError,
+    unverified: bool,
     cause: Option<String>,
     started: Instant,
 ) -> Option<u16> {
     let status = e.status().as_u16();
-    if e.is_unverified() {
+    if unverified {
         tracing::debug!(
             status,
             error = e.code(),
@@ -234,6 +243,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    verified: &std::sync::atomic::AtomicBool,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let unknown = || ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect());
     let cache = state.scanners.get(scanner).ok_or_else(unknown)?;
@@ -257,6 +267,7 @@ async fn handle(
     })?;
     let (body, capacity, unverified) = read_body(state, body).await?;
     signature::verify(&key.key, &body, &signature)?;
+    verified.store(true, std::sync::atomic::Ordering::Relaxed);
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }

@@ -35,6 +35,10 @@ fn stored_bound(s: Option<&str>) -> usize {
 /// Heap bytes of a found candidate's `found_in` (`items[4294967295].location`).
 const FOUND_IN_BYTES: usize = 48;
 
+/// Heap bytes of one token found inside an item beyond the candidate itself: its three
+/// strings cut to [`super::FOUND_TEXT_MAX`] and its `found_in`.
+pub const FOUND_INSIDE_TEXT: usize = 3 * (super::FOUND_TEXT_MAX + 16) + FOUND_IN_BYTES;
+
 /// First pass over a verified body: validates its shape and counts what [`compact`]
 /// will allocate, so the caller can reserve memory before any of it is allocated.
 pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
@@ -52,9 +56,15 @@ pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
             sizes.candidates += 1;
             sizes.text_bytes += stored;
         }
+        let mut first = true;
         item.tokens_inside(own, |_, _| {
+            if std::mem::take(&mut first) {
+                // The item's strings made storable once before they are cut (freed then,
+                // counted as held).
+                sizes.text_bytes += stored;
+            }
             sizes.candidates += 1;
-            sizes.text_bytes += stored + FOUND_IN_BYTES;
+            sizes.text_bytes += FOUND_INSIDE_TEXT;
         });
     })?;
     Ok(sizes)

@@ -4,9 +4,9 @@
 //!
 //! Invariants:
 //! - The input is read in [`TEXT_CHUNK`]-byte chunks; the buffer never holds more than
-//!   one chunk plus an overlap of the longest match, so a token across a chunk border is
-//!   found exactly once: the occurrences are those of one regex scan over the whole
-//!   input.
+//!   one chunk plus an overlap of the longest match (moved back over an escape or a run
+//!   of backslashes it would start in), so a token across a chunk border is found, and
+//!   found once: a token found again in the next round is told by where it ends.
 //! - A token written with JSON `\u00XX` escapes (`\u0063io_tp_…`, a JSON string read
 //!   as text) or percent-encoded (`cio%5Ftp%5F…`), in any mix of up to
 //!   [`MAX_LAYERS`](crate::domain::scan::MAX_LAYERS) layers, is found too, decoded.
@@ -22,6 +22,14 @@ use crate::domain::scan::{self, MAX_MATCH};
 pub const TEXT_CHUNK: usize = 64 * 1024;
 /// Bytes kept from one text chunk to the next: the longest match.
 const OVERLAP: usize = MAX_MATCH;
+/// Bytes the kept part may reach further back, so it does not start inside an escape or
+/// a run of backslashes (which would decode differently than in the whole input).
+const SLACK: usize = 32;
+
+/// Whether a byte can be part of an escape (`%XX`, `\uXXXX`, `\\`).
+fn in_escape(b: u8) -> bool {
+    matches!(b, b'\\' | b'%' | b'u' | b'U') || b.is_ascii_hexdigit()
+}
 
 fn count_newlines(bytes: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', bytes).count() as u64
@@ -54,10 +62,13 @@ pub(super) fn read<R: Read>(
     first_line: u64,
 ) -> Result<(), FormatError> {
     let chunk = chunk.max(1);
-    let mut buf = vec![0u8; chunk + OVERLAP];
+    let mut buf = vec![0u8; chunk + OVERLAP + SLACK];
+    // Where `buf[0]` is in the input, and where the tokens emitted lately end (in the
+    // input): a token found again in the next round, at a start its new context moved,
+    // ends at the same byte and is not emitted twice.
+    let mut base = 0u64;
+    let mut emitted: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut filled = 0usize;
-    // Matches starting before `scan_from` were already handled in an earlier round.
-    let mut scan_from = 0usize;
     // `line` is the 1-based line number at `buf[line_pos]`.
     let mut line = first_line;
     let mut line_pos = 0usize;
@@ -73,10 +84,19 @@ pub(super) fn read<R: Read>(
         } else {
             filled.saturating_sub(MAX_MATCH)
         };
-        matches(hay, scan_from..decided, &mut found);
-        for (start, token) in found.drain(..) {
-            line += count_newlines(&hay[line_pos..start]);
+        // Whole in `hay` (starting before `decided`), and not emitted yet (by its end: a
+        // new context may move a token's start, never its end).
+        found.extend(scan::all_placed(hay).into_iter().filter(|(start, end, _)| {
+            *start < decided && !emitted.contains(&(base + *end as u64))
+        }));
+        for (start, end, token) in found.drain(..) {
+            if start >= line_pos {
+                line += count_newlines(&hay[line_pos..start]);
+            } else {
+                line -= count_newlines(&hay[start..line_pos]);
+            }
             line_pos = start;
+            emitted.push_back(base + end as u64);
             out.emit(Found {
                 token,
                 token_type: "cio_tp".to_owned(),
@@ -88,7 +108,11 @@ pub(super) fn read<R: Read>(
             return Ok(());
         }
         let keep = filled.min(OVERLAP);
-        let drop = filled - keep;
+        let mut drop = filled - keep;
+        while drop > 0 && filled - drop < OVERLAP + SLACK && in_escape(buf[drop - 1]) {
+            drop -= 1;
+        }
+        let keep = filled - drop;
         if line_pos < drop {
             line += count_newlines(&buf[line_pos..drop]);
             line_pos = drop;
@@ -96,18 +120,9 @@ pub(super) fn read<R: Read>(
         buf.copy_within(drop..filled, 0);
         filled = keep;
         line_pos -= drop;
-        scan_from = scan_from.max(decided).saturating_sub(drop);
+        base += drop as u64;
+        emitted.retain(|&end| end > base);
     }
-}
-
-/// The tokens starting in `starts`, as (start, token) in file order: plain ones, and
-/// ones written with JSON escapes, decoded (see [`crate::domain::scan`]).
-fn matches(hay: &[u8], starts: std::ops::Range<usize>, found: &mut Vec<(usize, String)>) {
-    found.extend(
-        scan::all(hay)
-            .into_iter()
-            .filter(|(start, _)| starts.contains(start)),
-    );
 }
 
 #[cfg(test)]
@@ -155,6 +170,28 @@ mod tests {
                 .map(|f| (f.token.as_str(), f.url.as_str()))
                 .collect();
             assert_eq!(got, [(A, "t:2")], "escaped token at offset {start}");
+        }
+    }
+
+    /// A JSON string escaped twice (`\\\\u0063io_tp_…`) one byte before the point where
+    /// a round stops deciding, and a run of nine backslashes before `u0063io_tp_…`
+    /// there: the next round starts inside the escape or the run, and still each token is
+    /// found exactly once (found by the review: twice, and not at all).
+    #[test]
+    fn backslashes_across_the_decision_border_are_decoded_as_in_the_whole_input() {
+        let chunk = 20_000;
+        for token in [
+            format!("\\\\u0063io_tp_{}", &A[7..]),
+            format!("{}u0063io_tp_{}", "\\".repeat(9), &A[7..]),
+        ] {
+            for shift in 0..4 {
+                let mut input = vec![b'x'; chunk - MAX_MATCH - 1 - shift];
+                input.extend_from_slice(token.as_bytes());
+                input.extend(std::iter::repeat_n(b'y', 2 * chunk));
+                assert_eq!(scan::all(&input).len(), 1);
+                let found = with_chunk(&input, chunk);
+                assert_eq!(found.len(), 1, "{token} shifted {shift}: {found:?}");
+            }
         }
     }
 
