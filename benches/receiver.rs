@@ -587,8 +587,9 @@ async fn run(args: Args) -> bool {
     // The flood check counts every statement of the store: no retention pass in here
     // (its first one, a minute in, would be counted as the flood's).
     settings.retention = None;
-    // A 64 MiB body of minimal candidates may need about 750 MiB once verified.
-    settings.verified_memory_budget = 1 << 30;
+    // A 64 MiB body may need about 1.9 GiB once verified (one item whose string holds a
+    // token every 43 bytes, each found inside it); the budget is a count, not memory.
+    settings.verified_memory_budget = 5 << 29;
     let settings_max_body = settings.max_body;
     settings.pool.max_connections = 16;
     let pooled_settings = settings.clone();

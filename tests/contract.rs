@@ -2220,6 +2220,25 @@ async fn a_repeat_recorded_without_its_tokens_found_inside_records_them(db: Arc<
     assert_eq!(again.tokens_revoked, 0);
     assert_eq!(store.count_reports().await.unwrap(), 2);
     assert_eq!(all_notifications(store.as_ref()).await.len(), 2);
+
+    // A release that finds one more token inside the same body: it is recorded too (a
+    // report of the tokens missing now), not answered `unknown` from the last one.
+    let third = mint_many(store.as_ref(), "inside/pkg3", 1, Ttl::hours(2)).await;
+    let mut more = now_with.clone();
+    let mut inside = more.candidates[1].clone();
+    inside.hash = third[0].hash();
+    inside.position = more.item_count;
+    more.candidates.push(inside);
+    more.item_count += 1;
+    let later = store.record_report(&more, ONCE).await.unwrap();
+    assert!(later.duplicate);
+    assert_eq!(
+        later.outcomes,
+        [Outcome::Revoked, Outcome::AlreadyRevoked, Outcome::Revoked]
+    );
+    assert_eq!(later.tokens_revoked, 1);
+    assert_eq!(store.count_reports().await.unwrap(), 3);
+    assert_eq!(all_notifications(store.as_ref()).await.len(), 3);
     assert!(db.inconsistencies().await.is_empty());
 }
 

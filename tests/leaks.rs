@@ -286,3 +286,30 @@ proptest! {
         }
     }
 }
+
+/// `io_tp_` after a character of several bytes, where anyone can put it (the scanner path
+/// segment) or a scanner does (a url): answered, nothing panics (found by the second
+/// review: the redaction sliced inside `é`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_after_a_multibyte_character_is_redacted_without_a_panic() {
+    let app = TestApp::sqlite().start().await;
+    let t = app.mint("multibyte/pkg", Ttl::minutes(30)).await;
+    let secret = &t.expose_secret()[7..];
+    let a = app
+        .post(&format!("%C3%A9io_tp_{secret}"), None, None, b"[]".to_vec())
+        .await;
+    assert_eq!(
+        (a.status, a.error_code()),
+        (404, "unknown_scanner"),
+        "{}",
+        a.text
+    );
+    let body = serde_json::to_vec(&serde_json::json!([
+        {"token": t.expose_secret(), "url": format!("éio_tp_{secret} é%20io_tp_{secret}")},
+    ]))
+    .unwrap();
+    let a = app.deliver(&Signer::test(), body).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.labels(), ["true_positive"]);
+    app.stop().await;
+}

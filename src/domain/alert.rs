@@ -75,7 +75,7 @@ impl AlertItem<'_> {
             }
             for (_, found) in scan::all(text.as_bytes()) {
                 // A `token` that is token-shaped as a whole was checked already.
-                let whole_token = name == "token" && found.len() == text.len();
+                let whole_token = name == "token" && found == text;
                 if !whole_token && token::validate(&found).is_ok() {
                     f(name, found);
                 }

@@ -25,11 +25,19 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(s.len());
     let mut from = 0;
     for run in runs {
-        // Runs start at an ASCII byte (`c`, `%`, `\`) and end after one: char
-        // boundaries of `s`.
-        out.push_str(&s[from..run.start]);
+        // Runs start at an ASCII byte (`c`, `%`, a backslash) and end after one, so they
+        // are char boundaries of `s`; never cut a character all the same.
+        let mut start = run.start.max(from);
+        while !s.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = run.end.min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push_str(&s[from..start.max(from)]);
         out.push_str(REDACTED);
-        from = run.end;
+        from = end.max(from);
     }
     out.push_str(&s[from..]);
     Cow::Owned(out)

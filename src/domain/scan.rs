@@ -151,20 +151,27 @@ fn each_layer(hay: &[u8], mut f: impl FnMut(&[u8], &dyn Fn(usize) -> (u32, u32))
     }
 }
 
-/// Every `io_tp_` followed by 36 letters or digits in `bytes` whose `c` is not there
-/// (swallowed by an escape before it, see the module docs), as (where the swallowed `c`
-/// was, or the `i`; the `i`; the 42 characters).
-fn without_c(bytes: &[u8]) -> impl Iterator<Item = (usize, usize, &str)> + '_ {
+/// Every `io_tp_` followed by 36 letters or digits in a layer right after a byte that
+/// an escape decoded to (one whose input range is wider than one byte): its `c` may
+/// have been swallowed by that escape (see the module docs). As (the escape's byte, the
+/// `i`, the 42 characters). After a plain byte (`studio_tp_…`, `éio_tp_…`) nothing
+/// was swallowed, and nothing is taken.
+fn without_c<'b>(
+    bytes: &'b [u8],
+    span: &'b dyn Fn(usize) -> (u32, u32),
+) -> impl Iterator<Item = (usize, usize, &'b str)> + 'b {
     let after = AFTER_C.as_bytes();
     memchr::memmem::find_iter(bytes, after).filter_map(move |at| {
-        if at > 0 && bytes[at - 1] == b'c' {
-            return None; // a plain prefix: `plain` has it
+        let escape = at.checked_sub(1)?;
+        let (from, to) = span(escape);
+        if bytes[escape] == b'c' || to - from < 2 {
+            return None; // a plain prefix (`plain` has it), or no escape before it
         }
         let run = bytes.get(at..at + TOKEN_LEN - 1)?;
         if !run[after.len()..].iter().all(u8::is_ascii_alphanumeric) {
             return None;
         }
-        Some((at.saturating_sub(1), at, std::str::from_utf8(run).ok()?))
+        Some((escape, at, std::str::from_utf8(run).ok()?))
     })
 }
 
@@ -240,7 +247,7 @@ fn all_in(hay: &[u8], offset: usize, found: &mut Vec<(usize, usize, String)>) {
                 token.to_owned(),
             ));
         }
-        for (from, at, rest) in without_c(bytes) {
+        for (from, at, rest) in without_c(bytes, span) {
             let token = format!("c{rest}");
             // Only a token of ours is taken this way: `io_tp_` after other text is not
             // made into an occurrence.
@@ -276,7 +283,7 @@ fn runs_in(
     }
     // A prefix whose `c` an escape swallowed, before a whole secret part: redacted from
     // that escape on.
-    for (from, at, _) in without_c(bytes) {
+    for (from, at, _) in without_c(bytes, span) {
         let after = at + AFTER_C.len();
         found.push(range(from, after + run_after(after) - 1));
     }
@@ -393,8 +400,23 @@ mod tests {
             assert_eq!(runs.len(), 1, "{hay}");
             assert_eq!(runs[0].end, hay.len(), "{hay}");
         }
-        // `io_tp_` after other text is no occurrence unless it is a token of ours.
+        // `io_tp_` after other text is no occurrence unless it is a token of ours, and
+        // after a plain byte (an escape elsewhere or not) nothing was swallowed: not
+        // taken, not redacted, and no panic after a character of several bytes.
         assert!(tokens(&format!("radio_tp_{}%20", "a".repeat(36))).is_empty());
+        for hay in [
+            format!("studio_tp_{}", &A[7..]),
+            format!("%20 studio_tp_{}", &A[7..]),
+            format!("\\u00e9io_tp_{}", "a".repeat(36)),
+            format!("éio_tp_{} %41", &A[7..]),
+            format!("é\\u0069o_tp_{}", &A[7..]),
+        ] {
+            assert!(tokens(&hay).is_empty(), "{hay}");
+            if !hay.starts_with('\\') {
+                assert!(runs(hay.as_bytes()).is_empty(), "{hay}");
+            }
+            let _ = crate::domain::redact::redact_tokens(&hay);
+        }
     }
 
     /// A string longer than a decoding window: a token across the border of two

@@ -92,12 +92,13 @@ async fn receive(
     // The path segment is the client's: bounded, and any token in it redacted.
     let shown: String = redact_tokens(&scanner).chars().take(64).collect();
     tracing::Span::current().record("scanner", shown.as_str());
-    // Set once the signature verified: a request still unverified at the deadline (a
-    // body trickled by anyone) is no delivery either.
-    let verified = std::sync::atomic::AtomicBool::new(false);
+    // How far the request got ([`Stage`]): one still reading its body, unverified, at the
+    // deadline (a body trickled by anyone) is no delivery either; one waiting on keys
+    // is (key trouble is ours, and the request may be genuine).
+    let stage = std::sync::atomic::AtomicU8::new(Stage::Key as u8);
     let result = match tokio::time::timeout(
         state.request_timeout,
-        handle(&state, &scanner, &headers, body, started, &verified),
+        handle(&state, &scanner, &headers, body, started, &stage),
     )
     .await
     {
@@ -127,7 +128,7 @@ async fn receive(
         Err(e) => {
             let unverified = e.is_unverified()
                 || (matches!(e, ApiError::Timeout { .. })
-                    && !verified.load(std::sync::atomic::Ordering::Relaxed));
+                    && stage.load(std::sync::atomic::Ordering::Relaxed) == Stage::Body as u8);
             refusal(&state, label, e, unverified, e.cause(), started)
         }
     };
@@ -148,6 +149,17 @@ async fn receive(
         };
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     })
+}
+
+/// How far a delivery got, for what a timeout counts as.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Waiting on the key for its key id.
+    Key,
+    /// Reading the body, its signature not checked yet.
+    Body,
+    /// Its signature verified.
+    Verified,
 }
 
 /// What a refusal counts as, logged once: a request refused before it proved to be the
@@ -243,7 +255,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-    verified: &std::sync::atomic::AtomicBool,
+    stage: &std::sync::atomic::AtomicU8,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let unknown = || ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect());
     let cache = state.scanners.get(scanner).ok_or_else(unknown)?;
@@ -265,9 +277,10 @@ async fn handle(
             },
         },
     })?;
+    stage.store(Stage::Body as u8, std::sync::atomic::Ordering::Relaxed);
     let (body, capacity, unverified) = read_body(state, body).await?;
     signature::verify(&key.key, &body, &signature)?;
-    verified.store(true, std::sync::atomic::Ordering::Relaxed);
+    stage.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }

@@ -55,16 +55,24 @@ pub(super) fn duplicate_answer(
 
 /// The report that records `report`'s [`RecordedReport::unrecorded`] candidates on their
 /// own: same scanner, key id and time, once per body under a body hash derived from the
-/// body's (so a further repeat is answered from it).
+/// body's and the set of hashes it records. So a further repeat that misses the same
+/// tokens is answered from it, and one that misses more (a later release finding more
+/// inside the same body) records them all again, as a report of its own: nothing found
+/// is left unrecorded.
 pub(super) fn unrecorded_report(report: &NewReport, unrecorded: &[usize]) -> NewReport {
     use sha2::{Digest, Sha256};
     let candidates: Vec<_> = unrecorded
         .iter()
         .map(|&i| report.candidates[i].clone())
         .collect();
+    let mut hashes: Vec<&TokenHash> = candidates.iter().map(|c| &c.hash).collect();
+    hashes.sort();
     let mut digest = Sha256::new();
     digest.update(b"tokens found inside items, first recorded without them\0");
     digest.update(report.body_sha256);
+    for hash in hashes {
+        digest.update(hash.as_bytes());
+    }
     NewReport {
         scanner: report.scanner.clone(),
         key_id: report.key_id.clone(),
