@@ -296,7 +296,7 @@ pub fn runs(hay: &[u8]) -> Vec<Range<usize>> {
     if may_be_encoded(hay) {
         for (offset, window) in windows(hay) {
             each_layer(window, |bytes, span| {
-                runs_in(bytes, &|i| span(i), offset, &mut found)
+                runs_in(bytes, span, offset, &mut found)
             });
         }
     } else {

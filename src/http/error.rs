@@ -122,10 +122,11 @@ impl ApiError {
         }
     }
 
-    /// Whether this refusal came before the request proved to be the scanner's (or
-    /// the Revocation API's caller): anyone can cause it, so it is counted in
-    /// `revoker_rejected_requests_total` and logged at debug, never as a delivery.
-    /// A 503 for key trouble is not one: the request may be genuine.
+    /// Whether this refusal of the alert endpoint came before the request proved to be
+    /// the scanner's: anyone can cause it, so it is counted in
+    /// `revoker_rejected_requests_total` and logged at debug, never as a delivery. A 503
+    /// for key trouble is not one: the request may be genuine. (The Token Revocation API
+    /// checks its caller first: only its `RevocationUnauthorized` is such a refusal.)
     pub fn is_unverified(&self) -> bool {
         matches!(
             self,
@@ -137,7 +138,6 @@ impl ApiError {
                 | ApiError::PayloadTooLarge { .. }
                 | ApiError::BodyRead
                 | ApiError::BodyTimeout
-                | ApiError::RevocationUnauthorized
                 | ApiError::KeysUnavailable {
                     unconfirmed: true,
                     ..

@@ -15,15 +15,16 @@
 
 use std::time::Instant;
 
-use super::{webhook, ApiError, AppState};
-use crate::domain::alert;
-use crate::support::SecretDigest;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+
+use super::{webhook, ApiError, AppState};
+use crate::domain::alert;
+use crate::support::SecretDigest;
 
 /// Scanner name of the reports this API records.
 pub const SCANNER: &str = "gitlab-revocation-api";
