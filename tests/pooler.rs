@@ -131,9 +131,21 @@ async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
     db.cleanup().await;
 }
 
+/// Leaves prepared statements under sqlx's names on the pooler's one server connection
+/// (as a previous revoker process does): what a transaction-mode pooler hands the next
+/// client. Whatever the connection held before is deallocated first.
+async fn plant_prepared_statements(pooled_url: &str) {
+    use sqlx::Connection;
+    let mut other = sqlx::PgConnection::connect(pooled_url).await.unwrap();
+    let prepare: String = std::iter::once("DEALLOCATE ALL;".to_owned())
+        .chain((1..=20).map(|i| format!("PREPARE sqlx_s_{i} AS SELECT {i};")))
+        .collect();
+    sqlx::raw_sql(&prepare).execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn through_the_pooler_alone_the_error_says_what_to_do() {
-    use sqlx::Connection;
     let Some(db) = pooled().await else {
         return;
     };
@@ -141,12 +153,7 @@ async fn through_the_pooler_alone_the_error_says_what_to_do() {
     // Another client has left prepared statements under sqlx's names on the pooler's one
     // server connection (as a previous revoker process does): what a transaction-mode
     // pooler hands the next client.
-    let mut other = sqlx::PgConnection::connect(&pooled_url).await.unwrap();
-    let prepare: String = (1..=20)
-        .map(|i| format!("PREPARE sqlx_s_{i} AS SELECT {i};"))
-        .collect();
-    sqlx::raw_sql(&prepare).execute(&mut other).await.unwrap();
-    drop(other);
+    plant_prepared_statements(&pooled_url).await;
 
     let out = migrate(&["--database-url", &pooled_url]);
     let stderr = refused(&out);
@@ -159,9 +166,10 @@ async fn through_the_pooler_alone_the_error_says_what_to_do() {
     assert!(!stderr.contains("sqlx_s_"), "the raw error: {stderr}");
 
     // A command that opens an existing (migrated) database says the same, not "no
-    // revoker tables". (The other client's statements are still on the server
-    // connection.)
+    // revoker tables". The statements are planted again: PgBouncer may have closed the
+    // server connection the refused command left mid-transaction (CI saw it do so).
     run_ok(&mut migrate_command(&["--database-url", db.direct_url()]));
+    plant_prepared_statements(&pooled_url).await;
     let out = revoker_command()
         .args(["token", "list", "--database-url", &pooled_url])
         .output()
