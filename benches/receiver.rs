@@ -674,7 +674,7 @@ async fn run(args: Args) -> bool {
                 .collect();
             let direct_body = Bench::body(&direct);
             let items = alert::parse(&direct_body).unwrap();
-            let report = alert::classify(&items)
+            let report = alert::classify(&items, revoker::domain::Formats::DEFAULT)
                 .into_report("bench", "direct", Utc::now(), || [0; 32])
                 .unwrap();
             let t = Instant::now();

@@ -76,6 +76,7 @@ pub mod defaults {
     pub const RETENTION: &str = "30d";
     /// A scanner silent this long is flagged on the dashboard.
     pub const SCANNER_QUIET_AFTER: &str = "7d";
+    pub const TOKEN_FORMATS: &str = "cio_tp";
 }
 
 /// Everything `serve` needs.
@@ -134,6 +135,8 @@ pub struct Settings {
     pub retention: Option<Duration>,
     /// The dashboard warns about a scanner with no report or delivery for this long.
     pub scanner_quiet_after: Duration,
+    /// The token formats recognised (`--token-formats`).
+    pub formats: crate::domain::Formats,
 }
 
 impl Settings {
@@ -172,6 +175,7 @@ impl Settings {
             tls: None,
             retention: Some(default_duration(defaults::RETENTION)),
             scanner_quiet_after: default_duration(defaults::SCANNER_QUIET_AFTER),
+            formats: crate::domain::Formats::DEFAULT,
         }
     }
 

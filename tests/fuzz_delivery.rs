@@ -13,7 +13,7 @@ use revoker::signature;
 /// Runs the whole offline path; returns the number of items if the body parsed.
 fn deliver(body: &[u8]) -> Option<usize> {
     let items = alert::parse(body).ok()?;
-    let classified = alert::classify(&items);
+    let classified = alert::classify(&items, revoker::domain::Formats::ALL);
     assert_eq!(classified.hashes.len(), items.len());
     assert_eq!(
         classified.candidates.len() - classified.found_inside as usize

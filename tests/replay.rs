@@ -51,6 +51,7 @@ fn opts(files: &[&str], dry_run: bool, json: bool) -> Options {
         json,
         batch_size: 10_000,
         progress: false,
+        formats: revoker::domain::Formats::DEFAULT,
     }
 }
 

@@ -64,6 +64,18 @@ pub enum Command {
     Purge(PurgeArgs),
 }
 
+/// `--token-formats`: shared by every command that recognises tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FormatsArgs {
+    /// The token formats recognised, comma-separated: cio_tp (revoker's own: cio_tp_ +
+    /// 30 + 6 CRC-32 check digits), crates_io_trustpub (crates.io trusted publishing:
+    /// cio_tp_ + 31 + 1 check character), crates_io_api (crates.io API tokens: cio + 32,
+    /// no check digit, so every such string is looked up). Redaction covers them all
+    /// whatever this says.
+    #[arg(long = "token-formats", env = "REVOKER_TOKEN_FORMATS", default_value = revoker::config::defaults::TOKEN_FORMATS, value_name = "LIST")]
+    pub token_formats: revoker::domain::Formats,
+}
+
 /// `value` trimmed, if it is 1 to 200 bytes and holds nothing a terminal would act on
 /// (a control character or a bidi control: [`needs_escape`]); else an error naming
 /// `flag`. For names that are stored and shown later (`--owner`, `--actor`).

@@ -53,6 +53,9 @@ pub struct ReplayArgs {
     pub key_id: Option<String>,
 
     #[command(flatten)]
+    pub formats: super::FormatsArgs,
+
+    #[command(flatten)]
     pub db: DbArgs,
 }
 
@@ -86,6 +89,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         json: args.json,
         batch_size: args.batch_size,
         progress: true,
+        formats: args.formats.token_formats,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

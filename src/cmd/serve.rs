@@ -181,6 +181,9 @@ pub struct ServeArgs {
     pub scanner_quiet_after: Duration,
 
     #[command(flatten)]
+    pub formats: super::FormatsArgs,
+
+    #[command(flatten)]
     pub notify: NotifyArgs,
 
     #[command(flatten)]
@@ -241,6 +244,7 @@ impl ServeArgs {
             revocation_api_types: a.revocation_api_types,
             retention: Some(a.retention),
             scanner_quiet_after: a.scanner_quiet_after,
+            formats: a.formats.token_formats,
             tls: match (a.tls_cert, a.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert,

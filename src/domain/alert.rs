@@ -23,10 +23,11 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::format::Formats;
 use super::outcome::{Label, Outcome};
 use super::redact::redact_tokens;
 use super::scan;
-use super::token::{self, TokenHash};
+use super::token::TokenHash;
 
 mod compact;
 pub use compact::{
@@ -57,10 +58,16 @@ impl AlertItem<'_> {
         self.url.as_deref().or(self.location.as_deref())
     }
 
-    /// Every valid token of ours inside this item's strings other than its own whole
-    /// `token` (`own_is_candidate`: the `token` is one, so there is nothing else in it),
-    /// with the field it was found in.
-    fn tokens_inside(&self, own_is_candidate: bool, mut f: impl FnMut(&'static str, String)) {
+    /// Every valid token of an enabled format inside this item's strings other than its
+    /// own whole `token` (`own_is_candidate`: the `token` is one, so there is nothing
+    /// else in it), with the field it was found in and its key (the hash it is stored
+    /// by).
+    fn tokens_inside(
+        &self,
+        own_is_candidate: bool,
+        formats: Formats,
+        mut f: impl FnMut(&'static str, TokenHash),
+    ) {
         let fields = [
             ("token", (!own_is_candidate).then_some(&*self.token)),
             ("type", self.token_type.as_deref()),
@@ -70,25 +77,31 @@ impl AlertItem<'_> {
         ];
         for (name, text) in fields {
             let Some(text) = text else { continue };
-            if !scan::may_hold_token(text.as_bytes()) {
+            if !scan::may_hold_token(text.as_bytes(), formats) {
                 continue; // most urls, sources and types: nothing to decode
             }
-            for (_, found) in scan::all(text.as_bytes()) {
+            for (_, found) in scan::all(text.as_bytes(), formats) {
                 // A `token` that is token-shaped as a whole was checked already.
                 let whole_token = name == "token" && found == text;
-                if !whole_token && token::validate(&found).is_ok() {
-                    f(name, found);
+                if whole_token {
+                    continue;
+                }
+                if let Some(format) = formats.recognise(&found) {
+                    f(name, format.key(&found));
                 }
             }
         }
     }
 }
 
-/// One candidate item of a delivery (a well-formed `cio_tp_` token).
+/// One candidate item of a delivery (a token of an enabled format).
 #[derive(Debug, Clone)]
 pub struct CandidateItem {
     /// Index of the item in the delivery, so rows can be matched to the input.
     pub position: u32,
+    /// The token's key: the hash its format stores ([`crate::domain::Format::key`]; the
+    /// SHA-256 of the whole token but for formats that hash part of it). Not always the
+    /// feedback's `token_hash`, which is the whole string's.
     pub hash: TokenHash,
     pub token_type: String,
     pub source: String,
@@ -222,10 +235,16 @@ fn cut(s: &str, max: usize) -> String {
 }
 
 impl Inside {
-    fn collect(&mut self, item: &AlertItem<'_>, position: usize, own_is_candidate: bool) {
+    fn collect(
+        &mut self,
+        item: &AlertItem<'_>,
+        position: usize,
+        own_is_candidate: bool,
+        formats: Formats,
+    ) {
         // The item's strings made storable once, then cut, for every token found in it.
         let mut base: Option<CandidateItem> = None;
-        item.tokens_inside(own_is_candidate, |field, found| {
+        item.tokens_inside(own_is_candidate, formats, |field, key| {
             let base = base.get_or_insert_with(|| {
                 let whole = candidate(item, position, TokenHash::of(""));
                 CandidateItem {
@@ -236,7 +255,7 @@ impl Inside {
                 }
             });
             let mut c = base.clone();
-            c.hash = TokenHash::of(&found);
+            c.hash = key;
             c.found_in = Some(format!("items[{position}].{field}"));
             self.0.push(c);
         });
@@ -262,26 +281,26 @@ impl Inside {
     }
 }
 
-/// Decides offline which items are candidates: prefix, length, alphabet, check digits;
-/// then the tokens found inside the items (see the module docs).
-pub fn classify(items: &[AlertItem<'_>]) -> Classified {
+/// Decides offline which items are candidates (a token of an enabled format: prefix,
+/// length, alphabet, check digits where it has them); then the tokens found inside the
+/// items (see the module docs).
+pub fn classify(items: &[AlertItem<'_>], formats: Formats) -> Classified {
     let mut hashes = Vec::with_capacity(items.len());
     let mut candidate_index = Vec::with_capacity(items.len());
     let mut candidates = Vec::new();
     let mut inside = Inside::default();
     let mut not_ours = 0;
     for (position, item) in items.iter().enumerate() {
-        let hash = TokenHash::of(&item.token);
-        hashes.push(hash);
-        let own = token::validate(&item.token).is_ok();
-        if own {
+        hashes.push(TokenHash::of(&item.token));
+        let own = formats.recognise(&item.token);
+        if let Some(format) = own {
             candidate_index.push(Some(candidates.len()));
-            candidates.push(candidate(item, position, hash));
+            candidates.push(candidate(item, position, format.key(&item.token)));
         } else {
             candidate_index.push(None);
             not_ours += 1;
         }
-        inside.collect(item, position, own);
+        inside.collect(item, position, own.is_some(), formats);
     }
     let found_inside = inside.append_to(&mut candidates, items.len());
     Classified {
@@ -487,7 +506,7 @@ mod tests {
             good.expose_secret()
         );
         let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items);
+        let c = classify(&items, Formats::DEFAULT);
         assert_eq!(c.not_ours, 2);
         assert_eq!(c.candidates.len(), 1);
         assert_eq!(c.candidates[0].position, 1);
@@ -521,7 +540,7 @@ mod tests {
         }])
         .to_string();
         let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items);
+        let c = classify(&items, Formats::DEFAULT);
         let item = &c.candidates[0];
         assert_eq!(item.token_type, "cio_tp");
         assert_eq!(item.url, "https://x.test/blob/a.env?t=cio_tp_[redacted]");
@@ -536,15 +555,16 @@ mod tests {
             good.expose_secret()
         );
         let items = parse(body.as_bytes()).unwrap();
-        let classified = classify(&items);
+        let classified = classify(&items, Formats::DEFAULT);
         let outcomes = classified.outcomes(&[Outcome::Revoked]);
         let whole = feedback_json(&items, &classified.hashes, &outcomes);
 
-        let sizes = measure(body.as_bytes()).unwrap();
+        let sizes = measure(body.as_bytes(), Formats::DEFAULT).unwrap();
         assert_eq!((sizes.items, sizes.candidates), (4, 1));
         assert!(compact_bytes(&sizes) >= 4 * std::mem::size_of::<ItemRef>());
         for chunk in [1, 50, 1 << 16] {
-            let mut delivery = compact(bytes::Bytes::from(body.clone()), &sizes).unwrap();
+            let mut delivery =
+                compact(bytes::Bytes::from(body.clone()), &sizes, Formats::DEFAULT).unwrap();
             assert_eq!(delivery.not_ours, 3);
             let report = delivery
                 .take_report("github", "k", Utc::now(), |_| [0; 32])
@@ -564,11 +584,15 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<ItemRef>(), 44);
         assert_eq!(
-            compact(bytes::Bytes::from_static(b"[]"), &Sizes::default())
-                .unwrap()
-                .feedback(10)
-                .next_chunk()
-                .unwrap(),
+            compact(
+                bytes::Bytes::from_static(b"[]"),
+                &Sizes::default(),
+                Formats::DEFAULT
+            )
+            .unwrap()
+            .feedback(10)
+            .next_chunk()
+            .unwrap(),
             b"[]"
         );
     }
@@ -583,7 +607,7 @@ mod tests {
             r#"[{{"token":"junk","type":"plain-type"}},{{"token":"x","type":"esc\u0061ped"}},{{"token":"{}","type":"t2","url":"uu","source":"sss"}}]"#,
             good.expose_secret()
         );
-        let sizes = measure(body.as_bytes()).unwrap();
+        let sizes = measure(body.as_bytes(), Formats::DEFAULT).unwrap();
         // Every `type` is copied (serde never borrows into an `Option<Cow<str>>`), then
         // the candidate's stored type, url and source.
         let bound = |n: usize| n * 3 + 16;
@@ -591,7 +615,7 @@ mod tests {
             sizes.text_bytes,
             bound(10) + bound(7) + bound(2) + (bound(2) + bound(2) + bound(3))
         );
-        let mut delivery = compact(bytes::Bytes::from(body), &sizes).unwrap();
+        let mut delivery = compact(bytes::Bytes::from(body), &sizes, Formats::DEFAULT).unwrap();
         assert_eq!((delivery.len(), delivery.is_empty()), (3, false));
         delivery.set_outcomes(&[Outcome::Revoked]);
         let mut chunks = delivery.feedback(1 << 16);
@@ -614,9 +638,10 @@ mod tests {
             {"token": b.expose_secret(), "url": format!("see {}", d.expose_secret())},
         ])
         .to_string();
-        let sizes = measure(body.as_bytes()).unwrap();
+        let sizes = measure(body.as_bytes(), Formats::DEFAULT).unwrap();
         assert!(sizes.candidates >= 4, "{sizes:?}");
-        let mut delivery = compact(bytes::Bytes::from(body.clone()), &sizes).unwrap();
+        let mut delivery =
+            compact(bytes::Bytes::from(body.clone()), &sizes, Formats::DEFAULT).unwrap();
         let found: Vec<(u32, TokenHash, Option<String>)> = delivery
             .candidates
             .iter()
@@ -656,7 +681,7 @@ mod tests {
         );
         // The borrowing path (replay) finds the same.
         let items = parse(body.as_bytes()).unwrap();
-        let classified = classify(&items);
+        let classified = classify(&items, Formats::DEFAULT);
         let same: Vec<(u32, TokenHash, Option<String>)> = classified
             .candidates
             .iter()
@@ -679,7 +704,7 @@ mod tests {
         ])
         .to_string();
         let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items);
+        let c = classify(&items, Formats::DEFAULT);
         assert_eq!(c.candidates.len(), 1);
         assert_eq!(c.candidates[0].hash, t.hash());
         assert_eq!(c.candidates[0].found_in.as_deref(), Some("items[0].url"));
@@ -706,8 +731,8 @@ mod tests {
             let mut item = serde_json::json!({"token": "junk"});
             item[name] = serde_json::Value::String(hidden.clone());
             let body = serde_json::json!([item]).to_string();
-            let sizes = measure(body.as_bytes()).unwrap();
-            let delivery = compact(bytes::Bytes::from(body), &sizes).unwrap();
+            let sizes = measure(body.as_bytes(), Formats::DEFAULT).unwrap();
+            let delivery = compact(bytes::Bytes::from(body), &sizes, Formats::DEFAULT).unwrap();
             proptest::prop_assert!(sizes.candidates >= delivery.candidates.len());
             let c = delivery.candidates.iter().find(|c| c.hash == t.hash());
             proptest::prop_assert!(c.is_some(), "{hidden:?} not found");
@@ -715,7 +740,7 @@ mod tests {
             proptest::prop_assert_eq!(c.found_in.clone(), Some(format!("items[0].{name}")));
             for stored in [&c.url, &c.source, &c.token_type] {
                 proptest::prop_assert!(!stored.contains(&t.expose_secret()[7..]));
-                proptest::prop_assert!(crate::domain::scan::all(stored.as_bytes()).is_empty(), "{stored:?}");
+                proptest::prop_assert!(crate::domain::scan::all(stored.as_bytes(), Formats::DEFAULT).is_empty(), "{stored:?}");
             }
         }
     }
@@ -723,7 +748,7 @@ mod tests {
     #[test]
     fn no_candidates_means_no_report() {
         let items = parse(br#"[{"token":"junk"}]"#).unwrap();
-        let c = classify(&items);
+        let c = classify(&items, Formats::DEFAULT);
         assert!(c
             .into_report("github", "k", Utc::now(), || [0; 32])
             .is_none());

@@ -2,6 +2,7 @@
 //! the crate (every other module may use it; it uses none of them).
 //!
 //! - [`token`]: the `cio_tp_` token (generate, validate offline, hash).
+//! - [`format`]: token formats (ours and a registry's), the set a process recognises.
 //! - [`outcome`]: what became of an item ([`Outcome`]), per-report counts, the label.
 //! - [`alert`]: a scanner's alert from verified body bytes to candidates, the report to
 //!   record and the feedback body.
@@ -10,11 +11,13 @@
 //! - [`terminal`]: what client-chosen text may show of itself on an operator's terminal.
 
 pub mod alert;
+pub mod format;
 pub mod outcome;
 pub mod redact;
 pub mod scan;
 pub mod terminal;
 pub mod token;
 
+pub use format::{Format, Formats};
 pub use outcome::{Label, Outcome, OutcomeCounts};
 pub use token::{Token, TokenHash};

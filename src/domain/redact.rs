@@ -1,7 +1,9 @@
 //! Redaction: what may reach a log line, an error message, a terminal, the database or
-//! an outbound payload when the text came from a client. Every `cio_tp_…` run becomes
-//! `cio_tp_[redacted]`, however it is written (percent-encoded, JSON-escaped, any mix:
-//! see [`crate::domain::scan::runs`]); a URL's password becomes `***`.
+//! an outbound payload when the text came from a client. Every token-shaped run of any
+//! known format (enabled or not: [`crate::domain::format::FORMATS`]) becomes its prefix
+//! and `[redacted]` (`cio_tp_[redacted]`, `cio[redacted]`), however it is written
+//! (percent-encoded, JSON-escaped, any mix: see [`crate::domain::scan::runs`]); a URL's
+//! password becomes `***`.
 //!
 //! [`redact_tokens`] is the one redaction of client text: every boundary where such a
 //! string is stored or sent (a delivery's `type`, `url` and `source`, a replayed
@@ -11,12 +13,12 @@ use std::borrow::Cow;
 
 use super::scan;
 
-/// What a redacted run is replaced with.
+/// What a redacted `cio_tp_` run is replaced with.
 pub const REDACTED: &str = "cio_tp_[redacted]";
 
-/// `s` with every `cio_tp_…` run (the prefix and the letters and digits after it, in
-/// `s` or in any layer of percent-encoding and JSON escapes of it) replaced by
-/// `cio_tp_[redacted]`. Borrowed when there is nothing to redact.
+/// `s` with every run of a known format's prefix and the letters and digits after it
+/// (in `s` or in any layer of percent-encoding and JSON escapes of it) replaced by the
+/// prefix and `[redacted]`. Borrowed when there is nothing to redact.
 pub fn redact_tokens(s: &str) -> Cow<'_, str> {
     let runs = scan::runs(s.as_bytes());
     if runs.is_empty() {
@@ -24,7 +26,7 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(s.len());
     let mut from = 0;
-    for run in runs {
+    for (run, prefix) in runs {
         // Runs start at an ASCII byte (`c`, `%`, a backslash) and end after one, so they
         // are char boundaries of `s`; never cut a character all the same.
         let mut start = run.start.max(from);
@@ -36,7 +38,8 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
             end += 1;
         }
         out.push_str(&s[from..start.max(from)]);
-        out.push_str(REDACTED);
+        out.push_str(prefix);
+        out.push_str("[redacted]");
         from = end.max(from);
     }
     out.push_str(&s[from..]);

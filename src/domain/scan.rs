@@ -1,37 +1,39 @@
 //! Finding tokens in bytes nobody parsed (a report read as text, a scanner's body that
 //! is no alert array) and in every string of a delivery, whatever encoding hides them.
+//! Which tokens: those of the enabled [`Formats`] (redaction: of every known format).
 //!
-//! - [`plain`]: every `cio_tp_` followed by 36 letters or digits, at **every** position
-//!   where the prefix starts (a token cut short and followed by a whole one yields both:
-//!   a scan that stops after each match would swallow the second's first letters).
-//!   Whatever surrounds it: a token glued to other text has leaked all the same; the
-//!   check digits decide later whether it is ours.
+//! - [`plain`]: every string of an enabled format's shape (`cio_tp_` + 36 letters or
+//!   digits, `cio` + 32, …) at **every** position where a prefix starts (a token cut
+//!   short and followed by a whole one yields both: a scan that stops after each match
+//!   would swallow the second's first letters). Whatever surrounds it: a token glued to
+//!   other text has leaked all the same. Where two formats' strings start at one place,
+//!   [`Formats::token_at`] picks one (the longest whose check passes); a string of our
+//!   shape with wrong check digits is still yielded, for the caller to count as not
+//!   ours.
 //! - [`all`]: [`plain`] in the bytes as they are and in up to [`MAX_LAYERS`] layers of
 //!   decoding, each undoing percent-encoding (`%XX`, either case) and JSON escapes
 //!   (`\u00XX`, `\\`) wherever they appear, in any mix and any subset of the
 //!   characters: `cio%5Ftp%5F…`, `%63io_tp_…`, `\u0063io_tp_…`, `%5Cu0063io_tp_…`,
 //!   `cio%255Ftp…` (twice encoded). Each token once per place (its start in the input),
 //!   decoded.
-//! - [`runs`]: where in the input every `cio_tp_` and the letters and digits after it
-//!   are, in any of those layers: what [`crate::domain::redact`] replaces.
+//! - [`runs`]: where in the input every known prefix and the letters and digits after
+//!   it are, in any of those layers: what [`crate::domain::redact`] replaces.
 //!
 //! One pass undoes both kinds of escape, so an escape of one kind can swallow the `c`
 //! of a prefix whose other characters are escaped the other way (`%4cio\u005ftp_…`:
 //! one JSON pass alone gives `%4cio_tp_…`, both together `Lio_tp_…`; `c` is the only
-//! hex digit in the prefix). So `io_tp_` and 36 letters or digits after anything but a
-//! `c` counts too: [`all`] takes it when `c` and it pass the check digits, [`runs`]
-//! redacts it from the escape that swallowed the `c`.
+//! hex digit in the prefixes). So a prefix without its `c` (`io_tp_`, `io`) and a
+//! token's letters or digits right after an escape's byte counts too: [`all`] takes it
+//! when `c` and it are a token of an enabled format (check digits passed; any
+//! well-formed one without them), [`runs`] redacts it from the escape that swallowed
+//! the `c`.
 //!
 //! A decoded layer remembers, for each of its bytes, the input bytes it stands for, so
-//! a token found three layers down is placed (and redacted) in the input. Check digits
-//! are not looked at here.
+//! a token found three layers down is placed (and redacted) in the input.
 
 use std::ops::Range;
 
-use super::token::{self, PREFIX, TOKEN_LEN};
-
-/// The prefix without its `c`, which an escape before it can swallow.
-const AFTER_C: &str = "io_tp_";
+use super::format::{self, Formats};
 
 /// Layers of encoding undone beyond the input itself: a URL encoded twice inside a
 /// JSON string read as text is three.
@@ -40,19 +42,33 @@ pub const MAX_LAYERS: usize = 3;
 /// Bytes one decoded byte stands for at most in a layer (`\u00XX`).
 const WIDEST_ESCAPE: usize = 6;
 
-/// Bytes of the longest match in the input: a token with every character escaped in
-/// every layer.
-pub const MAX_MATCH: usize = TOKEN_LEN * WIDEST_ESCAPE.pow(MAX_LAYERS as u32);
+/// Bytes of the longest match in the input: the longest token of any format with every
+/// character escaped in every layer.
+pub const MAX_MATCH: usize = format::MAX_LEN * WIDEST_ESCAPE.pow(MAX_LAYERS as u32);
 
-/// Every plain token-shaped run, as (start, token), in order (runs may overlap).
-pub fn plain(hay: &[u8]) -> impl Iterator<Item = (usize, &str)> + '_ {
-    memchr::memmem::find_iter(hay, PREFIX.as_bytes()).filter_map(move |at| {
-        let run = hay.get(at..at + TOKEN_LEN)?;
-        if !run[PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric) {
-            return None;
+/// Calls `f(start, token)` for every token-shaped run of an enabled format in `hay`, at
+/// every place a prefix starts ([`Formats::token_at`] picks the format), prefix by
+/// prefix (runs may overlap).
+fn each_plain<'h>(hay: &'h [u8], formats: Formats, mut f: impl FnMut(usize, &'h str)) {
+    for prefix in formats.prefixes() {
+        for at in memchr::memmem::find_iter(hay, prefix.as_bytes()) {
+            let Some(len) = formats.token_at(hay, at, prefix) else {
+                continue;
+            };
+            if let Ok(token) = std::str::from_utf8(&hay[at..at + len]) {
+                f(at, token);
+            }
         }
-        Some((at, std::str::from_utf8(run).ok()?))
-    })
+    }
+}
+
+/// Every plain token-shaped run of an enabled format, as (start, token), by start (runs
+/// may overlap).
+pub fn plain(hay: &[u8], formats: Formats) -> Vec<(usize, &str)> {
+    let mut found = Vec::new();
+    each_plain(hay, formats, |at, token| found.push((at, token)));
+    found.sort_by_key(|&(at, _)| at);
+    found
 }
 
 /// Whether `hay` may hold an escape any layer could undo: a `%` or a `\`. Without
@@ -151,28 +167,69 @@ fn each_layer(hay: &[u8], mut f: impl FnMut(&[u8], &dyn Fn(usize) -> (u32, u32))
     }
 }
 
-/// Every `io_tp_` followed by 36 letters or digits in a layer right after a byte that
-/// an escape decoded to (one whose input range is wider than one byte): its `c` may
-/// have been swallowed by that escape (see the module docs). As (the escape's byte, the
-/// `i`, the 42 characters). After a plain byte (`studio_tp_…`, `éio_tp_…`) nothing
-/// was swallowed, and nothing is taken.
-fn without_c<'b>(
-    bytes: &'b [u8],
-    span: &'b dyn Fn(usize) -> (u32, u32),
-) -> impl Iterator<Item = (usize, usize, &'b str)> + 'b {
-    let after = AFTER_C.as_bytes();
-    memchr::memmem::find_iter(bytes, after).filter_map(move |at| {
-        let escape = at.checked_sub(1)?;
-        let (from, to) = span(escape);
-        if bytes[escape] == b'c' || to - from < 2 {
-            return None; // a plain prefix (`plain` has it), or no escape before it
+/// Every prefix of an enabled format without its `c` (`io_tp_`, `io`) in a layer right
+/// after a byte that an escape decoded to (one whose input range is wider than one
+/// byte), followed by a token's letters and digits: its `c` may have been swallowed by
+/// that escape (see the module docs). As (the escape's byte, the byte after it, the
+/// token with its `c`), and only where that is a token of an enabled format. After a
+/// plain byte (`studio_tp_…`, `éio_tp_…`) nothing was swallowed, and nothing is taken.
+fn without_c(
+    bytes: &[u8],
+    span: &dyn Fn(usize) -> (u32, u32),
+    formats: Formats,
+    mut f: impl FnMut(usize, usize, String),
+) {
+    for prefix in formats.prefixes() {
+        let Some(after) = prefix.strip_prefix('c') else {
+            continue;
+        };
+        for at in memchr::memmem::find_iter(bytes, after.as_bytes()) {
+            let Some(escape) = at.checked_sub(1) else {
+                continue;
+            };
+            let (from, to) = span(escape);
+            if bytes[escape] == b'c' || to - from < 2 {
+                continue; // a plain prefix (`plain` has it), or no escape before it
+            }
+            // The token as if the `c` stood where the escape's byte is.
+            let Some(len) = formats.token_at(bytes, escape, prefix) else {
+                continue;
+            };
+            let Ok(rest) = std::str::from_utf8(&bytes[at..escape + len]) else {
+                continue;
+            };
+            let token = format!("c{rest}");
+            // Only a token of ours is taken this way: `io_tp_` after other text is not
+            // made into an occurrence.
+            if formats.recognise(&token).is_some() {
+                f(escape, at, token);
+            }
         }
-        let run = bytes.get(at..at + TOKEN_LEN - 1)?;
-        if !run[after.len()..].iter().all(u8::is_ascii_alphanumeric) {
-            return None;
+    }
+}
+
+/// Every place a known format's prefix without its `c` follows an escape's byte, with
+/// its letters and digits after it: [`runs`]' share of [`without_c`], as (the escape's
+/// byte, the prefix's last byte plus one, the prefix).
+fn without_c_runs(
+    bytes: &[u8],
+    span: &dyn Fn(usize) -> (u32, u32),
+    mut f: impl FnMut(usize, usize, &'static str),
+) {
+    for prefix in Formats::ALL.prefixes() {
+        let Some(after) = prefix.strip_prefix('c') else {
+            continue;
+        };
+        for at in memchr::memmem::find_iter(bytes, after.as_bytes()) {
+            let Some(escape) = at.checked_sub(1) else {
+                continue;
+            };
+            let (from, to) = span(escape);
+            if bytes[escape] != b'c' && to - from >= 2 {
+                f(escape, at + after.len(), prefix);
+            }
         }
-        Some((escape, at, std::str::from_utf8(run).ok()?))
-    })
+    }
 }
 
 /// Bytes decoded at once: a longer input is decoded in windows of this size that
@@ -195,18 +252,18 @@ fn windows(hay: &[u8]) -> impl Iterator<Item = (usize, &[u8])> + '_ {
     })
 }
 
-/// Whether `hay` may hold a token in any form [`all`] finds: the prefix's `io_tp_`, or
+/// Whether `hay` may hold a token of `formats` in any form [`all`] finds: a prefix, or
 /// an escape. A cheap test that lets a string without either go unscanned.
-pub fn may_hold_token(hay: &[u8]) -> bool {
-    may_be_encoded(hay) || memchr::memmem::find(hay, AFTER_C.as_bytes()).is_some()
+pub fn may_hold_token(hay: &[u8], formats: Formats) -> bool {
+    may_be_encoded(hay) || formats.any_prefix_in(hay)
 }
 
-/// Every token in `hay`, plain or under up to [`MAX_LAYERS`] layers of percent-encoding
-/// and JSON escapes, decoded, as (start in `hay`, token), by start; one per place (a
-/// token found in several layers, or with its `c` swallowed in one, or in two windows,
-/// ends at the same input byte: the earliest start is kept).
-pub fn all(hay: &[u8]) -> Vec<(usize, String)> {
-    all_placed(hay)
+/// Every token of an enabled format in `hay`, plain or under up to [`MAX_LAYERS`]
+/// layers of percent-encoding and JSON escapes, decoded, as (start in `hay`, token), by
+/// start; one per place (a token found in several layers, or with its `c` swallowed in
+/// one, or in two windows, ends at the same input byte: the earliest start is kept).
+pub fn all(hay: &[u8], formats: Formats) -> Vec<(usize, String)> {
+    all_placed(hay, formats)
         .into_iter()
         .map(|(start, _, token)| (start, token))
         .collect()
@@ -215,16 +272,17 @@ pub fn all(hay: &[u8]) -> Vec<(usize, String)> {
 /// [`all`] with where each token ends in `hay` too: (start, end, token), by start. The
 /// end is where a token is the same token whatever came before it (the text reader
 /// tells a token it emitted from another by it).
-pub fn all_placed(hay: &[u8]) -> Vec<(usize, usize, String)> {
+pub fn all_placed(hay: &[u8], formats: Formats) -> Vec<(usize, usize, String)> {
     if !may_be_encoded(hay) {
-        return plain(hay)
-            .map(|(at, t)| (at, at + TOKEN_LEN, t.to_owned()))
+        return plain(hay, formats)
+            .into_iter()
+            .map(|(at, t)| (at, at + t.len(), t.to_owned()))
             .collect();
     }
     // (end in `hay`, start in `hay`, token)
     let mut found: Vec<(usize, usize, String)> = Vec::new();
     for (offset, window) in windows(hay) {
-        all_in(window, offset, &mut found);
+        all_in(window, offset, formats, &mut found);
     }
     found.sort_by(|a, b| (a.0, &a.2, a.1).cmp(&(b.0, &b.2, b.1)));
     found.dedup_by(|later, first| later.0 == first.0 && later.2 == first.2);
@@ -237,37 +295,32 @@ pub fn all_placed(hay: &[u8]) -> Vec<(usize, usize, String)> {
 }
 
 /// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`.
-fn all_in(hay: &[u8], offset: usize, found: &mut Vec<(usize, usize, String)>) {
+fn all_in(hay: &[u8], offset: usize, formats: Formats, found: &mut Vec<(usize, usize, String)>) {
     let at_input = |n: u32| offset + n as usize;
     each_layer(hay, |bytes, span| {
-        for (at, token) in plain(bytes) {
+        each_plain(bytes, formats, |at, token| {
             found.push((
-                at_input(span(at + TOKEN_LEN - 1).1),
+                at_input(span(at + token.len() - 1).1),
                 at_input(span(at).0),
                 token.to_owned(),
             ));
-        }
-        for (from, at, rest) in without_c(bytes, span) {
-            let token = format!("c{rest}");
-            // Only a token of ours is taken this way: `io_tp_` after other text is not
-            // made into an occurrence.
-            if token::validate(&token).is_ok() {
-                found.push((
-                    at_input(span(at + TOKEN_LEN - 2).1),
-                    at_input(span(from).0),
-                    token,
-                ));
-            }
-        }
+        });
+        without_c(bytes, span, formats, |from, at, token| {
+            found.push((
+                at_input(span(at + token.len() - 2).1),
+                at_input(span(from).0),
+                token,
+            ));
+        });
     });
 }
 
-/// [`runs`] of one layer of a window at `offset`: input ranges, unsorted.
+/// [`runs`] of one layer of a window at `offset`: (input range, prefix), unsorted.
 fn runs_in(
     bytes: &[u8],
     span: &dyn Fn(usize) -> (u32, u32),
     offset: usize,
-    found: &mut Vec<Range<usize>>,
+    found: &mut Vec<(Range<usize>, &'static str)>,
 ) {
     let run_after = |after: usize| {
         bytes[after..]
@@ -277,22 +330,42 @@ fn runs_in(
     };
     let range =
         |from: usize, last: usize| offset + span(from).0 as usize..offset + span(last).1 as usize;
-    for at in memchr::memmem::find_iter(bytes, PREFIX.as_bytes()) {
-        let after = at + PREFIX.len();
-        found.push(range(at, after + run_after(after) - 1));
+    // The fewest letters and digits after `prefix` that a format with it takes.
+    let least = |prefix: &str, of: fn(&format::Format) -> usize| {
+        Formats::ALL
+            .iter()
+            .filter(|f| f.prefix == prefix)
+            .map(of)
+            .min()
+            .unwrap_or(0)
+    };
+    for prefix in Formats::ALL.prefixes() {
+        let min = least(prefix, |f| f.redact_min);
+        for at in memchr::memmem::find_iter(bytes, prefix.as_bytes()) {
+            let after = at + prefix.len();
+            let run = run_after(after);
+            if run >= min {
+                found.push((range(at, after + run - 1), prefix));
+            }
+        }
     }
     // A prefix whose `c` an escape swallowed, before a whole secret part: redacted from
     // that escape on.
-    for (from, at, _) in without_c(bytes, span) {
-        let after = at + AFTER_C.len();
-        found.push(range(from, after + run_after(after) - 1));
-    }
+    without_c_runs(bytes, span, |from, after, prefix| {
+        let run = run_after(after);
+        if run >= least(prefix, |f| f.body_len) {
+            found.push((range(from, after + run - 1), prefix));
+        }
+    });
 }
 
-/// Where every `cio_tp_` and the letters and digits right after it are in `hay`, in
-/// the input or in any decoded layer: input ranges, sorted and merged.
-pub fn runs(hay: &[u8]) -> Vec<Range<usize>> {
-    let mut found: Vec<Range<usize>> = Vec::new();
+/// Where every prefix of a known format (enabled or not) and the letters and digits
+/// right after it are in `hay`, in the input or in any decoded layer: input ranges,
+/// sorted and merged, each with the prefix of its first run (what it is shown as once
+/// redacted). `cio_tp_` is taken with any run after it (a cut token is a secret's
+/// part); `cio` only before a whole token's worth ([`format::Format::redact_min`]).
+pub fn runs(hay: &[u8]) -> Vec<(Range<usize>, &'static str)> {
+    let mut found: Vec<(Range<usize>, &'static str)> = Vec::new();
     if may_be_encoded(hay) {
         for (offset, window) in windows(hay) {
             each_layer(window, |bytes, span| {
@@ -302,12 +375,12 @@ pub fn runs(hay: &[u8]) -> Vec<Range<usize>> {
     } else {
         runs_in(hay, &|i| (i as u32, i as u32 + 1), 0, &mut found);
     }
-    found.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
-    for r in found {
+    found.sort_by_key(|(r, _)| r.start);
+    let mut merged: Vec<(Range<usize>, &'static str)> = Vec::with_capacity(found.len());
+    for (r, prefix) in found {
         match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => merged.push(r),
+            Some((last, _)) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push((r, prefix)),
         }
     }
     merged
@@ -319,8 +392,16 @@ mod tests {
 
     const A: &str = "cio_tp_ACAyMYNZERnTTS1iqvGWBaE8Nt8Ebu052fSx";
 
+    /// Where [`runs`] are, without their prefixes.
+    fn ranges(hay: &[u8]) -> Vec<Range<usize>> {
+        runs(hay).into_iter().map(|(r, _)| r).collect()
+    }
+
     fn tokens(hay: &str) -> Vec<String> {
-        all(hay.as_bytes()).into_iter().map(|(_, t)| t).collect()
+        all(hay.as_bytes(), Formats::DEFAULT)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 
     /// Every byte of `s` written as `%XX` (upper-case hex) or `\u00XX`.
@@ -334,11 +415,14 @@ mod tests {
     #[test]
     fn a_token_after_a_cut_off_one_is_found() {
         let cut = format!("cio_tp_{}{A}", "a".repeat(35));
-        let found: Vec<&str> = plain(cut.as_bytes()).map(|(_, t)| t).collect();
+        let found: Vec<&str> = plain(cut.as_bytes(), Formats::DEFAULT)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[1], A);
         let cut = format!("{}{A}", &A[..40]);
-        assert_eq!(plain(cut.as_bytes()).last().unwrap().1, A);
+        assert_eq!(plain(cut.as_bytes(), Formats::DEFAULT).last().unwrap().1, A);
     }
 
     #[test]
@@ -349,12 +433,15 @@ mod tests {
             &A[7..],
             &A[..42]
         );
-        let found = all(hay.as_bytes());
+        let found = all(hay.as_bytes(), Formats::DEFAULT);
         let tokens: Vec<&str> = found.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(tokens, [A, A], "{found:?}");
         assert_eq!(found[0].0, 2);
         assert_eq!(found[1].0, hay.find(A).unwrap());
-        assert_eq!(all(json(A).as_bytes()), [(0, A.to_owned())]);
+        assert_eq!(
+            all(json(A).as_bytes(), Formats::DEFAULT),
+            [(0, A.to_owned())]
+        );
     }
 
     #[test]
@@ -396,7 +483,7 @@ mod tests {
             format!("%2c%69%6F%5F%74%70_{secret}"),
         ] {
             assert_eq!(tokens(&hay), [b.expose_secret()], "{hay}");
-            let runs = runs(hay.as_bytes());
+            let runs = ranges(hay.as_bytes());
             assert_eq!(runs.len(), 1, "{hay}");
             assert_eq!(runs[0].end, hay.len(), "{hay}");
         }
@@ -413,7 +500,7 @@ mod tests {
         ] {
             assert!(tokens(&hay).is_empty(), "{hay}");
             if !hay.starts_with('\\') {
-                assert!(runs(hay.as_bytes()).is_empty(), "{hay}");
+                assert!(ranges(hay.as_bytes()).is_empty(), "{hay}");
             }
             let _ = crate::domain::redact::redact_tokens(&hay);
         }
@@ -427,9 +514,9 @@ mod tests {
             let mut hay = "%".to_owned() + &".".repeat(at - 1);
             hay.push_str(&percent(A));
             hay.push_str(&".".repeat(DECODE_WINDOW));
-            let found = all(hay.as_bytes());
+            let found = all(hay.as_bytes(), Formats::DEFAULT);
             assert_eq!(found, [(at, A.to_owned())], "at {at}");
-            let runs = super::runs(hay.as_bytes());
+            let runs = ranges(hay.as_bytes());
             assert_eq!(runs, vec![at..at + 3 * A.len()], "at {at}");
         }
     }
@@ -438,7 +525,10 @@ mod tests {
     fn a_token_encoded_in_every_layer_fits_the_longest_match() {
         let deepest = json(&json(&json(A)));
         assert_eq!(deepest.len(), MAX_MATCH);
-        assert_eq!(all(deepest.as_bytes()), [(0, A.to_owned())]);
+        assert_eq!(
+            all(deepest.as_bytes(), Formats::DEFAULT),
+            [(0, A.to_owned())]
+        );
         let mixed = percent(&json(&percent(A)));
         assert!(mixed.len() <= MAX_MATCH);
         assert_eq!(tokens(&mixed), [A]);
@@ -449,7 +539,7 @@ mod tests {
     #[test]
     fn runs_are_input_ranges_of_every_layer_merged() {
         let hay = format!("a cio%5Ftp%5F{} b {A}. cio_tp_ %63io_tp_x", &A[7..]);
-        let runs = runs(hay.as_bytes());
+        let runs = ranges(hay.as_bytes());
         let shown: Vec<&str> = runs.iter().map(|r| &hay[r.clone()]).collect();
         assert_eq!(
             shown,
@@ -460,7 +550,7 @@ mod tests {
                 "%63io_tp_x"
             ]
         );
-        assert!(super::runs(b"nothing here").is_empty());
+        assert!(ranges(b"nothing here").is_empty());
     }
 }
 

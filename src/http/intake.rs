@@ -205,6 +205,7 @@ impl http_body::Body for FeedbackBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Formats;
 
     /// Tokens written one after another in one item's `token` (a gitleaks match sent to
     /// the Revocation API, say): a candidate every 43 bytes, each found inside the item,
@@ -218,7 +219,7 @@ mod tests {
         }
         let body = serde_json::json!([{ "token": token, "url": "u".repeat(500) }]).to_string();
         assert!(body.len() <= max_body);
-        let sizes = alert::measure(body.as_bytes()).unwrap();
+        let sizes = alert::measure(body.as_bytes(), Formats::DEFAULT).unwrap();
         assert!(sizes.candidates > 24_000, "{sizes:?}");
         let needed = verified_estimate(body.len(), &sizes);
         let checked = verified_estimate_max(max_body);

@@ -66,6 +66,8 @@ pub struct AppState {
     pub notifier: Option<Notifier>,
     /// `--scanner-quiet-after`: the on-call panel flags a scanner silent this long.
     pub scanner_quiet_after: Duration,
+    /// `--token-formats`: the tokens this instance recognises.
+    pub formats: crate::domain::Formats,
 }
 
 /// The public listener: the webhook, health, and a JSON 404/405 for everything else.

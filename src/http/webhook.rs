@@ -38,7 +38,7 @@ use crate::domain::alert;
 use crate::domain::alert::Compact;
 use crate::domain::redact::redact_tokens;
 use crate::domain::scan;
-use crate::domain::{Outcome, OutcomeCounts};
+use crate::domain::{Formats, Outcome, OutcomeCounts};
 use crate::signature::{self, KeyError, Protocol};
 use crate::store::{RecordOptions, StoreError};
 
@@ -195,9 +195,10 @@ pub(super) fn refusal(
     Some(status)
 }
 
-/// The alert array standing for an unparseable body: every token-shaped run in its
-/// bytes (plain or JSON-escaped), typed `cio_tp`, source `unparsed_body`; and how many.
-fn salvage(body: &[u8]) -> (Vec<u8>, usize) {
+/// The alert array standing for an unparseable body: every token-shaped run of an
+/// enabled format in its bytes (plain or escaped), typed by its format's name (`cio_tp`
+/// for one of our shape that is not a token), source `unparsed_body`; and how many.
+fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
     #[derive(serde::Serialize)]
     struct Item<'a> {
         token: &'a str,
@@ -206,12 +207,12 @@ fn salvage(body: &[u8]) -> (Vec<u8>, usize) {
         url: &'static str,
         source: &'static str,
     }
-    let found = scan::all(body);
+    let found = scan::all(body, formats);
     let items: Vec<Item<'_>> = found
         .iter()
         .map(|(_, token)| Item {
             token,
-            token_type: "cio_tp",
+            token_type: formats.recognise(token).map_or("cio_tp", |f| f.name),
             url: "",
             source: "unparsed_body",
         })
@@ -233,7 +234,7 @@ pub(super) fn admit(
     let slot = Arc::clone(&state.deliveries)
         .try_acquire_owned()
         .map_err(|_| overloaded())?;
-    let sizes = alert::measure(body)?;
+    let sizes = alert::measure(body, state.formats)?;
     let held = state
         .verified_budget
         .try_take(intake::verified_estimate(capacity, &sizes))
@@ -288,7 +289,7 @@ async fn handle(
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
-            let (salvaged, tokens) = salvage(&body);
+            let (salvaged, tokens) = salvage(&body, state.formats);
             tracing::warn!(
                 error = %e,
                 tokens,
@@ -320,7 +321,7 @@ pub(super) async fn process(
     default_source: Option<&'static str>,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let received_at = chrono::Utc::now();
-    let mut delivery = alert::compact(body, &sizes)?;
+    let mut delivery = alert::compact(body, &sizes, state.formats)?;
     if let Some(source) = default_source {
         for c in delivery
             .candidates

@@ -89,6 +89,8 @@ pub struct Options {
     pub batch_size: usize,
     /// Show a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// The token formats looked for and recognised (`--token-formats`).
+    pub formats: crate::domain::Formats,
 }
 
 /// Replays every file, printing rows and the summary to `out`.
@@ -192,8 +194,13 @@ async fn replay_file(
     let progress = progress.then(|| progress_bar(total_bytes));
     let batch_size = opts.batch_size.max(1);
     let (mut batches, reading) = match &progress {
-        Some(bar) => spawn_reader(bar.wrap_read(reader), format, &origin, batch_size),
-        None => spawn_reader(reader, format, &origin, batch_size),
+        Some(bar) => spawn_reader(
+            bar.wrap_read(reader),
+            (format, opts.formats),
+            &origin,
+            batch_size,
+        ),
+        None => spawn_reader(reader, (format, opts.formats), &origin, batch_size),
     };
 
     while let Some(batch) = batches.recv().await {
@@ -243,7 +250,7 @@ type Reading = tokio::task::JoinHandle<Result<ReadStats, formats::FormatError>>;
 /// cross a bounded channel, so the reader waits while the async side is busy.
 fn spawn_reader<R: BufRead + Send + 'static>(
     reader: R,
-    format: Format,
+    (format, formats): (Format, crate::domain::Formats),
     origin: &str,
     batch_size: usize,
 ) -> (mpsc::Receiver<Vec<Found>>, Reading) {
@@ -251,7 +258,7 @@ fn spawn_reader<R: BufRead + Send + 'static>(
     let origin = origin.to_owned();
     let reading = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(batch_size);
-        let stats = formats::read_report(reader, format, &origin, &mut |found| {
+        let stats = formats::read_report(reader, format, formats, &origin, &mut |found| {
             batch.push(found);
             if batch.len() >= batch_size {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
@@ -286,7 +293,7 @@ async fn process_batch(
             location: None,
         })
         .collect();
-    let classified = alert::classify(&items);
+    let classified = alert::classify(&items, opts.formats);
     summary.batches += 1;
 
     // Whose tokens they are (local: one read statement when there are candidates).

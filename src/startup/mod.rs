@@ -241,6 +241,7 @@ impl Application {
                     .map(|t| SecretDigest::of(t.expose_secret().trim())),
                 notifier,
                 scanner_quiet_after: settings.scanner_quiet_after,
+                formats: settings.formats,
                 revocation_api: (!settings.revocation_api_tokens.is_empty()).then(|| {
                     Arc::new(http::revocation_api::RevocationApi {
                         tokens: settings

@@ -107,8 +107,10 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Id of the report that revoked it.
+    /// Id of the report that revoked it (`None` when it was imported revoked).
     pub revoked_by: Option<i64>,
+    /// Its format's name (`cio_tp` for the tokens revoker mints).
+    pub format: String,
 }
 
 impl TokenRecord {

@@ -45,6 +45,7 @@ pub(super) struct TokenRow<B: Backend> {
     expires_at: B::Time,
     revoked_at: Option<B::Time>,
     revoked_by: Option<i64>,
+    format: String,
 }
 
 impl<B: Backend> TokenRow<B> {
@@ -56,6 +57,7 @@ impl<B: Backend> TokenRow<B> {
             expires_at: B::decode_time(self.expires_at)?,
             revoked_at: self.revoked_at.map(B::decode_time).transpose()?,
             revoked_by: self.revoked_by,
+            format: self.format,
         })
     }
 }

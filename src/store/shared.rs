@@ -51,15 +51,17 @@ const INSERT_TOKEN_SQL: &str =
 
 /// `hash` → `TokenRow`.
 const TOKEN_SQL: &str =
-    "SELECT owner, created_at, expires_at, revoked_at, revoked_by FROM tokens WHERE hash = $1";
+    "SELECT owner, created_at, expires_at, revoked_at, revoked_by, format FROM tokens WHERE hash = $1";
 
 /// `from` (bytes), `limit` → `HashedTokenRow`s with a hash `>= from`, in hash order.
-const TOKENS_FROM_SQL: &str = "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by
+const TOKENS_FROM_SQL: &str =
+    "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by, format
              FROM tokens WHERE hash >= $1 ORDER BY hash LIMIT $2";
 
 /// `owner` (NULL: any), `status` (NULL: any; `live`, `revoked`, `expired`), `now`,
 /// `limit` → `HashedTokenRow`s, newest first.
-const LIST_TOKENS_SQL: &str = "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by
+const LIST_TOKENS_SQL: &str =
+    "SELECT hash, owner, created_at, expires_at, revoked_at, revoked_by, format
              FROM tokens
              WHERE (CAST($1 AS TEXT) IS NULL OR owner = $1)
                AND (CAST($2 AS TEXT) IS NULL

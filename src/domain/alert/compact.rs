@@ -9,9 +9,8 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    candidate, each_item, token, CandidateItem, FeedbackRef, Hex, Inside, NewReport, ParseError,
-};
+use super::{candidate, each_item, CandidateItem, FeedbackRef, Hex, Inside, NewReport, ParseError};
+use crate::domain::format::Formats;
 use crate::domain::outcome::Outcome;
 use crate::domain::token::TokenHash;
 
@@ -41,14 +40,14 @@ pub const FOUND_INSIDE_TEXT: usize = 3 * (super::FOUND_TEXT_MAX + 16) + FOUND_IN
 
 /// First pass over a verified body: validates its shape and counts what [`compact`]
 /// will allocate, so the caller can reserve memory before any of it is allocated.
-pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
+pub fn measure(body: &[u8], formats: Formats) -> Result<Sizes, ParseError> {
     let mut sizes = Sizes::default();
     each_item(body, |item| {
         sizes.items += 1;
         if matches!(item.token_type, Some(Cow::Owned(_))) {
             sizes.text_bytes += stored_bound(item.token_type.as_deref());
         }
-        let own = token::validate(&item.token).is_ok();
+        let own = formats.recognise(&item.token).is_some();
         let stored = stored_bound(item.token_type.as_deref())
             + stored_bound(item.place())
             + stored_bound(item.source.as_deref());
@@ -57,7 +56,7 @@ pub fn measure(body: &[u8]) -> Result<Sizes, ParseError> {
             sizes.text_bytes += stored;
         }
         let mut first = true;
-        item.tokens_inside(own, |_, _| {
+        item.tokens_inside(own, formats, |_, _| {
             if std::mem::take(&mut first) {
                 // The item's strings made storable once before they are cut (freed then,
                 // counted as held).
@@ -120,7 +119,7 @@ pub fn compact_bytes(sizes: &Sizes) -> usize {
 
 /// Second pass: hashes and classifies every item into a [`Compact`], allocating
 /// exactly what [`measure`] counted. `body` must be the bytes `sizes` was measured on.
-pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError> {
+pub fn compact(body: bytes::Bytes, sizes: &Sizes, formats: Formats) -> Result<Compact, ParseError> {
     let mut items = Vec::with_capacity(sizes.items);
     let mut owned_types = Vec::new();
     let mut positions = Vec::with_capacity(sizes.candidates);
@@ -135,12 +134,12 @@ pub fn compact(body: bytes::Bytes, sizes: &Sizes) -> Result<Compact, ParseError>
                 TypeRef::Owned(owned_types.len() as u32 - 1)
             }
         };
-        let own = token::validate(&item.token).is_ok();
-        if own {
+        let own = formats.recognise(&item.token);
+        if let Some(format) = own {
             positions.push(items.len() as u32);
-            candidates.push(candidate(&item, items.len(), hash));
+            candidates.push(candidate(&item, items.len(), format.key(&item.token)));
         }
-        inside.collect(&item, items.len(), own);
+        inside.collect(&item, items.len(), own.is_some(), formats);
         items.push(ItemRef {
             hash,
             token_type,

@@ -8,6 +8,7 @@
 //! such token, wherever its encoded form is whole in the bytes or in a decoded string,
 //! must be found too.
 
+use crate::domain::Formats;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
@@ -300,7 +301,7 @@ fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
 
 fn found(doc: &Doc, format: Format) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
-    read_report(&doc.bytes[..], format, "doc", &mut |f| {
+    read_report(&doc.bytes[..], format, Formats::DEFAULT, "doc", &mut |f| {
         set.insert(f.token);
         Ok(())
     })

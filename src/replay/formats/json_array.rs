@@ -203,6 +203,7 @@ fn json_problem(e: &serde_json::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::Formats;
     use std::cell::Cell;
     use std::io;
     use std::rc::Rc;
@@ -332,20 +333,26 @@ mod tests {
             produced: Rc::clone(&produced),
         };
         let mut i = 0u64;
-        read_report(io::BufReader::new(reader), Format::Github, "g", &mut |f| {
-            assert_eq!(f.url, format!("https://x/{i}"));
-            // Items are < 130 bytes: element i arrives before the reader has produced
-            // much more than the element itself plus one 8 KiB buffer.
-            let limit = (i + 1) * 130 + 8 * 1024 + 16;
-            if produced.get() > limit {
-                return Err(format!(
-                    "item {i} delivered after reading {} bytes",
-                    produced.get()
-                ));
-            }
-            i += 1;
-            Ok(())
-        })
+        read_report(
+            io::BufReader::new(reader),
+            Format::Github,
+            Formats::DEFAULT,
+            "g",
+            &mut |f| {
+                assert_eq!(f.url, format!("https://x/{i}"));
+                // Items are < 130 bytes: element i arrives before the reader has produced
+                // much more than the element itself plus one 8 KiB buffer.
+                let limit = (i + 1) * 130 + 8 * 1024 + 16;
+                if produced.get() > limit {
+                    return Err(format!(
+                        "item {i} delivered after reading {} bytes",
+                        produced.get()
+                    ));
+                }
+                i += 1;
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(i, n as u64);
     }

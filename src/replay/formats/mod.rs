@@ -66,6 +66,7 @@ use serde_json::{Map, Value};
 
 use crate::domain::redact::redact_tokens;
 use crate::domain::token::TokenHash;
+use crate::domain::Formats;
 
 pub use text::TEXT_CHUNK;
 pub use trufflehog::MAX_LINE;
@@ -296,9 +297,11 @@ fn detect_json_lines(s: &[u8]) -> Format {
 pub fn read_report<R: BufRead>(
     reader: R,
     format: Format,
+    formats: Formats,
     origin: &str,
     sink: &mut dyn FnMut(Found) -> Result<(), String>,
 ) -> Result<ReadStats, FormatError> {
+    let _looking_for = LookingFor::set(formats);
     // Locations and the unstructured parts' names carry it: no raw token in it.
     let origin = &*redact_tokens(origin);
     let mut out = Emitter {
@@ -385,10 +388,37 @@ fn without_bom<R: Read>(mut reader: R) -> io::Result<io::Chain<io::Cursor<Vec<u8
 // ---------------------------------------------------------------------------------------
 // Token matching and small field helpers
 
+thread_local! {
+    /// The token formats the [`read_report`] running on this thread looks for: set for
+    /// the call's duration, so every reader's matching sees it without each format's
+    /// reader and item type passing it on.
+    static LOOKING_FOR: std::cell::Cell<Formats> = const { std::cell::Cell::new(Formats::DEFAULT) };
+}
+
+/// Sets [`LOOKING_FOR`] until dropped, then puts back what was there.
+struct LookingFor(Formats);
+
+impl LookingFor {
+    fn set(formats: Formats) -> LookingFor {
+        LookingFor(LOOKING_FOR.with(|f| f.replace(formats)))
+    }
+}
+
+impl Drop for LookingFor {
+    fn drop(&mut self) {
+        LOOKING_FOR.with(|f| f.set(self.0));
+    }
+}
+
+/// The formats the running [`read_report`] looks for.
+fn looking_for() -> Formats {
+    LOOKING_FOR.with(std::cell::Cell::get)
+}
+
 /// Every token in a (small) string, in order: see [`crate::domain::scan::all`] (at
 /// every position, whatever surrounds it, plain, percent-encoded or JSON-escaped).
 fn tokens_in(s: &str) -> impl Iterator<Item = String> {
-    crate::domain::scan::all(s.as_bytes())
+    crate::domain::scan::all(s.as_bytes(), looking_for())
         .into_iter()
         .map(|(_, t)| t)
 }
@@ -627,7 +657,7 @@ mod tests {
                     step: 0,
                 },
             );
-            let stats = read_report(&mut reader, format, name, &mut |f| {
+            let stats = read_report(&mut reader, format, Formats::DEFAULT, name, &mut |f| {
                 all.push(f);
                 Ok(())
             })
@@ -665,14 +695,20 @@ mod tests {
         for name in FIXTURES {
             let data = fixture(name);
             let mut calls = 0;
-            let err = read_report(&data[..], detect(&data), name, &mut |_| {
-                calls += 1;
-                if calls == 2 {
-                    Err("database is gone".to_owned())
-                } else {
-                    Ok(())
-                }
-            })
+            let err = read_report(
+                &data[..],
+                detect(&data),
+                Formats::DEFAULT,
+                name,
+                &mut |_| {
+                    calls += 1;
+                    if calls == 2 {
+                        Err("database is gone".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
             .unwrap_err();
             assert_eq!(calls, 2, "{name}");
             match &err {
@@ -695,8 +731,14 @@ mod tests {
             }
         }
         for &format in Format::ALL {
-            let err =
-                read_report(io::BufReader::new(Failing), format, "f", &mut |_| Ok(())).unwrap_err();
+            let err = read_report(
+                io::BufReader::new(Failing),
+                format,
+                Formats::DEFAULT,
+                "f",
+                &mut |_| Ok(()),
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, FormatError::Io(ref e) if e.kind() == io::ErrorKind::BrokenPipe),
                 "{format}: {err:?}"
@@ -704,9 +746,13 @@ mod tests {
         }
         // Failing in the middle of a JSON array.
         let reader = Cursor::new(b"[{\"token\":\"x\"},".to_vec()).chain(Failing);
-        let err = read_report(io::BufReader::new(reader), Format::Github, "f", &mut |_| {
-            Ok(())
-        })
+        let err = read_report(
+            io::BufReader::new(reader),
+            Format::Github,
+            Formats::DEFAULT,
+            "f",
+            &mut |_| Ok(()),
+        )
         .unwrap_err();
         assert!(
             matches!(err, FormatError::Io(ref e) if e.kind() == io::ErrorKind::BrokenPipe),

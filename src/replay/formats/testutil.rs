@@ -1,6 +1,7 @@
 //! Test support shared by the format tests: the fixture tokens, fixture files, and
 //! readers that collect every occurrence and check that the whole input was read.
 
+use crate::domain::Formats;
 use std::io::Cursor;
 use std::path::PathBuf;
 
@@ -57,7 +58,7 @@ pub fn read_all(
 ) -> Result<(Vec<Found>, ReadStats), FormatError> {
     let mut all = Vec::new();
     let mut reader = Cursor::new(input);
-    let stats = read_report(&mut reader, format, origin, &mut |f| {
+    let stats = read_report(&mut reader, format, Formats::DEFAULT, origin, &mut |f| {
         all.push(f);
         Ok(())
     })?;

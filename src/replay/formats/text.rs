@@ -86,9 +86,13 @@ pub(super) fn read<R: Read>(
         };
         // Whole in `hay` (starting before `decided`), and not emitted yet (by its end: a
         // new context may move a token's start, never its end).
-        found.extend(scan::all_placed(hay).into_iter().filter(|(start, end, _)| {
-            *start < decided && !emitted.contains(&(base + *end as u64))
-        }));
+        found.extend(
+            scan::all_placed(hay, super::looking_for())
+                .into_iter()
+                .filter(|(start, end, _)| {
+                    *start < decided && !emitted.contains(&(base + *end as u64))
+                }),
+        );
         for (start, end, token) in found.drain(..) {
             if start >= line_pos {
                 line += count_newlines(&hay[line_pos..start]);
@@ -127,6 +131,7 @@ pub(super) fn read<R: Read>(
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::Formats;
     use std::cell::Cell;
     use std::rc::Rc;
 
@@ -141,7 +146,7 @@ mod tests {
 
     /// (line, token) by a naive whole-buffer scan, for comparison.
     fn reference_scan(input: &[u8]) -> Vec<(u64, String)> {
-        scan::all(input)
+        scan::all(input, Formats::DEFAULT)
             .into_iter()
             .map(|(start, token)| {
                 let line = 1 + input[..start].iter().filter(|&&b| b == b'\n').count();
@@ -188,7 +193,7 @@ mod tests {
                 let mut input = vec![b'x'; chunk - MAX_MATCH - 1 - shift];
                 input.extend_from_slice(token.as_bytes());
                 input.extend(std::iter::repeat_n(b'y', 2 * chunk));
-                assert_eq!(scan::all(&input).len(), 1);
+                assert_eq!(scan::all(&input, Formats::DEFAULT).len(), 1);
                 let found = with_chunk(&input, chunk);
                 assert_eq!(found.len(), 1, "{token} shifted {shift}: {found:?}");
             }
@@ -436,6 +441,7 @@ mod tests {
         read_report(
             io::BufReader::new(reader),
             Format::Text,
+            Formats::DEFAULT,
             "huge.log",
             &mut |f| {
                 let line: u64 = f.url.strip_prefix("huge.log:").unwrap().parse().unwrap();
@@ -483,10 +489,16 @@ mod tests {
             produced: Rc::clone(&produced),
         };
         let mut urls = Vec::new();
-        read_report(io::BufReader::new(reader), Format::Text, "one", &mut |f| {
-            urls.push(f.url);
-            Ok(())
-        })
+        read_report(
+            io::BufReader::new(reader),
+            Format::Text,
+            Formats::DEFAULT,
+            "one",
+            &mut |f| {
+                urls.push(f.url);
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(urls, vec!["one:1".to_owned(); 100]);
         assert_eq!(produced.get(), 100 * 1024 * 1024);
