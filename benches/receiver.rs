@@ -23,8 +23,12 @@
 //! transaction mode, in turn, three rounds each, with each mode's median over the direct
 //! one's.
 //!
-//! Exits non-zero if the junk flood caused any database statement (the CI smoke check);
-//! timings are printed and compared with the targets, never asserted.
+//! Last, a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
+//! candidate) takes a flood of 100,000 junk ones in one delivery.
+//!
+//! Exits non-zero if the junk flood caused any database statement, or the
+//! `crates_io_api` flood more than a one-token delivery (the CI smoke checks); timings
+//! are printed and compared with the targets, never asserted.
 
 mod common;
 // The tests' PgBouncer harness (a real `pgbouncer` on a free loopback port).
@@ -392,6 +396,50 @@ impl Bench {
     }
 }
 
+/// What the flood of check-digit-less candidates cost.
+struct ApiFlood {
+    status: u16,
+    took: Duration,
+    flood_statements: u64,
+    one_token_statements: u64,
+}
+
+/// A server with `crates_io_api` enabled on `settings`' database: the statements of a
+/// one-token delivery of a junk `cio` + 32, then of 100,000 of them in one delivery.
+async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
+    use rand::distributions::{Alphanumeric, DistString};
+    settings.formats = "cio_tp,crates_io_api".parse().unwrap();
+    let app = Application::build(settings).await.expect("server starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let store = Arc::clone(&app.state().store);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+    let junk = || format!("cio{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 32));
+    let (base, store) = (&base, &store);
+    let deliver = |tokens: Vec<String>| async move {
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let body = Bench::body(&refs);
+        let sig = bench.sign(&body);
+        let before = store.statements();
+        let (status, took) = bench.deliver_signed(base, body, sig).await;
+        (status, took, store.statements() - before)
+    };
+    let (status, _, one_token_statements) = deliver(vec![junk()]).await;
+    assert_eq!(status, 200, "one-token crates_io_api delivery failed");
+    let (status, took, flood_statements) = deliver((0..100_000).map(|_| junk()).collect()).await;
+    assert_eq!(status, 200, "crates_io_api flood failed");
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    ApiFlood {
+        status,
+        took,
+        flood_statements,
+        one_token_statements,
+    }
+}
+
 /// Stores `n` tokens in chunks; returns the raw tokens only when `keep` is set.
 async fn seed(store: &Arc<dyn RevocationStore>, n: usize, keep: bool) -> Vec<Token> {
     let now = Utc::now();
@@ -593,6 +641,7 @@ async fn run(args: Args) -> bool {
     let settings_max_body = settings.max_body;
     settings.pool.max_connections = 16;
     let pooled_settings = settings.clone();
+    let api_settings = settings.clone();
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let store = Arc::clone(&app.state().store);
@@ -766,6 +815,7 @@ async fn run(args: Args) -> bool {
     );
     drop(junk);
     phase("after flood");
+
 
     // The pooler rounds' bodies, set aside before the throughput takes the rest.
     let pooler_signed: Vec<(Vec<u8>, String)> = bench
@@ -961,6 +1011,31 @@ async fn run(args: Args) -> bool {
             }
         );
     }
+    // 5. Flood of 100,000 junk crates.io API-token strings (`cio` + 32 letters or
+    // digits, no check digit) at a server with `crates_io_api` enabled, on the same
+    // database: every one is a candidate only the database can answer, and they all go
+    // in the delivery's one statement (as many statements as a one-token delivery).
+    // Last, after the memory row: holding 100,000 candidates raises the process's peak.
+    let api = api_flood(&bench, api_settings).await;
+    if api.flood_statements != api.one_token_statements {
+        all_ok = false;
+    }
+    rows.push(Row {
+        name: "flood 100,000 junk crates_io_api (cio + 32)".into(),
+        value: format!(
+            "{:8.2} ms, {} database statements (a 1-token delivery: {})",
+            ms(api.took),
+            api.flood_statements,
+            api.one_token_statements
+        ),
+        target: "one statement per delivery, never one per candidate".into(),
+    });
+    json.insert(
+        "flood_crates_io_api".into(),
+        serde_json::json!({"items": 100_000, "ms": ms(api.took), "statements": api.flood_statements,
+            "one_token_statements": api.one_token_statements, "status": api.status}),
+    );
+
     json.insert(
         "meta".into(),
         serde_json::json!({"backend": format!("{:?}", args.backend).to_lowercase(), "stored_tokens": args.tokens,
@@ -974,6 +1049,12 @@ async fn run(args: Args) -> bool {
     if flood_statements != 0 {
         eprintln!(
             "FAIL: the flood of non-candidates caused {flood_statements} database statements"
+        );
+    }
+    if api.flood_statements != api.one_token_statements {
+        eprintln!(
+            "FAIL: the crates_io_api flood took {} database statements, a one-token delivery {}",
+            api.flood_statements, api.one_token_statements
         );
     }
 

@@ -10,8 +10,8 @@ use cmd::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
     // Offline and instant: no runtime, no logging.
-    if let Command::Token(TokenCommand::Check { token }) = &cli.command {
-        return cmd::token::check(token);
+    if let Command::Token(TokenCommand::Check { token, formats }) = &cli.command {
+        return cmd::token::check(token, formats.token_formats);
     }
     revoker::telemetry::init("info");
     let runtime = match tokio::runtime::Runtime::new() {

@@ -12,7 +12,8 @@ use chrono::Utc;
 
 use revoker::domain::alert::{NewReport, MANUAL_SCANNER};
 use revoker::domain::terminal::terminal_safe;
-use revoker::domain::{Outcome, Token};
+use revoker::domain::format::cio_tp;
+use revoker::domain::{Format, Formats, Outcome, Token};
 use revoker::replay::REPLAY_SCANNER;
 use revoker::store::{
     NewToken, NotificationStatus, RecordOptions, RevocationStore, TokenRecord, TokenStatus,
@@ -24,12 +25,15 @@ use super::db::{open, open_current, open_existing, DbArgs, MigrateUrlArgs};
 pub enum TokenCommand {
     /// Mint a token: prints it once on stdout, stores only its SHA-256.
     Mint(MintArgs),
-    /// Check a token offline (prefix, length, alphabet, check digits). Exit 0 if
-    /// well-formed, 1 otherwise. Pass `-` to read it from stdin (keeps it out of
-    /// shell history and the process list).
+    /// Check a token offline (prefix, length, alphabet, check digits) against the
+    /// enabled --token-formats. Exit 0 if well-formed, 1 otherwise. Pass `-` to read it
+    /// from stdin (keeps it out of shell history and the process list).
     Check {
         /// The token, or `-` for stdin.
         token: String,
+
+        #[command(flatten)]
+        formats: super::FormatsArgs,
     },
     /// Show one token: status (live, revoked, expired, unknown), owner, created,
     /// expires, when and by which report and scanner it was revoked, and its owner
@@ -52,10 +56,15 @@ pub struct WhichToken {
     #[arg(required_unless_present = "hash", conflicts_with = "hash")]
     pub token: Option<String>,
 
-    /// The token's SHA-256 in hex instead: all 64 digits, or a prefix of at least 12
-    /// (as logs, replay and `notify list` print it) that only one token has.
+    /// The token's hash in hex instead (the SHA-256 its format stores: of the whole
+    /// token, or of a crates.io trusted-publishing token's random part): all 64 digits,
+    /// or a prefix of at least 12 (as logs, replay and `notify list` print it) that only
+    /// one token has.
     #[arg(long)]
     pub hash: Option<String>,
+
+    #[command(flatten)]
+    pub formats: super::FormatsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,8 +183,8 @@ async fn find(
     }
     let raw = read_token_arg(which.token.as_deref().expect("clap requires one"))
         .context("cannot read the token from stdin")?;
-    let token = Token::parse(&raw).map_err(|e| anyhow::anyhow!("not a cio_tp_ token: {e}"))?;
-    let hash = token.hash();
+    let format = recognise(&raw, which.formats.token_formats)?;
+    let hash = format.key(&raw);
     Ok((hash.prefix(), store.token(&hash).await?))
 }
 
@@ -281,7 +290,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{named}: unknown (no token with this hash in the database); nothing revoked");
         return Ok(ExitCode::FAILURE);
     };
-    let report = NewReport::manual(token.hash, actor, Utc::now());
+    let report = NewReport::manual(token.hash, &token.format, actor, Utc::now());
     let recorded = store
         .record_report(&report, RecordOptions::default())
         .await
@@ -387,8 +396,24 @@ async fn mint(args: MintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The enabled format `raw` is a token of, or why it is none: with `cio_tp` enabled,
+/// what is wrong with it as one of ours (the reasons never quote it).
+fn recognise(raw: &str, formats: Formats) -> anyhow::Result<&'static Format> {
+    if let Some(format) = formats.recognise(raw) {
+        return Ok(format);
+    }
+    let why = match Token::parse(raw) {
+        Err(e) if formats.contains(&cio_tp::FORMAT) => format!(": {e}"),
+        _ => String::new(),
+    };
+    if formats == Formats::DEFAULT {
+        anyhow::bail!("not a cio_tp_ token{why}");
+    }
+    anyhow::bail!("not a token of any enabled format ({formats}){why}")
+}
+
 /// `token check`: offline, so `main` runs it without a runtime or logging.
-pub fn check(arg: &str) -> ExitCode {
+pub fn check(arg: &str, formats: Formats) -> ExitCode {
     let raw = match read_token_arg(arg) {
         Ok(raw) => raw,
         Err(e) => {
@@ -396,16 +421,22 @@ pub fn check(arg: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match Token::parse(&raw) {
-        Ok(t) => {
+    match recognise(&raw, formats) {
+        Ok(format) => {
             println!(
-                "ok: well-formed cio_tp_ token (sha256 {})",
-                t.hash().to_hex()
+                "ok: well-formed {} token (sha256 {}{})",
+                format.name,
+                format.key(&raw).to_hex(),
+                if format.key(&raw) == revoker::domain::TokenHash::of(&raw) {
+                    ""
+                } else {
+                    ", of its random part, as the registry stores it"
+                }
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("invalid: {e}");
+            eprintln!("invalid: {}", e.to_string().trim_start_matches("not a cio_tp_ token: "));
             ExitCode::FAILURE
         }
     }

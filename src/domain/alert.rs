@@ -131,10 +131,11 @@ pub const MANUAL_SCANNER: &str = "manual";
 
 impl NewReport {
     /// A report of one token revoked by hand by `actor` (`revoker token revoke`): scanner
-    /// [`MANUAL_SCANNER`], the actor as its key id, source `manual`, no url. Its body
+    /// [`MANUAL_SCANNER`], the actor as its key id, type the token's format, source
+    /// `manual`, no url. Its body
     /// hash digests the token's hash, the actor and the time, so it is a report of its
     /// own.
-    pub fn manual(hash: TokenHash, actor: &str, at: DateTime<Utc>) -> NewReport {
+    pub fn manual(hash: TokenHash, format: &str, actor: &str, at: DateTime<Utc>) -> NewReport {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
         digest.update(b"revoker token revoke\0");
@@ -151,7 +152,7 @@ impl NewReport {
             candidates: vec![CandidateItem {
                 position: 0,
                 hash,
-                token_type: "cio_tp".to_owned(),
+                token_type: format.to_owned(),
                 source: MANUAL_SCANNER.to_owned(),
                 url: String::new(),
                 found_in: None,
