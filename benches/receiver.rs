@@ -416,7 +416,12 @@ async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    let junk = || format!("cio{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 32));
+    let junk = || {
+        format!(
+            "cio{}",
+            Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+        )
+    };
     let (base, store) = (&base, &store);
     let deliver = |tokens: Vec<String>| async move {
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
@@ -815,7 +820,6 @@ async fn run(args: Args) -> bool {
     );
     drop(junk);
     phase("after flood");
-
 
     // The pooler rounds' bodies, set aside before the throughput takes the rest.
     let pooler_signed: Vec<(Vec<u8>, String)> = bench

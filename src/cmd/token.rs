@@ -11,8 +11,8 @@ use clap::{Args, Subcommand};
 use chrono::Utc;
 
 use revoker::domain::alert::{NewReport, MANUAL_SCANNER};
-use revoker::domain::terminal::terminal_safe;
 use revoker::domain::format::cio_tp;
+use revoker::domain::terminal::terminal_safe;
 use revoker::domain::{Format, Formats, Outcome, Token};
 use revoker::replay::REPLAY_SCANNER;
 use revoker::store::{
@@ -436,7 +436,10 @@ pub fn check(arg: &str, formats: Formats) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("invalid: {}", e.to_string().trim_start_matches("not a cio_tp_ token: "));
+            eprintln!(
+                "invalid: {}",
+                e.to_string().trim_start_matches("not a cio_tp_ token: ")
+            );
             ExitCode::FAILURE
         }
     }

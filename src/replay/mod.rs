@@ -350,7 +350,15 @@ async fn process_batch(
         }
     };
 
-    for ((found, hash), (outcome, label)) in batch.iter().zip(&classified.hashes).zip(results) {
+    // Each item named by the hash its token is stored by (what `token show --hash` takes;
+    // a crates.io trusted-publishing token's is of its random part), else the whole
+    // string's.
+    let keys = classified
+        .candidate_index
+        .iter()
+        .zip(&classified.hashes)
+        .map(|(idx, whole)| idx.map_or(whole, |i| &classified.candidates[i].hash));
+    for ((found, hash), (outcome, label)) in batch.iter().zip(keys).zip(results) {
         summary.add(outcome, label);
         summary.note_token(hash, outcome);
         // The header with the first row: an error about a report that cannot be opened

@@ -1,0 +1,329 @@
+//! Issue 27: a registry adopts revoker without re-minting. crates.io's two token formats,
+//! generated here exactly as crates.io's code makes them (from the formats' description,
+//! not revoker's code), stored by the hashes crates.io keeps, are revoked by a signed
+//! delivery, by GitLab's Revocation API and by replay, through the real binary with
+//! `--token-formats`; a wrong check character and an unknown `cio` + 32 string are
+//! `false_positive`; a server on the default formats does not take them; no raw token is
+//! stored. On SQLite and PostgreSQL.
+
+mod common;
+
+use chrono::Duration as Ttl;
+use common::*;
+use rand::distributions::{Alphanumeric, DistString};
+use sha2::{Digest, Sha256};
+
+const ALL_FORMATS: &str = "cio_tp,crates_io_trustpub,crates_io_api";
+const REVOCATION_API_TOKEN: &str = "s3cret-revocation-api-token";
+
+/// A crates.io trusted-publishing token: `cio_tp_` + 31 random letters and digits + the
+/// XOR of those 31 bytes, modulo 62, as an index into `A-Za-z0-9`.
+fn trustpub() -> String {
+    let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 31);
+    format!("cio_tp_{random}{}", trustpub_check(&random))
+}
+
+fn trustpub_check(random: &str) -> char {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let xor = random.bytes().fold(0u8, |acc, b| acc ^ b);
+    ALPHABET[usize::from(xor) % ALPHABET.len()] as char
+}
+
+/// A crates.io API token: `cio` + 32 random letters and digits, no check digit.
+fn api() -> String {
+    format!(
+        "cio{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The hash crates.io stores: of the 31 random characters for a trusted-publishing
+/// token, of the whole token for an API token.
+fn crates_io_hash(token: &str) -> String {
+    if token.starts_with("cio_tp_") {
+        sha256_hex(&token[7..38])
+    } else {
+        sha256_hex(token)
+    }
+}
+
+fn format_of(token: &str) -> &'static str {
+    if token.starts_with("cio_tp_") {
+        "crates_io_trustpub"
+    } else {
+        "crates_io_api"
+    }
+}
+
+/// Stores registry tokens by crates.io's hashes, live for an hour, as the registry's
+/// own rows would be.
+async fn store_registry_tokens(db: &TestDb, tokens: &[(&str, &str)]) {
+    for (token, owner) in tokens {
+        let hash = crates_io_hash(token);
+        let format = format_of(token);
+        let sql = match db.kind() {
+            Kind::Postgres => format!(
+                "INSERT INTO tokens (hash, owner, created_at, expires_at, format)
+                 VALUES ('\\x{hash}'::bytea, '{owner}', now(), now() + interval '1 hour', '{format}')"
+            ),
+            Kind::Sqlite => {
+                let now = chrono::Utc::now().timestamp_millis();
+                format!(
+                    "INSERT INTO tokens (hash, owner, created_at, expires_at, format)
+                     VALUES (X'{hash}', '{owner}', {now}, {}, '{format}')",
+                    now + 3_600_000
+                )
+            }
+        };
+        assert_eq!(db.execute(&sql).await, 1);
+    }
+}
+
+/// Whether the token stored under crates.io's hash of `token` is revoked.
+async fn revoked(db: &TestDb, token: &str) -> bool {
+    let hash = crates_io_hash(token);
+    let sql = match db.kind() {
+        Kind::Postgres => format!(
+            "SELECT (revoked_at IS NOT NULL)::text FROM tokens WHERE hash = '\\x{hash}'::bytea"
+        ),
+        Kind::Sqlite => format!(
+            "SELECT CASE WHEN revoked_at IS NULL THEN 'false' ELSE 'true' END FROM tokens WHERE hash = X'{hash}'"
+        ),
+    };
+    let rows = db.texts(&sql).await;
+    assert_eq!(rows.len(), 1, "{} is stored", &hash[..12]);
+    rows[0] == "true"
+}
+
+/// A `cio_tp` token whose first 39 characters are also a well-formed trusted-publishing
+/// token (one in 62 is).
+fn ours_with_a_trustpub_inside() -> revoker::domain::Token {
+    loop {
+        let t = revoker::domain::Token::generate();
+        let s = t.expose_secret();
+        if trustpub_check(&s[7..38]) == s.as_bytes()[38] as char {
+            return t;
+        }
+    }
+}
+
+async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let store = open_migrated_store(&db).await;
+    let ours = mint_many(store.as_ref(), "revoker/own", 1, Ttl::hours(1))
+        .await
+        .remove(0);
+    // For the delivery, the Revocation API and replay: one of each crates.io format.
+    let (t1, a1, t2, a2, t3, a3) = (trustpub(), api(), trustpub(), api(), trustpub(), api());
+    store_registry_tokens(
+        &db,
+        &[
+            (&t1, "alice/crate"),
+            (&a1, "bob"),
+            (&t2, "carol/crate"),
+            (&a2, "dave"),
+            (&t3, "erin/crate"),
+            (&a3, "frank"),
+        ],
+    )
+    .await;
+
+    // A server on the default formats takes none of them: not ours.
+    let default = ServeProcess::start(db.url(), &[], false);
+    let body = serde_json::to_vec(&serde_json::json!([
+        {"token": t1, "type": "crates_io_trustpub", "url": "https://x/1", "source": "content"},
+        {"token": a1, "type": "crates_io_api", "url": "https://x/2", "source": "content"},
+    ]))
+    .unwrap();
+    let answer = default.deliver(&Signer::test(), body.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.labels(), ["false_positive", "false_positive"]);
+    assert!(!revoked(&db, &t1).await && !revoked(&db, &a1).await);
+    default.stop();
+
+    let server = ServeProcess::start(
+        db.url(),
+        &[
+            "--token-formats",
+            ALL_FORMATS,
+            "--revocation-api-token",
+            REVOCATION_API_TOKEN,
+        ],
+        false,
+    );
+    // 1. A signed delivery: both revoked; a wrong check character and an unknown
+    //    `cio` + 32 are false positives; ours still is ours.
+    let mut wrong = t1.clone().into_bytes();
+    wrong[38] = if wrong[38] == b'A' { b'B' } else { b'A' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let unknown = api();
+    let delivery = serde_json::to_vec(&serde_json::json!([
+        {"token": t1, "type": "crates_io_trustpub", "url": "https://x/1", "source": "content"},
+        {"token": a1, "type": "crates_io_api", "url": "https://x/2", "source": "content"},
+        {"token": wrong, "type": "crates_io_trustpub", "url": "https://x/3", "source": "content"},
+        {"token": unknown, "type": "crates_io_api", "url": "https://x/4", "source": "content"},
+        {"token": ours.expose_secret(), "type": "cio_tp", "url": "https://x/5", "source": "content"},
+    ]))
+    .unwrap();
+    let answer = server.deliver(&Signer::test(), delivery).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.labels(),
+        [
+            "true_positive",
+            "true_positive",
+            "false_positive",
+            "false_positive",
+            "true_positive"
+        ]
+    );
+    // The feedback names each token by the SHA-256 of the whole string GitHub sent,
+    // whatever part its format stores.
+    let feedback: Vec<serde_json::Value> = serde_json::from_str(&answer.text).unwrap();
+    assert_eq!(feedback[0]["token_hash"], sha256_hex(&t1));
+    assert_eq!(feedback[1]["token_hash"], sha256_hex(&a1));
+    assert!(revoked(&db, &t1).await && revoked(&db, &a1).await);
+    assert!(!revoked(&db, &t2).await && !revoked(&db, &a2).await);
+    let t = store.token(&ours.hash()).await.unwrap().unwrap();
+    assert!(t.revoked_at.is_some());
+    assert_eq!(t.format, "cio_tp");
+
+    // 2. GitLab's Revocation API.
+    let status = reqwest::Client::new()
+        .post(format!("{}/v1/revoke_tokens", server.base))
+        .header("Authorization", REVOCATION_API_TOKEN)
+        .body(
+            serde_json::json!([
+                {"type": "gitleaks_rule_id_cio_tp", "token": t2, "location": "https://gitlab.example/a#L1"},
+                {"type": "gitleaks_rule_id_cio_tp", "token": a2, "location": "https://gitlab.example/a#L2"},
+            ])
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    assert!(revoked(&db, &t2).await && revoked(&db, &a2).await);
+    let logs = server.stop();
+
+    // 3. Replay of a text report: a trusted-publishing token glued to letters, an API
+    //    token, and one of ours whose first 39 characters pass crates.io's check (one
+    //    token of ours, not also a trusted-publishing one).
+    let inside = ours_with_a_trustpub_inside();
+    store
+        .insert_tokens(&[revoker::store::NewToken {
+            hash: inside.hash(),
+            owner: "revoker/inside".into(),
+            created_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now() + Ttl::hours(1),
+        }])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("leak.log");
+    std::fs::write(
+        &report,
+        format!(
+            "deploy: token={t3}abcd\nCARGO_REGISTRY_TOKEN={a3}\nold: {}\n",
+            inside.expose_secret()
+        ),
+    )
+    .unwrap();
+    let out = run_ok(revoker_command().args([
+        "replay",
+        "--json",
+        "--actor",
+        "test@example.com",
+        "--token-formats",
+        ALL_FORMATS,
+        "--database-url",
+        db.url(),
+        report.to_str().unwrap(),
+    ]));
+    assert!(revoked(&db, &t3).await && revoked(&db, &a3).await);
+    let inside_stored = store.token(&inside.hash()).await.unwrap().unwrap();
+    assert!(inside_stored.revoked_at.is_some());
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("row").cloned())
+        .collect();
+    assert_eq!(rows.len(), 3, "three tokens, no fourth inside ours: {out}");
+    assert!(rows.iter().all(|r| r["label"] == "true_positive"), "{out}");
+    let owners: Vec<&str> = rows.iter().filter_map(|r| r["owner"].as_str()).collect();
+    assert_eq!(owners, ["erin/crate", "frank", "revoker/inside"], "{out}");
+
+    // Stored nowhere, logged nowhere: no secret part of any of them.
+    let dump = db.dump().await;
+    for token in [&t1, &a1, &t2, &a2, &t3, &a3, &wrong, &unknown] {
+        let secret = &token[token.len() - 30..];
+        assert!(!dump.contains(secret), "the database holds a secret");
+        assert!(!logs.contains(secret), "the logs hold a secret");
+        assert!(!out.contains(secret), "replay's output holds a secret");
+    }
+    assert!(db.inconsistencies().await.is_empty());
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tokens_are_revoked_everywhere_sqlite() {
+    registry_tokens_are_revoked_everywhere(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tokens_are_revoked_everywhere_postgres() {
+    registry_tokens_are_revoked_everywhere(Kind::Postgres).await;
+}
+
+/// `token check` and `token show` by the token: a trusted-publishing token is shown by
+/// the hash crates.io stores (of its random part), and refused on the default formats.
+#[tokio::test]
+async fn token_check_and_show_know_the_formats() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let _store = open_migrated_store(&db).await;
+    let t = trustpub();
+    store_registry_tokens(&db, &[(&t, "alice/crate")]).await;
+    let check = |formats: &str| {
+        revoker_command()
+            .args(["token", "check", &t, "--token-formats", formats])
+            .output()
+            .unwrap()
+    };
+    let out = check(ALL_FORMATS);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("crates_io_trustpub"), "{stdout}");
+    assert!(stdout.contains(&crates_io_hash(&t)), "{stdout}");
+    let out = check("cio_tp");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&t[7..]));
+
+    let show = run_ok(revoker_command().args([
+        "token",
+        "show",
+        "--json",
+        &t,
+        "--token-formats",
+        ALL_FORMATS,
+        "--database-url",
+        db.url(),
+    ]));
+    let shown: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
+    assert_eq!(shown["owner"], "alice/crate", "{show}");
+    assert_eq!(shown["status"], "live", "{show}");
+    assert!(!show.contains(&t[7..]));
+    let unknown_flag = revoker_command()
+        .args(["token", "check", &t, "--token-formats", "cio_tp,gitlab"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown_flag.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown_flag.stderr).contains("unknown token format"));
+    db.cleanup().await;
+}
