@@ -103,6 +103,7 @@ async fn each_revoked_token_is_notified_once_signed_and_without_the_token() {
     assert!(is_uuid_v7(&ra.idempotency_key), "{}", ra.idempotency_key);
     assert_eq!(pa["token"]["type"], "cio_tp");
     assert_eq!(pa["token"]["hash_prefix"], a.hash().prefix());
+    assert_eq!(pa["token"]["sha256"], a.hash().to_hex());
     assert_eq!(pa["found"]["scanner"], "github");
     // Where it was first named in the delivery.
     assert_eq!(

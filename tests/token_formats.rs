@@ -260,6 +260,60 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
     let owners: Vec<&str> = rows.iter().filter_map(|r| r["owner"].as_str()).collect();
     assert_eq!(owners, ["erin/crate", "frank", "revoker/inside"], "{out}");
 
+    // The registry learns of each revocation: every owner's notification carries the
+    // token's format and its hash exactly as stored (crates.io's), signed.
+    let hook = Webhook::start().await;
+    run_ok(
+        revoker_command()
+            .args(["notify", "run", "--database-url", db.url()])
+            .args(["--notify-webhook", &hook.url, "--notify-secret", SECRET]),
+    );
+    let sent = hook.wait_for(8).await;
+    let mut told: Vec<(String, String, String)> = sent
+        .iter()
+        .map(|n| {
+            assert!(n.signature_ok);
+            let body: serde_json::Value = serde_json::from_slice(&n.body).unwrap();
+            (
+                body["owner"].as_str().unwrap().to_owned(),
+                body["token"]["type"].as_str().unwrap().to_owned(),
+                body["token"]["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    told.sort();
+    let mut expected: Vec<(String, String, String)> = [
+        (&t1, "alice/crate"),
+        (&a1, "bob"),
+        (&t2, "carol/crate"),
+        (&a2, "dave"),
+        (&t3, "erin/crate"),
+        (&a3, "frank"),
+    ]
+    .iter()
+    .map(|(t, owner)| {
+        (
+            owner.to_string(),
+            format_of(t).to_owned(),
+            crates_io_hash(t),
+        )
+    })
+    .chain([
+        (
+            "revoker/inside".to_owned(),
+            "cio_tp".to_owned(),
+            inside.hash().to_hex(),
+        ),
+        (
+            "revoker/own".to_owned(),
+            "cio_tp".to_owned(),
+            ours.hash().to_hex(),
+        ),
+    ])
+    .collect();
+    expected.sort();
+    assert_eq!(told, expected);
+
     // Stored nowhere, logged nowhere: no secret part of any of them.
     let dump = db.dump().await;
     for token in [&t1, &a1, &t2, &a2, &t3, &a3, &wrong, &unknown] {

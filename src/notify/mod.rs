@@ -144,7 +144,7 @@ pub struct Payload<'a> {
     /// The notification's public id, a UUIDv7 (also the `Idempotency-Key` header).
     pub id: &'a str,
     pub owner: &'a str,
-    pub token: TokenRef,
+    pub token: TokenRef<'a>,
     pub revoked_at: DateTime<Utc>,
     /// The token had already expired when it was reported (revoked anyway).
     pub expired: bool,
@@ -154,12 +154,16 @@ pub struct Payload<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TokenRef {
-    /// Always `cio_tp`.
+pub struct TokenRef<'a> {
+    /// The token's format: `cio_tp` (minted by revoker), `crates_io_trustpub`,
+    /// `crates_io_api`, …
     #[serde(rename = "type")]
-    pub token_type: &'static str,
-    /// First 12 hex digits of the SHA-256 of the token.
+    pub token_type: &'a str,
+    /// First 12 hex digits of `sha256`.
     pub hash_prefix: String,
+    /// The token's hash as stored, 64 hex digits: for a registry's own formats, exactly
+    /// as it was imported (`revoker token import`), so the registry can find its row.
+    pub sha256: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,8 +185,9 @@ pub fn payload_body(n: &Notification) -> Vec<u8> {
         id: &n.public_id,
         owner: &n.owner,
         token: TokenRef {
-            token_type: "cio_tp",
+            token_type: &n.token_format,
             hash_prefix: n.token_hash.prefix(),
+            sha256: n.token_hash.to_hex(),
         },
         revoked_at: n.revoked_at,
         expired: n.expired,

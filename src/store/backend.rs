@@ -281,7 +281,8 @@ macro_rules! notification_columns {
     () => {
         "id, CAST(public_id AS TEXT) AS public_id, token_hash, report_id, owner, scanner, url, source, revoked_at, expired, status, \
          CAST(attempts AS BIGINT) AS attempts, next_attempt_at, last_error, delivered_at, \
-         locked_until"
+         locked_until, \
+         coalesce((SELECT format FROM tokens WHERE tokens.hash = token_hash), 'cio_tp') AS token_format"
     };
 }
 

@@ -53,7 +53,10 @@ pub struct Notification {
     /// row: the webhook's `Idempotency-Key` and the body's `id`, unique across databases
     /// and restores.
     pub public_id: String,
+    /// The token's hash, as stored (as a registry imported it, for its own formats).
     pub token_hash: TokenHash,
+    /// The token's format (read from its row when the notification is read).
+    pub token_format: String,
     /// The report (delivery) that revoked the token.
     pub report_id: i64,
     pub owner: String,

@@ -331,6 +331,7 @@ pub(super) struct NotificationRow<B: Backend> {
     last_error: Option<String>,
     delivered_at: Option<B::Time>,
     locked_until: Option<B::Time>,
+    token_format: String,
 }
 
 impl<B: Backend> NotificationRow<B> {
@@ -340,6 +341,7 @@ impl<B: Backend> NotificationRow<B> {
             id: self.id,
             public_id: self.public_id,
             token_hash: hash_from(&self.token_hash)?,
+            token_format: self.token_format,
             report_id: self.report_id,
             owner: self.owner,
             scanner: self.scanner,
