@@ -131,6 +131,7 @@ contract!(
         concurrent_claimers_on_two_stores_never_share_a_notification,
         a_repeated_body_is_one_report_within_the_window,
         a_repeat_recorded_without_its_tokens_found_inside_records_them,
+        a_repeat_whose_token_a_newly_enabled_format_takes_records_it,
         identical_bodies_racing_on_two_instances_leave_one_report,
         a_record_past_its_deadline_is_rolled_back_by_the_database,
         the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
@@ -2239,6 +2240,40 @@ async fn a_repeat_recorded_without_its_tokens_found_inside_records_them(db: Arc<
     assert_eq!(later.tokens_revoked, 1);
     assert_eq!(store.count_reports().await.unwrap(), 3);
     assert_eq!(all_notifications(store.as_ref()).await.len(), 3);
+    assert!(db.inconsistencies().await.is_empty());
+}
+
+/// A body recorded before a token format was enabled (`--token-formats`), delivered
+/// again: an item's own token that is a candidate now was not one then. It is recorded
+/// and revoked now, as a report of its own, not answered `unknown` nor refused 503.
+async fn a_repeat_whose_token_a_newly_enabled_format_takes_records_it(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "formats/pkg", 2, Ttl::hours(2)).await;
+    // Then: the second item was not ours (its format was not enabled).
+    let mut then = body_report("github", &tokens[..1], 9, now_ms());
+    then.item_count += 1;
+    then.not_ours += 1;
+    let first = store.record_report(&then, ONCE).await.unwrap();
+    assert!(!first.duplicate);
+    // Now: the same body, both items candidates.
+    let now = body_report("github", &tokens, 9, now_ms());
+    let repeat = store.record_report(&now, ONCE).await.unwrap();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.report_id, first.report_id);
+    assert_eq!(repeat.outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert_eq!(repeat.tokens_revoked, 1);
+    assert!(store
+        .token(&tokens[1].hash())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+    let again = store.record_report(&now, ONCE).await.unwrap();
+    assert_eq!(again.outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+    assert_eq!(all_notifications(store.as_ref()).await.len(), 2);
     assert!(db.inconsistencies().await.is_empty());
 }
 

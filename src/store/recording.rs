@@ -30,13 +30,14 @@ pub(super) fn duplicate_answer(
     for (_, hash, outcome) in rows {
         by_hash.insert(hash_from(hash)?, parse_outcome(outcome)?);
     }
-    // Found inside items, but not by the release that recorded the body: answered for
-    // now (the answer has no entry for them), recorded by `record_report` next.
+    // Candidates the body's report does not hold: found inside items by a release that
+    // looks deeper, or tokens of a format enabled since (`--token-formats`). Answered
+    // for now, recorded by `record_report` next.
     let unrecorded: Vec<usize> = report
         .candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.found_in.is_some() && !by_hash.contains_key(&c.hash))
+        .filter(|(_, c)| !by_hash.contains_key(&c.hash))
         .map(|(i, _)| i)
         .collect();
     for &i in &unrecorded {
@@ -57,8 +58,8 @@ pub(super) fn duplicate_answer(
 /// own: same scanner, key id and time, once per body under a body hash derived from the
 /// body's and the set of hashes it records. So a further repeat that misses the same
 /// tokens is answered from it, and one that misses more (a later release finding more
-/// inside the same body) records them all again, as a report of its own: nothing found
-/// is left unrecorded.
+/// inside the same body, or more formats enabled) records them all again, as a report
+/// of its own: nothing found is left unrecorded.
 pub(super) fn unrecorded_report(report: &NewReport, unrecorded: &[usize]) -> NewReport {
     use sha2::{Digest, Sha256};
     let candidates: Vec<_> = unrecorded
@@ -68,6 +69,7 @@ pub(super) fn unrecorded_report(report: &NewReport, unrecorded: &[usize]) -> New
     let mut hashes: Vec<&TokenHash> = candidates.iter().map(|c| &c.hash).collect();
     hashes.sort();
     let mut digest = Sha256::new();
+    // (The text predates formats: changing it would record a late report again.)
     digest.update(b"tokens found inside items, first recorded without them\0");
     digest.update(report.body_sha256);
     for hash in hashes {
