@@ -1,4 +1,4 @@
-//! The promise of replay, as a property: every `cio_tp_[0-9A-Za-z]{36}` in a report's
+//! The promise of replay, as a property: every token of an enabled format in a report's
 //! bytes is an occurrence, whatever format was detected or forced; so is every one
 //! inside a decoded JSON string (a JSON reader decodes it; read as text, a token with
 //! `\u00XX` escapes is decoded by the text scan). Checked against
@@ -6,8 +6,10 @@
 //! and GitLab's keys among others), JSON lines, text, and JSON broken at a random place.
 //! Tokens are also planted percent-encoded and JSON-escaped in any mix (issue 26): each
 //! such token, wherever its encoded form is whole in the bytes or in a decoded string,
-//! must be found too.
-
+//! must be found too. Every case runs with `cio_tp` alone (the default) and with every
+//! format enabled (issue 27): tokens of crates.io's two formats are planted too, glued
+//! to letters, and `cio_tp` tokens whose first 39 characters pass crates.io's
+//! one-character check.
 use crate::domain::Formats;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -18,9 +20,45 @@ use serde_json::Value;
 use super::{detect, read_report, Format};
 
 /// A token-shaped string: the prefix and 36 characters (check digits not computed:
-/// the readers do not look at them).
-fn token() -> impl Strategy<Value = String> {
-    "[0-9A-Za-z]{36}".prop_map(|tail| format!("cio_tp_{tail}"))
+/// the readers do not look at them, unless two formats' strings start at one place);
+/// or a valid token of any format ([`valid_token`]).
+fn token() -> BoxedStrategy<String> {
+    prop_oneof![
+        2 => "[0-9A-Za-z]{36}".prop_map(|tail| format!("cio_tp_{tail}")),
+        3 => valid_token(),
+    ]
+    .boxed()
+}
+
+/// A valid token of one of the formats: `cio_tp` (now and then one whose first 39
+/// characters are also a valid trusted-publishing token), `crates_io_trustpub`,
+/// `crates_io_api`.
+fn valid_token() -> BoxedStrategy<String> {
+    use crate::domain::format::crates_io_trustpub::check_character;
+    use crate::domain::token::check_digits;
+    let ours = |random: String| {
+        let check = check_digits(random.as_bytes());
+        format!("cio_tp_{random}{}", std::str::from_utf8(&check).unwrap())
+    };
+    prop_oneof![
+        2 => "[0-9A-Za-z]{30}".prop_map(ours),
+        // Random parts whose first 31 characters give the 32nd as crates.io's check:
+        // the first 39 characters of the token are a trusted-publishing token.
+        1 => "[0-9A-Za-z]{30}".prop_filter_map("no trustpub inside", move |random| {
+            (0..62u8).find_map(|i| {
+                let mut r = random.clone().into_bytes();
+                r[24] = crate::domain::token::encode_base62(u32::from(i))[5];
+                let t = ours(String::from_utf8(r).unwrap());
+                (check_character(&t.as_bytes()[7..38]) == t.as_bytes()[38]).then_some(t)
+            })
+        }),
+        2 => "[0-9A-Za-z]{31}".prop_map(|random| {
+            let check = check_character(random.as_bytes()) as char;
+            format!("cio_tp_{random}{check}")
+        }),
+        2 => "[0-9A-Za-z]{32}".prop_map(|random| format!("cio{random}")),
+    ]
+    .boxed()
 }
 
 thread_local! {
@@ -33,7 +71,7 @@ thread_local! {
 /// A token written with some characters percent-encoded or JSON-escaped (one layer:
 /// serde's escaping of the JSON string, or the text scan reading it, adds the next).
 fn hidden_token() -> impl Strategy<Value = String> {
-    (token(), crate::domain::scan::planted::encoding()).prop_map(|(t, (ways, _))| {
+    (valid_token(), crate::domain::scan::planted::encoding()).prop_map(|(t, (ways, _))| {
         let encoded = crate::domain::scan::planted::write(&t, &ways, 0);
         HIDDEN.with(|h| h.borrow_mut().push((encoded.clone(), t)));
         encoded
@@ -265,23 +303,45 @@ fn doc() -> impl Strategy<Value = Doc> {
     prop_oneof![array, document, lines, text, broken]
 }
 
-/// Every `cio_tp_` + 36 letters or digits at any position of `hay`: the plainest scan
-/// there is, written here and not taken from the readers.
-fn every_token(hay: &[u8]) -> Vec<String> {
+/// Every token of `formats` at any position of `hay`, the plainest scan there is,
+/// written here and not taken from the readers: where strings of several formats start,
+/// the longest that is a valid token; failing that, the longest of a format's shape.
+fn every_token(hay: &[u8], formats: Formats) -> Vec<String> {
     (0..hay.len())
-        .filter_map(|at| hay.get(at..at + 43))
-        .filter(|run| run.starts_with(b"cio_tp_") && run[7..].iter().all(u8::is_ascii_alphanumeric))
+        .filter_map(|at| {
+            let mut valid: Option<&[u8]> = None;
+            let mut shaped: Option<&[u8]> = None;
+            for f in formats.iter() {
+                let Some(run) = hay.get(at..at + f.token_len()) else {
+                    continue;
+                };
+                if !run.starts_with(f.prefix.as_bytes())
+                    || !run[f.prefix.len()..].iter().all(u8::is_ascii_alphanumeric)
+                {
+                    continue;
+                }
+                let best = if f.matches(std::str::from_utf8(run).unwrap()) {
+                    &mut valid
+                } else {
+                    &mut shaped
+                };
+                if best.is_none_or(|b| b.len() < run.len()) {
+                    *best = Some(run);
+                }
+            }
+            valid.or(shaped)
+        })
         .map(|run| String::from_utf8(run.to_vec()).unwrap())
         .collect()
 }
 
 /// What the reader must find: every token in the bytes, plus every one in the decoded
 /// strings when `decoding`.
-fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
-    let mut set: BTreeSet<String> = every_token(&doc.bytes).into_iter().collect();
+fn expected(doc: &Doc, decoding: bool, formats: Formats) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = every_token(&doc.bytes, formats).into_iter().collect();
     if decoding {
         for s in &doc.decoded {
-            set.extend(every_token(s.as_bytes()));
+            set.extend(every_token(s.as_bytes(), formats));
         }
     }
     let whole_in = |encoded: &str| {
@@ -291,7 +351,7 @@ fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
     };
     HIDDEN.with(|h| {
         for (encoded, token) in h.borrow().iter() {
-            if whole_in(encoded) {
+            if formats.recognise(token).is_some() && whole_in(encoded) {
                 set.insert(token.clone());
             }
         }
@@ -299,9 +359,9 @@ fn expected(doc: &Doc, decoding: bool) -> BTreeSet<String> {
     set
 }
 
-fn found(doc: &Doc, format: Format) -> BTreeSet<String> {
+fn found(doc: &Doc, format: Format, formats: Formats) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
-    read_report(&doc.bytes[..], format, Formats::DEFAULT, "doc", &mut |f| {
+    read_report(&doc.bytes[..], format, formats, "doc", &mut |f| {
         set.insert(f.token);
         Ok(())
     })
@@ -317,20 +377,23 @@ fn decodes(_format: Format, kind: Kind) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    // 200 cases, each read by every reader with two sets of formats.
+    #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
     fn every_token_in_a_report_is_an_occurrence(doc in doc()) {
         let detected = detect(&doc.bytes);
-        for &format in std::iter::once(&detected).chain(Format::ALL) {
-            let want = expected(&doc, decodes(format, doc.kind));
-            let got = found(&doc, format);
-            let missed: Vec<_> = want.difference(&got).collect();
-            prop_assert!(
-                missed.is_empty(),
-                "{format} (detected {detected}) missed {missed:?} in {:?}",
-                String::from_utf8_lossy(&doc.bytes)
-            );
+        for formats in [Formats::DEFAULT, Formats::ALL] {
+            for &format in std::iter::once(&detected).chain(Format::ALL) {
+                let want = expected(&doc, decodes(format, doc.kind), formats);
+                let got = found(&doc, format, formats);
+                let missed: Vec<_> = want.difference(&got).collect();
+                prop_assert!(
+                    missed.is_empty(),
+                    "{format} (detected {detected}, formats {formats}) missed {missed:?} in {:?}",
+                    String::from_utf8_lossy(&doc.bytes)
+                );
+            }
         }
         HIDDEN.with(|h| h.borrow_mut().clear());
     }
