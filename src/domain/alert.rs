@@ -713,35 +713,44 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Deliveries: a token planted in any field, in any mix of encodings within
-        /// `scan::MAX_LAYERS`, among other text, is found; no stored string of any
-        /// candidate keeps its secret part, in any encoding.
+        /// Deliveries: a token of any format planted in any field, in any mix of
+        /// encodings within `scan::MAX_LAYERS`, among other text, is found (every format
+        /// enabled); no stored string of any candidate keeps its secret part, in any
+        /// encoding.
         #[test]
         fn every_planted_token_is_found_and_none_is_stored(
             (ways, outer) in crate::domain::scan::planted::encoding(),
             field in 0..5usize,
+            format in 0..3usize,
             pre in "[ a-z/?=&.:]{0,8}",
             post in "[ /?=&.:][ a-z/?=&.:]{0,7}",
         ) {
-            let t = Token::generate();
+            use crate::domain::format::{crates_io_api, crates_io_trustpub, FORMATS};
+            let token = match format {
+                0 => Token::generate().expose_secret().to_owned(),
+                1 => crates_io_trustpub::tests::generate(),
+                _ => crates_io_api::tests::generate(),
+            };
+            let key = FORMATS[format].key(&token);
+            let secret = &token[token.len() - 30..];
             let hidden = format!(
                 "{pre}{}{post}",
-                crate::domain::scan::planted::write(t.expose_secret(), &ways, outer)
+                crate::domain::scan::planted::write(&token, &ways, outer)
             );
             let name = ["token", "type", "url", "source", "location"][field];
             let mut item = serde_json::json!({"token": "junk"});
             item[name] = serde_json::Value::String(hidden.clone());
             let body = serde_json::json!([item]).to_string();
-            let sizes = measure(body.as_bytes(), Formats::DEFAULT).unwrap();
-            let delivery = compact(bytes::Bytes::from(body), &sizes, Formats::DEFAULT).unwrap();
+            let sizes = measure(body.as_bytes(), Formats::ALL).unwrap();
+            let delivery = compact(bytes::Bytes::from(body), &sizes, Formats::ALL).unwrap();
             proptest::prop_assert!(sizes.candidates >= delivery.candidates.len());
-            let c = delivery.candidates.iter().find(|c| c.hash == t.hash());
+            let c = delivery.candidates.iter().find(|c| c.hash == key);
             proptest::prop_assert!(c.is_some(), "{hidden:?} not found");
             let c = c.unwrap();
             proptest::prop_assert_eq!(c.found_in.clone(), Some(format!("items[0].{name}")));
             for stored in [&c.url, &c.source, &c.token_type] {
-                proptest::prop_assert!(!stored.contains(&t.expose_secret()[7..]));
-                proptest::prop_assert!(crate::domain::scan::all(stored.as_bytes(), Formats::DEFAULT).is_empty(), "{stored:?}");
+                proptest::prop_assert!(!stored.contains(secret));
+                proptest::prop_assert!(crate::domain::scan::all(stored.as_bytes(), Formats::ALL).is_empty(), "{stored:?}");
             }
         }
     }

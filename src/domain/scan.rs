@@ -536,6 +536,47 @@ mod tests {
         assert!(tokens(&percent(&percent(&percent(&percent(A))))).is_empty());
     }
 
+    /// crates.io's formats: found only when enabled, glued to letters, encoded, with the
+    /// `c` swallowed; redacted whether enabled or not, and `cio` in a word is not.
+    #[test]
+    fn crates_io_tokens_are_found_when_enabled_and_always_redacted() {
+        use crate::domain::format::{crates_io_api, crates_io_trustpub};
+        let api = crates_io_api::tests::generate();
+        let tp = crates_io_trustpub::tests::generate();
+        let found = |hay: &str, formats| -> Vec<String> {
+            all(hay.as_bytes(), formats)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect()
+        };
+        for hay in [
+            format!("key={api}, x"),
+            format!("xx{api}yyyy"),
+            format!("%63io{}", &api[3..]),
+            format!("%4c\\u0069o{}", &api[3..]),
+        ] {
+            assert_eq!(found(&hay, Formats::ALL), [api.clone()], "{hay}");
+            assert!(found(&hay, Formats::DEFAULT).is_empty(), "{hay}");
+            let redacted = crate::domain::redact::redact_tokens(&hay);
+            assert!(!redacted.contains(&api[5..]), "{redacted}");
+            assert!(redacted.contains("cio[redacted]"), "{redacted}");
+        }
+        for hay in [format!("t={tp} "), format!("t={tp}abcd")] {
+            assert_eq!(found(&hay, Formats::ALL), [tp.clone()], "{hay}");
+            assert!(!crate::domain::redact::redact_tokens(&hay).contains(&tp[9..]));
+        }
+        // `cio` in words, or before fewer than 32 letters and digits: no token, no
+        // redaction.
+        for hay in [
+            "precious Francisco delicious",
+            "ciocio1234567890",
+            "%20io and \\u0063io",
+        ] {
+            assert!(found(hay, Formats::ALL).is_empty(), "{hay}");
+            assert_eq!(crate::domain::redact::redact_tokens(hay), hay);
+        }
+    }
+
     #[test]
     fn runs_are_input_ranges_of_every_layer_merged() {
         let hay = format!("a cio%5Ftp%5F{} b {A}. cio_tp_ %63io_tp_x", &A[7..]);
