@@ -317,6 +317,15 @@ async fn malformed_lines_and_unknown_fields_are_refused(kind: Kind) {
         tokens(&db).await,
         [format!("{good}|grace|crates_io_api|live")]
     );
+
+    // A file that cannot be read is no refused line: the import could not run, exit 3.
+    let out = import_cmd(&db, &["/nonexistent/tokens.jsonl"], "");
+    let (code, stdout, stderr) = text(&out);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("error: cannot open /nonexistent/tokens.jsonl"),
+        "{stderr}"
+    );
     db.cleanup().await;
 }
 
