@@ -12,7 +12,7 @@
 //! | 0 | [`activity`], [`domain`], [`support`], [`telemetry`], [`tls`] | what an instance saw of each scanner's deliveries (on-call); tokens, outcomes, alerts, redaction; error chains, outbound HTTP, retry; log setup; the public listener's reloadable TLS |
 //! | 1 | [`metrics`] | the Prometheus registry of one instance |
 //! | 2 | [`signature`], [`store`] | ECDSA verification and scanner keys; all SQL |
-//! | 3 | [`notify`], [`replay`], [`retention`] | the owner-notification worker; leak-report import; the 30-day purge of GitHub Metadata |
+//! | 3 | [`import`], [`notify`], [`replay`], [`retention`] | a registry's token hashes stored (`token import`); the owner-notification worker; leak-report import; the 30-day purge of GitHub Metadata |
 //! | 4 | [`http`] | state, routers, `ApiError`, webhook, admin, health |
 //! | 5 | [`config`] | typed settings of `serve` |
 //! | 6 | [`startup`] | `Application`: build, bind, run until stopped |
@@ -24,6 +24,7 @@ pub mod activity;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod notify;
 pub mod replay;

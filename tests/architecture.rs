@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["activity", "domain", "support", "telemetry", "tls"],
     &["metrics"],
     &["signature", "store"],
-    &["notify", "replay", "retention"],
+    &["import", "notify", "replay", "retention"],
     &["http"],
     &["config"],
     &["startup"],

@@ -298,6 +298,7 @@ fn each_help_shows_the_flags_its_command_uses_and_says_true_things() {
         &["token", "show"],
         &["token", "revoke"],
         &["token", "list"],
+        &["token", "import"],
         &["keys", "generate"],
         &["notify", "run"],
         &["notify", "list"],

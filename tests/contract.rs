@@ -112,6 +112,7 @@ macro_rules! contract {
 contract!(
     pooled: [
         bulk_insert_is_all_or_nothing,
+        import_stores_only_new_hashes_and_answers_what_is_stored,
         nul_characters_in_open_strings_never_block_revocation,
         revokes_minted_token_and_labels_every_item,
         second_identical_delivery_revokes_nothing_twice,
@@ -1185,6 +1186,84 @@ async fn bulk_insert_is_all_or_nothing(db: Arc<TestDb>) {
     assert!(err.is_err());
     assert!(store.token(&fresh.hash()).await.unwrap().is_none());
     store.insert_tokens(&[]).await.unwrap();
+}
+
+/// `token import`'s statements: new hashes are inserted as given, stored ones never
+/// change and are answered as stored; `revoke_imported` revokes only live ones. One
+/// statement each on PostgreSQL (through a pooler too), a transaction of two on SQLite.
+async fn import_stores_only_new_hashes_and_answers_what_is_stored(db: Arc<TestDb>) {
+    use revoker::store::{ImportToken, StoredToken, NEVER_EXPIRES};
+    let store = open_migrated_store(&*db).await;
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let token = |n: u8, owner: &str, format: &'static str, revoked: Option<&str>| ImportToken {
+        hash: TokenHash([n; 32]),
+        owner: owner.into(),
+        format,
+        created_at: at("2026-01-01T00:00:00Z"),
+        expires_at: NEVER_EXPIRES,
+        revoked_at: revoked.map(at),
+    };
+    let first = [
+        token(1, "alice", "crates_io_api", None),
+        token(2, "bob", "crates_io_trustpub", Some("2026-02-01T00:00:00Z")),
+    ];
+    let before = store.statements();
+    let answer = store.import_tokens(&first).await.unwrap();
+    let statements = match db.kind() {
+        Kind::Sqlite => 4,
+        Kind::Postgres => db.counted(1),
+    };
+    assert_eq!(store.statements(), before + statements);
+    let mut inserted = answer.inserted.clone();
+    inserted.sort();
+    assert_eq!(inserted, [TokenHash([1; 32]), TokenHash([2; 32])]);
+    assert!(answer.stored.is_empty());
+    let stored = store.token(&TokenHash([2; 32])).await.unwrap().unwrap();
+    assert_eq!(stored.format, "crates_io_trustpub");
+    assert_eq!(stored.expires_at, NEVER_EXPIRES);
+    assert_eq!(stored.revoked_at, Some(at("2026-02-01T00:00:00Z")));
+    assert_eq!(stored.revoked_by, None);
+
+    // Again with other values, beside a new one: only the new one is written.
+    let second = [
+        token(1, "mallory", "cio_tp", Some("2026-03-01T00:00:00Z")),
+        token(3, "carol", "cio_tp", None),
+    ];
+    let answer = store.import_tokens(&second).await.unwrap();
+    assert_eq!(answer.inserted, [TokenHash([3; 32])]);
+    assert_eq!(
+        answer.stored,
+        [StoredToken {
+            hash: TokenHash([1; 32]),
+            owner: "alice".into(),
+            format: "crates_io_api".into(),
+            revoked: false,
+        }]
+    );
+    let one = store.token(&TokenHash([1; 32])).await.unwrap().unwrap();
+    assert_eq!((one.owner.as_str(), one.revoked_at), ("alice", None));
+
+    // Revoking: the live one at its instant; the revoked one keeps its own.
+    let before = store.statements();
+    let revoked = store
+        .revoke_imported(&[
+            (TokenHash([1; 32]), at("2026-04-01T00:00:00Z")),
+            (TokenHash([2; 32]), at("2026-04-01T00:00:00Z")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(revoked, [TokenHash([1; 32])]);
+    assert_eq!(store.statements(), before + db.counted(1));
+    let one = store.token(&TokenHash([1; 32])).await.unwrap().unwrap();
+    assert_eq!(one.revoked_at, Some(at("2026-04-01T00:00:00Z")));
+    let two = store.token(&TokenHash([2; 32])).await.unwrap().unwrap();
+    assert_eq!(two.revoked_at, Some(at("2026-02-01T00:00:00Z")));
+
+    // Nothing to do: no statement.
+    let before = store.statements();
+    store.import_tokens(&[]).await.unwrap();
+    assert!(store.revoke_imported(&[]).await.unwrap().is_empty());
+    assert_eq!(store.statements(), before);
 }
 
 async fn nul_characters_in_open_strings_never_block_revocation(db: Arc<TestDb>) {

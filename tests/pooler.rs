@@ -714,3 +714,83 @@ async fn the_wait_in_the_poolers_queue_counts_against_the_deadline() {
     assert_eq!(retried.tokens_revoked, 1);
     db.cleanup().await;
 }
+
+/// `token import` through the pooler alone (`--db-pooler transaction`, migrated over the
+/// direct URL by the first run): a batch lands, importing again changes nothing, a
+/// contradicting line is refused and a line's `revoked_at` revokes a stored live token,
+/// with sqlx's statement names taken on the one server connection by another client.
+#[tokio::test]
+async fn token_import_works_behind_the_pooler() {
+    let Some(db) = pooled().await else {
+        return;
+    };
+    let pooled_url = db.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let import = |lines: &[String], migrate: bool| {
+        let path = dir.path().join("tokens.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut cmd = revoker_command();
+        cmd.args(["token", "import"]).arg(&path).args([
+            "--json",
+            "--database-url",
+            &pooled_url,
+            "--db-pooler",
+            "transaction",
+        ]);
+        if migrate {
+            cmd.args(["--migrate-database-url", db.direct_url()]);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("no summary: {stdout}{stderr}"));
+        (out.status.code(), summary, stderr)
+    };
+    let line = |n: u8, owner: &str, extra: &str| {
+        format!(
+            r#"{{"sha256": "{}", "format": "crates_io_api", "owner": "{owner}"{extra}}}"#,
+            hex::encode([n; 32])
+        )
+    };
+    let lines: Vec<String> = (1..=50).map(|n| line(n, "pooled/team", "")).collect();
+    let (code, summary, stderr) = import(&lines, true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary["imported"], 50, "{summary}");
+    assert_eq!(
+        db.texts("SELECT count(*)::text FROM tokens WHERE format = 'crates_io_api'")
+            .await,
+        ["50"]
+    );
+
+    plant_prepared_statements(&pooled_url).await;
+    let mut again = lines.clone();
+    again.push(line(1, "someone-else", ""));
+    again.push(line(
+        2,
+        "pooled/team",
+        r#", "revoked_at": "2026-05-01T00:00:00Z""#,
+    ));
+    let (code, summary, stderr) = import(&again, false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        (
+            &summary["unchanged"],
+            &summary["revoked"],
+            &summary["refused"]
+        ),
+        (&50.into(), &1.into(), &1.into()),
+        "{summary}"
+    );
+    assert!(
+        stderr.contains("line 51: refused: contradicts the stored token: another owner"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sqlx_s_"), "{stderr}");
+    assert_eq!(
+        db.texts("SELECT count(*)::text FROM tokens WHERE revoked_at IS NOT NULL AND owner = 'pooled/team'")
+            .await,
+        ["1"]
+    );
+    db.cleanup().await;
+}

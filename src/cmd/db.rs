@@ -14,8 +14,9 @@ use revoker::store::{self, defaults, PoolSettings, Pooler, RevocationStore};
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST[:PORT]/DB. `serve`,
-    /// `migrate` and `token mint` create a missing SQLite file; the other commands
-    /// refuse a database that does not exist (a mistyped path must not look empty).
+    /// `migrate`, `token mint` and `token import` create a missing SQLite file; the other
+    /// commands refuse a database that does not exist (a mistyped path must not look
+    /// empty).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -49,7 +50,7 @@ impl From<PoolerArg> for Pooler {
 }
 
 /// `--migrate-database-url`, for the commands that migrate (`serve`, `migrate`, `token
-/// mint`).
+/// mint`, `token import`).
 #[derive(Debug, Clone, Args)]
 pub struct MigrateUrlArgs {
     /// PostgreSQL: run migrations over this URL instead of --database-url. Set it to a

@@ -7,6 +7,7 @@
 //! [`revoker::domain::terminal::terminal_safe`]; `--json` output is left to serde.
 
 pub mod db;
+pub mod import;
 pub mod keys;
 pub mod migrate;
 pub mod notify;

@@ -47,6 +47,10 @@ pub enum TokenCommand {
     Revoke(RevokeArgs),
     /// List tokens, newest first.
     List(ListArgs),
+    /// Import a registry's existing tokens by their hashes (JSON Lines). Idempotent; a
+    /// line that contradicts a stored token is refused by its line number. Exit 0, 1 if
+    /// any line was refused, 3 if the import could not finish.
+    Import(super::import::ImportArgs),
 }
 
 /// One token, named by itself or by its hash.
@@ -139,6 +143,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Show(args) => cannot_tell(show(args).await),
         TokenCommand::Revoke(args) => cannot_tell(revoke(args).await),
         TokenCommand::List(args) => list(args).await.map(|()| ExitCode::SUCCESS),
+        TokenCommand::Import(args) => super::import::run(args).await,
     }
 }
 

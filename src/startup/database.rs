@@ -46,7 +46,7 @@ pub fn refuse_newer_schema(url: &str, applied: i64, known: i64) -> anyhow::Resul
 }
 
 /// Opens the database at `url` (a SQLite file is created if `pool` says so) and
-/// applies pending migrations: what `serve` and `token mint` start with.
+/// applies pending migrations: what `serve`, `token mint` and `token import` start with.
 pub async fn open_and_migrate(
     url: &str,
     migrate_url: Option<&str>,

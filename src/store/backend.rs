@@ -8,7 +8,7 @@
 //! - [`Backend`] (`mod.rs`): the column codec (how an instant is stored: SQLite epoch
 //!   milliseconds, PostgreSQL `timestamptz`; what an `INTEGER` count and a day decode to;
 //!   how a list of hashes is bound: one JSON text, or a `bytea[]`), connect, migrate,
-//!   ping and bulk token insert;
+//!   ping, bulk token insert and `token import`'s statements;
 //! - [`Record`] (`record.rs`): `record_report` (a transaction of several statements on
 //!   SQLite, ONE statement on PostgreSQL), `preview`'s statement and the retention purge
 //!   of recorded metadata;
@@ -35,8 +35,8 @@ use sqlx::database::HasStatementCache;
 use sqlx::{Database, Decode, Encode, Pool, Type};
 
 use super::{
-    Clock, NewReport, NewToken, PoolSettings, Pooler, RecordOptions, RecordedReport, Requeue,
-    StatementCounter, StoreError,
+    Clock, ImportToken, ImportedBatch, NewReport, NewToken, PoolSettings, Pooler, RecordOptions,
+    RecordedReport, Requeue, StatementCounter, StoreError,
 };
 use crate::domain::TokenHash;
 
@@ -158,6 +158,18 @@ pub(super) trait Backend: Database + HasStatementCache + Record + StatsSql + Out
         store: &Store<Self>,
         tokens: &[NewToken],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// See [`RevocationStore::import_tokens`](super::RevocationStore::import_tokens).
+    fn import_tokens(
+        store: &Store<Self>,
+        tokens: &[ImportToken],
+    ) -> impl Future<Output = Result<ImportedBatch, StoreError>> + Send;
+
+    /// See [`RevocationStore::revoke_imported`](super::RevocationStore::revoke_imported).
+    fn revoke_imported(
+        store: &Store<Self>,
+        revocations: &[(TokenHash, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<Vec<TokenHash>, StoreError>> + Send;
 }
 
 /// How a backend records a delivery, and what `preview` asks it.

@@ -44,6 +44,7 @@ use crate::domain::{Outcome, OutcomeCounts};
 use crate::support::default_duration;
 
 mod backend;
+mod import;
 mod notification;
 mod postgres;
 mod recording;
@@ -53,6 +54,7 @@ mod sqlite;
 mod stats;
 
 use backend::Store;
+pub use import::{ImportToken, ImportedBatch, StoredToken, NEVER_EXPIRES};
 pub use notification::{
     AttemptResult, Clock, Notification, NotificationCounts, NotificationStatus, Requeue,
 };
@@ -375,6 +377,19 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     /// Inserts many tokens in one statement (seeding, imports). All or nothing.
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError>;
+
+    /// `revoker token import`'s batch: stores those of `tokens` (distinct hashes) not
+    /// stored yet, changes no stored one, and answers which it stored and what the others
+    /// are. One statement on PostgreSQL; on SQLite two in one transaction.
+    async fn import_tokens(&self, tokens: &[ImportToken]) -> Result<ImportedBatch, StoreError>;
+
+    /// Revokes those of these stored tokens that are live, each at its instant, by no
+    /// report (`revoked_by` NULL, no notification); answers the hashes revoked. One
+    /// statement; none for an empty list.
+    async fn revoke_imported(
+        &self,
+        revocations: &[(TokenHash, DateTime<Utc>)],
+    ) -> Result<Vec<TokenHash>, StoreError>;
 
     /// Records a delivery and revokes every candidate, atomically (see module docs).
     async fn record_report(

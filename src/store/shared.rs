@@ -4,7 +4,8 @@
 //! the `stats` snapshot and the notification outbox. The SQL text comes from the backend
 //! (the `…_SQL` constants of [`Backend`] and its supertraits), and so do the operations
 //! whose statements differ (`record_report`, `requeue_notification`, connect, migrate,
-//! ping, `insert_tokens`), which the trait methods here hand on to it.
+//! ping, `insert_tokens`, `import_tokens`, `revoke_imported`), which the trait methods
+//! here hand on to it.
 //!
 //! Invariants:
 //! - Every statement is counted in [`Store::statements`] before it is sent, `BEGIN` and
@@ -36,10 +37,10 @@ use super::stats::{
     RECENT_REVOCATIONS_SQL, WAITING_NOTIFICATIONS_SQL,
 };
 use super::{
-    AttemptResult, Clock, NewReport, NewToken, Notification, NotificationCounts,
-    NotificationStatus, Outcome, Purged, RecordOptions, RecordedReport, ReportItemRecord,
-    ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats, StoreError,
-    TokenRecord, TokenStatus,
+    AttemptResult, Clock, ImportToken, ImportedBatch, NewReport, NewToken, Notification,
+    NotificationCounts, NotificationStatus, Outcome, Purged, RecordOptions, RecordedReport,
+    ReportItemRecord, ReportRecord, Requeue, RevocationStore, ScannerTotals, SourceTotals, Stats,
+    StoreError, TokenRecord, TokenStatus,
 };
 use crate::domain::TokenHash;
 
@@ -172,6 +173,23 @@ where
 
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError> {
         B::insert_tokens(self, tokens).await
+    }
+
+    async fn import_tokens(&self, tokens: &[ImportToken]) -> Result<ImportedBatch, StoreError> {
+        if tokens.is_empty() {
+            return Ok(ImportedBatch::default());
+        }
+        B::import_tokens(self, tokens).await
+    }
+
+    async fn revoke_imported(
+        &self,
+        revocations: &[(TokenHash, DateTime<Utc>)],
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        if revocations.is_empty() {
+            return Ok(Vec::new());
+        }
+        B::revoke_imported(self, revocations).await
     }
 
     async fn record_report(

@@ -19,7 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use super::backend::{send, Backend, Store};
-use super::{NewToken, PoolSettings, StoreError};
+use super::import::ImportRow;
+use super::{ImportToken, ImportedBatch, NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 
 mod outbox;
@@ -118,5 +119,76 @@ impl Backend for Postgres {
             execute
         );
         Ok(())
+    }
+
+    async fn import_tokens(
+        store: &Store<Self>,
+        tokens: &[ImportToken],
+    ) -> Result<ImportedBatch, StoreError> {
+        let hashes: Vec<&[u8]> = tokens
+            .iter()
+            .map(|t| t.hash.as_bytes().as_slice())
+            .collect();
+        let owners: Vec<&str> = tokens.iter().map(|t| t.owner.as_str()).collect();
+        let formats: Vec<&str> = tokens.iter().map(|t| t.format).collect();
+        let created: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.created_at).collect();
+        let expires: Vec<DateTime<Utc>> = tokens.iter().map(|t| t.expires_at).collect();
+        let revoked: Vec<Option<DateTime<Utc>>> = tokens.iter().map(|t| t.revoked_at).collect();
+        // The last SELECT reads the snapshot the statement started from: the tokens
+        // stored before it, never the rows its own INSERT adds.
+        let rows: Vec<ImportRow> = send!(
+            store,
+            sqlx::query_as(
+                "WITH input AS (
+                     SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[],
+                                          $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
+                         AS i(hash, owner, format, created_at, expires_at, revoked_at)
+                 ), inserted AS (
+                     INSERT INTO tokens (hash, owner, format, created_at, expires_at, revoked_at)
+                     SELECT hash, owner, format, created_at, expires_at, revoked_at FROM input
+                     ON CONFLICT (hash) DO NOTHING
+                     RETURNING hash
+                 )
+                 SELECT hash, true, NULL::text, NULL::text, false FROM inserted
+                 UNION ALL
+                 SELECT t.hash, false, t.owner, t.format, t.revoked_at IS NOT NULL
+                 FROM tokens t JOIN input i ON t.hash = i.hash",
+            )
+            .bind(&hashes)
+            .bind(&owners)
+            .bind(&formats)
+            .bind(&created)
+            .bind(&expires)
+            .bind(&revoked),
+            fetch_all
+        );
+        ImportedBatch::from_rows(rows)
+    }
+
+    async fn revoke_imported(
+        store: &Store<Self>,
+        revocations: &[(TokenHash, DateTime<Utc>)],
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        let hashes: Vec<&[u8]> = revocations
+            .iter()
+            .map(|(h, _)| h.as_bytes().as_slice())
+            .collect();
+        let at: Vec<DateTime<Utc>> = revocations.iter().map(|(_, at)| *at).collect();
+        let revoked: Vec<(Vec<u8>,)> = send!(
+            store,
+            sqlx::query_as(
+                "UPDATE tokens t SET revoked_at = r.revoked_at
+                 FROM unnest($1::bytea[], $2::timestamptz[]) AS r(hash, revoked_at)
+                 WHERE t.hash = r.hash AND t.revoked_at IS NULL
+                 RETURNING t.hash",
+            )
+            .bind(&hashes)
+            .bind(&at),
+            fetch_all
+        );
+        revoked
+            .into_iter()
+            .map(|(hash,)| super::rows::hash_from(&hash))
+            .collect()
     }
 }

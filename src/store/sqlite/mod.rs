@@ -19,8 +19,8 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::backend::{Backend, Store};
-use super::{NewToken, PoolSettings, StoreError};
+use super::backend::{send_in, Backend, Store};
+use super::{ImportToken, ImportedBatch, NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 use crate::support::retry;
 
@@ -204,5 +204,95 @@ impl Backend for Sqlite {
         .execute(&store.pool)
         .await?;
         Ok(())
+    }
+
+    async fn import_tokens(
+        store: &Store<Self>,
+        tokens: &[ImportToken],
+    ) -> Result<ImportedBatch, StoreError> {
+        let rows: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!([
+                    t.hash.to_hex(),
+                    t.owner,
+                    t.format,
+                    Self::encode_time(t.created_at),
+                    Self::encode_time(t.expires_at),
+                    t.revoked_at.map(Self::encode_time)
+                ])
+            })
+            .collect();
+        let rows = serde_json::Value::Array(rows).to_string();
+        // The insert first: the transaction takes the write lock at once, so the read
+        // after it sees what it left (and nobody else's insert in between).
+        store.statements.add(1);
+        let mut tx = store.pool.begin().await?;
+        let inserted: Vec<(Vec<u8>,)> = send_in!(
+            store,
+            tx,
+            sqlx::query_as(
+                "INSERT INTO tokens (hash, owner, format, created_at, expires_at, revoked_at)
+                 SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'),
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                        json_extract(value, '$[4]'), json_extract(value, '$[5]')
+                 FROM json_each(?1) WHERE true
+                 ON CONFLICT (hash) DO NOTHING
+                 RETURNING hash",
+            )
+            .bind(rows.as_str()),
+            fetch_all
+        );
+        let stored: Vec<(Vec<u8>, String, String, bool)> = send_in!(
+            store,
+            tx,
+            sqlx::query_as(
+                "SELECT hash, owner, format, revoked_at IS NOT NULL FROM tokens
+                 WHERE hash IN (SELECT unhex(json_extract(value, '$[0]')) FROM json_each(?1))",
+            )
+            .bind(rows.as_str()),
+            fetch_all
+        );
+        store.statements.add(1);
+        tx.commit().await?;
+        let inserted: std::collections::HashSet<Vec<u8>> =
+            inserted.into_iter().map(|(hash,)| hash).collect();
+        let mut answer: Vec<_> = inserted
+            .iter()
+            .map(|hash| (hash.clone(), true, None, None, false))
+            .collect();
+        answer.extend(
+            stored
+                .into_iter()
+                .filter(|(hash, ..)| !inserted.contains(hash))
+                .map(|(hash, owner, format, revoked)| {
+                    (hash, false, Some(owner), Some(format), revoked)
+                }),
+        );
+        ImportedBatch::from_rows(answer)
+    }
+
+    async fn revoke_imported(
+        store: &Store<Self>,
+        revocations: &[(TokenHash, DateTime<Utc>)],
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        let rows: Vec<serde_json::Value> = revocations
+            .iter()
+            .map(|(hash, at)| serde_json::json!([hash.to_hex(), Self::encode_time(*at)]))
+            .collect();
+        store.statements.add(1);
+        let revoked: Vec<(Vec<u8>,)> = sqlx::query_as(
+            "UPDATE tokens SET revoked_at = json_extract(value, '$[1]')
+             FROM json_each(?1)
+             WHERE tokens.hash = unhex(json_extract(value, '$[0]')) AND tokens.revoked_at IS NULL
+             RETURNING tokens.hash",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&store.pool)
+        .await?;
+        revoked
+            .into_iter()
+            .map(|(hash,)| super::rows::hash_from(&hash))
+            .collect()
     }
 }
