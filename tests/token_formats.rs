@@ -1,6 +1,7 @@
 //! Issue 27: a registry adopts revoker without re-minting. crates.io's two token formats,
 //! generated here exactly as crates.io's code makes them (from the formats' description,
-//! not revoker's code), stored by the hashes crates.io keeps, are revoked by a signed
+//! not revoker's code), imported by the hashes crates.io keeps (`revoker token import`,
+//! twice: the second changes nothing), are revoked by a signed
 //! delivery, by GitLab's Revocation API and by replay, through the real binary with
 //! `--token-formats`; a wrong check character and an unknown `cio` + 32 string are
 //! `false_positive`; a server on the default formats does not take them; no raw token is
@@ -59,28 +60,43 @@ fn format_of(token: &str) -> &'static str {
     }
 }
 
-/// Stores registry tokens by crates.io's hashes, live for an hour, as the registry's
-/// own rows would be.
-async fn store_registry_tokens(db: &TestDb, tokens: &[(&str, &str)]) {
-    for (token, owner) in tokens {
-        let hash = crates_io_hash(token);
-        let format = format_of(token);
-        let sql = match db.kind() {
-            Kind::Postgres => format!(
-                "INSERT INTO tokens (hash, owner, created_at, expires_at, format)
-                 VALUES ('\\x{hash}'::bytea, '{owner}', now(), now() + interval '1 hour', '{format}')"
-            ),
-            Kind::Sqlite => {
-                let now = chrono::Utc::now().timestamp_millis();
-                format!(
-                    "INSERT INTO tokens (hash, owner, created_at, expires_at, format)
-                     VALUES (X'{hash}', '{owner}', {now}, {}, '{format}')",
-                    now + 3_600_000
-                )
-            }
-        };
-        assert_eq!(db.execute(&sql).await, 1);
-    }
+/// Imports registry tokens by crates.io's hashes (`revoker token import -`), live for an
+/// hour, as the registry exports its rows; the summary line.
+async fn store_registry_tokens(db: &TestDb, tokens: &[(&str, &str)]) -> String {
+    use std::io::Write;
+    let expires = (chrono::Utc::now() + Ttl::hours(1)).to_rfc3339();
+    let lines: String = tokens
+        .iter()
+        .map(|(token, owner)| {
+            serde_json::json!({
+                "sha256": crates_io_hash(token), "format": format_of(token),
+                "owner": owner, "expires_at": expires,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let mut child = revoker_command()
+        .args(["token", "import", "-", "--database-url", db.url()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Whether the token stored under crates.io's hash of `token` is revoked.
@@ -121,18 +137,21 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
         .remove(0);
     // For the delivery, the Revocation API and replay: one of each crates.io format.
     let (t1, a1, t2, a2, t3, a3) = (trustpub(), api(), trustpub(), api(), trustpub(), api());
-    store_registry_tokens(
-        &db,
-        &[
-            (&t1, "alice/crate"),
-            (&a1, "bob"),
-            (&t2, "carol/crate"),
-            (&a2, "dave"),
-            (&t3, "erin/crate"),
-            (&a3, "frank"),
-        ],
-    )
-    .await;
+    let registry = [
+        (t1.as_str(), "alice/crate"),
+        (&a1, "bob"),
+        (&t2, "carol/crate"),
+        (&a2, "dave"),
+        (&t3, "erin/crate"),
+        (&a3, "frank"),
+    ];
+    let summary = store_registry_tokens(&db, &registry).await;
+    assert!(summary.contains("6 imported"), "{summary}");
+    // Imported again: nothing changes.
+    let before = db.dump().await;
+    let summary = store_registry_tokens(&db, &registry).await;
+    assert!(summary.contains("0 imported, 6 unchanged"), "{summary}");
+    assert_eq!(db.dump().await, before);
 
     // A server on the default formats takes none of them: not ours.
     let default = ServeProcess::start(db.url(), &[], false);
@@ -372,6 +391,8 @@ async fn token_check_and_show_know_the_formats() {
     let shown: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
     assert_eq!(shown["owner"], "alice/crate", "{show}");
     assert_eq!(shown["status"], "live", "{show}");
+    assert_eq!(shown["format"], "crates_io_trustpub", "{show}");
+    assert_eq!(shown["hash"], crates_io_hash(&t), "{show}");
     assert!(!show.contains(&t[7..]));
     let unknown_flag = revoker_command()
         .args(["token", "check", &t, "--token-formats", "cio_tp,gitlab"])

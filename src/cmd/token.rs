@@ -217,6 +217,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         let value = serde_json::json!({
             "hash": token.hash.to_hex(),
             "hash_prefix": token.hash.prefix(),
+            "format": token.format,
             "status": token.status(now),
             "owner": token.owner,
             "created_at": rfc3339(token.created_at),
@@ -245,10 +246,18 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         token.hash.prefix(),
         token.hash.to_hex()
     );
+    println!("format        {}", terminal_safe(&token.format));
     println!("status        {}", token.status(now).as_str());
     println!("owner         {}", terminal_safe(&token.owner));
     println!("created       {}", rfc3339(token.created_at));
-    println!("expires       {}", rfc3339(token.expires_at));
+    println!(
+        "expires       {}",
+        if token.expires_at >= revoker::store::NEVER_EXPIRES {
+            "never".to_owned()
+        } else {
+            rfc3339(token.expires_at)
+        }
+    );
     match (token.revoked_at, &report) {
         (Some(at), Some(r)) => println!(
             "revoked       {} by report {} (scanner {}, {} {})",
