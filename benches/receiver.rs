@@ -992,29 +992,6 @@ async fn run(args: Args) -> bool {
             "phases": phases.iter().map(|(n, p, c)| serde_json::json!({"phase": n, "peak_rss_mib": p, "rss_mib": c})).collect::<Vec<_>>()}),
     );
 
-    // Report.
-    println!();
-    println!(
-        "revoker receiver benchmark — backend {:?}, {} stored tokens{}, {} cores",
-        args.backend,
-        args.tokens,
-        if args.quick { " (quick)" } else { "" },
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    for r in &rows {
-        println!(
-            "{:<34} {}   {}",
-            r.name,
-            r.value,
-            if r.target.is_empty() {
-                String::new()
-            } else {
-                format!("[target {}]", r.target)
-            }
-        );
-    }
     // 5. Flood of 100,000 junk crates.io API-token strings (`cio` + 32 letters or
     // digits, no check digit) at a server with `crates_io_api` enabled, on the same
     // database: every one is a candidate only the database can answer, and they all go
@@ -1040,6 +1017,29 @@ async fn run(args: Args) -> bool {
             "one_token_statements": api.one_token_statements, "status": api.status}),
     );
 
+    // Report.
+    println!();
+    println!(
+        "revoker receiver benchmark — backend {:?}, {} stored tokens{}, {} cores",
+        args.backend,
+        args.tokens,
+        if args.quick { " (quick)" } else { "" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    for r in &rows {
+        println!(
+            "{:<34} {}   {}",
+            r.name,
+            r.value,
+            if r.target.is_empty() {
+                String::new()
+            } else {
+                format!("[target {}]", r.target)
+            }
+        );
+    }
     json.insert(
         "meta".into(),
         serde_json::json!({"backend": format!("{:?}", args.backend).to_lowercase(), "stored_tokens": args.tokens,

@@ -34,9 +34,14 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::domain::format::FORMATS;
+use crate::domain::redact::redact_tokens;
 use crate::domain::terminal::needs_escape;
 use crate::domain::TokenHash;
 use crate::store::{ImportToken, RevocationStore, StoreError, NEVER_EXPIRES};
+
+/// What an unknown field is called in a refusal when its name is not a short plain word
+/// without a token in it.
+const NAME_NOT_SHOWN: &str = "(its name not shown: not a short plain word, or it holds a token)";
 
 /// Lines per batch: one statement each, thousands of rows.
 pub const BATCH: usize = 5_000;
@@ -364,7 +369,16 @@ fn json_reason(line: &[u8], e: &serde_json::Error) -> Reason {
     };
     let known = |name: &str| FIELDS.iter().copied().find(|f| *f == name);
     if let Some(name) = named("unknown field `") {
-        return Reason::UnknownField(name.chars().take(40).collect());
+        // A field's name is the file's content: shown only when it is a short plain word
+        // that holds no token (`{"cio…": 1}` from an export keyed by token).
+        let plain = name.len() <= 40
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && redact_tokens(name) == name;
+        return Reason::UnknownField(if plain {
+            name.to_owned()
+        } else {
+            NAME_NOT_SHOWN.to_owned()
+        });
     }
     if let Some(field) = named("missing field `").and_then(known) {
         return Reason::MissingField(field);
@@ -408,6 +422,9 @@ async fn store_batch(
             i
         });
     }
+    // In hash order: two imports of the same hashes lock them in one order, never
+    // waiting on each other in a circle (PostgreSQL inserts in input order).
+    distinct.sort_by_key(|t| t.hash);
     let answer = store.import_tokens(&distinct).await.map_err(stopped)?;
     drop(distinct);
     // What is stored for each hash now: (owner, format, revoked).
@@ -461,6 +478,7 @@ async fn store_batch(
             }),
         }
     }
+    revocations.sort_by_key(|&(hash, _)| hash);
     let revoked: std::collections::HashSet<TokenHash> = store
         .revoke_imported(&revocations)
         .await
@@ -530,6 +548,15 @@ mod tests {
             (
                 line(&format!(r#", "{secretish}": 1"#)),
                 Reason::UnknownField(secretish.into()),
+            ),
+            // A token as a field's name (an export keyed by token): not shown.
+            (
+                line(&format!(r#", "cio{}": 1"#, "b7G".repeat(11))),
+                Reason::UnknownField(NAME_NOT_SHOWN.into()),
+            ),
+            (
+                line(r#", "cio_tp_x": 1"#),
+                Reason::UnknownField(NAME_NOT_SHOWN.into()),
             ),
             (
                 format!(r#"{{"sha256": "{HASH}", "owner": "{secretish}"}}"#),

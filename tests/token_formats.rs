@@ -278,6 +278,14 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
     assert!(rows.iter().all(|r| r["label"] == "true_positive"), "{out}");
     let owners: Vec<&str> = rows.iter().filter_map(|r| r["owner"].as_str()).collect();
     assert_eq!(owners, ["erin/crate", "frank", "revoker/inside"], "{out}");
+    // Each recorded with its format as its type.
+    let types = db
+        .texts(
+            "SELECT token_type FROM report_items
+             WHERE report_id = (SELECT max(id) FROM reports) ORDER BY position",
+        )
+        .await;
+    assert_eq!(types, ["crates_io_trustpub", "crates_io_api", "cio_tp"]);
 
     // The registry learns of each revocation: every owner's notification carries the
     // token's format and its hash exactly as stored (crates.io's), signed.
@@ -400,5 +408,20 @@ async fn token_check_and_show_know_the_formats() {
         .unwrap();
     assert_eq!(unknown_flag.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown_flag.stderr).contains("unknown token format"));
+    // A token pasted into the flag or its variable is never echoed.
+    for (flag, env) in [(format!("cio_tp,{t}"), None), (String::new(), Some(t.clone()))] {
+        let mut cmd = revoker_command();
+        cmd.args(["token", "check", "x"]);
+        if flag.is_empty() {
+            cmd.env("REVOKER_TOKEN_FORMATS", env.unwrap());
+        } else {
+            cmd.args(["--token-formats", &flag]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unknown token format"), "{stderr}");
+        assert!(!stderr.contains(&t[7..]), "{stderr}");
+    }
     db.cleanup().await;
 }

@@ -192,6 +192,7 @@ async fn import_show_and_import_again(kind: Kind) {
                            "refused": 0, "complete": true})
     );
     assert_eq!(db.dump().await, before);
+    assert_eq!(db.inconsistencies().await, Vec::<String>::new());
     db.cleanup().await;
 }
 
@@ -409,6 +410,7 @@ async fn revoked_at_revokes_a_live_token_and_nothing_unrevokes(kind: Kind) {
             .await,
         ["0"]
     );
+    assert_eq!(db.inconsistencies().await, Vec::<String>::new());
     db.cleanup().await;
 }
 

@@ -73,8 +73,37 @@ pub struct FormatsArgs {
     /// cio_tp_ + 31 + 1 check character), crates_io_api (crates.io API tokens: cio + 32,
     /// no check digit, so every such string is looked up). Redaction covers them all
     /// whatever this says.
-    #[arg(long = "token-formats", env = "REVOKER_TOKEN_FORMATS", default_value = revoker::config::defaults::TOKEN_FORMATS, value_name = "LIST")]
+    #[arg(long = "token-formats", env = "REVOKER_TOKEN_FORMATS", default_value = revoker::config::defaults::TOKEN_FORMATS, value_name = "LIST", value_parser = FormatsParser)]
     pub token_formats: revoker::domain::Formats,
+}
+
+/// Parses `--token-formats` into an error that does not quote the value: clap's own
+/// (`invalid value '…' for …`) would print a token pasted in the wrong place.
+#[derive(Clone)]
+struct FormatsParser;
+
+impl clap::builder::TypedValueParser for FormatsParser {
+    type Value = revoker::domain::Formats;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let refused = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--token-formats: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        value
+            .to_str()
+            .ok_or_else(|| refused("not UTF-8".to_owned()))?
+            .parse()
+            .map_err(|e: revoker::domain::format::FormatsError| refused(e.to_string()))
+    }
 }
 
 /// `value` trimmed, if it is 1 to 200 bytes and holds nothing a terminal would act on

@@ -354,6 +354,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 &serde_json::json!({
                     "hash": t.hash.to_hex(),
                     "hash_prefix": t.hash.prefix(),
+                    "format": t.format,
                     "status": t.status(now),
                     "owner": t.owner,
                     "created_at": rfc3339(t.created_at),

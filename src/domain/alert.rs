@@ -721,16 +721,12 @@ mod tests {
         fn every_planted_token_is_found_and_none_is_stored(
             (ways, outer) in crate::domain::scan::planted::encoding(),
             field in 0..5usize,
-            format in 0..3usize,
+            format in 0..crate::domain::format::FORMATS.len(),
             pre in "[ a-z/?=&.:]{0,8}",
             post in "[ /?=&.:][ a-z/?=&.:]{0,7}",
         ) {
-            use crate::domain::format::{crates_io_api, crates_io_trustpub, FORMATS};
-            let token = match format {
-                0 => Token::generate().expose_secret().to_owned(),
-                1 => crates_io_trustpub::tests::generate(),
-                _ => crates_io_api::tests::generate(),
-            };
+            use crate::domain::format::{generate, FORMATS};
+            let token = generate(FORMATS[format]);
             let key = FORMATS[format].key(&token);
             let secret = &token[token.len() - 30..];
             let hidden = format!(

@@ -281,8 +281,10 @@ pub fn all_placed(hay: &[u8], formats: Formats) -> Vec<(usize, usize, String)> {
     }
     // (end in `hay`, start in `hay`, token)
     let mut found: Vec<(usize, usize, String)> = Vec::new();
-    for (offset, window) in windows(hay) {
-        all_in(window, offset, formats, &mut found);
+    let mut windows = windows(hay).peekable();
+    while let Some((offset, window)) = windows.next() {
+        let last = windows.peek().is_none();
+        all_in(window, offset, formats, last, &mut found);
     }
     found.sort_by(|a, b| (a.0, &a.2, a.1).cmp(&(b.0, &b.2, b.1)));
     found.dedup_by(|later, first| later.0 == first.0 && later.2 == first.2);
@@ -294,23 +296,36 @@ pub fn all_placed(hay: &[u8], formats: Formats) -> Vec<(usize, usize, String)> {
     found
 }
 
-/// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`.
-fn all_in(hay: &[u8], offset: usize, formats: Formats, found: &mut Vec<(usize, usize, String)>) {
+/// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`. A token
+/// starting in the overlap with the next window is left to that one (unless this is the
+/// `last`): here it may be cut short, and a shorter format's string would pass for it.
+fn all_in(
+    hay: &[u8],
+    offset: usize,
+    formats: Formats,
+    last: bool,
+    found: &mut Vec<(usize, usize, String)>,
+) {
     let at_input = |n: u32| offset + n as usize;
+    let mut keep = |end: usize, start: usize, token: String| {
+        if last || start < offset + DECODE_WINDOW {
+            found.push((end, start, token));
+        }
+    };
     each_layer(hay, |bytes, span| {
         each_plain(bytes, formats, |at, token| {
-            found.push((
+            keep(
                 at_input(span(at + token.len() - 1).1),
                 at_input(span(at).0),
                 token.to_owned(),
-            ));
+            );
         });
         without_c(bytes, span, formats, |from, at, token| {
-            found.push((
+            keep(
                 at_input(span(at + token.len() - 2).1),
                 at_input(span(from).0),
                 token,
-            ));
+            );
         });
     });
 }
@@ -518,6 +533,17 @@ mod tests {
             assert_eq!(found, [(at, A.to_owned())], "at {at}");
             let runs = ranges(hay.as_bytes());
             assert_eq!(runs, vec![at..at + 3 * A.len()], "at {at}");
+        }
+    }
+
+    /// A token whose start is in the overlap of two windows, cut short in the first:
+    /// found once, whole, not also as the shorter format's string the cut leaves.
+    #[test]
+    fn a_token_cut_by_a_window_is_not_taken_for_a_shorter_one() {
+        for cut in [36, 39, 41, 42] {
+            let at = DECODE_WINDOW + MAX_MATCH - cut;
+            let hay = "%".to_owned() + &".".repeat(at - 1) + A + " " + &".".repeat(100);
+            assert_eq!(all(hay.as_bytes(), Formats::ALL), [(at, A.to_owned())], "cut {cut}");
         }
     }
 

@@ -372,7 +372,7 @@ impl TestDb {
             ),
             (
                 "revoked tokens that their revoking report does not list as revoked (or expired)",
-                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND NOT EXISTS
+                "SELECT count(*) FROM tokens t WHERE t.revoked_by IS NOT NULL AND NOT EXISTS
                    (SELECT 1 FROM report_items i WHERE i.report_id = t.revoked_by
                     AND i.token_hash = t.hash AND i.outcome IN ('revoked', 'expired'))",
             ),
@@ -383,12 +383,14 @@ impl TestDb {
                    AND (t.revoked_by IS NULL OR t.revoked_by <> i.report_id)",
             ),
             (
-                "tokens with revoked_at and revoked_by disagreeing",
-                "SELECT count(*) FROM tokens WHERE (revoked_at IS NULL) <> (revoked_by IS NULL)",
+                // (A token revoked by no report was imported revoked, or revoked by an
+                // import: `revoked_at` without `revoked_by`.)
+                "tokens revoked by a report without a revocation time",
+                "SELECT count(*) FROM tokens WHERE revoked_at IS NULL AND revoked_by IS NOT NULL",
             ),
             (
                 "revoked tokens without exactly one notification from their revoking report",
-                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NOT NULL AND
+                "SELECT count(*) FROM tokens t WHERE t.revoked_by IS NOT NULL AND
                    (SELECT count(*) FROM notifications n
                     WHERE n.token_hash = t.hash AND n.report_id = t.revoked_by) <> 1",
             ),

@@ -35,6 +35,7 @@ fn token() -> BoxedStrategy<String> {
 /// `crates_io_api`.
 fn valid_token() -> BoxedStrategy<String> {
     use crate::domain::format::crates_io_trustpub::check_character;
+    use crate::domain::format::{generate, FORMATS};
     use crate::domain::token::check_digits;
     let ours = |random: String| {
         let check = check_digits(random.as_bytes());
@@ -57,6 +58,8 @@ fn valid_token() -> BoxedStrategy<String> {
             format!("cio_tp_{random}{check}")
         }),
         2 => "[0-9A-Za-z]{32}".prop_map(|random| format!("cio{random}")),
+        // Every listed format, a fourth one too.
+        1 => (0..FORMATS.len()).prop_map(|i| generate(FORMATS[i])),
     ]
     .boxed()
 }

@@ -11,7 +11,8 @@
 //! - **gitlab** (`gitlab.rs`), **sarif** (`sarif.rs`), **json** (any other JSON
 //!   document): whole JSON documents, walked by `walk.rs`.
 //! - **text** (`text.rs`): anything else (log dumps, pasted incidents, binary junk);
-//!   every `cio_tp_[0-9A-Za-z]{36}`, whatever surrounds it.
+//!   every token of the enabled formats (`--token-formats`; `cio_tp_[0-9A-Za-z]{36}` by
+//!   default), whatever surrounds it.
 //!
 //! The two JSON-array formats share one streaming reader (`json_array.rs`).
 //!
@@ -415,6 +416,15 @@ fn looking_for() -> Formats {
     LOOKING_FOR.with(std::cell::Cell::get)
 }
 
+/// The type an occurrence found by a scan (not named by the report) is given: its
+/// format's name, or `cio_tp` for a string of our shape that is no token.
+fn type_of(token: &str) -> String {
+    looking_for()
+        .recognise(token)
+        .map_or("cio_tp", |f| f.name)
+        .to_owned()
+}
+
 /// Every token in a (small) string, in order: see [`crate::domain::scan::all`] (at
 /// every position, whatever surrounds it, plain, percent-encoded or JSON-escaped).
 fn tokens_in(s: &str) -> impl Iterator<Item = String> {
@@ -480,8 +490,8 @@ fn sweep_json(value: &Value, place: &str, out: &mut Vec<Found>) {
     json_tokens(value, &mut path, &mut |token, path| {
         if seen.insert(token.clone()) {
             out.push(Found {
+                token_type: type_of(&token),
                 token,
-                token_type: "cio_tp".to_owned(),
                 url: format!("{place}{path}"),
                 source: "json".to_owned(),
             });

@@ -1,6 +1,7 @@
 //! The **text** format: any bytes (log dumps, pasted incidents, binary junk), scanned
-//! for every `cio_tp_[0-9A-Za-z]{36}`, whatever surrounds it. The other readers use it
-//! for whatever they cannot parse.
+//! for every token of the enabled formats (`cio_tp_[0-9A-Za-z]{36}` by default; see
+//! [`crate::domain::scan::plain`]), whatever surrounds it, each typed by its format. The
+//! other readers use it for whatever they cannot parse.
 //!
 //! Invariants:
 //! - The input is read in [`TEXT_CHUNK`]-byte chunks; the buffer never holds more than
@@ -102,8 +103,8 @@ pub(super) fn read<R: Read>(
             line_pos = start;
             emitted.push_back(base + end as u64);
             out.emit(Found {
+                token_type: super::type_of(&token),
                 token,
-                token_type: "cio_tp".to_owned(),
                 url: format!("{origin}:{line}"),
                 source: "text".to_owned(),
             })?;

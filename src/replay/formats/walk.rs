@@ -79,8 +79,8 @@ impl<D: Document> Walk<'_, '_, D> {
     fn string<E: de::Error>(&mut self, s: &str) -> Result<(), E> {
         let batch: Vec<Found> = tokens_in(s)
             .map(|token| Found {
+                token_type: super::type_of(&token),
                 token,
-                token_type: "cio_tp".to_owned(),
                 url: format!("{}:{}", self.origin, self.path),
                 source: "json".to_owned(),
             })
