@@ -201,6 +201,29 @@ impl Compact {
         self.candidates = Vec::new();
     }
 
+    /// Every item, input order: the SHA-256 of its whole token (the answer's
+    /// `token_hash`) and, when its own token is a candidate, that candidate's key
+    /// ([`CandidateItem::hash`], the hash its format stores). The keys are read from the
+    /// candidates: call this before [`Compact::take_report`] or [`Compact::set_outcomes`]
+    /// frees them.
+    pub fn keys(&self) -> impl Iterator<Item = (TokenHash, Option<TokenHash>)> + '_ {
+        assert!(
+            self.candidates.len() >= self.positions.len(),
+            "keys read after the candidates were taken"
+        );
+        let mut own = self.positions.iter().zip(&self.candidates).peekable();
+        self.items.iter().enumerate().map(move |(at, item)| {
+            let key = own.next_if(|(&p, _)| p as usize == at).map(|(_, c)| c.hash);
+            (item.hash, key)
+        })
+    }
+
+    /// Every item's outcome, input order: `NotOurs` for an item that is no candidate,
+    /// and for a candidate until [`Compact::set_outcomes`].
+    pub fn outcomes(&self) -> impl Iterator<Item = Outcome> + '_ {
+        self.items.iter().map(|item| item.outcome)
+    }
+
     fn token_type(&self, t: TypeRef) -> &str {
         match t {
             TypeRef::None => "",
