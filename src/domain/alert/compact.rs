@@ -4,6 +4,9 @@
 //! that ([`compact`]: one 44-byte [`ItemRef`] per item, the candidates, including the
 //! tokens found inside items), and the answer written from it in pieces
 //! ([`FeedbackChunks`]).
+//!
+//! The one parser of an alert array: the webhook, the Token Revocation API and replay
+//! use it; `super::oracle` is only the tests' second opinion.
 
 use std::borrow::Cow;
 
@@ -244,8 +247,8 @@ impl Compact {
     }
 }
 
-/// The 200 answer of a [`Compact`] delivery, written on demand; the same bytes as
-/// [`feedback_json`].
+/// The 200 answer of a [`Compact`] delivery, written on demand (the same bytes as the
+/// test oracle's `feedback_json`).
 #[derive(Debug)]
 pub struct FeedbackChunks {
     delivery: Compact,
