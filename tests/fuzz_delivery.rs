@@ -1,40 +1,55 @@
-//! Property-based fuzzing of the delivery path, headers and body through parse →
-//! classify → feedback: no input may panic, and whatever parses gets exactly one
-//! feedback entry per item, never echoing a token. Adversarial shapes: non-UTF-8
-//! bytes, deep nesting, huge strings, numbers where strings belong, many tiny items,
-//! duplicates, empty arrays.
+//! Property-based fuzzing of the delivery path, headers and body through the one
+//! parser production uses (`measure` → `compact` → `FeedbackChunks`, as the webhook,
+//! the Token Revocation API and replay run it): no input may panic, and whatever
+//! parses gets exactly one feedback entry per item, never echoing a token.
+//! Adversarial shapes: non-UTF-8 bytes, deep nesting, huge strings, numbers where
+//! strings belong, many tiny items, duplicates, empty arrays.
 
 use proptest::prelude::*;
 
 use revoker::domain::alert::{self, Feedback};
-use revoker::domain::token::Token;
+use revoker::domain::token::{Token, TokenHash};
+use revoker::domain::{Formats, Outcome};
 use revoker::signature;
 
 /// Runs the whole offline path; returns the number of items if the body parsed.
 fn deliver(body: &[u8]) -> Option<usize> {
-    let items = alert::parse(body).ok()?;
-    let classified = alert::classify(&items, revoker::domain::Formats::ALL);
-    assert_eq!(classified.hashes.len(), items.len());
+    let sizes = alert::measure(body, Formats::ALL).ok()?;
+    let mut delivery = alert::compact(bytes::Bytes::copy_from_slice(body), &sizes, Formats::ALL)
+        .expect("a body that measured is read");
+    let items = delivery.len();
+    assert_eq!(sizes.items, items);
+    assert!(sizes.candidates >= delivery.candidates.len());
     assert_eq!(
-        classified.candidates.len() - classified.found_inside as usize
-            + classified.not_ours as usize,
-        items.len()
+        delivery.candidates.len() - delivery.found_inside as usize + delivery.not_ours as usize,
+        items
     );
-    let outcomes = classified.outcomes(&vec![
-        revoker::domain::Outcome::Unknown;
-        classified.candidates.len()
-    ]);
-    let json = alert::feedback_json(&items, &classified.hashes, &outcomes);
+    let candidates = delivery.candidates.len();
+    delivery.set_outcomes(&vec![Outcome::Unknown; candidates]);
+    let mut chunks = delivery.feedback(4096);
+    let mut json = Vec::new();
+    while let Some(piece) = chunks.next_chunk() {
+        json.extend(piece);
+    }
     let feedback: Vec<Feedback> = serde_json::from_slice(&json).expect("feedback is JSON");
-    assert_eq!(feedback.len(), items.len());
-    for (entry, item) in feedback.iter().zip(&items) {
-        assert_eq!(entry.token_hash.len(), 64);
+    assert_eq!(feedback.len(), items);
+    // The tokens as sent, read here only to check the answer against them.
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        token: String,
+    }
+    let sent: Vec<Sent> = serde_json::from_slice(body).expect("what measure reads is JSON");
+    assert_eq!(sent.len(), items);
+    let text = String::from_utf8(json).expect("feedback is UTF-8");
+    for (entry, item) in feedback.iter().zip(&sent) {
+        assert_eq!(entry.token_hash, TokenHash::of(&item.token).to_hex());
         // (A one-character "token" can occur in hex by chance; real ones cannot.)
         if item.token.len() >= 16 {
-            assert!(!entry.token_hash.contains(item.token.as_ref()));
+            assert!(!entry.token_hash.contains(item.token.as_str()));
+            assert!(!text.contains(item.token.as_str()));
         }
     }
-    Some(items.len())
+    Some(items)
 }
 
 /// A JSON value of a shape a scanner might plausibly (or implausibly) send.

@@ -1,11 +1,15 @@
 //! A scanner's alert, from verified body bytes to feedback.
 //!
-//! Data flows one way: [`parse`] (JSON array of items) → [`classify`] (check digits,
-//! hashes; non-candidates never reach the database) → one store call → [`feedback_json`]
-//! (one entry per input item, input order, never the raw token).
-//! The webhook takes the same steps in two passes over the body without building the
-//! items ([`measure`], then [`compact`]: `alert/compact.rs`), so the delivery's memory is
-//! reserved before any of it is allocated.
+//! Data flows one way, in two passes over the verified body that never build the items,
+//! so a delivery's memory is reserved before any of it is allocated: [`measure`] (the
+//! shape checked, the memory counted) → [`compact`] (`alert/compact.rs`: hashes, check
+//! digits; non-candidates never reach the database) → one store call
+//! ([`Compact::take_report`], [`Compact::set_outcomes`]) → [`FeedbackChunks`] (one
+//! entry per input item, input order, never the raw token).
+//! This is the one parser: the webhook, the Token Revocation API and replay (which
+//! writes each batch as an alert array) all go through it. `oracle` (`alert/oracle.rs`,
+//! hidden from the docs) reads the same shape the simple way, every item at once, for
+//! tests and benches only: the check that the two agree lives there.
 //!
 //! Error messages never quote the body: a JSON error names only its kind and position,
 //! because the offending text may be a token.
@@ -24,12 +28,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::format::Formats;
-use super::outcome::{Label, Outcome};
+use super::outcome::Label;
 use super::redact::redact_tokens;
 use super::scan;
 use super::token::TokenHash;
 
 mod compact;
+#[doc(hidden)]
+pub mod oracle;
 pub use compact::{
     compact, compact_bytes, measure, Compact, FeedbackChunks, ItemRef, Sizes, FOUND_INSIDE_TEXT,
 };
@@ -170,26 +176,6 @@ pub struct ParseError {
     pub column: usize,
 }
 
-/// Parses the verified body. Borrows strings from it where possible.
-pub fn parse(body: &[u8]) -> Result<Vec<AlertItem<'_>>, ParseError> {
-    serde_json::from_slice(body).map_err(parse_error)
-}
-
-/// The result of classifying every item of a delivery.
-#[derive(Debug)]
-pub struct Classified {
-    /// SHA-256 of every item's token, input order (the feedback needs them all).
-    pub hashes: Vec<TokenHash>,
-    /// For each item: `None` if it is not ours (decided offline), else its index in
-    /// `candidates`.
-    pub candidate_index: Vec<Option<usize>>,
-    /// The item's own tokens, then those found inside items (see the module docs).
-    pub candidates: Vec<CandidateItem>,
-    pub not_ours: u32,
-    /// How many of `candidates` were found inside items (the last ones).
-    pub found_inside: u32,
-}
-
 /// An open string from the body (url, source, type), made storable everywhere: any
 /// `cio_tp_…` in it is redacted (a leak's URL or a sloppy scanner can carry the token
 /// itself, and no raw token may reach the database), and NUL becomes U+FFFD
@@ -282,73 +268,6 @@ impl Inside {
     }
 }
 
-/// Decides offline which items are candidates (a token of an enabled format: prefix,
-/// length, alphabet, check digits where it has them); then the tokens found inside the
-/// items (see the module docs).
-pub fn classify(items: &[AlertItem<'_>], formats: Formats) -> Classified {
-    let mut hashes = Vec::with_capacity(items.len());
-    let mut candidate_index = Vec::with_capacity(items.len());
-    let mut candidates = Vec::new();
-    let mut inside = Inside::default();
-    let mut not_ours = 0;
-    for (position, item) in items.iter().enumerate() {
-        hashes.push(TokenHash::of(&item.token));
-        let own = formats.recognise(&item.token);
-        if let Some(format) = own {
-            candidate_index.push(Some(candidates.len()));
-            candidates.push(candidate(item, position, format.key(&item.token)));
-        } else {
-            candidate_index.push(None);
-            not_ours += 1;
-        }
-        inside.collect(item, position, own.is_some(), formats);
-    }
-    let found_inside = inside.append_to(&mut candidates, items.len());
-    Classified {
-        found_inside,
-        hashes,
-        candidate_index,
-        candidates,
-        not_ours,
-    }
-}
-
-impl Classified {
-    /// The report to record, or `None` when no item is a candidate (then nothing is
-    /// written: a flood of junk costs no database statement).
-    pub fn into_report(
-        &self,
-        scanner: &str,
-        key_id: &str,
-        received_at: DateTime<Utc>,
-        body_sha256: impl FnOnce() -> [u8; 32],
-    ) -> Option<NewReport> {
-        if self.candidates.is_empty() {
-            return None;
-        }
-        Some(NewReport {
-            scanner: scanner.to_owned(),
-            key_id: key_id.to_owned(),
-            received_at,
-            body_sha256: body_sha256(),
-            item_count: self.hashes.len() as u32 + self.found_inside,
-            not_ours: self.not_ours,
-            candidates: self.candidates.clone(),
-        })
-    }
-
-    /// The outcome of every item, input order, given the candidates' outcomes.
-    pub fn outcomes(&self, candidate_outcomes: &[Outcome]) -> Vec<Outcome> {
-        self.candidate_index
-            .iter()
-            .map(|i| match i {
-                Some(i) => candidate_outcomes[*i],
-                None => Outcome::NotOurs,
-            })
-            .collect()
-    }
-}
-
 /// One entry of the 200 response body, as a client reads it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Feedback {
@@ -376,37 +295,8 @@ struct FeedbackRef<'a> {
     label: Label,
 }
 
-/// The 200 response body: one feedback entry per item, input order, serialised
-/// straight from the parsed request (a 100,000-item flood allocates no entry).
-pub fn feedback_json(
-    items: &[AlertItem<'_>],
-    hashes: &[TokenHash],
-    outcomes: &[Outcome],
-) -> Vec<u8> {
-    struct Entries<'a, 'b>(&'a [AlertItem<'b>], &'a [TokenHash], &'a [Outcome]);
-    impl Serialize for Entries<'_, '_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(
-                self.0
-                    .iter()
-                    .zip(self.1)
-                    .zip(self.2)
-                    .map(|((item, hash), outcome)| FeedbackRef {
-                        token_hash: Hex(hash),
-                        token_type: item.token_type.as_deref().unwrap_or_default(),
-                        label: (*outcome).into(),
-                    }),
-            )
-        }
-    }
-    let mut out = Vec::with_capacity(items.len() * 120 + 2);
-    serde_json::to_writer(&mut out, &Entries(items, hashes, outcomes))
-        .expect("serialising to memory cannot fail");
-    out
-}
-
 /// Calls `f` on every item of a JSON array of alert objects, one at a time (no `Vec` of
-/// items is built). Errors as [`parse`]'s.
+/// items is built). Errors name only their kind and position ([`ParseError`]).
 fn each_item<'b>(body: &'b [u8], f: impl FnMut(AlertItem<'b>)) -> Result<(), ParseError> {
     struct Each<F>(F);
     impl<'de, F: FnMut(AlertItem<'de>)> serde::de::Visitor<'de> for Each<F> {
@@ -429,7 +319,7 @@ fn each_item<'b>(body: &'b [u8], f: impl FnMut(AlertItem<'b>)) -> Result<(), Par
 
 /// The `type` of the first item for which `refused` holds (`None` inside: the item has
 /// no `type`), read one item at a time without building them; `None` when every item
-/// passes. Errors as [`parse`]'s.
+/// passes. Errors as [`measure`]'s.
 #[allow(clippy::type_complexity)]
 pub fn first_type_where(
     body: &[u8],
@@ -459,19 +349,43 @@ fn parse_error(e: serde_json::Error) -> ParseError {
 
 #[cfg(test)]
 mod tests {
+    use super::oracle::{classify, feedback_json, parse};
     use super::*;
+    use crate::domain::outcome::Outcome;
     use crate::domain::token::Token;
+
+    /// Both passes of the one parser over `body`.
+    fn deliver(body: &[u8], formats: Formats) -> Result<Compact, ParseError> {
+        let sizes = measure(body, formats)?;
+        let delivery = compact(bytes::Bytes::copy_from_slice(body), &sizes, formats)?;
+        assert_eq!(sizes.items, delivery.len());
+        Ok(delivery)
+    }
+
+    /// The whole answer of a delivery whose outcomes are set.
+    fn answer(delivery: Compact) -> Vec<Feedback> {
+        let mut chunks = delivery.feedback(1 << 16);
+        let mut bytes = Vec::new();
+        while let Some(piece) = chunks.next_chunk() {
+            bytes.extend(piece);
+        }
+        serde_json::from_slice(&bytes).unwrap()
+    }
 
     #[test]
     fn parses_github_shape_and_ignores_extra_fields() {
         let body =
             br#"[{"token":"a","type":"cio_tp","url":"https://x","source":"content","extra":1},
                         {"token":"b","url":null}]"#;
-        let items = parse(body).unwrap();
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[0].token, "a");
-        assert_eq!(items[0].token_type.as_deref(), Some("cio_tp"));
-        assert_eq!(items[1].url, None);
+        let delivery = deliver(body, Formats::DEFAULT).unwrap();
+        assert_eq!(delivery.len(), 2);
+        let hashes: Vec<_> = delivery.keys().collect();
+        assert_eq!(
+            hashes,
+            [(TokenHash::of("a"), None), (TokenHash::of("b"), None)]
+        );
+        let types: Vec<String> = answer(delivery).into_iter().map(|f| f.token_type).collect();
+        assert_eq!(types, ["cio_tp", ""]);
     }
 
     #[test]
@@ -483,20 +397,29 @@ mod tests {
             format!(r#"{{"token": "{}"}}"#, t.expose_secret()),
             format!(r#"[{{"token": "{}""#, t.expose_secret()),
         ] {
-            let err = parse(body.as_bytes()).unwrap_err().to_string();
-            assert!(!err.contains(t.expose_secret()), "{err}");
-            assert!(!err.contains(&t.expose_secret()[7..20]), "{err}");
+            let sizes = measure(body.as_bytes(), Formats::DEFAULT);
+            let compacted = compact(body.clone().into(), &Sizes::default(), Formats::DEFAULT);
+            for err in [sizes.unwrap_err(), compacted.unwrap_err()] {
+                let err = err.to_string();
+                assert!(!err.contains(t.expose_secret()), "{err}");
+                assert!(!err.contains(&t.expose_secret()[7..20]), "{err}");
+            }
         }
     }
 
     #[test]
     fn rejects_items_without_string_token() {
-        assert!(parse(br#"[{"type":"x"}]"#).is_err());
-        assert!(parse(br#"[{"token":5}]"#).is_err());
-        assert!(parse(br#"[1]"#).is_err());
-        assert!(parse(br#"{}"#).is_err());
-        assert!(parse(b"").is_err());
-        assert_eq!(parse(b"[]").unwrap().len(), 0);
+        for body in [
+            &br#"[{"type":"x"}]"#[..],
+            br#"[{"token":5}]"#,
+            b"[1]",
+            b"{}",
+            b"",
+        ] {
+            assert!(measure(body, Formats::DEFAULT).is_err());
+            assert!(parse(body).is_err(), "the oracle agrees");
+        }
+        assert_eq!(deliver(b"[]", Formats::DEFAULT).unwrap().len(), 0);
     }
 
     #[test]
@@ -506,19 +429,20 @@ mod tests {
             r#"[{{"token":"junk"}},{{"token":"{}","type":"t"}},{{"token":"cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000"}}]"#,
             good.expose_secret()
         );
-        let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items, Formats::DEFAULT);
+        let mut c = deliver(body.as_bytes(), Formats::DEFAULT).unwrap();
         assert_eq!(c.not_ours, 2);
         assert_eq!(c.candidates.len(), 1);
         assert_eq!(c.candidates[0].position, 1);
         assert_eq!(c.candidates[0].hash, good.hash());
-        let outcomes = c.outcomes(&[Outcome::Revoked]);
+        let keys: Vec<Option<TokenHash>> = c.keys().map(|(_, key)| key).collect();
+        assert_eq!(keys, [None, Some(good.hash()), None]);
+        c.set_outcomes(&[Outcome::Revoked]);
+        let outcomes: Vec<Outcome> = c.outcomes().collect();
         assert_eq!(
             outcomes,
             vec![Outcome::NotOurs, Outcome::Revoked, Outcome::NotOurs]
         );
-        let fb: Vec<Feedback> =
-            serde_json::from_slice(&feedback_json(&items, &c.hashes, &outcomes)).unwrap();
+        let fb = answer(c);
         assert_eq!(fb.len(), 3);
         assert_eq!(fb[1].label, Label::TruePositive);
         assert_eq!(fb[1].token_type, "t");
@@ -540,8 +464,7 @@ mod tests {
             "source": "con\u{0}tent",
         }])
         .to_string();
-        let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items, Formats::DEFAULT);
+        let c = deliver(body.as_bytes(), Formats::DEFAULT).unwrap();
         let item = &c.candidates[0];
         assert_eq!(item.token_type, "cio_tp");
         assert_eq!(item.url, "https://x.test/blob/a.env?t=cio_tp_[redacted]");
@@ -680,7 +603,7 @@ mod tests {
                 Label::TruePositive
             ]
         );
-        // The borrowing path (replay) finds the same.
+        // The oracle finds the same.
         let items = parse(body.as_bytes()).unwrap();
         let classified = classify(&items, Formats::DEFAULT);
         let same: Vec<(u32, TokenHash, Option<String>)> = classified
@@ -704,12 +627,12 @@ mod tests {
             {"token": "cio_tp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000", "url": t.expose_secret()},
         ])
         .to_string();
-        let items = parse(body.as_bytes()).unwrap();
-        let c = classify(&items, Formats::DEFAULT);
+        let c = deliver(body.as_bytes(), Formats::DEFAULT).unwrap();
         assert_eq!(c.candidates.len(), 1);
         assert_eq!(c.candidates[0].hash, t.hash());
         assert_eq!(c.candidates[0].found_in.as_deref(), Some("items[0].url"));
         assert_eq!(c.candidates[0].url, "cio_tp_[redacted]");
+        assert_eq!((c.found_inside, c.keys().next().unwrap().1), (1, None));
     }
 
     proptest::proptest! {
@@ -753,10 +676,9 @@ mod tests {
 
     #[test]
     fn no_candidates_means_no_report() {
-        let items = parse(br#"[{"token":"junk"}]"#).unwrap();
-        let c = classify(&items, Formats::DEFAULT);
+        let mut c = deliver(br#"[{"token":"junk"}]"#, Formats::DEFAULT).unwrap();
         assert!(c
-            .into_report("github", "k", Utc::now(), || [0; 32])
+            .take_report("github", "k", Utc::now(), |_| [0; 32])
             .is_none());
     }
 }

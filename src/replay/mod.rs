@@ -11,9 +11,11 @@
 //! Invariants:
 //! - Memory stays bounded whatever the size of the report: the reader hands batches of
 //!   at most `batch_size` occurrences to the async side over a bounded channel.
-//! - Each batch goes through the same pipeline as the webhook (classify offline → one
-//!   store call): locally it is recorded as a report of scanner `replay` with the
-//!   operator's name as key id; remotely it is signed exactly as GitHub signs and
+//! - Each batch is written as the alert array a scanner sends (`alert_body`) and goes
+//!   through the webhook's own parser and pipeline (`alert::measure` → `alert::compact`,
+//!   classified offline → one store call → `Compact::set_outcomes`; there is no second
+//!   parser): locally it is recorded as a report of scanner `replay` with the operator's
+//!   name as key id; remotely that same body is signed exactly as GitHub signs and
 //!   POSTed to a running receiver.
 //! - `--dry-run` writes nothing: locally it looks tokens up with one read statement per
 //!   batch; remotely it only classifies offline and sends nothing.
@@ -26,7 +28,6 @@ pub mod formats;
 mod output;
 mod remote;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -37,10 +38,10 @@ use p256::ecdsa::SigningKey;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::domain::alert::{self, AlertItem, Classified};
+use crate::domain::alert;
 use crate::domain::redact::redact_tokens;
 use crate::domain::terminal::terminal_safe;
-use crate::domain::{Label, Outcome};
+use crate::domain::{Label, Outcome, TokenHash};
 use crate::store::{RecordOptions, RevocationStore};
 use formats::{Format, Found, ReadStats};
 
@@ -275,6 +276,30 @@ fn spawn_reader<R: BufRead + Send + 'static>(
     (rx, reading)
 }
 
+/// The batch as the alert array a scanner would send (`[{"token", "type", "url",
+/// "source"}]`): what the one parser reads locally and what a remote replay signs.
+fn alert_body(batch: &[Found]) -> Vec<u8> {
+    /// One element of a GitHub alert body.
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        token: &'a str,
+        #[serde(rename = "type")]
+        token_type: &'a str,
+        url: &'a str,
+        source: &'a str,
+    }
+    let items: Vec<Item<'_>> = batch
+        .iter()
+        .map(|f| Item {
+            token: &f.token,
+            token_type: &f.token_type,
+            url: &f.url,
+            source: &f.source,
+        })
+        .collect();
+    serde_json::to_vec(&items).expect("strings serialise to JSON")
+}
+
 async fn process_batch(
     target: &Target,
     opts: &Options,
@@ -283,23 +308,25 @@ async fn process_batch(
     summary: &mut Summary,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let items: Vec<AlertItem<'_>> = batch
-        .iter()
-        .map(|f| AlertItem {
-            token: Cow::Borrowed(f.token.as_str()),
-            token_type: Some(Cow::Borrowed(f.token_type.as_str())),
-            url: Some(Cow::Borrowed(f.url.as_str())),
-            source: Some(Cow::Borrowed(f.source.as_str())),
-            location: None,
-        })
-        .collect();
-    let classified = alert::classify(&items, opts.formats);
+    // The webhook's own two passes over the batch's alert array.
+    let body = bytes::Bytes::from(alert_body(batch));
+    let sizes = alert::measure(&body, opts.formats).context("cannot read the batch back")?;
+    let mut delivery =
+        alert::compact(body.clone(), &sizes, opts.formats).context("cannot read the batch back")?;
     summary.batches += 1;
+
+    // Each item named by the hash its token is stored by (what `token show --hash` takes;
+    // a crates.io trusted-publishing token's is of its random part), else the whole
+    // string's; and whether it is a candidate.
+    let keys: Vec<(TokenHash, bool)> = delivery
+        .keys()
+        .map(|(whole, key)| (key.unwrap_or(whole), key.is_some()))
+        .collect();
 
     // Whose tokens they are (local: one read statement when there are candidates).
     let owners = match target {
         Target::Local { store, .. } => {
-            let hashes: Vec<_> = classified.candidates.iter().map(|c| c.hash).collect();
+            let hashes: Vec<_> = delivery.candidates.iter().map(|c| c.hash).collect();
             store
                 .owners(&hashes)
                 .await
@@ -311,27 +338,26 @@ async fn process_batch(
     // (outcome if known, label if known) per item.
     let results: Vec<(Option<Outcome>, Option<Label>)> = match target {
         Target::Local { store, actor } => {
-            let outcomes = local_outcomes(
+            local_outcomes(
                 store.as_ref(),
                 actor,
                 opts.dry_run,
                 batch,
-                &classified,
+                &mut delivery,
                 summary,
             )
             .await?;
-            outcomes
-                .into_iter()
+            delivery
+                .outcomes()
                 .map(|o| (Some(o), Some(o.into())))
                 .collect()
         }
         // Not sent: a candidate's fate is only known to the receiver.
-        Target::Remote { .. } if opts.dry_run => classified
-            .candidate_index
+        Target::Remote { .. } if opts.dry_run => keys
             .iter()
-            .map(|idx| match idx {
-                None => (Some(Outcome::NotOurs), Some(Label::FalsePositive)),
-                Some(_) => (None, None),
+            .map(|&(_, candidate)| match candidate {
+                false => (Some(Outcome::NotOurs), Some(Label::FalsePositive)),
+                true => (None, None),
             })
             .collect(),
         Target::Remote {
@@ -340,25 +366,17 @@ async fn process_batch(
             key_id,
             client,
         } => {
-            let labels = remote::post_batch(client, url, key, key_id, batch).await?;
-            classified
-                .candidate_index
-                .iter()
+            let labels = remote::post_batch(client, url, key, key_id, body, batch.len()).await?;
+            keys.iter()
                 .zip(labels)
-                .map(|(idx, label)| (idx.is_none().then_some(Outcome::NotOurs), Some(label)))
+                .map(|(&(_, candidate), label)| {
+                    ((!candidate).then_some(Outcome::NotOurs), Some(label))
+                })
                 .collect()
         }
     };
 
-    // Each item named by the hash its token is stored by (what `token show --hash` takes;
-    // a crates.io trusted-publishing token's is of its random part), else the whole
-    // string's.
-    let keys = classified
-        .candidate_index
-        .iter()
-        .zip(&classified.hashes)
-        .map(|(idx, whole)| idx.map_or(whole, |i| &classified.candidates[i].hash));
-    for ((found, hash), (outcome, label)) in batch.iter().zip(keys).zip(results) {
+    for ((found, (hash, _)), (outcome, label)) in batch.iter().zip(&keys).zip(results) {
         summary.add(outcome, label);
         summary.note_token(hash, outcome);
         // The header with the first row: an error about a report that cannot be opened
@@ -381,33 +399,32 @@ async fn process_batch(
     Ok(())
 }
 
-/// Every item's outcome in the local database: looked up (dry run) or recorded as one
-/// report of scanner [`REPLAY_SCANNER`]. No candidate: no statement at all.
+/// Sets every item's outcome in the local database: looked up (dry run) or recorded as
+/// one report of scanner [`REPLAY_SCANNER`]. No candidate: no statement at all.
 async fn local_outcomes(
     store: &dyn RevocationStore,
     actor: &str,
     dry_run: bool,
     batch: &[Found],
-    classified: &Classified,
+    delivery: &mut alert::Compact,
     summary: &mut Summary,
-) -> anyhow::Result<Vec<Outcome>> {
+) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
-    let candidate_outcomes: Vec<Outcome> = if classified.candidates.is_empty() {
+    let candidate_outcomes: Vec<Outcome> = if delivery.candidates.is_empty() {
         Vec::new()
     } else if dry_run {
-        let hashes: Vec<_> = classified.candidates.iter().map(|c| c.hash).collect();
+        let hashes: Vec<_> = delivery.candidates.iter().map(|c| c.hash).collect();
         let map: HashMap<_, _> = store
             .preview(&hashes, now)
             .await
             .context("cannot look tokens up in the database")?;
-        classified
-            .candidates
+        hashes
             .iter()
-            .map(|c| map.get(&c.hash).copied().unwrap_or(Outcome::Unknown))
+            .map(|hash| map.get(hash).copied().unwrap_or(Outcome::Unknown))
             .collect()
     } else {
-        let report = classified
-            .into_report(REPLAY_SCANNER, actor, now, || batch_digest(batch))
+        let report = delivery
+            .take_report(REPLAY_SCANNER, actor, now, |_| batch_digest(batch))
             .expect("there are candidates");
         let recorded = store
             .record_report(&report, RecordOptions::default())
@@ -417,7 +434,8 @@ async fn local_outcomes(
         summary.tokens_revoked += u64::from(recorded.tokens_revoked);
         recorded.outcomes
     };
-    Ok(classified.outcomes(&candidate_outcomes))
+    delivery.set_outcomes(&candidate_outcomes);
+    Ok(())
 }
 
 /// A stable digest of a batch, stored as the report's body hash.

@@ -23,9 +23,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
-use serde::Serialize;
 
-use super::formats::Found;
 use crate::domain::alert::Feedback;
 use crate::domain::redact::redact_tokens;
 use crate::domain::Label;
@@ -103,35 +101,17 @@ fn redirect_error(status: reqwest::StatusCode, location: Option<&[u8]>) -> anyho
     )
 }
 
-/// Signs and POSTs one batch; returns one label per occurrence. A 3xx answer is an
-/// error ([`redirect_error`]).
+/// Signs and POSTs one batch's alert array (`body`, of `items` items, written by
+/// `super::alert_body`); returns one label per occurrence. A 3xx answer is an error
+/// ([`redirect_error`]).
 pub(super) async fn post_batch(
     client: &ReplayClient,
     url: &str,
     key: &SigningKey,
     key_id: &str,
-    batch: &[Found],
+    body: bytes::Bytes,
+    items: usize,
 ) -> anyhow::Result<Vec<Label>> {
-    /// One element of a GitHub alert body.
-    #[derive(Serialize)]
-    struct Item<'a> {
-        token: &'a str,
-        #[serde(rename = "type")]
-        token_type: &'a str,
-        url: &'a str,
-        source: &'a str,
-    }
-    let body = serde_json::to_vec(
-        &batch
-            .iter()
-            .map(|f| Item {
-                token: &f.token,
-                token_type: &f.token_type,
-                url: &f.url,
-                source: &f.source,
-            })
-            .collect::<Vec<_>>(),
-    )?;
     let signature = sign_body(key, &body);
     let resp = client
         .0
@@ -164,11 +144,10 @@ pub(super) async fn post_batch(
     }
     let feedback: Vec<Feedback> =
         serde_json::from_str(&text).context("the receiver's answer is not a feedback array")?;
-    if feedback.len() != batch.len() {
+    if feedback.len() != items {
         bail!(
-            "the receiver answered {} entries for {} items",
+            "the receiver answered {} entries for {items} items",
             feedback.len(),
-            batch.len()
         );
     }
     Ok(feedback.into_iter().map(|f| f.label).collect())

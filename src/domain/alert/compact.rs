@@ -4,6 +4,9 @@
 //! that ([`compact`]: one 44-byte [`ItemRef`] per item, the candidates, including the
 //! tokens found inside items), and the answer written from it in pieces
 //! ([`FeedbackChunks`]).
+//!
+//! The one parser of an alert array: the webhook, the Token Revocation API and replay
+//! use it; `super::oracle` is only the tests' second opinion.
 
 use std::borrow::Cow;
 
@@ -201,6 +204,29 @@ impl Compact {
         self.candidates = Vec::new();
     }
 
+    /// Every item, input order: the SHA-256 of its whole token (the answer's
+    /// `token_hash`) and, when its own token is a candidate, that candidate's key
+    /// ([`CandidateItem::hash`], the hash its format stores). The keys are read from the
+    /// candidates: call this before [`Compact::take_report`] or [`Compact::set_outcomes`]
+    /// frees them.
+    pub fn keys(&self) -> impl Iterator<Item = (TokenHash, Option<TokenHash>)> + '_ {
+        assert!(
+            self.candidates.len() >= self.positions.len(),
+            "keys read after the candidates were taken"
+        );
+        let mut own = self.positions.iter().zip(&self.candidates).peekable();
+        self.items.iter().enumerate().map(move |(at, item)| {
+            let key = own.next_if(|(&p, _)| p as usize == at).map(|(_, c)| c.hash);
+            (item.hash, key)
+        })
+    }
+
+    /// Every item's outcome, input order: `NotOurs` for an item that is no candidate,
+    /// and for a candidate until [`Compact::set_outcomes`].
+    pub fn outcomes(&self) -> impl Iterator<Item = Outcome> + '_ {
+        self.items.iter().map(|item| item.outcome)
+    }
+
     fn token_type(&self, t: TypeRef) -> &str {
         match t {
             TypeRef::None => "",
@@ -221,8 +247,8 @@ impl Compact {
     }
 }
 
-/// The 200 answer of a [`Compact`] delivery, written on demand; the same bytes as
-/// [`feedback_json`].
+/// The 200 answer of a [`Compact`] delivery, written on demand (the same bytes as the
+/// test oracle's `feedback_json`).
 #[derive(Debug)]
 pub struct FeedbackChunks {
     delivery: Compact,
