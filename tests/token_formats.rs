@@ -409,7 +409,10 @@ async fn token_check_and_show_know_the_formats() {
     assert_eq!(unknown_flag.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown_flag.stderr).contains("unknown token format"));
     // A token pasted into the flag or its variable is never echoed.
-    for (flag, env) in [(format!("cio_tp,{t}"), None), (String::new(), Some(t.clone()))] {
+    for (flag, env) in [
+        (format!("cio_tp,{t}"), None),
+        (String::new(), Some(t.clone())),
+    ] {
         let mut cmd = revoker_command();
         cmd.args(["token", "check", "x"]);
         if flag.is_empty() {

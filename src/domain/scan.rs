@@ -543,7 +543,11 @@ mod tests {
         for cut in [36, 39, 41, 42] {
             let at = DECODE_WINDOW + MAX_MATCH - cut;
             let hay = "%".to_owned() + &".".repeat(at - 1) + A + " " + &".".repeat(100);
-            assert_eq!(all(hay.as_bytes(), Formats::ALL), [(at, A.to_owned())], "cut {cut}");
+            assert_eq!(
+                all(hay.as_bytes(), Formats::ALL),
+                [(at, A.to_owned())],
+                "cut {cut}"
+            );
         }
     }
 
