@@ -33,20 +33,17 @@ fn deliver(body: &[u8]) -> Option<usize> {
     }
     let feedback: Vec<Feedback> = serde_json::from_slice(&json).expect("feedback is JSON");
     assert_eq!(feedback.len(), items);
-    // The tokens as sent, read here only to check the answer against them.
-    #[derive(serde::Deserialize)]
-    struct Sent {
-        token: String,
-    }
-    let sent: Vec<Sent> = serde_json::from_slice(body).expect("what measure reads is JSON");
+    // The tokens as sent, read by the test oracle only to check the answer against them
+    // (serde reads an item written as an array too: `["token", null]`).
+    let sent = alert::oracle::parse(body).expect("what measure reads, the oracle reads");
     assert_eq!(sent.len(), items);
     let text = String::from_utf8(json).expect("feedback is UTF-8");
     for (entry, item) in feedback.iter().zip(&sent) {
         assert_eq!(entry.token_hash, TokenHash::of(&item.token).to_hex());
         // (A one-character "token" can occur in hex by chance; real ones cannot.)
         if item.token.len() >= 16 {
-            assert!(!entry.token_hash.contains(item.token.as_str()));
-            assert!(!text.contains(item.token.as_str()));
+            assert!(!entry.token_hash.contains(item.token.as_ref()));
+            assert!(!text.contains(item.token.as_ref()));
         }
     }
     Some(items)

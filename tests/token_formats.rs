@@ -11,31 +11,17 @@ mod common;
 
 use chrono::Duration as Ttl;
 use common::*;
-use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 
 const ALL_FORMATS: &str = "cio_tp,crates_io_trustpub,crates_io_api";
 const REVOCATION_API_TOKEN: &str = "s3cret-revocation-api-token";
 
-/// A crates.io trusted-publishing token: `cio_tp_` + 31 random letters and digits + the
-/// XOR of those 31 bytes, modulo 62, as an index into `A-Za-z0-9`.
 fn trustpub() -> String {
-    let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 31);
-    format!("cio_tp_{random}{}", trustpub_check(&random))
+    trustpub_token()
 }
 
-fn trustpub_check(random: &str) -> char {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let xor = random.bytes().fold(0u8, |acc, b| acc ^ b);
-    ALPHABET[usize::from(xor) % ALPHABET.len()] as char
-}
-
-/// A crates.io API token: `cio` + 32 random letters and digits, no check digit.
 fn api() -> String {
-    format!(
-        "cio{}",
-        Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
-    )
+    api_token()
 }
 
 fn sha256_hex(s: &str) -> String {

@@ -193,7 +193,10 @@ async fn import_show_and_import_again(kind: Kind) {
                            "refused": 0, "complete": true})
     );
     assert_eq!(db.dump().await, before);
-    assert_eq!(db.inconsistencies().await, Vec::<String>::new());
+    assert_eq!(
+        db.inconsistencies_allowing_imports().await,
+        Vec::<String>::new()
+    );
     db.cleanup().await;
 }
 
@@ -411,7 +414,12 @@ async fn revoked_at_revokes_a_live_token_and_nothing_unrevokes(kind: Kind) {
             .await,
         ["0"]
     );
-    assert_eq!(db.inconsistencies().await, Vec::<String>::new());
+    assert_eq!(
+        db.inconsistencies_allowing_imports().await,
+        Vec::<String>::new()
+    );
+    // The strict check takes a token revoked by no report for a half-made revocation.
+    assert!(!db.inconsistencies().await.is_empty());
     db.cleanup().await;
 }
 

@@ -167,17 +167,16 @@ fn each_layer(hay: &[u8], mut f: impl FnMut(&[u8], &dyn Fn(usize) -> (u32, u32))
     }
 }
 
-/// Every prefix of an enabled format without its `c` (`io_tp_`, `io`) in a layer right
-/// after a byte that an escape decoded to (one whose input range is wider than one
-/// byte), followed by a token's letters and digits: its `c` may have been swallowed by
-/// that escape (see the module docs). As (the escape's byte, the byte after it, the
-/// token with its `c`), and only where that is a token of an enabled format. After a
-/// plain byte (`studio_tp_…`, `éio_tp_…`) nothing was swallowed, and nothing is taken.
-fn without_c(
+/// Every place in a layer where a prefix of `formats` without its `c` (`io_tp_`, `io`)
+/// comes right after a byte that an escape decoded to (one whose input range is wider
+/// than one byte) other than a `c`: that escape may have swallowed the `c` (see the
+/// module docs). As (the escape's byte, where the `c`-less prefix starts, the prefix).
+/// After a plain byte (`studio_tp_…`, `éio_tp_…`) nothing was swallowed.
+fn swallowed_c(
     bytes: &[u8],
     span: &dyn Fn(usize) -> (u32, u32),
     formats: Formats,
-    mut f: impl FnMut(usize, usize, String),
+    mut f: impl FnMut(usize, usize, &'static str),
 ) {
     for prefix in formats.prefixes() {
         let Some(after) = prefix.strip_prefix('c') else {
@@ -188,48 +187,36 @@ fn without_c(
                 continue;
             };
             let (from, to) = span(escape);
-            if bytes[escape] == b'c' || to - from < 2 {
-                continue; // a plain prefix (`plain` has it), or no escape before it
-            }
-            // The token as if the `c` stood where the escape's byte is.
-            let Some(len) = formats.token_at(bytes, escape, prefix) else {
-                continue;
-            };
-            let Ok(rest) = std::str::from_utf8(&bytes[at..escape + len]) else {
-                continue;
-            };
-            let token = format!("c{rest}");
-            // Only a token of ours is taken this way: `io_tp_` after other text is not
-            // made into an occurrence.
-            if formats.recognise(&token).is_some() {
-                f(escape, at, token);
+            // A plain prefix (`plain` has it), or no escape before it: nothing here.
+            if bytes[escape] != b'c' && to - from >= 2 {
+                f(escape, at, prefix);
             }
         }
     }
 }
 
-/// Every place a known format's prefix without its `c` follows an escape's byte, with
-/// its letters and digits after it: [`runs`]' share of [`without_c`], as (the escape's
-/// byte, the prefix's last byte plus one, the prefix).
-fn without_c_runs(
+/// [`swallowed_c`]'s places where the `c` and what follows are a token of an enabled
+/// format: (the escape's byte, the byte after it, the token with its `c`). `io_tp_`
+/// after other text is not made into an occurrence.
+fn without_c(
     bytes: &[u8],
     span: &dyn Fn(usize) -> (u32, u32),
-    mut f: impl FnMut(usize, usize, &'static str),
+    formats: Formats,
+    mut f: impl FnMut(usize, usize, String),
 ) {
-    for prefix in Formats::ALL.prefixes() {
-        let Some(after) = prefix.strip_prefix('c') else {
-            continue;
+    swallowed_c(bytes, span, formats, |escape, at, prefix| {
+        // The token as if the `c` stood where the escape's byte is.
+        let Some(len) = formats.token_at(bytes, escape, prefix) else {
+            return;
         };
-        for at in memchr::memmem::find_iter(bytes, after.as_bytes()) {
-            let Some(escape) = at.checked_sub(1) else {
-                continue;
-            };
-            let (from, to) = span(escape);
-            if bytes[escape] != b'c' && to - from >= 2 {
-                f(escape, at + after.len(), prefix);
-            }
+        let Ok(rest) = std::str::from_utf8(&bytes[at..escape + len]) else {
+            return;
+        };
+        let token = format!("c{rest}");
+        if formats.recognise(&token).is_some() {
+            f(escape, at, token);
         }
-    }
+    });
 }
 
 /// Bytes decoded at once: a longer input is decoded in windows of this size that
@@ -296,9 +283,10 @@ pub fn all_placed(hay: &[u8], formats: Formats) -> Vec<(usize, usize, String)> {
     found
 }
 
-/// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`. A token
-/// starting in the overlap with the next window is left to that one (unless this is the
-/// `last`): here it may be cut short, and a shorter format's string would pass for it.
+/// [`all`]'s tokens in one window at `offset`, as (end, start, token) in `hay`. Unless
+/// this is the `last` window, a token is left out where a longer format with its prefix
+/// would reach past the window's end: the window cut what [`Formats::token_at`] would
+/// have seen, and the next window, which holds it whole, decides.
 fn all_in(
     hay: &[u8],
     offset: usize,
@@ -307,25 +295,34 @@ fn all_in(
     found: &mut Vec<(usize, usize, String)>,
 ) {
     let at_input = |n: u32| offset + n as usize;
-    let mut keep = |end: usize, start: usize, token: String| {
-        if last || start < offset + DECODE_WINDOW {
-            found.push((end, start, token));
-        }
+    // Whether a token of `len` bytes at `at` of a layer of `layer_len` bytes was cut.
+    let cut = |token: &str, at: usize, layer_len: usize| {
+        !last
+            && formats.iter().any(|f| {
+                token.starts_with(f.prefix)
+                    && f.token_len() > token.len()
+                    && at + f.token_len() > layer_len
+            })
     };
     each_layer(hay, |bytes, span| {
         each_plain(bytes, formats, |at, token| {
-            keep(
-                at_input(span(at + token.len() - 1).1),
-                at_input(span(at).0),
-                token.to_owned(),
-            );
+            if !cut(token, at, bytes.len()) {
+                found.push((
+                    at_input(span(at + token.len() - 1).1),
+                    at_input(span(at).0),
+                    token.to_owned(),
+                ));
+            }
         });
         without_c(bytes, span, formats, |from, at, token| {
-            keep(
-                at_input(span(at + token.len() - 2).1),
-                at_input(span(from).0),
-                token,
-            );
+            // `from` stands where the swallowed `c` would.
+            if !cut(&token, from, bytes.len()) {
+                found.push((
+                    at_input(span(at + token.len() - 2).1),
+                    at_input(span(from).0),
+                    token,
+                ));
+            }
         });
     });
 }
@@ -366,7 +363,8 @@ fn runs_in(
     }
     // A prefix whose `c` an escape swallowed, before a whole secret part: redacted from
     // that escape on.
-    without_c_runs(bytes, span, |from, after, prefix| {
+    swallowed_c(bytes, span, Formats::ALL, |from, at, prefix| {
+        let after = at + prefix.len() - 1;
         let run = run_after(after);
         if run >= least(prefix, |f| f.body_len) {
             found.push((range(from, after + run - 1), prefix));
@@ -548,6 +546,23 @@ mod tests {
                 [(at, A.to_owned())],
                 "cut {cut}"
             );
+        }
+    }
+
+    /// Backslashes paired across a window's start: the window before decodes the token
+    /// (the next one pairs them otherwise and would need a fourth layer); it is found.
+    #[test]
+    fn a_token_after_backslashes_across_a_window_start_is_found() {
+        for n in [1, 3, 9, 17] {
+            // `n` backslashes from the byte before the second window's start, then
+            // `u0063`: decoded as a whole, `(n - 1) / 2` pairs and a `\u0063`.
+            let mut hay = ".".repeat(DECODE_WINDOW - 1);
+            hay.push_str(&"\\".repeat(n));
+            hay.push_str(&format!("u0063{}", &A[1..]));
+            hay.push_str(&".".repeat(100));
+            let found = all(hay.as_bytes(), Formats::ALL);
+            assert_eq!(found.len(), 1, "{n} backslashes: {found:?}");
+            assert_eq!(found[0].1, A, "{n} backslashes");
         }
     }
 

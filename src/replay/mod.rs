@@ -367,10 +367,13 @@ async fn process_batch(
             client,
         } => {
             let labels = remote::post_batch(client, url, key, key_id, body, batch.len()).await?;
+            // The receiver's label decides: `not_ours` only where it agrees (its
+            // `--token-formats` may take what this replay's do not).
             keys.iter()
                 .zip(labels)
                 .map(|(&(_, candidate), label)| {
-                    ((!candidate).then_some(Outcome::NotOurs), Some(label))
+                    let not_ours = !candidate && label == Label::FalsePositive;
+                    (not_ours.then_some(Outcome::NotOurs), Some(label))
                 })
                 .collect()
         }

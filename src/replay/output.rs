@@ -213,7 +213,7 @@ impl Summary {
         } else if !self.dry_run {
             writeln!(
                 out,
-                "  the receiver's answer: {} true positive (its tokens: revoked now or before), {} false positive; not ours (decided offline, not sent): {}",
+                "  the receiver's answer: {} true positive (its tokens: revoked now or before), {} false positive; not ours (no token of this replay's --token-formats, and false positive there too): {}",
                 self.true_positive,
                 self.false_positive.saturating_sub(u64::from(c.not_ours)),
                 c.not_ours

@@ -143,6 +143,39 @@ pub fn decodings(text: &str, layers: usize) -> Vec<String> {
     all
 }
 
+/// A crates.io trusted-publishing token made as crates.io makes one (from the format's
+/// description, not revoker's code): `cio_tp_` + 31 random letters and digits + the XOR
+/// of those 31 bytes, modulo 62, as an index into `A-Za-z0-9`.
+pub fn trustpub_token() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 31);
+    format!("cio_tp_{random}{}", trustpub_check(&random))
+}
+
+/// crates.io's check character of 31 random characters.
+pub fn trustpub_check(random: &str) -> char {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let xor = random.bytes().fold(0u8, |acc, b| acc ^ b);
+    ALPHABET[usize::from(xor) % ALPHABET.len()] as char
+}
+
+/// A crates.io API token made as crates.io makes one: `cio` + 32 random letters and
+/// digits, no check digit.
+pub fn api_token() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "cio{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+    )
+}
+
+/// Whether any of [`decodings`] of `text` (three layers) holds the last 30 characters
+/// of `token`, a token of any format (all secret).
+pub fn holds_secret_of(text: &str, token: &str) -> bool {
+    let secret = &token[token.len() - 30..];
+    decodings(text, 3).iter().any(|d| d.contains(secret))
+}
+
 /// Whether any of [`decodings`] of `text` (three layers) holds the 30 random characters
 /// of `token`.
 pub fn holds_secret(text: &str, token: &revoker::domain::token::Token) -> bool {
