@@ -409,13 +409,7 @@ struct ApiFlood {
 async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
     use rand::distributions::{Alphanumeric, DistString};
     settings.formats = "cio_tp,crates_io_api".parse().unwrap();
-    let app = Application::build(settings).await.expect("server starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let store = Arc::clone(&app.state().store);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
+    let (base, store, stop_tx) = start_server(settings).await;
     let junk = || {
         format!(
             "cio{}",
@@ -436,7 +430,6 @@ async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
     let (status, took, flood_statements) = deliver((0..100_000).map(|_| junk()).collect()).await;
     assert_eq!(status, 200, "crates_io_api flood failed");
     let _ = stop_tx.send(());
-    let _ = server.await;
     ApiFlood {
         status,
         took,
@@ -487,15 +480,24 @@ struct Mode {
     lat: Vec<f64>,
 }
 
-/// Starts a server with `settings` in this process; its base URL and its stop.
-async fn start_server(settings: Settings) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// A server running in this process: its base URL, its store (statements counted), its
+/// stop.
+type Server = (
+    String,
+    Arc<dyn RevocationStore>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Starts a server with `settings` in this process.
+async fn start_server(settings: Settings) -> Server {
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let store = Arc::clone(&app.state().store);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    (base, stop_tx)
+    (base, store, stop_tx)
 }
 
 /// Two more servers on the same database, both with `--db-pooler transaction`: one
@@ -518,8 +520,8 @@ async fn pooler_rounds_compared(
     unnamed.pool.pooler = revoker::store::Pooler::Transaction;
     let mut pooled = unnamed.clone();
     pooled.database_url = bouncer.url(db_url).into();
-    let (unnamed_base, stop_unnamed) = start_server(unnamed).await;
-    let (pooled_base, stop_pooled) = start_server(pooled).await;
+    let (unnamed_base, _, stop_unnamed) = start_server(unnamed).await;
+    let (pooled_base, _, stop_pooled) = start_server(pooled).await;
 
     let third = signed.len() / 3;
     let mut modes: Vec<Mode> = [

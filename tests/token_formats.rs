@@ -16,14 +16,6 @@ use sha2::{Digest, Sha256};
 const ALL_FORMATS: &str = "cio_tp,crates_io_trustpub,crates_io_api";
 const REVOCATION_API_TOKEN: &str = "s3cret-revocation-api-token";
 
-fn trustpub() -> String {
-    trustpub_token()
-}
-
-fn api() -> String {
-    api_token()
-}
-
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -122,7 +114,14 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
         .await
         .remove(0);
     // For the delivery, the Revocation API and replay: one of each crates.io format.
-    let (t1, a1, t2, a2, t3, a3) = (trustpub(), api(), trustpub(), api(), trustpub(), api());
+    let (t1, a1, t2, a2, t3, a3) = (
+        trustpub_token(),
+        api_token(),
+        trustpub_token(),
+        api_token(),
+        trustpub_token(),
+        api_token(),
+    );
     let registry = [
         (t1.as_str(), "alice/crate"),
         (&a1, "bob"),
@@ -167,7 +166,7 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
     let mut wrong = t1.clone().into_bytes();
     wrong[38] = if wrong[38] == b'A' { b'B' } else { b'A' };
     let wrong = String::from_utf8(wrong).unwrap();
-    let unknown = api();
+    let unknown = api_token();
     let delivery = serde_json::to_vec(&serde_json::json!([
         {"token": t1, "type": "crates_io_trustpub", "url": "https://x/1", "source": "content"},
         {"token": a1, "type": "crates_io_api", "url": "https://x/2", "source": "content"},
@@ -355,7 +354,7 @@ async fn registry_tokens_are_revoked_everywhere_postgres() {
 async fn token_check_and_show_know_the_formats() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     let _store = open_migrated_store(&db).await;
-    let t = trustpub();
+    let t = trustpub_token();
     store_registry_tokens(&db, &[(&t, "alice/crate")]).await;
     let check = |formats: &str| {
         revoker_command()

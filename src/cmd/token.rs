@@ -188,7 +188,11 @@ async fn find(
     }
     let raw = read_token_arg(which.token.as_deref().expect("clap requires one"))
         .context("cannot read the token from stdin")?;
-    let format = recognise(&raw, which.formats.token_formats)?;
+    let formats = which.formats.token_formats;
+    let format = recognise(&raw, formats).map_err(|why| match formats == Formats::DEFAULT {
+        true => anyhow::anyhow!("not a cio_tp_ token: {why}"),
+        false => anyhow::anyhow!(why),
+    })?;
     let hash = format.key(&raw);
     Ok((hash.prefix(), store.token(&hash).await?))
 }
@@ -411,20 +415,21 @@ async fn mint(args: MintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The enabled format `raw` is a token of, or why it is none: with `cio_tp` enabled,
-/// what is wrong with it as one of ours (the reasons never quote it).
-fn recognise(raw: &str, formats: Formats) -> anyhow::Result<&'static Format> {
+/// The enabled format `raw` is a token of, or why it is none, never quoting it: with
+/// `cio_tp` enabled, what is wrong with it as one of ours (alone, when it is the only
+/// format).
+fn recognise(raw: &str, formats: Formats) -> Result<&'static Format, String> {
     if let Some(format) = formats.recognise(raw) {
         return Ok(format);
     }
-    let why = match Token::parse(raw) {
-        Err(e) if formats.contains(&cio_tp::FORMAT) => format!(": {e}"),
-        _ => String::new(),
-    };
-    if formats == Formats::DEFAULT {
-        anyhow::bail!("not a cio_tp_ token{why}");
-    }
-    anyhow::bail!("not a token of any enabled format ({formats}){why}")
+    let ours = Token::parse(raw)
+        .err()
+        .filter(|_| formats.contains(&cio_tp::FORMAT));
+    Err(match ours {
+        Some(e) if formats == Formats::DEFAULT => e.to_string(),
+        Some(e) => format!("not a token of any enabled format ({formats}): {e}"),
+        None => format!("not a token of any enabled format ({formats})"),
+    })
 }
 
 /// `token check`: offline, so `main` runs it without a runtime or logging.
@@ -438,11 +443,12 @@ pub fn check(arg: &str, formats: Formats) -> ExitCode {
     };
     match recognise(&raw, formats) {
         Ok(format) => {
+            let key = format.key(&raw);
             println!(
                 "ok: well-formed {} token (sha256 {}{})",
                 format.name,
-                format.key(&raw).to_hex(),
-                if format.key(&raw) == revoker::domain::TokenHash::of(&raw) {
+                key.to_hex(),
+                if key == revoker::domain::TokenHash::of(&raw) {
                     ""
                 } else {
                     ", of its random part, as the registry stores it"
@@ -450,11 +456,8 @@ pub fn check(arg: &str, formats: Formats) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!(
-                "invalid: {}",
-                e.to_string().trim_start_matches("not a cio_tp_ token: ")
-            );
+        Err(why) => {
+            eprintln!("invalid: {why}");
             ExitCode::FAILURE
         }
     }

@@ -156,6 +156,12 @@ impl Formats {
         self.iter().find(|f| f.matches(s))
     }
 
+    /// What a string a scan found is typed as: its enabled format's name, or `cio_tp`
+    /// for a string of our shape that is no token.
+    pub fn type_of(self, s: &str) -> &'static str {
+        self.recognise(s).map_or(cio_tp::FORMAT.name, |f| f.name)
+    }
+
     /// The distinct prefixes of the enabled formats, each once.
     pub fn prefixes(self) -> impl Iterator<Item = &'static str> + Clone {
         let formats = self.iter();

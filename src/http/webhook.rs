@@ -212,7 +212,7 @@ fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
         .iter()
         .map(|(_, token)| Item {
             token,
-            token_type: formats.recognise(token).map_or("cio_tp", |f| f.name),
+            token_type: formats.type_of(token),
             url: "",
             source: "unparsed_body",
         })

@@ -416,13 +416,10 @@ fn looking_for() -> Formats {
     LOOKING_FOR.with(std::cell::Cell::get)
 }
 
-/// The type an occurrence found by a scan (not named by the report) is given: its
-/// format's name, or `cio_tp` for a string of our shape that is no token.
+/// The type an occurrence found by a scan (not named by the report) is given
+/// ([`Formats::type_of`]).
 fn type_of(token: &str) -> String {
-    looking_for()
-        .recognise(token)
-        .map_or("cio_tp", |f| f.name)
-        .to_owned()
+    looking_for().type_of(token).to_owned()
 }
 
 /// Every token in a (small) string, in order: see [`crate::domain::scan::all`] (at
