@@ -105,6 +105,119 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
     Some(dom[open_end..close].trim().to_owned())
 }
 
+/// The opening tag of the element with this id in a dumped DOM.
+fn opening_tag<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} on the page"));
+    let start = dom[..at].rfind('<').unwrap();
+    &dom[start..at + dom[at..].find('>').unwrap() + 1]
+}
+
+/// With crates.io's formats enabled, the page has a row per format: tokens revoked (live
+/// and expired) and their ages, as `/api/stats` says, a registry's imported token apart
+/// from the ones revoker minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_counts_tokens_per_format() {
+    let Some(bin) = chromium() else {
+        static NOTICE: Once = Once::new();
+        let how = "apt-get install chromium; .ci/run installs the Debian package";
+        skip_unless_ci(&NOTICE, "dashboard browser test: no chromium", how);
+        return;
+    };
+    let formats = revoker::domain::Formats::ALL;
+    let app = TestApp::sqlite()
+        .admin_token("dash-token")
+        .token_formats(formats)
+        .start()
+        .await;
+    let ours = app.mint("team/a", Ttl::minutes(30)).await;
+    let old = app.mint("team/old", Ttl::minutes(-3)).await;
+    // A registry's API token, created 400 days ago, stored by crates.io's hash.
+    let api = api_token();
+    let now = chrono::Utc::now();
+    app.store
+        .import_tokens(&[revoker::store::ImportToken {
+            hash: formats.recognise(&api).unwrap().key(&api),
+            owner: "bob".into(),
+            format: "crates_io_api",
+            created_at: now - Ttl::days(400),
+            expires_at: revoker::store::NEVER_EXPIRES,
+            revoked_at: None,
+        }])
+        .await
+        .unwrap();
+    let body = alert_body(&[ours.expose_secret(), old.expose_secret(), &api]);
+    let answer = app.deliver(&Signer::test(), body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    let stats = app.admin_get("/api/stats", Some("dash-token")).await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(
+        stats.json["token_formats"],
+        serde_json::json!(["cio_tp", "crates_io_trustpub", "crates_io_api"])
+    );
+    let by_format = stats.json["by_format"].as_array().unwrap();
+    let counts: Vec<(&str, i64, i64)> = by_format
+        .iter()
+        .map(|f| {
+            (
+                f["format"].as_str().unwrap(),
+                f["tokens_revoked"].as_i64().unwrap(),
+                f["tokens_expired"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("cio_tp", 1, 1), ("crates_io_api", 1, 0)]);
+    let median = |i: usize| {
+        by_format[i]["revocation_ages"]["median_seconds"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(median(0) < 3600.0, "ours: minutes old, {}", median(0));
+    assert!(
+        median(1) > 399.0 * 86_400.0,
+        "imported: 400 days, {}",
+        median(1)
+    );
+
+    let url = format!("{}/dashboard#token=dash-token", app.admin);
+    let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    assert!(!opening_tag(&dom, "formats-panel").contains("hidden"));
+    let rows = rows_of(&dom, "by-format");
+    let shown: Vec<Vec<String>> = rows[1..].iter().map(|r| cells(r)).collect();
+    // Every enabled format, in the order given, zeros included.
+    let names: Vec<&str> = shown.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(names, ["cio_tp", "crates_io_trustpub", "crates_io_api"]);
+    assert_eq!(shown[0][1..4], ["2", "1", "1"]);
+    assert_eq!(shown[1][1..], ["0", "0", "0", "none yet", "none yet"]);
+    assert_eq!(shown[2][1..4], ["1", "1", "0"]);
+    assert!(
+        shown[2][4].starts_with("≤ 4") && shown[2][4].contains('d'),
+        "{:?}",
+        shown[2]
+    );
+    assert!(!dom.contains(&api[3..]), "the page holds a raw token");
+    let names = "cio_tp, crates_io_trustpub, crates_io_api";
+    assert!(text_of(&dom, "subtitle").unwrap().contains(names));
+    assert_eq!(
+        text_of(&dom, "not-ours-hint").unwrap(),
+        format!("items: no token of {names}")
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-formats.png");
+    let _ = std::fs::remove_file(&shot);
+    let tall = [
+        "--window-size=1280,2400",
+        &format!("--screenshot={}", shot.display()),
+    ];
+    run_chromium(&bin, &url, &tall).await;
+    assert!(std::fs::read(&shot)
+        .expect("screenshot")
+        .starts_with(b"\x89PNG"));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_same_totals_as_the_stats_api() {
     let Some(bin) = chromium() else {
@@ -271,6 +384,18 @@ async fn dashboard_shows_the_same_totals_as_the_stats_api() {
         }
         assert_eq!(cells(row), expected);
     }
+    // One format in play (cio_tp): no per-format panel, and the API counts it alone.
+    assert_eq!(stats.json["token_formats"], serde_json::json!(["cio_tp"]));
+    let by_format = stats.json["by_format"].as_array().unwrap();
+    assert_eq!(by_format.len(), 1);
+    assert_eq!(by_format[0]["format"], "cio_tp");
+    assert_eq!(by_format[0]["tokens_revoked"], totals["tokens_revoked"]);
+    assert_eq!(by_format[0]["tokens_expired"], totals["tokens_expired"]);
+    assert_eq!(
+        by_format[0]["revocation_ages"],
+        stats.json["revocation_ages"]
+    );
+    assert!(opening_tag(&dom, "formats-panel").contains("hidden"));
     // Recent revocations: whom to tell, newest first.
     let revocations = stats.json["recent_revocations"].as_array().unwrap();
     assert_eq!(revocations.len(), 7);

@@ -18,8 +18,9 @@ use revoker::domain::alert::{CandidateItem, NewReport};
 use revoker::domain::token::{Token, TokenHash};
 use revoker::domain::Outcome;
 use revoker::store::{
-    AttemptResult, Clock, DayTotals, NewToken, NotificationCounts, NotificationStatus,
-    RecordOptions, RevocationAges, RevocationStore, ScannerTotals, SourceTotals, Totals,
+    AttemptResult, Clock, DayTotals, FormatTotals, NewToken, NotificationCounts,
+    NotificationStatus, RecordOptions, RevocationAges, RevocationStore, ScannerTotals,
+    SourceTotals, Totals,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,6 +265,11 @@ async fn rollups_equal_the_history(kind: Kind) {
         })
         .collect();
     a.insert_tokens(&rows).await.unwrap();
+    // A quarter are a registry's, another quarter of another format: counted apart.
+    db.execute("UPDATE tokens SET format = 'crates_io_api' WHERE owner = 'team-1'")
+        .await;
+    db.execute("UPDATE tokens SET format = 'crates_io_trustpub' WHERE owner = 'team-2'")
+        .await;
 
     // 24 deliveries, two at a time on two stores.
     let options = RecordOptions {
@@ -338,7 +344,8 @@ async fn rollups_equal_the_history(kind: Kind) {
     for sql in drop.split(';').filter(|s| !s.trim().is_empty()) {
         db.execute(sql).await;
     }
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 7")
+    // (and 0010 after it, which rebuilds the age histograms by format).
+    db.execute("DELETE FROM _sqlx_migrations WHERE version IN (7, 10)")
         .await;
     let fresh = open_store(db.url()).await;
     fresh.migrate().await.unwrap();
@@ -372,6 +379,7 @@ struct Expected {
     by_source: Vec<SourceTotals>,
     daily: Vec<DayTotals>,
     ages: RevocationAges,
+    by_format: Vec<FormatTotals>,
     counts: NotificationCounts,
 }
 
@@ -441,6 +449,8 @@ impl History {
             }
         }
         let mut ages = Vec::new();
+        // Per format: [tokens revoked live, expired] and each one's age.
+        let mut formats: BTreeMap<&str, ([i64; 2], Vec<i64>)> = BTreeMap::new();
         for t in &self.tokens {
             let (Some(at), Some(by)) = (t.revoked_at, t.revoked_by) else {
                 continue;
@@ -457,8 +467,31 @@ impl History {
                     totals.tokens_revoked += 1;
                 }
             }
-            ages.push(at.timestamp_millis() - t.created_at.timestamp_millis());
+            let age = at.timestamp_millis() - t.created_at.timestamp_millis();
+            ages.push(age);
+            let f = formats.entry(&t.format).or_default();
+            f.0[usize::from(expired)] += 1;
+            f.1.push(age);
         }
+        let ages_of = |ages: &mut Vec<i64>| {
+            ages.sort();
+            let rank = |num: usize, den: usize| (num * ages.len()).div_ceil(den) - 1;
+            RevocationAges {
+                count: ages.len() as i64,
+                median_seconds: Some(bucket_upper_seconds(ages[rank(1, 2)])),
+                p95_seconds: Some(bucket_upper_seconds(ages[rank(19, 20)])),
+            }
+        };
+        let by_format: Vec<FormatTotals> = formats
+            .into_iter()
+            .map(|(format, ([live, expired], mut ages))| FormatTotals {
+                format: format.to_owned(),
+                tokens_revoked: live,
+                tokens_expired: expired,
+                revocation_ages: ages_of(&mut ages),
+            })
+            .collect();
+        assert_eq!(by_format.len(), 3, "{by_format:?}");
         ages.sort();
         assert!(ages[0] < 0, "the history has a negative age: {ages:?}");
         let rank = |num: usize, den: usize| (num * ages.len()).div_ceil(den) - 1;
@@ -496,6 +529,7 @@ impl History {
                 median_seconds: Some(bucket_upper_seconds(ages[rank(1, 2)])),
                 p95_seconds: Some(bucket_upper_seconds(ages[rank(19, 20)])),
             },
+            by_format,
             counts: self.counts,
         }
     }
@@ -511,6 +545,7 @@ impl Expected {
         assert_eq!(stats.daily, self.daily);
         assert!(self.daily.len() > 15, "{} days", self.daily.len());
         assert_eq!(stats.revocation_ages, self.ages);
+        assert_eq!(stats.by_format, self.by_format);
         assert_eq!(store.notification_counts().await.unwrap(), self.counts);
         // No rollup row names a source no item carries any more (§7.1: a purged source
         // is gone from every table).

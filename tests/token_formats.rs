@@ -272,6 +272,22 @@ async fn registry_tokens_are_revoked_everywhere(kind: Kind) {
         .await;
     assert_eq!(types, ["crates_io_trustpub", "crates_io_api", "cio_tp"]);
 
+    // The stats count each format's tokens apart.
+    let stats = store.stats(chrono::Utc::now().date_naive()).await.unwrap();
+    let by_format: Vec<(&str, i64, i64)> = stats
+        .by_format
+        .iter()
+        .map(|f| (f.format.as_str(), f.tokens_revoked, f.tokens_expired))
+        .collect();
+    assert_eq!(
+        by_format,
+        [
+            ("cio_tp", 2, 0),
+            ("crates_io_api", 3, 0),
+            ("crates_io_trustpub", 3, 0)
+        ]
+    );
+
     // The registry learns of each revocation: every owner's notification carries the
     // token's format and its hash exactly as stored (crates.io's), signed.
     let hook = Webhook::start().await;

@@ -99,6 +99,8 @@ pub struct StatsDocument {
     /// have waited over an hour, soonest due first (up to 20 each).
     pub failed_notifications: Vec<NotificationSummary>,
     pub waiting_notifications: Vec<NotificationSummary>,
+    /// The token formats this instance recognises (`--token-formats`), by name.
+    pub token_formats: Vec<&'static str>,
     /// What on-call looks at first: each configured scanner's keys, last report and
     /// delivery, slow days and last hour, and what is wrong with it.
     pub on_call: OnCall,
@@ -262,6 +264,7 @@ async fn stats_handler(
         generated_at: now,
         notifications,
         notify_webhook: state.notifier.is_some(),
+        token_formats: state.formats.iter().map(|f| f.name).collect(),
         failed_notifications: stats.failed_notifications.iter().map(Into::into).collect(),
         waiting_notifications: stats.waiting_notifications.iter().map(Into::into).collect(),
         on_call: OnCall {

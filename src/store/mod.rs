@@ -59,8 +59,8 @@ pub use notification::{
     AttemptResult, Clock, Notification, NotificationCounts, NotificationStatus, Requeue,
 };
 pub use stats::{
-    DayTotals, LastReport, RecentItem, RecentReport, RecentRevocation, RevocationAges,
-    ScannerTotals, SourceTotals, Stats, Totals,
+    DayTotals, FormatTotals, LastReport, RecentItem, RecentReport, RecentRevocation,
+    RevocationAges, ScannerTotals, SourceTotals, Stats, Totals,
 };
 
 /// A freshly minted token, as stored.

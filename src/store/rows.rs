@@ -16,9 +16,9 @@ use sqlx::FromRow;
 
 use super::backend::Backend;
 use super::{
-    DayTotals, LastReport, Notification, NotificationCounts, NotificationStatus, Outcome,
-    OutcomeCounts, RecentItem, RecentReport, RecentRevocation, ReportItemRecord, ReportRecord,
-    RevocationAges, StoreError, TokenRecord, Totals,
+    DayTotals, FormatTotals, LastReport, Notification, NotificationCounts, NotificationStatus,
+    Outcome, OutcomeCounts, RecentItem, RecentReport, RecentRevocation, ReportItemRecord,
+    ReportRecord, RevocationAges, StoreError, TokenRecord, Totals,
 };
 use crate::domain::TokenHash;
 
@@ -207,19 +207,58 @@ impl<B: Backend> DayRow<B> {
     }
 }
 
-/// A bucket of the token-age histogram: its bounds in milliseconds (`hi_ms` NULL for
-/// the last) and the tokens in it.
+/// A bucket of one format's token-age histogram: its bounds in milliseconds (`hi_ms`
+/// NULL for the last), the tokens in it and how many of them had expired.
 #[derive(FromRow)]
 pub(super) struct AgeBucketRow {
+    format: String,
     hi_ms: Option<i64>,
     lo_ms: i64,
     tokens: i64,
+    expired: i64,
+}
+
+/// The histograms' rows (by format, then bucket) → each format's totals and ages, and
+/// the ages over every format.
+pub(super) fn ages_by_format(rows: &[AgeBucketRow]) -> (RevocationAges, Vec<FormatTotals>) {
+    let mut by_format: Vec<FormatTotals> = rows
+        .chunk_by(|a, b| a.format == b.format)
+        .map(|buckets| {
+            let expired: i64 = buckets.iter().map(|b| b.expired).sum();
+            let ages = ages_from_buckets(buckets);
+            FormatTotals {
+                format: buckets[0].format.clone(),
+                tokens_revoked: ages.count - expired,
+                tokens_expired: expired,
+                revocation_ages: ages,
+            }
+        })
+        .collect();
+    // By name, byte order (whatever the database's collation).
+    by_format.sort_by(|a, b| a.format.cmp(&b.format));
+    // Every format's buckets merged, in bucket order (bounds are the same for all).
+    let mut all: Vec<AgeBucketRow> = Vec::new();
+    let mut sorted: Vec<&AgeBucketRow> = rows.iter().collect();
+    sorted.sort_by_key(|b| b.lo_ms);
+    for b in sorted {
+        match all.last_mut() {
+            Some(last) if last.lo_ms == b.lo_ms => last.tokens += b.tokens,
+            _ => all.push(AgeBucketRow {
+                format: String::new(),
+                hi_ms: b.hi_ms,
+                lo_ms: b.lo_ms,
+                tokens: b.tokens,
+                expired: 0,
+            }),
+        }
+    }
+    (ages_from_buckets(&all), by_format)
 }
 
 /// Nearest-rank median and 95th percentile from the histogram's buckets (in bucket
 /// order): the upper bound of the bucket holding rank ceil(p·n), the last bucket's lower
 /// bound for the open last bucket.
-pub(super) fn ages_from_buckets(buckets: &[AgeBucketRow]) -> RevocationAges {
+fn ages_from_buckets(buckets: &[AgeBucketRow]) -> RevocationAges {
     let count: i64 = buckets.iter().map(|b| b.tokens).sum();
     let at = |num: i64, den: i64| -> Option<f64> {
         if count <= 0 {

@@ -28,9 +28,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArgumen
 use super::backend::{notification_columns, send, send_in, Backend, Store};
 use super::recording::{canonical_uuid, distinct_hashes, unrecorded_report};
 use super::rows::{
-    ages_from_buckets, hash_from, last_reports, preview_map, recent_reports, sum_totals,
-    AgeBucketRow, DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow,
-    PreviewRow, RecentRevocationRow, RecentRow, ReportRow, TokenRow,
+    ages_by_format, hash_from, last_reports, preview_map, recent_reports, sum_totals, AgeBucketRow,
+    DayRow, HashedTokenRow, ItemRow, NotificationRollup, NotificationRow, OwnerRow, PreviewRow,
+    RecentRevocationRow, RecentRow, ReportRow, TokenRow,
 };
 use super::stats::{
     AGES_SQL, FAILED_NOTIFICATIONS_SQL, LAST_REPORTS_SQL, LONG_PENDING, NOTIFICATION_COUNTS_SQL,
@@ -352,6 +352,7 @@ where
             .collect::<Result<Vec<_>, _>>()?;
 
         let ages: Vec<AgeBucketRow> = send_in!(self, tx, sqlx::query_as(AGES_SQL), fetch_all);
+        let (revocation_ages, by_format) = ages_by_format(&ages);
 
         let recent: Vec<RecentRow<B>> =
             send_in!(self, tx, sqlx::query_as(B::RECENT_SQL), fetch_all);
@@ -401,7 +402,8 @@ where
             by_scanner,
             by_source,
             daily,
-            revocation_ages: ages_from_buckets(&ages),
+            revocation_ages,
+            by_format,
             recent,
         })
     }

@@ -11,15 +11,17 @@ use crate::domain::Outcome;
 // The statements of `stats` that read the same on both backends (the rest are the
 // backend's `StatsSql`).
 
-/// → `AgeBucketRow`s of the token-age histogram, in bucket order (buckets are numbered
-/// consecutively, so a bucket's upper bound is the next one's lower bound).
-pub(super) const AGES_SQL: &str =
-    "SELECT b.lo_ms AS lo_ms, n.lo_ms AS hi_ms, CAST(sum(a.tokens) AS BIGINT) AS tokens
+/// → `AgeBucketRow`s of the token-age histograms, one per format, by format and in
+/// bucket order (buckets are numbered consecutively, so a bucket's upper bound is the
+/// next one's lower bound).
+pub(super) const AGES_SQL: &str = "SELECT a.format AS format, b.lo_ms AS lo_ms, n.lo_ms AS hi_ms,
+                    CAST(sum(a.tokens) AS BIGINT) AS tokens,
+                    CAST(sum(a.expired) AS BIGINT) AS expired
              FROM stats_ages a
              JOIN stats_age_buckets b ON b.bucket = a.bucket
              LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
-             GROUP BY a.bucket, b.lo_ms, n.lo_ms
-             ORDER BY a.bucket";
+             GROUP BY a.format, a.bucket, b.lo_ms, n.lo_ms
+             ORDER BY a.format, a.bucket";
 
 /// → `RecentRevocationRow`s: the last 20 tokens revoked (by their notification rows, one
 /// per revoked token), newest first.
@@ -133,6 +135,19 @@ pub struct RevocationAges {
     pub p95_seconds: Option<f64>,
 }
 
+/// Tokens of one format revoked by a report (`revoker token import` revokes none), and
+/// their ages at revocation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FormatTotals {
+    /// A name of [`crate::domain::format::FORMATS`] (or of a format a later binary knows).
+    pub format: String,
+    /// Revoked while live.
+    pub tokens_revoked: i64,
+    /// Revoked after they had expired.
+    pub tokens_expired: i64,
+    pub revocation_ages: RevocationAges,
+}
+
 /// One item of a recent report, safe to show: hash prefix, never the token.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecentItem {
@@ -164,7 +179,10 @@ pub struct Stats {
     pub by_source: Vec<SourceTotals>,
     /// Days since `since` that have reports, ascending (the caller fills gaps with zeros).
     pub daily: Vec<DayTotals>,
+    /// Over every format (a registry's imported tokens included: see `by_format`).
     pub revocation_ages: RevocationAges,
+    /// Per token format with a token revoked by a report, by name.
+    pub by_format: Vec<FormatTotals>,
     /// Last 20 reports, newest first.
     pub recent: Vec<RecentReport>,
     /// Last 20 tokens revoked, newest first, with their owners.

@@ -34,6 +34,8 @@ pub struct TestOptions {
     pub extra_scanners: Vec<ScannerSpec>,
     /// Owner notifications; `None` leaves the outbox worker off.
     pub notify: Option<NotifySettings>,
+    /// `--token-formats`.
+    pub token_formats: revoker::domain::Formats,
 }
 
 impl Default for TestOptions {
@@ -51,6 +53,7 @@ impl Default for TestOptions {
             max_concurrent_deliveries: 128,
             extra_scanners: vec![],
             notify: None,
+            token_formats: revoker::domain::Formats::DEFAULT,
         }
     }
 }
@@ -80,6 +83,7 @@ impl TestOptions {
         settings.request_timeout = self.request_timeout;
         settings.max_concurrent_deliveries = self.max_concurrent_deliveries;
         settings.notify = self.notify;
+        settings.formats = self.token_formats;
         // Tests count statements; the purge runs in `revoker serve` (tests/retention.rs)
         // and through the store (tests/contract.rs).
         settings.retention = None;
@@ -128,6 +132,8 @@ impl TestAppBuilder {
         body_timeout: Duration,
         request_timeout: Duration,
         max_concurrent_deliveries: usize,
+        /// `--token-formats`.
+        token_formats: revoker::domain::Formats,
     }
 
     /// `start()` returns once the start-up key fetch of every scanner has finished

@@ -114,7 +114,7 @@ WITH rid AS (
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM (SELECT hash FROM input ORDER BY hash) l
     WHERE t.hash = l.hash AND t.revoked_at IS NULL AND (SELECT fresh FROM go)
-    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner,
+    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner, t.format,
               -- Its age at revocation, in whole milliseconds of both instants (as the
               -- SQLite backend stores them).
               (floor(extract(epoch FROM $6::timestamptz) * 1000)
@@ -179,15 +179,17 @@ WITH rid AS (
     -- The histogram's lower bounds in bucket order, read once per statement.
     SELECT array_agg(lo_ms ORDER BY bucket) AS lo FROM stats_age_buckets WHERE bucket > 0
 ), ages AS (
-    -- Each flipped token's age into its histogram bucket: `width_bucket` counts the
-    -- bounds at or below it (a binary search), which is the bucket's number (0: under
-    -- the first bound).
-    INSERT INTO stats_ages AS s (bucket, slot, tokens)
-    SELECT width_bucket(f.age_ms, (SELECT lo FROM bounds)), (SELECT id FROM rid) % 16, count(*)
+    -- Each flipped token's age into its format's histogram bucket: `width_bucket`
+    -- counts the bounds at or below it (a binary search), which is the bucket's number
+    -- (0: under the first bound).
+    INSERT INTO stats_ages AS s (format, bucket, slot, tokens, expired)
+    SELECT f.format, width_bucket(f.age_ms, (SELECT lo FROM bounds)), (SELECT id FROM rid) % 16,
+           count(*), count(*) FILTER (WHERE f.was_expired)
     FROM flipped f
-    GROUP BY 1
-    ORDER BY 1
-    ON CONFLICT (bucket, slot) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+    ON CONFLICT (format, bucket, slot) DO UPDATE
+        SET tokens = s.tokens + EXCLUDED.tokens, expired = s.expired + EXCLUDED.expired
 ), items AS (
     INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome,
                               found_in)

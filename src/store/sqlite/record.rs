@@ -42,6 +42,7 @@ struct Flipped<'r> {
     hash: &'r [u8],
     was_expired: bool,
     owner: &'r str,
+    format: &'r str,
     /// Its age at revocation in milliseconds.
     age_ms: i64,
 }
@@ -247,7 +248,7 @@ async fn record(
         "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
                  WHERE revoked_at IS NULL
                    AND hash IN (SELECT unhex(value) FROM json_each(?3))
-                 RETURNING hash, expires_at <= ?1 AS was_expired, owner, ?1 - created_at AS age_ms",
+                 RETURNING hash, expires_at <= ?1 AS was_expired, owner, format, ?1 - created_at AS age_ms",
     )
     .bind(now)
     .bind(report_id)
@@ -272,16 +273,18 @@ async fn record(
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
     // One owner notification per flipped token: [hash, owner, url, source, expired].
     let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
-    let mut ages: Vec<i64> = Vec::with_capacity(flipped.len());
+    // Each flipped token's [format, age in ms, expired].
+    let mut ages: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
     let mut flipped_expired = 0i64;
     for row in &flipped {
         let Flipped {
             hash,
             was_expired,
             owner,
+            format,
             age_ms,
         } = Flipped::from_row(row)?;
-        ages.push(age_ms);
+        ages.push(serde_json::json!([format, age_ms, was_expired]));
         flipped_expired += i64::from(was_expired);
         let hash = hash_from(hash)?;
         let o = if was_expired {
@@ -457,17 +460,21 @@ async fn record(
     .execute(&mut *tx)
     .await?;
     if !ages.is_empty() {
-        // Each flipped token's age into its histogram bucket (the last bound at or below).
+        // Each flipped token's age into its format's histogram bucket (the last bound at
+        // or below).
         store.statements.add(1);
         sqlx::query(
-            "INSERT INTO stats_ages (bucket, slot, tokens)
-             SELECT (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= value
-                     ORDER BY lo_ms DESC LIMIT 1) AS b, 0, count(*)
+            "INSERT INTO stats_ages (format, bucket, slot, tokens, expired)
+             SELECT value ->> 0 AS f,
+                    (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= value ->> 1
+                     ORDER BY lo_ms DESC LIMIT 1) AS b,
+                    0, count(*), sum(value ->> 2)
              FROM json_each(?1)
-             GROUP BY b
-             ON CONFLICT (bucket, slot) DO UPDATE SET tokens = tokens + excluded.tokens",
+             GROUP BY f, b
+             ON CONFLICT (format, bucket, slot) DO UPDATE
+                 SET tokens = tokens + excluded.tokens, expired = expired + excluded.expired",
         )
-        .bind(serde_json::Value::from(ages).to_string())
+        .bind(serde_json::Value::Array(ages).to_string())
         .execute(&mut *tx)
         .await?;
     }
