@@ -1,13 +1,19 @@
 //! What the benchmarks share: the backend flag, nearest-rank percentiles, milliseconds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use revoker::domain::token::Token;
+use revoker::store::{NewToken, RevocationStore};
+
+#[allow(dead_code)] // not every benchmark takes --backend
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Backend {
     Sqlite,
     Postgres,
 }
 
+#[allow(dead_code)]
 impl Backend {
     /// The value of `--backend`.
     pub fn parse(value: Option<&str>) -> Backend {
@@ -61,4 +67,31 @@ pub async fn recreate_database(conn: &mut sqlx::PgConnection, name: &str) {
     ] {
         sqlx::query(&sql).execute(&mut *conn).await.unwrap();
     }
+}
+
+/// Stores `n` tokens in chunks; returns the raw tokens only when `keep` is set.
+#[allow(dead_code)] // not every benchmark seeds
+pub async fn seed(store: &Arc<dyn RevocationStore>, n: usize, keep: bool) -> Vec<Token> {
+    let now = chrono::Utc::now();
+    let mut kept = Vec::with_capacity(if keep { n } else { 0 });
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(10_000);
+        let mut rows = Vec::with_capacity(chunk);
+        for _ in 0..chunk {
+            let t = Token::generate();
+            rows.push(NewToken {
+                hash: t.hash(),
+                owner: "bench/owner".into(),
+                created_at: now,
+                expires_at: now + chrono::Duration::hours(12),
+            });
+            if keep {
+                kept.push(t);
+            }
+        }
+        store.insert_tokens(&rows).await.expect("seed tokens");
+        done += chunk;
+    }
+    kept
 }

@@ -58,6 +58,9 @@ pub use import::{ImportToken, ImportedBatch, StoredToken, NEVER_EXPIRES};
 pub use notification::{
     AttemptResult, Clock, Notification, NotificationCounts, NotificationStatus, Requeue,
 };
+/// For `benches/statement.rs` only.
+#[doc(hidden)]
+pub use postgres::run_record_statement;
 pub use stats::{
     DayTotals, FormatTotals, LastReport, RecentItem, RecentReport, RecentRevocation,
     RevocationAges, ScannerTotals, SourceTotals, Stats, Totals,

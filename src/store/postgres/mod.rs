@@ -25,6 +25,9 @@ use crate::domain::TokenHash;
 
 mod outbox;
 mod record;
+
+#[doc(hidden)]
+pub use record::run_record_statement;
 mod stats;
 
 impl Backend for Postgres {

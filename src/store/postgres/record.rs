@@ -86,7 +86,7 @@ macro_rules! add_to_source {
 const RECORD_SQL: &str = concat!(
     "
 WITH rid AS (
-    SELECT nextval(pg_get_serial_sequence('reports', 'id')) AS id
+    SELECT nextval('reports_id_seq'::regclass) AS id
 ), claim AS (
     -- Once per body ($12): claim (scanner, body) unless a claim younger than the window
     -- ($13, the cutoff) holds it. An identical delivery in flight elsewhere holds the key:
@@ -377,6 +377,77 @@ impl From<sqlx::Error> for TryError {
     }
 }
 
+/// [`RECORD_SQL`]'s parameters for one report: its candidates as parallel arrays.
+struct RecordArgs<'r> {
+    report: &'r NewReport,
+    positions: Vec<i32>,
+    hashes: Vec<&'r [u8]>,
+    types: Vec<&'r str>,
+    sources: Vec<&'r str>,
+    urls: Vec<&'r str>,
+    /// Empty unless a token was found inside an item (the rest are NULL then).
+    found_in: Vec<Option<&'r str>>,
+}
+
+impl<'r> RecordArgs<'r> {
+    fn new(report: &'r NewReport) -> Self {
+        let c = &report.candidates;
+        RecordArgs {
+            report,
+            positions: c.iter().map(|c| c.position as i32).collect(),
+            hashes: c.iter().map(|c| c.hash.as_bytes().as_slice()).collect(),
+            types: c.iter().map(|c| c.token_type.as_str()).collect(),
+            sources: c.iter().map(|c| stored_source(&c.source)).collect(),
+            urls: c.iter().map(|c| c.url.as_str()).collect(),
+            found_in: if c.iter().any(|c| c.found_in.is_some()) {
+                c.iter().map(|c| c.found_in.as_deref()).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// `sql` ([`RECORD_SQL`], or it after `EXPLAIN …`) with the parameters bound.
+    fn query<'q>(
+        &'q self,
+        sql: &'q str,
+        once_per_body: bool,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        let report = self.report;
+        let cutoff = report.received_at
+            - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta");
+        sqlx::query(sql)
+            .bind(&self.positions)
+            .bind(&self.hashes)
+            .bind(&self.types)
+            .bind(&self.sources)
+            .bind(&self.urls)
+            .bind(report.received_at)
+            .bind(&report.scanner)
+            .bind(&report.key_id)
+            .bind(report.body_sha256.as_slice())
+            .bind(report.item_count as i32)
+            .bind(report.not_ours as i32)
+            .bind(once_per_body)
+            .bind(cutoff)
+            .bind(&self.found_in)
+    }
+}
+
+/// For `benches/statement.rs`: the revoking statement for `report` on `conn` exactly as
+/// a delivery sends it (once per body), after `prefix` (empty, or `EXPLAIN (…)`),
+/// answering its rows.
+#[doc(hidden)]
+pub async fn run_record_statement(
+    conn: &mut sqlx::PgConnection,
+    report: &NewReport,
+    prefix: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let sql = format!("{prefix}{RECORD_SQL}");
+    let args = RecordArgs::new(report);
+    args.query(&sql, true).fetch_all(conn).await
+}
+
 /// The whole delivery in ONE statement (atomic on its own, one round trip): the
 /// report id comes from the sequence first, so the revoking UPDATE can reference it
 /// and the report row can be inserted with its final counts. With a deadline, the
@@ -387,46 +458,8 @@ async fn try_record(
     report: &NewReport,
     options: RecordOptions,
 ) -> Result<Option<RecordedReport>, TryError> {
-    let cutoff = report.received_at
-        - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta");
-    let n = report.candidates.len();
-    let mut positions = Vec::with_capacity(n);
-    let mut hashes: Vec<&[u8]> = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut urls = Vec::with_capacity(n);
-    for c in &report.candidates {
-        positions.push(c.position as i32);
-        hashes.push(c.hash.as_bytes().as_slice());
-        types.push(c.token_type.as_str());
-        sources.push(stored_source(&c.source));
-        urls.push(c.url.as_str());
-    }
-    // Only a delivery with a token found inside its items sends where (the rest are NULL).
-    let found_in: Vec<Option<&str>> = if report.candidates.iter().any(|c| c.found_in.is_some()) {
-        report
-            .candidates
-            .iter()
-            .map(|c| c.found_in.as_deref())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let query = sqlx::query(RECORD_SQL)
-        .bind(&positions)
-        .bind(&hashes)
-        .bind(&types)
-        .bind(&sources)
-        .bind(&urls)
-        .bind(report.received_at)
-        .bind(&report.scanner)
-        .bind(&report.key_id)
-        .bind(report.body_sha256.as_slice())
-        .bind(report.item_count as i32)
-        .bind(report.not_ours as i32)
-        .bind(options.once_per_body)
-        .bind(cutoff)
-        .bind(&found_in);
+    let args = RecordArgs::new(report);
+    let query = args.query(RECORD_SQL, options.once_per_body);
     let rows = match options.deadline {
         None if !store.pooled => {
             store.statements.add(1);
