@@ -153,6 +153,7 @@ contract!(
         a_failed_record_report_queues_no_notification,
         notification_ids_are_uuids_distinct_across_databases,
         migrating_a_database_with_notifications_gives_each_its_own_id,
+        the_consistency_check_finds_rows_of_no_report,
     ],
 );
 
@@ -2638,22 +2639,35 @@ async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<T
     assert!(is_uuid_v7(&new.public_id), "{}", new.public_id);
     assert!(before.iter().all(|n| n.public_id != new.public_id));
 
-    // The database refuses a duplicate.
+    // Found by it.
+    let found = store
+        .notification_by_public_id(&new.public_id)
+        .await
+        .unwrap()
+        .expect("found by its public id");
+    assert_eq!(found.id, new.id);
+    // SQLite refuses a duplicate (a unique index). On PostgreSQL the ids are unique by
+    // construction (74 random bits after the millisecond): migration 0011 put a BRIN
+    // index in place of the unique B-tree every revocation wrote.
     let dup = "UPDATE notifications SET public_id = \
                (SELECT public_id FROM notifications WHERE id = 1) WHERE id = 2";
-    let refused = match &*db {
+    match &*db {
         TestDb::Sqlite { url, .. } => {
             use sqlx::Connection;
             let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-            sqlx::query(dup).execute(&mut c).await.is_err()
+            let refused = sqlx::query(dup).execute(&mut c).await.is_err();
+            assert!(refused, "a duplicate public id is refused");
         }
-        TestDb::Postgres { url, .. } => {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::query(dup).execute(&mut c).await.is_err()
+        TestDb::Postgres { .. } => {
+            let method = db
+                .texts(
+                    "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam
+                     WHERE c.relname = 'notifications_public_id'",
+                )
+                .await;
+            assert_eq!(method, ["brin"]);
         }
-    };
-    assert!(refused, "a duplicate public id is refused");
+    }
 }
 
 // ---------------------------------------------------------------- the database's clock
@@ -2957,4 +2971,47 @@ async fn a_scanner_url_that_reads_purged_does_not_keep_the_source(db: Arc<TestDb
     assert_eq!(n.source, PURGED);
     assert!(!db.dump().await.contains("secret_source"));
     app.stop().await;
+}
+
+/// What the foreign keys on `report_items.report_id` and `tokens.revoked_by` refused
+/// until migration 0011 dropped them on PostgreSQL (SQLite keeps them), the consistency
+/// check finds: rows naming a report that does not exist.
+async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "orphans/pkg", 1, Ttl::hours(2)).await;
+    store
+        .record_report(&body_report("github", &tokens, 3, now_ms()), ONCE)
+        .await
+        .unwrap();
+    assert_eq!(db.inconsistencies().await, Vec::<String>::new());
+    let plant = [
+        (
+            "UPDATE tokens SET revoked_by = 999999",
+            "tokens revoked by no report there is",
+        ),
+        (
+            "UPDATE report_items SET report_id = 999999",
+            "report items of no report",
+        ),
+        (
+            "UPDATE notifications SET report_id = 999999",
+            "notifications of no report",
+        ),
+    ];
+    if db.kind() == Kind::Sqlite {
+        // SQLite still refuses the first two.
+        for (sql, _) in &plant[..2] {
+            let refused = db.try_execute(sql).await.unwrap_err();
+            assert!(refused.contains("FOREIGN KEY"), "{refused}");
+        }
+        return;
+    }
+    for (sql, what) in plant {
+        db.execute(sql).await;
+        let found = db.inconsistencies().await;
+        assert!(
+            found.iter().any(|f| f == &format!("1 {what}")),
+            "{what}: {found:?}"
+        );
+    }
 }
