@@ -1,6 +1,8 @@
 //! PostgreSQL: recording a delivery, and `preview`'s statement.
 //!
-//! A whole delivery is ONE statement (data-modifying CTEs, atomic without an explicit
+//! A whole delivery is ONE statement ([`RECORD_SQL`], run as the body of the server-side
+//! function `revoker_record_delivery` that migration 0012 creates from the same text, so
+//! its plan is kept per server session even behind a transaction-mode pooler; data-modifying CTEs, atomic without an explicit
 //! transaction, one round trip): it takes the report id from the sequence, flips every
 //! live candidate with a single `UPDATE … FROM unnest($2::bytea[])`, classifies every
 //! candidate, and inserts the report (with its counts), the item rows and one owner
@@ -377,6 +379,14 @@ impl From<sqlx::Error> for TryError {
     }
 }
 
+/// How every delivery runs [`RECORD_SQL`]: as the body of the server-side function
+/// `revoker_record_delivery` (migration 0012), whose plan PL/pgSQL keeps for the server
+/// session. Behind a transaction-mode pooler statements are unnamed, so the 15-CTE text
+/// would be parsed and planned for every delivery; this call is short.
+const CALL_SQL: &str = "SELECT r_report_id AS report_id, r_fresh AS fresh, r_hash AS hash,
+        r_outcome AS outcome
+    FROM revoker_record_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
 /// [`RECORD_SQL`]'s parameters for one report: its candidates as parallel arrays.
 struct RecordArgs<'r> {
     report: &'r NewReport,
@@ -407,7 +417,8 @@ impl<'r> RecordArgs<'r> {
         }
     }
 
-    /// `sql` ([`RECORD_SQL`], or it after `EXPLAIN …`) with the parameters bound.
+    /// `sql` ([`CALL_SQL`], or [`RECORD_SQL`] itself, maybe after `EXPLAIN …`) with the
+    /// parameters bound.
     fn query<'q>(
         &'q self,
         sql: &'q str,
@@ -459,7 +470,7 @@ async fn try_record(
     options: RecordOptions,
 ) -> Result<Option<RecordedReport>, TryError> {
     let args = RecordArgs::new(report);
-    let query = args.query(RECORD_SQL, options.once_per_body);
+    let query = args.query(CALL_SQL, options.once_per_body);
     let rows = match options.deadline {
         None if !store.pooled => {
             store.statements.add(1);
@@ -535,4 +546,23 @@ async fn try_record(
         counts,
         unrecorded: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The newest migration that (re)defines `revoker_record_delivery`.
+    const FUNCTION_MIGRATION: &str =
+        include_str!("../../../migrations/postgres/0012_record_delivery_function.sql");
+
+    /// The function the database runs is this statement, character for character: a
+    /// change to [`super::RECORD_SQL`] needs a migration replacing the function.
+    #[test]
+    fn the_function_runs_this_statement() {
+        let body = FUNCTION_MIGRATION
+            .split_once("RETURN QUERY")
+            .and_then(|(_, rest)| rest.rsplit_once(";\nEND"))
+            .map(|(body, _)| body)
+            .expect("RETURN QUERY …; END");
+        assert_eq!(body, super::RECORD_SQL);
+    }
 }
