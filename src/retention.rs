@@ -7,7 +7,8 @@
 //! `url` and `source` null.
 //!
 //! - [`purge`]: one pass, in batches of at most [`BATCH`] reports and about
-//!   [`BATCH_ITEMS`] items, until nothing older is left
+//!   [`BATCH_ITEMS`] items, until nothing older is left, then the once-per-body claims
+//!   (`delivered_bodies`) past their week, [`BODIES_BATCH`] at a time
 //!   (`revoker purge`).
 //! - [`run`]: `serve`'s task: a pass a minute after start and then every [`interval`]. Each pass
 //!   purges what will be older than `--retention` by the next pass, so nothing outlives
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::store::{Purged, RevocationStore, StoreError};
+use crate::store::{Purged, RevocationStore, StoreError, ONCE_PER_BODY_WINDOW};
 
 /// Reports (and notifications) purged per transaction at most: small enough that
 /// SQLite's one writer is not held from deliveries for long, large enough that a month
@@ -53,19 +54,39 @@ pub async fn purge(
         .ok()
         .and_then(|d| Utc::now().checked_sub_signed(d))
         .filter(|b| *b > chrono::DateTime::UNIX_EPOCH);
-    let Some(before) = before else {
-        return Ok(Purged::default());
-    };
     let mut total = Purged::default();
-    loop {
+    while let Some(before) = before {
         let started = std::time::Instant::now();
         let batch = store.purge_metadata(before, BATCH, BATCH_ITEMS).await?;
         total += batch;
         if batch.reports == 0 && batch.notifications < u64::from(BATCH) {
+            break;
+        }
+        pause(started).await;
+    }
+    // The once-per-body claims past their window (a week, whatever the retention).
+    let window = chrono::Duration::from_std(ONCE_PER_BODY_WINDOW).expect("a week");
+    let claimed_before = Utc::now() - window;
+    loop {
+        let started = std::time::Instant::now();
+        let bodies = store
+            .purge_delivered_bodies(claimed_before, BODIES_BATCH)
+            .await?;
+        total.bodies += bodies;
+        if bodies < u64::from(BODIES_BATCH) {
             return Ok(total);
         }
-        tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
+        pause(started).await;
     }
+}
+
+/// Once-per-body claims deleted per statement at most.
+pub const BODIES_BATCH: u32 = 5_000;
+
+/// Between batches, as long as the batch took (at least 5 ms), so deliveries get the
+/// database at least half the time.
+async fn pause(started: std::time::Instant) {
+    tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
 }
 
 /// `serve`'s retention task, until `stop` resolves. A pass that fails (database down)
@@ -93,8 +114,9 @@ pub async fn run(
                 reports = p.reports,
                 items = p.items,
                 notifications = p.notifications,
+                body_claims = p.bodies,
                 retention = %humantime::format_duration(retention),
-                "retention: purged url, source and type"
+                "retention: purged url, source and type, and body claims past their week"
             ),
             Err(e) => tracing::warn!(
                 error = %crate::support::error_chain(&e),

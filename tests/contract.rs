@@ -138,6 +138,7 @@ contract!(
         the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_counts,
         the_retention_purge_goes_in_batches_bounded_by_reports_and_items,
         a_scanner_url_that_reads_purged_does_not_keep_the_source,
+        the_retention_pass_deletes_body_claims_past_their_week,
     ],
     direct: [
         a_delivery_past_its_deadline_gets_503_and_writes_nothing,
@@ -2793,7 +2794,8 @@ async fn the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_count
         Purged {
             reports: 1,
             items: 3,
-            notifications: 2
+            notifications: 2,
+            bodies: 0,
         }
     );
 
@@ -2876,7 +2878,8 @@ async fn the_retention_purge_removes_old_metadata_everywhere_and_keeps_the_count
         Purged {
             reports: 1,
             items: 1,
-            notifications: 1
+            notifications: 1,
+            bodies: 0,
         }
     );
     app.stop().await;
@@ -3014,4 +3017,45 @@ async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
             "{what}: {found:?}"
         );
     }
+}
+
+/// The once-per-body claims (`delivered_bodies`) past their week go with the retention
+/// pass, in batches, whatever the retention; younger ones stay and still hold their
+/// body; a body whose claim went is recorded again as any body past its week is.
+async fn the_retention_pass_deletes_body_claims_past_their_week(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "claims/pkg", 4, Ttl::hours(2)).await;
+    let week = Ttl::from_std(ONCE_PER_BODY_WINDOW).unwrap();
+    let old = now_ms() - week - Ttl::hours(1);
+    // Two bodies claimed eight days ago, one an hour ago.
+    for (i, at) in [(0u8, old), (1, old), (2, now_ms() - Ttl::hours(1))] {
+        let r = body_report("github", &tokens[i as usize..=i as usize], 40 + i, at);
+        store.record_report(&r, ONCE).await.unwrap();
+    }
+    let hex = match db.kind() {
+        Kind::Sqlite => "hex(body_sha256)",
+        Kind::Postgres => "upper(encode(body_sha256, 'hex'))",
+    };
+    let sql = format!("SELECT {hex} FROM delivered_bodies ORDER BY 1");
+    let claims = || db.texts(&sql);
+    assert_eq!(claims().await.len(), 3);
+    let purged = revoker::retention::purge(store.as_ref(), Duration::from_secs(365 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged.bodies, 2, "{purged:?}");
+    assert_eq!(claims().await, [hex::encode_upper([42u8; 32])]);
+    // The young claim still holds its body: a repeat is answered from its report.
+    let repeat = body_report("github", &tokens[2..3], 42, now_ms());
+    assert!(store.record_report(&repeat, ONCE).await.unwrap().duplicate);
+    // An old body again: a report of its own, as it was before the purge.
+    let again = body_report("github", &tokens[0..1], 40, now_ms());
+    let again = store.record_report(&again, ONCE).await.unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(again.outcomes, [Outcome::AlreadyRevoked]);
+    // Nothing left to delete.
+    let purged = revoker::retention::purge(store.as_ref(), Duration::from_secs(365 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged.bodies, 0);
+    assert!(db.inconsistencies().await.is_empty());
 }

@@ -61,7 +61,8 @@ pub enum Command {
     #[command(subcommand)]
     Notify(NotifyCommand),
     /// Delete url, source and type older than --retention (GitHub's partner agreement:
-    /// 30 days) once and exit; `serve` does the same every hour.
+    /// 30 days) and the once-per-body claims older than a week, once, and exit; `serve`
+    /// does the same every hour.
     Purge(PurgeArgs),
 }
 

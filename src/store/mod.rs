@@ -148,6 +148,8 @@ pub struct Purged {
     pub reports: u64,
     pub items: u64,
     pub notifications: u64,
+    /// Once-per-body claims past [`ONCE_PER_BODY_WINDOW`], deleted.
+    pub bodies: u64,
 }
 
 impl std::ops::AddAssign for Purged {
@@ -155,6 +157,7 @@ impl std::ops::AddAssign for Purged {
         self.reports += other.reports;
         self.items += other.items;
         self.notifications += other.notifications;
+        self.bodies += other.bodies;
     }
 }
 
@@ -526,6 +529,16 @@ pub trait RevocationStore: Send + Sync + 'static {
         limit: u32,
         max_items: u32,
     ) -> Result<Purged, StoreError>;
+
+    /// Deletes up to `limit` once-per-body claims (`delivered_bodies`) made before
+    /// `before` (one statement); answers how many. A claim older than
+    /// [`ONCE_PER_BODY_WINDOW`] no longer holds a body (the revoking statement overwrites
+    /// it), so deleting it changes no answer; a claim renewed meanwhile is kept.
+    async fn purge_delivered_bodies(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// Number of statements this store has sent to the database since it was opened.
     fn statements(&self) -> u64;
