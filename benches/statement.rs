@@ -40,7 +40,7 @@ use revoker::store::{run_record_statement, PoolSettings};
 
 /// The tables a delivery's statement writes.
 const TABLES: &str = "'tokens', 'reports', 'report_items', 'notifications', 'delivered_bodies',
-                      'stats_daily', 'stats_sources', 'stats_ages'";
+                      'stats_daily', 'stats_sources', 'stats_format_ages'";
 
 struct Args {
     tokens: usize,

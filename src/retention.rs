@@ -8,7 +8,8 @@
 //!
 //! - [`purge`]: one pass, in batches of at most [`BATCH`] reports and about
 //!   [`BATCH_ITEMS`] items, until nothing older is left, then the once-per-body claims
-//!   (`delivered_bodies`) past their week, [`BODIES_BATCH`] at a time
+//!   (`delivered_bodies`) past their week and a day ([`CLAIM_MARGIN`]), [`BODIES_BATCH`]
+//!   at a time
 //!   (`revoker purge`).
 //! - [`run`]: `serve`'s task: a pass a minute after start and then every [`interval`]. Each pass
 //!   purges what will be older than `--retention` by the next pass, so nothing outlives
@@ -64,8 +65,11 @@ pub async fn purge(
         }
         pause(started).await;
     }
-    // The once-per-body claims past their window (a week, whatever the retention).
-    let window = chrono::Duration::from_std(ONCE_PER_BODY_WINDOW).expect("a week");
+    // The once-per-body claims past their window (a week, whatever the retention) and a
+    // day more: a delivery judges a claim by its own received_at, and may read the claim
+    // again just after finding it (to answer from its report), on a host whose clock is
+    // not this one's.
+    let window = chrono::Duration::from_std(ONCE_PER_BODY_WINDOW + CLAIM_MARGIN).expect("8 days");
     let claimed_before = Utc::now() - window;
     loop {
         let started = std::time::Instant::now();
@@ -79,6 +83,9 @@ pub async fn purge(
         pause(started).await;
     }
 }
+
+/// How long past [`ONCE_PER_BODY_WINDOW`] a once-per-body claim is kept.
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(86_400);
 
 /// Once-per-body claims deleted per statement at most.
 pub const BODIES_BATCH: u32 = 5_000;

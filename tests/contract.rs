@@ -155,6 +155,7 @@ contract!(
         notification_ids_are_uuids_distinct_across_databases,
         migrating_a_database_with_notifications_gives_each_its_own_id,
         the_consistency_check_finds_rows_of_no_report,
+        an_older_binary_still_records_its_token_ages,
     ],
 );
 
@@ -3019,16 +3020,23 @@ async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
     }
 }
 
-/// The once-per-body claims (`delivered_bodies`) past their week go with the retention
-/// pass, in batches, whatever the retention; younger ones stay and still hold their
-/// body; a body whose claim went is recorded again as any body past its week is.
+/// The once-per-body claims (`delivered_bodies`) past their week and a day go with the
+/// retention pass, in batches, whatever the retention; younger ones stay (those within
+/// the week still hold their body); a body whose claim went is recorded again as any body past its week is.
 async fn the_retention_pass_deletes_body_claims_past_their_week(db: Arc<TestDb>) {
     let store = notification_store(&db).await;
     let tokens = mint_many(store.as_ref(), "claims/pkg", 4, Ttl::hours(2)).await;
     let week = Ttl::from_std(ONCE_PER_BODY_WINDOW).unwrap();
-    let old = now_ms() - week - Ttl::hours(1);
-    // Two bodies claimed eight days ago, one an hour ago.
-    for (i, at) in [(0u8, old), (1, old), (2, now_ms() - Ttl::hours(1))] {
+    let old = now_ms() - week - Ttl::days(1) - Ttl::hours(1);
+    // Two bodies claimed over eight days ago, one an hour ago, one a week and an hour
+    // ago (past the window, within the day's margin).
+    let at_the_edge = now_ms() - week - Ttl::hours(1);
+    for (i, at) in [
+        (0u8, old),
+        (1, old),
+        (2, now_ms() - Ttl::hours(1)),
+        (3, at_the_edge),
+    ] {
         let r = body_report("github", &tokens[i as usize..=i as usize], 40 + i, at);
         store.record_report(&r, ONCE).await.unwrap();
     }
@@ -3038,12 +3046,15 @@ async fn the_retention_pass_deletes_body_claims_past_their_week(db: Arc<TestDb>)
     };
     let sql = format!("SELECT {hex} FROM delivered_bodies ORDER BY 1");
     let claims = || db.texts(&sql);
-    assert_eq!(claims().await.len(), 3);
+    assert_eq!(claims().await.len(), 4);
     let purged = revoker::retention::purge(store.as_ref(), Duration::from_secs(365 * 86_400))
         .await
         .unwrap();
     assert_eq!(purged.bodies, 2, "{purged:?}");
-    assert_eq!(claims().await, [hex::encode_upper([42u8; 32])]);
+    assert_eq!(
+        claims().await,
+        [hex::encode_upper([42u8; 32]), hex::encode_upper([43u8; 32])]
+    );
     // The young claim still holds its body: a repeat is answered from its report.
     let repeat = body_report("github", &tokens[2..3], 42, now_ms());
     assert!(store.record_report(&repeat, ONCE).await.unwrap().duplicate);
@@ -3058,4 +3069,20 @@ async fn the_retention_pass_deletes_body_claims_past_their_week(db: Arc<TestDb>)
         .unwrap();
     assert_eq!(purged.bodies, 0);
     assert!(db.inconsistencies().await.is_empty());
+}
+
+/// During an upgrade older instances keep running on the migrated database: the statement
+/// of a binary from before migration 0010 still writes `stats_ages` with its old key
+/// (0010 added `stats_format_ages` beside it instead of re-keying it).
+async fn an_older_binary_still_records_its_token_ages(db: Arc<TestDb>) {
+    let _store = notification_store(&db).await;
+    let older = "INSERT INTO stats_ages (bucket, slot, tokens) VALUES (3, 0, 1)
+                 ON CONFLICT (bucket, slot) DO UPDATE SET tokens = stats_ages.tokens + excluded.tokens";
+    db.execute(older).await;
+    db.execute(older).await;
+    assert_eq!(
+        db.texts("SELECT CAST(tokens AS TEXT) FROM stats_ages")
+            .await,
+        ["2"]
+    );
 }

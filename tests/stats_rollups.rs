@@ -331,13 +331,14 @@ async fn rollups_equal_the_history(kind: Kind) {
     let drop = match kind {
         Kind::Sqlite => {
             "DROP TRIGGER notifications_status_stats; DROP TABLE stats_daily;
-             DROP TABLE stats_sources; DROP TABLE stats_ages; DROP TABLE stats_age_buckets;
+             DROP TABLE stats_sources; DROP TABLE stats_ages; DROP TABLE stats_format_ages;
+             DROP TABLE stats_age_buckets;
              DROP TABLE stats_notifications"
         }
         Kind::Postgres => {
             "DROP TRIGGER notifications_status_stats ON notifications;
              DROP FUNCTION stats_notification_status();
-             DROP TABLE stats_daily, stats_sources, stats_ages, stats_age_buckets,
+             DROP TABLE stats_daily, stats_sources, stats_ages, stats_format_ages, stats_age_buckets,
                         stats_notifications"
         }
     };

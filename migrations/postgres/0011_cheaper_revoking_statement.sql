@@ -7,11 +7,10 @@
 -- writes the report, its items and each token's `revoked_by` together, atomically, and
 -- nothing deletes a report; `tests/common/db.rs`'s `inconsistencies()` checks that
 -- every item's report and every `revoked_by` exist. (Migration 0003 left
--- `notifications.report_id` without one for the same reason.) The age buckets are read
--- by the statement that names them.
+-- `notifications.report_id` without one for the same reason, and 0010
+-- `stats_format_ages.bucket`.)
 ALTER TABLE tokens DROP CONSTRAINT IF EXISTS tokens_revoked_by_fkey;
 ALTER TABLE report_items DROP CONSTRAINT IF EXISTS report_items_report_id_fkey;
-ALTER TABLE stats_ages DROP CONSTRAINT IF EXISTS stats_ages_bucket_fkey;
 
 -- Nothing has read reports by `received_at` alone since the stats rollups (migration
 -- 0007); the retention purge reads `reports_to_purge`.

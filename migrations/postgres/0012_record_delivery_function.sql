@@ -6,9 +6,9 @@
 -- direct (one path).
 --
 -- The body is `RECORD_SQL` of `src/store/postgres/record.rs`, character for character
--- (a unit test there compares them): read the statement and its comments there. A
--- change to it is a new migration with `CREATE OR REPLACE FUNCTION`, and that test
--- pointed at it.
+-- (a unit test there compares it with the newest migration defining this function):
+-- read the statement and its comments there. A change to it is a new migration with
+-- `CREATE OR REPLACE FUNCTION`.
 --
 -- Parameters, in order: the items' positions, hashes, types, sources, urls; the
 -- report's received_at, scanner, key_id, body SHA-256, item count, not-ours count;
@@ -119,7 +119,7 @@ WITH rid AS (
     -- Each flipped token's age into its format's histogram bucket: `width_bucket`
     -- counts the bounds at or below it (a binary search), which is the bucket's number
     -- (0: under the first bound).
-    INSERT INTO stats_ages AS s (format, bucket, slot, tokens, expired)
+    INSERT INTO stats_format_ages AS s (format, bucket, slot, tokens, expired)
     SELECT f.format, width_bucket(f.age_ms, (SELECT lo FROM bounds)), (SELECT id FROM rid) % 16,
            count(*), count(*) FILTER (WHERE f.was_expired)
     FROM flipped f

@@ -190,6 +190,13 @@ pub(super) trait Record: Database {
     /// become `'(purged)'`.
     const PURGE_NOTIFICATIONS_SQL: &'static str;
 
+    /// `before`, `limit` → up to `limit` once-per-body claims made before `before`
+    /// deleted, each found by its key or row address from a bounded scan (never a join
+    /// over the whole table); a claim a delivery renewed meanwhile fails the second
+    /// `delivered_at` test and stays. No index on `delivered_at`: every delivery would
+    /// write it; the pass scans a table the purge keeps to about a week of deliveries.
+    const PURGE_BODIES_SQL: &'static str;
+
     /// The reports' half of
     /// [`RevocationStore::purge_metadata`](super::RevocationStore::purge_metadata):
     /// `(reports, items)` purged.

@@ -47,15 +47,6 @@ use crate::domain::TokenHash;
 // Statements whose text is the same on both backends (sqlx binds `$N` on SQLite too).
 
 /// `hash, owner, created_at, expires_at`.
-/// `before`, `limit` → up to `limit` once-per-body claims made before `before` deleted
-/// (a claim a delivery renewed meanwhile fails the second `delivered_at` test and stays).
-/// No index on `delivered_at`: every delivery would write it; the pass scans a table
-/// the purge keeps to a week of deliveries.
-const PURGE_BODIES_SQL: &str = "DELETE FROM delivered_bodies
-    WHERE (scanner, body_sha256) IN (SELECT scanner, body_sha256 FROM delivered_bodies
-                                     WHERE delivered_at < $1 LIMIT $2)
-      AND delivered_at < $1";
-
 const INSERT_TOKEN_SQL: &str =
     "INSERT INTO tokens (hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)";
 
@@ -454,7 +445,7 @@ where
     ) -> Result<u64, StoreError> {
         let done = send!(
             self,
-            sqlx::query(PURGE_BODIES_SQL)
+            sqlx::query(B::PURGE_BODIES_SQL)
                 .bind(B::encode_time(before))
                 .bind(i64::from(limit)),
             execute

@@ -17,7 +17,7 @@ use crate::domain::Outcome;
 pub(super) const AGES_SQL: &str = "SELECT a.format AS format, b.lo_ms AS lo_ms, n.lo_ms AS hi_ms,
                     CAST(sum(a.tokens) AS BIGINT) AS tokens,
                     CAST(sum(a.expired) AS BIGINT) AS expired
-             FROM stats_ages a
+             FROM stats_format_ages a
              JOIN stats_age_buckets b ON b.bucket = a.bucket
              LEFT JOIN stats_age_buckets n ON n.bucket = a.bucket + 1
              GROUP BY a.format, a.bucket, b.lo_ms, n.lo_ms

@@ -83,8 +83,10 @@ macro_rules! add_to_source {
 
 /// One delivery in one statement. All sub-statements share one snapshot: the `tokens`
 /// read in `outcome` sees rows as they were before `flipped` ran, so a row that exists
-/// but was not flipped was already revoked. Foreign keys are checked at the end of the
-/// statement, when the report row exists.
+/// but was not flipped was already revoked. No foreign key points at `reports` from the
+/// tables it writes (migration 0011): the report, its items and the tokens'
+/// `revoked_by` are written together here. Deliveries run it as the body of
+/// `revoker_record_delivery` ([`CALL_SQL`]).
 const RECORD_SQL: &str = concat!(
     "
 WITH rid AS (
@@ -184,7 +186,7 @@ WITH rid AS (
     -- Each flipped token's age into its format's histogram bucket: `width_bucket`
     -- counts the bounds at or below it (a binary search), which is the bucket's number
     -- (0: under the first bound).
-    INSERT INTO stats_ages AS s (format, bucket, slot, tokens, expired)
+    INSERT INTO stats_format_ages AS s (format, bucket, slot, tokens, expired)
     SELECT f.format, width_bucket(f.age_ms, (SELECT lo FROM bounds)), (SELECT id FROM rid) % 16,
            count(*), count(*) FILTER (WHERE f.was_expired)
     FROM flipped f
@@ -296,6 +298,11 @@ impl Record for Postgres {
 
     const PURGE_NOTIFICATIONS_SQL: &'static str =
         purge_notifications_sql!(" FOR NO KEY UPDATE SKIP LOCKED");
+
+    /// By row address (a TID scan): a row a delivery renewed since has another address.
+    const PURGE_BODIES_SQL: &'static str = "DELETE FROM delivered_bodies
+        WHERE ctid = ANY (ARRAY(SELECT ctid FROM delivered_bodies WHERE delivered_at < $1 LIMIT $2))
+          AND delivered_at < $1";
 
     async fn purge_reports(
         store: &Store<Self>,
@@ -445,8 +452,9 @@ impl<'r> RecordArgs<'r> {
     }
 }
 
-/// For `benches/statement.rs`: the revoking statement for `report` on `conn` exactly as
-/// a delivery sends it (once per body), after `prefix` (empty, or `EXPLAIN (…)`),
+/// For `benches/statement.rs`: [`RECORD_SQL`] itself (the body of the function a
+/// delivery calls, with the same parameters, once per body) for `report` on `conn`,
+/// after `prefix` (empty, or `EXPLAIN (…)`, which cannot see inside the function),
 /// answering its rows.
 #[doc(hidden)]
 pub async fn run_record_statement(
@@ -550,15 +558,25 @@ async fn try_record(
 
 #[cfg(test)]
 mod tests {
-    /// The newest migration that (re)defines `revoker_record_delivery`.
-    const FUNCTION_MIGRATION: &str =
-        include_str!("../../../migrations/postgres/0012_record_delivery_function.sql");
-
-    /// The function the database runs is this statement, character for character: a
-    /// change to [`super::RECORD_SQL`] needs a migration replacing the function.
+    /// The function the database runs is this statement, character for character: the
+    /// newest migration that (re)defines `revoker_record_delivery` has
+    /// [`super::RECORD_SQL`] as its body, so a change to the constant needs a migration
+    /// replacing the function.
     #[test]
     fn the_function_runs_this_statement() {
-        let body = FUNCTION_MIGRATION
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let newest = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|text| text.contains("FUNCTION revoker_record_delivery("))
+            .expect("a migration defines revoker_record_delivery");
+        let body = newest
             .split_once("RETURN QUERY")
             .and_then(|(_, rest)| rest.rsplit_once(";\nEND"))
             .map(|(body, _)| body)

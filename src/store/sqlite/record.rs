@@ -81,6 +81,12 @@ impl Record for Sqlite {
 
     const PURGE_NOTIFICATIONS_SQL: &'static str = purge_notifications_sql!("");
 
+    /// By key: SQLite looks each one up in the primary key.
+    const PURGE_BODIES_SQL: &'static str = "DELETE FROM delivered_bodies
+        WHERE (scanner, body_sha256) IN (SELECT scanner, body_sha256 FROM delivered_bodies
+                                         WHERE delivered_at < ?1 LIMIT ?2)
+          AND delivered_at < ?1";
+
     /// One transaction that starts with a write, so it holds the write lock from its
     /// first statement: the items of the batch overwritten, then the same batch marked.
     async fn purge_reports(
@@ -464,7 +470,7 @@ async fn record(
         // or below).
         store.statements.add(1);
         sqlx::query(
-            "INSERT INTO stats_ages (format, bucket, slot, tokens, expired)
+            "INSERT INTO stats_format_ages (format, bucket, slot, tokens, expired)
              SELECT value ->> 0 AS f,
                     (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= value ->> 1
                      ORDER BY lo_ms DESC LIMIT 1) AS b,
