@@ -123,7 +123,7 @@ pub async fn run(
                 notifications = p.notifications,
                 body_claims = p.bodies,
                 retention = %humantime::format_duration(retention),
-                "retention: purged url, source and type, and body claims past their week"
+                "retention: purged url, source and type, and body claims older than 8 days"
             ),
             Err(e) => tracing::warn!(
                 error = %crate::support::error_chain(&e),

@@ -8,6 +8,7 @@
 use proptest::prelude::*;
 
 use revoker::domain::alert::{self, Feedback};
+use revoker::domain::redact::redact_tokens;
 use revoker::domain::token::{Token, TokenHash};
 use revoker::domain::{Formats, Outcome};
 use revoker::signature;
@@ -40,6 +41,10 @@ fn deliver(body: &[u8]) -> Option<usize> {
     let text = String::from_utf8(json).expect("feedback is UTF-8");
     for (entry, item) in feedback.iter().zip(&sent) {
         assert_eq!(entry.token_hash, TokenHash::of(&item.token).to_hex());
+        // The type as sent, any token in it redacted (so a type that merely repeats the
+        // item's string is not echoed either).
+        let sent_type = item.token_type.as_deref().unwrap_or_default();
+        assert_eq!(entry.token_type, redact_tokens(sent_type));
         // (A one-character "token" can occur in hex by chance; real ones cannot.)
         if item.token.len() >= 16 {
             assert!(!entry.token_hash.contains(item.token.as_ref()));

@@ -7,7 +7,7 @@
 --
 -- A new table, so that older binaries still running during an upgrade keep recording
 -- (into `stats_ages`, which nothing reads any more): what they revoke meanwhile is not
--- in this table. A later migration drops `stats_ages`.
+-- in this table. A later migration can drop `stats_ages` once no older binary runs.
 CREATE TABLE stats_format_ages (
     format  text     NOT NULL,
     -- A bucket of `stats_age_buckets` (no foreign key: its check would run per row of

@@ -61,7 +61,7 @@ pub enum Command {
     #[command(subcommand)]
     Notify(NotifyCommand),
     /// Delete url, source and type older than --retention (GitHub's partner agreement:
-    /// 30 days) and the once-per-body claims older than a week, once, and exit; `serve`
+    /// 30 days) and the once-per-body claims older than 8 days, once, and exit; `serve`
     /// does the same every hour.
     Purge(PurgeArgs),
 }

@@ -28,7 +28,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
     let purged = revoker::retention::purge(store.as_ref(), args.retention).await?;
     let retention = humantime::format_duration(args.retention);
     println!(
-        "purged url, source and type older than {retention}: {} report(s) ({} item(s)), {} notification(s); deleted {} once-per-body claim(s) past their week",
+        "purged url, source and type older than {retention}: {} report(s) ({} item(s)), {} notification(s); deleted {} once-per-body claim(s) older than 8 days",
         purged.reports, purged.items, purged.notifications, purged.bodies
     );
     Ok(())

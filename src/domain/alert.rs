@@ -389,6 +389,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_in_a_type_is_not_echoed_in_the_answer() {
+        let t = Token::generate();
+        let body = format!(
+            r#"[{{"token": "x", "type": "ours: {}"}}]"#,
+            t.expose_secret()
+        );
+        let delivery = deliver(body.as_bytes(), Formats::DEFAULT).unwrap();
+        let types: Vec<String> = answer(delivery).into_iter().map(|f| f.token_type).collect();
+        assert_eq!(types, ["ours: cio_tp_[redacted]"]);
+    }
+
+    #[test]
     fn parse_errors_never_quote_the_body() {
         let t = Token::generate();
         for body in [

@@ -148,7 +148,7 @@ pub struct Purged {
     pub reports: u64,
     pub items: u64,
     pub notifications: u64,
-    /// Once-per-body claims past [`ONCE_PER_BODY_WINDOW`], deleted.
+    /// Once-per-body claims past [`ONCE_PER_BODY_WINDOW`] and a day more, deleted.
     pub bodies: u64,
 }
 

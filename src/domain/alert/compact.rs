@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::{candidate, each_item, CandidateItem, FeedbackRef, Hex, Inside, NewReport, ParseError};
 use crate::domain::format::Formats;
 use crate::domain::outcome::Outcome;
+use crate::domain::redact::redact_tokens;
 use crate::domain::token::TokenHash;
 
 /// What a verified delivery will cost in memory once parsed, counted by a first pass
@@ -133,7 +134,8 @@ pub fn compact(body: bytes::Bytes, sizes: &Sizes, formats: Formats) -> Result<Co
         let token_type = match &item.token_type {
             None => TypeRef::None,
             Some(t) => {
-                owned_types.push(Box::<str>::from(t.as_ref()));
+                // Echoed in the answer: a token in it never is (as when stored).
+                owned_types.push(Box::<str>::from(redact_tokens(t)));
                 TypeRef::Owned(owned_types.len() as u32 - 1)
             }
         };

@@ -115,24 +115,31 @@ pub fn feedback_json(
     hashes: &[TokenHash],
     outcomes: &[Outcome],
 ) -> Vec<u8> {
-    struct Entries<'a, 'b>(&'a [AlertItem<'b>], &'a [TokenHash], &'a [Outcome]);
-    impl Serialize for Entries<'_, '_> {
+    // Each type as echoed: any token in it redacted.
+    let types: Vec<std::borrow::Cow<'_, str>> = items
+        .iter()
+        .map(|item| {
+            crate::domain::redact::redact_tokens(item.token_type.as_deref().unwrap_or_default())
+        })
+        .collect();
+    struct Entries<'a>(
+        &'a [std::borrow::Cow<'a, str>],
+        &'a [TokenHash],
+        &'a [Outcome],
+    );
+    impl Serialize for Entries<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(
-                self.0
-                    .iter()
-                    .zip(self.1)
-                    .zip(self.2)
-                    .map(|((item, hash), outcome)| FeedbackRef {
-                        token_hash: Hex(hash),
-                        token_type: item.token_type.as_deref().unwrap_or_default(),
-                        label: (*outcome).into(),
-                    }),
-            )
+            s.collect_seq(self.0.iter().zip(self.1).zip(self.2).map(
+                |((token_type, hash), outcome)| FeedbackRef {
+                    token_hash: Hex(hash),
+                    token_type,
+                    label: (*outcome).into(),
+                },
+            ))
         }
     }
     let mut out = Vec::with_capacity(items.len() * 120 + 2);
-    serde_json::to_writer(&mut out, &Entries(items, hashes, outcomes))
+    serde_json::to_writer(&mut out, &Entries(&types, hashes, outcomes))
         .expect("serialising to memory cannot fail");
     out
 }

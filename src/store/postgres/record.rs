@@ -299,7 +299,9 @@ impl Record for Postgres {
     const PURGE_NOTIFICATIONS_SQL: &'static str =
         purge_notifications_sql!(" FOR NO KEY UPDATE SKIP LOCKED");
 
-    /// By row address (a TID scan): a row a delivery renewed since has another address.
+    /// By row address (a TID scan, never a join over the table). What keeps a claim a
+    /// delivery renewed meanwhile is the second `delivered_at` test (re-checked on the
+    /// renewed row), not its new address: keep it.
     const PURGE_BODIES_SQL: &'static str = "DELETE FROM delivered_bodies
         WHERE ctid = ANY (ARRAY(SELECT ctid FROM delivered_bodies WHERE delivered_at < $1 LIMIT $2))
           AND delivered_at < $1";
