@@ -116,7 +116,7 @@ pub async fn open_existing(db: &DbArgs) -> anyhow::Result<Arc<dyn RevocationStor
             redact_url(url)
         )
     })?;
-    match store.count_reports().await {
+    match store.probe_tables().await {
         Ok(_) => {}
         // Through a transaction-mode pooler without --db-pooler: say that, not "no tables".
         Err(e @ store::StoreError::Pooler) => return Err(e.into()),

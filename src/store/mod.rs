@@ -434,7 +434,13 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     async fn report_items(&self, report_id: i64) -> Result<Vec<ReportItemRecord>, StoreError>;
 
+    /// Every report, counted (a scan of the table on PostgreSQL: for tests and tools,
+    /// not for checking that the schema is there).
     async fn count_reports(&self) -> Result<i64, StoreError>;
+
+    /// Whether revoker's tables are there: one probe of `reports`, whatever its size
+    /// (an error when the table does not exist).
+    async fn probe_tables(&self) -> Result<(), StoreError>;
 
     /// What `record_report` would answer for these hashes at `now`, without writing:
     /// live → `Revoked` (would be revoked), revoked → `AlreadyRevoked`, expired and not

@@ -278,6 +278,15 @@ where
         rows.into_iter().map(ItemRow::into_record).collect()
     }
 
+    async fn probe_tables(&self) -> Result<(), StoreError> {
+        let _: Option<i64> = send!(
+            self,
+            sqlx::query_scalar("SELECT id FROM reports LIMIT 1"),
+            fetch_optional
+        );
+        Ok(())
+    }
+
     async fn count_reports(&self) -> Result<i64, StoreError> {
         Ok(send!(
             self,
