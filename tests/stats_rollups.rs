@@ -474,6 +474,7 @@ impl History {
             f.0[usize::from(expired)] += 1;
             f.1.push(age);
         }
+        // Nearest-rank median and p95 of a set of ages (sorted here), as bucket bounds.
         let ages_of = |ages: &mut Vec<i64>| {
             ages.sort();
             let rank = |num: usize, den: usize| (num * ages.len()).div_ceil(den) - 1;
@@ -493,9 +494,8 @@ impl History {
             })
             .collect();
         assert_eq!(by_format.len(), 3, "{by_format:?}");
-        ages.sort();
+        let all_ages = ages_of(&mut ages);
         assert!(ages[0] < 0, "the history has a negative age: {ages:?}");
-        let rank = |num: usize, den: usize| (num * ages.len()).div_ceil(den) - 1;
         let mut sources: Vec<SourceTotals> = by_source.into_values().collect();
         sources.sort_by(|x, y| y.items.cmp(&x.items).then(x.source.cmp(&y.source)));
         sources.truncate(20);
@@ -525,11 +525,7 @@ impl History {
                 .filter(|(day, _)| *day >= since)
                 .map(|(day, totals)| DayTotals { day, totals })
                 .collect(),
-            ages: RevocationAges {
-                count: ages.len() as i64,
-                median_seconds: Some(bucket_upper_seconds(ages[rank(1, 2)])),
-                p95_seconds: Some(bucket_upper_seconds(ages[rank(19, 20)])),
-            },
+            ages: all_ages,
             by_format,
             counts: self.counts,
         }
