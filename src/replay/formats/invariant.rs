@@ -308,10 +308,19 @@ fn doc() -> impl Strategy<Value = Doc> {
 
 /// Every token of `formats` at any position of `hay`, the plainest scan there is,
 /// written here and not taken from the readers: where strings of several formats start,
-/// the longest that is a valid token; failing that, the longest of a format's shape.
+/// the longest that is a valid token; failing that, the longest of a format's shape,
+/// unless an escape (`%`, `\\`) follows within the longest token's length. Which shape
+/// is longest there depends on the view: a reader that reads JSON as text undoes the
+/// JSON escape of a prefix and the percent-encoding after it in one pass, where the
+/// JSON string already decoded holds the percent-encoding as is (`\u0063io_tp_` + 33
+/// letters + `%63…`: a trusted-publishing shape of 32 in the string, a `cio_tp` shape of
+/// 36 in the text). A shape fails its check: it is never a live token, and a valid token
+/// wins over any shape in every view.
 fn every_token(hay: &[u8], formats: Formats) -> Vec<String> {
     (0..hay.len())
         .filter_map(|at| {
+            let near = &hay[at..(at + crate::domain::format::MAX_LEN).min(hay.len())];
+            let stable = !near.iter().any(|&b| b == b'%' || b == b'\\');
             let mut valid: Option<&[u8]> = None;
             let mut shaped: Option<&[u8]> = None;
             for f in formats.iter() {
@@ -332,7 +341,7 @@ fn every_token(hay: &[u8], formats: Formats) -> Vec<String> {
                     *best = Some(run);
                 }
             }
-            valid.or(shaped)
+            valid.or(shaped.filter(|_| stable))
         })
         .map(|run| String::from_utf8(run.to_vec()).unwrap())
         .collect()
