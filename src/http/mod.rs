@@ -11,6 +11,7 @@
 //! JSON 404/405 fallbacks and the trace layer, [`admin_router`] with a JSON 404.
 
 pub mod admin;
+pub mod cpu;
 pub mod error;
 pub mod health;
 pub mod intake;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub scanner_quiet_after: Duration,
     /// `--token-formats`: the tokens this instance recognises.
     pub formats: crate::domain::Formats,
+    /// Large bodies' CPU-bound work, off the async threads ([`cpu`]).
+    pub cpu: cpu::Cpu,
 }
 
 /// The public listener: the webhook, health, and a JSON 404/405 for everything else.

@@ -145,15 +145,23 @@ async fn handle(
             e.kind, e.line, e.column
         ))
     };
-    let admitted = webhook::admit(state, &body, capacity).map_err(|e| match e {
-        ApiError::Parse(e) => invalid(e),
-        e => e,
-    })?;
+    let admitted = webhook::admit(state, &body, capacity)
+        .await
+        .map_err(|e| match e {
+            ApiError::Parse(e) => invalid(e),
+            e => e,
+        })?;
     drop(unverified); // the verified reservation covers the body from here
-    let refused = alert::first_type_where(&body, |t| {
-        !t.is_some_and(|t| api.types.iter().any(|a| a == t))
-    })
-    .map_err(invalid)?;
+    let (read, offered) = (body.clone(), api.types.clone());
+    let refused = state
+        .cpu
+        .run(body.len(), move || {
+            alert::first_type_where(&read, |t| {
+                !t.is_some_and(|t| offered.iter().any(|a| a == t))
+            })
+        })
+        .await
+        .map_err(invalid)?;
     if let Some(refused) = refused {
         let shown: String = match refused {
             Some(t) => format!(

@@ -223,9 +223,9 @@ fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
 /// The delivery slot, then the delivery's memory, both after the signature verified;
 /// either one missing: 503 `overloaded` at once (no queue to grow without bound, and
 /// the scanner retries on 503).
-pub(super) fn admit(
+pub(super) async fn admit(
     state: &AppState,
-    body: &[u8],
+    body: &Bytes,
     capacity: usize,
 ) -> Result<(tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held), ApiError> {
     let overloaded = || ApiError::Overloaded {
@@ -234,7 +234,11 @@ pub(super) fn admit(
     let slot = Arc::clone(&state.deliveries)
         .try_acquire_owned()
         .map_err(|_| overloaded())?;
-    let sizes = alert::measure(body, state.formats)?;
+    let (measured, formats) = (body.clone(), state.formats);
+    let sizes = state
+        .cpu
+        .run(body.len(), move || alert::measure(&measured, formats))
+        .await?;
     let held = state
         .verified_budget
         .try_take(intake::verified_estimate(capacity, &sizes))
@@ -280,16 +284,26 @@ async fn handle(
     })?;
     stage.store(Stage::Body as u8, std::sync::atomic::Ordering::Relaxed);
     let (body, capacity, unverified) = read_body(state, body).await?;
-    signature::verify(&key.key, &body, &signature)?;
+    let (verifying_key, signed) = (key.key, body.clone());
+    state
+        .cpu
+        .run(body.len(), move || {
+            signature::verify(&verifying_key, &signed, &signature)
+        })
+        .await?;
     stage.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
-    let (body, admitted) = match admit(state, &body, capacity) {
+    let (body, admitted) = match admit(state, &body, capacity).await {
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
-            let (salvaged, tokens) = salvage(&body, state.formats);
+            let (raw, formats) = (body.clone(), state.formats);
+            let (salvaged, tokens) = state
+                .cpu
+                .run(body.len(), move || salvage(&raw, formats))
+                .await;
             tracing::warn!(
                 error = %e,
                 tokens,
@@ -298,7 +312,7 @@ async fn handle(
             drop(body);
             let capacity = salvaged.capacity();
             let body = Bytes::from(salvaged);
-            let admitted = admit(state, &body, capacity);
+            let admitted = admit(state, &body, capacity).await;
             (body, admitted)
         }
         admitted => (body, admitted),
@@ -321,20 +335,29 @@ pub(super) async fn process(
     default_source: Option<&'static str>,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let received_at = chrono::Utc::now();
-    let mut delivery = alert::compact(body, &sizes, state.formats)?;
-    if let Some(source) = default_source {
-        for c in delivery
-            .candidates
-            .iter_mut()
-            .filter(|c| c.source.is_empty())
-        {
-            c.source = source.to_owned();
-        }
-    }
+    let (len, formats) = (body.len(), state.formats);
+    let (who, key) = (scanner.to_owned(), key_id.to_owned());
+    // Both passes over a large body, and its SHA-256, off the async threads.
+    let (mut delivery, report) = state
+        .cpu
+        .run(len, move || {
+            let mut delivery = alert::compact(body, &sizes, formats)?;
+            if let Some(source) = default_source {
+                for c in delivery
+                    .candidates
+                    .iter_mut()
+                    .filter(|c| c.source.is_empty())
+                {
+                    c.source = source.to_owned();
+                }
+            }
+            let report =
+                delivery.take_report(&who, &key, received_at, |body| Sha256::digest(body).into());
+            Ok::<_, alert::ParseError>((delivery, report))
+        })
+        .await?;
 
-    let (report_id, counts) = match delivery.take_report(scanner, key_id, received_at, |body| {
-        Sha256::digest(body).into()
-    }) {
+    let (report_id, counts) = match report {
         None => {
             let counts = OutcomeCounts {
                 not_ours: delivery.not_ours,

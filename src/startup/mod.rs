@@ -242,6 +242,7 @@ impl Application {
                 notifier,
                 scanner_quiet_after: settings.scanner_quiet_after,
                 formats: settings.formats,
+                cpu: http::cpu::Cpu::default(),
                 revocation_api: (!settings.revocation_api_tokens.is_empty()).then(|| {
                     Arc::new(http::revocation_api::RevocationApi {
                         tokens: settings
