@@ -1,7 +1,7 @@
 //! End-to-end benchmark of the receiver.
 //!
 //! ```text
-//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N]
+//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation]
 //! ```
 //!
 //! Starts the real server in-process on the chosen backend, seeds N stored tokens
@@ -27,6 +27,12 @@
 //! transaction mode, in turn, three rounds each, with each mode's median over the direct
 //! one's.
 //!
+//! Then 1-token deliveries at c=4, alone and while 8 workers send 8 MiB deliveries
+//! without pause (what a large body's CPU work takes from small ones); and a mass
+//! revocation event (100,000 leaked items, half stored tokens, as 100 deliveries of 1,000
+//! at c=8; on PostgreSQL also through PgBouncer to 3 instances). `--only
+//! large-bodies|mass-revocation` runs that row alone (after seeding).
+//!
 //! Last, a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
 //! candidate) takes a flood of 100,000 junk ones in one delivery.
 //!
@@ -40,7 +46,7 @@ mod common;
 #[path = "../tests/common/pgbouncer.rs"]
 mod pgbouncer;
 
-use common::{ms, percentile, seed, Backend};
+use common::{ms, percentile, seed, seed_pool, Backend, Pool};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,6 +69,15 @@ struct Args {
     backend: Backend,
     quick: bool,
     tokens: usize,
+    /// `--only large-bodies|mass-revocation`: seed, then only that row.
+    only: Option<Only>,
+}
+
+/// A row `--only` runs alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    LargeBodies,
+    MassRevocation,
 }
 
 fn parse_args() -> Args {
@@ -70,6 +85,7 @@ fn parse_args() -> Args {
         backend: Backend::Sqlite,
         quick: false,
         tokens: 0,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -79,6 +95,13 @@ fn parse_args() -> Args {
             }
             "--quick" => args.quick = true,
             "--tokens" => args.tokens = it.next().and_then(|n| n.parse().ok()).expect("--tokens N"),
+            "--only" => {
+                args.only = Some(match it.next().as_deref() {
+                    Some("large-bodies") => Only::LargeBodies,
+                    Some("mass-revocation") => Only::MassRevocation,
+                    other => panic!("--only large-bodies|mass-revocation, not {other:?}"),
+                });
+            }
             "--bench" => {} // added by `cargo bench`
             other => panic!("unknown argument {other:?}"),
         }
@@ -221,15 +244,33 @@ struct Bench {
     key: SigningKey,
     db_url: String,
     /// Fresh, stored, unrevoked tokens, handed out once each.
-    pool: Vec<Token>,
+    pool: Pool,
     next: AtomicUsize,
 }
 
+/// The raw strings of `tokens`.
+fn secrets(tokens: &[Token]) -> Vec<&str> {
+    tokens.iter().map(Token::expose_secret).collect()
+}
+
 impl Bench {
-    fn take(&self, n: usize) -> &[Token] {
+    /// The next `n` tokens of the pool.
+    fn take(&self, n: usize) -> Vec<Token> {
         let start = self.next.fetch_add(n, Ordering::Relaxed);
-        assert!(start + n <= self.pool.len(), "token pool exhausted");
-        &self.pool[start..start + n]
+        assert!(start + n <= self.pool.len, "token pool exhausted");
+        (start..start + n).map(|i| self.pool.token(i)).collect()
+    }
+
+    /// The next `n` tokens of the pool, each in a signed one-token delivery.
+    fn take_signed(&self, n: usize) -> Vec<(Vec<u8>, String)> {
+        self.take(n)
+            .iter()
+            .map(|t| {
+                let body = Bench::body(&[t.expose_secret()]);
+                let sig = self.sign(&body);
+                (body, sig)
+            })
+            .collect()
     }
 
     /// A GitHub-shaped body, serialised straight from borrowed fields (no `Value`
@@ -346,6 +387,42 @@ impl Bench {
 }
 
 impl Bench {
+    /// How many of `tokens` are revoked in the database.
+    async fn revoked_among(&self, tokens: &[Token]) -> usize {
+        let hashes: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| t.hash().as_bytes().to_vec())
+            .collect();
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM tokens WHERE hash = ANY($1) AND revoked_at IS NOT NULL",
+                )
+                .bind(&hashes)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                n as usize
+            }
+            Backend::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                let list =
+                    serde_json::to_string(&hashes.iter().map(hex::encode).collect::<Vec<_>>())
+                        .unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL
+                       AND hash IN (SELECT unhex(value) FROM json_each(?1))",
+                )
+                .bind(list)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                n as usize
+            }
+        }
+    }
+
     /// A connection of its own to the SQLite file, committing like revoker's
     /// (`synchronous=FULL`).
     async fn sqlite_connection(&self) -> sqlx::SqliteConnection {
@@ -495,6 +572,273 @@ impl Bench {
         assert_eq!(revoked, tokens.len(), "floor tokens are fresh");
         took
     }
+}
+
+/// Items of the mass revocation: half stored tokens, half unknown ones with valid check
+/// digits (`--quick`: a fifth).
+const MASS_ITEMS: usize = 100_000;
+
+/// Items in one delivery of the mass revocation.
+const MASS_DELIVERY: usize = 1_000;
+
+/// Deliveries in flight at once in the mass revocation.
+const MASS_CONCURRENCY: usize = 8;
+
+/// Items of the per-token peer's sample (half stored), scaled to the event's.
+const MASS_SAMPLE: usize = 2_000;
+
+/// What one run of the mass revocation did.
+struct MassRun {
+    seconds: f64,
+    /// Sorted latencies of the deliveries, ms.
+    lat: Vec<f64>,
+    errors: usize,
+    /// Real tokens revoked afterwards, of `items / 2`.
+    revoked: usize,
+}
+
+/// `items / 2` fresh stored tokens and as many unknown ones with valid check digits,
+/// shuffled, in signed deliveries of `MASS_DELIVERY`, sent at `MASS_CONCURRENCY` to
+/// `bases` in turn; then how many of the stored ones are revoked.
+async fn mass_run(bench: &Arc<Bench>, bases: &[String], items: usize) -> MassRun {
+    use rand::seq::SliceRandom;
+    let real = bench.take(items / 2);
+    let junk: Vec<Token> = (0..items / 2).map(|_| Token::generate()).collect();
+    let mut all: Vec<&str> = real.iter().chain(&junk).map(Token::expose_secret).collect();
+    all.shuffle(&mut rand::thread_rng());
+    let signed: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
+        all.chunks(MASS_DELIVERY)
+            .map(|chunk| {
+                let body = Bench::body(chunk);
+                let sig = bench.sign(&body);
+                (body, sig)
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..MASS_CONCURRENCY)
+        .map(|_| {
+            let (bench, signed, next, errors) = (
+                Arc::clone(bench),
+                Arc::clone(&signed),
+                Arc::clone(&next),
+                Arc::clone(&errors),
+            );
+            let bases = bases.to_vec();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((body, sig)) = signed.get(i) else {
+                        return lat;
+                    };
+                    let base = &bases[i % bases.len()];
+                    let (status, took) =
+                        bench.deliver_signed(base, body.clone(), sig.clone()).await;
+                    errors.fetch_add(usize::from(status != 200), Ordering::Relaxed);
+                    lat.push(ms(took));
+                }
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let revoked = bench.revoked_among(&real).await;
+    MassRun {
+        seconds,
+        lat,
+        errors: errors.load(Ordering::Relaxed),
+        revoked,
+    }
+}
+
+/// A mass revocation event: `items` leaked items (half stored tokens, half unknown
+/// ones with valid check digits, shuffled) arriving as deliveries of `MASS_DELIVERY` at
+/// `MASS_CONCURRENCY`, on the direct server and (PostgreSQL, with a `pgbouncer` binary)
+/// on 3 instances with `--db-pooler transaction` behind one PgBouncer: the time until
+/// every real token is revoked, the deliveries' p99, the errors, and the per-token
+/// peer's projected time (its SELECT, and UPDATE where stored, per item, measured on
+/// `MASS_SAMPLE` items of the same mix and scaled).
+async fn mass_revocation(
+    bench: &Arc<Bench>,
+    settings: &Settings,
+    db_url: &str,
+    items: usize,
+) -> (Row, serde_json::Value) {
+    let sample: Vec<Token> = bench
+        .take(MASS_SAMPLE / 2)
+        .into_iter()
+        .chain((0..MASS_SAMPLE / 2).map(|_| Token::generate()))
+        .collect();
+    let peer = bench.baseline(&sample).await.as_secs_f64() * items as f64 / MASS_SAMPLE as f64;
+    let direct = mass_run(bench, std::slice::from_ref(&bench.base), items).await;
+    let mut runs = vec![("direct", direct)];
+    if bench.backend == Backend::Postgres {
+        if let Some(bouncer) = pgbouncer::PgBouncer::start(db_url, settings.pool.max_connections) {
+            let mut pooled = settings.clone();
+            pooled.pool.pooler = revoker::store::Pooler::Transaction;
+            pooled.database_url = bouncer.url(db_url).into();
+            let mut servers = Vec::new();
+            for _ in 0..3 {
+                servers.push(start_server(pooled.clone()).await);
+            }
+            let bases: Vec<String> = servers.iter().map(|(base, _, _)| base.clone()).collect();
+            runs.push((
+                "PgBouncer, 3 instances",
+                mass_run(bench, &bases, items).await,
+            ));
+            for (_, _, stop) in servers {
+                let _ = stop.send(());
+            }
+            drop(bouncer);
+        }
+    }
+    let mut parts = Vec::new();
+    let mut value = serde_json::json!({
+        "items": items, "real": items / 2, "per_delivery": MASS_DELIVERY,
+        "concurrency": MASS_CONCURRENCY, "per_token_peer_projected_s": peer,
+    });
+    for (name, run) in &runs {
+        let (p50, p99) = (percentile(&run.lat, 0.5), percentile(&run.lat, 0.99));
+        parts.push(format!(
+            "{name}: all revoked in {:.1} s ({}/{}), p50 {p50:.0} ms p99 {p99:.0} ms, errors {}",
+            run.seconds,
+            run.revoked,
+            items / 2,
+            run.errors
+        ));
+        value[name.split(',').next().unwrap().to_lowercase()] = serde_json::json!({
+            "seconds": run.seconds, "revoked": run.revoked, "p50_ms": p50, "p99_ms": p99,
+            "errors": run.errors, "instances": if *name == "direct" { 1 } else { 3 },
+        });
+    }
+    let row = Row {
+        name: format!(
+            "mass revocation {}x{MASS_DELIVERY}, c={MASS_CONCURRENCY}",
+            items / MASS_DELIVERY
+        ),
+        value: format!(
+            "{} | per-token peer: {peer:.0} s (projected)",
+            parts.join(" | ")
+        ),
+        target: "every real token revoked, 0 errors".into(),
+    };
+    (row, value)
+}
+
+/// Bytes of each large delivery of [`small_beside_large`].
+const LARGE_BODY: usize = 8 << 20;
+
+/// Workers sending large deliveries without pause in [`small_beside_large`].
+const LARGE_CONCURRENCY: usize = 8;
+
+/// A delivery of `LARGE_BODY` bytes whose every item is a `cio_tp_` string with wrong
+/// check digits: all CPU (the signature over 8 MiB, both JSON passes, a SHA-256 per
+/// item for the answer, the answer itself), no statement.
+fn large_junk_body() -> Vec<u8> {
+    let mut tokens = Vec::new();
+    let mut len = 2;
+    while len < LARGE_BODY - 256 {
+        let mut s = Token::generate().expose_secret().to_owned();
+        let last = s.pop().unwrap();
+        s.push(if last == '0' { '1' } else { '0' });
+        // As `Bench::body` writes it: the token, the type, a URL, the source.
+        len += s.len() + 104;
+        tokens.push(s);
+    }
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let mut body = Bench::body(&refs);
+    body.truncate(LARGE_BODY.min(body.len()));
+    while body.last() != Some(&b'}') {
+        body.pop();
+    }
+    body.push(b']');
+    body
+}
+
+/// 1-token deliveries at c=4, `secs` per round, alternately alone and while
+/// [`LARGE_CONCURRENCY`] workers send 8 MiB deliveries without pause (two rounds of
+/// each): the small ones' latencies in each mode, and how the large ones fared.
+async fn small_beside_large(
+    bench: &Arc<Bench>,
+    secs: u64,
+    tokens: usize,
+) -> (Row, serde_json::Value) {
+    let small = Arc::new(bench.take_signed(tokens));
+    let next_small = Arc::new(AtomicUsize::new(0));
+    let large = large_junk_body();
+    let large_sig = bench.sign(&large);
+    let large = Arc::new((large, large_sig));
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let (mut small_errors, mut large_lat, mut large_errors) = (0, Vec::new(), 0);
+    for _round in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let (lat, errors, _) =
+            genuine_load(bench, &bench.base, &small, &next_small, 4, deadline).await;
+        alone.extend(lat);
+        small_errors += errors;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders: Vec<_> = (0..LARGE_CONCURRENCY)
+            .map(|_| {
+                let (bench, large, stop) =
+                    (Arc::clone(bench), Arc::clone(&large), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut answered = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, took) = bench
+                            .deliver_signed(&bench.base, large.0.clone(), large.1.clone())
+                            .await;
+                        answered.push((status, ms(took)));
+                    }
+                    answered
+                })
+            })
+            .collect();
+        // Let every large delivery get going before the small ones are timed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let (lat, errors, _) =
+            genuine_load(bench, &bench.base, &small, &next_small, 4, deadline).await;
+        beside.extend(lat);
+        small_errors += errors;
+        stop.store(true, Ordering::Relaxed);
+        for s in senders {
+            for (status, took) in s.await.unwrap() {
+                large_lat.push(took);
+                large_errors += usize::from(status != 200);
+            }
+        }
+    }
+    for v in [&mut alone, &mut beside, &mut large_lat] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (a50, a99) = (percentile(&alone, 0.5), percentile(&alone, 0.99));
+    let (b50, b99) = (percentile(&beside, 0.5), percentile(&beside, 0.99));
+    let l50 = percentile(&large_lat, 0.5);
+    let mib = large.0.len() as f64 / f64::from(1 << 20);
+    let row = Row {
+        name: format!("1-token c=4 beside {LARGE_CONCURRENCY}x{mib:.0} MiB"),
+        value: format!(
+            "alone p50 {a50:6.2} ms p99 {a99:6.2} ms | beside p50 {b50:6.2} ms p99 {b99:6.2} ms ({:.1}x) | errors {small_errors} | {} large answered, p50 {l50:7.1} ms, errors {large_errors}",
+            b99 / a99,
+            large_lat.len()
+        ),
+        target: "(report) small p99 beside large vs alone".into(),
+    };
+    let json = serde_json::json!({
+        "large_bytes": large.0.len(), "large_concurrency": LARGE_CONCURRENCY, "seconds_per_round": secs,
+        "alone_p50_ms": a50, "alone_p99_ms": a99, "beside_p50_ms": b50, "beside_p99_ms": b99,
+        "ratio_p99_beside_over_alone": b99 / a99, "small_errors": small_errors,
+        "large_answered": large_lat.len(), "large_p50_ms": l50, "large_errors": large_errors,
+    });
+    (row, json)
 }
 
 /// What the flood of check-digit-less candidates cost.
@@ -724,6 +1068,7 @@ async fn run(args: Args) -> bool {
     settings.pool.max_connections = 16;
     let pooled_settings = settings.clone();
     let api_settings = settings.clone();
+    let mass_settings = settings.clone();
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let store = Arc::clone(&app.state().store);
@@ -749,11 +1094,29 @@ async fn run(args: Args) -> bool {
         Backend::Postgres => 3 * pooler_rounds * throughput_secs as usize * 2_500,
         Backend::Sqlite => 0,
     };
-    let pool_size = 5 * batch_tokens + throughput_tokens + pooler_tokens;
+    // The mass revocation: half of its items real, once direct and once pooled
+    // (PostgreSQL), and the per-token peer's sample.
+    let mass_items = if args.quick {
+        MASS_ITEMS / 5
+    } else {
+        MASS_ITEMS
+    };
+    let mass_tokens = match args.backend {
+        Backend::Postgres => mass_items,
+        Backend::Sqlite => mass_items / 2,
+    } + MASS_SAMPLE / 2;
+    // 1-token deliveries beside large ones: 4 rounds (past the end they come round
+    // again, answered from their first report).
+    let beside_tokens = 4 * throughput_secs as usize * if args.quick { 500 } else { 2_000 };
+    let pool_size = match args.only {
+        Some(Only::LargeBodies) => beside_tokens,
+        Some(Only::MassRevocation) => mass_tokens,
+        None => 5 * batch_tokens + throughput_tokens + pooler_tokens + beside_tokens + mass_tokens,
+    };
     let filler = args.tokens.saturating_sub(pool_size);
     let seed_started = Instant::now();
     seed(&store, filler, false).await;
-    let pool = seed(&store, pool_size, true).await;
+    let pool = seed_pool(&store, pool_size).await;
     if args.backend == Backend::Postgres {
         let mut conn = sqlx::PgConnection::connect(&db_url).await.unwrap();
         sqlx::query("VACUUM ANALYZE tokens")
@@ -789,6 +1152,23 @@ async fn run(args: Args) -> bool {
     let mut json = serde_json::Map::new();
     let mut all_ok = true;
 
+    if let Some(only) = args.only {
+        let (row, value) = match only {
+            Only::LargeBodies => small_beside_large(&bench, throughput_secs, beside_tokens).await,
+            Only::MassRevocation => {
+                mass_revocation(&bench, &mass_settings, &db_url, mass_items).await
+            }
+        };
+        println!("{:<34} {}   [target {}]", row.name, row.value, row.target);
+        println!("{}", serde_json::to_string(&value).unwrap());
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        drop(bench);
+        drop(store);
+        drop_database(admin).await;
+        return true;
+    }
+
     // 1. Batch revocation vs. the per-token baseline.
     let mut batch_json = Vec::new();
     for (size, iters) in sizes.iter().zip(iterations) {
@@ -799,12 +1179,8 @@ async fn run(args: Args) -> bool {
         let mut floor_record_ms = Vec::new();
         for _ in 0..iters {
             // The store call alone (what the database costs), on fresh tokens.
-            let direct: Vec<&str> = bench
-                .take(*size)
-                .iter()
-                .map(|t| t.expose_secret())
-                .collect();
-            let direct_body = Bench::body(&direct);
+            let direct = bench.take(*size);
+            let direct_body = Bench::body(&secrets(&direct));
             let formats = revoker::domain::Formats::DEFAULT;
             let sizes = alert::measure(&direct_body, formats).unwrap();
             let report = alert::compact(direct_body.into(), &sizes, formats)
@@ -818,18 +1194,14 @@ async fn run(args: Args) -> bool {
                 .expect("record_report");
             store_ms.push(ms(t.elapsed()));
 
-            let tokens: Vec<&str> = bench
-                .take(*size)
-                .iter()
-                .map(|t| t.expose_secret())
-                .collect();
-            let (status, took) = bench.deliver(Bench::body(&tokens)).await;
+            let tokens = bench.take(*size);
+            let (status, took) = bench.deliver(Bench::body(&secrets(&tokens))).await;
             assert_eq!(status, 200, "batch delivery failed");
             revoker_ms.push(ms(took));
             let base_tokens = bench.take(*size);
-            baseline_ms.push(ms(bench.baseline(base_tokens).await));
-            floor_ms.push(ms(bench.floor(bench.take(*size)).await));
-            floor_record_ms.push(ms(bench.floor_with_record(bench.take(*size)).await));
+            baseline_ms.push(ms(bench.baseline(&base_tokens).await));
+            floor_ms.push(ms(bench.floor(&bench.take(*size)).await));
+            floor_record_ms.push(ms(bench.floor_with_record(&bench.take(*size)).await));
         }
         revoker_ms.sort_by(f64::total_cmp);
         baseline_ms.sort_by(f64::total_cmp);
@@ -907,31 +1279,11 @@ async fn run(args: Args) -> bool {
     drop(junk);
     phase("after flood");
 
-    // The pooler rounds' bodies, set aside before the throughput takes the rest.
-    let pooler_signed: Vec<(Vec<u8>, String)> = bench
-        .take(pooler_tokens)
-        .iter()
-        .map(|t| {
-            let body = Bench::body(&[t.expose_secret()]);
-            let sig = bench.sign(&body);
-            (body, sig)
-        })
-        .collect();
-
     // 3. Throughput: 1-token deliveries at concurrency 32. Bodies are signed before the
-    // clock starts (the scanner signs on its own machines, not on ours).
+    // clock starts (the scanner signs on its own machines, not on ours), each phase's
+    // when it starts (held bodies count in the process's memory).
     let concurrency = 32;
-    let start_idx = bench.next.load(Ordering::Relaxed);
-    let signed: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
-        bench.pool[start_idx..]
-            .iter()
-            .map(|t| {
-                let body = Bench::body(&[t.expose_secret()]);
-                let sig = bench.sign(&body);
-                (body, sig)
-            })
-            .collect(),
-    );
+    let signed = Arc::new(bench.take_signed(throughput_tokens));
     let next_signed = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(throughput_secs);
     let (lat, errors, elapsed) = genuine_load(
@@ -970,7 +1322,7 @@ async fn run(args: Args) -> bool {
             &bench,
             pooled_settings,
             &db_url,
-            pooler_signed,
+            bench.take_signed(pooler_tokens),
             pooler_rounds,
             throughput_secs,
         )
@@ -1080,6 +1432,17 @@ async fn run(args: Args) -> bool {
             "phases": phases.iter().map(|(n, p, c)| serde_json::json!({"phase": n, "peak_rss_mib": p, "rss_mib": c})).collect::<Vec<_>>()}),
     );
 
+    // 4a. 1-token deliveries beside 8 MiB ones: what a large body's work takes from
+    // small ones (after the memory row: 8 large deliveries at a time raise the peak).
+    let (row, value) = small_beside_large(&bench, throughput_secs, beside_tokens).await;
+    rows.push(row);
+    json.insert("small_beside_large".into(), value);
+
+    // 4b. A mass revocation event: 100 deliveries of 1,000 at c=8.
+    let (row, value) = mass_revocation(&bench, &mass_settings, &db_url, mass_items).await;
+    rows.push(row);
+    json.insert("mass_revocation".into(), value);
+
     // 5. Flood of 100,000 junk crates.io API-token strings (`cio` + 32 letters or
     // digits, no check digit) at a server with `crates_io_api` enabled, on the same
     // database: every one is a candidate only the database can answer, and they all go
@@ -1154,6 +1517,12 @@ async fn run(args: Args) -> bool {
     let _ = server.await;
     drop(bench);
     drop(store);
+    drop_database(admin).await;
+    all_ok
+}
+
+/// Drops the benchmark's PostgreSQL database, if it made one.
+async fn drop_database(admin: Option<(String, String)>) {
     if let Some((admin, name)) = admin {
         if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -1161,5 +1530,4 @@ async fn run(args: Args) -> bool {
                 .await;
         }
     }
-    all_ok
 }
