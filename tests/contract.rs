@@ -2508,6 +2508,56 @@ async fn a_record_past_its_deadline_is_rolled_back_by_the_database(db: Arc<TestD
     assert_eq!(store.count_reports().await.unwrap(), 1);
 }
 
+/// SQLite: one process's deliveries take the write lock in turn. While the first waits
+/// for the lock another session holds, a second waits behind it without sending a
+/// statement, and gives up at its deadline having sent none; once the lock is free,
+/// both record. Without the turn (`Store::writer`), the second sends its `BEGIN` and its
+/// report row and waits in SQLite's busy handler, which sleeps up to 100 ms between
+/// tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deliveries_of_one_process_take_the_write_lock_in_turn() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("SQLite");
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "turn/pkg", 2, Ttl::hours(2)).await;
+    let holder = LockHolder::take(&db, &tokens[0].hash()).await;
+    let before = store.statements();
+    let first = {
+        let store = Arc::clone(&store);
+        let report = body_report("github", &tokens[..1], 4, now_ms());
+        tokio::spawn(async move { store.record_report(&report, ONCE).await })
+    };
+    // The first has sent its BEGIN and its report row, which waits for the lock.
+    while store.statements() < before + 2 {
+        tokio::task::yield_now().await;
+    }
+    let waiting = store.statements();
+    let second = body_report("github", &tokens[1..], 5, now_ms());
+    let result = store
+        .record_report(
+            &second,
+            RecordOptions {
+                deadline: Some(Instant::now() + Duration::from_millis(300)),
+                once_per_body: true,
+            },
+        )
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert_eq!(
+        store.statements(),
+        waiting,
+        "the second sent nothing while the first had the turn"
+    );
+    holder.release().await;
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.outcomes, [Outcome::Revoked]);
+    let second = store.record_report(&second, ONCE).await.unwrap();
+    assert_eq!(second.outcomes, [Outcome::Revoked]);
+    assert_eq!(store.count_reports().await.unwrap(), 2);
+}
+
 // ---------------------------------------------------------------- notification ids
 
 async fn notification_ids_are_uuids_distinct_across_databases(db: Arc<TestDb>) {

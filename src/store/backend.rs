@@ -47,6 +47,9 @@ pub(super) struct Store<B: Database> {
     /// PostgreSQL reached through a pooler in transaction mode ([`Pooler::Transaction`]):
     /// see [`send!`].
     pub(super) pooled: bool,
+    /// One delivery's transaction at a time from this process (SQLite, which has one
+    /// writer: see `sqlite/record.rs`).
+    pub(super) writer: tokio::sync::Mutex<()>,
 }
 
 impl<B: Backend> Store<B> {
@@ -56,6 +59,7 @@ impl<B: Backend> Store<B> {
             pool: B::connect(url, settings).await?,
             statements: StatementCounter::default(),
             pooled: settings.pooler == Pooler::Transaction,
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 }
