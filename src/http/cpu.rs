@@ -62,9 +62,11 @@ impl Cpu {
             let _permit = permit;
             work()
         });
-        match job.await {
+        match job.await.map_err(tokio::task::JoinError::try_into_panic) {
             Ok(value) => value,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(Ok(panic)) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels a blocking job.
+            Err(Err(e)) => panic!("a CPU job was cancelled: {e}"),
         }
     }
 
@@ -93,27 +95,34 @@ mod tests {
         assert_eq!(cpu.available(), 1, "the permit is back once the job ended");
     }
 
-    /// On a single-threaded runtime, a large body's work blocks nothing: another task
-    /// runs to its end while the job is still held up.
+    /// On a single-threaded runtime, a large body's work blocks nothing: while the job
+    /// waits, another task on this one thread runs to its end. Were the work done here,
+    /// the thread would be stuck in it until its wait timed out, and the job would
+    /// answer `false`.
     #[tokio::test(flavor = "current_thread")]
     async fn other_tasks_run_while_a_large_job_works() {
         let cpu = Cpu::new(1);
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
         let job = tokio::spawn({
             let cpu = cpu.clone();
             async move {
-                cpu.run(OFFLOAD_ABOVE + 1, move || held.recv().is_ok())
-                    .await
+                cpu.run(OFFLOAD_ABOVE + 1, move || {
+                    started_tx.send(()).unwrap();
+                    held.recv_timeout(std::time::Duration::from_secs(10))
+                        .is_ok()
+                })
+                .await
             }
         });
-        // The job takes the one permit; a task on this same thread still runs.
-        while cpu.available() != 0 {
-            tokio::task::yield_now().await;
-        }
-        let other = tokio::spawn(async { 7 }).await.unwrap();
-        assert_eq!(other, 7);
-        release.send(()).unwrap();
-        assert!(job.await.unwrap());
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        let other = tokio::spawn(async move {
+            release.send(()).unwrap();
+        });
+        other.await.unwrap();
+        assert!(job.await.unwrap(), "the job was released by the other task");
         assert_eq!(cpu.available(), 1);
     }
 
@@ -149,8 +158,6 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     #[should_panic(expected = "boom")]
     async fn a_panic_in_a_job_is_resumed_here() {
-        Cpu::new(1)
-            .run(OFFLOAD_ABOVE + 1, || -> () { panic!("boom") })
-            .await;
+        Cpu::new(1).run(OFFLOAD_ABOVE + 1, || panic!("boom")).await;
     }
 }

@@ -13,6 +13,7 @@
 //! `Bearer <token>`; compared with every configured token in constant time
 //! ([`SecretDigest`]), before the body is read.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -33,7 +34,7 @@ pub const SCANNER: &str = "gitlab-revocation-api";
 #[derive(Debug, Clone)]
 pub struct RevocationApi {
     pub tokens: Vec<SecretDigest>,
-    pub types: Vec<String>,
+    pub types: Arc<[String]>,
 }
 
 /// The two routes (answering 404 unless enabled).
@@ -145,37 +146,45 @@ async fn handle(
             e.kind, e.line, e.column
         ))
     };
-    let admitted = webhook::admit(state, &body, capacity)
-        .await
-        .map_err(|e| match e {
-            ApiError::Parse(e) => invalid(e),
-            e => e,
-        })?;
-    drop(unverified); // the verified reservation covers the body from here
-    let (read, offered) = (body.clone(), api.types.clone());
-    let refused = state
+    // The JSON's first pass and the type check, in one job (off the async threads for a
+    // large body), holding the body's reservation until it ends.
+    let (raw, offered, formats) = (body.clone(), Arc::clone(&api.types), state.formats);
+    let (unverified, measured, refused) = state
         .cpu
         .run(body.len(), move || {
-            alert::first_type_where(&read, |t| {
-                !t.is_some_and(|t| offered.iter().any(|a| a == t))
-            })
+            let measured = alert::measure(&raw, formats);
+            // The first item whose type is not offered, shown (redacted, cut) here.
+            let refused = measured.is_ok().then(|| {
+                alert::first_type_where(&raw, |t| {
+                    !t.is_some_and(|t| offered.iter().any(|a| a == t))
+                })
+                .map(|refused| {
+                    refused.map(|t| match t {
+                        Some(t) => format!(
+                            "{:?}",
+                            crate::domain::redact::redact_tokens(&t)
+                                .chars()
+                                .take(100)
+                                .collect::<String>()
+                        ),
+                        None => "(none)".to_owned(),
+                    })
+                })
+            });
+            (unverified, measured, refused)
         })
-        .await
-        .map_err(invalid)?;
+        .await;
+    let admitted = webhook::admit(state, measured, capacity).map_err(|e| match e {
+        ApiError::Parse(e) => invalid(e),
+        e => e,
+    })?;
+    drop(unverified); // the verified reservation covers the body from here
     if let Some(refused) = refused {
-        let shown: String = match refused {
-            Some(t) => format!(
-                "{:?}",
-                crate::domain::redact::redact_tokens(&t)
-                    .chars()
-                    .take(100)
-                    .collect::<String>()
-            ),
-            None => "(none)".to_owned(),
-        };
-        return Err(ApiError::InvalidRequest(format!(
-            "token type {shown} is not offered (GET /v1/revocable_token_types)"
-        )));
+        if let Some(shown) = refused.map_err(invalid)? {
+            return Err(ApiError::InvalidRequest(format!(
+                "token type {shown} is not offered (GET /v1/revocable_token_types)"
+            )));
+        }
     }
     webhook::process(
         state,

@@ -220,12 +220,13 @@ fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
     (serde_json::to_vec(&items).expect("plain JSON"), found.len())
 }
 
-/// The delivery slot, then the delivery's memory, both after the signature verified;
-/// either one missing: 503 `overloaded` at once (no queue to grow without bound, and
+/// The delivery slot, then the JSON's shape (`measured`, the first pass over the
+/// verified body: 400 when it is no alert array), then the delivery's memory; the slot
+/// or the memory missing: 503 `overloaded` at once (no queue to grow without bound, and
 /// the scanner retries on 503).
-pub(super) async fn admit(
+pub(super) fn admit(
     state: &AppState,
-    body: &Bytes,
+    measured: Result<alert::Sizes, alert::ParseError>,
     capacity: usize,
 ) -> Result<(tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held), ApiError> {
     let overloaded = || ApiError::Overloaded {
@@ -234,11 +235,7 @@ pub(super) async fn admit(
     let slot = Arc::clone(&state.deliveries)
         .try_acquire_owned()
         .map_err(|_| overloaded())?;
-    let (measured, formats) = (body.clone(), state.formats);
-    let sizes = state
-        .cpu
-        .run(body.len(), move || alert::measure(&measured, formats))
-        .await?;
+    let sizes = measured?;
     let held = state
         .verified_budget
         .try_take(intake::verified_estimate(capacity, &sizes))
@@ -284,38 +281,46 @@ async fn handle(
     })?;
     stage.store(Stage::Body as u8, std::sync::atomic::Ordering::Relaxed);
     let (body, capacity, unverified) = read_body(state, body).await?;
-    let (verifying_key, signed) = (key.key, body.clone());
-    state
+    // The signature, then the JSON's first pass, in one job (off the async threads for
+    // a large body). The job holds the body's unverified reservation until it ends,
+    // also when the request is dropped meanwhile. A request whose deadline comes while
+    // it waits its turn for the CPU is still unproven: it counts as unverified (anyone
+    // can send a large body under a junk signature).
+    let (verifying_key, raw, formats) = (key.key, body.clone(), state.formats);
+    let (unverified, measured) = state
         .cpu
         .run(body.len(), move || {
-            signature::verify(&verifying_key, &signed, &signature)
+            signature::verify(&verifying_key, &raw, &signature)?;
+            Ok::<_, ApiError>((unverified, alert::measure(&raw, formats)))
         })
         .await?;
     stage.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
-    let (body, admitted) = match admit(state, &body, capacity).await {
+    let (body, admitted, unverified) = match admit(state, measured, capacity) {
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
-            let (raw, formats) = (body.clone(), state.formats);
-            let (salvaged, tokens) = state
+            let (salvaged, tokens, measured, unverified) = state
                 .cpu
-                .run(body.len(), move || salvage(&raw, formats))
+                .run(body.len(), move || {
+                    let (salvaged, tokens) = salvage(&body, formats);
+                    let measured = alert::measure(&salvaged, formats);
+                    (salvaged, tokens, measured, unverified)
+                })
                 .await;
             tracing::warn!(
                 error = %e,
                 tokens,
                 "verified GitLab delivery is not an alert array; revoking the tokens in its raw bytes and answering 200 (GitLab retries anything else)"
             );
-            drop(body);
             let capacity = salvaged.capacity();
             let body = Bytes::from(salvaged);
-            let admitted = admit(state, &body, capacity).await;
-            (body, admitted)
+            let admitted = admit(state, measured, capacity);
+            (body, admitted, unverified)
         }
-        admitted => (body, admitted),
+        admitted => (body, admitted, unverified),
     };
     let admitted = admitted?;
     drop(unverified); // the verified reservation covers the body from here
@@ -330,15 +335,17 @@ pub(super) async fn process(
     scanner: &str,
     key_id: &str,
     body: Bytes,
-    (_slot, sizes, held): (tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held),
+    (slot, sizes, held): (tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held),
     started: Instant,
     default_source: Option<&'static str>,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let received_at = chrono::Utc::now();
     let (len, formats) = (body.len(), state.formats);
     let (who, key) = (scanner.to_owned(), key_id.to_owned());
-    // Both passes over a large body, and its SHA-256, off the async threads.
-    let (mut delivery, report) = state
+    // The second pass over a large body, and its SHA-256, off the async threads. The
+    // job holds the delivery's slot and memory until it ends, also when the request is
+    // dropped meanwhile (its deadline): they count what the job holds.
+    let (mut delivery, report, _slot, held) = state
         .cpu
         .run(len, move || {
             let mut delivery = alert::compact(body, &sizes, formats)?;
@@ -353,7 +360,7 @@ pub(super) async fn process(
             }
             let report =
                 delivery.take_report(&who, &key, received_at, |body| Sha256::digest(body).into());
-            Ok::<_, alert::ParseError>((delivery, report))
+            Ok::<_, alert::ParseError>((delivery, report, slot, held))
         })
         .await?;
 

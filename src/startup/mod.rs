@@ -250,7 +250,7 @@ impl Application {
                             .iter()
                             .map(|t| SecretDigest::of(t.expose_secret().trim()))
                             .collect(),
-                        types: settings.revocation_api_types.clone(),
+                        types: settings.revocation_api_types.clone().into(),
                     })
                 }),
             },
