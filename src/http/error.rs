@@ -89,8 +89,8 @@ pub enum ApiError {
 
 fn timeout_message(rolled_back: bool) -> &'static str {
     if rolled_back {
-        "the delivery could not be processed in time; the database rolled it back, nothing \
-         was recorded; try again later"
+        "the delivery could not be processed in time; nothing was recorded (the database \
+         rolled it back, or it was still waiting for its turn to write); try again later"
     } else {
         "the delivery could not be processed in time; try again later: if the database \
          finished it after all, the same body is answered from that report, never recorded twice"

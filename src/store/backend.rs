@@ -47,9 +47,37 @@ pub(super) struct Store<B: Database> {
     /// PostgreSQL reached through a pooler in transaction mode ([`Pooler::Transaction`]):
     /// see [`send!`].
     pub(super) pooled: bool,
-    /// One delivery's transaction at a time from this process (SQLite, which has one
-    /// writer: see `sqlite/record.rs`).
+    /// One write at a time from this process where the database has one writer
+    /// ([`Backend::ONE_WRITER`]: SQLite, see `sqlite/record.rs`).
     pub(super) writer: tokio::sync::Mutex<()>,
+}
+
+impl<B: Backend> Store<B> {
+    /// This process's turn to write where the database takes one writer at a time
+    /// (`None` elsewhere), waited for at most `wait`, in arrival order. A write that met
+    /// SQLite's lock instead would sleep in SQLite's busy handler, up to 100 ms between
+    /// tries, while writers that queue here hand the lock on within microseconds.
+    pub(super) async fn write_turn(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, StoreError> {
+        if !B::ONE_WRITER {
+            return Ok(None);
+        }
+        match tokio::time::timeout(wait, self.writer.lock()).await {
+            Ok(turn) => Ok(Some(turn)),
+            Err(_) => Err(StoreError::WriteTurnTimedOut),
+        }
+    }
+
+    /// [`Store::write_turn`] waited for as long as the database's lock would be
+    /// (`--db-timeout`).
+    pub(super) async fn usual_write_turn(
+        &self,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, StoreError> {
+        self.write_turn(self.pool.options().get_acquire_timeout())
+            .await
+    }
 }
 
 impl<B: Backend> Store<B> {
@@ -129,6 +157,10 @@ pub(super) trait Backend: Database + HasStatementCache + Record + StatsSql + Out
     type Day: for<'r> Decode<'r, Self> + Type<Self> + Send + Unpin + 'static;
     /// A list of hashes bound as one parameter.
     type HashList<'a>: Encode<'a, Self> + Type<Self> + Send + 'a;
+
+    /// Whether the database takes one writer at a time (SQLite): this process's writes
+    /// then take their turn on [`Store::writer`] ([`Store::write_turn`]).
+    const ONE_WRITER: bool = false;
 
     fn encode_time(t: DateTime<Utc>) -> Self::Time;
     /// [`StoreError::Corrupt`] for a stored value that is no instant.

@@ -262,9 +262,20 @@ pub enum StoreError {
     #[error("database is read-only; revocations cannot be recorded")]
     ReadOnly,
     /// The database gave up at the caller's deadline ([`RecordOptions::deadline`]) and
-    /// rolled the work back: nothing was written.
-    #[error("the database did not finish before the deadline; nothing was written")]
+    /// rolled the work back, or the work was still waiting for its turn to write (SQLite):
+    /// nothing was written.
+    #[error(
+        "not finished before the deadline (the database gave up and rolled back, or the \
+         write was still waiting for its turn); nothing was written"
+    )]
     DeadlineExceeded,
+    /// SQLite: this process's writes ahead of this one held the one writer's turn for
+    /// longer than the database's lock may be waited for (`--db-timeout`).
+    #[error(
+        "waited --db-timeout for this process's turn to write (SQLite takes one writer at a \
+         time; the writes ahead of this one took that long); nothing was written"
+    )]
+    WriteTurnTimedOut,
 }
 
 /// sqlx's named prepared statement (`sqlx_s_N`) missing (26000), already there (42P05)

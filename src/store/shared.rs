@@ -159,6 +159,7 @@ where
     }
 
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        let _turn = self.usual_write_turn().await?;
         send!(
             self,
             sqlx::query(INSERT_TOKEN_SQL)
@@ -172,6 +173,7 @@ where
     }
 
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<(), StoreError> {
+        let _turn = self.usual_write_turn().await?;
         B::insert_tokens(self, tokens).await
     }
 
@@ -179,6 +181,7 @@ where
         if tokens.is_empty() {
             return Ok(ImportedBatch::default());
         }
+        let _turn = self.usual_write_turn().await?;
         B::import_tokens(self, tokens).await
     }
 
@@ -189,6 +192,7 @@ where
         if revocations.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.usual_write_turn().await?;
         B::revoke_imported(self, revocations).await
     }
 
@@ -423,6 +427,7 @@ where
         limit: u32,
         max_items: u32,
     ) -> Result<Purged, StoreError> {
+        let _turn = self.usual_write_turn().await?;
         let (reports, items) = B::purge_reports(self, before, limit, max_items).await?;
         // Sources whose every item was purged: their emptied rollup rows go too. Every
         // batch, whether or not it purged anything, so rows a failed or interrupted
@@ -452,6 +457,7 @@ where
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
+        let _turn = self.usual_write_turn().await?;
         let done = send!(
             self,
             sqlx::query(B::PURGE_BODIES_SQL)
@@ -471,6 +477,7 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let _turn = self.usual_write_turn().await?;
         let rows: Vec<NotificationRow<B>> = send!(
             self,
             sqlx::query_as(B::CLAIM_SQL)
@@ -512,6 +519,7 @@ where
                 .bind(error.as_str())
                 .bind(held_until),
         };
+        let _turn = self.usual_write_turn().await?;
         send!(self, query, execute);
         Ok(())
     }
@@ -555,10 +563,12 @@ where
     }
 
     async fn requeue_notification(&self, id: i64, clock: Clock) -> Result<Requeue, StoreError> {
+        let _turn = self.usual_write_turn().await?;
         B::requeue_notification(self, id, clock).await
     }
 
     async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError> {
+        let _turn = self.usual_write_turn().await?;
         let done = send!(
             self,
             sqlx::query(B::REQUEUE_FAILED_SQL).bind(B::clock(clock).map(B::encode_time)),

@@ -61,6 +61,8 @@ fn hex_array(hashes: &[TokenHash]) -> String {
 }
 
 impl Backend for Sqlite {
+    const ONE_WRITER: bool = true;
+
     /// Unix epoch milliseconds.
     type Time = i64;
     /// sqlx refuses a value out of `u32` range when it decodes the column.
@@ -163,6 +165,7 @@ impl Backend for Sqlite {
     }
 
     async fn ping(store: &Store<Self>) -> Result<(), StoreError> {
+        let _turn = store.usual_write_turn().await?;
         store.statements.add(1);
         // A write that changes nothing: SQLite refuses it on a read-only file or
         // connection (SQLITE_READONLY, primary code 8) before looking at any row.
@@ -294,5 +297,51 @@ impl Backend for Sqlite {
             .into_iter()
             .map(|(hash,)| super::rows::hash_from(&hash))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{Clock, RevocationStore};
+
+    /// Every write of this process takes its turn, the readiness probe and the outbox's
+    /// and retention's writes too: while the turn is taken, each waits for it (here at
+    /// most a short `--db-timeout`) and gives up having sent nothing. Without the turn,
+    /// each would find the lock free (nobody holds it) and succeed.
+    #[tokio::test]
+    async fn writes_wait_for_this_process_s_turn_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("turn.db").display());
+        let settings = PoolSettings {
+            acquire_timeout: Duration::from_millis(150),
+            create_if_missing: true,
+            ..PoolSettings::default()
+        };
+        let store = Store::<Sqlite>::connect(&url, &settings).await.unwrap();
+        Sqlite::migrate(&store.pool).await.unwrap();
+        let taken = store.writer.lock().await;
+        let before = store.statements();
+        let turn = |r: Result<(), StoreError>| matches!(r, Err(StoreError::WriteTurnTimedOut));
+        assert!(turn(store.ping().await));
+        assert!(turn(
+            store
+                .claim_notifications(Clock::Database, Duration::from_secs(60), 10)
+                .await
+                .map(drop)
+        ));
+        assert!(turn(
+            store.purge_delivered_bodies(Utc::now(), 10).await.map(drop)
+        ));
+        assert!(turn(store.requeue_failed(Clock::Database).await.map(drop)));
+        assert_eq!(store.statements(), before, "nothing was sent");
+        drop(taken);
+        store.ping().await.unwrap();
+        assert_eq!(
+            store.purge_delivered_bodies(Utc::now(), 10).await.unwrap(),
+            0
+        );
     }
 }

@@ -14,13 +14,15 @@
 //! window holds it, the transaction rolls back and the delivery is answered from the
 //! report that claim names.
 //!
-//! A process's own deliveries take the write lock in turn (`Store::writer`, a FIFO
-//! async mutex): a transaction that finds the lock taken waits in SQLite's busy
-//! handler, which sleeps 1, 2, 5, … up to 100 ms between tries, so under concurrent
-//! deliveries one could wait far longer than the writer ahead of it took (1-token
-//! deliveries at c=32 had a p99 over 300 ms). Other processes (a `revoker` command, a
-//! second `serve`) still meet at SQLite's lock. The turn is waited for as long as the
-//! lock would be (`--db-timeout`), and no longer than the deadline.
+//! A process's own writes (deliveries, and the outbox, retention, imports and the
+//! readiness probe through `Store::usual_write_turn`) take the write lock in turn
+//! (`Store::writer`, a FIFO async mutex): a transaction that finds the lock taken waits
+//! in SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries, so under
+//! concurrent deliveries one could wait far longer than the writer ahead of it took
+//! (1-token deliveries at c=32 had a p99 over 300 ms), and a writer outside the queue
+//! would hardly ever find the lock free. Other processes (a `revoker` command, a second
+//! `serve`) still meet at SQLite's lock. A delivery waits for its turn as long as the
+//! lock would be waited for (`--db-timeout`), and no longer than its deadline.
 //!
 //! With a deadline closer than `--db-timeout`, the connection's `busy_timeout` (how long
 //! a statement waits for the write lock) is cut to the budget left once a connection is
@@ -170,12 +172,11 @@ impl Record for Sqlite {
         // (`--db-timeout`), and by the deadline.
         let usual = store.pool.options().get_acquire_timeout();
         let wait = database_budget(options.deadline)?.map_or(usual, |b| b.min(usual));
-        let _writing = match tokio::time::timeout(wait, store.writer.lock()).await {
-            Ok(turn) => turn,
-            Err(_) if options.deadline.is_some() && wait < usual => {
+        let _turn = match store.write_turn(wait).await {
+            Err(StoreError::WriteTurnTimedOut) if wait < usual => {
                 return Err(StoreError::DeadlineExceeded)
             }
-            Err(_) => return Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+            turn => turn?,
         };
         let mut conn = store.pool.acquire().await?;
         // The budget left once a connection is had; only ever shorter than the usual
