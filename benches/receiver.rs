@@ -36,9 +36,10 @@
 //! Last, a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
 //! candidate) takes a flood of 100,000 junk ones in one delivery.
 //!
-//! Exits non-zero if the junk flood caused any database statement, or the
-//! `crates_io_api` flood more than a one-token delivery (the CI smoke checks); timings
-//! are printed and compared with the targets, never asserted.
+//! Exits non-zero if the junk flood caused any database statement, the
+//! `crates_io_api` flood more than a one-token delivery, the mass revocation left a real
+//! token unrevoked or any of its deliveries or the large-bodies row's failed (the CI smoke
+//! checks); timings are printed and compared with the targets, never asserted.
 
 mod common;
 // The tests' PgBouncer harness (a real `pgbouncer` on a free loopback port).
@@ -670,7 +671,7 @@ async fn mass_revocation(
     settings: &Settings,
     db_url: &str,
     items: usize,
-) -> (Row, serde_json::Value) {
+) -> (Row, serde_json::Value, bool) {
     let sample: Vec<Token> = bench
         .take(MASS_SAMPLE / 2)
         .into_iter()
@@ -729,7 +730,10 @@ async fn mass_revocation(
         ),
         target: "every real token revoked, 0 errors".into(),
     };
-    (row, value)
+    let ok = runs
+        .iter()
+        .all(|(_, run)| run.errors == 0 && run.revoked == items / 2);
+    (row, value, ok)
 }
 
 /// Bytes of each large delivery of [`small_beside_large`].
@@ -768,21 +772,32 @@ fn large_junk_body() -> Vec<u8> {
 async fn small_beside_large(
     bench: &Arc<Bench>,
     secs: u64,
-    tokens: usize,
-) -> (Row, serde_json::Value) {
-    let small = Arc::new(bench.take_signed(tokens));
-    let next_small = Arc::new(AtomicUsize::new(0));
+    per_round: usize,
+) -> (Row, serde_json::Value, bool) {
     let large = large_junk_body();
     let large_sig = bench.sign(&large);
     let large = Arc::new((large, large_sig));
     let (mut alone, mut beside) = (Vec::new(), Vec::new());
     let (mut small_errors, mut large_lat, mut large_errors) = (0, Vec::new(), 0);
+    // Deliveries past a round's own fresh bodies (repeats, answered from their first
+    // report): reported, since they take another path.
+    let mut repeats = 0;
+    // Each round on fresh bodies of its own.
+    let small_round = |deadline: Instant| {
+        let small = Arc::new(bench.take_signed(per_round));
+        let next = Arc::new(AtomicUsize::new(0));
+        async move {
+            let (lat, errors, _) =
+                genuine_load(bench, &bench.base, &small, &next, 4, deadline).await;
+            let repeated = next.load(Ordering::Relaxed).saturating_sub(small.len());
+            (lat, errors, repeated)
+        }
+    };
     for _round in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let (lat, errors, _) =
-            genuine_load(bench, &bench.base, &small, &next_small, 4, deadline).await;
+        let (lat, errors, repeated) = small_round(Instant::now() + Duration::from_secs(secs)).await;
         alone.extend(lat);
         small_errors += errors;
+        repeats += repeated;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let senders: Vec<_> = (0..LARGE_CONCURRENCY)
@@ -803,11 +818,10 @@ async fn small_beside_large(
             .collect();
         // Let every large delivery get going before the small ones are timed.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let (lat, errors, _) =
-            genuine_load(bench, &bench.base, &small, &next_small, 4, deadline).await;
+        let (lat, errors, repeated) = small_round(Instant::now() + Duration::from_secs(secs)).await;
         beside.extend(lat);
         small_errors += errors;
+        repeats += repeated;
         stop.store(true, Ordering::Relaxed);
         for s in senders {
             for (status, took) in s.await.unwrap() {
@@ -826,7 +840,7 @@ async fn small_beside_large(
     let row = Row {
         name: format!("1-token c=4 beside {LARGE_CONCURRENCY}x{mib:.0} MiB"),
         value: format!(
-            "alone p50 {a50:6.2} ms p99 {a99:6.2} ms | beside p50 {b50:6.2} ms p99 {b99:6.2} ms ({:.1}x) | errors {small_errors} | {} large answered, p50 {l50:7.1} ms, errors {large_errors}",
+            "alone p50 {a50:6.2} ms p99 {a99:6.2} ms | beside p50 {b50:6.2} ms p99 {b99:6.2} ms ({:.1}x) | errors {small_errors}, repeats {repeats} | {} large answered, p50 {l50:7.1} ms, errors {large_errors}",
             b99 / a99,
             large_lat.len()
         ),
@@ -835,10 +849,10 @@ async fn small_beside_large(
     let json = serde_json::json!({
         "large_bytes": large.0.len(), "large_concurrency": LARGE_CONCURRENCY, "seconds_per_round": secs,
         "alone_p50_ms": a50, "alone_p99_ms": a99, "beside_p50_ms": b50, "beside_p99_ms": b99,
-        "ratio_p99_beside_over_alone": b99 / a99, "small_errors": small_errors,
+        "ratio_p99_beside_over_alone": b99 / a99, "small_errors": small_errors, "repeats": repeats,
         "large_answered": large_lat.len(), "large_p50_ms": l50, "large_errors": large_errors,
     });
-    (row, json)
+    (row, json, small_errors == 0 && large_errors == 0)
 }
 
 /// What the flood of check-digit-less candidates cost.
@@ -1105,9 +1119,10 @@ async fn run(args: Args) -> bool {
         Backend::Postgres => mass_items,
         Backend::Sqlite => mass_items / 2,
     } + MASS_SAMPLE / 2;
-    // 1-token deliveries beside large ones: 4 rounds (past the end they come round
-    // again, answered from their first report).
-    let beside_tokens = 4 * throughput_secs as usize * if args.quick { 500 } else { 2_000 };
+    // 1-token deliveries beside large ones: 4 rounds of their own (more than c=4 sends
+    // in a round; past the end they come round again, and the row counts the repeats).
+    let beside_per_round = throughput_secs as usize * if args.quick { 700 } else { 2_000 };
+    let beside_tokens = 4 * beside_per_round;
     let pool_size = match args.only {
         Some(Only::LargeBodies) => beside_tokens,
         Some(Only::MassRevocation) => mass_tokens,
@@ -1153,8 +1168,10 @@ async fn run(args: Args) -> bool {
     let mut all_ok = true;
 
     if let Some(only) = args.only {
-        let (row, value) = match only {
-            Only::LargeBodies => small_beside_large(&bench, throughput_secs, beside_tokens).await,
+        let (row, value, ok) = match only {
+            Only::LargeBodies => {
+                small_beside_large(&bench, throughput_secs, beside_per_round).await
+            }
             Only::MassRevocation => {
                 mass_revocation(&bench, &mass_settings, &db_url, mass_items).await
             }
@@ -1166,7 +1183,10 @@ async fn run(args: Args) -> bool {
         drop(bench);
         drop(store);
         drop_database(admin).await;
-        return true;
+        if !ok {
+            eprintln!("FAIL: {} missed its target", row.name);
+        }
+        return ok;
     }
 
     // 1. Batch revocation vs. the per-token baseline.
@@ -1434,12 +1454,23 @@ async fn run(args: Args) -> bool {
 
     // 4a. 1-token deliveries beside 8 MiB ones: what a large body's work takes from
     // small ones (after the memory row: 8 large deliveries at a time raise the peak).
-    let (row, value) = small_beside_large(&bench, throughput_secs, beside_tokens).await;
+    let (row, value, ok) = small_beside_large(&bench, throughput_secs, beside_per_round).await;
+    if !ok {
+        eprintln!("FAIL: {} had errors", row.name);
+        all_ok = false;
+    }
     rows.push(row);
     json.insert("small_beside_large".into(), value);
 
     // 4b. A mass revocation event: 100 deliveries of 1,000 at c=8.
-    let (row, value) = mass_revocation(&bench, &mass_settings, &db_url, mass_items).await;
+    let (row, value, ok) = mass_revocation(&bench, &mass_settings, &db_url, mass_items).await;
+    if !ok {
+        eprintln!(
+            "FAIL: {} left a real token unrevoked or had errors",
+            row.name
+        );
+        all_ok = false;
+    }
     rows.push(row);
     json.insert("mass_revocation".into(), value);
 
