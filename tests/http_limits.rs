@@ -124,9 +124,20 @@ async fn deliveries_beyond_the_concurrency_limit_get_503_at_once() {
     assert!(took < Duration::from_secs(1), "refusal took {took:?}");
     assert!(!app.is_revoked(&t).await);
     assert_eq!(app.store.count_reports().await.unwrap(), 0);
+    // A signed body that is no alert array is refused as overloaded too: no slot, no
+    // parsing (a large one's first pass is not done for a delivery that cannot go on).
+    let junk = app
+        .deliver(&Signer::test(), b"{not an array".to_vec())
+        .await;
+    assert_eq!(
+        (junk.status, junk.error_code()),
+        (503, "overloaded"),
+        "{}",
+        junk.text
+    );
     let m = app.admin_get("/metrics", None).await.text;
     assert!(
-        m.contains(r#"revoker_deliveries_total{scanner="github",status="503"} 1"#),
+        m.contains(r#"revoker_deliveries_total{scanner="github",status="503"} 2"#),
         "{m}"
     );
     // Health checks are not deliveries and still answer.

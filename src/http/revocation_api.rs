@@ -71,7 +71,7 @@ async fn types(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let api = authorize(&state, &headers)?;
-    Ok(Json(serde_json::json!({ "types": api.types })))
+    Ok(Json(serde_json::json!({ "types": &*api.types })))
 }
 
 #[tracing::instrument(name = "revocation_api", skip_all)]
@@ -149,12 +149,15 @@ async fn handle(
     // The JSON's first pass and the type check, in one job (off the async threads for a
     // large body), holding the body's reservation until it ends.
     let (raw, offered, formats) = (body.clone(), Arc::clone(&api.types), state.formats);
-    let (unverified, measured, refused) = state
+    let deliveries = Arc::clone(&state.deliveries);
+    let (unverified, slot, measured, refused) = state
         .cpu
         .run(body.len(), move || {
-            let measured = alert::measure(&raw, formats);
+            // No slot: refused before any parsing.
+            let slot = deliveries.try_acquire_owned().ok();
+            let measured = slot.as_ref().map(|_| alert::measure(&raw, formats));
             // The first item whose type is not offered, shown (redacted, cut) here.
-            let refused = measured.is_ok().then(|| {
+            let refused = matches!(measured, Some(Ok(_))).then(|| {
                 alert::first_type_where(&raw, |t| {
                     !t.is_some_and(|t| offered.iter().any(|a| a == t))
                 })
@@ -171,10 +174,10 @@ async fn handle(
                     })
                 })
             });
-            (unverified, measured, refused)
+            (unverified, slot, measured, refused)
         })
         .await;
-    let admitted = webhook::admit(state, measured, capacity).map_err(|e| match e {
+    let admitted = webhook::admit(state, slot, measured, capacity).map_err(|e| match e {
         ApiError::Parse(e) => invalid(e),
         e => e,
     })?;

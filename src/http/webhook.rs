@@ -95,7 +95,7 @@ async fn receive(
     // How far the request got ([`Stage`]): one still reading its body, unverified, at the
     // deadline (a body trickled by anyone) is no delivery either; one waiting on keys
     // is (key trouble is ours, and the request may be genuine).
-    let stage = std::sync::atomic::AtomicU8::new(Stage::Key as u8);
+    let stage = Arc::new(std::sync::atomic::AtomicU8::new(Stage::Key as u8));
     let result = match tokio::time::timeout(
         state.request_timeout,
         handle(&state, &scanner, &headers, body, started, &stage),
@@ -220,21 +220,23 @@ fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
     (serde_json::to_vec(&items).expect("plain JSON"), found.len())
 }
 
-/// The delivery slot, then the JSON's shape (`measured`, the first pass over the
-/// verified body: 400 when it is no alert array), then the delivery's memory; the slot
-/// or the memory missing: 503 `overloaded` at once (no queue to grow without bound, and
-/// the scanner retries on 503).
+/// The delivery slot (`slot`: the one the caller took, `None` when none was free),
+/// then the JSON's shape (`measured`, the first pass over the verified body, made only
+/// with a slot: 400 when it is no alert array), then the delivery's memory; the slot or
+/// the memory missing: 503 `overloaded` at once (no queue to grow without bound, and the
+/// scanner retries on 503).
 pub(super) fn admit(
     state: &AppState,
-    measured: Result<alert::Sizes, alert::ParseError>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    measured: Option<Result<alert::Sizes, alert::ParseError>>,
     capacity: usize,
 ) -> Result<(tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held), ApiError> {
     let overloaded = || ApiError::Overloaded {
         retry_after: state.retry_after,
     };
-    let slot = Arc::clone(&state.deliveries)
-        .try_acquire_owned()
-        .map_err(|_| overloaded())?;
+    let (Some(slot), Some(measured)) = (slot, measured) else {
+        return Err(overloaded());
+    };
     let sizes = measured?;
     let held = state
         .verified_budget
@@ -257,7 +259,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-    stage: &std::sync::atomic::AtomicU8,
+    stage: &Arc<std::sync::atomic::AtomicU8>,
 ) -> Result<(Compact, OutcomeCounts, Held), ApiError> {
     let unknown = || ApiError::UnknownScanner(redact_tokens(scanner).chars().take(64).collect());
     let cache = state.scanners.get(scanner).ok_or_else(unknown)?;
@@ -281,33 +283,39 @@ async fn handle(
     })?;
     stage.store(Stage::Body as u8, std::sync::atomic::Ordering::Relaxed);
     let (body, capacity, unverified) = read_body(state, body).await?;
-    // The signature, then the JSON's first pass, in one job (off the async threads for
-    // a large body). The job holds the body's unverified reservation until it ends,
-    // also when the request is dropped meanwhile. A request whose deadline comes while
-    // it waits its turn for the CPU is still unproven: it counts as unverified (anyone
-    // can send a large body under a junk signature).
+    // The signature, then (with a delivery slot free) the JSON's first pass, in one job
+    // (off the async threads for a large body). The job holds the body's unverified
+    // reservation until it ends, also when the request is dropped meanwhile. A request
+    // whose deadline comes while it waits its turn for the CPU is still unproven: it
+    // counts as unverified (anyone can send a large body under a junk signature).
     let (verifying_key, raw, formats) = (key.key, body.clone(), state.formats);
-    let (unverified, measured) = state
+    let (deliveries, verified) = (Arc::clone(&state.deliveries), Arc::clone(stage));
+    let (unverified, slot, measured) = state
         .cpu
         .run(body.len(), move || {
             signature::verify(&verifying_key, &raw, &signature)?;
-            Ok::<_, ApiError>((unverified, alert::measure(&raw, formats)))
+            verified.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
+            // No slot: refused before any parsing.
+            let slot = deliveries.try_acquire_owned().ok();
+            let measured = slot.as_ref().map(|_| alert::measure(&raw, formats));
+            Ok::<_, ApiError>((unverified, slot, measured))
         })
         .await?;
-    stage.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
-    let (body, admitted, unverified) = match admit(state, measured, capacity) {
+    let (body, admitted, unverified) = match admit(state, slot, measured, capacity) {
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
-            let (salvaged, tokens, measured, unverified) = state
+            let deliveries = Arc::clone(&state.deliveries);
+            let (salvaged, tokens, slot, measured, unverified) = state
                 .cpu
                 .run(body.len(), move || {
                     let (salvaged, tokens) = salvage(&body, formats);
-                    let measured = alert::measure(&salvaged, formats);
-                    (salvaged, tokens, measured, unverified)
+                    let slot = deliveries.try_acquire_owned().ok();
+                    let measured = slot.as_ref().map(|_| alert::measure(&salvaged, formats));
+                    (salvaged, tokens, slot, measured, unverified)
                 })
                 .await;
             tracing::warn!(
@@ -317,7 +325,7 @@ async fn handle(
             );
             let capacity = salvaged.capacity();
             let body = Bytes::from(salvaged);
-            let admitted = admit(state, measured, capacity);
+            let admitted = admit(state, slot, measured, capacity);
             (body, admitted, unverified)
         }
         admitted => (body, admitted, unverified),

@@ -44,6 +44,7 @@ use crate::domain::{Outcome, OutcomeCounts};
 use crate::support::default_duration;
 
 mod backend;
+mod error;
 mod import;
 mod notification;
 mod postgres;
@@ -54,6 +55,7 @@ mod sqlite;
 mod stats;
 
 use backend::Store;
+pub use error::StoreError;
 pub use import::{ImportToken, ImportedBatch, StoredToken, NEVER_EXPIRES};
 pub use notification::{
     AttemptResult, Clock, Notification, NotificationCounts, NotificationStatus, Requeue,
@@ -222,97 +224,6 @@ pub struct ReportItemRecord {
     /// Where a token found inside the delivery's other strings was (`items[3].url`);
     /// `None` for an item's own token.
     pub found_in: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be reached or the statement failed; the caller should
-    /// answer 503 so the scanner retries.
-    #[error("database error")]
-    Database(#[source] sqlx::Error),
-    #[error("database migration failed")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    /// PostgreSQL reached through a pooler in transaction mode (PgBouncer), which hands
-    /// each transaction any server connection: sqlx's named prepared statements are not
-    /// where it left them. Said in words instead of `prepared statement "sqlx_s_1"
-    /// already exists`.
-    #[error(
-        "the database URL goes through a connection pooler in transaction mode (such as \
-         PgBouncer), which does not keep prepared statements between transactions: start \
-         revoker with --db-pooler transaction (REVOKER_DB_POOLER=transaction), and run \
-         migrations over a direct URL (--migrate-database-url / REVOKER_MIGRATE_DATABASE_URL)"
-    )]
-    Pooler,
-    /// Migrations asked of a store behind a transaction-mode pooler ([`Pooler::Transaction`]).
-    #[error(
-        "migrations need a session of their own (a lock held across transactions), which a \
-         pooler in transaction mode does not keep: give a direct URL to PostgreSQL with \
-         --migrate-database-url (REVOKER_MIGRATE_DATABASE_URL)"
-    )]
-    MigrateThroughPooler,
-    /// [`Pooler::Transaction`] with a database that is not PostgreSQL.
-    #[error("--db-pooler transaction is for PostgreSQL behind a pooler; {0} has none")]
-    PoolerNeedsPostgres(&'static str),
-    #[error("unsupported database URL scheme {0:?} (use sqlite:// or postgres://)")]
-    UnsupportedScheme(String),
-    #[error("stored data is inconsistent: {0}")]
-    Corrupt(String),
-    /// The database answers but refuses writes (a read-only SQLite file or URL, a
-    /// PostgreSQL standby or `default_transaction_read_only`).
-    #[error("database is read-only; revocations cannot be recorded")]
-    ReadOnly,
-    /// The database gave up at the caller's deadline ([`RecordOptions::deadline`]) and
-    /// rolled the work back, or the work was still waiting for its turn to write (SQLite):
-    /// nothing was written.
-    #[error(
-        "not finished before the deadline (the database gave up and rolled back, or the \
-         write was still waiting for its turn); nothing was written"
-    )]
-    DeadlineExceeded,
-    /// SQLite: this process's writes ahead of this one held the one writer's turn for
-    /// longer than the database's lock may be waited for (`--db-timeout`).
-    #[error(
-        "waited --db-timeout for this process's turn to write (SQLite takes one writer at a \
-         time; the writes ahead of this one took that long); nothing was written"
-    )]
-    WriteTurnTimedOut,
-}
-
-/// sqlx's named prepared statement (`sqlx_s_N`) missing (26000), already there (42P05)
-/// or another one under its name (08P01, parameters that do not fit): the server
-/// connection changed under the client, as behind a transaction-mode pooler that
-/// revoker was not told about (`--db-pooler`). (When another client's statement of the
-/// same name happens to fit, nothing tells: the word-level error is a courtesy.)
-fn lost_prepared_statement(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("26000" | "42P05" | "08P01"))
-                && db.message().contains("sqlx_s_")
-        }
-        _ => false,
-    }
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        if lost_prepared_statement(&e) {
-            StoreError::Pooler
-        } else {
-            StoreError::Database(e)
-        }
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
-        match &e {
-            Execute(inner) | ExecuteMigration(inner, _) if lost_prepared_statement(inner) => {
-                StoreError::Pooler
-            }
-            _ => StoreError::Migrate(e),
-        }
-    }
 }
 
 /// Connection settings shared by both backends.

@@ -14,8 +14,9 @@
 //! window holds it, the transaction rolls back and the delivery is answered from the
 //! report that claim names.
 //!
-//! A process's own writes (deliveries, and the outbox, retention, imports and the
-//! readiness probe through `Store::usual_write_turn`) take the write lock in turn
+//! A process's own writes (deliveries, and the outbox, retention and imports through
+//! `Store::usual_write_turn`; the readiness probe skips its write while one is under
+//! way) take the write lock in turn
 //! (`Store::writer`, a FIFO async mutex): a transaction that finds the lock taken waits
 //! in SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries, so under
 //! concurrent deliveries one could wait far longer than the writer ahead of it took
