@@ -299,10 +299,14 @@ async fn record(
     }
 
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
+    // The JSON arrays the statements read are serialised from borrowed tuples (serde
+    // writes a tuple as an array), not built as `serde_json::Value`s first: a `Value`
+    // per field and per row allocated and copied every string, inside the write turn.
     // One owner notification per flipped token: [hash, owner, url, source, expired].
-    let mut notifications: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
+    let mut notifications: Vec<(String, &str, &str, &str, bool)> =
+        Vec::with_capacity(flipped.len());
     // Each flipped token's [format, age in ms, expired].
-    let mut ages: Vec<serde_json::Value> = Vec::with_capacity(flipped.len());
+    let mut ages: Vec<(&str, i64, bool)> = Vec::with_capacity(flipped.len());
     let mut flipped_expired = 0i64;
     for row in &flipped {
         let Flipped {
@@ -312,7 +316,7 @@ async fn record(
             format,
             age_ms,
         } = Flipped::from_row(row)?;
-        ages.push(serde_json::json!([format, age_ms, was_expired]));
+        ages.push((format, age_ms, was_expired));
         flipped_expired += i64::from(was_expired);
         let hash = hash_from(hash)?;
         let o = if was_expired {
@@ -324,13 +328,13 @@ async fn record(
         let item = first.get(&hash).ok_or_else(|| {
             StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
         })?;
-        notifications.push(serde_json::json!([
+        notifications.push((
             hash.to_hex(),
             owner,
-            item.url,
+            &item.url,
             stored_source(&item.source),
-            was_expired
-        ]));
+            was_expired,
+        ));
     }
 
     // The outbox rows of the flipped tokens, in one statement, committed with the
@@ -348,7 +352,7 @@ async fn record(
         .bind(report_id)
         .bind(&report.scanner)
         .bind(now)
-        .bind(serde_json::Value::Array(notifications).to_string())
+        .bind(to_json(&notifications))
         .execute(&mut *tx)
         .await?;
     }
@@ -379,20 +383,20 @@ async fn record(
 
     // All item rows in one statement, as one JSON array of [pos, hash, type, source, url,
     // outcome, found_in].
-    let items: Vec<serde_json::Value> = report
+    let items: Vec<ItemRow<'_>> = report
         .candidates
         .iter()
         .zip(&outcomes)
         .map(|(c, o)| {
-            serde_json::json!([
+            (
                 c.position,
                 c.hash.to_hex(),
-                c.token_type,
+                c.token_type.as_str(),
                 stored_source(&c.source),
-                c.url,
+                c.url.as_str(),
                 o.as_str(),
-                c.found_in
-            ])
+                c.found_in.as_deref(),
+            )
         })
         .collect();
     store.statements.add(1);
@@ -405,7 +409,7 @@ async fn record(
                  FROM json_each(?2)",
         )
         .bind(report_id)
-        .bind(serde_json::Value::Array(items).to_string())
+        .bind(to_json(&items))
         .execute(&mut *tx)
         .await?;
 
@@ -502,7 +506,7 @@ async fn record(
              ON CONFLICT (format, bucket, slot) DO UPDATE
                  SET tokens = tokens + excluded.tokens, expired = expired + excluded.expired",
         )
-        .bind(serde_json::Value::Array(ages).to_string())
+        .bind(to_json(&ages))
         .execute(&mut *tx)
         .await?;
     }
@@ -518,4 +522,21 @@ async fn record(
         counts,
         unrecorded: Vec::new(),
     })
+}
+
+/// An item row as the items' statement reads it: [position, hash (hex), type, source,
+/// url, outcome, found_in].
+type ItemRow<'a> = (
+    u32,
+    String,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+);
+
+/// Rows as the JSON array a statement reads with `json_each`.
+fn to_json(rows: &impl serde::Serialize) -> String {
+    serde_json::to_string(rows).expect("rows of plain values are JSON")
 }
