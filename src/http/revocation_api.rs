@@ -150,14 +150,12 @@ async fn handle(
     // large body), holding the body's reservation until it ends.
     let (raw, offered, formats) = (body.clone(), Arc::clone(&api.types), state.formats);
     let deliveries = Arc::clone(&state.deliveries);
-    let (unverified, slot, measured, refused) = state
+    let (unverified, slotted, refused) = state
         .cpu
         .run(body.len(), move || {
-            // No slot: refused before any parsing.
-            let slot = deliveries.try_acquire_owned().ok();
-            let measured = slot.as_ref().map(|_| alert::measure(&raw, formats));
+            let slotted = webhook::Slotted::take(&deliveries, &raw, formats);
             // The first item whose type is not offered, shown (redacted, cut) here.
-            let refused = matches!(measured, Some(Ok(_))).then(|| {
+            let refused = slotted.is_alert_array().then(|| {
                 alert::first_type_where(&raw, |t| {
                     !t.is_some_and(|t| offered.iter().any(|a| a == t))
                 })
@@ -174,10 +172,10 @@ async fn handle(
                     })
                 })
             });
-            (unverified, slot, measured, refused)
+            (unverified, slotted, refused)
         })
         .await;
-    let admitted = webhook::admit(state, slot, measured, capacity).map_err(|e| match e {
+    let admitted = webhook::admit(state, slotted, capacity).map_err(|e| match e {
         ApiError::Parse(e) => invalid(e),
         e => e,
     })?;

@@ -220,15 +220,38 @@ fn salvage(body: &[u8], formats: Formats) -> (Vec<u8>, usize) {
     (serde_json::to_vec(&items).expect("plain JSON"), found.len())
 }
 
-/// The delivery slot (`slot`: the one the caller took, `None` when none was free),
-/// then the JSON's shape (`measured`, the first pass over the verified body, made only
-/// with a slot: 400 when it is no alert array), then the delivery's memory; the slot or
-/// the memory missing: 503 `overloaded` at once (no queue to grow without bound, and the
-/// scanner retries on 503).
-pub(super) fn admit(
-    state: &AppState,
+/// A delivery slot taken in a CPU job, and only with one the JSON's first pass over the
+/// verified body (no slot free: nothing parsed), for [`admit`].
+pub(super) struct Slotted {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     measured: Option<Result<alert::Sizes, alert::ParseError>>,
+}
+
+impl Slotted {
+    /// A slot of `deliveries` if one is free, then the first pass over `body`.
+    pub(super) fn take(
+        deliveries: &Arc<tokio::sync::Semaphore>,
+        body: &[u8],
+        formats: Formats,
+    ) -> Self {
+        let slot = Arc::clone(deliveries).try_acquire_owned().ok();
+        let measured = slot.as_ref().map(|_| alert::measure(body, formats));
+        Slotted { slot, measured }
+    }
+
+    /// Whether the body was measured and is an alert array.
+    pub(super) fn is_alert_array(&self) -> bool {
+        matches!(self.measured, Some(Ok(_)))
+    }
+}
+
+/// The delivery slot ([`Slotted`]), then the JSON's shape (400 when the body is no
+/// alert array), then the delivery's memory; the slot or the memory missing: 503
+/// `overloaded` at once (no queue to grow without bound, and the scanner retries on
+/// 503).
+pub(super) fn admit(
+    state: &AppState,
+    Slotted { slot, measured }: Slotted,
     capacity: usize,
 ) -> Result<(tokio::sync::OwnedSemaphorePermit, alert::Sizes, Held), ApiError> {
     let overloaded = || ApiError::Overloaded {
@@ -290,32 +313,28 @@ async fn handle(
     // counts as unverified (anyone can send a large body under a junk signature).
     let (verifying_key, raw, formats) = (key.key, body.clone(), state.formats);
     let (deliveries, verified) = (Arc::clone(&state.deliveries), Arc::clone(stage));
-    let (unverified, slot, measured) = state
+    let (unverified, slotted) = state
         .cpu
         .run(body.len(), move || {
             signature::verify(&verifying_key, &raw, &signature)?;
             verified.store(Stage::Verified as u8, std::sync::atomic::Ordering::Relaxed);
-            // No slot: refused before any parsing.
-            let slot = deliveries.try_acquire_owned().ok();
-            let measured = slot.as_ref().map(|_| alert::measure(&raw, formats));
-            Ok::<_, ApiError>((unverified, slot, measured))
+            Ok::<_, ApiError>((unverified, Slotted::take(&deliveries, &raw, formats)))
         })
         .await?;
     if !key.is_current {
         tracing::info!("delivery signed with a key that is not marked current");
     }
-    let (body, admitted, unverified) = match admit(state, slot, measured, capacity) {
+    let (body, admitted, unverified) = match admit(state, slotted, capacity) {
         // GitLab retries any answer of 400 or more, forever: a verified body that is no
         // alert array is answered 200 after revoking the tokens its bytes hold.
         Err(ApiError::Parse(e)) if protocol.protocol == Protocol::Gitlab => {
             let deliveries = Arc::clone(&state.deliveries);
-            let (salvaged, tokens, slot, measured, unverified) = state
+            let (salvaged, tokens, slotted, unverified) = state
                 .cpu
                 .run(body.len(), move || {
                     let (salvaged, tokens) = salvage(&body, formats);
-                    let slot = deliveries.try_acquire_owned().ok();
-                    let measured = slot.as_ref().map(|_| alert::measure(&salvaged, formats));
-                    (salvaged, tokens, slot, measured, unverified)
+                    let slotted = Slotted::take(&deliveries, &salvaged, formats);
+                    (salvaged, tokens, slotted, unverified)
                 })
                 .await;
             tracing::warn!(
@@ -325,7 +344,7 @@ async fn handle(
             );
             let capacity = salvaged.capacity();
             let body = Bytes::from(salvaged);
-            let admitted = admit(state, slot, measured, capacity);
+            let admitted = admit(state, slotted, capacity);
             (body, admitted, unverified)
         }
         admitted => (body, admitted, unverified),
