@@ -1,7 +1,7 @@
 //! End-to-end benchmark of the receiver.
 //!
 //! ```text
-//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation]
+//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation|pooler]
 //! ```
 //!
 //! Starts the real server in-process on the chosen backend, seeds N stored tokens
@@ -31,7 +31,8 @@
 //! without pause (what a large body's CPU work takes from small ones); and a mass
 //! revocation event (100,000 leaked items, half stored tokens, as 100 deliveries of 1,000
 //! at c=8; on PostgreSQL also through PgBouncer to 3 instances). `--only
-//! large-bodies|mass-revocation` runs that row alone (after seeding).
+//! large-bodies|mass-revocation|pooler` runs that row alone (after seeding; `pooler`: the
+//! pooler rounds below).
 //!
 //! Last, a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
 //! candidate) takes a flood of 100,000 junk ones in one delivery.
@@ -79,6 +80,7 @@ struct Args {
 enum Only {
     LargeBodies,
     MassRevocation,
+    Pooler,
 }
 
 fn parse_args() -> Args {
@@ -100,7 +102,8 @@ fn parse_args() -> Args {
                 args.only = Some(match it.next().as_deref() {
                     Some("large-bodies") => Only::LargeBodies,
                     Some("mass-revocation") => Only::MassRevocation,
-                    other => panic!("--only large-bodies|mass-revocation, not {other:?}"),
+                    Some("pooler") => Only::Pooler,
+                    other => panic!("--only large-bodies|mass-revocation|pooler, not {other:?}"),
                 });
             }
             "--bench" => {} // added by `cargo bench`
@@ -1140,6 +1143,7 @@ async fn run(args: Args) -> bool {
     let pool_size = match args.only {
         Some(Only::LargeBodies) => beside_tokens,
         Some(Only::MassRevocation) => mass_tokens,
+        Some(Only::Pooler) => pooler_tokens,
         None => 5 * batch_tokens + throughput_tokens + pooler_tokens + beside_tokens + mass_tokens,
     };
     let filler = args.tokens.saturating_sub(pool_size);
@@ -1189,6 +1193,19 @@ async fn run(args: Args) -> bool {
             Only::MassRevocation => {
                 mass_revocation(&bench, &mass_settings, &db_url, mass_items).await
             }
+            Only::Pooler => match pooler_rounds_compared(
+                &bench,
+                pooled_settings.clone(),
+                &db_url,
+                bench.take_signed(pooler_tokens),
+                pooler_rounds,
+                throughput_secs,
+            )
+            .await
+            {
+                Some((row, value)) => (row, value, true),
+                None => panic!("--only pooler needs PostgreSQL and a pgbouncer binary"),
+            },
         };
         println!("{:<34} {}   [target {}]", row.name, row.value, row.target);
         println!("{}", serde_json::to_string(&value).unwrap());

@@ -114,6 +114,7 @@ contract!(
         bulk_insert_is_all_or_nothing,
         import_stores_only_new_hashes_and_answers_what_is_stored,
         nul_characters_in_open_strings_never_block_revocation,
+        every_string_is_stored_as_sent_whatever_it_holds,
         revokes_minted_token_and_labels_every_item,
         second_identical_delivery_revokes_nothing_twice,
         expired_token_is_revoked_as_true_positive,
@@ -1292,6 +1293,133 @@ async fn nul_characters_in_open_strings_never_block_revocation(db: Arc<TestDb>) 
     assert_eq!(items[0].url, "https://x/a\u{FFFD}b");
     assert_eq!(items[0].source, "con\u{FFFD}tent");
     app.stop().await;
+}
+
+/// Every string of a report comes back from the database as it was recorded, whatever
+/// SQL, PostgreSQL's array syntax or a terminal would make of it. Behind a pooler the
+/// revoking call carries its arguments as literals (`store/postgres/pooled.rs`): this is
+/// the escaping's test against the real parser, with strings made of quotes,
+/// backslashes, braces, commas, `NULL`, `E'`, dollar quotes and multi-byte characters.
+async fn every_string_is_stored_as_sent_whatever_it_holds(db: Arc<TestDb>) {
+    let store = open_migrated_store(&*db).await;
+    let pieces = [
+        "'",
+        "''",
+        "\\",
+        "\\'",
+        "\"",
+        "\\\"",
+        "{",
+        "}",
+        ",",
+        "NULL",
+        "null",
+        " ",
+        "E'",
+        "$$",
+        "$f$",
+        ";",
+        "--",
+        "/*",
+        "\n",
+        "\t",
+        "\r",
+        "\u{1b}[2J",
+        "é",
+        "😀",
+        "\u{202E}",
+        "\\x00",
+        "a",
+        "(",
+        ")",
+        "[",
+        "]",
+        "::text",
+        "\u{FFFD}",
+    ];
+    // A fixed sequence of strings made of those pieces (an LCG: the same every run).
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    let mut string =
+        |max: usize| -> String { (0..next(max)).map(|_| pieces[next(pieces.len())]).collect() };
+    let mut candidates = Vec::new();
+    for position in 0..300u32 {
+        candidates.push(CandidateItem {
+            position,
+            hash: {
+                let mut h = [0xAB; 32];
+                h[..4].copy_from_slice(&position.to_be_bytes());
+                TokenHash(h)
+            },
+            token_type: string(6),
+            source: string(6),
+            url: string(12),
+            found_in: (position % 3 == 0).then(|| string(4)),
+        });
+    }
+    // One string of each piece alone, and the empty string.
+    for (i, piece) in pieces.iter().enumerate() {
+        let c = &mut candidates[i];
+        (c.url, c.source, c.token_type) = (piece.to_string(), String::new(), piece.to_string());
+    }
+    // Twice: 60 candidates (behind a pooler, a call with its arguments as literals)
+    // and all 300 (bound: past `LITERALS_UP_TO`).
+    for (n, size) in [60, 300].into_iter().enumerate() {
+        let mut report =
+            one_item_report(TokenHash([7 + n as u8; 32]), "content", chrono::Utc::now());
+        report.scanner = format!("sc'an\\ner\"{{,}}{n}");
+        report.key_id = "k\\ey'; DROP TABLE tokens; --".into();
+        report.item_count = size as u32;
+        report.candidates = candidates[..size].to_vec();
+        let recorded = store
+            .record_report(
+                &report,
+                RecordOptions {
+                    deadline: Some(Instant::now() + Duration::from_secs(10)),
+                    once_per_body: true,
+                },
+            )
+            .await
+            .unwrap();
+        let items = store.report_items(recorded.report_id).await.unwrap();
+        assert_eq!(items.len(), size);
+        for (item, sent) in items.iter().zip(&candidates) {
+            assert_eq!(item.position, sent.position);
+            assert_eq!(item.token_hash, sent.hash);
+            assert_eq!(item.token_type, sent.token_type);
+            assert_eq!(item.source, sent.source);
+            assert_eq!(item.url, sent.url);
+            assert_eq!(item.found_in, sent.found_in);
+            assert_eq!(item.outcome, Outcome::Unknown);
+        }
+        let sql = format!(
+            "SELECT scanner || '|' || key_id FROM reports WHERE id = {}",
+            recorded.report_id
+        );
+        assert_eq!(
+            db.texts(&sql).await,
+            [format!("{}|{}", report.scanner, report.key_id)]
+        );
+        // The same body is claimed: once per body.
+        let options = RecordOptions {
+            deadline: None,
+            once_per_body: true,
+        };
+        assert!(
+            store
+                .record_report(&report, options)
+                .await
+                .unwrap()
+                .duplicate
+        );
+    }
+    // The tokens table is still there.
+    assert!(store.token(&TokenHash([1; 32])).await.unwrap().is_none());
 }
 
 async fn a_delivery_past_its_deadline_gets_503_and_writes_nothing(db: Arc<TestDb>) {

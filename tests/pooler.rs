@@ -651,8 +651,9 @@ async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry
 /// for most of its time and then meets a held row lock is cancelled by PostgreSQL before
 /// its deadline, and nothing is recorded. (Here the wait is sqlx's check of the idle
 /// connection when the pool hands it out, before the budget is taken; a connection the
-/// pool opens afresh waits at `BEGIN` instead, which is why pooled mode takes the budget
-/// after `BEGIN`. This test does not isolate that second case.)
+/// pool opens afresh waits with the call's first round trip instead, which is why pooled
+/// mode also bounds that round trip by the budget on its own side. This test does not
+/// isolate that second case.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_in_the_poolers_queue_counts_against_the_deadline() {
     use revoker::store::{RecordOptions, StoreError};

@@ -9,8 +9,9 @@
 //! migrations, which need a session, refuse (`StoreError::MigrateThroughPooler`).
 //!
 //! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
-//! statements). `record.rs`: the revoking statement and `preview`. `stats.rs`: the stats
-//! statements. `outbox.rs`: the notification statements.
+//! statements). `record.rs`: the revoking statement and `preview`. `pooled.rs`: the
+//! revoking call behind a transaction-mode pooler. `stats.rs`: the stats statements.
+//! `outbox.rs`: the notification statements.
 
 use std::str::FromStr;
 
@@ -24,6 +25,7 @@ use super::{ImportToken, ImportedBatch, NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 
 mod outbox;
+mod pooled;
 mod record;
 
 #[doc(hidden)]

@@ -29,12 +29,12 @@
 //! and writes nothing; it is answered from the first report (one more read).
 //!
 //! With a deadline the statement runs inside `BEGIN; SET LOCAL statement_timeout = …`
-//! and an explicit `COMMIT` (two more round trips; behind a transaction-mode pooler
-//! `BEGIN`, then the `SET LOCAL` once the pooler has given it a server connection, and
-//! a transaction even without a deadline): PostgreSQL cancels the work when the
-//! budget runs out (a lock held by another session, a slow disk), and if the caller gives
-//! up first, the transaction is rolled back, never committed late. The statement alone
-//! in autocommit would commit whenever it finished, after the caller had answered 503.
+//! and an explicit `COMMIT` (two more round trips; behind a transaction-mode pooler a
+//! transaction even without a deadline, sent as `pooled.rs` says: two round trips for a
+//! small delivery): PostgreSQL cancels the work when the budget runs out (a lock held
+//! by another session, a slow disk), and if the caller gives up first, the transaction
+//! is rolled back, never committed late. The statement alone in autocommit would commit
+//! whenever it finished, after the caller had answered 503.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -221,7 +221,8 @@ FROM outcome"
 struct OutcomeRow<'r> {
     report_id: i64,
     fresh: bool,
-    hash: &'r [u8],
+    /// An array, not a slice: behind a pooler the answer comes in text (`pooled.rs`).
+    hash: [u8; 32],
     outcome: &'r str,
 }
 
@@ -377,7 +378,7 @@ impl Record for Postgres {
 
 /// Why one attempt failed: a statement (retried when PostgreSQL aborted it for a
 /// deadlock), or the deadline (not retried).
-enum TryError {
+pub(super) enum TryError {
     Sql(sqlx::Error),
     Store(StoreError),
 }
@@ -388,24 +389,36 @@ impl From<sqlx::Error> for TryError {
     }
 }
 
+/// [`CALL_SQL`] up to its arguments (behind a pooler they follow as literals:
+/// `pooled.rs`).
+macro_rules! call_select {
+    () => {
+        "SELECT r_report_id AS report_id, r_fresh AS fresh, r_hash AS hash,
+        r_outcome AS outcome
+    FROM revoker_record_delivery"
+    };
+}
+pub(super) const CALL_SELECT: &str = call_select!();
+
 /// How every delivery runs [`RECORD_SQL`]: as the body of the server-side function
 /// `revoker_record_delivery` (migration 0012), whose plan PL/pgSQL keeps for the server
 /// session. Behind a transaction-mode pooler statements are unnamed, so the 15-CTE text
 /// would be parsed and planned for every delivery; this call is short.
-const CALL_SQL: &str = "SELECT r_report_id AS report_id, r_fresh AS fresh, r_hash AS hash,
-        r_outcome AS outcome
-    FROM revoker_record_delivery($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+pub(super) const CALL_SQL: &str = concat!(
+    call_select!(),
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+);
 
 /// [`RECORD_SQL`]'s parameters for one report: its candidates as parallel arrays.
-struct RecordArgs<'r> {
-    report: &'r NewReport,
-    positions: Vec<i32>,
-    hashes: Vec<&'r [u8]>,
-    types: Vec<&'r str>,
-    sources: Vec<&'r str>,
-    urls: Vec<&'r str>,
+pub(super) struct RecordArgs<'r> {
+    pub(super) report: &'r NewReport,
+    pub(super) positions: Vec<i32>,
+    pub(super) hashes: Vec<&'r [u8]>,
+    pub(super) types: Vec<&'r str>,
+    pub(super) sources: Vec<&'r str>,
+    pub(super) urls: Vec<&'r str>,
     /// Empty unless a token was found inside an item (the rest are NULL then).
-    found_in: Vec<Option<&'r str>>,
+    pub(super) found_in: Vec<Option<&'r str>>,
 }
 
 impl<'r> RecordArgs<'r> {
@@ -426,16 +439,21 @@ impl<'r> RecordArgs<'r> {
         }
     }
 
+    /// Once per body: a claim older than this is taken over.
+    pub(super) fn cutoff(&self) -> chrono::DateTime<chrono::Utc> {
+        self.report.received_at
+            - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta")
+    }
+
     /// `sql` ([`CALL_SQL`], or [`RECORD_SQL`] itself, maybe after `EXPLAIN …`) with the
     /// parameters bound.
-    fn query<'q>(
+    pub(super) fn query<'q>(
         &'q self,
         sql: &'q str,
         once_per_body: bool,
     ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
         let report = self.report;
-        let cutoff = report.received_at
-            - chrono::TimeDelta::from_std(ONCE_PER_BODY_WINDOW).expect("a week is a TimeDelta");
+        let cutoff = self.cutoff();
         sqlx::query(sql)
             .bind(&self.positions)
             .bind(&self.hashes)
@@ -480,45 +498,30 @@ async fn try_record(
     options: RecordOptions,
 ) -> Result<Option<RecordedReport>, TryError> {
     let args = RecordArgs::new(report);
-    let query = args.query(CALL_SQL, options.once_per_body);
     let rows = match options.deadline {
-        None if !store.pooled => {
+        // Behind a transaction-mode pooler: one simple query, then COMMIT.
+        _ if store.pooled => {
+            super::pooled::record(store, &args, options.once_per_body, options.deadline).await?
+        }
+        None => {
             store.statements.add(1);
+            let query = args.query(CALL_SQL, options.once_per_body);
             query.fetch_all(&store.pool).await?
         }
-        // Behind a transaction-mode pooler the statement is unnamed and needs a
-        // transaction around it (see `send!`): the one below, with or without a timeout.
-        _ => {
-            // The budget is what is left once a server connection is had (waiting for one
-            // counts): directly, once the pool gives a connection, and then one round trip
-            // for both (a simple query may hold several statements); behind a pooler,
-            // after `BEGIN`, which waits in the pooler's queue on a connection the pool has
-            // just opened (sqlx's check of an idle one waits there before, in `acquire`).
-            let timeout = |deadline| {
-                database_budget(deadline)
-                    .map(|b| {
-                        b.map(|b| format!("SET LOCAL statement_timeout = {}", b.as_millis().max(1)))
-                    })
-                    .map_err(TryError::Store)
-            };
+        Some(deadline) => {
+            // The budget is what is left once the pool gives a connection, and then one
+            // round trip for both (a simple query may hold several statements).
             let mut conn = store.pool.acquire().await?;
-            let mut tx = if store.pooled {
-                store.statements.add(1);
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                if let Some(set) = timeout(options.deadline)? {
-                    store.statements.add(1);
-                    // A query without parameters goes by the simple protocol.
-                    sqlx::Executor::execute(&mut *tx, set.as_str()).await?;
-                }
-                tx
-            } else {
-                let begin = match timeout(options.deadline)? {
-                    Some(set) => format!("BEGIN; {set}"),
-                    None => "BEGIN".to_owned(),
-                };
-                store.statements.add(1);
-                sqlx::Connection::begin_with(&mut *conn, begin).await?
-            };
+            let budget = database_budget(Some(deadline))
+                .map_err(TryError::Store)?
+                .expect("a deadline gives a budget");
+            let begin = format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
+                budget.as_millis().max(1)
+            );
+            store.statements.add(1);
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
+            let query = args.query(CALL_SQL, options.once_per_body);
             let rows = send_in!(store, tx, query, fetch_all);
             store.statements.add(1);
             tx.commit().await?;
@@ -532,8 +535,7 @@ async fn try_record(
         let row = OutcomeRow::from_row(row)?;
         report_id = Some(row.report_id);
         fresh = row.fresh;
-        let hash = TokenHash::from_slice(row.hash)
-            .ok_or_else(|| sqlx::Error::Decode("hash is not 32 bytes".into()))?;
+        let hash = TokenHash(row.hash);
         let outcome = Outcome::parse(row.outcome)
             .ok_or_else(|| sqlx::Error::Decode(format!("outcome {:?}", row.outcome).into()))?;
         by_hash.insert(hash, outcome);
