@@ -13,10 +13,12 @@ use revoker::store::{self, defaults, PoolSettings, Pooler, RevocationStore};
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST[:PORT]/DB. `serve`,
-    /// `migrate`, `token mint` and `token import` create a missing SQLite file; the other
-    /// commands refuse a database that does not exist (a mistyped path must not look
-    /// empty).
+    /// Database URL: sqlite://PATH or postgres://USER[:PASS]@HOST[:PORT]/DB. PostgreSQL
+    /// with a standby: several hosts in libpq's syntax, HOST1:PORT1,HOST2:PORT2, with
+    /// ?target_session_attrs=read-write (the first host that takes writes; found again
+    /// after a failover) and connect_timeout=SECONDS. `serve`, `migrate`, `token mint`
+    /// and `token import` create a missing SQLite file; the other commands refuse a
+    /// database that does not exist (a mistyped path must not look empty).
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -47,8 +47,15 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
 }
 
 /// The URL with any password replaced, for logs: the one in `user:password@` and a
-/// `password=` query parameter (which the PostgreSQL driver reads too).
+/// `password=` query parameter (which the PostgreSQL driver reads too). A PostgreSQL
+/// URL with several hosts (`h1:5432,h2:5432`, which no URL parser takes) is read by hand.
 pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if rest[..end].contains(',') {
+            return redact_host_list(scheme, rest, end);
+        }
+    }
     let Ok(mut u) = url::Url::parse(url) else {
         return "<unparseable URL>".into();
     };
@@ -74,6 +81,32 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// [`redact_url`] for `scheme://` + `rest`, whose authority (up to `end`) is a host list.
+fn redact_host_list(scheme: &str, rest: &str, end: usize) -> String {
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, hosts)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@{hosts}"),
+            None => format!("{user}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +124,22 @@ mod tests {
             assert!(shown.contains("***") && shown.contains("db"), "{shown}");
         }
         assert_eq!(redact_url("sqlite://revoker.db"), "sqlite://revoker.db");
+        // Several hosts (libpq's syntax): the hosts shown, the password not.
+        for url in [
+            "postgres://revoker:hunter2@db1:5432,db2:5432/revoker?target_session_attrs=read-write",
+            "postgres://revoker@db1,db2/revoker?sslmode=require&Password=hunter2",
+            "postgresql://revoker:p%40ss:hunter2@db1,[::1]:5433/revoker",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("***")
+                    && shown.contains("db1")
+                    && shown.contains(",")
+                    && !shown.contains("unparseable"),
+                "{shown}"
+            );
+        }
         assert!(redact_url("postgres://u@h/d?sslmode=require").ends_with("?sslmode=require"));
     }
 

@@ -50,6 +50,19 @@ pub(super) struct Store<B: Database> {
     /// One write at a time from this process where the database has one writer
     /// ([`Backend::ONE_WRITER`]: SQLite, see `sqlite/record.rs`).
     pub(super) writer: tokio::sync::Mutex<()>,
+    /// A task the backend runs beside the pool (PostgreSQL with several hosts: the
+    /// failover watcher, `postgres/hosts.rs`), stopped with the store.
+    pub(super) _background: Option<Background>,
+}
+
+/// Aborts its task when dropped.
+#[derive(Debug)]
+pub(super) struct Background(pub(super) tokio::task::AbortHandle);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<B: Backend> Store<B> {
@@ -83,11 +96,13 @@ impl<B: Backend> Store<B> {
 impl<B: Backend> Store<B> {
     /// Opens the pool (see [`Backend::connect`]); does not migrate.
     pub(super) async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let (pool, background) = B::connect(url, settings).await?;
         Ok(Store {
-            pool: B::connect(url, settings).await?,
+            pool,
             statements: StatementCounter::default(),
             pooled: settings.pooler == Pooler::Transaction,
             writer: tokio::sync::Mutex::new(()),
+            _background: background,
         })
     }
 }
@@ -174,11 +189,11 @@ pub(super) trait Backend: Database + HasStatementCache + Record + StatsSql + Out
     /// The rows an `UPDATE` changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
 
-    /// Opens the pool.
+    /// Opens the pool, and any task that must run beside it.
     fn connect(
         url: &str,
         settings: &PoolSettings,
-    ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(Pool<Self>, Option<Background>), StoreError>> + Send;
 
     /// How many migrations this binary embeds for this backend.
     fn known_migrations() -> usize;

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// [`Pooler::Transaction`] with a database that is not PostgreSQL.
     #[error("--db-pooler transaction is for PostgreSQL behind a pooler; {0} has none")]
     PoolerNeedsPostgres(&'static str),
+    /// A database URL revoker cannot use, said in words (never the URL itself).
+    #[error("{0}")]
+    Config(String),
     #[error("unsupported database URL scheme {0:?} (use sqlite:// or postgres://)")]
     UnsupportedScheme(String),
     #[error("stored data is inconsistent: {0}")]
@@ -73,6 +76,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if lost_prepared_statement(&e) {
             StoreError::Pooler
+        } else if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006")) {
+            // read_only_sql_transaction: a standby, or a primary demoted under us.
+            StoreError::ReadOnly
         } else {
             StoreError::Database(e)
         }

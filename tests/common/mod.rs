@@ -23,6 +23,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod app;
+mod cluster;
 mod db;
 mod keys;
 mod pgbouncer;
@@ -30,6 +31,7 @@ mod process;
 mod webhook;
 
 pub use app::*;
+pub use cluster::*;
 pub use db::*;
 pub use keys::*;
 pub use pgbouncer::*;

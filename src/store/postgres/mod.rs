@@ -10,7 +10,9 @@
 //!
 //! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
 //! statements). `record.rs`: the revoking statement and `preview`. `pooled.rs`: the
-//! revoking call behind a transaction-mode pooler. `stats.rs`: the stats statements.
+//! revoking call behind a transaction-mode pooler. `hosts.rs`: several hosts in one URL
+//! (libpq's syntax, `target_session_attrs`) and the failover watcher. `stats.rs`: the
+//! stats statements.
 //! `outbox.rs`: the notification statements.
 
 use std::str::FromStr;
@@ -19,11 +21,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::backend::{send, Backend, Store};
+use super::backend::{send, Backend, Background, Store};
 use super::import::ImportRow;
 use super::{ImportToken, ImportedBatch, NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 
+mod hosts;
 mod outbox;
 mod pooled;
 mod record;
@@ -68,13 +71,54 @@ impl Backend for Postgres {
         done.rows_affected()
     }
 
-    async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("revoker");
-        Ok(PgPoolOptions::new()
+    async fn connect(
+        url: &str,
+        settings: &PoolSettings,
+    ) -> Result<(PgPool, Option<Background>), StoreError> {
+        let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
-            .await?)
+            .acquire_timeout(settings.acquire_timeout);
+        let hosts = hosts::Hosts::parse(url)?;
+        if hosts.is_plain() {
+            let options = PgConnectOptions::from_str(url)?.application_name("revoker");
+            return Ok((pool.connect_with(options).await?, None));
+        }
+        // Several hosts, or a session to check: see `hosts.rs`.
+        let hosts = std::sync::Arc::new(hosts);
+        let fallback = settings.acquire_timeout;
+        let Some((current, probe)) = hosts.find(fallback).await else {
+            return Err(StoreError::Config(format!(
+                "no database host of {} accepts a connection whose session fits                  target_session_attrs",
+                hosts.names.join(",")
+            )));
+        };
+        let switched = std::sync::Arc::new(hosts::Switched::new());
+        let attrs = hosts.attrs;
+        let keeps = std::sync::Arc::clone(&switched);
+        let pool = pool
+            // Every new connection's session is checked, as libpq does.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if attrs.fits(conn).await? {
+                        Ok(())
+                    } else {
+                        Err(sqlx::Error::Configuration(
+                            "the session does not fit target_session_attrs (a standby, or a \
+                             read-only session): the watcher is looking for another host"
+                                .into(),
+                        ))
+                    }
+                })
+            })
+            // A connection made before the pool moved to another host is let go.
+            .before_acquire(move |_, meta| {
+                let keep = keeps.keeps(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
+            .connect_with(hosts.options[current].clone().application_name("revoker"))
+            .await?;
+        let watcher = hosts::watch(pool.clone(), hosts, current, probe, switched, fallback);
+        Ok((pool, Some(watcher)))
     }
 
     fn known_migrations() -> usize {

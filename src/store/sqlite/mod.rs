@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::backend::{send_in, Backend, Store};
+use super::backend::{send_in, Backend, Background, Store};
 use super::{ImportToken, ImportedBatch, NewToken, PoolSettings, StoreError};
 use crate::domain::TokenHash;
 use crate::support::retry;
@@ -103,7 +103,10 @@ impl Backend for Sqlite {
         done.rows_affected()
     }
 
-    async fn connect(url: &str, settings: &PoolSettings) -> Result<SqlitePool, StoreError> {
+    async fn connect(
+        url: &str,
+        settings: &PoolSettings,
+    ) -> Result<(SqlitePool, Option<Background>), StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(settings.create_if_missing)
             .journal_mode(SqliteJournalMode::Wal)
@@ -139,7 +142,7 @@ impl Backend for Sqlite {
             pool_options.clone().connect_with(options.clone())
         })
         .await?;
-        Ok(pool)
+        Ok((pool, None))
     }
 
     fn known_migrations() -> usize {
