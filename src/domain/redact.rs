@@ -95,9 +95,15 @@ fn redact_host_list(scheme: &str, rest: &str, end: usize) -> String {
         Some((path, query)) => {
             let pairs: Vec<String> = query
                 .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
+                .map(|pair| {
+                    // The key as the driver reads it: percent-decoded.
+                    let key = url::form_urlencoded::parse(pair.as_bytes()).next();
+                    match key {
+                        Some((k, _)) if k.eq_ignore_ascii_case("password") => {
+                            format!("{}=***", pair.split('=').next().unwrap_or_default())
+                        }
+                        _ => pair.to_owned(),
+                    }
                 })
                 .collect();
             format!("{path}?{}", pairs.join("&"))
@@ -128,6 +134,7 @@ mod tests {
         for url in [
             "postgres://revoker:hunter2@db1:5432,db2:5432/revoker?target_session_attrs=read-write",
             "postgres://revoker@db1,db2/revoker?sslmode=require&Password=hunter2",
+            "postgres://revoker@db1,db2/revoker?pass%77ord=hunter2",
             "postgresql://revoker:p%40ss:hunter2@db1,[::1]:5433/revoker",
         ] {
             let shown = redact_url(url);

@@ -28,6 +28,11 @@ impl PgBouncer {
     /// to the server as `direct_url`'s user with its password, if any.
     /// `None` when the binary is missing (the caller decides whether that is a skip).
     pub fn start(direct_url: &str, pool_size: u32) -> Option<PgBouncer> {
+        Self::start_with(direct_url, pool_size, "")
+    }
+
+    /// [`PgBouncer::start`] with `extra` lines in its `[pgbouncer]` section.
+    pub fn start_with(direct_url: &str, pool_size: u32, extra: &str) -> Option<PgBouncer> {
         let bin = binary()?;
         // From 1.21 PgBouncer can keep prepared statements (from 1.24 by default): these
         // tests want the pooler that does not, as Debian's 1.18.
@@ -68,7 +73,7 @@ impl PgBouncer {
                 "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
                  listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
                  pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 1000\n\
-                 ignore_startup_parameters = extra_float_digits\nadmin_users = {user}\n{keep_none}",
+                 ignore_startup_parameters = extra_float_digits\nadmin_users = {user}\n{keep_none}{extra}",
                 server.host_str().unwrap(),
                 server.port().unwrap_or(5432),
                 users.display(),
@@ -138,6 +143,29 @@ impl PgBouncer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Points every database at the server on `port` (the `[databases]` entry rewritten)
+    /// and has PgBouncer reload it (`RELOAD` on its console), as an operator does after a
+    /// failover; `direct_url` names the console's user.
+    pub async fn repoint(&self, direct_url: &str, port: u16) {
+        use sqlx::Connection;
+        let ini = std::fs::read_to_string(&self.ini).unwrap();
+        let line = ini
+            .lines()
+            .find(|l| l.starts_with("* = host="))
+            .expect("the [databases] entry")
+            .to_owned();
+        let host = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("host="))
+            .unwrap();
+        let ini = ini.replace(&line, &format!("* = host={host} port={port}"));
+        std::fs::write(&self.ini, ini).unwrap();
+        let mut url = url::Url::parse(&self.url(direct_url)).unwrap();
+        url.set_path("pgbouncer");
+        let mut conn = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+        sqlx::raw_sql("RELOAD").execute(&mut conn).await.unwrap();
     }
 
     /// Starts PgBouncer again, on the same port with the same settings.

@@ -61,25 +61,18 @@ impl SessionAttrs {
         }
     }
 
-    /// Whether the session on `conn` fits: `Ok(false)` for one that does not.
+    /// Whether the session on `conn` fits: `Ok(false)` for one that does not. (By the
+    /// simple protocol: behind a transaction-mode pooler an unnamed statement's two
+    /// exchanges could land on two server connections.)
     pub(crate) async fn fits(self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-        match self {
-            SessionAttrs::Any => Ok(true),
-            SessionAttrs::ReadWrite => {
-                let ro: String = sqlx::query_scalar("SHOW transaction_read_only")
-                    .persistent(false)
-                    .fetch_one(conn)
-                    .await?;
-                Ok(ro == "off")
-            }
-            SessionAttrs::Primary => {
-                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                    .persistent(false)
-                    .fetch_one(conn)
-                    .await?;
-                Ok(!standby)
-            }
-        }
+        use sqlx::Row;
+        let (sql, fits_when) = match self {
+            SessionAttrs::Any => return Ok(true),
+            SessionAttrs::ReadWrite => ("SHOW transaction_read_only", "off"),
+            SessionAttrs::Primary => ("SELECT pg_is_in_recovery()::text", "false"),
+        };
+        let row = sqlx::Executor::fetch_one(conn, sqlx::raw_sql(sql)).await?;
+        Ok(row.try_get::<String, _>(0)? == fits_when)
     }
 }
 
@@ -121,9 +114,12 @@ impl Hosts {
             .split('&')
             .filter(|p| !p.is_empty())
         {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "target_session_attrs" => attrs = SessionAttrs::parse(value)?,
+            // Keys and values percent-decoded, as sqlx reads them.
+            let Some((key, value)) = url::form_urlencoded::parse(pair.as_bytes()).next() else {
+                continue;
+            };
+            match key.as_ref() {
+                "target_session_attrs" => attrs = SessionAttrs::parse(&value)?,
                 "connect_timeout" => {
                     let secs: u64 = value
                         .parse()
@@ -147,7 +143,7 @@ impl Hosts {
                 return Err(bad("has an empty host in its host list"));
             }
             let one = format!("{scheme}://{user}{host}{path}{query}");
-            options.push(PgConnectOptions::from_str(&one)?);
+            options.push(PgConnectOptions::from_str(&one)?.application_name("revoker"));
             names.push(if host.is_empty() {
                 "localhost".to_owned()
             } else {
@@ -164,64 +160,74 @@ impl Hosts {
 
     /// One host and no session to check: connected as before multi-host URLs.
     pub(crate) fn is_plain(&self) -> bool {
-        self.options.len() == 1 && self.attrs == SessionAttrs::Any
+        self.options.len() == 1 && self.attrs == SessionAttrs::Any && self.connect_timeout.is_none()
     }
 
     /// A connection to host `i` whose session fits, within the connect timeout
-    /// (`fallback` when the URL sets none). `None` for a host that does not answer in
-    /// time, refuses, or whose session does not fit.
-    async fn try_host(&self, i: usize, fallback: Duration) -> Option<PgConnection> {
+    /// (`fallback` when the URL sets none); else why not.
+    async fn try_host(&self, i: usize, fallback: Duration) -> Result<PgConnection, String> {
         let wait = self.connect_timeout.unwrap_or(fallback);
         let attempt = async {
-            let mut conn = self.options[i].connect().await.ok()?;
+            let mut conn = self.options[i].connect().await.map_err(|e| e.to_string())?;
             match self.attrs.fits(&mut conn).await {
-                Ok(true) => Some(conn),
-                _ => None,
+                Ok(true) => Ok(conn),
+                Ok(false) => Err("its session does not fit (a standby?)".to_owned()),
+                Err(e) => Err(e.to_string()),
             }
         };
-        tokio::time::timeout(wait, attempt).await.ok().flatten()
+        match tokio::time::timeout(wait, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {wait:?}")),
+        }
     }
 
-    /// The first host, in order, whose session fits, with a connection to it.
-    pub(crate) async fn find(&self, fallback: Duration) -> Option<(usize, PgConnection)> {
+    /// The first host, in order, whose session fits, with a connection to it; else why
+    /// each host was passed over (sqlx's errors, which never hold the password).
+    pub(crate) async fn find(&self, fallback: Duration) -> Result<(usize, PgConnection), String> {
+        let mut why = Vec::new();
         for i in 0..self.options.len() {
-            if let Some(conn) = self.try_host(i, fallback).await {
-                return Some((i, conn));
+            match self.try_host(i, fallback).await {
+                Ok(conn) => return Ok((i, conn)),
+                Err(e) => why.push(format!("{}: {e}", self.names[i])),
             }
         }
-        None
+        Err(why.join("; "))
     }
 }
 
-/// When the pool was last pointed at another host, in milliseconds since `epoch`: a
-/// connection made before is closed when next handed out.
+/// When the pool was last pointed at another host, in nanoseconds since `epoch`: a
+/// connection made before is closed when next handed out. (sqlx dates a connection
+/// from the end of its connect and `after_connect`: one begun with the old host's
+/// options and finished after the switch counts as made after it; with
+/// `target_session_attrs` its `after_connect` check refuses it if that host no longer
+/// fits.)
 #[derive(Debug)]
 pub(crate) struct Switched {
     epoch: Instant,
-    at_ms: AtomicU64,
+    at_ns: AtomicU64,
 }
 
 impl Switched {
     pub(crate) fn new() -> Self {
         Switched {
             epoch: Instant::now(),
-            at_ms: AtomicU64::new(0),
+            at_ns: AtomicU64::new(0),
         }
     }
 
     fn now(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.at_ms.store(ms.max(1), Ordering::Release);
+        let ns = self.epoch.elapsed().as_nanos() as u64;
+        self.at_ns.store(ns.max(1), Ordering::Release);
     }
 
     /// Whether a connection `age` old was made after the last switch (or there was none).
     pub(crate) fn keeps(&self, age: Duration) -> bool {
-        let at = self.at_ms.load(Ordering::Acquire);
+        let at = self.at_ns.load(Ordering::Acquire);
         if at == 0 {
             return true;
         }
         let made = self.epoch.elapsed().saturating_sub(age);
-        made.as_millis() as u64 >= at
+        made.as_nanos() as u64 >= at
     }
 }
 
@@ -237,6 +243,7 @@ pub(crate) fn watch(
 ) -> Background {
     let task = tokio::spawn(async move {
         let mut probe = Some(conn);
+        let mut searching = false;
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             if pool.is_closed() {
@@ -258,13 +265,20 @@ pub(crate) fn watch(
             if let Some(old) = probe.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
             }
-            let Some((found, conn)) = hosts.find(fallback).await else {
-                tracing::warn!(
-                    hosts = %hosts.names.join(","),
-                    "no database host takes this session (target_session_attrs); trying again"
-                );
-                continue;
+            let (found, conn) = match hosts.find(fallback).await {
+                Ok(found) => found,
+                Err(why) => {
+                    // At WARN once per outage, then at DEBUG every CHECK_EVERY.
+                    if searching {
+                        tracing::debug!(%why, "no database host fits target_session_attrs yet");
+                    } else {
+                        tracing::warn!(%why, "no database host fits target_session_attrs; looking");
+                    }
+                    searching = true;
+                    continue;
+                }
             };
+            searching = false;
             probe = Some(conn);
             if found != current {
                 tracing::warn!(
@@ -307,6 +321,16 @@ mod tests {
             assert_eq!(o.get_database(), Some("revoker"));
         }
         assert!(!h.is_plain());
+    }
+
+    #[test]
+    fn keys_are_read_percent_decoded_as_sqlx_reads_them() {
+        let h =
+            Hosts::parse("postgres://u@db1,db2/r?target%5Fsession%5Fattrs=read%2Dwrite").unwrap();
+        assert_eq!(h.attrs, SessionAttrs::ReadWrite);
+        for o in &h.options {
+            assert_eq!(o.get_application_name(), Some("revoker"));
+        }
     }
 
     #[test]

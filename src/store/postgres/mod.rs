@@ -86,12 +86,17 @@ impl Backend for Postgres {
         // Several hosts, or a session to check: see `hosts.rs`.
         let hosts = std::sync::Arc::new(hosts);
         let fallback = settings.acquire_timeout;
-        let Some((current, probe)) = hosts.find(fallback).await else {
-            return Err(StoreError::Config(format!(
-                "no database host of {} accepts a connection whose session fits                  target_session_attrs",
-                hosts.names.join(",")
-            )));
-        };
+        let (current, probe) = hosts.find(fallback).await.map_err(|why| {
+            StoreError::Config(format!(
+                "no database host fits target_session_attrs ({why})"
+            ))
+        })?;
+        if hosts.options.len() > 1 && hosts.attrs == hosts::SessionAttrs::Any {
+            tracing::warn!(
+                "several database hosts without target_session_attrs=read-write: a standby \
+                 that answers first is kept, and deliveries fail on it"
+            );
+        }
         let switched = std::sync::Arc::new(hosts::Switched::new());
         let attrs = hosts.attrs;
         let keeps = std::sync::Arc::clone(&switched);
@@ -115,7 +120,7 @@ impl Backend for Postgres {
                 let keep = keeps.keeps(meta.age);
                 Box::pin(async move { Ok(keep) })
             })
-            .connect_with(hosts.options[current].clone().application_name("revoker"))
+            .connect_with(hosts.options[current].clone())
             .await?;
         let watcher = hosts::watch(pool.clone(), hosts, current, probe, switched, fallback);
         Ok((pool, Some(watcher)))

@@ -9,6 +9,7 @@
 //!
 //! ```sql
 //! BEGIN; SET LOCAL statement_timeout = …; SET LOCAL bytea_output = 'hex';
+//! SET LOCAL array_nulls = on;
 //! SELECT … FROM revoker_record_delivery('{…}'::int4[], '{…}'::bytea[], …)
 //! ```
 //!
@@ -27,9 +28,10 @@
 //! storable); it is replaced all the same. The answer comes in text (`bytea_output` set
 //! for the transaction, whatever the server's default).
 //!
-//! The budget bounds the first round trip on this side too (a connection the pool has
+//! The deadline bounds the first round trip on this side too (a connection the pool has
 //! just opened meets the pooler's queue only with it, after the budget was taken; before,
-//! `BEGIN` went alone and the budget was set after it). A transaction that fails is rolled
+//! `BEGIN` went alone and the budget was set after it): revoker waits the budget and half
+//! of what it leaves of the deadline, so PostgreSQL's own cancel normally comes first. A transaction that fails is rolled
 //! back on the same connection; one given up mid-way (the budget spent, or the caller's
 //! future dropped) has its connection closed instead of returned to the pool, which ends
 //! the server's transaction without a commit.
@@ -112,7 +114,9 @@ impl RecordArgs<'_> {
                 budget.as_millis().max(1)
             );
         }
-        sql.push_str("SET LOCAL bytea_output = 'hex'; ");
+        // The answer's bytea in hex, and `NULL` in an array literal a NULL, whatever
+        // the server's or role's defaults.
+        sql.push_str("SET LOCAL bytea_output = 'hex'; SET LOCAL array_nulls = on; ");
         sql.push_str(super::record::CALL_SELECT);
         sql.push('(');
         let positions: Vec<String> = self.positions.iter().map(i32::to_string).collect();
@@ -179,9 +183,13 @@ async fn call(
     once_per_body: bool,
     budget: Option<Duration>,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
-    // `BEGIN`, the `SET LOCAL` of a budget, the call (`send_in!` counts them so).
-    store.statements.add(if budget.is_some() { 3 } else { 2 });
-    if args.hashes.len() <= LITERALS_UP_TO {
+    // `BEGIN`, the `SET LOCAL` of a budget, the call (and with literals the two
+    // `SET LOCAL`s of the answer's and the literals' formats).
+    let literals = args.hashes.len() <= LITERALS_UP_TO;
+    store
+        .statements
+        .add(2 + u64::from(budget.is_some()) + if literals { 2 } else { 0 });
+    if literals {
         let sql = args.simple_query(once_per_body, budget);
         return sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&sql)).await;
     }
@@ -213,14 +221,22 @@ pub(super) async fn record(
     // that much longer than the caller waits, and is rolled back: no commit is sent).
     let budget = crate::store::recording::database_budget(deadline)
         .map_err(super::record::TryError::Store)?;
+    // This side waits half of what the budget leaves of the deadline longer, so that
+    // PostgreSQL's own cancel (then a ROLLBACK, the connection kept) normally comes first.
+    let wait = budget.map(|b| {
+        let left = deadline.map_or(b, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        b + left.saturating_sub(b) / 2
+    });
     let mut open = Open { conn, ended: false };
     let call = call(store, &mut open.conn, args, once_per_body, budget);
-    // The budget also bounds the wait for the answer here: a connection the pool has just
-    // opened meets the pooler's queue only now, after the budget was taken. Past it the
+    // The deadline also bounds the wait for the answer here: a connection the pool has
+    // just opened meets the pooler's queue only now, after the budget was taken. Past it the
     // connection is closed (`open` is dropped unended): no COMMIT was sent, so nothing
     // can be recorded, and the server rolls back.
-    let answer = match budget {
-        Some(budget) => match tokio::time::timeout(budget, call).await {
+    let answer = match wait {
+        Some(wait) => match tokio::time::timeout(wait, call).await {
             Ok(answer) => answer,
             Err(_) => return Err(super::record::TryError::Store(StoreError::DeadlineExceeded)),
         },
