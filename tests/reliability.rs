@@ -435,12 +435,14 @@ async fn postgres_turning_read_only_gets_503_and_not_ready() {
         sqlx::query(&sql).execute(&mut admin).await.unwrap();
     }
     let a = app.deliver(&Signer::test(), body.clone()).await;
+    // Said as what it is (not "unavailable"): the database answers and takes no writes.
     assert_eq!(
         (a.status, a.error_code()),
-        (503, "database_unavailable"),
+        (503, "database_read_only"),
         "{}",
         a.text
     );
+    assert!(a.text.contains("takes no writes"), "{}", a.text);
     assert_eq!(a.retry_after.as_deref(), Some("7"));
     let ready = app.admin_get("/readyz", None).await;
     assert_eq!(ready.status, 503);

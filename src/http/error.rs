@@ -62,9 +62,11 @@ pub enum ApiError {
         retry_after: Duration,
         unconfirmed: bool,
     },
-    #[error(
-        "database is unavailable; try again later: a body is recorded once, so resending it is safe"
-    )]
+    /// Said by what the database did ([`database_message`], [`ApiError::code`]): it takes
+    /// no writes (`database_read_only`), answered what revoker cannot read
+    /// (`database_corrupt`), is behind a pooler revoker was not told about
+    /// (`database_pooler`), or could not be reached or failed (`database_unavailable`).
+    #[error("{}", database_message(source))]
     DatabaseUnavailable {
         #[source]
         source: StoreError,
@@ -85,6 +87,27 @@ pub enum ApiError {
     /// Admin listener: `/api/stats` could not read the database.
     #[error("cannot read stats from the database")]
     StatsUnavailable(#[source] StoreError),
+}
+
+fn database_message(source: &StoreError) -> &'static str {
+    match source {
+        StoreError::ReadOnly => {
+            "the database takes no writes (a standby not yet promoted, or set read-only); \
+             nothing was recorded; try again later"
+        }
+        StoreError::Corrupt(_) => {
+            "the database answered with data revoker cannot read; try again later: a body is \
+             recorded once, so resending it is safe"
+        }
+        StoreError::Pooler => {
+            "the database is reached through a connection pooler revoker was not told about; \
+             nothing was recorded; try again later"
+        }
+        _ => {
+            "database is unavailable; try again later: a body is recorded once, so resending \
+             it is safe"
+        }
+    }
 }
 
 fn timeout_message(rolled_back: bool) -> &'static str {
@@ -184,8 +207,13 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Parse(_) => "bad_body",
             ApiError::KeysUnavailable { .. } => "keys_unavailable",
-            ApiError::DatabaseUnavailable { .. } | ApiError::StatsUnavailable(_) => {
-                "database_unavailable"
+            ApiError::DatabaseUnavailable { source, .. } | ApiError::StatsUnavailable(source) => {
+                match source {
+                    StoreError::ReadOnly => "database_read_only",
+                    StoreError::Corrupt(_) => "database_corrupt",
+                    StoreError::Pooler => "database_pooler",
+                    _ => "database_unavailable",
+                }
             }
             ApiError::Unauthorized | ApiError::RevocationUnauthorized => "unauthorized",
             ApiError::InvalidRequest(_) => "invalid_request",
@@ -232,5 +260,42 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 503 for the database says which trouble it is, in its code and message.
+    #[test]
+    fn database_refusals_have_a_code_each() {
+        let refusal = |source| ApiError::DatabaseUnavailable {
+            source,
+            retry_after: Duration::from_secs(7),
+        };
+        for (source, code, says) in [
+            (
+                StoreError::ReadOnly,
+                "database_read_only",
+                "takes no writes",
+            ),
+            (
+                StoreError::Corrupt("x".into()),
+                "database_corrupt",
+                "cannot read",
+            ),
+            (StoreError::Pooler, "database_pooler", "pooler"),
+            (
+                StoreError::Database(sqlx::Error::PoolTimedOut),
+                "database_unavailable",
+                "unavailable",
+            ),
+        ] {
+            let e = refusal(source);
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code(), code);
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 }

@@ -79,6 +79,14 @@ impl From<sqlx::Error> for StoreError {
         } else if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006")) {
             // read_only_sql_transaction: a standby, or a primary demoted under us.
             StoreError::ReadOnly
+        } else if matches!(
+            e,
+            sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::ColumnNotFound(_)
+        ) {
+            // A row revoker cannot read is stored data it does not understand.
+            StoreError::Corrupt(e.to_string())
         } else {
             StoreError::Database(e)
         }
@@ -94,5 +102,22 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
             }
             _ => StoreError::Migrate(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn errors_say_what_the_database_did() {
+        // A row revoker cannot read is stored data it does not understand.
+        let e: StoreError = sqlx::Error::Decode("outcome \"maybe\"".into()).into();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        let e: StoreError = sqlx::Error::ColumnNotFound("r_hash".into()).into();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        // Not reached, or failed: unavailable.
+        let e: StoreError = sqlx::Error::PoolTimedOut.into();
+        assert!(matches!(e, StoreError::Database(_)), "{e:?}");
     }
 }
