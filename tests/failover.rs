@@ -165,9 +165,17 @@ async fn failover(replication: Replication, front: Front) -> Option<Run> {
     let cluster = Cluster::start(replication).await?;
     let keys = KeyServer::with_test_keys().await;
     let request_timeout = Duration::from_secs(5);
-    let options = || TestOptions {
+    // The outbox runs on the instance under test, sending to a real webhook.
+    let hook = Webhook::start().await;
+    let mut notify = revoker::notify::NotifySettings::new(&hook.url, SECRET);
+    notify.timeout = Duration::from_secs(2);
+    notify.backoff_base = Duration::from_millis(40);
+    notify.backoff_max = Duration::from_millis(200);
+    notify.poll_interval = Duration::from_millis(50);
+    let options = |notify| TestOptions {
         request_timeout,
         db_timeout: Duration::from_secs(2),
+        notify,
         ..TestOptions::default()
     };
     let primary = cluster.url(cluster.primary_port);
@@ -185,16 +193,19 @@ async fn failover(replication: Replication, front: Front) -> Option<Run> {
         }
     };
     let app = Arc::new(match &bouncer {
-        None => spawn_app(&cluster.multi_host_url("read-write"), &keys, options()).await,
+        None => {
+            let url = cluster.multi_host_url("read-write");
+            spawn_app(&url, &keys, options(Some(notify))).await
+        }
         Some(b) => {
             let target = Pooled {
                 url: b.url(&primary),
                 migrate: primary.clone(),
             };
-            spawn_app(&target, &keys, options()).await
+            spawn_app(&target, &keys, options(Some(notify))).await
         }
     });
-    let old_only = spawn_app(&primary, &keys, options()).await;
+    let old_only = spawn_app(&primary, &keys, options(None)).await;
     let mut tokens = Vec::new();
     for i in 0..240 {
         tokens.push(
@@ -300,6 +311,48 @@ async fn failover(replication: Replication, front: Front) -> Option<Run> {
         promoted.duration_since(killed)
     );
 
+    // Every owner notification sent across the failover, and none left pending or
+    // leased on the new primary.
+    hook.wait_for(tokens.len()).await;
+    eventually(
+        Duration::from_secs(10),
+        "every notification delivered on the new primary",
+        async || {
+            cluster
+                .texts(
+                    cluster.standby_port,
+                    "revoker",
+                    "SELECT status || ' ' || count(*) FROM notifications GROUP BY status",
+                )
+                .await
+                .unwrap_or_default()
+        },
+        |rows| *rows == [format!("delivered {}", tokens.len())],
+    )
+    .await;
+    let received = hook.received();
+    let keys_now: std::collections::HashSet<&str> = received
+        .iter()
+        .map(|r| r.idempotency_key.as_str())
+        .collect();
+    assert_eq!(
+        keys_now.len(),
+        tokens.len(),
+        "one notification per revoked token"
+    );
+    // The worker records a result again until the database takes it (within the
+    // claim's lease), so none was sent twice.
+    assert_eq!(
+        received.len(),
+        tokens.len(),
+        "each notification sent exactly once"
+    );
+    eprintln!(
+        "notifications: {} sent for {} tokens ({} sent again after the failover)",
+        received.len(),
+        keys_now.len(),
+        received.len() - keys_now.len()
+    );
     // revoker's connections to the new primary say who they are, as before the switch.
     if front == Front::HostList {
         let named = cluster

@@ -13,7 +13,8 @@
 //! - `Idempotency-Key: <notification public id>`, a UUIDv7 the database minted with
 //!   the row, unique across databases and restores (the row id counts per database):
 //!   delivery is at-least-once (a worker that dies after the receiver accepted but
-//!   before recording it sends again after the lease), so receivers deduplicate on it.
+//!   before recording it sends again after the lease; one that cannot record a result
+//!   tries again until the lease runs out), so receivers deduplicate on it.
 //! - Leases, due times and `delivered_at` are judged and stamped by the database's
 //!   clock ([`Clock::Database`]: PostgreSQL's `now()`), never this host's, so workers on
 //!   hosts with skewed clocks agree on when a lease has run out.
@@ -288,6 +289,7 @@ impl Notifier {
             if stop.is_some_and(|s| *s.borrow()) {
                 break;
             }
+            let claimed_at = std::time::Instant::now();
             let claimed = self
                 .store
                 .claim_notifications(Clock::Database, self.settings.lease(), self.settings.batch)
@@ -337,11 +339,8 @@ impl Notifier {
                 if let Some(m) = &self.metrics {
                     m.notification_attempt(label);
                 }
-                if let Err(e) = self
-                    .store
-                    .finish_notification(&n, &result, Clock::Database)
-                    .await
-                {
+                let until = claimed_at + self.settings.lease();
+                if let Err(e) = self.finish(&n, &result, until, stop).await {
                     first_error.get_or_insert(e);
                 }
             }
@@ -350,6 +349,38 @@ impl Notifier {
             }
         }
         Ok(summary)
+    }
+
+    /// Records the result of a send, trying again while the database is unavailable (a
+    /// failover, a pooler restarting) until the claim's lease runs out or `stop` turns
+    /// true: a send the webhook accepted whose record was lost would be sent again after
+    /// the lease, and one whose retry was lost would wait out the lease.
+    async fn finish(
+        &self,
+        n: &Notification,
+        result: &AttemptResult,
+        until: std::time::Instant,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<(), StoreError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .finish_notification(n, result, Clock::Database)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if std::time::Instant::now() + pause < until
+                        && !stop.is_some_and(|s| *s.borrow()) =>
+                {
+                    tracing::debug!(notification = %n.public_id, error = %e, "recording a result; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// One POST of a claimed notification and what it means for the row.
