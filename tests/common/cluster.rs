@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::pgbouncer::{free_port, runs_as_root};
+
 /// How the standby follows the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replication {
@@ -28,29 +30,6 @@ pub struct Cluster {
 }
 
 const BIN_DIRS: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
-
-fn runs_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A free loopback port below Linux's ephemeral range (so nothing takes it meanwhile).
-fn free_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    loop {
-        let port = rng.gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 impl Cluster {
     /// Starts both servers and creates the database `revoker` on the primary; waits
@@ -179,18 +158,23 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
+    /// Server binary `name`, run as `postgres` when this process is root.
+    fn command(&self, name: &str) -> Command {
+        let bin = self.bin.join(name);
+        if runs_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+
     /// Runs server binary `name` with `args` (as `postgres` when root); panics with its
     /// output unless it succeeds.
     fn run(&self, name: &str, args: &[&str]) {
-        let bin = self.bin.join(name);
-        let mut cmd = if runs_as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
-        };
-        let out = cmd
+        let out = self
+            .command(name)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -260,15 +244,8 @@ impl Drop for Cluster {
         for server in ["primary", "standby"] {
             if self.data(server).join("postmaster.pid").exists() {
                 let data = self.data(server);
-                let bin = self.bin.join("pg_ctl");
-                let mut cmd = if runs_as_root() {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", "postgres", "--"]).arg(&bin);
-                    c
-                } else {
-                    Command::new(&bin)
-                };
-                let _ = cmd
+                let _ = self
+                    .command("pg_ctl")
                     .args(["-D", path(&data), "-m", "immediate", "stop"])
                     .output();
             }

@@ -204,7 +204,7 @@ impl PgBouncer {
 /// A free loopback port below Linux's ephemeral range (32768 and up), so that no
 /// outgoing connection of the tests takes it while PgBouncer is down between a kill and
 /// a restart.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     loop {
@@ -235,7 +235,7 @@ fn spawn(bin: &std::path::Path, ini: &std::path::Path, log: &std::path::Path) ->
 }
 
 /// Whether this process runs as root (from `/proc/self/status`, no libc call).
-fn runs_as_root() -> bool {
+pub(crate) fn runs_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
