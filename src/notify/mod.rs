@@ -364,22 +364,35 @@ impl Notifier {
     ) -> Result<(), StoreError> {
         let mut pause = Duration::from_millis(50);
         loop {
-            match self
-                .store
-                .finish_notification(n, result, Clock::Database)
-                .await
+            // Each attempt too ends with the lease (a connection to a host that vanished
+            // without a reset would otherwise wait for TCP to give up); dropping one
+            // mid-way is safe, the writes are guarded and can be repeated.
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let attempt = self.store.finish_notification(n, result, Clock::Database);
+            let error = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => StoreError::DeadlineExceeded,
+            };
+            let transient = matches!(
+                error,
+                StoreError::Database(_)
+                    | StoreError::ReadOnly
+                    | StoreError::WriteTurnTimedOut
+                    | StoreError::DeadlineExceeded
+            );
+            if !transient
+                || std::time::Instant::now() + pause >= until
+                || stop.is_some_and(|s| *s.borrow())
             {
-                Ok(()) => return Ok(()),
-                Err(e)
-                    if std::time::Instant::now() + pause < until
-                        && !stop.is_some_and(|s| *s.borrow()) =>
-                {
-                    tracing::debug!(notification = %n.public_id, error = %e, "recording a result; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e),
+                return Err(error);
             }
+            if pause == Duration::from_millis(50) {
+                tracing::warn!(notification = %n.public_id, error = %error,
+                    "cannot record a notification's result; trying again until its lease ends");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

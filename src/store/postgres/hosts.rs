@@ -160,7 +160,7 @@ impl Hosts {
 
     /// One host and no session to check: connected as before multi-host URLs.
     pub(crate) fn is_plain(&self) -> bool {
-        self.options.len() == 1 && self.attrs == SessionAttrs::Any && self.connect_timeout.is_none()
+        self.options.len() == 1 && self.attrs == SessionAttrs::Any
     }
 
     /// A connection to host `i` whose session fits, within the connect timeout
