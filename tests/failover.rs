@@ -409,3 +409,95 @@ async fn failover(replication: Replication, front: Front) -> Option<Run> {
         acknowledged: tokens.len(),
     })
 }
+
+/// The old primary stays up but takes no writes (demoted: `default_transaction_read_only`
+/// set and reloaded) while the standby is promoted. The pool's connections to it are
+/// alive and pass sqlx's check, so only revoker's "made before the switch" rule lets
+/// them go: every delivery after the first 200 on the new primary is a 200 too (with
+/// those connections kept, some would land on the read-only host and get 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_an_old_primary_that_is_alive_but_read_only_are_let_go() {
+    let Some(cluster) = Cluster::start(Replication::Synchronous).await else {
+        return;
+    };
+    let keys = KeyServer::with_test_keys().await;
+    let url = cluster.multi_host_url("read-write");
+    let app = spawn_app(&url, &keys, TestOptions::default()).await;
+    let mut tokens = Vec::new();
+    for i in 0..160 {
+        tokens.push(
+            app.mint(&format!("demoted/{i}"), chrono::Duration::hours(1))
+                .await,
+        );
+    }
+    let signer = Signer::test();
+    // Fill the pool with connections to the primary: concurrent deliveries.
+    let first: Vec<_> = futures::future::join_all(
+        tokens[..5]
+            .iter()
+            .map(|t| app.deliver(&signer, alert_body(&[t.expose_secret()]))),
+    )
+    .await;
+    assert!(first.iter().all(|a| a.status == 200), "{first:?}");
+    cluster
+        .texts(
+            cluster.primary_port,
+            "postgres",
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+        )
+        .await
+        .unwrap();
+    cluster
+        .texts(
+            cluster.primary_port,
+            "postgres",
+            "SELECT pg_reload_conf()::text",
+        )
+        .await
+        .unwrap();
+    cluster.promote_standby();
+    // The first 200 on the new primary, then every delivery a 200.
+    let mut next = 5;
+    let started = Instant::now();
+    loop {
+        assert!(
+            next < tokens.len(),
+            "no 200 after the switch: every delivery met the read-only old primary"
+        );
+        let a = app
+            .deliver(&signer, alert_body(&[tokens[next].expose_secret()]))
+            .await;
+        next += 1;
+        if a.status == 200 {
+            break;
+        }
+        assert_eq!(a.status, 503, "{}", a.text);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no 200 after the switch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for batch in tokens[next..].chunks(5) {
+        let answers: Vec<_> = futures::future::join_all(
+            batch
+                .iter()
+                .map(|t| app.deliver(&signer, alert_body(&[t.expose_secret()]))),
+        )
+        .await;
+        for a in &answers {
+            assert_eq!(a.status, 200, "after the switch: {}", a.text);
+        }
+    }
+    let revoked = cluster
+        .texts(
+            cluster.standby_port,
+            "revoker",
+            "SELECT count(*)::text FROM tokens WHERE revoked_at IS NOT NULL",
+        )
+        .await
+        .unwrap();
+    // All but those refused before the switch (tokens 5 to next - 2).
+    let refused = next - 6;
+    assert_eq!(revoked, [(tokens.len() - refused).to_string()]);
+}
