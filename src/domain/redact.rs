@@ -50,11 +50,8 @@ pub fn redact_tokens(s: &str) -> Cow<'_, str> {
 /// `password=` query parameter (which the PostgreSQL driver reads too). A PostgreSQL
 /// URL with several hosts (`h1:5432,h2:5432`, which no URL parser takes) is read by hand.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if rest[..end].contains(',') {
-            return redact_host_list(scheme, rest, end);
-        }
+    if let Some(parts) = UrlParts::split(url).filter(|p| p.hosts.contains(',')) {
+        return redact_host_list(&parts);
     }
     let Ok(mut u) = url::Url::parse(url) else {
         return "<unparseable URL>".into();
@@ -81,18 +78,65 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
-/// [`redact_url`] for `scheme://` + `rest`, whose authority (up to `end`) is a host list.
-fn redact_host_list(scheme: &str, rest: &str, end: usize) -> String {
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, hosts)) => match user.split_once(':') {
-            Some((name, _)) => format!("{name}:***@{hosts}"),
-            None => format!("{user}@{hosts}"),
+/// A `scheme://[userinfo@]hosts[/path][?query]` URL cut at its separators by hand, for
+/// a PostgreSQL URL with several hosts (`h1:5432,h2:5432`, libpq's syntax), which no URL
+/// parser takes. The connection (`store/postgres/hosts.rs`) and its redaction
+/// ([`redact_url`]) read it with this one cut, so both find the same password.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlParts<'u> {
+    pub scheme: &'u str,
+    /// Up to the last `@` before the hosts (user, and `:password`).
+    pub userinfo: Option<&'u str>,
+    /// The comma-separated host list (`host[:port]`, `[v6]:port`); may be empty.
+    pub hosts: &'u str,
+    /// From the first `/` after the hosts to the `?` (empty when absent).
+    pub path: &'u str,
+    /// After the `?`.
+    pub query: Option<&'u str>,
+}
+
+impl<'u> UrlParts<'u> {
+    /// `None` without `scheme://`.
+    pub fn split(url: &'u str) -> Option<Self> {
+        let (scheme, rest) = url.split_once("://")?;
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, authority),
+        };
+        let (path, query) = match tail.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (tail, None),
+        };
+        Some(UrlParts {
+            scheme,
+            userinfo,
+            hosts,
+            path,
+            query,
+        })
+    }
+}
+
+/// [`redact_url`] for a URL with a host list.
+fn redact_host_list(parts: &UrlParts<'_>) -> String {
+    let UrlParts {
+        scheme,
+        userinfo,
+        hosts,
+        path,
+        query,
+    } = *parts;
+    let user = match userinfo {
+        Some(user) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@"),
+            None => format!("{user}@"),
         },
-        None => authority.to_owned(),
+        None => String::new(),
     };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
+    let query = match query {
+        Some(query) => {
             let pairs: Vec<String> = query
                 .split('&')
                 .map(|pair| {
@@ -106,11 +150,11 @@ fn redact_host_list(scheme: &str, rest: &str, end: usize) -> String {
                     }
                 })
                 .collect();
-            format!("{path}?{}", pairs.join("&"))
+            format!("?{}", pairs.join("&"))
         }
-        None => tail.to_owned(),
+        None => String::new(),
     };
-    format!("{scheme}://{authority}{tail}")
+    format!("{scheme}://{user}{hosts}{path}{query}")
 }
 
 #[cfg(test)]

@@ -113,10 +113,8 @@ impl PgBouncer {
         what: &str,
         database: &str,
     ) -> Vec<std::collections::HashMap<String, String>> {
-        use sqlx::{Column, Connection, Row};
-        let mut url = url::Url::parse(&self.url(direct_url)).unwrap();
-        url.set_path("pgbouncer");
-        let mut conn = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+        use sqlx::{Column, Row};
+        let mut conn = self.console(direct_url).await;
         // The console speaks only the simple query protocol, in text.
         let rows = sqlx::raw_sql(&format!("SHOW {what}"))
             .fetch_all(&mut conn)
@@ -139,6 +137,14 @@ impl PgBouncer {
             .collect()
     }
 
+    /// A connection to PgBouncer's admin console as `direct_url`'s user (an admin user).
+    async fn console(&self, direct_url: &str) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let mut url = url::Url::parse(&self.url(direct_url)).unwrap();
+        url.set_path("pgbouncer");
+        sqlx::PgConnection::connect(url.as_str()).await.unwrap()
+    }
+
     /// Kills PgBouncer (SIGKILL: every client and server connection drops at once).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -149,7 +155,6 @@ impl PgBouncer {
     /// and has PgBouncer reload it (`RELOAD` on its console), as an operator does after a
     /// failover; `direct_url` names the console's user.
     pub async fn repoint(&self, direct_url: &str, port: u16) {
-        use sqlx::Connection;
         let ini = std::fs::read_to_string(&self.ini).unwrap();
         let line = ini
             .lines()
@@ -162,9 +167,7 @@ impl PgBouncer {
             .unwrap();
         let ini = ini.replace(&line, &format!("* = host={host} port={port}"));
         std::fs::write(&self.ini, ini).unwrap();
-        let mut url = url::Url::parse(&self.url(direct_url)).unwrap();
-        url.set_path("pgbouncer");
-        let mut conn = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+        let mut conn = self.console(direct_url).await;
         sqlx::raw_sql("RELOAD").execute(&mut conn).await.unwrap();
     }
 

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+use crate::domain::redact::UrlParts;
 use crate::store::backend::Background;
 use crate::store::StoreError;
 
@@ -93,19 +94,13 @@ impl Hosts {
     /// `connect_timeout` taken out of its query (sqlx would ignore them with a warning).
     pub(crate) fn parse(url: &str) -> Result<Hosts, StoreError> {
         let bad = |why: &str| StoreError::Config(format!("the database URL {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("has no scheme://"))?;
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let (userinfo, host_list) = match authority.rsplit_once('@') {
-            Some((user, hosts)) => (Some(user), hosts),
-            None => (None, authority),
-        };
-        let (path, query) = match tail.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (tail, None),
-        };
+        let UrlParts {
+            scheme,
+            userinfo,
+            hosts: host_list,
+            path,
+            query,
+        } = UrlParts::split(url).ok_or_else(|| bad("has no scheme://"))?;
         let mut attrs = SessionAttrs::Any;
         let mut connect_timeout = None;
         let mut kept = Vec::new();

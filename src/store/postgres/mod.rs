@@ -12,8 +12,7 @@
 //! statements). `record.rs`: the revoking statement and `preview`. `pooled.rs`: the
 //! revoking call behind a transaction-mode pooler. `hosts.rs`: several hosts in one URL
 //! (libpq's syntax, `target_session_attrs`) and the failover watcher. `stats.rs`: the
-//! stats statements.
-//! `outbox.rs`: the notification statements.
+//! stats statements. `outbox.rs`: the notification statements.
 
 use std::str::FromStr;
 

@@ -31,12 +31,11 @@
 //! The deadline bounds the first round trip on this side too (a connection the pool has
 //! just opened meets the pooler's queue only with it, after the budget was taken; before,
 //! `BEGIN` went alone and the budget was set after it): revoker waits the budget and half
-//! of what it leaves of the deadline, so PostgreSQL's own cancel normally comes first. A transaction that fails is rolled
-//! back on the same connection; one given up mid-way (the budget spent, or the caller's
-//! future dropped) has its connection closed instead of returned to the pool, which ends
-//! the server's transaction without a commit.
+//! of what it leaves of the deadline, so PostgreSQL's own cancel normally comes first. A
+//! transaction that fails is rolled back on the same connection; one given up mid-way
+//! (the wait spent, or the caller's future dropped) has its connection closed instead of
+//! returned to the pool, which ends the server's transaction without a commit.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use postgres_protocol::escape::escape_literal;
@@ -106,14 +105,8 @@ impl RecordArgs<'_> {
     pub(super) fn simple_query(&self, once_per_body: bool, budget: Option<Duration>) -> String {
         let report = self.report;
         let mut sql = String::with_capacity(512 + report.candidates.len() * 160);
-        sql.push_str("BEGIN; ");
-        if let Some(budget) = budget {
-            let _ = write!(
-                sql,
-                "SET LOCAL statement_timeout = {}; ",
-                budget.as_millis().max(1)
-            );
-        }
+        sql.push_str(&super::record::begin_sql(budget));
+        sql.push_str("; ");
         // The answer's bytea in hex, and `NULL` in an array literal a NULL, whatever
         // the server's or role's defaults.
         sql.push_str("SET LOCAL bytea_output = 'hex'; SET LOCAL array_nulls = on; ");
@@ -193,13 +186,7 @@ async fn call(
         let sql = args.simple_query(once_per_body, budget);
         return sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&sql)).await;
     }
-    let begin = match budget {
-        Some(b) => format!(
-            "BEGIN; SET LOCAL statement_timeout = {}",
-            b.as_millis().max(1)
-        ),
-        None => "BEGIN".to_owned(),
-    };
+    let begin = super::record::begin_sql(budget);
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin)).await?;
     args.query(super::record::CALL_SQL, once_per_body)
         .persistent(false)

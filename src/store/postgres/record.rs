@@ -376,6 +376,18 @@ impl Record for Postgres {
     }
 }
 
+/// `BEGIN`, and with a budget the `SET LOCAL statement_timeout` that makes PostgreSQL give
+/// up at it, as one simple query (one round trip).
+pub(super) fn begin_sql(budget: Option<Duration>) -> String {
+    match budget {
+        Some(b) => format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            b.as_millis().max(1)
+        ),
+        None => "BEGIN".to_owned(),
+    }
+}
+
 /// Why one attempt failed: a statement (retried when PostgreSQL aborted it for a
 /// deadlock), or the deadline (not retried).
 pub(super) enum TryError {
@@ -515,12 +527,8 @@ async fn try_record(
             let budget = database_budget(Some(deadline))
                 .map_err(TryError::Store)?
                 .expect("a deadline gives a budget");
-            let begin = format!(
-                "BEGIN; SET LOCAL statement_timeout = {}",
-                budget.as_millis().max(1)
-            );
             store.statements.add(1);
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin_sql(Some(budget))).await?;
             let query = args.query(CALL_SQL, options.once_per_body);
             let rows = send_in!(store, tx, query, fetch_all);
             store.statements.add(1);
