@@ -372,7 +372,7 @@ impl Notifier {
             let error = match tokio::time::timeout(left, attempt).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => e,
-                Err(_) => StoreError::DeadlineExceeded,
+                Err(_) => StoreError::NoAnswer,
             };
             let transient = matches!(
                 error,
@@ -380,6 +380,7 @@ impl Notifier {
                     | StoreError::ReadOnly
                     | StoreError::WriteTurnTimedOut
                     | StoreError::DeadlineExceeded
+                    | StoreError::NoAnswer
             );
             if !transient
                 || std::time::Instant::now() + pause >= until

@@ -48,6 +48,10 @@ pub enum StoreError {
          write was still waiting for its turn); nothing was written"
     )]
     DeadlineExceeded,
+    /// The caller stopped waiting for a statement's answer (not a deadline the database
+    /// was told of): what was sent may have been written.
+    #[error("no answer from the database in time; what was sent may have been written")]
+    NoAnswer,
     /// SQLite: this process's writes ahead of this one held the one writer's turn for
     /// longer than the database's lock may be waited for (`--db-timeout`).
     #[error(
