@@ -77,6 +77,25 @@ pub mod defaults {
     /// A scanner silent this long is flagged on the dashboard.
     pub const SCANNER_QUIET_AFTER: &str = "7d";
     pub const TOKEN_FORMATS: &str = "cio_tp";
+    /// A holder checks or revokes a token now and then; a script doing it for a few
+    /// hundred tokens waits a little.
+    pub const HOLDER_RATE_LIMIT: &str = "20/s";
+    pub const HOLDER_RATE_BURST: u32 = 40;
+}
+
+pub use crate::http::client::RateLimit;
+pub use crate::http::holder::HolderSettings;
+
+impl Default for HolderSettings {
+    fn default() -> Self {
+        HolderSettings {
+            enabled: true,
+            rate_limit: RateLimit::parse(defaults::HOLDER_RATE_LIMIT, defaults::HOLDER_RATE_BURST)
+                .expect("the default rate parses"),
+            trusted_proxies: Vec::new(),
+            introspection_clients: Vec::new(),
+        }
+    }
 }
 
 /// Everything `serve` needs.
@@ -137,6 +156,8 @@ pub struct Settings {
     pub scanner_quiet_after: Duration,
     /// The token formats recognised (`--token-formats`).
     pub formats: crate::domain::Formats,
+    /// The holder and introspection endpoints.
+    pub holder: HolderSettings,
 }
 
 impl Settings {
@@ -176,6 +197,7 @@ impl Settings {
             retention: Some(default_duration(defaults::RETENTION)),
             scanner_quiet_after: default_duration(defaults::SCANNER_QUIET_AFTER),
             formats: crate::domain::Formats::DEFAULT,
+            holder: HolderSettings::default(),
         }
     }
 
@@ -217,5 +239,11 @@ mod tests {
         assert_eq!(s.max_connections, 4096);
         assert_eq!(s.admin_max_connections, 64);
         assert_eq!(s.header_timeout, Duration::from_secs(10));
+        let limit = s.holder.rate_limit.expect("limited by default");
+        assert_eq!(
+            (limit.per, limit.burst.get()),
+            (Duration::from_millis(50), 40)
+        );
+        assert!(s.holder.enabled && s.holder.introspection_clients.is_empty());
     }
 }

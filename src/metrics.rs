@@ -65,6 +65,12 @@ pub struct RejectedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HolderLabels {
+    pub endpoint: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
 }
@@ -89,6 +95,7 @@ pub struct Metrics {
     rejected: Family<RejectedLabels, Counter>,
     items: Family<ItemLabels, Counter>,
     revocations: Counter,
+    holder: Family<HolderLabels, Counter>,
     request_duration: Family<ScannerLabels, Histogram, fn() -> Histogram>,
     key_fetches: Family<KeyFetchLabels, Counter>,
     key_cache_age: Family<ScannerLabels, Gauge<f64, AtomicU64>>,
@@ -131,6 +138,14 @@ impl Metrics {
             "items",
             "Reported items by scanner and outcome",
             items.clone(),
+        );
+        let holder = Family::<HolderLabels, Counter>::default();
+        registry.register(
+            "holder_requests",
+            "Requests to the holder endpoints (/v1/tokens/current, /oauth/revoke, \
+             /oauth/introspect), by endpoint and outcome (active, inactive, malformed, revoked, \
+             rate_limited, unauthorized, invalid_request, unavailable)",
+            holder.clone(),
         );
         let revocations = Counter::default();
         registry.register(
@@ -204,6 +219,7 @@ impl Metrics {
             rejected,
             items,
             revocations,
+            holder,
             request_duration,
             key_fetches,
             key_cache_age,
@@ -292,6 +308,13 @@ impl Metrics {
                 outcome: outcome.as_str().to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// One answer of a holder endpoint ([`crate::http::holder`]).
+    pub fn holder(&self, endpoint: &'static str, outcome: &'static str) {
+        self.holder
+            .get_or_create(&HolderLabels { endpoint, outcome })
+            .inc();
     }
 
     /// Tokens flipped to revoked by one delivery (distinct).

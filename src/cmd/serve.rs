@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
-use revoker::config::{defaults, parse_size, Settings};
+use revoker::config::{defaults, parse_size, HolderSettings, RateLimit, Settings};
 use revoker::signature::{HeaderPrefix, PerScanner, Protocol, ScannerSpec};
 use revoker::startup::{shutdown_signal, Application};
 use revoker::tls::TlsSettings;
@@ -154,6 +154,44 @@ pub struct ServeArgs {
     #[arg(long = "revocation-api-types", env = "REVOKER_REVOCATION_API_TYPES", value_delimiter = ',', default_value = defaults::REVOCATION_API_TYPES)]
     pub revocation_api_types: Vec<String>,
 
+    /// The holder endpoints on the public listener (on|off): GET and DELETE
+    /// /v1/tokens/current (a token's holder checks or revokes it with the token as
+    /// bearer; GitHub's validity checks), POST /oauth/revoke (RFC 7009) and POST
+    /// /oauth/introspect (RFC 7662, only with --introspection-client). off: 404.
+    #[arg(long, env = "REVOKER_HOLDER_ENDPOINTS", default_value = "on", value_name = "on|off", value_parser = on_off)]
+    pub holder_endpoints: bool,
+
+    /// How many well-formed tokens one client address may present to the holder
+    /// endpoints: N/s, N/m, N/h, or off. Past it: 429 with Retry-After. Strings that are
+    /// no token are answered without the database and not counted; introspection
+    /// (authenticated) is not limited.
+    #[arg(long, env = "REVOKER_HOLDER_RATE_LIMIT", default_value = defaults::HOLDER_RATE_LIMIT, value_name = "RATE")]
+    pub holder_rate_limit: String,
+
+    /// Tokens one client address may present at once before --holder-rate-limit applies.
+    #[arg(long, env = "REVOKER_HOLDER_RATE_BURST", default_value_t = defaults::HOLDER_RATE_BURST, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub holder_rate_burst: u32,
+
+    /// A proxy in front of the public listener (CIDR or address; repeatable, env
+    /// comma-separated): from a peer inside one, the client address the holder
+    /// endpoints' rate limit counts is the right-most X-Forwarded-For address that is
+    /// not itself a trusted proxy. Unset: the TCP peer, X-Forwarded-For ignored.
+    #[arg(long = "trusted-proxy", env = "REVOKER_TRUSTED_PROXIES", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A client of POST /oauth/introspect (RFC 7662), as ID:SECRET, sent by it with HTTP
+    /// Basic authentication (the registry's API servers). Repeatable (env:
+    /// comma-separated); a secret of at least 16 characters, never logged. Unset:
+    /// introspection answers 404.
+    #[arg(
+        long = "introspection-client",
+        env = "REVOKER_INTROSPECTION_CLIENTS",
+        value_delimiter = ',',
+        value_name = "ID:SECRET",
+        hide_env_values = true
+    )]
+    pub introspection_clients: Vec<SecretString>,
+
     /// Serve the public listener over HTTPS with this certificate (PEM: the server's
     /// certificate, then intermediates); needs --tls-key. TLS 1.2 and 1.3 only. Re-read
     /// when the file changes or on SIGHUP, without dropping connections. Unset: plain
@@ -245,6 +283,17 @@ impl ServeArgs {
             retention: Some(a.retention),
             scanner_quiet_after: a.scanner_quiet_after,
             formats: a.formats.token_formats,
+            holder: HolderSettings {
+                enabled: a.holder_endpoints,
+                rate_limit: RateLimit::parse(&a.holder_rate_limit, a.holder_rate_burst)
+                    .map_err(|e| anyhow::anyhow!("--holder-rate-limit: {e}"))?,
+                trusted_proxies: a.trusted_proxies,
+                introspection_clients: a
+                    .introspection_clients
+                    .iter()
+                    .map(|c| introspection_client(c.expose_secret()))
+                    .collect::<anyhow::Result<_>>()?,
+            },
             tls: match (a.tls_cert, a.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert,
@@ -255,4 +304,42 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+fn on_off(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err("expected on or off".to_owned()),
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or one address (`10.1.2.3`).
+fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| "expected a CIDR such as 10.0.0.0/8 or an address".to_owned())
+}
+
+/// `--introspection-client ID:SECRET`, checked without ever quoting the secret (a
+/// value without a colon may be a secret alone: it is not quoted either).
+fn introspection_client(value: &str) -> anyhow::Result<(String, SecretString)> {
+    let Some((id, secret)) = value.trim().split_once(':') else {
+        anyhow::bail!("an --introspection-client (REVOKER_INTROSPECTION_CLIENTS) is not ID:SECRET");
+    };
+    if id.is_empty() || id.chars().any(|c| c.is_control() || c == ' ') {
+        anyhow::bail!(
+            "an --introspection-client (REVOKER_INTROSPECTION_CLIENTS) has an empty ID or one with spaces or control characters"
+        );
+    }
+    if secret.chars().count() < 16 {
+        anyhow::bail!(
+            "the secret of --introspection-client {id:?} is shorter than 16 characters; it must be a real secret"
+        );
+    }
+    Ok((id.to_owned(), SecretString::from(secret.to_owned())))
 }

@@ -135,22 +135,58 @@ pub struct NewReport {
 /// The scanner name of reports made by hand (`revoker token revoke`).
 pub const MANUAL_SCANNER: &str = "manual";
 
+/// The scanner name of reports made by a token's holder (`DELETE /v1/tokens/current`,
+/// `POST /oauth/revoke`).
+pub const HOLDER_SCANNER: &str = "holder";
+
 impl NewReport {
     /// A report of one token revoked by hand by `actor` (`revoker token revoke`): scanner
     /// [`MANUAL_SCANNER`], the actor as its key id, type the token's format, source
-    /// `manual`, no url. Its body
-    /// hash digests the token's hash, the actor and the time, so it is a report of its
-    /// own.
+    /// `manual`, no url. Its body hash digests the token's hash, the actor and the time,
+    /// so it is a report of its own.
     pub fn manual(hash: TokenHash, format: &str, actor: &str, at: DateTime<Utc>) -> NewReport {
+        Self::one(
+            MANUAL_SCANNER,
+            b"revoker token revoke\0",
+            hash,
+            format,
+            actor,
+            at,
+        )
+    }
+
+    /// A report of one token revoked by its holder through `endpoint`
+    /// (`DELETE /v1/tokens/current`): scanner and source [`HOLDER_SCANNER`], the endpoint
+    /// as its key id, type the token's format, no url; a report of its own, as
+    /// [`manual`](Self::manual)'s.
+    pub fn holder(hash: TokenHash, format: &str, endpoint: &str, at: DateTime<Utc>) -> NewReport {
+        Self::one(
+            HOLDER_SCANNER,
+            b"revoker holder\0",
+            hash,
+            format,
+            endpoint,
+            at,
+        )
+    }
+
+    fn one(
+        scanner: &str,
+        tag: &[u8],
+        hash: TokenHash,
+        format: &str,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> NewReport {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
-        digest.update(b"revoker token revoke\0");
+        digest.update(tag);
         digest.update(hash.as_bytes());
-        digest.update(actor.as_bytes());
+        digest.update(key_id.as_bytes());
         digest.update(at.to_rfc3339().as_bytes());
         NewReport {
-            scanner: MANUAL_SCANNER.to_owned(),
-            key_id: actor.to_owned(),
+            scanner: scanner.to_owned(),
+            key_id: key_id.to_owned(),
             received_at: at,
             body_sha256: digest.finalize().into(),
             item_count: 1,
@@ -159,7 +195,7 @@ impl NewReport {
                 position: 0,
                 hash,
                 token_type: format.to_owned(),
-                source: MANUAL_SCANNER.to_owned(),
+                source: scanner.to_owned(),
                 url: String::new(),
                 found_in: None,
             }],

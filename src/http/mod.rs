@@ -6,15 +6,21 @@
 //!   token).
 //! - [`health`]: `/healthz`, `/readyz` (both listeners; the public `/readyz` is cached
 //!   for a second).
+//! - [`holder`] and [`introspect`]: `GET`/`DELETE /v1/tokens/current`, `POST
+//!   /oauth/revoke`, `POST /oauth/introspect` (public listener), rate-limited per client
+//!   address by [`client`].
 //!
 //! Each module exports its own `router()`; [`public_router`] puts them together with
 //! JSON 404/405 fallbacks and the trace layer, [`admin_router`] with a JSON 404.
 
 pub mod admin;
+pub mod client;
 pub mod cpu;
 pub mod error;
 pub mod health;
+pub mod holder;
 pub mod intake;
+mod introspect;
 pub mod revocation_api;
 pub mod webhook;
 
@@ -71,12 +77,16 @@ pub struct AppState {
     pub formats: crate::domain::Formats,
     /// Large bodies' CPU-bound work, off the async threads ([`cpu`]).
     pub cpu: cpu::Cpu,
+    /// The holder endpoints' settings; `None` while `--holder-endpoints off`.
+    pub holder: Option<Arc<holder::Holder>>,
 }
 
-/// The public listener: the webhook, health, and a JSON 404/405 for everything else.
+/// The public listener: the webhook, the Revocation API, the holder endpoints, health,
+/// and a JSON 404/405 for everything else.
 pub fn public_router(state: AppState) -> Router {
     webhook::router()
         .merge(revocation_api::router())
+        .merge(holder::router())
         .merge(health::public_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

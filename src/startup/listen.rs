@@ -68,9 +68,9 @@ pub(super) async fn serve(
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
             () = &mut stop => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_error(limits.name, e).await;
                     continue;
@@ -80,7 +80,15 @@ pub(super) async fn serve(
         };
         // The answer goes out in more than one write when it is streamed: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address reaches the handlers as axum's `ConnectInfo`.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let watcher = graceful.watcher();
         let (builder, tls) = (builder.clone(), tls.clone());
         let accepted_at = tokio::time::Instant::now();

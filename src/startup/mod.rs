@@ -96,12 +96,23 @@ impl Application {
                 "a --revocation-api-token (REVOKER_REVOCATION_API_TOKENS) is empty or shorter than 16 characters; every one must be a real secret"
             );
         }
+        for (id, secret) in &settings.holder.introspection_clients {
+            if id.is_empty() || id.contains(':') || secret.expose_secret().chars().count() < 16 {
+                anyhow::bail!(
+                    "an --introspection-client (REVOKER_INTROSPECTION_CLIENTS) needs an ID without a colon and a secret of at least 16 characters"
+                );
+            }
+        }
         // Names whose reports come from elsewhere: a scanner named so would mix with them.
         for (name, whose) in [
             (http::revocation_api::SCANNER, "the Token Revocation API's"),
             (
                 crate::domain::alert::MANUAL_SCANNER,
                 "`revoker token revoke`'s",
+            ),
+            (
+                crate::domain::alert::HOLDER_SCANNER,
+                "the holder endpoints'",
             ),
         ] {
             if settings.scanners.iter().any(|s| s.name == name) {
@@ -243,6 +254,7 @@ impl Application {
                 scanner_quiet_after: settings.scanner_quiet_after,
                 formats: settings.formats,
                 cpu: http::cpu::Cpu::default(),
+                holder: http::holder::Holder::new(&settings.holder),
                 revocation_api: (!settings.revocation_api_tokens.is_empty()).then(|| {
                     Arc::new(http::revocation_api::RevocationApi {
                         tokens: settings
