@@ -77,6 +77,11 @@ fn help_explains_every_flag_and_its_env_var() {
         "REVOKER_RETRY_AFTER",
         "REVOKER_DB_MAX_CONNECTIONS",
         "REVOKER_DB_TIMEOUT",
+        "REVOKER_HOLDER_ENDPOINTS",
+        "REVOKER_HOLDER_RATE_LIMIT",
+        "REVOKER_HOLDER_RATE_BURST",
+        "REVOKER_TRUSTED_PROXIES",
+        "REVOKER_INTROSPECTION_CLIENTS",
         "sqlite://revoker.db",
     ] {
         assert!(help.contains(needle), "serve --help lacks {needle}");
@@ -108,6 +113,38 @@ fn bad_flags_get_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database URL"));
+}
+
+/// The holder endpoints' flags are checked before anything binds, and an introspection
+/// secret is never quoted back (a value without a colon may be a secret alone).
+#[test]
+fn holder_flags_are_checked_without_quoting_a_secret() {
+    let serve = |args: &[&str]| {
+        let out = revoker()
+            .args(["serve", "--database-url", "sqlite::memory:"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&["--introspection-client", "api:tooShortSecret"]);
+    assert!(err.contains("shorter than 16 characters"), "{err}");
+    assert!(!err.contains("tooShortSecret"), "{err}");
+    let err = serve(&["--introspection-client", "aLongSecretWithoutAnyColon"]);
+    assert!(err.contains("not ID:SECRET"), "{err}");
+    assert!(!err.contains("aLongSecretWithoutAnyColon"), "{err}");
+    let err = serve(&["--holder-rate-limit", "0/s"]);
+    assert!(
+        err.contains("--holder-rate-limit") && err.contains("off"),
+        "{err}"
+    );
+    let err = serve(&["--holder-rate-limit", "20 per second"]);
+    assert!(err.contains("N/s, N/m, N/h or off"), "{err}");
+    let err = serve(&["--trusted-proxy", "10.0.0.0/33"]);
+    assert!(err.contains("expected a CIDR"), "{err}");
+    let err = serve(&["--holder-endpoints", "maybe"]);
+    assert!(err.contains("expected on or off"), "{err}");
 }
 
 async fn newcomer_flow(json_logs: bool) {

@@ -158,7 +158,7 @@ pub struct ServeArgs {
     /// /v1/tokens/current (a token's holder checks or revokes it with the token as
     /// bearer; GitHub's validity checks), POST /oauth/revoke (RFC 7009) and POST
     /// /oauth/introspect (RFC 7662, only with --introspection-client). off: 404.
-    #[arg(long, env = "REVOKER_HOLDER_ENDPOINTS", default_value = "on", value_name = "on|off", value_parser = on_off)]
+    #[arg(long, env = "REVOKER_HOLDER_ENDPOINTS", default_value = "on", value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
     pub holder_endpoints: bool,
 
     /// How many well-formed tokens one client address may present to the holder
