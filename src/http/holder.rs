@@ -5,7 +5,9 @@
 //! - `GET /v1/tokens/current`, `Authorization: Bearer <token>`: **200** `{"active": true,
 //!   "token_type", "owner", "created_at", "expires_at"}` for a live token; **401**
 //!   `WWW-Authenticate: Bearer error="invalid_token"` with one body for every other
-//!   (revoked, expired, unknown, no token at all): nothing tells them apart.
+//!   (revoked, expired, unknown, a string that is no token): nothing tells them apart.
+//!   No `Authorization: Bearer …` at all: 401 `Bearer realm="revoker"`,
+//!   `invalid_request`.
 //! - `DELETE /v1/tokens/current` (crates.io's shape): **204** whatever the token's state;
 //!   a live token is revoked by the same one-statement path as a delivery, recorded as a
 //!   report of scanner [`HOLDER_SCANNER`] (its owner notified); any other: nothing written.
