@@ -1,7 +1,7 @@
 //! End-to-end benchmark of the receiver.
 //!
 //! ```text
-//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation|pooler]
+//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation|pooler|introspection]
 //! ```
 //!
 //! Starts the real server in-process on the chosen backend, seeds N stored tokens
@@ -31,16 +31,30 @@
 //! without pause (what a large body's CPU work takes from small ones); and a mass
 //! revocation event (100,000 leaked items, half stored tokens, as 100 deliveries of 1,000
 //! at c=8; on PostgreSQL also through PgBouncer to 3 instances). `--only
-//! large-bodies|mass-revocation|pooler` runs that row alone (after seeding; `pooler`: the
-//! pooler rounds below).
+//! large-bodies|mass-revocation|pooler|introspection` runs that row alone (after seeding;
+//! `pooler`: the pooler rounds below).
 //!
-//! Last, a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
+//! Then a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
 //! candidate) takes a flood of 100,000 junk ones in one delivery.
+//!
+//! Last, the holder endpoints' reads (`introspection`): a server on the same database
+//! with one introspection client and no holder rate limit, and three modes at c=32 on
+//! keep-alive connections, in alternating rounds (bare, introspection, validity, twice;
+//! 2x5 s each, `--quick` 2x1 s, after a short unmeasured warm-up of each): `POST
+//! /oauth/introspect` (Basic auth, form `token=`), `GET /v1/tokens/current` (Bearer), and
+//! the bare lookup (`SELECT owner, created_at, expires_at, revoked_at FROM tokens WHERE
+//! hash = $1`) through an sqlx pool of the server's size in this process. The tokens are
+//! stored live ones of the pool (every one asked about is live: no revoked or unknown
+//! ones), taken round-robin so the lookups hit different rows; every answer is checked
+//! (200, `Cache-Control: no-store`, `active: true`, the owner; the bare row found and not
+//! revoked). Prints each mode's req/s, p50 and p99, and introspection / bare and validity
+//! / bare in req/s.
 //!
 //! Exits non-zero if the junk flood caused any database statement, the
 //! `crates_io_api` flood more than a one-token delivery, the mass revocation left a real
-//! token unrevoked or any of its deliveries or the large-bodies row's failed (the CI smoke
-//! checks); timings are printed and compared with the targets, never asserted.
+//! token unrevoked or any of its deliveries or the large-bodies row's failed, or any
+//! answer of the introspection row was wrong (the CI smoke checks); timings are printed
+//! and compared with the targets, never asserted.
 
 mod common;
 // The tests' PgBouncer harness (a real `pgbouncer` on a free loopback port).
@@ -71,7 +85,7 @@ struct Args {
     backend: Backend,
     quick: bool,
     tokens: usize,
-    /// `--only large-bodies|mass-revocation`: seed, then only that row.
+    /// `--only large-bodies|mass-revocation|pooler|introspection`: seed, then only that row.
     only: Option<Only>,
 }
 
@@ -81,6 +95,7 @@ enum Only {
     LargeBodies,
     MassRevocation,
     Pooler,
+    Introspection,
 }
 
 fn parse_args() -> Args {
@@ -103,7 +118,10 @@ fn parse_args() -> Args {
                     Some("large-bodies") => Only::LargeBodies,
                     Some("mass-revocation") => Only::MassRevocation,
                     Some("pooler") => Only::Pooler,
-                    other => panic!("--only large-bodies|mass-revocation|pooler, not {other:?}"),
+                    Some("introspection") => Only::Introspection,
+                    other => panic!(
+                        "--only large-bodies|mass-revocation|pooler|introspection, not {other:?}"
+                    ),
                 });
             }
             "--bench" => {} // added by `cargo bench`
@@ -912,6 +930,419 @@ async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
     }
 }
 
+/// Concurrency of each mode of the introspection row.
+const PROBE_CONCURRENCY: usize = 32;
+
+/// Rounds of each mode of the introspection row, alternating.
+const PROBE_ROUNDS: usize = 2;
+
+/// The introspection client the row's server knows: its id and secret.
+const PROBE_CLIENT: (&str, &str) = ("bench", "bench-introspection-secret");
+
+/// The owner of every seeded token (`common::seed_pool`).
+const BENCH_OWNER: &str = "bench/owner";
+
+/// The bare lookup of the introspection row, as the holder endpoints need a token's row.
+const LOOKUP_SQL: &str =
+    "SELECT owner, created_at, expires_at, revoked_at FROM tokens WHERE hash = $1";
+
+/// One of the three ways the introspection row asks about a token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProbeMode {
+    /// The bare lookup through an sqlx pool of its own.
+    Bare,
+    /// `POST /oauth/introspect`.
+    Introspect,
+    /// `GET /v1/tokens/current`.
+    Validity,
+}
+
+impl ProbeMode {
+    const ALL: [ProbeMode; 3] = [ProbeMode::Bare, ProbeMode::Introspect, ProbeMode::Validity];
+
+    fn name(self) -> &'static str {
+        match self {
+            ProbeMode::Bare => "bare",
+            ProbeMode::Introspect => "introspect",
+            ProbeMode::Validity => "validity",
+        }
+    }
+}
+
+/// A stored live token, as each mode sends it.
+struct Probe {
+    /// `token=...`, the introspection form.
+    form: String,
+    /// `Bearer ...`.
+    bearer: String,
+    hash: [u8; 32],
+}
+
+/// The bare lookup's own pool.
+enum BarePool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// What the three modes share: the server, the tokens asked about (round-robin), the
+/// bare pool.
+struct Probes {
+    client: reqwest::Client,
+    introspect_url: String,
+    validity_url: String,
+    /// `Basic base64(id:secret)`.
+    basic: String,
+    probes: Vec<Probe>,
+    next: AtomicUsize,
+    bare: BarePool,
+}
+
+/// What was wrong with an answer about a live token, if anything: a 200 with
+/// `Cache-Control: no-store`, a JSON body saying `active: true`, type `cio_tp`, the seeded
+/// owner (`sub` from introspection, `owner` from the validity check) and both times (Unix
+/// seconds `iat` and `exp`; RFC 3339 `created_at` and `expires_at`: the seeded tokens
+/// expire).
+fn check_holder_answer(
+    mode: ProbeMode,
+    status: u16,
+    no_store: bool,
+    body: &[u8],
+) -> Result<(), String> {
+    let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    if status != 200 {
+        return Err(format!("status {status}: {}", text()));
+    }
+    if !no_store {
+        return Err(format!("200 without Cache-Control: no-store: {}", text()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text()))?;
+    let (owner, times) = match mode {
+        ProbeMode::Introspect => (&v["sub"], v["iat"].is_i64() && v["exp"].is_i64()),
+        _ => (
+            &v["owner"],
+            [&v["created_at"], &v["expires_at"]].iter().all(|t| {
+                t.as_str()
+                    .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+            }),
+        ),
+    };
+    if v["active"] != true || v["token_type"] != "cio_tp" || *owner != BENCH_OWNER || !times {
+        return Err(format!("not the live token's answer: {v}"));
+    }
+    Ok(())
+}
+
+impl Probes {
+    /// One request of `mode` about the next token: its latency (until the whole answer
+    /// is read), and what was wrong with the answer.
+    async fn one(&self, mode: ProbeMode) -> (Duration, Result<(), String>) {
+        let p = &self.probes[self.next.fetch_add(1, Ordering::Relaxed) % self.probes.len()];
+        let started = Instant::now();
+        let request = match mode {
+            ProbeMode::Bare => {
+                let found = self.lookup(&p.hash).await;
+                let took = started.elapsed();
+                let outcome = match found {
+                    Ok(Some((owner, false))) if owner == BENCH_OWNER => Ok(()),
+                    Ok(other) => Err(format!("bare lookup found {other:?}")),
+                    Err(e) => Err(format!("bare lookup failed: {e}")),
+                };
+                return (took, outcome);
+            }
+            ProbeMode::Introspect => self
+                .client
+                .post(&self.introspect_url)
+                .header(reqwest::header::AUTHORIZATION, &self.basic)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(p.form.clone()),
+            ProbeMode::Validity => self
+                .client
+                .get(&self.validity_url)
+                .header(reqwest::header::AUTHORIZATION, &p.bearer),
+        };
+        let answer = match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let no_store = r
+                    .headers()
+                    .get(reqwest::header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| {
+                        v.split(',')
+                            .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+                    });
+                r.bytes().await.map(|body| (status, no_store, body))
+            }
+            Err(e) => Err(e),
+        };
+        let took = started.elapsed();
+        let outcome = match answer {
+            Ok((status, no_store, body)) => check_holder_answer(mode, status, no_store, &body),
+            Err(e) => Err(format!("request failed: {e}")),
+        };
+        (took, outcome)
+    }
+
+    /// The bare lookup of one hash: the row's owner and whether it is revoked.
+    async fn lookup(&self, hash: &[u8; 32]) -> Result<Option<(String, bool)>, sqlx::Error> {
+        type Time = chrono::DateTime<Utc>;
+        Ok(match &self.bare {
+            BarePool::Postgres(pool) => {
+                let row: Option<(String, Time, Option<Time>, Option<Time>)> =
+                    sqlx::query_as(LOOKUP_SQL)
+                        .bind(hash.as_slice())
+                        .fetch_optional(pool)
+                        .await?;
+                row.map(|(owner, _, _, revoked_at)| (owner, revoked_at.is_some()))
+            }
+            BarePool::Sqlite(pool) => {
+                // SQLite stores times as Unix milliseconds.
+                let row: Option<(String, i64, Option<i64>, Option<i64>)> =
+                    sqlx::query_as(LOOKUP_SQL)
+                        .bind(hash.as_slice())
+                        .fetch_optional(pool)
+                        .await?;
+                row.map(|(owner, _, _, revoked_at)| (owner, revoked_at.is_some()))
+            }
+        })
+    }
+}
+
+/// What one mode did in one round.
+struct ProbeRound {
+    /// Sorted latencies, ms.
+    lat: Vec<f64>,
+    seconds: f64,
+    errors: usize,
+    /// The first wrong answer, if any.
+    first_error: Option<String>,
+}
+
+/// `mode` at [`PROBE_CONCURRENCY`] for `secs`.
+async fn probe_round(probes: &Arc<Probes>, mode: ProbeMode, secs: Duration) -> ProbeRound {
+    let started = Instant::now();
+    let deadline = started + secs;
+    let workers: Vec<_> = (0..PROBE_CONCURRENCY)
+        .map(|_| {
+            let probes = Arc::clone(probes);
+            tokio::spawn(async move {
+                let (mut lat, mut errors, mut first_error) = (Vec::new(), 0, None);
+                while Instant::now() < deadline {
+                    let (took, outcome) = probes.one(mode).await;
+                    lat.push(ms(took));
+                    if let Err(e) = outcome {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+                (lat, errors, first_error)
+            })
+        })
+        .collect();
+    let mut round = ProbeRound {
+        lat: Vec::new(),
+        seconds: 0.0,
+        errors: 0,
+        first_error: None,
+    };
+    for w in workers {
+        let (lat, errors, first_error) = w.await.unwrap();
+        round.lat.extend(lat);
+        round.errors += errors;
+        if round.first_error.is_none() {
+            round.first_error = first_error;
+        }
+    }
+    round.seconds = started.elapsed().as_secs_f64();
+    round.lat.sort_by(f64::total_cmp);
+    round
+}
+
+/// The holder endpoints' reads against the bare lookup: a server on `settings`'
+/// database with one introspection client and no holder rate limit; `tokens` stored
+/// live tokens of the pool asked about round-robin; after a short unmeasured warm-up of
+/// each mode (its answers checked too), [`PROBE_ROUNDS`] rounds of `round_secs` of each
+/// mode in turn (bare, introspection, validity, ...) at [`PROBE_CONCURRENCY`]. The bare
+/// lookup goes through an sqlx pool as large as the server's. False if any answer was
+/// wrong.
+async fn introspection(
+    bench: &Arc<Bench>,
+    mut settings: Settings,
+    tokens: usize,
+    round_secs: Duration,
+) -> (Row, serde_json::Value, bool) {
+    use base64::Engine;
+    settings.holder.enabled = true;
+    settings.holder.rate_limit = None;
+    settings.holder.introspection_clients = vec![(
+        PROBE_CLIENT.0.into(),
+        secrecy::SecretString::from(PROBE_CLIENT.1),
+    )];
+    let connections = settings.pool.max_connections;
+    let (base, store, stop) = start_server(settings).await;
+    let bare = match bench.backend {
+        Backend::Postgres => BarePool::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(connections)
+                .connect(&bench.db_url)
+                .await
+                .expect("bare lookup pool"),
+        ),
+        Backend::Sqlite => {
+            use std::str::FromStr;
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&bench.db_url)
+                .unwrap()
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5));
+            BarePool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(connections)
+                    .connect_with(options)
+                    .await
+                    .expect("bare lookup pool"),
+            )
+        }
+    };
+    let probes: Vec<Probe> = bench
+        .take(tokens)
+        .iter()
+        .map(|t| Probe {
+            form: format!("token={}", t.expose_secret()),
+            bearer: format!("Bearer {}", t.expose_secret()),
+            hash: *t.hash().as_bytes(),
+        })
+        .collect();
+    let probes = Arc::new(Probes {
+        client: bench.client.clone(),
+        introspect_url: format!("{base}/oauth/introspect"),
+        validity_url: format!("{base}/v1/tokens/current"),
+        basic: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", PROBE_CLIENT.0, PROBE_CLIENT.1))
+        ),
+        probes,
+        next: AtomicUsize::new(0),
+        bare,
+    });
+
+    // Per mode: each round's req/s, every latency, errors, the first wrong answer, the
+    // server's statements in the measured rounds.
+    struct Tally {
+        mode: ProbeMode,
+        rps: Vec<f64>,
+        lat: Vec<f64>,
+        seconds: f64,
+        errors: usize,
+        first_error: Option<String>,
+        statements: u64,
+    }
+    let mut tallies: Vec<Tally> = ProbeMode::ALL
+        .iter()
+        .map(|&mode| Tally {
+            mode,
+            rps: Vec::new(),
+            lat: Vec::new(),
+            seconds: 0.0,
+            errors: 0,
+            first_error: None,
+            statements: 0,
+        })
+        .collect();
+    // Warm-up: every keep-alive connection and pooled database connection opened.
+    for t in &mut tallies {
+        let round = probe_round(&probes, t.mode, Duration::from_millis(500)).await;
+        t.errors += round.errors;
+        t.first_error = t.first_error.take().or(round.first_error);
+    }
+    for _ in 0..PROBE_ROUNDS {
+        for t in &mut tallies {
+            let before = store.statements();
+            let round = probe_round(&probes, t.mode, round_secs).await;
+            t.statements += store.statements() - before;
+            t.rps.push(round.lat.len() as f64 / round.seconds);
+            t.seconds += round.seconds;
+            t.lat.extend(round.lat);
+            t.errors += round.errors;
+            t.first_error = t.first_error.take().or(round.first_error);
+        }
+    }
+    let _ = stop.send(());
+    match &probes.bare {
+        BarePool::Postgres(pool) => pool.close().await,
+        BarePool::Sqlite(pool) => pool.close().await,
+    }
+
+    let rps = |t: &Tally| t.lat.len() as f64 / t.seconds;
+    let bare_rps = rps(&tallies[0]);
+    let mut parts = Vec::new();
+    let mut value = serde_json::json!({
+        "concurrency": PROBE_CONCURRENCY, "rounds": PROBE_ROUNDS,
+        "seconds_per_round": round_secs.as_secs_f64(), "tokens": tokens,
+        "pool_connections": connections,
+    });
+    let mut errors = 0;
+    let mut first_errors = Vec::new();
+    for t in &mut tallies {
+        t.lat.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&t.lat, 0.5), percentile(&t.lat, 0.99));
+        let ratio = rps(t) / bare_rps;
+        let per_round: Vec<String> = t.rps.iter().map(|r| format!("{r:.0}")).collect();
+        let statements =
+            (t.mode != ProbeMode::Bare).then(|| t.statements as f64 / t.lat.len().max(1) as f64);
+        parts.push(format!(
+            "{} {:.0} req/s ({}) p50 {p50:.2} ms p99 {p99:.2} ms{}{}",
+            t.mode.name(),
+            rps(t),
+            per_round.join("/"),
+            if t.mode == ProbeMode::Bare {
+                String::new()
+            } else {
+                format!(", {ratio:.2}x bare")
+            },
+            statements.map_or(String::new(), |s| format!(", {s:.2} statements/req")),
+        ));
+        value[t.mode.name()] = serde_json::json!({
+            "rps": rps(t), "rounds_rps": t.rps, "requests": t.lat.len(), "seconds": t.seconds,
+            "p50_ms": p50, "p99_ms": p99, "errors": t.errors,
+            "statements_per_request": statements, "first_error": t.first_error,
+        });
+        if t.mode != ProbeMode::Bare {
+            value[format!("ratio_{}_over_bare", t.mode.name())] = ratio.into();
+        }
+        errors += t.errors;
+        if let Some(e) = &t.first_error {
+            first_errors.push(format!("{}: {e}", t.mode.name()));
+        }
+    }
+    value["errors"] = errors.into();
+    let row = Row {
+        name: format!(
+            "introspection/validity c={PROBE_CONCURRENCY}, {PROBE_ROUNDS}x{}s",
+            round_secs.as_secs()
+        ),
+        value: format!(
+            "{} | errors {errors}{}",
+            parts.join(" | "),
+            if first_errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (first: {})", first_errors.join("; "))
+            }
+        ),
+        target: match bench.backend {
+            Backend::Postgres => "introspect >= 3000 req/s, p99 <= 20 ms; 0 errors".into(),
+            Backend::Sqlite => "(report) 0 errors".into(),
+        },
+    };
+    (row, value, errors == 0)
+}
+
 struct Row {
     name: String,
     value: String,
@@ -1098,6 +1529,7 @@ async fn run(args: Args) -> bool {
     let pooled_settings = settings.clone();
     let api_settings = settings.clone();
     let mass_settings = settings.clone();
+    let holder_settings = settings.clone();
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let store = Arc::clone(&app.state().store);
@@ -1140,11 +1572,23 @@ async fn run(args: Args) -> bool {
     let beside_per_round =
         throughput_secs as usize * if cfg!(debug_assertions) { 300 } else { 2_000 };
     let beside_tokens = 4 * beside_per_round;
+    // The holder endpoints' reads: each mode's rounds, and the live tokens they ask about
+    // round-robin (only read: shared by the three modes).
+    let probe_round = Duration::from_secs(if args.quick { 1 } else { 5 });
+    let probe_tokens = if args.quick { 10_000 } else { 50_000 };
     let pool_size = match args.only {
         Some(Only::LargeBodies) => beside_tokens,
         Some(Only::MassRevocation) => mass_tokens,
         Some(Only::Pooler) => pooler_tokens,
-        None => 5 * batch_tokens + throughput_tokens + pooler_tokens + beside_tokens + mass_tokens,
+        Some(Only::Introspection) => probe_tokens,
+        None => {
+            5 * batch_tokens
+                + throughput_tokens
+                + pooler_tokens
+                + beside_tokens
+                + mass_tokens
+                + probe_tokens
+        }
     };
     let filler = args.tokens.saturating_sub(pool_size);
     let seed_started = Instant::now();
@@ -1206,6 +1650,9 @@ async fn run(args: Args) -> bool {
                 Some((row, value)) => (row, value, true),
                 None => panic!("--only pooler needs PostgreSQL and a pgbouncer binary"),
             },
+            Only::Introspection => {
+                introspection(&bench, holder_settings, probe_tokens, probe_round).await
+            }
         };
         println!("{:<34} {}   [target {}]", row.name, row.value, row.target);
         println!("{}", serde_json::to_string(&value).unwrap());
@@ -1529,6 +1976,16 @@ async fn run(args: Args) -> bool {
         serde_json::json!({"items": 100_000, "ms": ms(api.took), "statements": api.flood_statements,
             "one_token_statements": api.one_token_statements, "status": api.status}),
     );
+
+    // 6. The holder endpoints' reads: introspection and the validity check against the
+    // bare lookup, at c=32 in alternating rounds.
+    let (row, value, ok) = introspection(&bench, holder_settings, probe_tokens, probe_round).await;
+    if !ok {
+        eprintln!("FAIL: {} had wrong answers", row.name);
+        all_ok = false;
+    }
+    rows.push(row);
+    json.insert("introspection".into(), value);
 
     // Report.
     println!();
