@@ -103,6 +103,7 @@ pub struct Metrics {
     db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     notification_attempts: Family<ResultLabels, Counter>,
     notifications: Family<StatusLabels, Gauge>,
+    database_up: Gauge,
     notify_worker_restarts: Counter,
     /// The on-call view of the same deliveries (not a metric: last delivery, slow days,
     /// the last hour).
@@ -204,6 +205,13 @@ impl Metrics {
              instance sends them); absent only while the database cannot be read",
             notifications.clone(),
         );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 when the database answered this scrape's read (the notification counts) \
+             within 2 s, 0 when it did not",
+            database_up.clone(),
+        );
         let notify_worker_restarts = Counter::default();
         registry.register(
             "notify_worker_restarts",
@@ -215,6 +223,7 @@ impl Metrics {
             notify_worker_restarts,
             notification_attempts,
             notifications,
+            database_up,
             deliveries,
             rejected,
             items,
@@ -261,11 +270,14 @@ impl Metrics {
                 })
                 .set(n);
         }
+        self.database_up.set(1);
     }
 
-    /// The counts could not be read: no notification series rather than stale ones.
+    /// The counts could not be read: no notification series rather than stale ones, and
+    /// `revoker_database_up` 0.
     pub fn notifications_unknown(&self) {
         self.notifications.clear();
+        self.database_up.set(0);
     }
 
     pub fn delivery(&self, scanner: &str, status: u16, seconds: f64) {

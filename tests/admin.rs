@@ -264,6 +264,12 @@ async fn stats_answer_503_while_the_database_is_down() {
     let pending = r#"revoker_notifications{status="pending"}"#;
     let m = app.admin_get("/metrics", None).await;
     assert_eq!(sample(&m.text, pending), Some(0.0), "{}", m.text);
+    assert_eq!(
+        sample(&m.text, "revoker_database_up"),
+        Some(1.0),
+        "{}",
+        m.text
+    );
     let outage = Outage::start(app.db()).await;
     let s = app.admin_get("/api/stats", None).await;
     // Metrics still answer, without notification counts they cannot read (never stale
@@ -272,6 +278,12 @@ async fn stats_answer_503_while_the_database_is_down() {
     outage.end(app.db()).await;
     assert_eq!(m.status, 200);
     assert!(!m.text.contains("revoker_notifications{"), "{}", m.text);
+    assert_eq!(
+        sample(&m.text, "revoker_database_up"),
+        Some(0.0),
+        "{}",
+        m.text
+    );
     assert_eq!(s.status, 503, "{}", s.text);
     assert_eq!(
         s.json,
@@ -286,6 +298,12 @@ async fn stats_answer_503_while_the_database_is_down() {
     assert_eq!(s.status, 200, "{}", s.text);
     let m = app.admin_get("/metrics", None).await;
     assert_eq!(sample(&m.text, pending), Some(0.0), "{}", m.text);
+    assert_eq!(
+        sample(&m.text, "revoker_database_up"),
+        Some(1.0),
+        "{}",
+        m.text
+    );
     app.stop().await;
 }
 
