@@ -180,9 +180,9 @@ pub struct ServeArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// A client of POST /oauth/introspect (RFC 7662), as ID:SECRET, sent by it with HTTP
-    /// Basic authentication (the registry's API servers). Repeatable (env:
-    /// comma-separated); a secret of at least 16 characters, never logged. Unset:
-    /// introspection answers 404.
+    /// Basic authentication (the registry's API servers). Repeatable (also
+    /// comma-separated, so a secret holds no comma); a secret of at least 16 characters,
+    /// never logged. Unset: introspection answers 404.
     #[arg(
         long = "introspection-client",
         env = "REVOKER_INTROSPECTION_CLIENTS",
@@ -291,7 +291,8 @@ impl ServeArgs {
                 introspection_clients: a
                     .introspection_clients
                     .iter()
-                    .map(|c| introspection_client(c.expose_secret()))
+                    .enumerate()
+                    .map(|(i, c)| introspection_client(i + 1, c.expose_secret()))
                     .collect::<anyhow::Result<_>>()?,
             },
             tls: match (a.tls_cert, a.tls_key) {
@@ -325,20 +326,19 @@ fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| "expected a CIDR such as 10.0.0.0/8 or an address".to_owned())
 }
 
-/// `--introspection-client ID:SECRET`, checked without ever quoting the secret (a
-/// value without a colon may be a secret alone: it is not quoted either).
-fn introspection_client(value: &str) -> anyhow::Result<(String, SecretString)> {
+/// `--introspection-client ID:SECRET`, the `n`th, checked without quoting any of it (a
+/// comma splits a value, so a secret holding one would leave part of it in the next).
+fn introspection_client(n: usize, value: &str) -> anyhow::Result<(String, SecretString)> {
+    let which = format!("--introspection-client number {n} (REVOKER_INTROSPECTION_CLIENTS)");
     let Some((id, secret)) = value.trim().split_once(':') else {
-        anyhow::bail!("an --introspection-client (REVOKER_INTROSPECTION_CLIENTS) is not ID:SECRET");
+        anyhow::bail!("{which} is not ID:SECRET");
     };
     if id.is_empty() || id.chars().any(|c| c.is_control() || c == ' ') {
-        anyhow::bail!(
-            "an --introspection-client (REVOKER_INTROSPECTION_CLIENTS) has an empty ID or one with spaces or control characters"
-        );
+        anyhow::bail!("{which} has an empty ID or one with spaces or control characters");
     }
     if secret.chars().count() < 16 {
         anyhow::bail!(
-            "the secret of --introspection-client {id:?} is shorter than 16 characters; it must be a real secret"
+            "the secret of {which} is shorter than 16 characters (or holds a comma, which separates clients); it must be a real secret"
         );
     }
     Ok((id.to_owned(), SecretString::from(secret.to_owned())))

@@ -7,7 +7,7 @@
 //! addresses are one client); an IPv4-mapped IPv6 address as the IPv4 address.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -48,10 +48,13 @@ impl RateLimit {
         }
         let burst = std::num::NonZeroU32::new(burst)
             .ok_or_else(|| "the burst must be at least 1".to_owned())?;
-        Ok(Some(RateLimit {
-            per: window / n,
-            burst,
-        }))
+        let per = window / n;
+        if per < Duration::from_micros(1) {
+            return Err(format!(
+                "rate {rate:?} is above a million a second; use off for no limit"
+            ));
+        }
+        Ok(Some(RateLimit { per, burst }))
     }
 }
 
@@ -114,11 +117,24 @@ pub fn client_address(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[
     client
 }
 
-/// `10.1.2.3`, `2001:db8::1`, `[2001:db8::1]:443` or `10.1.2.3:443`.
+/// `10.1.2.3`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443` or `10.1.2.3:443`.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     hop.parse::<IpAddr>()
         .ok()
         .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
+/// A configured network as addresses are compared with it: an IPv4-mapped IPv6 network
+/// (`::ffff:10.0.0.0/104`) as the IPv4 one (`10.0.0.0/8`).
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        net => net,
+    }
 }
 
 /// An IPv4-mapped IPv6 address as IPv4.
@@ -141,42 +157,68 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Above this many tracked addresses the limiter forgets, every so many checks, the
+/// Above this many tracked addresses the limiter forgets, at most once a second, the
 /// addresses whose allowance is whole again (a burst's worth of time after their last
-/// request), so a flood from many addresses leaves no map behind it.
+/// request: 2 s with the defaults), so a flood from many addresses leaves no map behind.
 const FORGET_ABOVE: usize = 10_000;
-const FORGET_EVERY: u32 = 1_024;
+/// Beyond this many tracked addresses (a flood from more addresses than the limit
+/// forgets in time, or a slow rate with a large burst), every request is counted in one
+/// shared allowance until enough are forgotten: the map stops growing and the flood is
+/// held to one address's rate. About 10 MB at most.
+const MAX_TRACKED: usize = 100_000;
+/// The shared allowance's key.
+const SHARED: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// The holder endpoints' rate limit, per client address.
 pub struct Limiter {
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
-    checks: AtomicU32,
+    /// When the last forgetting pass ran, in milliseconds since `started`.
+    forgot_at: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Limiter {
     pub fn new(limit: RateLimit) -> Self {
-        let quota = governor::Quota::with_period(limit.per)
-            .expect("a rate limit's period is above zero")
+        // `RateLimit::parse` makes no period under a microsecond; one built by hand gets
+        // a nanosecond rather than a panic.
+        let quota = governor::Quota::with_period(limit.per.max(Duration::from_nanos(1)))
+            .expect("a period above zero")
             .allow_burst(limit.burst);
         let clock = DefaultClock::default();
         Limiter {
             limiter: governor::RateLimiter::dashmap_with_clock(quota, clock.clone()),
             clock,
-            checks: AtomicU32::new(0),
+            forgot_at: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
     }
 
     /// Takes one from `client`'s allowance, or says how long until there is one.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == 0
-            && self.limiter.len() > FORGET_ABOVE
-        {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
+        let mut tracked = self.limiter.len();
+        if tracked > FORGET_ABOVE {
+            let now = self.started.elapsed().as_millis() as u64;
+            let last = self.forgot_at.load(Ordering::Relaxed);
+            let due = now.saturating_sub(last) >= 1_000;
+            if due
+                && self
+                    .forgot_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.limiter.retain_recent();
+                self.limiter.shrink_to_fit();
+                tracked = self.limiter.len();
+            }
         }
+        let key = if tracked >= MAX_TRACKED {
+            SHARED
+        } else {
+            bucket(canonical(client))
+        };
         self.limiter
-            .check_key(&bucket(canonical(client)))
+            .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -214,6 +256,9 @@ mod tests {
             assert!(per(bad).is_err(), "{bad}");
         }
         assert!(RateLimit::parse("1/s", 0).is_err());
+        // A period under a microsecond would be none at all (review: a panic at start).
+        assert!(per("2000000000/s").is_err());
+        assert!(per("1000000/s").is_ok());
     }
 
     #[test]
@@ -273,6 +318,12 @@ mod tests {
             client_address(ip("::ffff:10.0.0.1"), &headers, &trusted),
             ip("203.0.113.9")
         );
+        // A bracketed IPv6 address without a port (review: it stopped the walk).
+        let headers = forwarded(&["[2001:db8::8]"]);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &headers, &trusted),
+            ip("2001:db8::8")
+        );
         // Only proxies: the left-most.
         let headers = forwarded(&["10.9.9.9, 10.0.0.2"]);
         assert_eq!(
@@ -309,6 +360,19 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_trusted_network_is_compared_as_ipv4() {
+        let net = canonical_net("::ffff:10.0.0.0/104".parse().unwrap());
+        assert_eq!(net, "10.0.0.0/8".parse::<IpNet>().unwrap());
+        let headers = forwarded(&["203.0.113.9"]);
+        assert_eq!(
+            client_address(ip("10.1.1.1"), &headers, &[net]),
+            ip("203.0.113.9")
+        );
+        let plain: IpNet = "2001:db8::/32".parse().unwrap();
+        assert_eq!(canonical_net(plain), plain);
+    }
+
+    #[test]
     fn addresses_whose_allowance_is_whole_again_are_forgotten() {
         let limit = RateLimit::parse("1000/s", 1).unwrap().unwrap();
         let limiter = Limiter::new(limit);
@@ -316,11 +380,30 @@ mod tests {
             let _ = limiter.check(IpAddr::from(i.to_be_bytes()));
         }
         assert!(limiter.tracked() > FORGET_ABOVE);
-        // A millisecond gives each a whole allowance again (one per millisecond, burst 1).
+        // Each allowance (one per millisecond, burst 1) is whole again a millisecond
+        // after its request; the pass runs once a second has gone since the last one
+        // (moved back here rather than waited for).
         std::thread::sleep(Duration::from_millis(5));
-        for _ in 0..FORGET_EVERY {
-            let _ = limiter.check(ip("192.0.2.1"));
-        }
+        let started = std::time::Instant::now() - Duration::from_secs(2);
+        let limiter = Limiter { started, ..limiter };
+        let _ = limiter.check(ip("192.0.2.1"));
         assert!(limiter.tracked() < 10, "{}", limiter.tracked());
+    }
+
+    #[test]
+    fn beyond_the_cap_every_address_shares_one_allowance() {
+        let limit = RateLimit::parse("1/h", 1).unwrap().unwrap();
+        let limiter = Limiter::new(limit);
+        for i in 0..MAX_TRACKED as u32 {
+            assert_eq!(limiter.check(IpAddr::from((i + 1).to_be_bytes())), Ok(()));
+        }
+        // Nothing is forgotten (an hour per request): the next new addresses share one.
+        assert_eq!(limiter.check(ip("198.51.100.1")), Ok(()));
+        assert!(limiter.check(ip("198.51.100.2")).is_err());
+        assert!(
+            limiter.tracked() <= MAX_TRACKED + 1,
+            "{}",
+            limiter.tracked()
+        );
     }
 }

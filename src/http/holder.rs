@@ -61,19 +61,28 @@ pub struct HolderSettings {
 /// `--introspection-client` configure; `None` in [`AppState`] when the endpoints are off.
 pub struct Holder {
     pub(super) limiter: Option<Limiter>,
+    /// Lookups and revocations the first three endpoints may have in the database at
+    /// once: half the pool, so however many addresses present tokens, scanner
+    /// deliveries keep the other half.
+    pub(super) lookups: Arc<tokio::sync::Semaphore>,
     pub(super) trusted_proxies: Vec<ipnet::IpNet>,
     /// Each client's `ID:SECRET`, as a digest (compared in constant time).
     pub(super) introspection_clients: Vec<SecretDigest>,
 }
 
 impl Holder {
-    /// `None` when the endpoints are off.
-    pub fn new(settings: &HolderSettings) -> Option<Arc<Holder>> {
+    /// `None` when the endpoints are off; `pool_size` is `--db-max-connections`.
+    pub fn new(settings: &HolderSettings, pool_size: u32) -> Option<Arc<Holder>> {
         use secrecy::ExposeSecret;
         settings.enabled.then(|| {
             Arc::new(Holder {
                 limiter: settings.rate_limit.map(Limiter::new),
-                trusted_proxies: settings.trusted_proxies.clone(),
+                lookups: Arc::new(tokio::sync::Semaphore::new((pool_size as usize / 2).max(1))),
+                trusted_proxies: settings
+                    .trusted_proxies
+                    .iter()
+                    .map(|net| super::client::canonical_net(*net))
+                    .collect(),
                 introspection_clients: settings
                     .introspection_clients
                     .iter()
@@ -86,12 +95,21 @@ impl Holder {
     }
 }
 
-/// The four routes (404 while the endpoints are off).
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The routes the settings enable: none while the endpoints are off, introspection only
+/// with a client (absent paths answer the public listener's JSON 404, whatever the
+/// method).
+pub fn router(holder: Option<&Holder>) -> Router<AppState> {
+    let Some(holder) = holder else {
+        return Router::new();
+    };
+    let router = Router::new()
         .route("/v1/tokens/current", get(current).delete(delete_current))
-        .route("/oauth/revoke", post(oauth_revoke))
-        .route("/oauth/introspect", post(super::introspect::introspect))
+        .route("/oauth/revoke", post(oauth_revoke));
+    if holder.introspection_clients.is_empty() {
+        router
+    } else {
+        router.route("/oauth/introspect", post(super::introspect::introspect))
+    }
 }
 
 /// Why an answer is not what was asked for. Bodies never hold the token.
@@ -108,6 +126,8 @@ pub(super) enum Refusal {
     TooLarge,
     BodyTimeout,
     RateLimited(Duration),
+    /// Half the database pool is busy with holders' lookups already.
+    Overloaded,
     Unavailable(ApiError),
 }
 
@@ -123,7 +143,7 @@ impl Refusal {
             | Refusal::TooLarge
             | Refusal::BodyTimeout => "invalid_request",
             Refusal::RateLimited(_) => "rate_limited",
-            Refusal::Unavailable(_) => "unavailable",
+            Refusal::Overloaded | Refusal::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -193,6 +213,15 @@ impl IntoResponse for Refusal {
                 header::RETRY_AFTER,
                 wait.as_secs_f64().ceil().max(1.0).to_string(),
             ),
+            Refusal::Overloaded => with(
+                oauth(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many tokens are being checked now; try again later",
+                ),
+                header::RETRY_AFTER,
+                "1".to_owned(),
+            ),
             Refusal::Unavailable(e) => {
                 let resp = oauth(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -226,45 +255,72 @@ pub(super) enum Judged {
     Live(&'static Format, TokenRecord),
 }
 
-/// Judges `token`: the offline checks, then (counted against `client`'s allowance when
-/// given) one lookup, within the request's deadline.
+/// Judges `token`: the offline checks, then one lookup within the request's deadline.
+/// For the endpoints anyone may call (`client` given): first one from the client
+/// address's allowance, then a place among the holders' database work (waited for up to
+/// a second), which the caller holds while it revokes.
 pub(super) async fn judge(
     state: &AppState,
     holder: &Holder,
     token: &str,
     client: Option<ClientAddress>,
     started: Instant,
-) -> Result<Judged, Refusal> {
+) -> Result<(Judged, Option<tokio::sync::OwnedSemaphorePermit>), Refusal> {
     let Some(format) = state.formats.recognise(token) else {
-        return Ok(Judged::Malformed);
+        return Ok((Judged::Malformed, None));
     };
-    if let (Some(limiter), Some(ClientAddress(ip))) = (&holder.limiter, client) {
-        limiter.check(ip).map_err(Refusal::RateLimited)?;
-    }
+    let deadline = tokio::time::Instant::from_std(started + state.request_timeout);
+    let permit = match client {
+        None => None,
+        Some(ClientAddress(ip)) => {
+            if let Some(limiter) = &holder.limiter {
+                limiter.check(ip).map_err(Refusal::RateLimited)?;
+            }
+            let wait = deadline.min(tokio::time::Instant::now() + LOOKUP_WAIT);
+            let permit = tokio::time::timeout_at(wait, Arc::clone(&holder.lookups).acquire_owned());
+            Some(
+                permit
+                    .await
+                    .map_err(|_| Refusal::Overloaded)?
+                    .expect("never closed"),
+            )
+        }
+    };
     let hash = format.key(token);
-    let deadline = started + state.request_timeout;
-    let record = match tokio::time::timeout_at(deadline.into(), state.store.token(&hash)).await {
+    let record = match tokio::time::timeout_at(deadline, state.store.token(&hash)).await {
         Ok(Ok(record)) => record,
         Ok(Err(source)) => return Err(unavailable(state, source)),
         Err(_) => return Err(unavailable(state, StoreError::DeadlineExceeded)),
     };
-    Ok(match record {
+    let judged = match record {
         Some(r) if r.format == format.name && r.status(Utc::now()) == TokenStatus::Live => {
             Judged::Live(format, r)
         }
         _ => Judged::Inactive,
-    })
+    };
+    Ok((judged, permit))
 }
 
+/// How long a holder's request waits for a place among the holders' database work.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
+
+/// The database failed or ran past the request's deadline (`timeout`; `--body-timeout`
+/// may have taken part of it), said in one WARN.
 fn unavailable(state: &AppState, source: StoreError) -> Refusal {
-    let e = ApiError::DatabaseUnavailable {
-        source,
-        retry_after: state.retry_after,
+    let e = match source {
+        StoreError::DeadlineExceeded => ApiError::Timeout {
+            retry_after: state.retry_after,
+            rolled_back: false,
+        },
+        source => ApiError::DatabaseUnavailable {
+            source,
+            retry_after: state.retry_after,
+        },
     };
     tracing::warn!(
         error = e.code(),
         cause = e.cause(),
-        "holder endpoint: the database did not answer"
+        "holder endpoint: the database did not answer in time or failed"
     );
     Refusal::Unavailable(e)
 }
@@ -298,13 +354,22 @@ pub(super) async fn revoke(
             notifier.wake();
         }
     }
-    tracing::info!(
-        report_id = recorded.report_id,
-        token = %record.hash.prefix(),
-        endpoint,
-        revoked = recorded.tokens_revoked,
-        "token revoked by its holder"
-    );
+    if recorded.tokens_revoked > 0 {
+        tracing::info!(
+            report_id = recorded.report_id,
+            token = %record.hash.prefix(),
+            endpoint,
+            "token revoked by its holder"
+        );
+    } else {
+        // Another request revoked it between the lookup and this statement.
+        tracing::info!(
+            report_id = recorded.report_id,
+            token = %record.hash.prefix(),
+            endpoint,
+            "token presented by its holder was revoked meanwhile"
+        );
+    }
     Ok(recorded.tokens_revoked > 0)
 }
 
@@ -355,7 +420,7 @@ async fn current(
     let result = async {
         let holder = enabled(&state)?;
         let token = bearer(&headers)?;
-        match judge(&state, holder, token, Some(client), started).await? {
+        match judge(&state, holder, token, Some(client), started).await?.0 {
             Judged::Live(format, r) => {
                 let body = serde_json::json!({
                     "active": true,
@@ -385,19 +450,19 @@ async fn revoke_presented(
     endpoint: &'static str,
     started: Instant,
 ) -> Result<&'static str, Refusal> {
-    Ok(
-        match judge(state, holder, token, Some(client), started).await? {
-            Judged::Malformed => "malformed",
-            Judged::Inactive => "inactive",
-            Judged::Live(format, record) => {
-                if revoke(state, format, &record, endpoint, started).await? {
-                    "revoked"
-                } else {
-                    "inactive"
-                }
+    // The place among the holders' database work is held through the revocation.
+    let (judged, _lookup) = judge(state, holder, token, Some(client), started).await?;
+    Ok(match judged {
+        Judged::Malformed => "malformed",
+        Judged::Inactive => "inactive",
+        Judged::Live(format, record) => {
+            if revoke(state, format, &record, endpoint, started).await? {
+                "revoked"
+            } else {
+                "inactive"
             }
-        },
-    )
+        }
+    })
 }
 
 #[tracing::instrument(

@@ -52,7 +52,7 @@ pub(super) async fn introspect(
         }
         let form = read_form(&state, &headers, body).await?;
         let token = form_token(&form)?;
-        Ok(match judge(&state, holder, token, None, started).await? {
+        Ok(match judge(&state, holder, token, None, started).await?.0 {
             Judged::Live(format, r) => {
                 let mut body = serde_json::json!({
                     "active": true,
@@ -93,11 +93,12 @@ fn client_credentials(headers: &HeaderMap) -> Option<Vec<String>> {
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (id, secret) = decoded.split_once(':')?;
+    // `+` is a space in form encoding; then %XX (invalid UTF-8 replaced: such a secret
+    // is no configured one).
     let unescape = |s: &str| -> String {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
     };
     let unescaped = format!("{}:{}", unescape(id), unescape(secret));
     Some(if unescaped == decoded {
@@ -132,6 +133,11 @@ mod tests {
         assert_eq!(
             client_credentials(&basic(&format!("BASIC {}", b64("api:plain")))),
             Some(vec!["api:plain".to_owned()])
+        );
+        // `&` is part of the secret, not the end of a form field (review).
+        assert_eq!(
+            client_credentials(&basic(&format!("Basic {}", b64("api:s3cret&x=1")))),
+            Some(vec!["api:s3cret&x=1".to_owned()])
         );
         assert_eq!(
             client_credentials(&basic(&format!("Bearer {}", b64("api:x")))),

@@ -254,7 +254,7 @@ impl Application {
                 scanner_quiet_after: settings.scanner_quiet_after,
                 formats: settings.formats,
                 cpu: http::cpu::Cpu::default(),
-                holder: http::holder::Holder::new(&settings.holder),
+                holder: http::holder::Holder::new(&settings.holder, settings.pool.max_connections),
                 revocation_api: (!settings.revocation_api_tokens.is_empty()).then(|| {
                     Arc::new(http::revocation_api::RevocationApi {
                         tokens: settings
