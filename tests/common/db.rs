@@ -32,6 +32,44 @@ pub enum TestDb {
     },
 }
 
+/// A PostgreSQL test database is dropped with its [`TestDb`], also when the test fails or
+/// never calls [`TestDb::cleanup`]: the pooler in front stops first, then `DROP DATABASE
+/// … WITH (FORCE)` (closing what still uses it) runs on a thread of its own, so it works
+/// inside and outside a runtime.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let TestDb::Postgres {
+            admin_url,
+            name,
+            pooled,
+            ..
+        } = self
+        else {
+            return;
+        };
+        drop(pooled.take());
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        let dropped = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let connect = sqlx::PgConnection::connect(&admin_url);
+                if let Ok(Ok(mut conn)) =
+                    tokio::time::timeout(Duration::from_secs(5), connect).await
+                {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&drop).execute(&mut conn).await;
+                }
+            });
+        });
+        let _ = dropped.join();
+    }
+}
+
 /// A PgBouncer in transaction mode in front of a test database, and its URL.
 pub struct Pooled {
     bouncer: PgBouncer,
@@ -148,31 +186,19 @@ impl TestDb {
     /// "skip" (no PostgreSQL, or no `pgbouncer` outside CI).
     pub async fn pooled(pool_size: u32) -> Option<TestDb> {
         static NO_POOLER: Once = Once::new();
-        let db = TestDb::new(Kind::Postgres).await?;
+        let mut db = TestDb::new(Kind::Postgres).await?;
         let Some(bouncer) = PgBouncer::start(db.url(), pool_size) else {
             super::skip_unless_ci(&NO_POOLER, "no pgbouncer", "apt-get install pgbouncer");
-            db.cleanup().await;
             return None;
         };
-        let TestDb::Postgres {
-            admin_url,
-            name,
-            url,
-            ..
-        } = db
-        else {
+        let TestDb::Postgres { url, pooled, .. } = &mut db else {
             unreachable!()
         };
-        let pooled = Pooled {
-            url: bouncer.url(&url),
+        *pooled = Some(Box::new(Pooled {
+            url: bouncer.url(url),
             bouncer,
-        };
-        Some(TestDb::Postgres {
-            admin_url,
-            name,
-            url,
-            pooled: Some(Box::new(pooled)),
-        })
+        }));
+        Some(db)
     }
 
     /// How the store counts `statements` single statements sent outside a transaction:
@@ -254,22 +280,10 @@ impl TestDb {
         }
     }
 
-    /// Drops a PostgreSQL test database (the SQLite one goes with its temp dir).
+    /// Drops a PostgreSQL test database (the SQLite one goes with its temp dir); dropping
+    /// a [`TestDb`] does the same, so a test that forgets or fails leaves none behind.
     pub async fn cleanup(self) {
-        if let TestDb::Postgres {
-            admin_url,
-            name,
-            pooled,
-            ..
-        } = self
-        {
-            drop(pooled);
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
-        }
+        drop(self);
     }
 
     /// The one text column of every row `sql` selects.
