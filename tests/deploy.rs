@@ -82,6 +82,9 @@ fn the_nginx_example_keeps_tls_1_2_and_the_15_s() {
     assert!(conf.contains("ssl_protocols TLSv1.2 TLSv1.3;"));
     assert!(conf.contains("proxy_read_timeout 14s;"));
     assert!(conf.contains("location /secret-scanning/"));
+    // The holder endpoints, with the client address for their rate limit.
+    assert!(conf.contains("location /oauth/"));
+    assert!(conf.contains("X-Forwarded-For $proxy_add_x_forwarded_for"));
     assert!(conf.contains("proxy_pass http://127.0.0.1:8080;"));
     // The admin listener is never proxied.
     assert!(!conf.contains("9090;"));
