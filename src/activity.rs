@@ -39,7 +39,7 @@ struct Seen {
 }
 
 /// The last delivery answered.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LastDelivery {
     pub at: DateTime<Utc>,
     pub status: u16,
@@ -47,7 +47,7 @@ pub struct LastDelivery {
 }
 
 /// One scanner as this instance saw it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ScannerActivity {
     /// The last request answered, whatever its status (a forged one too).
     pub last_delivery: Option<LastDelivery>,
@@ -61,7 +61,7 @@ pub struct ScannerActivity {
     pub last_hour_server_errors: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SlowDay {
     pub day: NaiveDate,
     pub deliveries: u64,

@@ -11,6 +11,7 @@ pub mod import;
 pub mod keys;
 pub mod migrate;
 pub mod notify;
+pub mod openapi;
 pub mod purge;
 pub mod replay;
 pub mod serve;
@@ -64,6 +65,9 @@ pub enum Command {
     /// 30 days) and the once-per-body claims older than 8 days, once, and exit; `serve`
     /// does the same every hour.
     Purge(PurgeArgs),
+    /// Print the OpenAPI 3.1 document of both listeners (what the admin listener serves
+    /// at /openapi.json): `revoker openapi > docs/openapi.json`.
+    Openapi,
 }
 
 /// `--token-formats`: shared by every command that recognises tokens.
@@ -155,6 +159,7 @@ impl Command {
             Command::Keys(command) => keys::run(command),
             Command::Notify(command) => notify::run(command).await,
             Command::Purge(args) => purge::run(args).await,
+            Command::Openapi => openapi::run(),
         };
         done.map(|()| std::process::ExitCode::SUCCESS)
     }

@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `Ok` when no admin token is set or the request carries it.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
         return Ok(());
     };
@@ -50,7 +50,17 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn metrics_handler(
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "this instance's metrics, Prometheus/OpenMetrics text", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = "`unauthorized`: --admin-token is set and the request does not carry it", body = super::openapi::ErrorBody, headers(("WWW-Authenticate" = String))),
+    )
+)]
+pub(super) async fn metrics_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -87,7 +97,7 @@ async fn metrics_handler(
 }
 
 /// The `/api/stats` document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsDocument {
     pub generated_at: DateTime<Utc>,
     /// Owner notifications by status (`failed` ones wait for `revoker notify retry`).
@@ -110,7 +120,7 @@ pub struct StatsDocument {
 }
 
 /// A notification as the dashboard lists it (hash prefix, never the token).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NotificationSummary {
     pub id: String,
     pub token_hash_prefix: String,
@@ -140,7 +150,7 @@ impl From<&crate::store::Notification> for NotificationSummary {
 }
 
 /// The on-call panel.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OnCall {
     /// `--scanner-quiet-after`, in seconds.
     pub quiet_after_seconds: u64,
@@ -151,7 +161,7 @@ pub struct OnCall {
 }
 
 /// One scanner, for on-call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScannerStatus {
     pub scanner: String,
     /// Keys in the cache, and how long ago they were fetched.
@@ -214,7 +224,18 @@ pub fn fill_days(start: NaiveDate, sparse: Vec<DayTotals>) -> Vec<DayTotals> {
         .collect()
 }
 
-async fn stats_handler(
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "admin",
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "read from the database: totals by scanner, source, day and format, recent reports and revocations, notifications, the on-call panel", body = StatsDocument),
+        (status = 401, description = "`unauthorized`: --admin-token is set and the request does not carry it", body = super::openapi::ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 503, description = "`database_unavailable` (or `database_read_only`, `database_corrupt`, `database_pooler`): the stats could not be read", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn stats_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<StatsDocument>, ApiError> {
@@ -276,7 +297,15 @@ async fn stats_handler(
     }))
 }
 
-async fn dashboard() -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "admin",
+    responses(
+        (status = 200, description = "the dashboard page (no data; it reads /api/stats with the token of `#token=…`)", content_type = "text/html", body = String),
+    )
+)]
+pub(super) async fn dashboard() -> Result<Response, ApiError> {
     Ok((
         [
             (header::CACHE_CONTROL, "no-cache"),

@@ -51,7 +51,13 @@ pub fn public_router() -> Router<AppState> {
     )
 }
 
-async fn healthz() -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "the process runs (both listeners)", body = super::openapi::Health))
+)]
+pub(super) async fn healthz() -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }
 
@@ -80,7 +86,16 @@ impl IntoResponse for Readiness {
 }
 
 /// The admin answer: database, keys and the notification worker.
-async fn admin_readyz(State(state): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "ready: the database answers and takes writes, every scanner has keys (admin listener: and the notification worker runs, with --notify-webhook); the public listener's answer is reused for a second and has no `notifier`", body = super::openapi::Readiness),
+        (status = 503, description = "not ready: the same document, naming what is missing", body = super::openapi::Readiness),
+    )
+)]
+pub(super) async fn admin_readyz(State(state): State<AppState>) -> Response {
     let mut readiness = check(&state).await;
     if let Some(notifier) = &state.notifier {
         let (running, json) = worker_readiness(notifier.status());

@@ -410,8 +410,10 @@ fn rfc3339(at: DateTime<Utc>) -> Option<String> {
     (at < NEVER_EXPIRES).then(|| at.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
+#[utoipa::path(get, path = "/v1/tokens/current", tag = "holder",
+    security(("holder_token" = [])), responses(super::openapi::CurrentAnswers))]
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "GET /v1/tokens/current"))]
-async fn current(
+pub(super) async fn current(
     State(state): State<AppState>,
     client: ClientAddress,
     headers: HeaderMap,
@@ -465,12 +467,14 @@ async fn revoke_presented(
     })
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/current", tag = "holder",
+    security(("holder_token" = [])), responses(super::openapi::DeleteAnswers))]
 #[tracing::instrument(
     name = "holder",
     skip_all,
     fields(endpoint = "DELETE /v1/tokens/current")
 )]
-async fn delete_current(
+pub(super) async fn delete_current(
     State(state): State<AppState>,
     client: ClientAddress,
     headers: HeaderMap,
@@ -494,8 +498,11 @@ async fn delete_current(
     counted(&state, "tokens_current_delete", result)
 }
 
+#[utoipa::path(post, path = "/oauth/revoke", tag = "holder",
+    request_body(content = super::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(super::openapi::RevokeAnswers))]
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "POST /oauth/revoke"))]
-async fn oauth_revoke(
+pub(super) async fn oauth_revoke(
     State(state): State<AppState>,
     client: ClientAddress,
     headers: HeaderMap,

@@ -4,6 +4,8 @@
 //! - [`webhook`]: `POST /secret-scanning/{scanner}` (public listener).
 //! - [`admin`]: `/metrics`, `/api/stats`, `/dashboard` (admin listener, optional bearer
 //!   token).
+//! - [`openapi`]: the OpenAPI document of both listeners, generated from the handlers'
+//!   `#[utoipa::path]` annotations and types; `GET /openapi.json` (admin listener).
 //! - [`health`]: `/healthz`, `/readyz` (both listeners; the public `/readyz` is cached
 //!   for a second).
 //! - [`holder`] and [`introspect`]: `GET`/`DELETE /v1/tokens/current`, `POST
@@ -21,6 +23,7 @@ pub mod health;
 pub mod holder;
 pub mod intake;
 mod introspect;
+pub mod openapi;
 pub mod revocation_api;
 pub mod webhook;
 
@@ -107,10 +110,12 @@ pub fn public_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The admin listener: metrics, stats, dashboard, health, and a JSON 404.
+/// The admin listener: metrics, stats, dashboard, health, the OpenAPI document, and a
+/// JSON 404.
 pub fn admin_router(state: AppState) -> Router {
     admin::router()
         .merge(health::router())
+        .merge(openapi::router())
         .fallback(not_found)
         .with_state(state)
 }

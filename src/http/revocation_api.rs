@@ -66,7 +66,18 @@ fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s Revocat
     }
 }
 
-async fn types(
+#[utoipa::path(
+    get,
+    path = "/v1/revocable_token_types",
+    tag = "revocation-api",
+    security(("revocation_api_token" = [])),
+    responses(
+        (status = 200, description = "the types offered (--revocation-api-types)", body = super::openapi::RevocableTokenTypes),
+        (status = 401, description = "`unauthorized`: no `Authorization`, or not one of --revocation-api-token", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: started without --revocation-api-token", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn types(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -74,8 +85,24 @@ async fn types(
     Ok(Json(serde_json::json!({ "types": &*api.types })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/revoke_tokens",
+    tag = "revocation-api",
+    security(("revocation_api_token" = [])),
+    request_body(content = Vec<super::openapi::RevocationItem>, description = "GitLab's batch; other fields are ignored"),
+    responses(
+        (status = 204, description = "revoked, through the same one statement as a webhook delivery (a resent body is answered from its first report)"),
+        (status = 400, description = "`invalid_request`: not such an array, or a type not offered; the whole batch", body = super::openapi::ErrorBody),
+        (status = 401, description = "`unauthorized`: no `Authorization`, or not one of --revocation-api-token", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: started without --revocation-api-token", body = super::openapi::ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within --body-timeout", body = super::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over --max-body", body = super::openapi::ErrorBody),
+        (status = 429, description = "`retry_later`: the database down or out of time, too many deliveries; nothing was recorded (GitLab retries)", body = super::openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 #[tracing::instrument(name = "revocation_api", skip_all)]
-async fn revoke(
+pub(super) async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,

@@ -79,8 +79,28 @@ pub(super) async fn read_body(
         .map_err(|_| ApiError::BodyTimeout)?
 }
 
+#[utoipa::path(
+    post,
+    path = "/secret-scanning/{scanner}",
+    tag = "alerts",
+    params(
+        ("scanner" = String, Path, description = "a configured --scanner NAME"),
+        ("Github-Public-Key-Identifier" = String, Header, description = "the signing key's id (header prefix per scanner: `Gitlab-` for protocol gitlab, --scanner-header-prefix)"),
+        ("Github-Public-Key-Signature" = String, Header, description = "base64 of a DER ECDSA P-256/SHA-256 signature over the exact body bytes"),
+    ),
+    request_body(content = Vec<super::openapi::AlertItem>, description = "the alerts, signed as sent"),
+    responses(
+        (status = 200, description = "verified and processed: one entry per item sent, in input order, streamed (a `gitlab` scanner: 200 for any verified body)", body = Vec<super::openapi::Feedback>),
+        (status = 400, description = "`bad_body`: verified, but not a JSON array of objects with a string `token`; `body_read_error`: the connection broke while the body was read", body = super::openapi::ErrorBody),
+        (status = 401, description = "`bad_signature_header` (missing, not ASCII, not base64, not DER), `unknown_key`, `bad_signature`", body = super::openapi::ErrorBody),
+        (status = 404, description = "`unknown_scanner`: no such scanner configured", body = super::openapi::ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within --body-timeout", body = super::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over --max-body", body = super::openapi::ErrorBody),
+        (status = 503, description = "retry later: `keys_unavailable`, `database_unavailable`, `database_read_only`, `database_corrupt`, `database_pooler`, `timeout`, `overloaded`", body = super::openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 #[tracing::instrument(name = "delivery", skip_all, fields(scanner = tracing::field::Empty, key_id = tracing::field::Empty))]
-async fn receive(
+pub(super) async fn receive(
     State(state): State<AppState>,
     scanner: Result<Path<String>, PathRejection>,
     headers: HeaderMap,

@@ -21,6 +21,7 @@ use crate::domain::TokenHash;
     strum::IntoStaticStr,
     strum::EnumString,
     strum::VariantNames,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -110,7 +111,7 @@ pub enum AttemptResult {
 }
 
 /// Notifications per status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NotificationCounts {
     pub pending: i64,
     pub delivered: i64,

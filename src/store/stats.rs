@@ -78,7 +78,9 @@ pub(super) const NOTIFICATION_COUNTS_SQL: &str = "SELECT
 /// occurrences (report items: a token named twice, or re-reported, counts each time);
 /// `tokens_revoked` and `tokens_expired` count distinct tokens (a token is revoked once,
 /// ever, by the report that flipped it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema,
+)]
 pub struct Totals {
     pub reports: i64,
     pub items: i64,
@@ -94,7 +96,7 @@ pub struct Totals {
 }
 
 /// Totals of one scanner.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ScannerTotals {
     pub scanner: String,
     #[serde(flatten)]
@@ -103,7 +105,7 @@ pub struct ScannerTotals {
 }
 
 /// Candidate items by their `source` field (`content`, `commit`, `npm`, …).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SourceTotals {
     pub source: String,
     pub items: i64,
@@ -114,7 +116,7 @@ pub struct SourceTotals {
 }
 
 /// Totals of reports received on one UTC day.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DayTotals {
     /// `YYYY-MM-DD`, UTC.
     pub day: chrono::NaiveDate,
@@ -128,7 +130,7 @@ pub struct DayTotals {
 /// the bucket holding that rank, so the true value is at most it and at least 13/15 of
 /// it (under 10 ms:
 /// 0.01 s; past 29 years, the last bound).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RevocationAges {
     pub count: i64,
     pub median_seconds: Option<f64>,
@@ -137,7 +139,7 @@ pub struct RevocationAges {
 
 /// Tokens of one format revoked by a report (`revoker token import` revokes none), and
 /// their ages at revocation.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct FormatTotals {
     /// A name of [`crate::domain::format::FORMATS`] (or of a format a later binary knows).
     pub format: String,
@@ -149,7 +151,7 @@ pub struct FormatTotals {
 }
 
 /// One item of a recent report, safe to show: hash prefix, never the token.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RecentItem {
     pub token_hash_prefix: String,
     pub outcome: Outcome,
@@ -158,7 +160,7 @@ pub struct RecentItem {
 }
 
 /// A recent report with (up to 20 of) its items.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RecentReport {
     pub id: i64,
     pub received_at: DateTime<Utc>,
@@ -170,7 +172,7 @@ pub struct RecentReport {
 }
 
 /// Everything `/api/stats` reads from the database.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub totals: Totals,
     /// Ordered by scanner name.
@@ -199,7 +201,7 @@ pub struct Stats {
 }
 
 /// A token revoked recently, and whom to tell.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RecentRevocation {
     pub token_hash_prefix: String,
     pub owner: String,
@@ -214,7 +216,7 @@ pub struct RecentRevocation {
 }
 
 /// The latest report recorded for one scanner.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LastReport {
     pub scanner: String,
     pub received_at: DateTime<Utc>,
