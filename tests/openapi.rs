@@ -150,6 +150,31 @@ fn the_document_lists_exactly_the_routes_each_on_its_listener() {
 
 /// The receiver with every optional route on: an admin token, the Revocation API, an
 /// introspection client.
+/// Every path a router registers (`.route("…"` in `src/http/`) is in `ROUTES`, and the
+/// other way round: a route added without its place in the document fails here (the
+/// review found that a new route with neither passed every other test).
+#[test]
+fn the_routes_the_code_registers_are_the_known_routes() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let route = regex::Regex::new(r#"\.route\(\s*"([^"]+)""#).unwrap();
+    let mut registered = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for c in route.captures_iter(&text) {
+                registered.insert(c[1].to_owned());
+            }
+        }
+    }
+    let known: BTreeSet<String> = ROUTES.iter().map(|r| r.1.to_owned()).collect();
+    assert_eq!(
+        registered, known,
+        "the paths src/http/ registers differ from ROUTES: document the new route \
+         (#[utoipa::path], ApiDoc's paths) and add it to ROUTES"
+    );
+}
+
 async fn start() -> (TestApp, TestDb, KeyServer) {
     let db = TestDb::new(Kind::Sqlite).await.expect("SQLite");
     let keys = KeyServer::with_test_keys().await;

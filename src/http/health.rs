@@ -90,6 +90,8 @@ impl IntoResponse for Readiness {
     get,
     path = "/readyz",
     tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness, on both listeners (the admin one also checks the notification worker)",
     responses(
         (status = 200, description = "ready: the database answers and takes writes, every scanner has keys (admin listener: and the notification worker runs, with --notify-webhook); the public listener's answer is reused for a second and has no `notifier`", body = super::openapi::Readiness),
         (status = 503, description = "not ready: the same document, naming what is missing", body = super::openapi::Readiness),

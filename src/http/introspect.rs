@@ -36,13 +36,13 @@ use crate::store::NEVER_EXPIRES;
     security(("introspection_client" = [])),
     request_body(content = super::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "a live token's fields, or exactly `{\"active\": false}` for anything else (RFC 7662)", body = super::openapi::Introspection),
-        (status = 400, description = "`invalid_request`: not a form with one `token`", body = super::openapi::OAuthError),
-        (status = 401, description = "`invalid_client`: no or wrong credentials", body = super::openapi::OAuthError, headers(("WWW-Authenticate" = String))),
+        (status = 200, description = "a live token's fields, or exactly `{\"active\": false}` for anything else (RFC 7662)", body = super::openapi::Introspection, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "`invalid_request`: not a form with one `token`", body = super::openapi::OAuthError, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 401, description = "`invalid_client`: no or wrong credentials", body = super::openapi::OAuthError, headers(("Cache-Control" = String, description = "no-store"), ("WWW-Authenticate" = String))),
         (status = 404, description = "`not_found`: no --introspection-client, or --holder-endpoints off", body = super::openapi::ErrorBody),
-        (status = 408, description = "the body did not arrive within --body-timeout", body = super::openapi::OAuthError),
-        (status = 413, description = "the body is over 16 KiB", body = super::openapi::OAuthError),
-        (status = 503, description = "the database unavailable or out of time", body = super::openapi::OAuthError, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 408, description = "the body did not arrive within --body-timeout", body = super::openapi::OAuthError, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 413, description = "the body is over 16 KiB", body = super::openapi::OAuthError, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 503, description = "the database unavailable or out of time", body = super::openapi::OAuthError, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds"))),
     )
 )]
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "POST /oauth/introspect"))]

@@ -170,7 +170,7 @@ pub fn router() -> Router<AppState> {
     security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "this document (OpenAPI 3.1)", content_type = "application/json", body = serde_json::Value),
-        (status = 401, description = "`unauthorized`: --admin-token is set and the request does not carry it", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: --admin-token is set and the request does not carry it", body = ErrorBody, headers(("WWW-Authenticate" = String))),
     )
 )]
 async fn openapi_json(
@@ -224,6 +224,9 @@ pub struct AlertItem {
     pub url: Option<String>,
     /// `content`, `commit`, `npm`, …
     pub source: Option<String>,
+    /// GitLab's name for where it was found: read as `url` when `url` is absent, and
+    /// scanned for tokens like the other fields.
+    pub location: Option<String>,
 }
 
 /// One entry of the 200 answer, per item sent, in input order (streamed).
@@ -259,6 +262,7 @@ pub struct RevocableTokenTypes {
 pub struct TokenForm {
     pub token: String,
     /// Ignored.
+    #[schema(nullable = false)]
     pub token_type_hint: Option<String>,
 }
 
@@ -353,21 +357,21 @@ pub struct NotifierReadiness {
 #[derive(IntoResponses)]
 pub enum CurrentAnswers {
     /// A live token.
-    #[response(status = 200)]
+    #[response(status = 200, headers(("Cache-Control" = String, description = "no-store")))]
     Live(TokenInfo),
     /// Not live (revoked, expired, unknown, no token at all: one answer), with
     /// `WWW-Authenticate: Bearer error="invalid_token"`; or no `Authorization: Bearer`
     /// (`invalid_request`, `WWW-Authenticate: Bearer realm="revoker"`).
-    #[response(status = 401, headers(("WWW-Authenticate" = String)))]
+    #[response(status = 401, headers(("Cache-Control" = String, description = "no-store"), ("WWW-Authenticate" = String)))]
     Unauthorized(OAuthError),
     /// --holder-endpoints off.
     #[response(status = 404)]
     Off(ErrorBody),
     /// `rate_limited`: too many tokens from this address.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 429, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     RateLimited(OAuthError),
     /// `overloaded`, or the database unavailable or out of time.
-    #[response(status = 503, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 503, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     Unavailable(OAuthError),
 }
 
@@ -375,20 +379,20 @@ pub enum CurrentAnswers {
 #[derive(IntoResponses)]
 pub enum DeleteAnswers {
     /// Whatever the token's state; a live one is revoked.
-    #[response(status = 204)]
+    #[response(status = 204, headers(("Cache-Control" = String, description = "no-store")))]
     Done,
     /// No `Authorization: Bearer` (`invalid_request`).
-    #[response(status = 401, headers(("WWW-Authenticate" = String)))]
+    #[response(status = 401, headers(("Cache-Control" = String, description = "no-store"), ("WWW-Authenticate" = String)))]
     Unauthorized(OAuthError),
     /// --holder-endpoints off.
     #[response(status = 404)]
     Off(ErrorBody),
     /// `rate_limited`.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 429, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     RateLimited(OAuthError),
     /// `overloaded`, or the database unavailable (it may or may not have revoked: send
     /// it again).
-    #[response(status = 503, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 503, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     Unavailable(OAuthError),
 }
 
@@ -396,24 +400,24 @@ pub enum DeleteAnswers {
 #[derive(IntoResponses)]
 pub enum RevokeAnswers {
     /// Any token (RFC 7009 §2.2), empty; a live one is revoked.
-    #[response(status = 200)]
+    #[response(status = 200, headers(("Cache-Control" = String, description = "no-store")))]
     Done,
     /// `invalid_request`: not a form with one `token`.
-    #[response(status = 400)]
+    #[response(status = 400, headers(("Cache-Control" = String, description = "no-store")))]
     Invalid(OAuthError),
     /// --holder-endpoints off.
     #[response(status = 404)]
     Off(ErrorBody),
     /// The body did not arrive within --body-timeout.
-    #[response(status = 408)]
+    #[response(status = 408, headers(("Cache-Control" = String, description = "no-store")))]
     BodyTimeout(OAuthError),
     /// The body is over 16 KiB.
-    #[response(status = 413)]
+    #[response(status = 413, headers(("Cache-Control" = String, description = "no-store")))]
     TooLarge(OAuthError),
     /// `rate_limited`.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 429, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     RateLimited(OAuthError),
     /// `overloaded`, or the database unavailable.
-    #[response(status = 503, headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 503, headers(("Cache-Control" = String, description = "no-store"), ("Retry-After" = u64, description = "seconds")))]
     Unavailable(OAuthError),
 }

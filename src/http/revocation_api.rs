@@ -93,7 +93,7 @@ pub(super) async fn types(
     request_body(content = Vec<super::openapi::RevocationItem>, description = "GitLab's batch; other fields are ignored"),
     responses(
         (status = 204, description = "revoked, through the same one statement as a webhook delivery (a resent body is answered from its first report)"),
-        (status = 400, description = "`invalid_request`: not such an array, or a type not offered; the whole batch", body = super::openapi::ErrorBody),
+        (status = 400, description = "`invalid_request`: not such an array, or a type not offered; the whole batch (`body_read_error`: the connection broke while the body was read)", body = super::openapi::ErrorBody),
         (status = 401, description = "`unauthorized`: no `Authorization`, or not one of --revocation-api-token", body = super::openapi::ErrorBody),
         (status = 404, description = "`not_found`: started without --revocation-api-token", body = super::openapi::ErrorBody),
         (status = 408, description = "`body_timeout`: the body did not arrive within --body-timeout", body = super::openapi::ErrorBody),
