@@ -467,8 +467,10 @@ async fn revoke_presented(
     })
 }
 
+// No security scheme: any token is answered 204 (it is the subject, not a credential).
 #[utoipa::path(delete, path = "/v1/tokens/current", tag = "holder",
-    security(("holder_token" = [])), responses(super::openapi::DeleteAnswers))]
+    params(("Authorization" = String, Header, description = "`Bearer <the token>`")),
+    responses(super::openapi::DeleteAnswers))]
 #[tracing::instrument(
     name = "holder",
     skip_all,

@@ -260,6 +260,8 @@ pub struct RevocableTokenTypes {
 /// `POST /oauth/revoke` and `POST /oauth/introspect`: one `token` (RFC 7009, RFC 7662).
 #[derive(ToSchema)]
 pub struct TokenForm {
+    /// The token (an empty one is no token: 400).
+    #[schema(min_length = 1)]
     pub token: String,
     /// Ignored.
     #[schema(nullable = false)]
