@@ -223,6 +223,21 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// What a store call's failure answers: past its deadline the database rolled the
+    /// work back (`timeout`); anything else says what the database did (503).
+    pub fn from_store(source: StoreError, retry_after: Duration) -> Self {
+        match source {
+            StoreError::DeadlineExceeded => ApiError::Timeout {
+                retry_after,
+                rolled_back: true,
+            },
+            source => ApiError::DatabaseUnavailable {
+                source,
+                retry_after,
+            },
+        }
+    }
+
     /// The chain of the internal error behind this answer, for the log (never sent).
     pub fn cause(&self) -> Option<String> {
         match self {

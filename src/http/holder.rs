@@ -33,7 +33,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::client::{ClientAddress, Limiter};
@@ -98,24 +98,26 @@ impl Holder {
 /// The routes the settings enable: none while the endpoints are off, introspection only
 /// with a client (absent paths answer the public listener's JSON 404, whatever the
 /// method).
-pub fn router(holder: Option<&Holder>) -> Router<AppState> {
+pub fn router(holder: Option<&Arc<Holder>>) -> Router<AppState> {
     let Some(holder) = holder else {
         return Router::new();
     };
     let router = Router::new()
         .route("/v1/tokens/current", get(current).delete(delete_current))
         .route("/oauth/revoke", post(oauth_revoke));
-    if holder.introspection_clients.is_empty() {
+    let router = if holder.introspection_clients.is_empty() {
         router
     } else {
         router.route("/oauth/introspect", post(super::introspect::introspect))
-    }
+    };
+    // The handlers' settings: only these routes have them, so none has to ask whether
+    // the endpoints are on.
+    router.layer(Extension(Arc::clone(holder)))
 }
 
 /// Why an answer is not what was asked for. Bodies never hold the token.
 #[derive(Debug)]
 pub(super) enum Refusal {
-    NotFound,
     /// No `Authorization: Bearer …` at all.
     NoBearer,
     /// A token that is not live, whatever the reason.
@@ -135,7 +137,6 @@ impl Refusal {
     /// Its `outcome` label in `revoker_holder_requests_total`.
     pub(super) fn outcome(&self) -> &'static str {
         match self {
-            Refusal::NotFound => "not_found",
             Refusal::InvalidToken => "inactive",
             Refusal::InvalidClient => "unauthorized",
             Refusal::NoBearer
@@ -150,92 +151,83 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let oauth = |status, error: &str, description: &str| {
-            no_store(
-                (
-                    status,
-                    Json(serde_json::json!({ "error": error, "error_description": description })),
-                )
-                    .into_response(),
-            )
-        };
-        let with = |mut resp: Response, name, value: String| {
-            resp.headers_mut()
-                .insert(name, HeaderValue::from_str(&value).expect("a plain header"));
-            resp
-        };
-        match self {
-            Refusal::NotFound => ApiError::NotFound.into_response(),
-            Refusal::NoBearer => with(
-                oauth(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request",
-                    "send the token as Authorization: Bearer <token>",
-                ),
-                header::WWW_AUTHENTICATE,
-                r#"Bearer realm="revoker""#.to_owned(),
+        // Status, OAuth error code, description, and the one header some answers add.
+        let (status, error, description, header): (_, &str, &str, Option<(_, String)>) = match &self
+        {
+            Refusal::NoBearer => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request",
+                "send the token as Authorization: Bearer <token>",
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="revoker""#.to_owned(),
+                )),
             ),
-            Refusal::InvalidToken => with(
-                oauth(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "the token is not active",
-                ),
-                header::WWW_AUTHENTICATE,
-                r#"Bearer error="invalid_token""#.to_owned(),
+            Refusal::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not active",
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer error="invalid_token""#.to_owned(),
+                )),
             ),
-            Refusal::InvalidClient => with(
-                oauth(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "introspection needs HTTP Basic authentication as an --introspection-client",
-                ),
-                header::WWW_AUTHENTICATE,
-                r#"Basic realm="revoker""#.to_owned(),
+            Refusal::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "introspection needs HTTP Basic authentication as an --introspection-client",
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    r#"Basic realm="revoker""#.to_owned(),
+                )),
             ),
-            Refusal::InvalidRequest(why) => oauth(StatusCode::BAD_REQUEST, "invalid_request", why),
-            Refusal::TooLarge => oauth(
+            Refusal::InvalidRequest(why) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", *why, None)
+            }
+            Refusal::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
                 "the body is larger than 16 KiB",
+                None,
             ),
-            Refusal::BodyTimeout => oauth(
+            Refusal::BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request",
                 "the body was not received in time",
+                None,
             ),
-            Refusal::RateLimited(wait) => with(
-                oauth(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many tokens from this address; try again after Retry-After seconds",
-                ),
-                header::RETRY_AFTER,
-                wait.as_secs_f64().ceil().max(1.0).to_string(),
+            Refusal::RateLimited(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many tokens from this address; try again after Retry-After seconds",
+                Some((
+                    header::RETRY_AFTER,
+                    wait.as_secs_f64().ceil().max(1.0).to_string(),
+                )),
             ),
-            Refusal::Overloaded => with(
-                oauth(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "too many tokens are being checked now; try again later",
-                ),
-                header::RETRY_AFTER,
-                "1".to_owned(),
+            Refusal::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many tokens are being checked now; try again later",
+                Some((header::RETRY_AFTER, "1".to_owned())),
             ),
             Refusal::Unavailable(e) => {
-                let resp = oauth(
+                let after = e.retry_after().unwrap_or(Duration::from_secs(1));
+                (
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.code(),
                     "the token could not be checked or revoked now; try again later",
-                );
-                let after = e.retry_after().unwrap_or(Duration::from_secs(1));
-                with(
-                    resp,
-                    header::RETRY_AFTER,
-                    after.as_secs().max(1).to_string(),
+                    Some((header::RETRY_AFTER, after.as_secs().max(1).to_string())),
                 )
             }
+        };
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        let mut resp = no_store((status, Json(body)).into_response());
+        if let Some((name, value)) = header {
+            resp.headers_mut()
+                .insert(name, HeaderValue::from_str(&value).expect("a plain header"));
         }
+        resp
     }
 }
 
@@ -307,16 +299,7 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 /// The database failed or ran past the request's deadline (`timeout`; `--body-timeout`
 /// may have taken part of it), said in one WARN.
 fn unavailable(state: &AppState, source: StoreError) -> Refusal {
-    let e = match source {
-        StoreError::DeadlineExceeded => ApiError::Timeout {
-            retry_after: state.retry_after,
-            rolled_back: false,
-        },
-        source => ApiError::DatabaseUnavailable {
-            source,
-            retry_after: state.retry_after,
-        },
-    };
+    let e = ApiError::from_store(source, state.retry_after);
     tracing::warn!(
         error = e.code(),
         cause = e.cause(),
@@ -373,11 +356,6 @@ pub(super) async fn revoke(
     Ok(recorded.tokens_revoked > 0)
 }
 
-/// The endpoints, or 404 while they are off.
-fn enabled(state: &AppState) -> Result<&Holder, Refusal> {
-    state.holder.as_deref().ok_or(Refusal::NotFound)
-}
-
 /// The token of `Authorization: Bearer …` (the scheme in any case).
 fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     headers
@@ -395,7 +373,6 @@ pub(super) fn counted(
 ) -> Response {
     let outcome = match &result {
         Ok((outcome, _)) => *outcome,
-        Err(Refusal::NotFound) => return Refusal::NotFound.into_response(),
         Err(refusal) => refusal.outcome(),
     };
     state.metrics.holder(endpoint, outcome);
@@ -415,14 +392,17 @@ fn rfc3339(at: DateTime<Utc>) -> Option<String> {
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "GET /v1/tokens/current"))]
 pub(super) async fn current(
     State(state): State<AppState>,
+    Extension(holder): Extension<Arc<Holder>>,
     client: ClientAddress,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let holder = enabled(&state)?;
         let token = bearer(&headers)?;
-        match judge(&state, holder, token, Some(client), started).await?.0 {
+        match judge(&state, &holder, token, Some(client), started)
+            .await?
+            .0
+        {
             Judged::Live(format, r) => {
                 let body = serde_json::json!({
                     "active": true,
@@ -478,16 +458,16 @@ async fn revoke_presented(
 )]
 pub(super) async fn delete_current(
     State(state): State<AppState>,
+    Extension(holder): Extension<Arc<Holder>>,
     client: ClientAddress,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let holder = enabled(&state)?;
         let token = bearer(&headers)?;
         let outcome = revoke_presented(
             &state,
-            holder,
+            &holder,
             token,
             client,
             "DELETE /v1/tokens/current",
@@ -506,17 +486,24 @@ pub(super) async fn delete_current(
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "POST /oauth/revoke"))]
 pub(super) async fn oauth_revoke(
     State(state): State<AppState>,
+    Extension(holder): Extension<Arc<Holder>>,
     client: ClientAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let holder = enabled(&state)?;
         let form = read_form(&state, &headers, body).await?;
         let token = form_token(&form)?;
-        let outcome =
-            revoke_presented(&state, holder, token, client, "POST /oauth/revoke", started).await?;
+        let outcome = revoke_presented(
+            &state,
+            &holder,
+            token,
+            client,
+            "POST /oauth/revoke",
+            started,
+        )
+        .await?;
         Ok((outcome, StatusCode::OK.into_response()))
     }
     .await;

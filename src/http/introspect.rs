@@ -16,12 +16,14 @@
 //! A string that is no token is answered without the database. Introspection is not
 //! rate-limited: its callers are authenticated and ask on every request they serve.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 
@@ -48,16 +50,12 @@ use crate::store::NEVER_EXPIRES;
 #[tracing::instrument(name = "holder", skip_all, fields(endpoint = "POST /oauth/introspect"))]
 pub(super) async fn introspect(
     State(state): State<AppState>,
+    Extension(holder): Extension<Arc<super::holder::Holder>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let holder = state
-            .holder
-            .as_deref()
-            .filter(|h| !h.introspection_clients.is_empty())
-            .ok_or(Refusal::NotFound)?;
         // Every client is compared, so the time does not say which one matched.
         let presented = client_credentials(&headers).ok_or(Refusal::InvalidClient)?;
         let known = holder.introspection_clients.iter().fold(false, |any, c| {
@@ -68,22 +66,24 @@ pub(super) async fn introspect(
         }
         let form = read_form(&state, &headers, body).await?;
         let token = form_token(&form)?;
-        Ok(match judge(&state, holder, token, None, started).await?.0 {
-            Judged::Live(format, r) => {
-                let mut body = serde_json::json!({
-                    "active": true,
-                    "token_type": format.name,
-                    "sub": r.owner,
-                    "iat": r.created_at.timestamp(),
-                });
-                if r.expires_at < NEVER_EXPIRES {
-                    body["exp"] = r.expires_at.timestamp().into();
+        Ok(
+            match judge(&state, &holder, token, None, started).await?.0 {
+                Judged::Live(format, r) => {
+                    let mut body = serde_json::json!({
+                        "active": true,
+                        "token_type": format.name,
+                        "sub": r.owner,
+                        "iat": r.created_at.timestamp(),
+                    });
+                    if r.expires_at < NEVER_EXPIRES {
+                        body["exp"] = r.expires_at.timestamp().into();
+                    }
+                    ("active", Json(body).into_response())
                 }
-                ("active", Json(body).into_response())
-            }
-            Judged::Malformed => ("malformed", inactive()),
-            Judged::Inactive => ("inactive", inactive()),
-        })
+                Judged::Malformed => ("malformed", inactive()),
+                Judged::Inactive => ("inactive", inactive()),
+            },
+        )
     }
     .await;
     counted(&state, "oauth_introspect", result)

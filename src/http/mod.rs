@@ -89,7 +89,7 @@ pub struct AppState {
 pub fn public_router(state: AppState) -> Router {
     webhook::router()
         .merge(revocation_api::router())
-        .merge(holder::router(state.holder.as_deref()))
+        .merge(holder::router(state.holder.as_ref()))
         .merge(health::public_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -40,7 +40,7 @@ use crate::domain::redact::redact_tokens;
 use crate::domain::scan;
 use crate::domain::{Formats, Outcome, OutcomeCounts};
 use crate::signature::{self, KeyError, Protocol};
-use crate::store::{RecordOptions, StoreError};
+use crate::store::RecordOptions;
 
 /// `POST /secret-scanning/{scanner}`.
 pub fn router() -> axum::Router<AppState> {
@@ -429,16 +429,8 @@ pub(super) async fn process(
             state
                 .metrics
                 .db("record_report", db_started.elapsed().as_secs_f64());
-            let recorded = recorded.map_err(|source| match source {
-                StoreError::DeadlineExceeded => ApiError::Timeout {
-                    retry_after: state.retry_after,
-                    rolled_back: true,
-                },
-                source => ApiError::DatabaseUnavailable {
-                    source,
-                    retry_after: state.retry_after,
-                },
-            })?;
+            let recorded =
+                recorded.map_err(|source| ApiError::from_store(source, state.retry_after))?;
             if recorded.duplicate {
                 tracing::info!(
                     report_id = recorded.report_id,
