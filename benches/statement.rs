@@ -21,8 +21,7 @@
 //!    back (the same tokens serve every variant). Variants alternate within each of R
 //!    rounds (default 5; `--quick` 3); the median per variant and its difference from
 //!    the schema as it is are printed. Inside a transaction no commit is timed: the
-//!    WAL figures of part 1 say what the flush takes. One more variant mints the
-//!    notifications' public ids with `gen_random_uuid()` instead of the UUIDv7 function.
+//!    WAL figures of part 1 say what the flush takes.
 //!
 //! Timings are printed, never asserted.
 
@@ -39,7 +38,8 @@ use revoker::domain::token::Token;
 use revoker::store::{run_record_statement, PoolSettings};
 
 /// The tables a delivery's statement writes.
-const TABLES: &str = "'tokens', 'reports', 'report_items', 'notifications', 'delivered_bodies',
+const TABLES: &str =
+    "'tokens', 'reports', 'report_items', 'notification_batches', 'delivered_bodies',
                       'stats_daily', 'stats_sources', 'stats_format_ages'";
 
 struct Args {
@@ -217,7 +217,7 @@ async fn main() {
     .await;
     let pool = seed(&store, history + explained + per_variant, true).await;
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-    // The history: 200 deliveries of 1,000 (reports, items, notifications, rollups).
+    // The history: 200 deliveries of 1,000 (reports, items, outbox batches, rollups).
     for chunk in pool[..history].chunks(1_000) {
         run_record_statement(&mut db, &report(chunk), "")
             .await
@@ -253,14 +253,6 @@ async fn main() {
     variants.push((
         "without all of them".into(),
         drops.iter().map(|(_, d)| d.clone()).collect(),
-    ));
-    // The notification's public id from PostgreSQL's v4 function instead of the SQL
-    // UUIDv7 function (what minting it costs).
-    variants.push((
-        "public_id by gen_random_uuid()".into(),
-        vec![
-            "ALTER TABLE notifications ALTER COLUMN public_id SET DEFAULT gen_random_uuid()".into(),
-        ],
     ));
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds {

@@ -131,6 +131,7 @@ contract!(
         finished_and_requeued_notifications_change_what_claims_see,
         after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
         concurrent_claimers_on_two_stores_never_share_a_notification,
+        outbox_batches_turned_on_two_stores_notify_each_token_once,
         a_repeated_body_is_one_report_within_the_window,
         a_repeat_recorded_without_its_tokens_found_inside_records_them,
         a_repeat_whose_token_a_newly_enabled_format_takes_records_it,
@@ -1771,8 +1772,8 @@ async fn claims_lease_due_notifications_and_count_attempts(db: Arc<TestDb>) {
         .unwrap();
     assert_eq!(
         store.statements(),
-        statements + db.counted(1),
-        "a claim is one statement"
+        statements + db.counted(2),
+        "a claim is one statement, after one read finding no outbox batch queued"
     );
     assert_eq!(ids(&a), due_first[..2]);
     assert!(a
@@ -2291,6 +2292,67 @@ async fn concurrent_claimers_on_two_stores_never_share_a_notification(db: Arc<Te
         stored.iter().all(|n| n.attempts == 1),
         "attempts counted twice"
     );
+}
+
+/// The revoking statement queues one outbox batch per delivery; four turners on two
+/// stores (two instances) racing over 120 of them (more than one transaction's 100)
+/// turn each exactly once: one notification per token, none left queued.
+async fn outbox_batches_turned_on_two_stores_notify_each_token_once(db: Arc<TestDb>) {
+    let first = notification_store(&db).await;
+    let second = open_store(&*db).await;
+    let tokens = mint_many(first.as_ref(), "batch/pkg", 360, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    for (i, chunk) in refs.chunks(3).enumerate() {
+        record_at(first.as_ref(), chunk, t0 + Ttl::milliseconds(i as i64)).await;
+    }
+    assert_eq!(
+        db.texts("SELECT CAST(count(*) AS TEXT) FROM notification_batches")
+            .await,
+        ["120"],
+        "one batch per delivery"
+    );
+    assert_eq!(
+        db.texts("SELECT CAST(count(*) AS TEXT) FROM notifications")
+            .await,
+        ["0"],
+        "no notification row written by the deliveries themselves"
+    );
+
+    let turner = |store: Arc<dyn RevocationStore>| {
+        tokio::spawn(async move { store.expand_notifications().await.unwrap() })
+    };
+    let handles = [
+        turner(Arc::clone(&first)),
+        turner(Arc::clone(&second)),
+        turner(Arc::clone(&first)),
+        turner(Arc::clone(&second)),
+    ];
+    let mut turned = 0;
+    for h in handles {
+        turned += h.await.unwrap();
+    }
+    assert_eq!(turned, 120, "each batch turned once");
+
+    // Nothing left: one read says so.
+    let statements = second.statements();
+    assert_eq!(second.expand_notifications().await.unwrap(), 0);
+    assert_eq!(second.statements(), statements + db.counted(1));
+
+    let all = all_notifications(first.as_ref()).await;
+    assert_eq!(all.len(), 360);
+    let mut hashes: Vec<_> = all.iter().map(|n| n.token_hash).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 360, "one notification per token");
+    for n in &all {
+        let i = refs.iter().position(|t| t.hash() == n.token_hash).unwrap();
+        assert_eq!(n.url, format!("https://example.com/{}", i % 3));
+        assert_eq!(n.revoked_at, t0 + Ttl::milliseconds((i / 3) as i64));
+        assert_eq!(n.next_attempt_at, n.revoked_at);
+    }
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {

@@ -62,6 +62,7 @@ impl Server {
     }
 
     async fn notifications(&self) -> Vec<String> {
+        self.db.expand_outbox().await;
         (self.db)
             .texts("SELECT CAST(count(*) AS TEXT) FROM notifications")
             .await

@@ -514,6 +514,7 @@ async fn six_instances_behind_four_server_connections_revoke_each_token_once() {
             .await,
         [(3 * DELIVERIES - TOKENS).to_string()]
     );
+    db.expand_outbox().await;
     assert_eq!(
         db.texts(
             "SELECT count(*)::text || ' ' || count(DISTINCT token_hash)::text FROM notifications"
@@ -624,8 +625,12 @@ async fn the_pooler_restarting_mid_delivery_gets_503_loses_nothing_and_the_retry
         ["0"]
     );
     assert_eq!(
-        db.texts("SELECT count(*)::text FROM notifications").await,
-        ["0"]
+        db.texts(
+            "SELECT count(*)::text FROM notifications
+             UNION ALL SELECT count(*)::text FROM notification_batches"
+        )
+        .await,
+        ["0", "0"]
     );
 
     // The pooler is down: a delivery is answered 503, nothing recorded.

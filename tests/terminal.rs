@@ -71,6 +71,7 @@ async fn notify_list_escapes_urls_owners_and_errors_from_outside() {
             .unwrap();
     }
     // A webhook's answer quoted in the last error of one of them.
+    db.expand_outbox().await;
     let changed = db
         .execute(
             "UPDATE notifications SET last_error = 'webhook said: ' || char(27) || '[2J' \

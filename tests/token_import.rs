@@ -409,6 +409,7 @@ async fn revoked_at_revokes_a_live_token_and_nothing_unrevokes(kind: Kind) {
         db.texts("SELECT CAST(count(*) AS TEXT) FROM reports").await,
         ["0"]
     );
+    db.expand_outbox().await;
     assert_eq!(
         db.texts("SELECT CAST(count(*) AS TEXT) FROM notifications")
             .await,

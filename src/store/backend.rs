@@ -138,6 +138,34 @@ macro_rules! send {
 }
 pub(super) use send;
 
+/// Up to `$rounds` transactions of [`EXPAND_BATCHES`](super::notification::EXPAND_BATCHES) outbox batches turned into
+/// notifications on store `$store`, each after a read finding one queued (so none costs
+/// one read); evaluates to how many batches were turned.
+macro_rules! expand {
+    ($store:expr, $rounds:expr) => {{
+        let store = $store;
+        let mut turned = 0;
+        for _ in 0..$rounds {
+            let queued: bool = send!(
+                store,
+                sqlx::query_scalar($crate::store::notification::BATCHES_QUEUED_SQL),
+                fetch_one
+            );
+            if !queued {
+                break;
+            }
+            let _turn = store.usual_write_turn().await?;
+            let n = B::expand_batches(store, $crate::store::notification::EXPAND_BATCHES).await?;
+            turned += n;
+            if n < u64::from($crate::store::notification::EXPAND_BATCHES) {
+                break;
+            }
+        }
+        Ok::<u64, StoreError>(turned)
+    }};
+}
+pub(super) use expand;
+
 /// Sends ONE statement inside transaction `$tx`, which the caller opened on store
 /// `$store`, and evaluates to `$query.$fetch(…).await?`, counting it: a named prepared
 /// statement, kept on its connection and reused (sqlx's statement cache), unless the
@@ -428,6 +456,17 @@ pub(super) trait Outbox: Database {
     fn clock(clock: Clock) -> Option<DateTime<Utc>>;
     /// `public_id` (UUID text) → the `NotificationRow` of that id, if any.
     const BY_PUBLIC_ID_SQL: &'static str;
+
+    /// Turns up to `limit` queued batches (`notification_batches`: one row per delivery
+    /// that flipped a token, written by the revoking statement) into notifications, one
+    /// per token its report flipped (its items marked `revoked` or `expired`), deleting
+    /// each batch in the same transaction: a batch is turned once, so a token is notified
+    /// once. Oldest batch first. Returns how many batches it turned. The caller holds the
+    /// write turn.
+    fn expand_batches(
+        store: &Store<Self>,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).
     fn requeue_notification(

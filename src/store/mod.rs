@@ -388,7 +388,8 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// Claims up to `limit` pending notifications that are due (`next_attempt_at <=
     /// now`) and not leased (`locked_until` unset or `<= now`), oldest due first: leases
     /// each until `now + lease` and counts an attempt (`attempts + 1`), in one
-    /// statement; `now` is read from `clock` inside that statement. On PostgreSQL the
+    /// statement (after [`Self::expand_notifications`]); `now` is read from `clock`
+    /// inside that statement. On PostgreSQL the
     /// rows are picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never get
     /// the same row; the lease keeps other workers off it while it is being sent, and
     /// lets another worker take it over if this one dies.
@@ -411,6 +412,17 @@ pub trait RevocationStore: Send + Sync + 'static {
         result: &AttemptResult,
         clock: Clock,
     ) -> Result<(), StoreError>;
+
+    /// Turns the outbox's queued batches (one row per delivery that flipped a token,
+    /// written by the revoking statement, migrations 0013 / 0012) into notifications: one
+    /// per token the batch's report flipped, each batch once (deleted in the transaction
+    /// that turns it), oldest first, up to 100 batches a transaction, until none is left
+    /// (at most 100 rounds a call). One read when none is queued. Every other outbox
+    /// operation but [`Self::notification_counts`] and [`Self::finish_notification`]
+    /// calls it first, so a notification can be read, claimed or listed from the moment
+    /// its delivery was answered (`stats` turns at most one transaction's 100 batches
+    /// for its list of waiting notifications). Returns how many batches it turned.
+    async fn expand_notifications(&self) -> Result<u64, StoreError>;
 
     /// Notifications by status, in one read of the rollups: queued (kept by the
     /// deliveries) less delivered and failed (kept by a trigger on every status change),
@@ -438,7 +450,9 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// Re-queues every failed notification, due now (by `clock`); returns how many.
     async fn requeue_failed(&self, clock: Clock) -> Result<u64, StoreError>;
 
-    /// One batch of the retention purge: the `type`, `source` and `url` of every item
+    /// One batch of the retention purge, after [`Self::expand_notifications`] (so the
+    /// notifications of the reports it purges are there to purge): the `type`, `source`
+    /// and `url` of every item
     /// of up to `limit` reports received before `before` (oldest first, not purged yet,
     /// as many as hold fewer than `max_items` items before the last: a transaction
     /// stays short on SQLite's one writer however large the reports) become [`PURGED`]

@@ -1,11 +1,42 @@
 //! The owner-notification outbox's model: a notification row, its status, the clock
-//! outbox statements judge time by, what an attempt came to, and counts.
+//! outbox statements judge time by, what an attempt came to, and counts; and the outbox
+//! statements both backends send alike.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::backend::notification_columns;
 use crate::domain::TokenHash;
+
+/// `token_hash` → the `NotificationRow` of that token, if any.
+pub(super) const NOTIFICATION_OF_TOKEN_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE token_hash = $1"
+);
+
+/// `id, error, claimed locked_until`.
+pub(super) const FAILED_SQL: &str = "UPDATE notifications
+                 SET status = 'failed', last_error = $2, locked_until = NULL
+                 WHERE id = $1 AND status = 'pending' AND locked_until = $3";
+
+/// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
+pub(super) const LIST_SQL: &str = concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE CAST($1 AS TEXT) IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
+);
+
+/// Batches turned into notifications per transaction, and transactions per
+/// [`RevocationStore::expand_notifications`](super::RevocationStore::expand_notifications)
+/// call.
+pub(super) const EXPAND_BATCHES: u32 = 100;
+pub(super) const EXPAND_ROUNDS: u32 = 100;
+
+/// Whether the outbox has a batch queued (a cheap read before taking the write turn).
+pub(super) const BATCHES_QUEUED_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM notification_batches) AS queued";
 
 /// Where an owner notification stands. Its name (stored, shown, `--status`) is derived
 /// once, snake_case.

@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::backend::{notification_columns, send, send_in, Backend, Store};
+use super::backend::{expand, send, send_in, Backend, Store};
+use super::notification::{EXPAND_ROUNDS, FAILED_SQL, LIST_SQL, NOTIFICATION_OF_TOKEN_SQL};
 use super::recording::{canonical_uuid, distinct_hashes, unrecorded_report};
 use super::rows::{
     ages_by_format, hash_from, last_reports, preview_map, recent_reports, sum_totals, AgeBucketRow,
@@ -81,25 +82,6 @@ const REPORT_SQL: &str = "SELECT id, scanner, key_id, received_at, body_sha256, 
 const REPORT_ITEMS_SQL: &str = "SELECT position, token_hash, token_type, source, url, outcome,
                     found_in
              FROM report_items WHERE report_id = $1 ORDER BY position";
-
-/// `token_hash` → the `NotificationRow` of that token, if any.
-const NOTIFICATION_OF_TOKEN_SQL: &str = concat!(
-    "SELECT ",
-    notification_columns!(),
-    " FROM notifications WHERE token_hash = $1"
-);
-
-/// `id, error, claimed locked_until`.
-const FAILED_SQL: &str = "UPDATE notifications
-                 SET status = 'failed', last_error = $2, locked_until = NULL
-                 WHERE id = $1 AND status = 'pending' AND locked_until = $3";
-
-/// `status` (NULL: any), `limit` → `NotificationRow`s, newest first.
-const LIST_SQL: &str = concat!(
-    "SELECT ",
-    notification_columns!(),
-    " FROM notifications WHERE CAST($1 AS TEXT) IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
-);
 
 #[async_trait]
 impl<B> RevocationStore for Store<B>
@@ -259,6 +241,7 @@ where
         &self,
         hash: &TokenHash,
     ) -> Result<Option<Notification>, StoreError> {
+        self.expand_notifications().await?;
         let row: Option<NotificationRow<B>> = send!(
             self,
             sqlx::query_as(NOTIFICATION_OF_TOKEN_SQL).bind(hash.as_bytes().as_slice()),
@@ -336,6 +319,10 @@ where
     }
 
     async fn stats(&self, since: chrono::NaiveDate) -> Result<Stats, StoreError> {
+        // The waiting notifications are read from the outbox's rows: the batches queued
+        // since the last reader, one transaction's worth at most (a read, and a dashboard
+        // polls; the outbox worker turns the rest).
+        expand!(self, 1)?;
         // One transaction: every section sees the same snapshot.
         self.statements.add(1);
         let mut tx = match B::STATS_BEGIN {
@@ -427,6 +414,9 @@ where
         limit: u32,
         max_items: u32,
     ) -> Result<Purged, StoreError> {
+        // Queued batches become notifications first, so those of the reports purged now
+        // are purged with them (their url and source), as the rest.
+        self.expand_notifications().await?;
         let _turn = self.usual_write_turn().await?;
         let (reports, items) = B::purge_reports(self, before, limit, max_items).await?;
         // Sources whose every item was purged: their emptied rollup rows go too. Every
@@ -477,6 +467,7 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
+        self.expand_notifications().await?;
         let _turn = self.usual_write_turn().await?;
         let rows: Vec<NotificationRow<B>> = send!(
             self,
@@ -524,6 +515,10 @@ where
         Ok(())
     }
 
+    async fn expand_notifications(&self) -> Result<u64, StoreError> {
+        expand!(self, EXPAND_ROUNDS)
+    }
+
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
         let rollup: NotificationRollup =
             send!(self, sqlx::query_as(NOTIFICATION_COUNTS_SQL), fetch_one);
@@ -535,6 +530,7 @@ where
         status: Option<NotificationStatus>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
+        self.expand_notifications().await?;
         let rows: Vec<NotificationRow<B>> = send!(
             self,
             sqlx::query_as(LIST_SQL)
@@ -554,6 +550,7 @@ where
         let Some(public_id) = canonical_uuid(public_id) else {
             return Ok(None);
         };
+        self.expand_notifications().await?;
         let row: Option<NotificationRow<B>> = send!(
             self,
             sqlx::query_as(B::BY_PUBLIC_ID_SQL).bind(public_id.as_str()),
@@ -563,6 +560,7 @@ where
     }
 
     async fn requeue_notification(&self, id: i64, clock: Clock) -> Result<Requeue, StoreError> {
+        self.expand_notifications().await?;
         let _turn = self.usual_write_turn().await?;
         B::requeue_notification(self, id, clock).await
     }

@@ -5,7 +5,10 @@
 //! the database's one clock, so instances on hosts with skewed clocks agree on every
 //! lease and cannot both send a notification because one thinks a lease has run out.
 //!
-//! Rows are queued by `record_report`'s one statement (see `record.rs`). A claim leases
+//! `record_report`'s one statement queues one batch per delivery that flipped a token
+//! (see `record.rs`); `expand_batches` turns batches into rows, one per flipped token, in
+//! one statement that deletes them (`SKIP LOCKED`: two instances never turn the same
+//! batch; a batch another has turned and committed is gone when re-checked). A claim leases
 //! the due, unleased pending rows, oldest due first, in one statement. `SKIP LOCKED`
 //! passes over rows another claimer has locked and not yet committed; a row it has
 //! committed is re-checked against the new version (READ COMMITTED re-evaluates the
@@ -63,6 +66,44 @@ impl Outbox for Postgres {
         notification_columns!(),
         " FROM notifications WHERE public_id = $1::uuid"
     );
+
+    /// One statement: the batches taken (`SKIP LOCKED`: another instance's are left to
+    /// it) and deleted, and one notification per token each report flipped, from the
+    /// first item naming it (lowest position), as the revoking statement queued them
+    /// before migration 0013.
+    async fn expand_batches(store: &Store<Self>, limit: u32) -> Result<u64, StoreError> {
+        let batches: i64 = send!(
+            store,
+            sqlx::query_scalar(
+                "WITH batch AS (
+                     DELETE FROM notification_batches
+                     WHERE report_id IN (SELECT report_id FROM notification_batches
+                                         ORDER BY report_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     RETURNING report_id
+                 ), first_item AS (
+                     SELECT DISTINCT ON (i.report_id, i.token_hash)
+                            i.report_id, i.token_hash, i.url, i.source, i.outcome
+                     FROM report_items i
+                     WHERE i.report_id IN (SELECT report_id FROM batch)
+                       AND i.outcome IN ('revoked', 'expired')
+                     ORDER BY i.report_id, i.token_hash, i.position
+                 ), expanded AS (
+                     INSERT INTO notifications (token_hash, report_id, owner, scanner, url,
+                                                source, revoked_at, expired, next_attempt_at)
+                     SELECT f.token_hash, f.report_id, t.owner, r.scanner, f.url, f.source,
+                            r.received_at, f.outcome = 'expired', r.received_at
+                     FROM first_item f
+                     JOIN reports r ON r.id = f.report_id
+                     JOIN tokens t ON t.hash = f.token_hash
+                     ORDER BY f.report_id, f.token_hash
+                 )
+                 SELECT count(*) FROM batch",
+            )
+            .bind(i64::from(limit)),
+            fetch_one
+        );
+        Ok(batches as u64)
+    }
 
     /// One statement: the row as it was, and the re-queue.
     async fn requeue_notification(

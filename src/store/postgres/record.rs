@@ -5,13 +5,14 @@
 //! its plan is kept per server session even behind a transaction-mode pooler; data-modifying CTEs, atomic without an explicit
 //! transaction, one round trip): it takes the report id from the sequence, flips every
 //! live candidate with a single `UPDATE … FROM unnest($2::bytea[])`, classifies every
-//! candidate, and inserts the report (with its counts), the item rows and one owner
-//! notification per flipped token (the outbox). All sub-statements share one snapshot,
+//! candidate, and inserts the report (with its counts), the item rows and, when it
+//! flipped a token, one outbox batch (migration 0013: the outbox turns it into one owner
+//! notification per flipped token, `outbox.rs`). All sub-statements share one snapshot,
 //! so the `tokens` read in the outer `SELECT` sees the rows as they were before this
 //! statement: a row that exists but was not flipped was already revoked. When two
 //! deliveries race on one token, the second `UPDATE` waits for the first to commit,
 //! re-checks `revoked_at IS NULL`, skips the row, and reports `already_revoked`: exactly
-//! one flips it (and queues its one notification).
+//! one flips it (and its report's batch queues its one notification).
 //!
 //! The `UPDATE` joins the candidates sorted by hash, so with the index lookups the
 //! planner picks for a large table (and the same physical scan order for a small one)
@@ -118,7 +119,7 @@ WITH rid AS (
     UPDATE tokens t SET revoked_at = $6, revoked_by = (SELECT id FROM rid)
     FROM (SELECT hash FROM input ORDER BY hash) l
     WHERE t.hash = l.hash AND t.revoked_at IS NULL AND (SELECT fresh FROM go)
-    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.owner, t.format,
+    RETURNING t.hash, t.expires_at <= $6 AS was_expired, t.format,
               -- Its age at revocation, in whole milliseconds of both instants (as the
               -- SQLite backend stores them).
               (floor(extract(epoch FROM $6::timestamptz) * 1000)
@@ -201,16 +202,13 @@ WITH rid AS (
            item.url, o.outcome, item.found_in
     FROM item JOIN outcome o USING (hash)
     WHERE (SELECT fresh FROM go)
-), first_item AS (
-    -- Where the delivery first names each token (lowest position): what its owner is told.
-    SELECT DISTINCT ON (hash) hash, url, source FROM item ORDER BY hash, position
-), notified AS (
-    -- One owner notification per flipped token (the outbox), in this same statement: it
-    -- exists exactly when the revocation committed, and a token flips once.
-    INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
-                               revoked_at, expired, next_attempt_at)
-    SELECT f.hash, (SELECT id FROM rid), f.owner, $7, fi.url, fi.source, $6, f.was_expired, $6
-    FROM flipped f JOIN first_item fi USING (hash)
+), queued AS (
+    -- The outbox, one row per delivery that flipped a token, in this same statement: it
+    -- exists exactly when the revocation committed. The outbox worker turns it into one
+    -- owner notification per token this report flipped (its items marked revoked or
+    -- expired; `postgres/outbox.rs`), and a token flips once.
+    INSERT INTO notification_batches (report_id, queued_at)
+    SELECT (SELECT id FROM rid), $6 WHERE EXISTS (SELECT 1 FROM flipped)
 )
 SELECT (SELECT id FROM rid) AS report_id, (SELECT fresh FROM go) AS fresh, hash, outcome
 FROM outcome"

@@ -1,6 +1,8 @@
 //! SQLite: the notification (outbox) statements, and `requeue_notification`.
 //!
-//! Rows are queued by `record_report` (see `record.rs`). A claim leases the due, unleased
+//! `record_report` queues one batch per delivery that flipped a token (see `record.rs`);
+//! `expand_batches` turns batches into rows, one per flipped token, in the transaction
+//! that deletes them. A claim leases the due, unleased
 //! pending rows in one statement; SQLite runs one writer at a time, so two claimers never
 //! pick the same row. Timestamps, the lease end included, are epoch milliseconds, so a
 //! claim's `locked_until` compares exactly with the stored one. "Now" is the host's
@@ -43,6 +45,59 @@ impl Outbox for Sqlite {
         notification_columns!(),
         " FROM notifications WHERE public_id = $1"
     );
+
+    /// One transaction that starts with a write (the batches taken and deleted), so it
+    /// holds the write lock throughout, then one notification per token each report
+    /// flipped, from the first item naming it (lowest position; SQLite takes the bare
+    /// columns of a `min()` aggregate from the row holding the minimum), as the
+    /// recording transaction queued them before migration 0012.
+    async fn expand_batches(store: &Store<Self>, limit: u32) -> Result<u64, StoreError> {
+        use sqlx::Connection;
+        let mut conn = store.pool.acquire().await?;
+        store.statements.add(1);
+        let mut tx = conn.begin().await?;
+        store.statements.add(1);
+        let batches: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM notification_batches
+             WHERE report_id IN (SELECT report_id FROM notification_batches
+                                 ORDER BY report_id LIMIT ?1)
+             RETURNING report_id",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        store.statements.add(1);
+        sqlx::query(
+            "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
+                                        revoked_at, expired, next_attempt_at)
+             SELECT f.token_hash, f.report_id, t.owner, r.scanner, f.url, f.source,
+                    r.received_at, f.outcome = 'expired', r.received_at
+             FROM (SELECT report_id, token_hash, url, source, outcome, min(position)
+                   FROM report_items
+                   WHERE report_id IN (SELECT value FROM json_each(?1))
+                     AND outcome IN ('revoked', 'expired')
+                   GROUP BY report_id, token_hash) f
+             JOIN reports r ON r.id = f.report_id
+             JOIN tokens t ON t.hash = f.token_hash
+             ORDER BY f.report_id, f.token_hash",
+        )
+        .bind(format!(
+            "[{}]",
+            batches
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
+        .execute(&mut *tx)
+        .await?;
+        store.statements.add(1);
+        tx.commit().await?;
+        Ok(batches.len() as u64)
+    }
 
     /// Two statements: the re-queue itself, and only when it changed nothing, a look at
     /// why.

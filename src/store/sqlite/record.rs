@@ -1,8 +1,8 @@
 //! SQLite: recording a delivery, and `preview`'s statement.
 //!
 //! `record_report` is one transaction, committed whole or not at all: the report row,
-//! the one revoking `UPDATE` of every live candidate, the outbox rows of the tokens it
-//! flipped, the existence probe of the rest, the item rows, the report's counts and the
+//! the one revoking `UPDATE` of every live candidate, the outbox batch when it flipped
+//! a token (turned into one notification per flipped token by `outbox.rs`), the existence probe of the rest, the item rows, the report's counts and the
 //! stats rollups (per day and scanner, per source, and the age histogram when it
 //! flipped something: two or three statements). It
 //! starts with a write (the report row), so it holds SQLite's one write lock from its
@@ -37,7 +37,6 @@ use std::collections::HashMap;
 use sqlx::{FromRow, Row, Sqlite};
 
 use super::{hex_array, primary_code};
-use crate::domain::alert::CandidateItem;
 use crate::domain::{Outcome, OutcomeCounts, TokenHash};
 use crate::store::backend::{purge_notifications_sql, Backend, Record, Store};
 use crate::store::recording::{
@@ -52,7 +51,6 @@ use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PE
 struct Flipped<'r> {
     hash: &'r [u8],
     was_expired: bool,
-    owner: &'r str,
     format: &'r str,
     /// Its age at revocation in milliseconds.
     age_ms: i64,
@@ -276,7 +274,7 @@ async fn record(
         "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
                  WHERE revoked_at IS NULL
                    AND hash IN (SELECT unhex(value) FROM json_each(?3))
-                 RETURNING hash, expires_at <= ?1 AS was_expired, owner, format, ?1 - created_at AS age_ms",
+                 RETURNING hash, expires_at <= ?1 AS was_expired, format, ?1 - created_at AS age_ms",
     )
     .bind(now)
     .bind(report_id)
@@ -284,27 +282,10 @@ async fn record(
     .fetch_all(&mut *tx)
     .await?;
 
-    // The first item (lowest position) naming each hash: where its owner is told the
-    // token was found.
-    let mut first: HashMap<TokenHash, &CandidateItem> = HashMap::with_capacity(distinct.len());
-    for c in &report.candidates {
-        first
-            .entry(c.hash)
-            .and_modify(|f| {
-                if c.position < f.position {
-                    *f = c;
-                }
-            })
-            .or_insert(c);
-    }
-
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
     // The JSON arrays the statements read are serialised from borrowed tuples (serde
     // writes a tuple as an array), not built as `serde_json::Value`s first: a `Value`
     // per field and per row allocated and copied every string, inside the write turn.
-    // One owner notification per flipped token: [hash, owner, url, source, expired].
-    let mut notifications: Vec<(String, &str, &str, &str, bool)> =
-        Vec::with_capacity(flipped.len());
     // Each flipped token's [format, age in ms, expired].
     let mut ages: Vec<(&str, i64, bool)> = Vec::with_capacity(flipped.len());
     let mut flipped_expired = 0i64;
@@ -312,49 +293,29 @@ async fn record(
         let Flipped {
             hash,
             was_expired,
-            owner,
             format,
             age_ms,
         } = Flipped::from_row(row)?;
         ages.push((format, age_ms, was_expired));
         flipped_expired += i64::from(was_expired);
-        let hash = hash_from(hash)?;
         let o = if was_expired {
             Outcome::Expired
         } else {
             Outcome::Revoked
         };
-        by_hash.insert(hash, o);
-        let item = first.get(&hash).ok_or_else(|| {
-            StoreError::Corrupt(format!("flipped {} is not a candidate", hash.prefix()))
-        })?;
-        notifications.push((
-            hash.to_hex(),
-            owner,
-            &item.url,
-            stored_source(&item.source),
-            was_expired,
-        ));
+        by_hash.insert(hash_from(hash)?, o);
     }
 
-    // The outbox rows of the flipped tokens, in one statement, committed with the
-    // revocation or not at all. A token flips once, so it is notified once.
-    if !notifications.is_empty() {
+    // The outbox: one row for the delivery when it flipped a token, committed with the
+    // revocation or not at all. The outbox turns it into one notification per token this
+    // report flipped (`outbox.rs`); a token flips once, so it is notified once.
+    if !flipped.is_empty() {
         store.statements.add(1);
-        sqlx::query(
-            "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
-                                                revoked_at, expired, next_attempt_at)
-                     SELECT unhex(json_extract(value, '$[0]')), ?1, json_extract(value, '$[1]'), ?2,
-                            json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?3,
-                            json_extract(value, '$[4]'), ?3
-                     FROM json_each(?4)",
-        )
-        .bind(report_id)
-        .bind(&report.scanner)
-        .bind(now)
-        .bind(to_json(&notifications))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO notification_batches (report_id, queued_at) VALUES (?1, ?2)")
+            .bind(report_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
     }
 
     // Whatever did not flip is either ours and already revoked, or not ours at all.
