@@ -15,7 +15,8 @@
 //!   purges what will be older than `--retention` by the next pass, so nothing outlives
 //!   the retention by the gap between passes. Every instance may run it: on PostgreSQL
 //!   concurrent passes skip each other's rows, on SQLite they take turns; a pass with
-//!   nothing to do is two index probes.
+//!   nothing to do is two index probes and a read of the outbox's batches (queued ones
+//!   are turned into notifications first, so theirs are purged with the rest).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -132,6 +132,7 @@ contract!(
         after_a_takeover_a_late_success_counts_and_a_late_retry_does_not,
         concurrent_claimers_on_two_stores_never_share_a_notification,
         outbox_batches_turned_on_two_stores_notify_each_token_once,
+        a_transaction_of_the_outbox_turns_about_5000_notifications,
         a_repeated_body_is_one_report_within_the_window,
         a_repeat_recorded_without_its_tokens_found_inside_records_them,
         a_repeat_whose_token_a_newly_enabled_format_takes_records_it,
@@ -157,6 +158,7 @@ contract!(
         notification_ids_are_uuids_distinct_across_databases,
         migrating_a_database_with_notifications_gives_each_its_own_id,
         the_consistency_check_finds_rows_of_no_report,
+        the_outbox_is_read_on_a_database_without_batches,
         an_older_binary_still_records_its_token_ages,
     ],
 );
@@ -2353,6 +2355,60 @@ async fn outbox_batches_turned_on_two_stores_notify_each_token_once(db: Arc<Test
     }
     let problems = db.inconsistencies().await;
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// One transaction of the outbox turns batches until they make 5,000 notifications
+/// (the last one whole): three deliveries of 2,600 revoked tokens take two rounds, so
+/// a write on SQLite's one writer stays short however large the deliveries are.
+async fn a_transaction_of_the_outbox_turns_about_5000_notifications(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "large/pkg", 3 * 2_600, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    let t0 = now_ms();
+    for (i, chunk) in refs.chunks(2_600).enumerate() {
+        record_at(store.as_ref(), chunk, t0 + Ttl::milliseconds(i as i64)).await;
+    }
+    let statements = store.statements();
+    assert_eq!(store.expand_notifications().await.unwrap(), 3);
+    // A round is the read finding a batch queued, then the turning: one statement on
+    // PostgreSQL, BEGIN, DELETE … RETURNING, INSERT, COMMIT on SQLite; then the read
+    // finding none. Two rounds (2,600 + 2,600, then 2,600), not one.
+    let round = match db.kind() {
+        Kind::Sqlite => 1 + 4,
+        Kind::Postgres => db.counted(2),
+    };
+    assert_eq!(
+        store.statements() - statements,
+        2 * round + db.counted(1),
+        "two rounds"
+    );
+    assert_eq!(all_notifications(store.as_ref()).await.len(), 3 * 2_600);
+    let problems = db.inconsistencies().await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// A command opens a database as it is (`notify list`, `token show`): one the current
+/// migrations have not reached has no batch table, and its notifications are still
+/// read, listed and counted in stats.
+async fn the_outbox_is_read_on_a_database_without_batches(db: Arc<TestDb>) {
+    let store = notification_store(&db).await;
+    let tokens = mint_many(store.as_ref(), "older/pkg", 2, Ttl::hours(2)).await;
+    let refs: Vec<&Token> = tokens.iter().collect();
+    record_at(store.as_ref(), &refs, now_ms()).await;
+    assert_eq!(store.expand_notifications().await.unwrap(), 1);
+    db.execute("DROP TABLE notification_batches").await;
+    assert_eq!(all_notifications(store.as_ref()).await.len(), 2);
+    assert!(store
+        .notification_of_token(&tokens[0].hash())
+        .await
+        .unwrap()
+        .is_some());
+    let stats = store
+        .stats(chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stats.recent_revocations.len(), 2);
+    assert_eq!(store.expand_notifications().await.unwrap(), 0);
 }
 
 async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {

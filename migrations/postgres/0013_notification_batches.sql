@@ -9,7 +9,8 @@
 -- expired as the delivery would have written.
 CREATE TABLE notification_batches (
     report_id  BIGINT      PRIMARY KEY,   -- the report that flipped the tokens
-    queued_at  TIMESTAMPTZ NOT NULL       -- = reports.received_at
+    queued_at  TIMESTAMPTZ NOT NULL,      -- = reports.received_at
+    tokens     INTEGER     NOT NULL       -- how many it flipped (the notifications to make)
 );
 
 -- Rows the old statement would have queued were queued by it: nothing to move.
@@ -139,8 +140,8 @@ WITH rid AS (
     -- exists exactly when the revocation committed. The outbox worker turns it into one
     -- owner notification per token this report flipped (its items marked revoked or
     -- expired; `postgres/outbox.rs`), and a token flips once.
-    INSERT INTO notification_batches (report_id, queued_at)
-    SELECT (SELECT id FROM rid), $6 WHERE EXISTS (SELECT 1 FROM flipped)
+    INSERT INTO notification_batches (report_id, queued_at, tokens)
+    SELECT (SELECT id FROM rid), $6, count(*) FROM flipped HAVING count(*) > 0
 )
 SELECT (SELECT id FROM rid) AS report_id, (SELECT fresh FROM go) AS fresh, hash, outcome
 FROM outcome;

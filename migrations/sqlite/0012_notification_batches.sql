@@ -7,5 +7,6 @@
 -- token still gets exactly one notification.
 CREATE TABLE notification_batches (
     report_id  INTEGER PRIMARY KEY,   -- the report that flipped the tokens
-    queued_at  INTEGER NOT NULL       -- = reports.received_at
+    queued_at  INTEGER NOT NULL,      -- = reports.received_at
+    tokens     INTEGER NOT NULL       -- how many it flipped (the notifications to make)
 );

@@ -1,8 +1,9 @@
 //! Owner notifications: tell each token's owner, once, that their token leaked and was
 //! revoked.
 //!
-//! The delivery that revokes a token queues a notification in the same transaction
-//! (the outbox, see [`crate::store`]); nothing is sent inline, so a slow or broken
+//! The delivery that revokes a token queues its notification in the same transaction
+//! (the outbox, see [`crate::store`]: one batch per delivery, turned into a row per
+//! token before any claim); nothing is sent inline, so a slow or broken
 //! owner webhook never slows or fails a scanner's delivery, and a crash loses nothing.
 //! A [`Notifier`] (inside `serve`, or `revoker notify run` once) claims due
 //! notifications with a lease, POSTs each to `--notify-webhook` and records the result:

@@ -138,31 +138,50 @@ macro_rules! send {
 }
 pub(super) use send;
 
-/// Up to `$rounds` transactions of [`EXPAND_BATCHES`](super::notification::EXPAND_BATCHES) outbox batches turned into
-/// notifications on store `$store`, each after a read finding one queued (so none costs
-/// one read); evaluates to how many batches were turned.
+/// Outbox batches turned into notifications on store `$store`: up to `$rounds`
+/// transactions of [`Outbox::expand_batches`] (at most
+/// [`EXPAND_BATCHES`](super::notification::EXPAND_BATCHES) batches and about
+/// [`EXPAND_TOKENS`](super::notification::EXPAND_TOKENS) notifications each), each after
+/// a read finding one queued (so none costs one read), each in the write turn: waited
+/// for as usual (`wait`), or only taken when free (`no_wait`: a reader that must not
+/// queue behind deliveries turns nothing then). A database the current migrations have
+/// not reached (a command that opens it as it is) has no batch table, so nothing
+/// queued. Evaluates to how many batches were turned; returns the error otherwise.
 macro_rules! expand {
-    ($store:expr, $rounds:expr) => {{
+    ($store:expr, $rounds:expr, $turn:ident) => {{
+        use $crate::store::notification::{BATCHES_QUEUED_SQL, EXPAND_BATCHES, EXPAND_TOKENS};
         let store = $store;
         let mut turned = 0;
         for _ in 0..$rounds {
-            let queued: bool = send!(
-                store,
-                sqlx::query_scalar($crate::store::notification::BATCHES_QUEUED_SQL),
-                fetch_one
-            );
-            if !queued {
-                break;
+            let queued: Result<bool, StoreError> =
+                async { Ok(send!(store, sqlx::query_scalar(BATCHES_QUEUED_SQL), fetch_one)) }
+                    .await;
+            match queued {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(StoreError::Database(e)) if $crate::store::error::undefined_table(&e) => break,
+                Err(e) => return Err(e),
             }
-            let _turn = store.usual_write_turn().await?;
-            let n = B::expand_batches(store, $crate::store::notification::EXPAND_BATCHES).await?;
+            let _turn = expand!(@turn store, $turn);
+            let n = B::expand_batches(store, EXPAND_BATCHES, EXPAND_TOKENS).await?;
             turned += n;
-            if n < u64::from($crate::store::notification::EXPAND_BATCHES) {
+            if n == 0 {
+                // The rest are being turned by another instance.
                 break;
             }
         }
-        Ok::<u64, StoreError>(turned)
+        turned
     }};
+    (@turn $store:ident, wait) => {
+        $store.usual_write_turn().await?
+    };
+    (@turn $store:ident, no_wait) => {
+        match $store.write_turn(std::time::Duration::ZERO).await {
+            Ok(turn) => turn,
+            Err(StoreError::WriteTurnTimedOut) => break,
+            Err(e) => return Err(e),
+        }
+    };
 }
 pub(super) use expand;
 
@@ -458,14 +477,17 @@ pub(super) trait Outbox: Database {
     const BY_PUBLIC_ID_SQL: &'static str;
 
     /// Turns up to `limit` queued batches (`notification_batches`: one row per delivery
-    /// that flipped a token, written by the revoking statement) into notifications, one
-    /// per token its report flipped (its items marked `revoked` or `expired`), deleting
-    /// each batch in the same transaction: a batch is turned once, so a token is notified
-    /// once. Oldest batch first. Returns how many batches it turned. The caller holds the
-    /// write turn.
+    /// that flipped a token, written by the revoking statement), as many as make fewer
+    /// than `max_tokens` notifications before the last (the first one whatever its
+    /// size, so one transaction stays short however large the deliveries), into
+    /// notifications, one per token its report flipped (its items marked `revoked` or
+    /// `expired`), deleting each batch in the same transaction: a batch is turned once,
+    /// so a token is notified once. Oldest batch first. Returns how many batches it
+    /// turned. The caller holds the write turn.
     fn expand_batches(
         store: &Store<Self>,
         limit: u32,
+        max_tokens: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// See [`RevocationStore::requeue_notification`](super::RevocationStore::requeue_notification).

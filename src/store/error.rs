@@ -76,6 +76,13 @@ fn lost_prepared_statement(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The statement named a table that does not exist: PostgreSQL's 42P01
+/// (undefined_table), SQLite's "no such table".
+pub(super) fn undefined_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table"))
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if lost_prepared_statement(&e) {

@@ -382,7 +382,10 @@ pub trait RevocationStore: Send + Sync + 'static {
 
     /// Aggregates for `/api/stats`; `daily` covers the UTC days from `since` on. Read
     /// from the rollups the deliveries keep (migration 0007), so it costs O(days,
-    /// scanners, sources), not O(history); one snapshot.
+    /// scanners, sources), not O(history); one snapshot. First it turns up to one
+    /// transaction of queued outbox batches into notifications (for its recent
+    /// revocations and waiting notifications), only when no write of this process has
+    /// the turn: it never waits behind deliveries.
     async fn stats(&self, since: chrono::NaiveDate) -> Result<Stats, StoreError>;
 
     /// Claims up to `limit` pending notifications that are due (`next_attempt_at <=
@@ -417,11 +420,13 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// written by the revoking statement, migrations 0013 / 0012) into notifications: one
     /// per token the batch's report flipped, each batch once (deleted in the transaction
     /// that turns it), oldest first, up to 100 batches a transaction, until none is left
-    /// (at most 100 rounds a call). One read when none is queued. Every other outbox
-    /// operation but [`Self::notification_counts`] and [`Self::finish_notification`]
-    /// calls it first, so a notification can be read, claimed or listed from the moment
-    /// its delivery was answered (`stats` turns at most one transaction's 100 batches
-    /// for its list of waiting notifications). Returns how many batches it turned.
+    /// (at most 100 rounds a call; a transaction stops adding batches once they make
+    /// 5,000 notifications). One read when none is queued. The claims, the lookups by
+    /// token and by public id, the listing, the re-queue of one and the retention purge
+    /// call it first, so a notification can be read, claimed or listed once its delivery
+    /// was answered (unless more than 100 rounds are queued, or another instance is
+    /// turning its batch right then: `SKIP LOCKED`); `stats` turns one transaction's
+    /// worth when it need not wait. Returns how many batches it turned.
     async fn expand_notifications(&self) -> Result<u64, StoreError>;
 
     /// Notifications by status, in one read of the rollups: queued (kept by the

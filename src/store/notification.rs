@@ -28,10 +28,13 @@ pub(super) const LIST_SQL: &str = concat!(
     " FROM notifications WHERE CAST($1 AS TEXT) IS NULL OR status = $1 ORDER BY id DESC LIMIT $2"
 );
 
-/// Batches turned into notifications per transaction, and transactions per
+/// Batches turned into notifications per transaction; the notifications one makes
+/// before its last batch (so it stays short on SQLite's one writer, as the retention
+/// purge's batches do); and transactions per
 /// [`RevocationStore::expand_notifications`](super::RevocationStore::expand_notifications)
 /// call.
 pub(super) const EXPAND_BATCHES: u32 = 100;
+pub(super) const EXPAND_TOKENS: u32 = 5_000;
 pub(super) const EXPAND_ROUNDS: u32 = 100;
 
 /// Whether the outbox has a batch queued (a cheap read before taking the write turn).

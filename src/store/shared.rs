@@ -3,7 +3,8 @@
 //! What the backends do alike is written here once: token and report reads, `preview`,
 //! the `stats` snapshot and the notification outbox. The SQL text comes from the backend
 //! (the `…_SQL` constants of [`Backend`] and its supertraits), and so do the operations
-//! whose statements differ (`record_report`, `requeue_notification`, connect, migrate,
+//! whose statements differ (`record_report`, `requeue_notification`, the outbox's
+//! `expand_batches`, connect, migrate,
 //! ping, `insert_tokens`, `import_tokens`, `revoke_imported`), which the trait methods
 //! here hand on to it.
 //!
@@ -122,12 +123,7 @@ where
             // No table yet: nothing was ever applied. (Anything else is the database's
             // error, and `migrate` will say so.)
             // PostgreSQL 42P01 (undefined_table); SQLite says "no such table".
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("42P01")
-                    || e.message().starts_with("no such table") =>
-            {
-                Ok(0)
-            }
+            Err(e) if super::error::undefined_table(&e) => Ok(0),
             Err(e) => Err(e.into()),
         }
     }
@@ -319,10 +315,11 @@ where
     }
 
     async fn stats(&self, since: chrono::NaiveDate) -> Result<Stats, StoreError> {
-        // The waiting notifications are read from the outbox's rows: the batches queued
-        // since the last reader, one transaction's worth at most (a read, and a dashboard
-        // polls; the outbox worker turns the rest).
-        expand!(self, 1)?;
+        // The recent revocations and the waiting notifications are read from the
+        // outbox's rows: one transaction's worth of the batches queued since the last
+        // reader, when no write of this process has the turn (a read never queues behind
+        // deliveries; the outbox worker, or the next reader, turns the rest).
+        expand!(self, 1, no_wait);
         // One transaction: every section sees the same snapshot.
         self.statements.add(1);
         let mut tx = match B::STATS_BEGIN {
@@ -516,7 +513,7 @@ where
     }
 
     async fn expand_notifications(&self) -> Result<u64, StoreError> {
-        expand!(self, EXPAND_ROUNDS)
+        Ok(expand!(self, EXPAND_ROUNDS, wait))
     }
 
     async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {

@@ -71,14 +71,28 @@ impl Outbox for Postgres {
     /// it) and deleted, and one notification per token each report flipped, from the
     /// first item naming it (lowest position), as the revoking statement queued them
     /// before migration 0013.
-    async fn expand_batches(store: &Store<Self>, limit: u32) -> Result<u64, StoreError> {
+    async fn expand_batches(
+        store: &Store<Self>,
+        limit: u32,
+        max_tokens: u32,
+    ) -> Result<u64, StoreError> {
         let batches: i64 = send!(
             store,
             sqlx::query_scalar(
-                "WITH batch AS (
+                "WITH taken AS (
+                     SELECT report_id, tokens FROM notification_batches
+                     ORDER BY report_id LIMIT $1 FOR UPDATE SKIP LOCKED
+                 ), batch AS (
+                     -- As many as make fewer than $2 notifications before the last.
                      DELETE FROM notification_batches
-                     WHERE report_id IN (SELECT report_id FROM notification_batches
-                                         ORDER BY report_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     WHERE report_id IN (
+                         SELECT report_id FROM (
+                             SELECT report_id, tokens,
+                                    sum(tokens) OVER (ORDER BY report_id
+                                                      ROWS UNBOUNDED PRECEDING) AS running
+                             FROM taken
+                         ) t
+                         WHERE running - tokens < $2)
                      RETURNING report_id
                  ), first_item AS (
                      SELECT DISTINCT ON (i.report_id, i.token_hash)
@@ -99,7 +113,8 @@ impl Outbox for Postgres {
                  )
                  SELECT count(*) FROM batch",
             )
-            .bind(i64::from(limit)),
+            .bind(i64::from(limit))
+            .bind(i64::from(max_tokens)),
             fetch_one
         );
         Ok(batches as u64)

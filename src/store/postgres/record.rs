@@ -207,8 +207,8 @@ WITH rid AS (
     -- exists exactly when the revocation committed. The outbox worker turns it into one
     -- owner notification per token this report flipped (its items marked revoked or
     -- expired; `postgres/outbox.rs`), and a token flips once.
-    INSERT INTO notification_batches (report_id, queued_at)
-    SELECT (SELECT id FROM rid), $6 WHERE EXISTS (SELECT 1 FROM flipped)
+    INSERT INTO notification_batches (report_id, queued_at, tokens)
+    SELECT (SELECT id FROM rid), $6, count(*) FROM flipped HAVING count(*) > 0
 )
 SELECT (SELECT id FROM rid) AS report_id, (SELECT fresh FROM go) AS fresh, hash, outcome
 FROM outcome"

@@ -348,6 +348,24 @@ mod tests {
             store.purge_delivered_bodies(Utc::now(), 10).await.map(drop)
         ));
         assert!(turn(store.requeue_failed(Clock::Database).await.map(drop)));
+        // `stats` does not queue for the turn to turn an outbox batch: it reads without.
+        sqlx::query(
+            "INSERT INTO notification_batches (report_id, queued_at, tokens) VALUES (1, 0, 1)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let statements = store.statements();
+        store
+            .stats(chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap())
+            .await
+            .unwrap();
+        let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_batches")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(batches, 1, "left for the outbox");
+        let before = before + (store.statements() - statements);
         assert_eq!(
             store.statements(),
             before + 1,

@@ -51,7 +51,11 @@ impl Outbox for Sqlite {
     /// flipped, from the first item naming it (lowest position; SQLite takes the bare
     /// columns of a `min()` aggregate from the row holding the minimum), as the
     /// recording transaction queued them before migration 0012.
-    async fn expand_batches(store: &Store<Self>, limit: u32) -> Result<u64, StoreError> {
+    async fn expand_batches(
+        store: &Store<Self>,
+        limit: u32,
+        max_tokens: u32,
+    ) -> Result<u64, StoreError> {
         use sqlx::Connection;
         let mut conn = store.pool.acquire().await?;
         store.statements.add(1);
@@ -59,14 +63,24 @@ impl Outbox for Sqlite {
         store.statements.add(1);
         let batches: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM notification_batches
-             WHERE report_id IN (SELECT report_id FROM notification_batches
-                                 ORDER BY report_id LIMIT ?1)
+             WHERE report_id IN (
+                 SELECT report_id FROM (
+                     SELECT report_id, tokens,
+                            sum(tokens) OVER (ORDER BY report_id ROWS UNBOUNDED PRECEDING)
+                                AS running
+                     FROM (SELECT report_id, tokens FROM notification_batches
+                           ORDER BY report_id LIMIT ?1))
+                 WHERE running - tokens < ?2)
              RETURNING report_id",
         )
         .bind(i64::from(limit))
+        .bind(i64::from(max_tokens))
         .fetch_all(&mut *tx)
         .await?;
         if batches.is_empty() {
+            // Another process turned them meanwhile.
+            store.statements.add(1);
+            tx.rollback().await?;
             return Ok(0);
         }
         store.statements.add(1);

@@ -311,11 +311,14 @@ async fn record(
     // report flipped (`outbox.rs`); a token flips once, so it is notified once.
     if !flipped.is_empty() {
         store.statements.add(1);
-        sqlx::query("INSERT INTO notification_batches (report_id, queued_at) VALUES (?1, ?2)")
-            .bind(report_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO notification_batches (report_id, queued_at, tokens) VALUES (?1, ?2, ?3)",
+        )
+        .bind(report_id)
+        .bind(now)
+        .bind(flipped.len() as i64)
+        .execute(&mut *tx)
+        .await?;
     }
 
     // Whatever did not flip is either ours and already revoked, or not ours at all.
