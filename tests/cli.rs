@@ -453,7 +453,8 @@ async fn a_503_is_one_warn_line_and_no_error_and_logs_are_tidy() {
 
 #[tokio::test]
 async fn postgres_start_is_quiet_and_names_the_database_without_its_password() {
-    let Some(db) = TestDb::new(Kind::Postgres).await else {
+    // Empty: the first start migrates, and is quiet too.
+    let Some(db) = TestDb::empty(Kind::Postgres).await else {
         return;
     };
     // Trust authentication ignores the password, so the URL works with one in it.
@@ -486,4 +487,77 @@ async fn postgres_start_is_quiet_and_names_the_database_without_its_password() {
         .unwrap_or_else(|| panic!("{stderr}"));
     let expires = expires.split_whitespace().next().unwrap().trim_matches('"');
     chrono::DateTime::parse_from_rfc3339(expires).unwrap_or_else(|e| panic!("{expires}: {e}"));
+}
+
+/// A migrated PostgreSQL test database, a copy of the template (tests/common/db.rs), is
+/// what the migrations make of an empty one as far as revoker can tell: the same
+/// tables, columns, indexes, constraints, functions, triggers, sequences and rows, the
+/// same migrations recorded (so `revoker migrate` finds none pending), and it takes
+/// connections like any database. The template itself takes none and cannot be dropped.
+#[tokio::test]
+async fn postgres_a_copy_of_the_template_is_what_the_migrations_make() {
+    use sqlx::Connection;
+    let Some(copy) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let fresh = TestDb::empty(Kind::Postgres).await.unwrap();
+    let migrate = |db: &TestDb| run_ok(revoker().args(["migrate", "--database-url", db.url()]));
+    let n = postgres_migrations();
+    assert_eq!(
+        migrate(&fresh),
+        format!("applied {n} migration(s) ({n} applied in all)\n")
+    );
+    let schema = "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+                         || ' ' || coalesce(column_default, '-') || ' ' || is_nullable
+                    FROM information_schema.columns WHERE table_schema = 'public'
+                  UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+                  UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' '
+                         || pg_get_constraintdef(oid)
+                    FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                  UNION ALL SELECT 'function ' || p.oid::regprocedure || ' '
+                         || md5(pg_get_functiondef(p.oid))
+                    FROM pg_proc p WHERE pronamespace = 'public'::regnamespace
+                  UNION ALL SELECT 'trigger ' || pg_get_triggerdef(oid)
+                    FROM pg_trigger WHERE NOT tgisinternal
+                  UNION ALL SELECT 'view ' || viewname || ' ' || md5(definition)
+                    FROM pg_views WHERE schemaname = 'public'
+                  UNION ALL SELECT 'sequence ' || sequencename || ' '
+                         || coalesce(last_value::text, 'unused')
+                    FROM pg_sequences WHERE schemaname = 'public'
+                  UNION ALL SELECT 'rows ' || table_name || ' ' || (xpath('/row/n/text()',
+                         query_to_xml('SELECT count(*) AS n FROM public.' || quote_ident(table_name),
+                                      false, true, '')))[1]::text
+                    FROM information_schema.tables WHERE table_schema = 'public'
+                  UNION ALL SELECT 'migration ' || version || ' ' || description || ' ' || success
+                         || ' ' || encode(checksum, 'hex')
+                    FROM _sqlx_migrations
+                  UNION ALL SELECT 'database ' || pg_encoding_to_char(encoding) || ' ' || datcollate
+                         || ' ' || datctype || ' ' || datallowconn || ' ' || datistemplate
+                         || ' ' || datconnlimit
+                    FROM pg_database WHERE datname = current_database()
+                  ORDER BY 1";
+    let expected = fresh.texts(schema).await;
+    assert!(expected.len() > 100, "{expected:?}");
+    assert_eq!(copy.texts(schema).await, expected);
+    assert_eq!(
+        migrate(&copy),
+        format!("no migrations pending ({n} applied)\n")
+    );
+
+    let template = template_name();
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .unwrap();
+    let marks: (bool, bool) =
+        sqlx::query_as("SELECT datallowconn, datistemplate FROM pg_database WHERE datname = $1")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    // IS_TEMPLATE: DROP DATABASE refuses it ("cannot drop a template database").
+    assert_eq!(
+        marks,
+        (false, true),
+        "{template}: ALLOW_CONNECTIONS, IS_TEMPLATE"
+    );
 }

@@ -34,6 +34,18 @@ where
     run_on(db, test).await
 }
 
+/// [`run`] on an empty database (no migration applied), for the tests about migrating.
+async fn run_empty<F, Fut>(kind: Kind, test: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(db) = TestDb::empty(kind).await else {
+        return;
+    };
+    run_on(db, test).await
+}
+
 /// PostgreSQL behind a real PgBouncer in transaction mode with two server connections
 /// (so the app's and the test's pools meet on them), revoker told so (`--db-pooler
 /// transaction`, migrations over the direct URL).
@@ -67,9 +79,14 @@ where
 /// URL: tests/pooler.rs), about two databases, and those that take PostgreSQL down
 /// (`Outage`): behind a pooler the database coming back is the pooler's to notice
 /// (`server_login_retry`), and the pooler going away and coming back is
-/// tests/pooler.rs's.
+/// tests/pooler.rs's. Those under `empty` start from an empty database (they migrate
+/// it themselves, step by step); the others from a migrated one ([`TestDb::new`]).
 macro_rules! contract {
-    (pooled: [$($p:ident),* $(,)?], direct: [$($d:ident),* $(,)?] $(,)?) => {
+    (
+        pooled: [$($p:ident),* $(,)?],
+        direct: [$($d:ident),* $(,)?],
+        empty: [$($e:ident),* $(,)?] $(,)?
+    ) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,6 +98,12 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $d() {
                     super::run(super::Kind::Sqlite, super::$d).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $e() {
+                    super::run_empty(super::Kind::Sqlite, super::$e).await
                 }
             )*
         }
@@ -95,6 +118,12 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $d() {
                     super::run(super::Kind::Postgres, super::$d).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $e() {
+                    super::run_empty(super::Kind::Postgres, super::$e).await
                 }
             )*
         }
@@ -156,11 +185,11 @@ contract!(
         openssl_signed_fixture_is_accepted_from_a_key_file,
         a_failed_record_report_queues_no_notification,
         notification_ids_are_uuids_distinct_across_databases,
-        migrating_a_database_with_notifications_gives_each_its_own_id,
         the_consistency_check_finds_rows_of_no_report,
         the_outbox_is_read_on_a_database_without_batches,
         an_older_binary_still_records_its_token_ages,
     ],
+    empty: [migrating_a_database_with_notifications_gives_each_its_own_id],
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {

@@ -17,11 +17,12 @@ use revoker::domain::token::Token;
 
 use common::*;
 
-/// A fresh PostgreSQL database behind a PgBouncer in transaction mode with one server
+/// A fresh, empty PostgreSQL database (the tests that take it migrate it themselves,
+/// over the direct URL) behind a PgBouncer in transaction mode with one server
 /// connection: every client meets what the others left on it. `db.url()` is the
 /// pooler's, `db.direct_url()` the database's.
 async fn pooled() -> Option<TestDb> {
-    TestDb::pooled(1).await
+    TestDb::empty_pooled(1).await
 }
 
 /// The stderr of a command that must have failed.
@@ -109,7 +110,8 @@ async fn mint_migrates_over_the_direct_url_and_checks_it_was_this_database() {
     let minted = db.texts("SELECT count(*)::text FROM tokens").await;
     assert_eq!(minted, ["1"]);
 
-    let Some(other) = TestDb::new(Kind::Postgres).await else {
+    // Empty: with no migration applied, it cannot pass for the migrated one.
+    let Some(other) = TestDb::empty(Kind::Postgres).await else {
         return;
     };
     let out = revoker_command()

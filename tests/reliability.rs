@@ -27,7 +27,7 @@ use sqlx::Connection;
 /// tokens are each named by several deliveries; every delivery also names a token we
 /// never issued and a string that is no token.
 async fn three_processes_revoke_each_token_exactly_once(kind: Kind) {
-    let Some(db) = TestDb::new(kind).await else {
+    let Some(db) = TestDb::empty(kind).await else {
         return;
     };
     let url = db.url().to_owned();

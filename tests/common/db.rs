@@ -1,5 +1,31 @@
 //! Fresh test databases (SQLite in a temp dir, PostgreSQL created per test), raw access
 //! to them, consistency checks, and outages on purpose.
+//!
+//! Two flavours: [`TestDb::new`] (and [`TestDb::pooled`]) for a test that migrates its
+//! database right away (starts an app or `revoker serve`, opens a migrated store), and
+//! [`TestDb::empty`] (and [`TestDb::empty_pooled`]) for a test about migrating itself
+//! (`revoker migrate`, migrations over a direct URL, upgrade paths, instances racing to
+//! migrate). A SQLite database starts empty either way (migrating a new file takes
+//! milliseconds).
+//!
+//! **PostgreSQL: one migrated template.** A migrated PostgreSQL test database
+//! (`revoker_t_<random>`) is `CREATE DATABASE … TEMPLATE revoker_template_<key>`, a copy
+//! of a database the migrations ran on once, instead of running every migration per
+//! test; the app's own migrate then finds nothing pending (sqlx's `_sqlx_migrations`
+//! comes along in the copy, with the checksums it checks). The template is a **cache
+//! keyed by the migrations**: `<key>` is the first 12 hex digits of the SHA-256 of the
+//! PostgreSQL migrations this build embeds (`migrations/postgres/*.sql`: version,
+//! description and text of each), so a changed or added migration makes a new one. It
+//! **stays between runs on purpose**: it is not a leftover test database (those are
+//! `revoker_t_*`, each dropped with its [`TestDb`], and a passing run leaves none). It is
+//! made under a session advisory lock ([`TEMPLATE_LOCK`], on the admin URL's database) so
+//! test threads and test binaries racing for it build it once, under a temporary name
+//! (`…_building`) renamed only once migrated and with nobody connected, so a half-made
+//! template is never copied; it is marked `IS_TEMPLATE` (`DROP DATABASE` refuses it, so a
+//! test's drop can never take it) and `ALLOW_CONNECTIONS false` (a copy needs nobody
+//! connected to its template). Templates of older migrations stay until dropped: `.ci/run`
+//! drops every `revoker_template_*` before it starts; by hand,
+//! `ALTER DATABASE revoker_template_… IS_TEMPLATE false` then `DROP DATABASE …`.
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -143,9 +169,23 @@ macro_rules! with_conn {
 }
 
 impl TestDb {
-    /// A fresh, empty database of this kind; `None` means "skip" (PostgreSQL
-    /// unreachable outside CI; a notice is printed once).
+    /// A fresh database of this kind for a test that migrates it right away; `None`
+    /// means "skip" (PostgreSQL unreachable outside CI; a notice is printed once).
+    /// PostgreSQL: a copy of the migrated template (see the module's docs), so it is
+    /// already migrated; SQLite: a new file, empty until opened. A test about migrating
+    /// itself takes [`TestDb::empty`].
     pub async fn new(kind: Kind) -> Option<TestDb> {
+        Self::create(kind, Schema::Migrated).await
+    }
+
+    /// A fresh, empty database of this kind (no schema, nothing migrated): for tests of
+    /// migrating (`revoker migrate`, upgrade paths, instances racing to migrate). `None`
+    /// means "skip", as for [`TestDb::new`].
+    pub async fn empty(kind: Kind) -> Option<TestDb> {
+        Self::create(kind, Schema::Empty).await
+    }
+
+    async fn create(kind: Kind, schema: Schema) -> Option<TestDb> {
         match kind {
             Kind::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -165,28 +205,49 @@ impl TestDb {
                     Err(_) => return Self::unreachable(&admin_url, "timed out"),
                 };
                 let name = format!("revoker_t_{}", rand_suffix());
-                sqlx::query(&format!("CREATE DATABASE {name}"))
+                // The default strategy (WAL_LOG since PostgreSQL 15), not FILE_COPY: for
+                // this 8 MB database a copy and its drop measured about the same (FILE_COPY
+                // a little quicker alone, no difference in the suite), and FILE_COPY forces
+                // two checkpoints per copy, writing out every database's dirty pages on a
+                // shared server. Without the clause PostgreSQL 14 copies the same way too.
+                let create = match schema {
+                    Schema::Empty => format!("CREATE DATABASE {name}"),
+                    Schema::Migrated => {
+                        let template = migrated_template(&admin_url).await;
+                        format!("CREATE DATABASE {name} TEMPLATE {template}")
+                    }
+                };
+                sqlx::query(&create)
                     .execute(&mut conn)
                     .await
-                    .expect("create test database");
-                let mut url = url::Url::parse(&admin_url).expect("postgres URL");
-                url.set_path(&name);
+                    .unwrap_or_else(|e| panic!("{create}: {e}"));
+                let _ = conn.close().await;
                 Some(TestDb::Postgres {
+                    url: database_url(&admin_url, &name),
                     admin_url,
                     name,
-                    url: url.to_string(),
                     pooled: None,
                 })
             }
         }
     }
 
-    /// A fresh PostgreSQL database behind a real PgBouncer in transaction mode with
-    /// `default_pool_size = pool_size`; [`TestDb::url`] is the pooler's. `None` means
-    /// "skip" (no PostgreSQL, or no `pgbouncer` outside CI).
+    /// A fresh PostgreSQL database, migrated (as [`TestDb::new`] makes it), behind a real
+    /// PgBouncer in transaction mode with `default_pool_size = pool_size`;
+    /// [`TestDb::url`] is the pooler's. `None` means "skip" (no PostgreSQL, or no
+    /// `pgbouncer` outside CI).
     pub async fn pooled(pool_size: u32) -> Option<TestDb> {
+        Self::behind_pooler(TestDb::new(Kind::Postgres).await?, pool_size)
+    }
+
+    /// [`TestDb::pooled`] on an empty database ([`TestDb::empty`]): for tests of
+    /// migrating over the direct URL beside the pooled one.
+    pub async fn empty_pooled(pool_size: u32) -> Option<TestDb> {
+        Self::behind_pooler(TestDb::empty(Kind::Postgres).await?, pool_size)
+    }
+
+    fn behind_pooler(mut db: TestDb, pool_size: u32) -> Option<TestDb> {
         static NO_POOLER: Once = Once::new();
-        let mut db = TestDb::new(Kind::Postgres).await?;
         let Some(bouncer) = PgBouncer::start(db.url(), pool_size) else {
             super::skip_unless_ci(&NO_POOLER, "no pgbouncer", "apt-get install pgbouncer");
             return None;
@@ -499,6 +560,164 @@ fn rand_suffix() -> String {
     use rand::Rng;
     let n: u64 = rand::thread_rng().gen();
     format!("{n:016x}")
+}
+
+// ---------------------------------------------------------------- the migrated template
+
+/// Which fresh database a test gets: see [`TestDb::new`] and [`TestDb::empty`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    Empty,
+    Migrated,
+}
+
+/// The session advisory lock under which the template is looked for and built: one key
+/// for every test binary (advisory locks count per database, so all take it on the
+/// admin URL's database). Bytes of "revokerT".
+pub const TEMPLATE_LOCK: i64 = 0x7265_766f_6b65_7254;
+
+/// `admin_url` naming database `name` instead.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(admin_url).expect("postgres URL");
+    url.set_path(name);
+    url.to_string()
+}
+
+/// The PostgreSQL migrations this build embeds, the same files `revoker` migrates with.
+fn embedded_migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/postgres")
+}
+
+/// The template's name: `revoker_template_` and the first 12 hex digits of the SHA-256
+/// of every embedded PostgreSQL migration's version, description and text.
+pub fn template_name() -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for m in embedded_migrations().iter() {
+        digest.update(m.version.to_le_bytes());
+        for part in [m.description.as_bytes(), m.sql.as_bytes()] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+    }
+    format!("revoker_template_{}", &hex::encode(digest.finalize())[..12])
+}
+
+/// The migrated template's name, the template built first if the server has none for
+/// these migrations (once per process; across processes under [`TEMPLATE_LOCK`]).
+async fn migrated_template(admin_url: &str) -> String {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| ensure_template(admin_url))
+        .await
+        .clone()
+}
+
+async fn ensure_template(admin_url: &str) -> String {
+    let name = template_name();
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to build the template");
+    // Held by this session until unlocked or until it ends (a builder that dies lets go).
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let exists = database_exists(&mut admin, &name).await;
+    if !exists {
+        build_template(&mut admin, admin_url, &name).await;
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    name
+}
+
+/// Builds template `name` under the lock: created as `<name>_building`, migrated by the
+/// app's own migrate, checked to hold exactly the embedded migrations, closed to
+/// connections, marked a template, and only then renamed to `name`. The final name is
+/// the mark of a complete template.
+async fn build_template(admin: &mut sqlx::PgConnection, admin_url: &str, name: &str) {
+    let building = format!("{name}_building");
+    let mut sql = Vec::new();
+    if database_exists(admin, &building).await {
+        // Half made by a builder that died before the rename (none builds now).
+        sql.push(format!("ALTER DATABASE {building} IS_TEMPLATE false"));
+        sql.push(format!("DROP DATABASE {building} WITH (FORCE)"));
+    }
+    sql.push(format!("CREATE DATABASE {building}"));
+    for sql in sql {
+        sqlx::query(&sql)
+            .execute(&mut *admin)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let url = database_url(admin_url, &building);
+    let settings = store::PoolSettings {
+        max_connections: 1,
+        ..store::PoolSettings::default()
+    };
+    let migrated = store::connect(&url, &settings).await.unwrap();
+    migrated.migrate().await.expect("migrate the template");
+    drop(migrated);
+    // Exactly the embedded migrations, or the test binary and the library were built
+    // from different migrations (the name would then promise what it does not hold).
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let applied: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let embedded: Vec<(i64, Vec<u8>)> = embedded_migrations()
+        .iter()
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    assert!(
+        applied == embedded,
+        "the template's migrations differ from the ones this test binary embeds: \
+         rebuild (cargo test builds both from migrations/)"
+    );
+    sqlx::query(&format!(
+        "ALTER DATABASE {building} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true"
+    ))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    // The migrating pool's connections close in the background: end what is left, and
+    // rename once nobody is connected (PostgreSQL refuses it before).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&building)
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+        let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+        match sqlx::query(&rename).execute(&mut *admin).await {
+            Ok(_) => break,
+            // 55006: "database … is being accessed by other users".
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55006") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{rename}: {e}"),
+        }
+    }
+}
+
+async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(admin)
+        .await
+        .unwrap()
 }
 
 /// Opens a second store on the same database (e.g. to look without the app's counter).

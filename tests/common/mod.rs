@@ -16,7 +16,8 @@
 //! binary as a child process; it has the same per-endpoint helpers ([`Endpoints`]).
 //!
 //! PostgreSQL tests use `REVOKER_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) and create a fresh database per test.
+//! `postgres://postgres@127.0.0.1:5432/test`) and create a fresh database per test: a
+//! copy of one migrated template, or empty for tests about migrating (db.rs).
 //! If the server is unreachable they skip with a message on stderr, unless `CI` is set,
 //! in which case they fail.
 // Each test binary uses a part of these helpers.
