@@ -56,10 +56,8 @@ impl Outbox for Sqlite {
         limit: u32,
         max_tokens: u32,
     ) -> Result<u64, StoreError> {
-        use sqlx::Connection;
-        let mut conn = store.pool.acquire().await?;
         store.statements.add(1);
-        let mut tx = conn.begin().await?;
+        let mut tx = store.pool.begin().await?;
         store.statements.add(1);
         let batches: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM notification_batches
