@@ -19,6 +19,12 @@
 //! and writes it as JSON to
 //! `target/bench/receiver-<backend>.json`.
 //!
+//! SQLite: every batch measurement starts from an empty WAL (checkpointed whole,
+//! untimed), so none copies another's pages into the database file, and the floors'
+//! connections do not checkpoint in their commit (`wal_autocheckpoint = 0`): the floor is
+//! the statement and its durable commit, as revoker's delivery is (its checkpoints run
+//! beside the deliveries, `store/sqlite/mod.rs`).
+//!
 //! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
 //! With a `pgbouncer` binary (Debian's package), the PostgreSQL run adds the pooler
@@ -456,6 +462,50 @@ impl Bench {
         conn
     }
 
+    /// A connection for the floors on SQLite: the statement and its commit (the WAL
+    /// written and synced), without the checkpoint SQLite's default would run in a
+    /// commit that takes the WAL past 1,000 pages (revoker runs it beside the
+    /// deliveries, `store/sqlite/mod.rs`). Each measurement starts from an empty WAL
+    /// ([`Bench::settle`]), so neither pays for the other's pages.
+    async fn floor_connection(&self) -> sqlx::SqliteConnection {
+        let mut conn = self.sqlite_connection().await;
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
+    /// SQLite: before a measurement, the WAL checkpointed whole and emptied
+    /// (`TRUNCATE`, waiting for a checkpoint under way), untimed, so what the previous
+    /// measurement wrote is not copied during this one. Nothing on PostgreSQL.
+    async fn settle(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let mut conn = self.sqlite_connection().await;
+        sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // `busy`: another checkpoint (the server's) held the checkpoint lock; again.
+        let started = Instant::now();
+        loop {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if busy == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the WAL was not checkpointed whole within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// The floor: the bare revoking statement alone on these tokens, one statement on
     /// one connection, autocommit (no report, items, outbox or HTTP). Nothing revoker
     /// does per delivery can be cheaper than this. Returns the statement's wall time.
@@ -476,7 +526,7 @@ impl Bench {
                 (started.elapsed(), done.rows_affected())
             }
             Backend::Sqlite => {
-                let mut conn = self.sqlite_connection().await;
+                let mut conn = self.floor_connection().await;
                 let started = Instant::now();
                 let list = serde_json::to_string(
                     &hashes.iter().map(TokenHash::to_hex).collect::<Vec<_>>(),
@@ -540,7 +590,7 @@ impl Bench {
                 (took, outcomes.iter().filter(|o| *o == "revoked").count())
             }
             Backend::Sqlite => {
-                let mut conn = self.sqlite_connection().await;
+                let mut conn = self.floor_connection().await;
                 let started = Instant::now();
                 let items = serde_json::to_string(
                     &hashes
@@ -1685,6 +1735,7 @@ async fn run(args: Args) -> bool {
                 .unwrap()
                 .take_report("bench", "direct", Utc::now(), |_| [0; 32])
                 .unwrap();
+            bench.settle().await;
             let t = Instant::now();
             store
                 .record_report(&report, RecordOptions::default())
@@ -1693,12 +1744,17 @@ async fn run(args: Args) -> bool {
             store_ms.push(ms(t.elapsed()));
 
             let tokens = bench.take(*size);
-            let (status, took) = bench.deliver(Bench::body(&secrets(&tokens))).await;
+            let body = Bench::body(&secrets(&tokens));
+            bench.settle().await;
+            let (status, took) = bench.deliver(body).await;
             assert_eq!(status, 200, "batch delivery failed");
             revoker_ms.push(ms(took));
             let base_tokens = bench.take(*size);
+            bench.settle().await;
             baseline_ms.push(ms(bench.baseline(&base_tokens).await));
+            bench.settle().await;
             floor_ms.push(ms(bench.floor(&bench.take(*size)).await));
+            bench.settle().await;
             floor_record_ms.push(ms(bench.floor_with_record(&bench.take(*size)).await));
         }
         revoker_ms.sort_by(f64::total_cmp);
