@@ -3309,7 +3309,7 @@ async fn a_scanner_url_that_reads_purged_does_not_keep_the_source(db: Arc<TestDb
 }
 
 /// What the foreign keys on `report_items.report_id` and `tokens.revoked_by` refused
-/// until migration 0011 dropped them on PostgreSQL (SQLite keeps them), the consistency
+/// until migrations 0011 (PostgreSQL) and 0013 (SQLite) dropped them, the consistency
 /// check finds: rows naming a report that does not exist.
 async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
     let store = notification_store(&db).await;
@@ -3333,14 +3333,6 @@ async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
             "notifications of no report",
         ),
     ];
-    if db.kind() == Kind::Sqlite {
-        // SQLite still refuses the first two.
-        for (sql, _) in &plant[..2] {
-            let refused = db.try_execute(sql).await.unwrap_err();
-            assert!(refused.contains("FOREIGN KEY"), "{refused}");
-        }
-        return;
-    }
     for (sql, what) in plant {
         db.execute(sql).await;
         let found = db.inconsistencies().await;

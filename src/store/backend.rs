@@ -49,19 +49,61 @@ pub(super) struct Store<B: Database> {
     pub(super) pooled: bool,
     /// One write at a time from this process where the database has one writer
     /// ([`Backend::ONE_WRITER`]: SQLite, see `sqlite/record.rs`).
-    pub(super) writer: tokio::sync::Mutex<()>,
+    pub(super) writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// A task the backend runs beside the pool (PostgreSQL with several hosts: the
-    /// failover watcher, `postgres/hosts.rs`), stopped with the store.
-    pub(super) _background: Option<Background>,
+    /// failover watcher, `postgres/hosts.rs`; SQLite: the WAL checkpointer,
+    /// `sqlite/mod.rs`), stopped with the store.
+    pub(super) background: Option<Background>,
 }
 
-/// Aborts its task when dropped.
+/// A task beside the pool: aborted when dropped.
 #[derive(Debug)]
-pub(super) struct Background(pub(super) tokio::task::AbortHandle);
+pub(super) struct Background {
+    pub(super) task: tokio::task::AbortHandle,
+    /// Woken when a write turn ([`Store::write_turn`]) ends with at least
+    /// [`WAKE_AFTER_PAGES`] written since the last wake-up ([`Store::wrote`]), if set.
+    pub(super) after_write: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Pages written (an estimate: rows in scattered places) since the last wake-up.
+    pub(super) written: std::sync::atomic::AtomicU64,
+}
+
+/// See [`Background::after_write`].
+pub(super) const WAKE_AFTER_PAGES: u64 = 256;
+
+impl Background {
+    pub(super) fn new(task: tokio::task::AbortHandle) -> Self {
+        Background {
+            task,
+            after_write: None,
+            written: Default::default(),
+        }
+    }
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+    }
+}
+
+/// This process's turn to write ([`Store::write_turn`]); when it ends, the backend's
+/// task that waits for writes (SQLite's checkpointer) is woken.
+pub(super) struct WriteTurn<'a> {
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+    after: Option<&'a Background>,
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(after) = self.after else { return };
+        let Some(wake) = &after.after_write else {
+            return;
+        };
+        if after.written.load(Relaxed) >= WAKE_AFTER_PAGES {
+            after.written.store(0, Relaxed);
+            wake.notify_one();
+        }
     }
 }
 
@@ -73,21 +115,31 @@ impl<B: Backend> Store<B> {
     pub(super) async fn write_turn(
         &self,
         wait: std::time::Duration,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, StoreError> {
+    ) -> Result<Option<WriteTurn<'_>>, StoreError> {
         if !B::ONE_WRITER {
             return Ok(None);
         }
         match tokio::time::timeout(wait, self.writer.lock()).await {
-            Ok(turn) => Ok(Some(turn)),
+            Ok(turn) => Ok(Some(WriteTurn {
+                _turn: turn,
+                after: self.background.as_ref(),
+            })),
             Err(_) => Err(StoreError::WriteTurnTimedOut),
+        }
+    }
+
+    /// Counts `pages` (about one per row written in a scattered place: a flipped token,
+    /// a notification) towards waking the backend's task when this write turn ends.
+    pub(super) fn wrote(&self, pages: usize) {
+        if let Some(b) = &self.background {
+            b.written
+                .fetch_add(pages as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// [`Store::write_turn`] waited for as long as the database's lock would be
     /// (`--db-timeout`).
-    pub(super) async fn usual_write_turn(
-        &self,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, StoreError> {
+    pub(super) async fn usual_write_turn(&self) -> Result<Option<WriteTurn<'_>>, StoreError> {
         self.write_turn(self.pool.options().get_acquire_timeout())
             .await
     }
@@ -97,12 +149,14 @@ impl<B: Backend> Store<B> {
     /// Opens the pool (see [`Backend::connect`]); does not migrate.
     pub(super) async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let (pool, background) = B::connect(url, settings).await?;
+        let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        let background = background.or_else(|| B::after_writes(&pool, &writer));
         Ok(Store {
             pool,
             statements: StatementCounter::default(),
             pooled: settings.pooler == Pooler::Transaction,
-            writer: tokio::sync::Mutex::new(()),
-            _background: background,
+            writer,
+            background,
         })
     }
 }
@@ -241,6 +295,15 @@ pub(super) trait Backend: Database + HasStatementCache + Record + StatsSql + Out
         url: &str,
         settings: &PoolSettings,
     ) -> impl Future<Output = Result<(Pool<Self>, Option<Background>), StoreError>> + Send;
+
+    /// A task woken after this process's writes (see [`Background::after_write`]) that
+    /// takes its turn on `writer` as they do: SQLite's WAL checkpointer. None by default.
+    fn after_writes(
+        _pool: &Pool<Self>,
+        _writer: &std::sync::Arc<tokio::sync::Mutex<()>>,
+    ) -> Option<Background> {
+        None
+    }
 
     /// How many migrations this binary embeds for this backend.
     fn known_migrations() -> usize;

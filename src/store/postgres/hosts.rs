@@ -287,7 +287,7 @@ pub(crate) fn watch(
             }
         }
     });
-    Background(task.abort_handle())
+    Background::new(task.abort_handle())
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Outbox for Sqlite {
             return Ok(0);
         }
         store.statements.add(1);
-        sqlx::query(
+        let made = sqlx::query(
             "INSERT INTO notifications (token_hash, report_id, owner, scanner, url, source,
                                         revoked_at, expired, next_attempt_at)
              SELECT f.token_hash, f.report_id, t.owner, r.scanner, f.url, f.source,
@@ -105,9 +105,12 @@ impl Outbox for Sqlite {
                 .join(",")
         ))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         store.statements.add(1);
         tx.commit().await?;
+        // Appended rows: a page holds about eight with their index entries.
+        store.wrote(made as usize / 8);
         Ok(batches.len() as u64)
     }
 
