@@ -23,7 +23,8 @@
 //! untimed), so none copies another's pages into the database file, and the floors'
 //! connections do not checkpoint in their commit (`wal_autocheckpoint = 0`): the floor is
 //! the statement and its durable commit, as revoker's delivery is (its checkpoints run
-//! beside the deliveries, `store/sqlite/mod.rs`).
+//! after the answer, in a write turn of their own, `store/sqlite/mod.rs`), and so is the
+//! per-token baseline's.
 //!
 //! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
@@ -389,7 +390,7 @@ impl Bench {
                 started.elapsed()
             }
             Backend::Sqlite => {
-                let mut conn = self.sqlite_connection().await;
+                let mut conn = self.floor_connection().await;
                 let started = Instant::now();
                 for t in tokens {
                     let hash = t.hash();
@@ -462,11 +463,12 @@ impl Bench {
         conn
     }
 
-    /// A connection for the floors on SQLite: the statement and its commit (the WAL
-    /// written and synced), without the checkpoint SQLite's default would run in a
-    /// commit that takes the WAL past 1,000 pages (revoker runs it beside the
-    /// deliveries, `store/sqlite/mod.rs`). Each measurement starts from an empty WAL
-    /// ([`Bench::settle`]), so neither pays for the other's pages.
+    /// A connection for the floors and the per-token baseline on SQLite: the statements
+    /// and their commits (the WAL written and synced), without the checkpoint SQLite's
+    /// default would run in a commit that takes the WAL past 1,000 pages (revoker runs it
+    /// after the answer, in a write turn of its own, `store/sqlite/mod.rs`). Each
+    /// measurement starts from an empty WAL ([`Bench::settle`]), so none pays for
+    /// another's pages.
     async fn floor_connection(&self) -> sqlx::SqliteConnection {
         let mut conn = self.sqlite_connection().await;
         sqlx::query("PRAGMA wal_autocheckpoint = 0")

@@ -189,7 +189,10 @@ contract!(
         the_outbox_is_read_on_a_database_without_batches,
         an_older_binary_still_records_its_token_ages,
     ],
-    empty: [migrating_a_database_with_notifications_gives_each_its_own_id],
+    empty: [
+        migrating_a_database_with_notifications_gives_each_its_own_id,
+        dropping_the_foreign_keys_keeps_every_row,
+    ],
 );
 
 async fn app_for(db: &TestDb) -> (TestApp, KeyServer) {
@@ -2915,6 +2918,105 @@ async fn migrate_to(db: &TestDb, version: i64) {
             pool.close().await;
         }
     }
+}
+
+/// Migrations 0011 (PostgreSQL) and 0013 (SQLite, which rebuilds both tables) drop the
+/// foreign keys of `tokens` and `report_items`: every row is kept as it was, and the
+/// store reads them.
+async fn dropping_the_foreign_keys_keeps_every_row(db: Arc<TestDb>) {
+    let sqlite = db.kind() == Kind::Sqlite;
+    migrate_to(&db, if sqlite { 12 } else { 10 }).await;
+    let hash = |i: u32| {
+        if sqlite {
+            format!("X'{i:064x}'")
+        } else {
+            format!("'\\x{i:064x}'::bytea")
+        }
+    };
+    let (t0, t1) = if sqlite {
+        ("1700000000000", "1700000600000")
+    } else {
+        (
+            "'2023-11-14T22:13:20Z'::timestamptz",
+            "'2023-11-14T22:23:20Z'::timestamptz",
+        )
+    };
+    db.execute(&format!(
+        "INSERT INTO reports (id, scanner, key_id, received_at, body_sha256, item_count,
+                              not_ours, revoked, already_revoked, expired, unknown)
+         VALUES (7, 'github', 'key', {t1}, {}, 4, 1, 2, 0, 0, 1)",
+        hash(99)
+    ))
+    .await;
+    for (i, revoked, format) in [
+        (1, true, "cio_tp"),
+        (2, true, "crates_io_api"),
+        (3, false, "cio_tp"),
+    ] {
+        let (at, by) = if revoked { (t1, "7") } else { ("NULL", "NULL") };
+        db.execute(&format!(
+            "INSERT INTO tokens (hash, owner, created_at, expires_at, revoked_at, revoked_by, format)
+             VALUES ({}, 'own/er{i}', {t0}, {t1}, {at}, {by}, '{format}')",
+            hash(i)
+        ))
+        .await;
+    }
+    for (position, token, outcome, found_in) in [
+        (0, 1, "revoked", "NULL"),
+        (1, 2, "revoked", "'items[1].url'"),
+        (3, 50, "unknown", "NULL"),
+    ] {
+        db.execute(&format!(
+            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url,
+                                       outcome, found_in)
+             VALUES (7, {position}, {}, 'cio_tp', 'commit', 'https://example.com/{position}',
+                     '{outcome}', {found_in})",
+            hash(token)
+        ))
+        .await;
+    }
+    let hex = if sqlite {
+        "lower(hex({}))"
+    } else {
+        "encode({}, 'hex')"
+    };
+    let dump = || async {
+        let tokens = db
+            .texts(&format!(
+                "SELECT concat_ws('|', {}, owner, created_at, expires_at,
+                                  coalesce(revoked_at || '', '-'), coalesce(revoked_by || '', '-'), format)
+                 FROM tokens ORDER BY hash",
+                hex.replace("{}", "hash")
+            ))
+            .await;
+        let items = db
+            .texts(&format!(
+                "SELECT concat_ws('|', report_id, position, {}, token_type, source, url, outcome,
+                                  coalesce(found_in, '-'))
+                 FROM report_items ORDER BY report_id, position",
+                hex.replace("{}", "token_hash")
+            ))
+            .await;
+        (tokens, items)
+    };
+    let before = dump().await;
+    assert_eq!((before.0.len(), before.1.len()), (3, 3));
+
+    let store = notification_store(&db).await;
+    assert_eq!(dump().await, before, "every row kept as it was");
+    let items = store.report_items(7).await.unwrap();
+    assert_eq!(
+        items.iter().map(|i| i.position).collect::<Vec<_>>(),
+        [0, 1, 3]
+    );
+    assert_eq!(items[1].found_in.as_deref(), Some("items[1].url"));
+    let revoked_by: Vec<String> = db
+        .texts("SELECT coalesce(revoked_by || '', '-') FROM tokens ORDER BY hash")
+        .await;
+    assert_eq!(revoked_by, ["7", "7", "-"]);
+    // The keys are gone: a row of no report is taken (and the consistency check finds it).
+    db.execute("UPDATE report_items SET report_id = 8 WHERE position = 3")
+        .await;
 }
 
 async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<TestDb>) {

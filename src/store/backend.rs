@@ -63,8 +63,10 @@ pub(super) struct Background {
     /// Woken when a write turn ([`Store::write_turn`]) ends with at least
     /// [`WAKE_AFTER_PAGES`] written since the last wake-up ([`Store::wrote`]), if set.
     pub(super) after_write: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// Pages written (an estimate: rows in scattered places) since the last wake-up.
-    pub(super) written: std::sync::atomic::AtomicU64,
+    /// Pages written (an estimate: one per write turn, plus the rows in scattered places
+    /// that [`Store::wrote`] counts) since the last wake-up. Changed only by a holder of
+    /// the write turn.
+    pub(super) written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// See [`Background::after_write`].
@@ -100,9 +102,12 @@ impl Drop for WriteTurn<'_> {
         let Some(wake) = &after.after_write else {
             return;
         };
-        if after.written.load(Relaxed) >= WAKE_AFTER_PAGES {
-            after.written.store(0, Relaxed);
+        // Every turn writes a page at least (a claim, a purge of nothing: the commit).
+        let written = after.written.swap(0, Relaxed) + 1;
+        if written >= WAKE_AFTER_PAGES {
             wake.notify_one();
+        } else {
+            after.written.fetch_add(written, Relaxed);
         }
     }
 }

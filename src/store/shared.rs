@@ -431,6 +431,9 @@ where
                 .bind(i64::from(limit)),
             execute
         );
+        // Towards the WAL checkpoint (SQLite): the purged items sit together by report,
+        // the notifications by id.
+        self.wrote(((items + B::rows_affected(&done)) / 8) as usize);
         Ok(Purged {
             reports,
             items,
@@ -452,6 +455,8 @@ where
                 .bind(i64::from(limit)),
             execute
         );
+        // Claims by random key: each on a page of its own.
+        self.wrote(B::rows_affected(&done) as usize);
         Ok(B::rows_affected(&done))
     }
 
@@ -474,6 +479,7 @@ where
                 .bind(i64::from(limit)),
             fetch_all
         );
+        self.wrote(rows.len() / 8);
         let mut claimed = rows
             .into_iter()
             .map(NotificationRow::into_notification)
@@ -569,6 +575,7 @@ where
             sqlx::query(B::REQUEUE_FAILED_SQL).bind(B::clock(clock).map(B::encode_time)),
             execute
         );
+        self.wrote(B::rows_affected(&done) as usize / 8);
         Ok(B::rows_affected(&done))
     }
 

@@ -473,7 +473,7 @@ impl TestDb {
             "t.revoked_at IS NOT NULL"
         };
         let checks: Vec<(&str, String)> = vec![
-            // What the foreign keys checked before migration 0011 (PostgreSQL) dropped
+            // What the foreign keys checked before migrations 0011 (PostgreSQL) and 0013 (SQLite) dropped
             // them: the revoking statement writes all three together.
             (
                 "report items of no report",

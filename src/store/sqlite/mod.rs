@@ -73,37 +73,54 @@ const WRITER_CHECKPOINT_PAGES: u32 = 2_000;
 /// table, so nearly every such delivery also wrote those pages to the database file and
 /// synced it before it was answered (~20 ms of a 1,000-token delivery on 1,000,000
 /// tokens). This task is woken when a write turn ends that brought this process's writes
-/// since the last checkpoint to about [`WAKE_AFTER_PAGES`](super::backend::WAKE_AFTER_PAGES) pages (`Store::wrote`: a
-/// delivery counts the tokens it flipped, the outbox the notifications it made, an
-/// import the tokens it stored; a 1-token delivery one, so small ones wake it rarely,
-/// and their WAL is checkpointed by a writer at [`WRITER_CHECKPOINT_PAGES`]). It queues
+/// since the last checkpoint to about [`WAKE_AFTER_PAGES`](super::backend::WAKE_AFTER_PAGES) pages (every turn counts one; `Store::wrote`
+/// adds a delivery's flipped tokens, the outbox's notifications, an import's tokens, the
+/// purges' rows; a 1-token delivery counts two, so small ones wake it rarely, and their
+/// WAL may also be checkpointed by a writer at [`WRITER_CHECKPOINT_PAGES`]). It queues
 /// for the write turn like any write, so no write of this process runs meanwhile: the
-/// `PASSIVE` checkpoint copies the whole WAL and the next write starts it over. (Run
+/// `PASSIVE` checkpoint copies the whole WAL and the next write starts it over, unless
+/// another process's checkpoint holds the lock or a reader's snapshot still needs older
+/// frames (then the next turn wakes it again). (Run
 /// beside the writes instead, it never caught up with them under a mass revocation: the
 /// WAL grew and deliveries' p99 went from 0.3 to 1.4 s.) Durability is unchanged: a
 /// commit is durable once its WAL frames are synced (`synchronous=FULL`), checkpointed
 /// or not.
 fn checkpointer(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>) -> Background {
+    use std::sync::atomic::Ordering::Relaxed;
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let woken = wake.clone();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (woken, counted) = (wake.clone(), written.clone());
     let task = tokio::spawn(async move {
         loop {
             // One stored wake-up stands for any number of turns that ended meanwhile.
             woken.notified().await;
             let _turn = writer.lock().await;
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                // Another process's checkpoint under way, or the pool closing: the next
-                // wake-up tries again, and the writers' own checkpoint bounds the WAL.
-                tracing::debug!(error = %e, "WAL checkpoint skipped");
+            // (busy, frames in the WAL, frames copied): busy when another process's
+            // checkpoint holds the lock; fewer copied when a reader's snapshot still
+            // needs the older frames. Either way the next write turn wakes this again
+            // (and the writers' own checkpoint bounds the WAL meanwhile).
+            let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await;
+            match done {
+                Ok((0, log, copied)) if copied >= log => {}
+                Ok((busy, log, copied)) => {
+                    tracing::debug!(busy, log, copied, "WAL checkpoint incomplete");
+                    counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
+                }
+                Err(e) => {
+                    // The pool closing, or the database gone: the next wake-up tries again.
+                    tracing::debug!(error = %e, "WAL checkpoint failed");
+                    counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
+                }
             }
         }
     });
-    let mut background = Background::new(task.abort_handle());
-    background.after_write = Some(wake);
-    background
+    Background {
+        task: task.abort_handle(),
+        after_write: Some(wake),
+        written,
+    }
 }
 
 impl Backend for Sqlite {
@@ -358,6 +375,7 @@ impl Backend for Sqlite {
         .bind(serde_json::Value::Array(rows).to_string())
         .fetch_all(&store.pool)
         .await?;
+        store.wrote(revoked.len());
         revoked
             .into_iter()
             .map(|(hash,)| super::rows::hash_from(&hash))

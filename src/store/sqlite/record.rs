@@ -23,11 +23,12 @@
 //! (1-token deliveries at c=32 had a p99 over 300 ms), and a writer outside the queue
 //! would hardly ever find the lock free. Other processes (a `revoker` command, a second
 //! `serve`) still meet at SQLite's lock. A delivery waits for its turn as long as the
-//! lock would be waited for (`--db-timeout`), and no longer than its deadline. When a
-//! turn ends, the WAL checkpointer (`mod.rs`) is woken: the pages a delivery dirtied are
-//! copied into the database file beside the next one, not inside its commit. The tables
-//! this transaction writes have no foreign keys (migration 0013: their checks looked up,
-//! per flipped token and per item, the report this transaction had just inserted).
+//! lock would be waited for (`--db-timeout`), and no longer than its deadline. Once a
+//! turn ends with about 256 pages written since the last checkpoint, the WAL
+//! checkpointer (`mod.rs`) takes a turn of its own and copies them into the database
+//! file: after the delivery was answered, not inside its commit. No foreign key is
+//! checked per flipped token or per item (migration 0013 dropped those: they looked up
+//! the report this transaction had just inserted).
 //!
 //! With a deadline closer than `--db-timeout`, the connection's `busy_timeout` (how long
 //! a statement waits for the write lock) is cut to the budget left once a connection is
@@ -481,8 +482,9 @@ async fn record(
 
     store.statements.add(1);
     tx.commit().await?;
-    // Each flipped token's row is on a page of its own in a large table.
-    store.wrote(flipped.len() + 1);
+    // Each flipped token's row is on a page of its own in a large table (the turn
+    // counts one for the rest).
+    store.wrote(flipped.len());
 
     Ok(RecordedReport {
         report_id,
