@@ -95,12 +95,18 @@ fn checkpointer(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>
             // One stored wake-up stands for any number of turns that ended meanwhile.
             woken.notified().await;
             let _turn = writer.lock().await;
+            // A connection free now, or none: holding the turn while waiting for one
+            // would hold up the writes queued behind it.
+            let Some(mut conn) = pool.try_acquire() else {
+                counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
+                continue;
+            };
             // (busy, frames in the WAL, frames copied): busy when another process's
             // checkpoint holds the lock; fewer copied when a reader's snapshot still
             // needs the older frames. Either way the next write turn wakes this again
             // (and the writers' own checkpoint bounds the WAL meanwhile).
             let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&pool)
+                .fetch_one(&mut *conn)
                 .await;
             match done {
                 Ok((0, log, copied)) if copied >= log => {}
