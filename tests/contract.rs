@@ -3014,9 +3014,16 @@ async fn dropping_the_foreign_keys_keeps_every_row(db: Arc<TestDb>) {
         .texts("SELECT coalesce(revoked_by || '', '-') FROM tokens ORDER BY hash")
         .await;
     assert_eq!(revoked_by, ["7", "7", "-"]);
-    // The keys are gone: a row of no report is taken (and the consistency check finds it).
+    // The keys are gone: a row of no report is taken, and the consistency check finds it.
     db.execute("UPDATE report_items SET report_id = 8 WHERE position = 3")
         .await;
+    assert!(
+        db.inconsistencies()
+            .await
+            .contains(&"1 report items of no report".to_owned()),
+        "{:?}",
+        db.inconsistencies().await
+    );
 }
 
 async fn migrating_a_database_with_notifications_gives_each_its_own_id(db: Arc<TestDb>) {

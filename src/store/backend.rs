@@ -136,6 +136,9 @@ impl<B: Backend> Store<B> {
     /// Counts `pages` (about one per row written in a scattered place: a flipped token,
     /// a notification) towards waking the backend's task when this write turn ends.
     pub(super) fn wrote(&self, pages: usize) {
+        if !B::ONE_WRITER {
+            return;
+        }
         if let Some(b) = &self.background {
             b.written
                 .fetch_add(pages as u64, std::sync::atomic::Ordering::Relaxed);

@@ -455,7 +455,7 @@ where
                 .bind(i64::from(limit)),
             execute
         );
-        // Claims by random key: each on a page of its own.
+        // Body claims by random key: each on a page of its own.
         self.wrote(B::rows_affected(&done) as usize);
         Ok(B::rows_affected(&done))
     }

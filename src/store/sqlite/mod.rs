@@ -80,7 +80,9 @@ const WRITER_CHECKPOINT_PAGES: u32 = 2_000;
 /// for the write turn like any write, so no write of this process runs meanwhile: the
 /// `PASSIVE` checkpoint copies the whole WAL and the next write starts it over, unless
 /// another process's checkpoint holds the lock or a reader's snapshot still needs older
-/// frames (then the next turn wakes it again). (Run
+/// frames (then it tries again, see the loop). It takes a connection from the pool as
+/// any statement does (waiting, while it holds the turn, at most `--db-timeout` when
+/// every connection is in use). (Run
 /// beside the writes instead, it never caught up with them under a mass revocation: the
 /// WAL grew and deliveries' p99 went from 0.3 to 1.4 s.) Durability is unchanged: a
 /// commit is durable once its WAL frames are synced (`synchronous=FULL`), checkpointed
@@ -91,34 +93,36 @@ fn checkpointer(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (woken, counted) = (wake.clone(), written.clone());
     let task = tokio::spawn(async move {
+        let mut copied_before = 0;
         loop {
             // One stored wake-up stands for any number of turns that ended meanwhile.
             woken.notified().await;
             let _turn = writer.lock().await;
-            // A connection free now, or none: holding the turn while waiting for one
-            // would hold up the writes queued behind it.
-            let Some(mut conn) = pool.try_acquire() else {
-                counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
-                continue;
-            };
-            // (busy, frames in the WAL, frames copied): busy when another process's
-            // checkpoint holds the lock; fewer copied when a reader's snapshot still
-            // needs the older frames. Either way the next write turn wakes this again
-            // (and the writers' own checkpoint bounds the WAL meanwhile).
+            // (busy, frames in the WAL, frames copied). Busy: another process's
+            // checkpoint holds the lock, the next write turn tries again. Fewer copied:
+            // a reader's snapshot still needs older frames; again at the next turn if
+            // this one got further, else once 256 more pages are written (a reader that
+            // stays would otherwise cost every turn a checkpoint that copies nothing).
+            // Meanwhile the writers' own checkpoint bounds the WAL.
             let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&mut *conn)
+                .fetch_one(&pool)
                 .await;
-            match done {
-                Ok((0, log, copied)) if copied >= log => {}
+            let again = match done {
+                Ok((0, log, copied)) if copied >= log => false,
                 Ok((busy, log, copied)) => {
                     tracing::debug!(busy, log, copied, "WAL checkpoint incomplete");
-                    counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
+                    let further = copied > copied_before;
+                    copied_before = copied;
+                    busy != 0 || further
                 }
                 Err(e) => {
-                    // The pool closing, or the database gone: the next wake-up tries again.
+                    // The pool closing, or the database gone: after the next 256 pages.
                     tracing::debug!(error = %e, "WAL checkpoint failed");
-                    counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
+                    false
                 }
+            };
+            if again {
+                counted.fetch_add(super::backend::WAKE_AFTER_PAGES, Relaxed);
             }
         }
     });
