@@ -73,20 +73,20 @@ const WRITER_CHECKPOINT_PAGES: u32 = 2_000;
 /// table, so nearly every such delivery also wrote those pages to the database file and
 /// synced it before it was answered (~20 ms of a 1,000-token delivery on 1,000,000
 /// tokens). This task is woken when a write turn ends that brought this process's writes
-/// since the last checkpoint to about [`WAKE_AFTER_PAGES`](super::backend::WAKE_AFTER_PAGES) pages (every turn counts one; `Store::wrote`
-/// adds a delivery's flipped tokens, the outbox's notifications, an import's tokens, the
-/// purges' rows; a 1-token delivery counts two, so small ones wake it rarely, and their
-/// WAL may also be checkpointed by a writer at [`WRITER_CHECKPOINT_PAGES`]). It queues
-/// for the write turn like any write, so no write of this process runs meanwhile: the
-/// `PASSIVE` checkpoint copies the whole WAL and the next write starts it over, unless
-/// another process's checkpoint holds the lock or a reader's snapshot still needs older
-/// frames (then it tries again, see the loop). It takes a connection from the pool as
-/// any statement does (waiting, while it holds the turn, at most `--db-timeout` when
-/// every connection is in use). (Run
-/// beside the writes instead, it never caught up with them under a mass revocation: the
-/// WAL grew and deliveries' p99 went from 0.3 to 1.4 s.) Durability is unchanged: a
-/// commit is durable once its WAL frames are synced (`synchronous=FULL`), checkpointed
-/// or not.
+/// since the last checkpoint to about
+/// [`WAKE_AFTER_PAGES`](super::backend::WAKE_AFTER_PAGES) pages (every turn counts one;
+/// `Store::wrote` adds a delivery's flipped tokens, the outbox's notifications, an
+/// import's tokens, the purges' rows; a 1-token delivery counts two, so small ones wake
+/// it rarely, and their WAL may also be checkpointed by a writer at
+/// [`WRITER_CHECKPOINT_PAGES`]). It queues for the write turn like any write, so no write
+/// of this process runs meanwhile: the `PASSIVE` checkpoint copies the whole WAL and the
+/// next write starts it over, unless another process's checkpoint holds the lock or a
+/// reader's snapshot still needs older frames (then it tries again, see the loop). It
+/// takes a connection from the pool as any statement does (waiting, while it holds the
+/// turn, at most `--db-timeout` when every connection is in use). (Run beside the writes
+/// instead, it never caught up with them under a mass revocation: the WAL grew and
+/// deliveries' p99 went from 0.3 to 1.4 s.) Durability is unchanged: a commit is durable
+/// once its WAL frames are synced (`synchronous=FULL`), checkpointed or not.
 fn checkpointer(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>) -> Background {
     use std::sync::atomic::Ordering::Relaxed;
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
