@@ -3,7 +3,9 @@
 //! The file is created if missing and opened in WAL mode with `synchronous=FULL`, so a
 //! revocation that was answered 200 survives a power cut. Timestamps are stored as Unix
 //! epoch milliseconds. Variable-length inputs (hash lists, item rows) are bound as one
-//! JSON text and expanded with `json_each`, so one statement serves any batch size.
+//! JSON text and expanded with `json_each`, so one statement serves any batch size; the
+//! revoking `UPDATE` of a delivery binds each hash as a parameter of its own instead, up
+//! to 30,000 (`record.rs` says why).
 //!
 //! SQLite has one writer at a time; `record_report` starts with a write, so it takes the
 //! write lock first and its reads inside the transaction are consistent.

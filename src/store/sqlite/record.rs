@@ -1,13 +1,15 @@
 //! SQLite: recording a delivery, and `preview`'s statement.
 //!
 //! `record_report` is one transaction, committed whole or not at all: the report row,
-//! the one revoking `UPDATE` of every live candidate, the outbox batch when it flipped
-//! a token (turned into one notification per flipped token by `outbox.rs`), the existence probe of the rest, the item rows, the report's counts and the
-//! stats rollups (per day and scanner, per source, and the age histogram when it
-//! flipped something: two or three statements). It
-//! starts with a write (the report row), so it holds SQLite's one write lock from its
-//! first statement and everything it reads inside the transaction is consistent. A token
-//! flips once (`WHERE revoked_at IS NULL`), so it gets exactly one notification.
+//! the one revoking `UPDATE` of every live candidate (each hash a parameter of its own,
+//! so SQLite keeps no statement journal for it), the outbox batch when it flipped a token
+//! (turned into one notification per flipped token by `outbox.rs`), the existence probe
+//! of the rest, the item rows, the report's counts and the stats rollups (per day and
+//! scanner, per source, and the age histogram when it flipped something: two or three
+//! statements). It starts with a write (the report row), so it holds SQLite's one write
+//! lock from its first statement and everything it reads inside the transaction is
+//! consistent. A token flips once (`WHERE revoked_at IS NULL`), so it gets exactly one
+//! notification.
 //!
 //! Once per body: right after the report row (so under the write lock) the transaction
 //! claims `(scanner, body_sha256)` in `delivered_bodies`; when a claim younger than the
@@ -273,19 +275,46 @@ async fn record(
         }
     }
 
-    // The one revoking statement: every live candidate flips, in one UPDATE.
+    // The one revoking statement: every live candidate flips, in one UPDATE. The hashes
+    // are bound one parameter each, not unpacked from JSON with `unhex`: inside a
+    // transaction SQLite keeps a statement journal for a statement that calls a function
+    // (it might fail halfway), a copy of every page the statement changes, one per
+    // flipped token in a large table, spilled to a temporary file: 6–7 ms of a
+    // 1,000-token delivery on 1,000,000 tokens (BENCHMARKS.md). Nothing in this one can
+    // fail halfway, so it needs none. The parameters are plain `?`, numbered in the order
+    // they are written: SQLite looks a `?NNN` up by a walk of a list, once per parameter
+    // bound, so 10,000 of those took longer than the JSON. Past SQLite's limit of
+    // parameters, the JSON (one statement still).
     store.statements.add(1);
-    let flipped = sqlx::query(
-        "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
+    let flipped = if distinct.len() <= MOST_BOUND_HASHES {
+        let sql = format!(
+            "UPDATE tokens SET revoked_at = ?, revoked_by = ?
+                 WHERE revoked_at IS NULL AND hash IN ({})
+                 RETURNING hash, expires_at <= ? AS was_expired, format, ? - created_at AS age_ms",
+            placeholders(distinct.len())
+        );
+        // Not kept prepared: one statement per number of hashes would fill the cache.
+        let mut update = sqlx::query(&sql)
+            .persistent(false)
+            .bind(now)
+            .bind(report_id);
+        for h in &distinct {
+            update = update.bind(h.as_bytes().as_slice());
+        }
+        update.bind(now).bind(now).fetch_all(&mut *tx).await?
+    } else {
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
                  WHERE revoked_at IS NULL
                    AND hash IN (SELECT unhex(value) FROM json_each(?3))
                  RETURNING hash, expires_at <= ?1 AS was_expired, format, ?1 - created_at AS age_ms",
-    )
-    .bind(now)
-    .bind(report_id)
-    .bind(hex_array(&distinct))
-    .fetch_all(&mut *tx)
-    .await?;
+        )
+        .bind(now)
+        .bind(report_id)
+        .bind(hex_array(&distinct))
+        .fetch_all(&mut *tx)
+        .await?
+    };
 
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
     // The JSON arrays the statements read are serialised from borrowed tuples (serde
@@ -494,6 +523,19 @@ async fn record(
         counts,
         unrecorded: Vec::new(),
     })
+}
+
+/// Most hashes the revoking `UPDATE` binds one parameter each (SQLite allows 32,766
+/// parameters in a statement); more go as one JSON array.
+const MOST_BOUND_HASHES: usize = 30_000;
+
+/// `?, ?, …`: `n` parameters, numbered in order.
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        s.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    s
 }
 
 /// An item row as the items' statement reads it: [position, hash (hex), type, source,
