@@ -613,18 +613,22 @@ impl Bench {
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-                let flipped: Vec<Vec<u8>> = sqlx::query_scalar(
-                    "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
-                     WHERE revoked_at IS NULL
-                       AND hash IN (SELECT unhex(value ->> 0) FROM json_each(?3))
-                     RETURNING hash",
-                )
-                .bind(Utc::now().timestamp_millis())
-                .bind(report_id)
-                .bind(&items)
-                .fetch_all(&mut *tx)
-                .await
-                .unwrap();
+                // The hashes bound one parameter each, as revoker binds them: an
+                // `unhex` here would make SQLite keep a statement journal of every page
+                // the UPDATE changes (`store/sqlite/record.rs`).
+                let sql = format!(
+                    "UPDATE tokens SET revoked_at = ?, revoked_by = ?
+                     WHERE revoked_at IS NULL AND hash IN ({}) RETURNING hash",
+                    vec!["?"; hashes.len()].join(", ")
+                );
+                let mut update = sqlx::query_scalar(&sql)
+                    .persistent(false)
+                    .bind(Utc::now().timestamp_millis())
+                    .bind(report_id);
+                for h in &hashes {
+                    update = update.bind(h.as_bytes().as_slice());
+                }
+                let flipped: Vec<Vec<u8>> = update.fetch_all(&mut *tx).await.unwrap();
                 let revoked: Vec<String> = flipped.iter().map(hex::encode).collect();
                 sqlx::query(
                     "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome)

@@ -1201,65 +1201,17 @@ async fn stats_on_an_empty_database(db: Arc<TestDb>) {
     app.stop().await;
 }
 
-/// A delivery of more candidates than SQLite's revoking statement binds one parameter
-/// each (30,000; past that it reads them from JSON): every stored live token flips and
-/// each item gets its own outcome; the stored ones already revoked and the unknown ones
-/// are told apart as in a small delivery; still one revoking statement.
+/// Deliveries as large as SQLite's revoking statement binds one parameter per hash
+/// (30,000 distinct hashes), and of 32,763: with the statement's four other parameters
+/// one more than SQLite allows (32,766), so it must read them from JSON. Every stored
+/// live token flips and each item gets its own outcome; the stored ones already revoked
+/// and the unknown ones are told apart as in a small delivery; still one revoking
+/// statement.
 async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<TestDb>) {
     let store = open_migrated_store(&*db).await;
     let now = now_ms();
-    let stored: Vec<Token> = (0..30_004).map(|_| Token::generate()).collect();
-    let rows: Vec<NewToken> = stored
-        .iter()
-        .map(|t| NewToken {
-            hash: t.hash(),
-            owner: "many/owner".into(),
-            created_at: now - Ttl::minutes(1),
-            expires_at: now + Ttl::minutes(30),
-        })
-        .collect();
-    store.insert_tokens(&rows).await.unwrap();
-    // Two of them revoked by an earlier delivery; two candidates nobody stored.
-    let earlier = record_at(store.as_ref(), &[&stored[10_000], &stored[30_002]], now).await;
-    assert_eq!(earlier.tokens_revoked, 2);
-    let unknown = [Token::generate(), Token::generate()];
-    let mut items: Vec<&Token> = stored[..30_003].iter().collect();
-    items.insert(9_999, &unknown[0]);
-    items.push(&unknown[1]);
-    // The first token again at the end: one hash, flipped once, two items.
-    items.push(&stored[0]);
-
-    let before = store.statements();
-    let recorded = record_at(store.as_ref(), &items, now + Ttl::seconds(1)).await;
-    let statements = store.statements() - before;
-
-    assert_eq!(recorded.tokens_revoked, 30_001);
-    assert_eq!(
-        (
-            recorded.counts.revoked,
-            recorded.counts.already_revoked,
-            recorded.counts.unknown,
-            recorded.counts.expired
-        ),
-        (30_002, 2, 2, 0)
-    );
-    for (i, t) in items.iter().enumerate() {
-        let expected = if unknown.iter().any(|u| u.hash() == t.hash()) {
-            Outcome::Unknown
-        } else if t.hash() == stored[10_000].hash() || t.hash() == stored[30_002].hash() {
-            Outcome::AlreadyRevoked
-        } else {
-            Outcome::Revoked
-        };
-        assert_eq!(recorded.outcomes[i], expected, "item {i}");
-    }
-    for i in [0, 9_998, 9_999, 10_001, 29_999, 30_000, 30_001] {
-        let token = store.token(&stored[i].hash()).await.unwrap().unwrap();
-        assert!(token.revoked_at.is_some(), "stored token {i} revoked");
-    }
-    // One notification per flipped token, the two earlier ones included.
-    db.expand_outbox().await;
-    assert_eq!(store.notification_counts().await.unwrap().pending, 30_003);
+    let at_most = revokes_each_of(&db, store.as_ref(), 30_000, now).await;
+    let past = revokes_each_of(&db, store.as_ref(), 32_763, now + Ttl::seconds(2)).await;
 
     // On SQLite, as many statements as a delivery of one live and one unknown token.
     // (PostgreSQL's delivery is one statement whatever its size; behind a pooler the
@@ -1267,15 +1219,94 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
     if db.kind() != Kind::Sqlite {
         return;
     }
+    let live = Token::generate();
+    store
+        .insert_tokens(&[NewToken {
+            hash: live.hash(),
+            owner: "one/owner".into(),
+            created_at: now,
+            expires_at: now + Ttl::minutes(30),
+        }])
+        .await
+        .unwrap();
     let before = store.statements();
     let small = record_at(
         store.as_ref(),
-        &[&stored[30_003], &Token::generate()],
-        now + Ttl::seconds(2),
+        &[&live, &Token::generate()],
+        now + Ttl::seconds(4),
     )
     .await;
     assert_eq!(small.tokens_revoked, 1);
-    assert_eq!(statements, store.statements() - before);
+    let one = store.statements() - before;
+    assert_eq!((at_most, past), (one, one));
+}
+
+/// A delivery of `distinct` hashes received at `at`: `distinct - 2` stored tokens (two of
+/// them revoked by an earlier delivery), two unknown ones, and the first stored token
+/// again at the end. Checks every outcome and notification; returns the statements the
+/// delivery took.
+async fn revokes_each_of(
+    db: &TestDb,
+    store: &dyn RevocationStore,
+    distinct: usize,
+    at: chrono::DateTime<chrono::Utc>,
+) -> u64 {
+    let stored: Vec<Token> = (0..distinct - 2).map(|_| Token::generate()).collect();
+    let rows: Vec<NewToken> = stored
+        .iter()
+        .map(|t| NewToken {
+            hash: t.hash(),
+            owner: "many/owner".into(),
+            created_at: at - Ttl::minutes(1),
+            expires_at: at + Ttl::minutes(30),
+        })
+        .collect();
+    store.insert_tokens(&rows).await.unwrap();
+    db.expand_outbox().await;
+    let pending = store.notification_counts().await.unwrap().pending;
+    let earlier = [&stored[10_000], &stored[distinct - 3]];
+    assert_eq!(record_at(store, &earlier, at).await.tokens_revoked, 2);
+    let unknown = [Token::generate(), Token::generate()];
+    let mut items: Vec<&Token> = stored.iter().collect();
+    items.insert(9_999, &unknown[0]);
+    items.push(&unknown[1]);
+    // The first token again at the end: one hash, flipped once, two items.
+    items.push(&stored[0]);
+
+    let before = store.statements();
+    let recorded = record_at(store, &items, at + Ttl::seconds(1)).await;
+    let statements = store.statements() - before;
+
+    let flipped = distinct as u32 - 4;
+    assert_eq!(recorded.tokens_revoked, flipped);
+    assert_eq!(
+        (
+            recorded.counts.revoked,
+            recorded.counts.already_revoked,
+            recorded.counts.unknown,
+            recorded.counts.expired
+        ),
+        (flipped + 1, 2, 2, 0)
+    );
+    for (i, t) in items.iter().enumerate() {
+        let expected = if unknown.iter().any(|u| u.hash() == t.hash()) {
+            Outcome::Unknown
+        } else if earlier.iter().any(|e| e.hash() == t.hash()) {
+            Outcome::AlreadyRevoked
+        } else {
+            Outcome::Revoked
+        };
+        assert_eq!(recorded.outcomes[i], expected, "item {i}");
+    }
+    for i in [0, 9_998, 9_999, 10_001, distinct - 4] {
+        let token = store.token(&stored[i].hash()).await.unwrap().unwrap();
+        assert!(token.revoked_at.is_some(), "stored token {i} revoked");
+    }
+    // One notification per flipped token, the two earlier ones included.
+    db.expand_outbox().await;
+    let queued = store.notification_counts().await.unwrap().pending - pending;
+    assert_eq!(queued, distinct as i64 - 2);
+    statements
 }
 
 async fn bulk_insert_is_all_or_nothing(db: Arc<TestDb>) {

@@ -2,14 +2,14 @@
 //!
 //! `record_report` is one transaction, committed whole or not at all: the report row,
 //! the one revoking `UPDATE` of every live candidate (each hash a parameter of its own,
-//! so SQLite keeps no statement journal for it), the outbox batch when it flipped a token
-//! (turned into one notification per flipped token by `outbox.rs`), the existence probe
-//! of the rest, the item rows, the report's counts and the stats rollups (per day and
-//! scanner, per source, and the age histogram when it flipped something: two or three
-//! statements). It starts with a write (the report row), so it holds SQLite's one write
-//! lock from its first statement and everything it reads inside the transaction is
-//! consistent. A token flips once (`WHERE revoked_at IS NULL`), so it gets exactly one
-//! notification.
+//! so SQLite keeps no statement journal for it; past 30,000 hashes one JSON array), the
+//! outbox batch when it flipped a token (turned into one notification per flipped token
+//! by `outbox.rs`), the existence probe of the rest, the item rows, the report's counts
+//! and the stats rollups (per day and scanner, per source, and the age histogram when it
+//! flipped something: two or three statements). It starts with a write (the report
+//! row), so it holds SQLite's one write lock from its first statement and everything it
+//! reads inside the transaction is consistent. A token flips once (`WHERE revoked_at IS
+//! NULL`), so it gets exactly one notification.
 //!
 //! Once per body: right after the report row (so under the write lock) the transaction
 //! claims `(scanner, body_sha256)` in `delivered_bodies`; when a claim younger than the
@@ -277,14 +277,16 @@ async fn record(
 
     // The one revoking statement: every live candidate flips, in one UPDATE. The hashes
     // are bound one parameter each, not unpacked from JSON with `unhex`: inside a
-    // transaction SQLite keeps a statement journal for a statement that calls a function
-    // (it might fail halfway), a copy of every page the statement changes, one per
-    // flipped token in a large table, spilled to a temporary file: 6–7 ms of a
-    // 1,000-token delivery on 1,000,000 tokens (BENCHMARKS.md). Nothing in this one can
-    // fail halfway, so it needs none. The parameters are plain `?`, numbered in the order
-    // they are written: SQLite looks a `?NNN` up by a walk of a list, once per parameter
-    // bound, so 10,000 of those took longer than the JSON. Past SQLite's limit of
-    // parameters, the JSON (one statement still).
+    // transaction SQLite keeps a statement journal for a statement that writes several
+    // rows and calls a function (it counts as one that may abort), a copy of every page
+    // the statement changes, one per flipped token in a large table, spilled to a
+    // temporary file: 6–7 ms of a 1,000-token delivery on 1,000,000 tokens
+    // (BENCHMARKS.md). Without it a failure in the statement (a full disk) rolls back the
+    // whole transaction instead of the statement, which the delivery does anyway. The
+    // parameters are plain `?`, numbered in the order they are written: sqlx asks SQLite
+    // for each parameter's name, and for a `?NNN` SQLite walks its list of names, so
+    // 10,000 of those took longer than the JSON. Past `MOST_BOUND_HASHES`, the JSON (one
+    // statement still).
     store.statements.add(1);
     let flipped = if distinct.len() <= MOST_BOUND_HASHES {
         let sql = format!(
@@ -293,9 +295,10 @@ async fn record(
                  RETURNING hash, expires_at <= ? AS was_expired, format, ? - created_at AS age_ms",
             placeholders(distinct.len())
         );
-        // Not kept prepared: one statement per number of hashes would fill the cache.
+        // Kept prepared for the smallest deliveries only: one statement per number of
+        // hashes would fill the cache.
         let mut update = sqlx::query(&sql)
-            .persistent(false)
+            .persistent(distinct.len() <= PREPARED_UP_TO)
             .bind(now)
             .bind(report_id);
         for h in &distinct {
@@ -525,9 +528,14 @@ async fn record(
     })
 }
 
-/// Most hashes the revoking `UPDATE` binds one parameter each (SQLite allows 32,766
-/// parameters in a statement); more go as one JSON array.
+/// Most hashes the revoking `UPDATE` binds one parameter each (the bundled SQLite allows
+/// 32,766 parameters in a statement; the statement has four more); more go as one JSON
+/// array.
 const MOST_BOUND_HASHES: usize = 30_000;
+
+/// The revoking `UPDATE`s of deliveries with at most this many distinct hashes stay
+/// prepared on their connection (one statement each, of the cache's 100).
+const PREPARED_UP_TO: usize = 16;
 
 /// `?, ?, …`: `n` parameters, numbered in order.
 fn placeholders(n: usize) -> String {
