@@ -1243,8 +1243,8 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
 
 /// A delivery of `distinct` hashes received at `at`: `distinct - 2` stored tokens (two of
 /// them revoked by an earlier delivery), two unknown ones, and the first stored token
-/// again at the end. Checks every outcome and notification; returns the statements the
-/// delivery took.
+/// again at the end. Checks every outcome, the revoked rows and the notifications;
+/// returns the statements the delivery took.
 async fn revokes_each_of(
     db: &TestDb,
     store: &dyn RevocationStore,
@@ -1300,12 +1300,24 @@ async fn revokes_each_of(
     }
     for i in [0, 9_998, 9_999, 10_001, distinct - 4] {
         let token = store.token(&stored[i].hash()).await.unwrap().unwrap();
-        assert!(token.revoked_at.is_some(), "stored token {i} revoked");
+        assert_eq!(
+            token.revoked_by,
+            Some(recorded.report_id),
+            "stored token {i}"
+        );
     }
-    // One notification per flipped token, the two earlier ones included.
+    // One notification per flipped token, the two earlier ones included (as the
+    // deliveries count them), and as many rows once the outbox turned the batch.
     db.expand_outbox().await;
     let queued = store.notification_counts().await.unwrap().pending - pending;
     assert_eq!(queued, distinct as i64 - 2);
+    let rows = db
+        .texts(&format!(
+            "SELECT CAST(count(*) AS TEXT) FROM notifications WHERE report_id = {}",
+            recorded.report_id
+        ))
+        .await;
+    assert_eq!(rows, [flipped.to_string()]);
     statements
 }
 

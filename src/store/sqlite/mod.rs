@@ -8,11 +8,15 @@
 //! to 30,000 (`record.rs` says why).
 //!
 //! SQLite has one writer at a time; `record_report` starts with a write, so it takes the
-//! write lock first and its reads inside the transaction are consistent.
+//! write lock first and its reads inside the transaction are consistent. A connection
+//! returns to the pool with the usual `busy_timeout`, and is closed instead when sqlx
+//! still counts it inside a transaction that SQLite already rolled back on an error
+//! (`pool_tests.rs`).
 //!
 //! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
 //! statements). `record.rs`: the revoking transaction and `preview`. `stats.rs`: the
-//! stats statements. `outbox.rs`: the notification statements.
+//! stats statements. `outbox.rs`: the notification statements. `pool_tests.rs`: what
+//! deliveries leave on the pool's connections.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -202,8 +206,21 @@ impl Backend for Sqlite {
             .after_release(move |conn, _meta| {
                 let usual_busy = usual_busy.clone();
                 Box::pin(async move {
-                    use sqlx::Executor;
+                    use sqlx::{Connection, Executor};
+                    // Runs after the rollback of a transaction dropped unfinished.
                     conn.execute(usual_busy.as_str()).await?;
+                    // Still in a transaction by sqlx's count: SQLite rolled one back
+                    // whole on an error (a full disk, say, in a statement without a
+                    // statement journal) and sqlx's own rollback then failed. Its next
+                    // `begin` would be a savepoint, and a rollback of that leaves a
+                    // transaction open, holding the write lock. Closed instead.
+                    if conn.is_in_transaction() {
+                        tracing::warn!(
+                            "a database connection came back inside a transaction that \
+                             SQLite had already rolled back; closed"
+                        );
+                        return Ok(false);
+                    }
                     Ok(true)
                 })
             });
@@ -394,6 +411,9 @@ impl Backend for Sqlite {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod pool_tests;
 
 #[cfg(test)]
 mod tests {

@@ -192,10 +192,13 @@ impl Record for Sqlite {
             return record(store, &mut conn, report, options).await;
         };
         store.statements.add(1);
+        // Not kept prepared: each budget is another statement, and they would push the
+        // delivery's own statements out of the connection's cache.
         sqlx::query(&format!(
             "PRAGMA busy_timeout = {}",
             budget.as_millis().max(1)
         ))
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
         let recorded = record(store, &mut conn, report, options).await;
