@@ -10,8 +10,8 @@
 //! SQLite has one writer at a time; `record_report` starts with a write, so it takes the
 //! write lock first and its reads inside the transaction are consistent. A connection
 //! returns to the pool with the usual `busy_timeout`, and is closed instead when sqlx
-//! still counts it inside a transaction that SQLite already rolled back on an error
-//! (`pool_tests.rs`).
+//! still counts it inside a transaction it could not roll back, as when SQLite already
+//! rolled it back on an error (`pool_tests.rs`).
 //!
 //! This file: the [`Backend`] impl (column codec, connect, migrate, ping, token
 //! statements). `record.rs`: the revoking transaction and `preview`. `stats.rs`: the
@@ -209,15 +209,16 @@ impl Backend for Sqlite {
                     use sqlx::{Connection, Executor};
                     // Runs after the rollback of a transaction dropped unfinished.
                     conn.execute(usual_busy.as_str()).await?;
-                    // Still in a transaction by sqlx's count: SQLite rolled one back
-                    // whole on an error (a full disk, say, in a statement without a
-                    // statement journal) and sqlx's own rollback then failed. Its next
-                    // `begin` would be a savepoint, and a rollback of that leaves a
-                    // transaction open, holding the write lock. Closed instead.
+                    // Still in a transaction by sqlx's count: sqlx's rollback of it
+                    // failed, typically because SQLite had already rolled it back whole
+                    // on an error (a full disk in a statement without a statement
+                    // journal, or in `COMMIT`). Its next `begin` would be a savepoint,
+                    // and a rollback of that leaves a transaction open, holding the
+                    // write lock. Closed instead (closing rolls back whatever is open).
                     if conn.is_in_transaction() {
                         tracing::warn!(
                             "a database connection came back inside a transaction that \
-                             SQLite had already rolled back; closed"
+                             could not be rolled back; closed"
                         );
                         return Ok(false);
                     }

@@ -105,6 +105,7 @@ async fn a_transaction_sqlite_rolled_back_whole_is_not_handed_out_again() {
             .await
             .unwrap();
     }
+    let before = store.statements();
     let full = store
         .record_report(&delivery(0..3_000, 1), RecordOptions::default())
         .await;
@@ -112,6 +113,10 @@ async fn a_transaction_sqlite_rolled_back_whole_is_not_handed_out_again() {
         matches!(&full, Err(StoreError::Database(sqlx::Error::Database(e))) if primary_code(e.as_ref()) == Some(13)),
         "SQLITE_FULL: {full:?}"
     );
+    // In the third statement (`BEGIN`, the report row, the revoking `UPDATE`, which
+    // keeps no statement journal): later ones keep one, and SQLite would undo only the
+    // statement there, leaving nothing for this test to show.
+    assert_eq!(store.statements() - before, 3, "the UPDATE filled the file");
 
     // What a rolled-back repeat does on the connection the pool hands out next: begin,
     // write, roll back.

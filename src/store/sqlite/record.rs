@@ -37,7 +37,8 @@
 //! had, so a delivery behind another writer gives up, rolled back, before the caller
 //! answers; the pool puts the usual one back whenever a connection returns to it. A
 //! delivery whose caller gave up mid-transaction never commits: its remaining
-//! statements, `COMMIT` included, are never sent.
+//! statements, `COMMIT` included, are never sent (one that gave up while its `COMMIT`
+//! was already sent is recorded, and a retry is answered from that report).
 
 use std::collections::HashMap;
 
