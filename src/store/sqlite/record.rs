@@ -291,37 +291,32 @@ async fn record(
     // for each parameter's name, and for a `?NNN` SQLite walks its list of names, so
     // 10,000 of those took longer than the JSON. Past `MOST_BOUND_HASHES`, the JSON (one
     // statement still).
-    store.statements.add(1);
-    let flipped = if distinct.len() <= MOST_BOUND_HASHES {
-        let sql = format!(
-            "UPDATE tokens SET revoked_at = ?, revoked_by = ?
-                 WHERE revoked_at IS NULL AND hash IN ({})
-                 RETURNING hash, expires_at <= ? AS was_expired, format, ? - created_at AS age_ms",
+    let bound = distinct.len() <= MOST_BOUND_HASHES;
+    let sql = format!(
+        "UPDATE tokens SET revoked_at = ?, revoked_by = ?
+             WHERE revoked_at IS NULL AND hash IN ({})
+             RETURNING hash, expires_at <= ? AS was_expired, format, ? - created_at AS age_ms",
+        if bound {
             placeholders(distinct.len())
-        );
-        // Kept prepared for the smallest deliveries only: one statement per number of
-        // hashes would fill the cache.
-        let mut update = sqlx::query(&sql)
-            .persistent(distinct.len() <= PREPARED_UP_TO)
-            .bind(now)
-            .bind(report_id);
+        } else {
+            "SELECT unhex(value) FROM json_each(?)".to_owned()
+        }
+    );
+    // Kept prepared for the smallest deliveries only (and the JSON form, one text): one
+    // statement per number of hashes would fill the cache.
+    let mut update = sqlx::query(&sql)
+        .persistent(!bound || distinct.len() <= PREPARED_UP_TO)
+        .bind(now)
+        .bind(report_id);
+    if bound {
         for h in &distinct {
             update = update.bind(h.as_bytes().as_slice());
         }
-        update.bind(now).bind(now).fetch_all(&mut *tx).await?
     } else {
-        sqlx::query(
-            "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2
-                 WHERE revoked_at IS NULL
-                   AND hash IN (SELECT unhex(value) FROM json_each(?3))
-                 RETURNING hash, expires_at <= ?1 AS was_expired, format, ?1 - created_at AS age_ms",
-        )
-        .bind(now)
-        .bind(report_id)
-        .bind(hex_array(&distinct))
-        .fetch_all(&mut *tx)
-        .await?
-    };
+        update = update.bind(hex_array(&distinct));
+    }
+    store.statements.add(1);
+    let flipped = update.bind(now).bind(now).fetch_all(&mut *tx).await?;
 
     let mut by_hash: HashMap<TokenHash, Outcome> = HashMap::with_capacity(distinct.len());
     // The JSON arrays the statements read are serialised from borrowed tuples (serde
