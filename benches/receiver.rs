@@ -1,7 +1,7 @@
 //! End-to-end benchmark of the receiver.
 //!
 //! ```text
-//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only large-bodies|mass-revocation|pooler|introspection]
+//! cargo bench --bench receiver -- [--backend sqlite|postgres] [--quick] [--tokens N] [--only batches|large-bodies|mass-revocation|pooler|introspection]
 //! ```
 //!
 //! Starts the real server in-process on the chosen backend, seeds N stored tokens
@@ -39,7 +39,8 @@
 //! revocation event (100,000 leaked items, half stored tokens, as 100 deliveries of 1,000
 //! at c=8; on PostgreSQL also through PgBouncer to 3 instances). `--only
 //! large-bodies|mass-revocation|pooler|introspection` runs that row alone (after seeding;
-//! `pooler`: the pooler rounds below).
+//! `pooler`: the pooler rounds below); `--only batches` runs the batch rows alone (what
+//! an A/B of the revoking statement compares).
 //!
 //! Then a server with `crates_io_api` enabled (no check digit: every `cio` + 32 is a
 //! candidate) takes a flood of 100,000 junk ones in one delivery.
@@ -92,13 +93,16 @@ struct Args {
     backend: Backend,
     quick: bool,
     tokens: usize,
-    /// `--only large-bodies|mass-revocation|pooler|introspection`: seed, then only that row.
+    /// `--only batches|large-bodies|mass-revocation|pooler|introspection`: seed, then only
+    /// that row (`batches`: the batch rows).
     only: Option<Only>,
 }
 
 /// A row `--only` runs alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Only {
+    /// Only the batch rows (section 1): for A/B runs of the revoking statement.
+    Batches,
     LargeBodies,
     MassRevocation,
     Pooler,
@@ -122,12 +126,13 @@ fn parse_args() -> Args {
             "--tokens" => args.tokens = it.next().and_then(|n| n.parse().ok()).expect("--tokens N"),
             "--only" => {
                 args.only = Some(match it.next().as_deref() {
+                    Some("batches") => Only::Batches,
                     Some("large-bodies") => Only::LargeBodies,
                     Some("mass-revocation") => Only::MassRevocation,
                     Some("pooler") => Only::Pooler,
                     Some("introspection") => Only::Introspection,
                     other => panic!(
-                        "--only large-bodies|mass-revocation|pooler|introspection, not {other:?}"
+                        "--only batches|large-bodies|mass-revocation|pooler|introspection, not {other:?}"
                     ),
                 });
             }
@@ -1633,6 +1638,7 @@ async fn run(args: Args) -> bool {
     let probe_round = Duration::from_secs(if args.quick { 1 } else { 5 });
     let probe_tokens = if args.quick { 10_000 } else { 50_000 };
     let pool_size = match args.only {
+        Some(Only::Batches) => 5 * batch_tokens,
         Some(Only::LargeBodies) => beside_tokens,
         Some(Only::MassRevocation) => mass_tokens,
         Some(Only::Pooler) => pooler_tokens,
@@ -1685,8 +1691,9 @@ async fn run(args: Args) -> bool {
     let mut json = serde_json::Map::new();
     let mut all_ok = true;
 
-    if let Some(only) = args.only {
+    if let Some(only) = args.only.filter(|o| *o != Only::Batches) {
         let (row, value, ok) = match only {
+            Only::Batches => unreachable!("run below"),
             Only::LargeBodies => {
                 small_beside_large(&bench, throughput_secs, beside_per_round).await
             }
@@ -1803,6 +1810,18 @@ async fn run(args: Args) -> bool {
     }
     json.insert("batch".into(), batch_json.into());
     phase("after batches");
+    if args.only == Some(Only::Batches) {
+        for r in &rows {
+            println!("{:<34} {}   [target {}]", r.name, r.value, r.target);
+        }
+        println!("{}", serde_json::to_string(&json["batch"]).unwrap());
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        drop(bench);
+        drop(store);
+        drop_database(admin).await;
+        return true;
+    }
 
     // 2. Flood of 100,000 non-candidates.
     let mut junk: Vec<String> = Vec::with_capacity(100_000);

@@ -67,8 +67,13 @@ fn hex_array(hashes: &[TokenHash]) -> String {
 }
 
 /// Frames the WAL may hold before a writer checkpoints it in its own commit (SQLite's
-/// `wal_autocheckpoint`; its default is 1,000). See [`checkpointer`].
-const WRITER_CHECKPOINT_PAGES: u32 = 2_000;
+/// `wal_autocheckpoint`; its default is 1,000). Above what one large delivery writes (a
+/// 10,000-token one dirties about 11,000 pages of a large `tokens` table), so that it too
+/// is answered before its pages are copied; at 2,000 its commit copied and synced them
+/// first (+70 ms, a third of its time: BENCHMARKS.md). Past it, a writer's commit still
+/// checkpoints: what bounds the WAL (80 MB of 4 KiB pages) when the [`checkpointer`]
+/// falls behind. See [`checkpointer`].
+const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 
 /// Copies the WAL's committed pages into the database file, on a connection of the
 /// pool, in its own write turn: after the delivery that wrote them has been answered,
@@ -470,6 +475,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, 300);
+    }
+
+    /// A commit of more pages than a 1,000-token delivery writes, a 10,000-token one's
+    /// (16 MiB here, 4,096 pages), leaves them in the WAL: the commit is answered, the
+    /// checkpointer copies them after (with a 2,000-page threshold the commit copied them
+    /// into the file and synced it first). Past the threshold a commit still does: the
+    /// WAL's bound when nothing else checkpoints (no write turn here, so the checkpointer
+    /// is never woken).
+    #[tokio::test]
+    async fn a_large_commit_leaves_its_pages_to_the_checkpointer_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large.db");
+        let url = format!("sqlite://{}", path.display());
+        let settings = PoolSettings {
+            create_if_missing: true,
+            ..PoolSettings::default()
+        };
+        let store = Store::<Sqlite>::connect(&url, &settings).await.unwrap();
+        sqlx::query("CREATE TABLE big (b BLOB)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let file = || std::fs::metadata(&path).unwrap().len();
+        let before = file();
+        let write = |pages: u32| {
+            sqlx::query("INSERT INTO big VALUES (zeroblob(?1))")
+                .bind(i64::from(pages) * 4096)
+                .execute(&store.pool)
+        };
+        write(4_096).await.unwrap();
+        assert!(
+            file() < before + (1 << 20),
+            "a 4,096-page commit was copied into the database file ({} bytes, {before} before)",
+            file()
+        );
+        write(WRITER_CHECKPOINT_PAGES).await.unwrap();
+        assert!(
+            file() > before + u64::from(WRITER_CHECKPOINT_PAGES) * 4096,
+            "past {WRITER_CHECKPOINT_PAGES} pages in the WAL the commit checkpoints ({} bytes)",
+            file()
+        );
     }
 
     /// Every write of this process takes its turn, the outbox's and retention's too:
