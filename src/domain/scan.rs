@@ -51,7 +51,7 @@ pub const MAX_MATCH: usize = format::MAX_LEN * WIDEST_ESCAPE.pow(MAX_LAYERS as u
 /// prefix (runs may overlap).
 fn each_plain<'h>(hay: &'h [u8], formats: Formats, mut f: impl FnMut(usize, &'h str)) {
     for prefix in formats.prefixes() {
-        for at in memchr::memmem::find_iter(hay, prefix.as_bytes()) {
+        for at in format::find_iter(hay, prefix) {
             let Some(len) = formats.token_at(hay, at, prefix) else {
                 continue;
             };
@@ -182,7 +182,7 @@ fn swallowed_c(
         let Some(after) = prefix.strip_prefix('c') else {
             continue;
         };
-        for at in memchr::memmem::find_iter(bytes, after.as_bytes()) {
+        for at in format::find_iter(bytes, after) {
             let Some(escape) = at.checked_sub(1) else {
                 continue;
             };
@@ -353,7 +353,7 @@ fn runs_in(
     };
     for prefix in Formats::ALL.prefixes() {
         let min = least(prefix, |f| f.redact_min);
-        for at in memchr::memmem::find_iter(bytes, prefix.as_bytes()) {
+        for at in format::find_iter(bytes, prefix) {
             let after = at + prefix.len();
             let run = run_after(after);
             if run >= min {
