@@ -66,6 +66,11 @@ fn hex_array(hashes: &[TokenHash]) -> String {
     s
 }
 
+/// A pooled connection's page cache (SQLite's default, said here: it is what a
+/// connection goes back to after a delivery's transaction raised it, `record.rs`):
+/// 2,000 KiB.
+const POOL_CACHE_SIZE: &str = "-2000";
+
 /// Frames the WAL may hold before a writer checkpoints it in its own commit (SQLite's
 /// `wal_autocheckpoint`; its default is 1,000). Above what one large delivery writes (a
 /// 10,000-token one dirties about 11,000 pages of a large `tokens` table), so that it too
@@ -197,23 +202,26 @@ impl Backend for Sqlite {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
+            .pragma("cache_size", POOL_CACHE_SIZE)
             .busy_timeout(settings.acquire_timeout);
-        // A delivery near its deadline cuts its connection's busy_timeout (record.rs);
-        // a delivery whose caller gave up mid-transaction cannot put it back, so every
-        // connection gets the usual one back when it returns to the pool.
-        let usual_busy = format!(
-            "PRAGMA busy_timeout = {}",
+        // A delivery near its deadline cuts its connection's busy_timeout, and every
+        // delivery raises its page cache (record.rs). A delivery does not put them back
+        // (one whose caller gave up mid-transaction could not): every connection gets
+        // the usual ones back when it returns to the pool, so the pool's connections do
+        // not each keep a delivery's pages allocated.
+        let usual = format!(
+            "PRAGMA busy_timeout = {}; PRAGMA cache_size = {POOL_CACHE_SIZE}",
             settings.acquire_timeout.as_millis()
         );
         let pool_options = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
             .after_release(move |conn, _meta| {
-                let usual_busy = usual_busy.clone();
+                let usual = usual.clone();
                 Box::pin(async move {
                     use sqlx::{Connection, Executor};
                     // Runs after the rollback of a transaction dropped unfinished.
-                    conn.execute(usual_busy.as_str()).await?;
+                    conn.execute(usual.as_str()).await?;
                     // Still in a transaction by sqlx's count: sqlx's rollback of it
                     // failed, typically because SQLite had already rolled it back whole
                     // on an error (a full disk in a statement without a statement

@@ -1,5 +1,5 @@
-//! The pool's connections as deliveries leave them: the statement cache, and a
-//! transaction SQLite rolled back on its own.
+//! The pool's connections as deliveries leave them: the statement cache, the page
+//! cache, and a transaction SQLite rolled back on its own.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,49 @@ async fn deliveries_near_their_deadline_do_not_fill_the_statement_cache() {
         store.record_report(&report, near(i.into())).await.unwrap();
     }
     assert_eq!(cached().await, after_one, "statements cached per budget");
+}
+
+/// A delivery's transaction raises its connection's page cache (16 MiB, `record.rs`);
+/// the connection comes back to the pool with the usual 2,000 KiB, so the pool's
+/// connections do not each keep a delivery's worth of pages allocated. Also when the
+/// delivery is dropped mid-transaction (its caller gave up).
+#[tokio::test]
+async fn a_delivery_s_connection_comes_back_with_the_usual_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = one_connection_store(&dir, 20).await;
+    // Read on the one connection before it is released again.
+    let cache = || async {
+        sqlx::query_scalar::<_, i64>("PRAGMA cache_size")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(cache().await, -2000);
+    store
+        .record_report(&delivery(0..10, 1), RecordOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cache().await, -2000, "after a delivery");
+    // Dropped while it waits for the write lock, inside its transaction.
+    let mut other = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("pool.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let report = delivery(10..20, 2);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.record_report(&report, RecordOptions::default()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the delivery waited for the lock");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    assert_eq!(cache().await, -2000, "after a delivery dropped mid-way");
 }
 
 /// SQLite rolls a transaction back whole when a statement that keeps no statement
