@@ -59,7 +59,7 @@
 //! / bare in req/s.
 //!
 //! Exits non-zero if the junk flood caused any database statement, the
-//! `crates_io_api` flood more than a one-token delivery, the mass revocation left a real
+//! `crates_io_api` flood more than a 1,000-candidate delivery, the mass revocation left a real
 //! token unrevoked or any of its deliveries or the large-bodies row's failed, or any
 //! answer of the introspection row was wrong (the CI smoke checks); timings are printed
 //! and compared with the targets, never asserted.
@@ -960,11 +960,13 @@ struct ApiFlood {
     status: u16,
     took: Duration,
     flood_statements: u64,
-    one_token_statements: u64,
+    /// Of a delivery of 1,000 of them (on SQLite one statement more than a 1-token
+    /// delivery's: a large delivery's page cache).
+    thousand_statements: u64,
 }
 
 /// A server with `crates_io_api` enabled on `settings`' database: the statements of a
-/// one-token delivery of a junk `cio` + 32, then of 100,000 of them in one delivery.
+/// delivery of 1,000 junk `cio` + 32, then of 100,000 of them in one delivery.
 async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
     use rand::distributions::{Alphanumeric, DistString};
     settings.formats = "cio_tp,crates_io_api".parse().unwrap();
@@ -984,8 +986,8 @@ async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
         let (status, took) = bench.deliver_signed(base, body, sig).await;
         (status, took, store.statements() - before)
     };
-    let (status, _, one_token_statements) = deliver(vec![junk()]).await;
-    assert_eq!(status, 200, "one-token crates_io_api delivery failed");
+    let (status, _, thousand_statements) = deliver((0..1_000).map(|_| junk()).collect()).await;
+    assert_eq!(status, 200, "1,000-candidate crates_io_api delivery failed");
     let (status, took, flood_statements) = deliver((0..100_000).map(|_| junk()).collect()).await;
     assert_eq!(status, 200, "crates_io_api flood failed");
     let _ = stop_tx.send(());
@@ -993,7 +995,7 @@ async fn api_flood(bench: &Bench, mut settings: Settings) -> ApiFlood {
         status,
         took,
         flood_statements,
-        one_token_statements,
+        thousand_statements,
     }
 }
 
@@ -2053,26 +2055,27 @@ async fn run(args: Args) -> bool {
     // 5. Flood of 100,000 junk crates.io API-token strings (`cio` + 32 letters or
     // digits, no check digit) at a server with `crates_io_api` enabled, on the same
     // database: every one is a candidate only the database can answer, and they all go
-    // in the delivery's one statement (as many statements as a one-token delivery).
+    // in the delivery's one statement (as many statements as a 1,000-candidate
+    // delivery; on SQLite one more than a 1-token one, a large delivery's page cache).
     // Last, after the memory row: holding 100,000 candidates raises the process's peak.
     let api = api_flood(&bench, api_settings).await;
-    if api.flood_statements != api.one_token_statements {
+    if api.flood_statements != api.thousand_statements {
         all_ok = false;
     }
     rows.push(Row {
         name: "flood 100,000 junk crates_io_api (cio + 32)".into(),
         value: format!(
-            "{:8.2} ms, {} database statements (a 1-token delivery: {})",
+            "{:8.2} ms, {} database statements (a 1,000-candidate delivery: {})",
             ms(api.took),
             api.flood_statements,
-            api.one_token_statements
+            api.thousand_statements
         ),
         target: "one statement per delivery, never one per candidate".into(),
     });
     json.insert(
         "flood_crates_io_api".into(),
         serde_json::json!({"items": 100_000, "ms": ms(api.took), "statements": api.flood_statements,
-            "one_token_statements": api.one_token_statements, "status": api.status}),
+            "thousand_statements": api.thousand_statements, "status": api.status}),
     );
 
     // 6. The holder endpoints' reads: introspection and the validity check against the
@@ -2123,10 +2126,10 @@ async fn run(args: Args) -> bool {
             "FAIL: the flood of non-candidates caused {flood_statements} database statements"
         );
     }
-    if api.flood_statements != api.one_token_statements {
+    if api.flood_statements != api.thousand_statements {
         eprintln!(
-            "FAIL: the crates_io_api flood took {} database statements, a one-token delivery {}",
-            api.flood_statements, api.one_token_statements
+            "FAIL: the crates_io_api flood took {} database statements, a 1,000-candidate delivery {}",
+            api.flood_statements, api.thousand_statements
         );
     }
 

@@ -1213,9 +1213,11 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
     let at_most = revokes_each_of(&db, store.as_ref(), 30_000, now).await;
     let past = revokes_each_of(&db, store.as_ref(), 32_763, now + Ttl::seconds(2)).await;
 
-    // On SQLite, as many statements as a delivery of one live and one unknown token.
-    // (PostgreSQL's delivery is one statement whatever its size; behind a pooler the
-    // count also holds the statements that prepare it on a server connection.)
+    // On SQLite, as many statements as a delivery of one live and one unknown token,
+    // and one more: a large delivery's page cache (`store/sqlite/record.rs`), the same
+    // for 300 hashes as for 32,763. (PostgreSQL's delivery is one statement whatever its
+    // size; behind a pooler the count also holds the statements that prepare it on a
+    // server connection.)
     if db.kind() != Kind::Sqlite {
         return;
     }
@@ -1238,7 +1240,7 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
     .await;
     assert_eq!(small.tokens_revoked, 1);
     let one = store.statements() - before;
-    assert_eq!((at_most, past), (one, one));
+    assert_eq!((at_most, past), (one + 1, one + 1));
 }
 
 /// A delivery of `distinct` hashes received at `at`: `distinct - 2` stored tokens (two of

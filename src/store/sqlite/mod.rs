@@ -67,17 +67,19 @@ fn hex_array(hashes: &[TokenHash]) -> String {
 }
 
 /// A pooled connection's page cache (SQLite's default, said here: it is what a
-/// connection goes back to after a delivery's transaction raised it, `record.rs`):
-/// 2,000 KiB.
+/// connection goes back to after a large delivery raised it, `record.rs`): 2,000 KiB.
+/// (The bundled SQLite keeps one page cache for all connections of the process and
+/// frees pages while it holds more than the sum of theirs.)
 const POOL_CACHE_SIZE: &str = "-2000";
 
 /// Frames the WAL may hold before a writer checkpoints it in its own commit (SQLite's
 /// `wal_autocheckpoint`; its default is 1,000). Above what one large delivery writes (a
 /// 10,000-token one dirties about 11,000 pages of a large `tokens` table), so that it too
 /// is answered before its pages are copied; at 2,000 its commit copied and synced them
-/// first (+70 ms, a third of its time: BENCHMARKS.md). Past it, a writer's commit still
-/// checkpoints: what bounds the WAL (80 MB of 4 KiB pages) when the [`checkpointer`]
-/// falls behind. See [`checkpointer`].
+/// first (~70 ms, a quarter of its time: BENCHMARKS.md). Past it, a writer's commit
+/// still checkpoints: what keeps the WAL from growing without end when the
+/// [`checkpointer`] falls behind (to about 80 MB of 4 KiB pages plus the largest
+/// transaction; a reader's snapshot holds either back alike).
 const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 
 /// Copies the WAL's committed pages into the database file, on a connection of the
@@ -204,7 +206,7 @@ impl Backend for Sqlite {
             .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
             .pragma("cache_size", POOL_CACHE_SIZE)
             .busy_timeout(settings.acquire_timeout);
-        // A delivery near its deadline cuts its connection's busy_timeout, and every
+        // A delivery near its deadline cuts its connection's busy_timeout, and a large
         // delivery raises its page cache (record.rs). A delivery does not put them back
         // (one whose caller gave up mid-transaction could not): every connection gets
         // the usual ones back when it returns to the pool, so the pool's connections do

@@ -83,47 +83,70 @@ async fn deliveries_near_their_deadline_do_not_fill_the_statement_cache() {
     assert_eq!(cached().await, after_one, "statements cached per budget");
 }
 
-/// A delivery's transaction raises its connection's page cache (16 MiB, `record.rs`);
-/// the connection comes back to the pool with the usual 2,000 KiB, so the pool's
-/// connections do not each keep a delivery's worth of pages allocated. Also when the
-/// delivery is dropped mid-transaction (its caller gave up).
-#[tokio::test]
-async fn a_delivery_s_connection_comes_back_with_the_usual_page_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = one_connection_store(&dir, 20).await;
-    // Read on the one connection before it is released again.
-    let cache = || async {
-        sqlx::query_scalar::<_, i64>("PRAGMA cache_size")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap()
-    };
-    assert_eq!(cache().await, -2000);
-    store
-        .record_report(&delivery(0..10, 1), RecordOptions::default())
+/// `PRAGMA cache_size` of `conn`.
+async fn cache_of(conn: &mut sqlx::SqliteConnection) -> i64 {
+    sqlx::query_scalar("PRAGMA cache_size")
+        .fetch_one(conn)
         .await
-        .unwrap();
-    assert_eq!(cache().await, -2000, "after a delivery");
-    // Dropped while it waits for the write lock, inside its transaction.
-    let mut other = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("pool.db").display()
-    ))
-    .await
-    .unwrap();
+        .unwrap()
+}
+
+/// A delivery of more than 256 distinct hashes raises its connection's page cache to
+/// 16 MiB (`record.rs`), a smaller one does not; the connection comes back to the pool
+/// with the usual 2,000 KiB, also when the delivery was dropped mid-transaction (its
+/// caller gave up), so the pool's connections do not keep a delivery's pages.
+#[tokio::test]
+async fn a_large_delivery_s_page_cache_is_put_back_when_its_connection_returns() {
+    use super::record::{record, CACHE_RAISED_ABOVE};
+    let dir = tempfile::tempdir().unwrap();
+    let large = CACHE_RAISED_ABOVE as u32 + 1;
+    let (store, url) = one_connection_store(&dir, 3 * large).await;
+    {
+        let mut conn = store.pool.acquire().await.unwrap();
+        assert_eq!(cache_of(&mut conn).await, -2000);
+        let small = delivery(0..CACHE_RAISED_ABOVE as u32, 1);
+        record(&store, &mut conn, &small, RecordOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(cache_of(&mut conn).await, -2000, "a small one");
+        let large = delivery(large..2 * large, 2);
+        record(&store, &mut conn, &large, RecordOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(cache_of(&mut conn).await, -16384, "a large one");
+    }
+    let cache = || async { cache_of(&mut store.pool.acquire().await.unwrap()).await };
+    assert_eq!(cache().await, -2000, "back in the pool");
+
+    // Dropped while it waits for the write lock inside its transaction: once it has
+    // counted its first statement after `BEGIN` (the report row), which waits.
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut other)
         .await
         .unwrap();
-    let report = delivery(10..20, 2);
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(300),
-        store.record_report(&report, RecordOptions::default()),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the delivery waited for the lock");
+    let before = store.statements();
+    let report = delivery(2 * large..3 * large, 3);
+    // Boxed: dropping it drops the delivery (a `tokio::pin!`ned one lives to the end of
+    // the test, holding the one connection).
+    let mut delivering = Box::pin(store.record_report(&report, RecordOptions::default()));
+    let in_transaction = async {
+        // The cache, `BEGIN`, the report row.
+        while store.statements() < before + 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        done = &mut delivering => panic!("the delivery did not wait for the lock: {done:?}"),
+        () = in_transaction => {}
+    }
+    drop(delivering);
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
-    assert_eq!(cache().await, -2000, "after a delivery dropped mid-way");
+    assert_eq!(
+        cache().await,
+        -2000,
+        "after a delivery dropped mid-transaction"
+    );
 }
 
 /// SQLite rolls a transaction back whole when a statement that keeps no statement
@@ -156,10 +179,10 @@ async fn a_transaction_sqlite_rolled_back_whole_is_not_handed_out_again() {
         matches!(&full, Err(StoreError::Database(sqlx::Error::Database(e))) if primary_code(e.as_ref()) == Some(13)),
         "SQLITE_FULL: {full:?}"
     );
-    // In the third statement (`BEGIN`, the report row, the revoking `UPDATE`, which
-    // keeps no statement journal): later ones keep one, and SQLite would undo only the
-    // statement there, leaving nothing for this test to show.
-    assert_eq!(store.statements() - before, 3, "the UPDATE filled the file");
+    // In the fourth statement (a large delivery's page cache, `BEGIN`, the report row,
+    // the revoking `UPDATE`, which keeps no statement journal): later ones keep one, and
+    // SQLite would undo only the statement there, leaving nothing for this test to show.
+    assert_eq!(store.statements() - before, 4, "the UPDATE filled the file");
 
     // What a rolled-back repeat does on the connection the pool hands out next: begin,
     // write, roll back.

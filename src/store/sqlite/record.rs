@@ -1,7 +1,7 @@
 //! SQLite: recording a delivery, and `preview`'s statement.
 //!
-//! `record_report` is one transaction (with a 16 MiB page cache, see [`BEGIN`]),
-//! committed whole or not at all: the report row,
+//! `record_report` is one transaction (a large delivery's with a 16 MiB page cache, see
+//! [`LARGE_CACHE`]), committed whole or not at all: the report row,
 //! the one revoking `UPDATE` of every live candidate (each hash a parameter of its own,
 //! so SQLite keeps no statement journal for it; past 30,000 hashes one JSON array), the
 //! outbox batch when it flipped a token (turned into one notification per flipped token
@@ -220,7 +220,7 @@ impl Record for Sqlite {
 
 /// The delivery's transaction on `conn`; for a body recorded before, the answer from its
 /// report (nothing written).
-async fn record(
+pub(super) async fn record(
     store: &Store<Sqlite>,
     conn: &mut sqlx::SqliteConnection,
     report: &NewReport,
@@ -230,8 +230,13 @@ async fn record(
     let now = Sqlite::encode_time(report.received_at);
     let distinct = distinct_hashes(report.candidates.iter().map(|c| c.hash));
 
+    // A large delivery's page cache, raised before its transaction (`LARGE_CACHE`).
+    if distinct.len() > CACHE_RAISED_ABOVE {
+        store.statements.add(1);
+        sqlx::query(LARGE_CACHE).execute(&mut *conn).await?;
+    }
     store.statements.add(1);
-    let mut tx = conn.begin_with(BEGIN).await?;
+    let mut tx = conn.begin().await?;
 
     store.statements.add(1);
     let report_id: i64 = sqlx::query_scalar(
@@ -528,16 +533,21 @@ async fn record(
     })
 }
 
-/// How a delivery's transaction starts: its connection's page cache raised to 16 MiB
-/// for it. Every pooled connection has SQLite's default, 2,000 KiB, and goes back to it
-/// when it returns to the pool (`after_release`, `mod.rs`). A 1,000-token delivery on a
-/// large `tokens` table dirties ~1,100 pages of 4 KiB, more than that holds: SQLite then
-/// writes dirty pages to the WAL in the middle of the transaction to make room, and reads
-/// them back for the statements after (perf: `pagerStress` under the revoking
-/// `UPDATE`'s lookups). Only the pages a delivery touches are allocated, one delivery
-/// writes at a time (the write turn), and larger deliveries still spill, past 16 MiB.
-/// Sent with `BEGIN`, in one call: no round trip more.
-const BEGIN: &str = "PRAGMA cache_size = -16384; BEGIN";
+/// The page cache of a delivery of more than [`CACHE_RAISED_ABOVE`] distinct hashes,
+/// set on its connection before its transaction: 16 MiB. Every pooled connection has
+/// SQLite's default, 2,000 KiB, and the pool puts it back when the connection returns
+/// (`after_release`, `mod.rs`). A delivery dirties about one page of a large `tokens`
+/// table per token it flips (a 1,000-token one ~1,100 pages of 4 KiB): past what the
+/// cache holds, SQLite writes dirty pages to the WAL in the middle of the transaction to
+/// make room, and reads them back for the statements after (perf: `pagerStress` under
+/// the revoking `UPDATE`'s lookups). Only the pages a delivery touches are allocated,
+/// one delivery writes at a time (the write turn), and larger deliveries still spill,
+/// past 16 MiB. One statement more for such a delivery, whatever its size.
+const LARGE_CACHE: &str = "PRAGMA cache_size = -16384";
+
+/// Deliveries of more distinct hashes than this get [`LARGE_CACHE`]; smaller ones fit
+/// the default cache (500 pages), and a 1-token delivery sends no statement more.
+pub(super) const CACHE_RAISED_ABOVE: usize = 256;
 
 /// Most hashes the revoking `UPDATE` binds one parameter each (the bundled SQLite allows
 /// 32,766 parameters in a statement; the statement has four more); more go as one JSON
