@@ -24,7 +24,8 @@
 //! connections do not checkpoint in their commit (`wal_autocheckpoint = 0`): the floor is
 //! the statement and its durable commit, as revoker's delivery is (its checkpoints run
 //! after the answer, in a write turn of their own, `store/sqlite/mod.rs`), and so is the
-//! per-token baseline's. They have the page cache revoker gives a delivery (16 MiB).
+//! per-token baseline's. They have the page cache revoker gives a delivery of more than
+//! 256 distinct hashes (16 MiB; smaller ones, which keep SQLite's default, fit either).
 //!
 //! PostgreSQL: `REVOKER_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); a fresh database is created and dropped.
@@ -473,15 +474,16 @@ impl Bench {
     /// default would run in a commit that takes the WAL past 1,000 pages (revoker runs it
     /// after the answer, in a write turn of its own, `store/sqlite/mod.rs`). Each
     /// measurement starts from an empty WAL ([`Bench::settle`]), so none pays for
-    /// another's pages. Its page cache is a delivery's (16 MiB, not SQLite's default
-    /// 2,000 KiB), so the floor's `UPDATE` does not spill dirty pages either.
+    /// another's pages. Its page cache is a large delivery's (16 MiB, not SQLite's
+    /// default 2,000 KiB, which revoker keeps for 256 distinct hashes or fewer: they fit
+    /// either), so the floor's `UPDATE` does not spill dirty pages either.
     async fn floor_connection(&self) -> sqlx::SqliteConnection {
         let mut conn = self.sqlite_connection().await;
         sqlx::query("PRAGMA wal_autocheckpoint = 0")
             .execute(&mut conn)
             .await
             .unwrap();
-        // The page cache revoker gives a delivery's transaction (store/sqlite/record.rs).
+        // The page cache revoker gives a large delivery (store/sqlite/record.rs).
         sqlx::query("PRAGMA cache_size = -16384")
             .execute(&mut conn)
             .await

@@ -1214,8 +1214,8 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
     let past = revokes_each_of(&db, store.as_ref(), 32_763, now + Ttl::seconds(2)).await;
 
     // On SQLite, as many statements as a delivery of one live and one unknown token,
-    // and one more: a large delivery's page cache (`store/sqlite/record.rs`), the same
-    // for 300 hashes as for 32,763. (PostgreSQL's delivery is one statement whatever its
+    // and one more: a large delivery's page cache (`store/sqlite/record.rs`, any
+    // delivery past 256 distinct hashes), whatever its size. (PostgreSQL's delivery is one statement whatever its
     // size; behind a pooler the count also holds the statements that prepare it on a
     // server connection.)
     if db.kind() != Kind::Sqlite {

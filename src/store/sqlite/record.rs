@@ -546,7 +546,7 @@ pub(super) async fn record(
 const LARGE_CACHE: &str = "PRAGMA cache_size = -16384";
 
 /// Deliveries of more distinct hashes than this get [`LARGE_CACHE`]; smaller ones fit
-/// the default cache (500 pages), and a 1-token delivery sends no statement more.
+/// the default cache (about 480 pages), and a 1-token delivery sends no statement more.
 pub(super) const CACHE_RAISED_ABOVE: usize = 256;
 
 /// Most hashes the revoking `UPDATE` binds one parameter each (the bundled SQLite allows
