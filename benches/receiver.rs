@@ -60,8 +60,8 @@
 //! / bare in req/s.
 //!
 //! Exits non-zero if the junk flood caused any database statement, the
-//! `crates_io_api` flood more than a 1,000-candidate delivery, the mass revocation left a real
-//! token unrevoked or any of its deliveries or the large-bodies row's failed, or any
+//! `crates_io_api` flood more than a 1,000-candidate delivery, the mass revocation left a
+//! real token unrevoked or any of its deliveries or the large-bodies row's failed, or any
 //! answer of the introspection row was wrong (the CI smoke checks); timings are printed
 //! and compared with the targets, never asserted.
 
@@ -1729,11 +1729,7 @@ async fn run(args: Args) -> bool {
         };
         println!("{:<34} {}   [target {}]", row.name, row.value, row.target);
         println!("{}", serde_json::to_string(&value).unwrap());
-        let _ = stop_tx.send(());
-        let _ = server.await;
-        drop(bench);
-        drop(store);
-        drop_database(admin).await;
+        shut_down(stop_tx, server, bench, store, admin).await;
         if !ok {
             eprintln!("FAIL: {} missed its target", row.name);
         }
@@ -1825,11 +1821,7 @@ async fn run(args: Args) -> bool {
             println!("{:<34} {}   [target {}]", r.name, r.value, r.target);
         }
         println!("{}", serde_json::to_string(&json["batch"]).unwrap());
-        let _ = stop_tx.send(());
-        let _ = server.await;
-        drop(bench);
-        drop(store);
-        drop_database(admin).await;
+        shut_down(stop_tx, server, bench, store, admin).await;
         return true;
     }
 
@@ -2135,12 +2127,24 @@ async fn run(args: Args) -> bool {
         );
     }
 
+    shut_down(stop_tx, server, bench, store, admin).await;
+    all_ok
+}
+
+/// Stops the in-process server, then drops the benchmark's PostgreSQL database once
+/// the server's store and the benchmark's own connections are closed.
+async fn shut_down<T, S>(
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<T>,
+    bench: Arc<Bench>,
+    store: S,
+    admin: Option<(String, String)>,
+) {
     let _ = stop_tx.send(());
     let _ = server.await;
     drop(bench);
     drop(store);
     drop_database(admin).await;
-    all_ok
 }
 
 /// Drops the benchmark's PostgreSQL database, if it made one.

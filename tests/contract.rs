@@ -1215,9 +1215,9 @@ async fn a_delivery_of_more_candidates_than_sqlite_binds_revokes_each(db: Arc<Te
 
     // On SQLite, as many statements as a delivery of one live and one unknown token,
     // and one more: a large delivery's page cache (`store/sqlite/record.rs`, any
-    // delivery past 256 distinct hashes), whatever its size. (PostgreSQL's delivery is one statement whatever its
-    // size; behind a pooler the count also holds the statements that prepare it on a
-    // server connection.)
+    // delivery past 256 distinct hashes), whatever its size. (PostgreSQL's delivery is
+    // one statement whatever its size; behind a pooler the count also holds the
+    // statements that prepare it on a server connection.)
     if db.kind() != Kind::Sqlite {
         return;
     }
