@@ -39,7 +39,7 @@ use revoker::store::{run_record_statement, PoolSettings};
 
 /// The tables a delivery's statement writes.
 const TABLES: &str =
-    "'tokens', 'reports', 'report_items', 'notification_batches', 'delivered_bodies',
+    "'tokens', 'reports', 'report_item_sets', 'notification_batches', 'delivered_bodies',
                       'stats_daily', 'stats_sources', 'stats_format_ages'";
 
 struct Args {

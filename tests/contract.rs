@@ -2618,20 +2618,45 @@ async fn a_failed_record_report_queues_no_notification(db: Arc<TestDb>) {
     assert!(failed.is_err());
     nothing_written().await;
 
-    // The statement fails after the tokens were flipped (two items at one position
-    // break the item key): the revocation and the notifications go together.
+    // The statement fails after the tokens were flipped (a trigger refuses the report's
+    // items, written after the revoking UPDATE on both backends): the revocation and the
+    // notifications go together.
+    let refused = "items refused by the test";
+    match db.kind() {
+        Kind::Sqlite => {
+            db.execute(&format!(
+                "CREATE TRIGGER refuse_items BEFORE INSERT ON report_item_sets
+                 BEGIN SELECT RAISE(ABORT, '{refused}'); END"
+            ))
+            .await;
+        }
+        Kind::Postgres => {
+            db.execute(&format!(
+                "CREATE FUNCTION refuse_items() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION '{refused}'; END $$"
+            ))
+            .await;
+            db.execute(
+                "CREATE TRIGGER refuse_items BEFORE INSERT ON report_item_sets
+                 FOR EACH ROW EXECUTE FUNCTION refuse_items()",
+            )
+            .await;
+        }
+    }
     let failed = store
         .record_report(
-            &report(vec![
-                item(&tokens[0], 0),
-                item(&tokens[1], 1),
-                item(&tokens[0], 1),
-            ]),
+            &report(vec![item(&tokens[0], 0), item(&tokens[1], 1)]),
             RecordOptions::default(),
         )
         .await;
-    assert!(failed.is_err(), "duplicate item position accepted");
+    let err = failed.expect_err("the items were refused");
+    assert!(format!("{err:?}").contains(refused), "{err:?}");
     nothing_written().await;
+    db.execute(match db.kind() {
+        Kind::Sqlite => "DROP TRIGGER refuse_items",
+        Kind::Postgres => "DROP TRIGGER refuse_items ON report_item_sets",
+    })
+    .await;
 
     // The retry succeeds and queues both.
     let recorded = record_at(store.as_ref(), &refs, now_ms()).await;
@@ -3044,8 +3069,9 @@ async fn migrate_to(db: &TestDb, version: i64) {
 }
 
 /// Migrations 0011 (PostgreSQL) and 0013 (SQLite, which rebuilds both tables) drop the
-/// foreign keys of `tokens` and `report_items`: every row is kept as it was, and the
-/// store reads them.
+/// foreign keys of `tokens` and `report_items`, and 0014 moves each report's items into
+/// one row (`report_items` is a view over them since): every row is kept as it was
+/// (position gaps and `found_in` included), and the store reads them.
 async fn dropping_the_foreign_keys_keeps_every_row(db: Arc<TestDb>) {
     let sqlite = db.kind() == Kind::Sqlite;
     migrate_to(&db, if sqlite { 12 } else { 10 }).await;
@@ -3137,13 +3163,14 @@ async fn dropping_the_foreign_keys_keeps_every_row(db: Arc<TestDb>) {
         .texts("SELECT coalesce(revoked_by || '', '-') FROM tokens ORDER BY hash")
         .await;
     assert_eq!(revoked_by, ["7", "7", "-"]);
-    // The keys are gone: a row of no report is taken, and the consistency check finds it.
-    db.execute("UPDATE report_items SET report_id = 8 WHERE position = 3")
+    // The keys are gone: items of no report are taken, and the consistency check finds
+    // them (a report's items are one row since migration 0014).
+    db.execute("UPDATE report_item_sets SET report_id = 8")
         .await;
     assert!(
         db.inconsistencies()
             .await
-            .contains(&"1 report items of no report".to_owned()),
+            .contains(&"3 report items of no report".to_owned()),
         "{:?}",
         db.inconsistencies().await
     );
@@ -3557,7 +3584,7 @@ async fn the_consistency_check_finds_rows_of_no_report(db: Arc<TestDb>) {
             "tokens revoked by no report there is",
         ),
         (
-            "UPDATE report_items SET report_id = 999999",
+            "UPDATE report_item_sets SET report_id = 999999",
             "report items of no report",
         ),
         (

@@ -1,11 +1,13 @@
 //! PostgreSQL: recording a delivery, and `preview`'s statement.
 //!
 //! A whole delivery is ONE statement ([`RECORD_SQL`], run as the body of the server-side
-//! function `revoker_record_delivery` that migration 0012 creates from the same text, so
-//! its plan is kept per server session even behind a transaction-mode pooler; data-modifying CTEs, atomic without an explicit
-//! transaction, one round trip): it takes the report id from the sequence, flips every
+//! function `revoker_record_delivery` that migration 0012 created and 0014 last redefined
+//! from the same text, so its plan is kept per server session even behind a
+//! transaction-mode pooler; data-modifying CTEs, atomic without an explicit transaction,
+//! one round trip): it takes the report id from the sequence, flips every
 //! live candidate with a single `UPDATE … FROM unnest($2::bytea[])`, classifies every
-//! candidate, and inserts the report (with its counts), the item rows and, when it
+//! candidate, and inserts the report (with its counts), its items (one row: the
+//! candidates' arrays and their outcomes, migration 0014) and, when it
 //! flipped a token, one outbox batch (migration 0013: the outbox turns it into one owner
 //! notification per flipped token, `outbox.rs`). All sub-statements share one snapshot,
 //! so the `tokens` read in the outer `SELECT` sees the rows as they were before this
@@ -196,12 +198,17 @@ WITH rid AS (
     ON CONFLICT (format, bucket, slot) DO UPDATE
         SET tokens = s.tokens + EXCLUDED.tokens, expired = s.expired + EXCLUDED.expired
 ), items AS (
-    INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome,
-                              found_in)
-    SELECT (SELECT id FROM rid), item.position, item.hash, item.token_type, item.source,
-           item.url, o.outcome, item.found_in
-    FROM item JOIN outcome o USING (hash)
-    WHERE (SELECT fresh FROM go)
+    -- The report's items in one row (migration 0014): the candidates' arrays as they
+    -- came, and each one's outcome in the same order. None for a report without items.
+    INSERT INTO report_item_sets (report_id, positions, hashes, token_types, sources, urls,
+                                  outcomes, found_in)
+    SELECT (SELECT id FROM rid), $1, $2, $3, $4, $5,
+           ARRAY(SELECT o.outcome
+                 FROM unnest($2::bytea[]) WITH ORDINALITY AS c (hash, n)
+                 JOIN outcome o USING (hash)
+                 ORDER BY c.n),
+           $14
+    WHERE (SELECT fresh FROM go) AND cardinality($2::bytea[]) > 0
 ), queued AS (
     -- The outbox, one row per delivery that flipped a token, in this same statement: it
     -- exists exactly when the revocation committed. The outbox worker turns it into one
@@ -278,15 +285,20 @@ WITH picked AS (
     "
     RETURNING 1
 ), items AS (
-    UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
+    -- Each report's items in one row (migration 0014): every type, source and url of it.
+    UPDATE report_item_sets
+    SET token_types = array_fill('(purged)'::text, ARRAY[cardinality(positions)]),
+        sources = array_fill('(purged)'::text, ARRAY[cardinality(positions)]),
+        urls = array_fill('(purged)'::text, ARRAY[cardinality(positions)])
     WHERE report_id IN (SELECT id FROM batch)
-    RETURNING 1
+    RETURNING cardinality(positions) AS n
 ), marked AS (
     UPDATE reports SET metadata_purged_at = now()
     WHERE id IN (SELECT id FROM batch)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM marked) AS reports, (SELECT count(*) FROM items) AS items"
+SELECT (SELECT count(*) FROM marked) AS reports,
+       (SELECT coalesce(sum(n), 0)::int8 FROM items) AS items"
 );
 
 impl Record for Postgres {

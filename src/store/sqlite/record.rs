@@ -5,7 +5,8 @@
 //! the one revoking `UPDATE` of every live candidate (each hash a parameter of its own,
 //! so SQLite keeps no statement journal for it; past 30,000 hashes one JSON array), the
 //! outbox batch when it flipped a token (turned into one notification per flipped token
-//! by `outbox.rs`), the existence probe of the rest, the item rows, the report's counts
+//! by `outbox.rs`), the existence probe of the rest, the items (one row, migration
+//! 0014), the report's counts
 //! and the stats rollups (per day and scanner, per source, and the age histogram when it
 //! flipped something: two or three statements). It starts with a write (the report
 //! row), so it holds SQLite's one write lock from its first statement and everything it
@@ -138,19 +139,27 @@ impl Record for Sqlite {
             .execute(&mut *tx)
             .await?;
         }
+        // Each report's items in one row (migration 0014): every type, source and url
+        // of it, in position order as stored.
         store.statements.add(1);
-        let items = sqlx::query(concat!(
-            "UPDATE report_items SET token_type = '(purged)', source = '(purged)', url = '(purged)'
+        let items: Vec<i64> = sqlx::query_scalar(concat!(
+            "UPDATE report_item_sets
+             SET items = (SELECT json_group_array(json_array(i.value -> 0, i.value -> 1,
+                                                             '(purged)', '(purged)', '(purged)',
+                                                             i.value -> 5, i.value -> 6)
+                                                  ORDER BY i.key)
+                          FROM json_each(items) i)
              WHERE report_id IN (",
             purge_batch!(),
-            ")"
+            ")
+             RETURNING json_array_length(items)"
         ))
         .bind(before)
         .bind(i64::from(limit))
         .bind(i64::from(max_items))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
+        let items = items.iter().sum::<i64>() as u64;
         store.statements.add(1);
         let reports = sqlx::query(concat!(
             "UPDATE reports SET metadata_purged_at = ?4 WHERE id IN (",
@@ -387,8 +396,8 @@ pub(super) async fn record(
 
     let (outcomes, counts) = outcomes_for(report, &by_hash)?;
 
-    // All item rows in one statement, as one JSON array of [pos, hash, type, source, url,
-    // outcome, found_in].
+    // The report's items in one row (migration 0014), as one JSON array of [position,
+    // hash, type, source, url, outcome, found_in]; none for a report without items.
     let items: Vec<ItemRow<'_>> = report
         .candidates
         .iter()
@@ -406,16 +415,10 @@ pub(super) async fn record(
         })
         .collect();
     store.statements.add(1);
-    sqlx::query(
-            "INSERT INTO report_items (report_id, position, token_hash, token_type, source, url, outcome, found_in)
-                 SELECT ?1, json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')),
-                        json_extract(value, '$[2]'), json_extract(value, '$[3]'),
-                        json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-                        json_extract(value, '$[6]')
-                 FROM json_each(?2)",
-        )
+    sqlx::query("INSERT INTO report_item_sets (report_id, items) SELECT ?1, ?2 WHERE ?3")
         .bind(report_id)
         .bind(to_json(&items))
+        .bind(!items.is_empty())
         .execute(&mut *tx)
         .await?;
 
