@@ -43,6 +43,90 @@ async fn postgres_a_source_of_any_length_is_recorded() {
     a_source_of_any_length_is_recorded(Kind::Postgres).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_each_age_lands_in_the_bucket_the_table_names() {
+    each_age_lands_in_the_bucket_the_table_names(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_each_age_lands_in_the_bucket_the_table_names() {
+    each_age_lands_in_the_bucket_the_table_names(Kind::Postgres).await;
+}
+
+/// A flipped token's age goes into the age histogram's bucket that `stats_age_buckets`
+/// names (the last lower bound at or below it), at, under and over bounds from the first
+/// to the last: SQLite's delivery computes the bucket in the process (`store/stats.rs`),
+/// PostgreSQL's with `width_bucket` over the table.
+async fn each_age_lands_in_the_bucket_the_table_names(kind: Kind) {
+    let Some(db) = TestDb::new(kind).await else {
+        return;
+    };
+    let store = open_store(db.url()).await;
+    store.migrate().await.unwrap();
+    let created = ms(Utc::now());
+    let ages: [i64; 16] = [
+        -5,
+        0,
+        9,
+        10,
+        11,
+        14,
+        15,
+        99,
+        100,
+        909,
+        910,
+        86_400_000,
+        909_999_999_999,
+        910_000_000_000,
+        910_000_000_001,
+        5_000_000_000_000,
+    ];
+    let mut expected = BTreeMap::<i64, i64>::new();
+    for age in ages {
+        let t = Token::generate();
+        store
+            .insert_tokens(&[NewToken {
+                hash: t.hash(),
+                owner: "o".into(),
+                created_at: created,
+                expires_at: created + Ttl::days(1),
+            }])
+            .await
+            .unwrap();
+        let recorded = store
+            .record_report(
+                &one_item_report(t.hash(), "s", created + Ttl::milliseconds(age)),
+                RecordOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(recorded.tokens_revoked, 1);
+        let bucket: i64 = db
+            .texts(&format!(
+                "SELECT concat(max(bucket)) FROM stats_age_buckets WHERE lo_ms <= {age}"
+            ))
+            .await[0]
+            .parse()
+            .unwrap();
+        *expected.entry(bucket).or_default() += 1;
+    }
+    let stored: BTreeMap<i64, i64> = db
+        .texts("SELECT concat(bucket, ' ', sum(tokens)) FROM stats_format_ages GROUP BY bucket")
+        .await
+        .iter()
+        .map(|row| {
+            let (b, n) = row.split_once(' ').unwrap();
+            (b.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    // Each age of the list is in a bucket of its own but the three under the first bound
+    // (bucket 0) and the three at or over the last (264).
+    assert_eq!(expected.len(), ages.len() - 4);
+    assert_eq!((expected[&0], expected[&264]), (3, 3));
+}
+
 /// A source keys the per-source rollup, whose index PostgreSQL caps at about 2.7 KB a
 /// row: a 6,400-character source must still revoke (it is stored cut to 200
 /// characters), never fail the delivery on every retry.

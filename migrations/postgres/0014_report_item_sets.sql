@@ -44,7 +44,12 @@ EXCEPTION WHEN feature_not_supported THEN
 END
 $$;
 
--- The rows there are, moved: one set per report that has items, in position order.
+-- The rows there are, moved: one set per report that has items, in position order. The
+-- table is locked first: an older instance still running its deliveries' 0013 function
+-- would otherwise insert items after the copy read the table and before it is dropped
+-- (they now wait, then fail on the dropped table and are answered 503: upgrade with the
+-- older instances stopped, README "What is stored").
+LOCK TABLE report_items IN SHARE ROW EXCLUSIVE MODE;
 INSERT INTO report_item_sets (report_id, positions, hashes, token_types, sources, urls,
                               outcomes, found_in)
 SELECT report_id, array_agg(position ORDER BY position), array_agg(token_hash ORDER BY position),

@@ -6,7 +6,7 @@
 //! Invariants:
 //! - No raw token is ever stored: tokens are keyed by the SHA-256 of the whole string.
 //! - [`RevocationStore::record_report`] is all-or-nothing: the report row, the revocation
-//!   of every candidate (one statement) and the item rows commit in one transaction, or
+//!   of every candidate (one statement) and the report's items commit in one transaction, or
 //!   nothing is written and the caller answers 503 so the scanner retries. Given a
 //!   deadline ([`RecordOptions::deadline`]) the database itself gives up before it
 //!   (PostgreSQL `statement_timeout`, SQLite `busy_timeout`) and rolls the work back

@@ -65,6 +65,27 @@ pub(super) fn stored_source(source: &str) -> &str {
     }
 }
 
+/// The age histogram's lower bounds in milliseconds, buckets 1 to 264 in order, as
+/// migration 0007 fills `stats_age_buckets`: the E24 series from 10 ms to 9.1e11 ms
+/// (bucket 0 is everything under 10 ms). `tests/stats_rollups.rs` checks each age lands
+/// in the bucket the table names.
+static AGE_BOUNDS: std::sync::LazyLock<Vec<i64>> = std::sync::LazyLock::new(|| {
+    const E24: [i64; 24] = [
+        10, 11, 12, 13, 15, 16, 18, 20, 22, 24, 27, 30, 33, 36, 39, 43, 47, 51, 56, 62, 68, 75, 82,
+        91,
+    ];
+    (0..11)
+        .flat_map(|decade| E24.iter().map(move |m| m * 10i64.pow(decade)))
+        .collect()
+});
+
+/// The histogram bucket of an age in milliseconds: the last bound at or below it (what
+/// `width_bucket` answers on PostgreSQL). SQLite's delivery computes it here instead of
+/// one `stats_age_buckets` lookup per flipped token (1.7 ms of a 1,000-token delivery).
+pub(super) fn age_bucket(age_ms: i64) -> i64 {
+    AGE_BOUNDS.partition_point(|lo| *lo <= age_ms) as i64
+}
+
 /// How long a pending notification waits before the dashboard lists it.
 pub(super) const LONG_PENDING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 

@@ -20,7 +20,9 @@ impl StatsSql for Postgres {
     const DAILY_SQL: &'static str = daily_sql!("CAST($1 AS date)");
 
     /// The last 20 reports, each with its first 20 items by position (NULL item columns
-    /// for a report without items).
+    /// for a report without items). Read from the sets' first 20 elements (a delivery
+    /// stores its candidates in position order), not through the `report_items` view,
+    /// which would unnest and sort every item of a large report first.
     const RECENT_SQL: &'static str = "
 WITH r AS (
     SELECT id, received_at, scanner, key_id, item_count,
@@ -32,11 +34,11 @@ SELECT r.id, r.received_at, r.scanner, r.key_id, r.item_count,
        i.token_hash, i.outcome, i.source, i.url
 FROM r
 LEFT JOIN LATERAL (
-    SELECT position, token_hash, outcome, source, url
-    FROM report_items
-    WHERE report_id = r.id
-    ORDER BY position
-    LIMIT 20
+    SELECT i.position, i.token_hash, i.outcome, i.source, i.url
+    FROM report_item_sets s,
+         unnest(s.positions[1:20], s.hashes[1:20], s.outcomes[1:20], s.sources[1:20],
+                s.urls[1:20]) AS i (position, token_hash, outcome, source, url)
+    WHERE s.report_id = r.id
 ) i ON true
 ORDER BY r.id DESC, i.position";
 }

@@ -2,8 +2,9 @@
 //!
 //! The file is created if missing and opened in WAL mode with `synchronous=FULL`, so a
 //! revocation that was answered 200 survives a power cut. Timestamps are stored as Unix
-//! epoch milliseconds. Variable-length inputs (hash lists, item rows) are bound as one
-//! JSON text and expanded with `json_each`, so one statement serves any batch size; the
+//! epoch milliseconds. Variable-length inputs (hash lists, the rollups' rows) are bound as
+//! one JSON text and expanded with `json_each`, so one statement serves any batch size (a
+//! report's items are stored as that JSON, one row: migration 0014); the
 //! revoking `UPDATE` of a delivery binds each hash as a parameter of its own instead, up
 //! to 30,000 (`record.rs` says why).
 //!

@@ -53,7 +53,7 @@ use crate::store::recording::{
     database_budget, distinct_hashes, duplicate_answer, outcomes_for, DELIVERED_BODY_SQL,
 };
 use crate::store::rows::hash_from;
-use crate::store::stats::stored_source;
+use crate::store::stats::{age_bucket, stored_source};
 use crate::store::{NewReport, RecordOptions, RecordedReport, StoreError, ONCE_PER_BODY_WINDOW};
 
 /// A token the revoking `UPDATE` flipped.
@@ -337,8 +337,9 @@ pub(super) async fn record(
     // The JSON arrays the statements read are serialised from borrowed tuples (serde
     // writes a tuple as an array), not built as `serde_json::Value`s first: a `Value`
     // per field and per row allocated and copied every string, inside the write turn.
-    // Each flipped token's [format, age in ms, expired].
-    let mut ages: Vec<(&str, i64, bool)> = Vec::with_capacity(flipped.len());
+    // Flipped tokens by format and age bucket (the last bound at or below, `age_bucket`):
+    // [tokens, expired].
+    let mut ages: std::collections::BTreeMap<(&str, i64), (i64, i64)> = Default::default();
     let mut flipped_expired = 0i64;
     for row in &flipped {
         let Flipped {
@@ -347,7 +348,9 @@ pub(super) async fn record(
             format,
             age_ms,
         } = Flipped::from_row(row)?;
-        ages.push((format, age_ms, was_expired));
+        let n = ages.entry((format, age_bucket(age_ms))).or_default();
+        n.0 += 1;
+        n.1 += i64::from(was_expired);
         flipped_expired += i64::from(was_expired);
         let o = if was_expired {
             Outcome::Expired
@@ -501,21 +504,20 @@ pub(super) async fn record(
     .execute(&mut *tx)
     .await?;
     if !ages.is_empty() {
-        // Each flipped token's age into its format's histogram bucket (the last bound at
-        // or below).
+        // The age histogram, counted above: [format, bucket, tokens, expired].
+        let rows: Vec<(&str, i64, i64, i64)> = ages
+            .into_iter()
+            .map(|((format, bucket), (tokens, expired))| (format, bucket, tokens, expired))
+            .collect();
         store.statements.add(1);
         sqlx::query(
             "INSERT INTO stats_format_ages (format, bucket, slot, tokens, expired)
-             SELECT value ->> 0 AS f,
-                    (SELECT bucket FROM stats_age_buckets WHERE lo_ms <= value ->> 1
-                     ORDER BY lo_ms DESC LIMIT 1) AS b,
-                    0, count(*), sum(value ->> 2)
-             FROM json_each(?1)
-             GROUP BY f, b
+             SELECT value ->> 0, value ->> 1, 0, value ->> 2, value ->> 3
+             FROM json_each(?1) WHERE true
              ON CONFLICT (format, bucket, slot) DO UPDATE
                  SET tokens = tokens + excluded.tokens, expired = expired + excluded.expired",
         )
-        .bind(to_json(&ages))
+        .bind(to_json(&rows))
         .execute(&mut *tx)
         .await?;
     }
@@ -570,7 +572,7 @@ fn placeholders(n: usize) -> String {
     s
 }
 
-/// An item row as the items' statement reads it: [position, hash (hex), type, source,
+/// An item as `report_item_sets.items` stores it: [position, hash (hex), type, source,
 /// url, outcome, found_in].
 type ItemRow<'a> = (
     u32,
