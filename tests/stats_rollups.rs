@@ -54,62 +54,66 @@ async fn postgres_each_age_lands_in_the_bucket_the_table_names() {
 }
 
 /// A flipped token's age goes into the age histogram's bucket that `stats_age_buckets`
-/// names (the last lower bound at or below it), at, under and over bounds from the first
-/// to the last: SQLite's delivery computes the bucket in the process (`store/stats.rs`),
-/// PostgreSQL's with `width_bucket` over the table.
+/// names (the last lower bound at or below it): one delivery of tokens aged exactly each
+/// bound and a millisecond under it, for all 264 bounds, and one far under the first and
+/// one far over the last. SQLite's delivery computes the bucket in the process
+/// (`store/stats.rs`), PostgreSQL's with `width_bucket` over the table.
 async fn each_age_lands_in_the_bucket_the_table_names(kind: Kind) {
     let Some(db) = TestDb::new(kind).await else {
         return;
     };
     let store = open_store(db.url()).await;
     store.migrate().await.unwrap();
-    let created = ms(Utc::now());
-    let ages: [i64; 16] = [
-        -5,
-        0,
-        9,
-        10,
-        11,
-        14,
-        15,
-        99,
-        100,
-        909,
-        910,
-        86_400_000,
-        909_999_999_999,
-        910_000_000_000,
-        910_000_000_001,
-        5_000_000_000_000,
-    ];
-    let mut expected = BTreeMap::<i64, i64>::new();
-    for age in ages {
-        let t = Token::generate();
-        store
-            .insert_tokens(&[NewToken {
+    let bounds: Vec<(i64, i64)> = db
+        .texts("SELECT concat(bucket, ' ', lo_ms) FROM stats_age_buckets WHERE bucket > 0")
+        .await
+        .iter()
+        .map(|row| {
+            let (b, lo) = row.split_once(' ').unwrap();
+            (b.parse().unwrap(), lo.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(bounds.len(), 264);
+    let mut ages = vec![(-5, 0), (5_000_000_000_000, 264)];
+    for (bucket, lo) in &bounds {
+        ages.extend([(*lo, *bucket), (lo - 1, bucket - 1)]);
+    }
+    let received = ms(Utc::now());
+    let tokens: Vec<Token> = ages.iter().map(|_| Token::generate()).collect();
+    let rows: Vec<NewToken> = tokens
+        .iter()
+        .zip(&ages)
+        .map(|(t, (age, _))| {
+            let created_at = received - Ttl::milliseconds(*age);
+            NewToken {
                 hash: t.hash(),
                 owner: "o".into(),
-                created_at: created,
-                expires_at: created + Ttl::days(1),
-            }])
-            .await
-            .unwrap();
-        let recorded = store
-            .record_report(
-                &one_item_report(t.hash(), "s", created + Ttl::milliseconds(age)),
-                RecordOptions::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(recorded.tokens_revoked, 1);
-        let bucket: i64 = db
-            .texts(&format!(
-                "SELECT concat(max(bucket)) FROM stats_age_buckets WHERE lo_ms <= {age}"
-            ))
-            .await[0]
-            .parse()
-            .unwrap();
-        *expected.entry(bucket).or_default() += 1;
+                created_at,
+                expires_at: created_at + Ttl::days(1),
+            }
+        })
+        .collect();
+    store.insert_tokens(&rows).await.unwrap();
+    let mut report = one_item_report(tokens[0].hash(), "s", received);
+    report.candidates = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| CandidateItem {
+            position: i as u32,
+            hash: t.hash(),
+            ..report.candidates[0].clone()
+        })
+        .collect();
+    report.item_count = tokens.len() as u32;
+    let recorded = store
+        .record_report(&report, RecordOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(recorded.tokens_revoked as usize, ages.len());
+
+    let mut expected = BTreeMap::<i64, i64>::new();
+    for (_, bucket) in &ages {
+        *expected.entry(*bucket).or_default() += 1;
     }
     let stored: BTreeMap<i64, i64> = db
         .texts("SELECT concat(bucket, ' ', sum(tokens)) FROM stats_format_ages GROUP BY bucket")
@@ -121,10 +125,9 @@ async fn each_age_lands_in_the_bucket_the_table_names(kind: Kind) {
         })
         .collect();
     assert_eq!(stored, expected);
-    // Each age of the list is in a bucket of its own but the three under the first bound
-    // (bucket 0) and the three at or over the last (264).
-    assert_eq!(expected.len(), ages.len() - 4);
-    assert_eq!((expected[&0], expected[&264]), (3, 3));
+    // Two tokens in every bucket: its bound and the next one's less a millisecond (bucket
+    // 0: 9 ms and -5 ms; bucket 264: its bound and 5e12 ms).
+    assert!(expected.len() == 265 && expected.values().all(|n| *n == 2));
 }
 
 /// A source keys the per-source rollup, whose index PostgreSQL caps at about 2.7 KB a

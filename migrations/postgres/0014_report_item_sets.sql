@@ -45,11 +45,12 @@ END
 $$;
 
 -- The rows there are, moved: one set per report that has items, in position order. The
--- table is locked first: an older instance still running its deliveries' 0013 function
--- would otherwise insert items after the copy read the table and before it is dropped
--- (they now wait, then fail on the dropped table and are answered 503: upgrade with the
--- older instances stopped, README "What is stored").
-LOCK TABLE report_items IN SHARE ROW EXCLUSIVE MODE;
+-- table is locked first, whole: an older instance still running its deliveries' 0013
+-- function would otherwise insert items after the copy read the table and before it is
+-- dropped, and an older purge that read it first would deadlock with the drop. They wait
+-- instead, then find the view and fail ("cannot insert into view"; a delivery is answered
+-- 503): upgrade with the older instances stopped (README, "What is stored").
+LOCK TABLE report_items IN ACCESS EXCLUSIVE MODE;
 INSERT INTO report_item_sets (report_id, positions, hashes, token_types, sources, urls,
                               outcomes, found_in)
 SELECT report_id, array_agg(position ORDER BY position), array_agg(token_hash ORDER BY position),

@@ -245,3 +245,32 @@ impl Backend for Postgres {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The function the database runs is this statement, character for character: the
+    /// newest migration that (re)defines `revoker_record_delivery` has
+    /// [`super::record::RECORD_SQL`] as its body, so a change to the constant needs a migration
+    /// replacing the function.
+    #[test]
+    fn the_function_runs_this_statement() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let newest = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|text| text.contains("FUNCTION revoker_record_delivery("))
+            .expect("a migration defines revoker_record_delivery");
+        let body = newest
+            .split_once("RETURN QUERY")
+            .and_then(|(_, rest)| rest.rsplit_once(";\nEND"))
+            .map(|(body, _)| body)
+            .expect("RETURN QUERY …; END");
+        assert_eq!(body, super::record::RECORD_SQL);
+    }
+}
